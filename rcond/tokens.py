@@ -1,0 +1,231 @@
+"""Control-token scheme: mode tokens, reward-to-go (RTG) bins, and their (de)serialisation.
+
+The scheme follows the Decision Transformer idea of conditioning on return-to-go, with the
+return discretised into K bins so that each bin is one special token:
+
+    <|rlhf:on|>  <|rlhf:off|>          mode: feedback-conditioned vs plain predictive data
+    <|rtg:0|> ... <|rtg:K-1|>          reward-to-go bin, 0 = lowest reward, K-1 = highest
+
+Bin edges are K-1 increasing interior cut points e_1 < ... < e_{K-1}. A value v falls in bin
+k = #{j : e_j <= v}, so bin 0 is (-inf, e_1), bin k is [e_k, e_{k+1}) and bin K-1 is
+[e_{K-1}, inf). Edges are fitted on the training rewards:
+
+- ``quantile`` (default): e_j = the j/K quantile (linear interpolation) of the rewards, so
+  bins hold about equal counts. Tied rewards can make neighbouring quantiles equal; duplicate
+  edges are kept (the bins between them are simply empty) so K and the token set stay fixed.
+- ``uniform``: K equal-width bins between the minimum and maximum reward.
+- ``edges:a,b,...``: explicit, strictly increasing edges (K = len + 1).
+
+Unlike the Decision Transformer, which feeds the raw return as a continuous input, the return
+here is a token; a raw reward requested at sampling time is mapped through the stored edges.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+ON_TOKEN = "<|rlhf:on|>"
+OFF_TOKEN = "<|rlhf:off|>"
+RTG_TEMPLATE = "<|rtg:{k}|>"
+SCHEME_FILE = "scheme.json"
+FORMAT_VERSION = 1
+
+
+class SchemeError(ValueError):
+    """A control scheme is malformed or used with a value it cannot map."""
+
+
+def parse_binning(spec: str) -> tuple[str, list[float] | None]:
+    """``"quantile"`` | ``"uniform"`` | ``"edges:a,b,..."`` -> (kind, explicit edges or None)."""
+    if spec in ("quantile", "uniform"):
+        return spec, None
+    if spec.startswith("edges:"):
+        try:
+            edges = [float(x) for x in spec[len("edges:"):].split(",") if x.strip()]
+        except ValueError as e:
+            raise SchemeError(f"--binning {spec!r}: edges must be numbers separated by commas") from e
+        if not edges:
+            raise SchemeError(f"--binning {spec!r}: give at least one edge, e.g. edges:-0.5,0,0.5")
+        if any(not math.isfinite(x) for x in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
+            raise SchemeError(f"--binning {spec!r}: edges must be finite and strictly increasing")
+        return "edges", edges
+    raise SchemeError(f"unknown binning {spec!r}: expected quantile, uniform or edges:a,b,...")
+
+
+def quantile_edges(values: Sequence[float], num_bins: int) -> list[float]:
+    """The j/K quantiles, j = 1..K-1, with linear interpolation between order statistics."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        raise SchemeError("cannot fit bin edges: no rewards")
+    n = len(xs)
+    edges = []
+    for j in range(1, num_bins):
+        pos = (n - 1) * j / num_bins
+        lo = math.floor(pos)
+        hi = min(lo + 1, n - 1)
+        edges.append(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+    return edges
+
+
+def uniform_edges(values: Sequence[float], num_bins: int) -> list[float]:
+    """K equal-width bins spanning [min, max] of the values."""
+    if not values:
+        raise SchemeError("cannot fit bin edges: no rewards")
+    lo, hi = float(min(values)), float(max(values))
+    if hi == lo:
+        hi = lo + 1.0
+    width = (hi - lo) / num_bins
+    return [lo + width * j for j in range(1, num_bins)]
+
+
+@dataclass
+class ControlScheme:
+    """Which control tokens exist and how a reward maps to an RTG bin.
+
+    ``edges`` has ``num_bins - 1`` entries. ``counts`` (tokens' documents per bin) and the
+    fingerprints are filled in by preprocessing and stored in ``scheme.json``.
+    """
+
+    num_bins: int = 10
+    edges: list[float] = field(default_factory=list)
+    binning: str = "quantile"
+    on_token: str = ON_TOKEN
+    off_token: str = OFF_TOKEN
+    rtg_template: str = RTG_TEMPLATE
+    gamma: float = 1.0
+    uncond_fraction: float = 0.05
+    counts: list[int] = field(default_factory=list)
+    tokenizer_fingerprint: str | None = None
+    source_fingerprints: dict[str, str] = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if self.num_bins < 1:
+            raise SchemeError(f"num_bins must be >= 1, got {self.num_bins}")
+        if self.edges and len(self.edges) != self.num_bins - 1:
+            raise SchemeError(f"{self.num_bins} bins need {self.num_bins - 1} edges, got {len(self.edges)}")
+        if any(b < a for a, b in zip(self.edges, self.edges[1:])):
+            raise SchemeError(f"bin edges must be non-decreasing: {self.edges}")
+        if "{k}" not in self.rtg_template:
+            raise SchemeError(f"rtg_template must contain '{{k}}': {self.rtg_template!r}")
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, rewards: Iterable[float], num_bins: int = 10, binning: str = "quantile", **kw) -> "ControlScheme":
+        """Fit bin edges to training rewards with the given binning spec."""
+        kind, explicit = parse_binning(binning)
+        if kind == "edges":
+            assert explicit is not None
+            return cls(num_bins=len(explicit) + 1, edges=list(explicit), binning=binning, **kw)
+        values = [float(r) for r in rewards]
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            raise SchemeError(f"cannot fit bin edges: {len(bad)} non-finite rewards")
+        edges = quantile_edges(values, num_bins) if kind == "quantile" else uniform_edges(values, num_bins)
+        return cls(num_bins=num_bins, edges=edges, binning=binning, **kw)
+
+    # ------------------------------------------------------------------ mapping
+    def bin_of(self, value: float) -> int:
+        """The bin of a reward value: the number of edges <= value."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise SchemeError(f"reward {value!r} is not a finite number")
+        if len(self.edges) != self.num_bins - 1:
+            raise SchemeError("scheme has no fitted bin edges yet")
+        return bisect.bisect_right(self.edges, value)
+
+    def bin_range(self, k: int) -> tuple[float, float]:
+        """[low, high) of bin k; the outer bins are unbounded."""
+        self.check_level(k)
+        lo = -math.inf if k == 0 else self.edges[k - 1]
+        hi = math.inf if k == self.num_bins - 1 else self.edges[k]
+        return lo, hi
+
+    def check_level(self, k: int) -> int:
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_bins:
+            raise SchemeError(f"level {k!r} does not exist: this scheme has levels 0..{self.num_bins - 1}")
+        return k
+
+    # ------------------------------------------------------------------ tokens
+    def rtg_token(self, k: int) -> str:
+        return self.rtg_template.format(k=self.check_level(k))
+
+    def mode_token(self, mode: str) -> str:
+        if mode == "on":
+            return self.on_token
+        if mode == "off":
+            return self.off_token
+        raise SchemeError(f"mode must be 'on' or 'off', got {mode!r}")
+
+    @property
+    def rtg_tokens(self) -> list[str]:
+        return [self.rtg_template.format(k=k) for k in range(self.num_bins)]
+
+    @property
+    def control_tokens(self) -> list[str]:
+        """All control tokens in a fixed order: on, off, rtg:0..K-1."""
+        return [self.on_token, self.off_token, *self.rtg_tokens]
+
+    def add_to_tokenizer(self, tokenizer) -> int:
+        """Register the control tokens as special tokens; returns how many were new."""
+        return tokenizer.add_special_tokens({"extra_special_tokens": self.control_tokens},
+                                            replace_extra_special_tokens=False)
+
+    def token_ids(self, tokenizer) -> dict[str, int]:
+        """Map every control token to its id in ``tokenizer`` (error if one is missing)."""
+        ids = {}
+        unk = getattr(tokenizer, "unk_token_id", None)
+        for tok in self.control_tokens:
+            i = tokenizer.convert_tokens_to_ids(tok)
+            if i is None or (unk is not None and i == unk):
+                raise SchemeError(f"control token {tok!r} is not in the tokenizer; call add_to_tokenizer first")
+            ids[tok] = int(i)
+        return ids
+
+    def rtg_ids(self, tokenizer) -> list[int]:
+        ids = self.token_ids(tokenizer)
+        return [ids[t] for t in self.rtg_tokens]
+
+    # ------------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ControlScheme":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise SchemeError(f"unknown scheme fields {sorted(unknown)}; known: {sorted(known)}")
+        if d.get("version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise SchemeError(f"scheme version {d['version']} is newer than this rcond ({FORMAT_VERSION})")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ControlScheme":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / SCHEME_FILE
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ControlScheme":
+        path = Path(directory)
+        if path.is_dir():
+            path = path / SCHEME_FILE
+        if not path.exists():
+            raise SchemeError(f"{path}: no {SCHEME_FILE} here (is this an rcond corpus or model directory?)")
+        try:
+            return cls.from_json(path.read_text())
+        except (json.JSONDecodeError, TypeError) as e:
+            raise SchemeError(f"{path}: not a valid scheme file: {e}") from e
