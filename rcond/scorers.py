@@ -1,0 +1,188 @@
+"""Reward functions that score texts: VADER sentiment or any Python function.
+
+A scorer maps a batch of texts to one finite float per text. ``get_scorer(spec)`` builds one
+from a spec string:
+
+- ``"vader"``: VADER's compound sentiment score in [-1, 1] (vaderSentiment's
+  ``SentimentIntensityAnalyzer``, built once per process and shared).
+- ``"module:function"``: ``function`` imported from ``module`` (a dotted module path, or a
+  ``.py`` file path such as ``./rewards.py``). The function takes ``list[str]`` and returns a
+  sequence of numbers of the same length (a list, tuple, NumPy array or 1-D tensor). Dotted
+  modules are looked up on the normal import path, with the current directory added at its
+  end so that a ``rewards.py`` beside the command line is found. ``function`` may be a dotted
+  attribute path (``Class.method``).
+
+Every batch a scorer returns is checked: a wrong count, a value that is not a number, or a
+NaN/infinite value raises :class:`ScorerError` naming the scorer and the position of the
+offending text (counted across the whole input in :meth:`Scorer.score_batched`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import math
+import os
+import sys
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+ACCEPTED = "'vader' or 'module:function' (e.g. 'mypkg.rewards:score' or './rewards.py:score')"
+
+
+class ScorerError(ValueError):
+    """A scorer spec cannot be resolved, or a scorer returned unusable scores."""
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class Scorer:
+    """A named reward function over batches of texts, with its output validated.
+
+    Call it on a list of strings to get a list of floats, one per string, in order.
+    """
+
+    def __init__(self, name: str, fn: Callable[[list[str]], Sequence[float]]):
+        self.name = name
+        self._fn = fn
+
+    def __repr__(self) -> str:
+        return f"Scorer({self.name!r})"
+
+    def __call__(self, texts: Sequence[str]) -> list[float]:
+        return self._score(list(texts), offset=0)
+
+    def score_batched(self, texts: Iterable[str], batch_size: int = 256) -> Iterator[float]:
+        """Score an iterable of texts lazily, ``batch_size`` at a time; yields one float per text.
+
+        Only one batch is held at a time, so this streams over corpora of any size. Error
+        messages give positions counted from the start of ``texts``.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        it = iter(texts)
+        offset = 0
+        while batch := list(islice(it, batch_size)):
+            yield from self._score(batch, offset)
+            offset += len(batch)
+
+    def _score(self, texts: list[str], offset: int) -> list[float]:
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(
+                    f"scorer {self.name!r}: text {offset + i} is a {type(t).__name__}, expected str"
+                )
+        if not texts:
+            return []
+        try:
+            raw = self._fn(texts)
+        except ScorerError:
+            raise
+        except Exception as e:
+            raise ScorerError(
+                f"scorer {self.name!r} failed on texts {offset}..{offset + len(texts) - 1}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        return self._validate(raw, texts, offset)
+
+    def _validate(self, raw: object, texts: list[str], offset: int) -> list[float]:
+        if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
+            raise ScorerError(
+                f"scorer {self.name!r} returned a {type(raw).__name__} for texts "
+                f"{offset}..{offset + len(texts) - 1}; expected a sequence of {len(texts)} numbers"
+            )
+        if getattr(raw, "ndim", 1) != 1:
+            raise ScorerError(
+                f"scorer {self.name!r} returned an array of shape {tuple(raw.shape)} for "
+                f"{len(texts)} texts (starting at text {offset}); expected one number per text"
+            )
+        if len(raw) != len(texts):
+            raise ScorerError(
+                f"scorer {self.name!r} returned {len(raw)} scores for {len(texts)} texts "
+                f"(texts {offset}..{offset + len(texts) - 1}); expected one score per text"
+            )
+        out = []
+        for i, v in enumerate(raw):
+            where = f"scorer {self.name!r}: score for text {offset + i} ({_preview(texts[i])})"
+            if isinstance(v, (str, bytes)):
+                raise ScorerError(f"{where} is not a number: {v!r}")
+            try:
+                x = float(v)
+            except (TypeError, ValueError) as e:
+                raise ScorerError(f"{where} is not a number: {v!r} ({type(v).__name__})") from e
+            if not math.isfinite(x):
+                raise ScorerError(f"{where} is {x}; scores must be finite")
+            out.append(x)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _vader_analyzer():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    """VADER compound score of each text, in [-1, 1] (a negative zero is returned as 0.0)."""
+    polarity = _vader_analyzer().polarity_scores
+    return [polarity(t)["compound"] + 0.0 for t in texts]
+
+
+def _import_module(module: str, spec: str):
+    if module.endswith(".py") or os.sep in module or "/" in module:
+        path = Path(module)
+        if not path.is_file():
+            raise ScorerError(f"scorer {spec!r}: no such file {str(path)!r}")
+        name = f"rcond_user_scorer_{path.stem}"
+        loader_spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = mod
+        try:
+            loader_spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return mod
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ScorerError(
+            f"scorer {spec!r}: cannot import module {module!r} ({e}); it must be importable "
+            f"from the current directory or the installed packages, or be a path to a .py file"
+        ) from e
+
+
+def _load_function(spec: str) -> Callable[[list[str]], Sequence[float]]:
+    module, _, attr = spec.rpartition(":")
+    mod = _import_module(module, spec)
+    obj = mod
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise ScorerError(f"scorer {spec!r}: {module!r} has no attribute {attr!r}") from e
+    if not callable(obj):
+        raise ScorerError(f"scorer {spec!r}: {attr!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
+def get_scorer(spec: str) -> Scorer:
+    """Build the scorer named by ``spec``: ``"vader"`` or ``"module:function"``."""
+    if not isinstance(spec, str):
+        raise ScorerError(f"scorer spec must be a string, got {type(spec).__name__}; expected {ACCEPTED}")
+    spec = spec.strip()
+    if spec == "vader":
+        _vader_analyzer()
+        return Scorer("vader", vader_compound)
+    module, sep, attr = spec.rpartition(":")
+    if sep and module and attr and all(p.isidentifier() for p in attr.split(".")):
+        return Scorer(spec, _load_function(spec))
+    raise ScorerError(f"unknown scorer {spec!r}: expected {ACCEPTED}")

@@ -1,0 +1,185 @@
+"""Tests of rcond.scorers: VADER, user functions imported by spec, and output validation."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from rcond.scorers import Scorer, ScorerError, get_scorer
+
+TEXTS = ["I love this, it is wonderful!", "Terrible. It broke on day one.", "It is a blender.", ""]
+
+HELPERS = textwrap.dedent(
+    """
+    import math
+    import numpy as np
+
+    def word_count(texts):
+        return [float(len(t.split())) for t in texts]
+
+    def as_array(texts):
+        return np.array([len(t) for t in texts], dtype=np.float32)
+
+    def as_matrix(texts):
+        return np.zeros((len(texts), 2))
+
+    def one_short(texts):
+        return [0.0] * (len(texts) - 1)
+
+    def nan_for_bad(texts):
+        return [math.nan if "bad" in t else 1.0 for t in texts]
+
+    def inf_for_bad(texts):
+        return [-math.inf if "bad" in t else 1.0 for t in texts]
+
+    def strings(texts):
+        return ["0.5" for _ in texts]
+
+    def nested(texts):
+        return [[1.0] for _ in texts]
+
+    def scalar(texts):
+        return 1.0
+
+    def explodes(texts):
+        if "boom" in texts:
+            raise RuntimeError("model file missing")
+        return [0.0] * len(texts)
+
+    class Namespace:
+        @staticmethod
+        def length(texts):
+            return [len(t) for t in texts]
+
+    NOT_A_FUNCTION = 3
+    """
+)
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch):
+    """A real module, ``rcond_test_rewards``, importable for the duration of one test."""
+    (tmp_path / "rcond_test_rewards.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rcond_test_rewards", raising=False)
+    yield "rcond_test_rewards"
+    sys.modules.pop("rcond_test_rewards", None)
+
+
+def test_vader_matches_the_analyzer():
+    scorer = get_scorer("vader")
+    analyzer = SentimentIntensityAnalyzer()
+    assert scorer.name == "vader"
+    assert scorer(TEXTS) == [analyzer.polarity_scores(t)["compound"] for t in TEXTS]
+    assert all(-1.0 <= x <= 1.0 for x in scorer(TEXTS))
+    assert scorer(TEXTS)[0] > 0.5 > scorer(TEXTS)[1]
+
+
+def test_vader_returns_plain_zero_for_neutral_text():
+    [x] = get_scorer("vader")(["It weighs 300 grams."])
+    assert x == 0.0 and str(x) == "0.0"
+
+
+def test_score_batched_streams_in_order():
+    scorer = get_scorer("vader")
+    texts = TEXTS * 3
+    out = scorer.score_batched(iter(texts), batch_size=5)
+    assert not isinstance(out, list)
+    assert list(out) == scorer(texts)
+    with pytest.raises(ValueError, match="batch_size"):
+        list(scorer.score_batched(texts, batch_size=0))
+
+
+def test_empty_input_is_not_sent_to_the_function():
+    calls = []
+    scorer = Scorer("probe", lambda texts: calls.append(texts) or [])
+    assert scorer([]) == []
+    assert list(scorer.score_batched([], batch_size=4)) == []
+    assert calls == []
+
+
+def test_module_function_happy_path(helpers):
+    scorer = get_scorer(f"{helpers}:word_count")
+    assert scorer.name == f"{helpers}:word_count"
+    assert scorer(TEXTS) == [6.0, 6.0, 4.0, 0.0]
+    assert all(type(x) is float for x in scorer(TEXTS))
+
+
+def test_numpy_and_torch_outputs_are_accepted(helpers):
+    assert get_scorer(f"{helpers}:as_array")(["ab", "abcd"]) == [2.0, 4.0]
+    scorer = Scorer("tensor", lambda texts: torch.tensor([0.25] * len(texts)))
+    assert scorer(["a", "b"]) == [0.25, 0.25]
+
+
+def test_dotted_attribute_and_file_path(helpers, tmp_path):
+    assert get_scorer(f"{helpers}:Namespace.length")(["abc"]) == [3.0]
+    assert get_scorer(f"{tmp_path / 'rcond_test_rewards.py'}:word_count")(["a b"]) == [2.0]
+
+
+def test_module_in_current_directory_is_found(tmp_path, monkeypatch):
+    (tmp_path / "rcond_cwd_rewards.py").write_text("def score(texts):\n    return [1.0] * len(texts)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "rcond_cwd_rewards", raising=False)
+    assert get_scorer("rcond_cwd_rewards:score")(["x", "y"]) == [1.0, 1.0]
+    sys.modules.pop("rcond_cwd_rewards", None)
+
+
+def test_wrong_length_names_scorer_and_counts(helpers):
+    with pytest.raises(ScorerError, match=r"one_short' returned 3 scores for 4 texts"):
+        get_scorer(f"{helpers}:one_short")(TEXTS)
+
+
+@pytest.mark.parametrize("fn, what", [("nan_for_bad", "nan"), ("inf_for_bad", "-inf")])
+def test_non_finite_score_names_the_text_index(helpers, fn, what):
+    scorer = get_scorer(f"{helpers}:{fn}")
+    with pytest.raises(ScorerError, match=rf"{fn}': score for text 1 \('a bad one'\) is {what}"):
+        scorer(["fine", "a bad one"])
+    texts = ["a", "b", "c", "d", "bad"]
+    with pytest.raises(ScorerError, match=rf"{fn}': score for text 4 "):
+        list(scorer.score_batched(texts, batch_size=2))
+
+
+@pytest.mark.parametrize("fn", ["strings", "nested"])
+def test_non_numeric_score_is_an_error(helpers, fn):
+    with pytest.raises(ScorerError, match=rf"{fn}': score for text 0 .* is not a number"):
+        get_scorer(f"{helpers}:{fn}")(["x", "y"])
+
+
+@pytest.mark.parametrize("fn, match", [("scalar", "returned a float"), ("as_matrix", r"shape \(2, 2\)")])
+def test_non_sequence_output_is_an_error(helpers, fn, match):
+    with pytest.raises(ScorerError, match=match):
+        get_scorer(f"{helpers}:{fn}")(["x", "y"])
+
+
+def test_exception_in_function_is_reported_with_the_batch(helpers):
+    scorer = get_scorer(f"{helpers}:explodes")
+    with pytest.raises(ScorerError, match=r"explodes' failed on texts 2\.\.3: RuntimeError: model file missing"):
+        list(scorer.score_batched(["a", "b", "c", "boom"], batch_size=2))
+
+
+def test_non_string_text_is_rejected():
+    with pytest.raises(TypeError, match="text 1 is a int"):
+        get_scorer("vader")(["fine", 3])
+
+
+@pytest.mark.parametrize("spec", ["vaderr", "", "nocolon", "mod:", ":fn", "mod:not-an-identifier", "rm"])
+def test_unknown_spec_lists_what_is_accepted(spec):
+    with pytest.raises(ScorerError, match=r"unknown scorer .*'vader' or 'module:function'"):
+        get_scorer(spec)
+
+
+def test_unimportable_module_missing_attribute_and_non_callable(helpers, tmp_path):
+    with pytest.raises(ScorerError, match="cannot import module 'rcond_no_such_module'"):
+        get_scorer("rcond_no_such_module:score")
+    with pytest.raises(ScorerError, match="has no attribute 'missing'"):
+        get_scorer(f"{helpers}:missing")
+    with pytest.raises(ScorerError, match="'NOT_A_FUNCTION' is a int, not a function"):
+        get_scorer(f"{helpers}:NOT_A_FUNCTION")
+    with pytest.raises(ScorerError, match="no such file"):
+        get_scorer(f"{tmp_path / 'absent.py'}:score")
