@@ -1,0 +1,213 @@
+"""Tests of rcond.toyworld: determinism, record schema, real VADER rewards, spread, atomic output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from rcond import toyworld
+
+SMALL = {"n_reviews": 300, "n_dialogs": 60, "n_text": 60, "progress": False}
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def file_bytes(paths: dict) -> dict:
+    return {name: p.read_bytes() for name, p in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return toyworld.generate(tmp_path_factory.mktemp("tw") / "out", seed=0, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def vader():
+    return SentimentIntensityAnalyzer()
+
+
+def test_returns_the_four_files(small):
+    assert set(small) == {"reviews", "dialogs", "text", "meta"}
+    assert sorted(p.name for p in small["meta"].parent.iterdir()) == [
+        "dialogs.jsonl", "meta.json", "reviews.jsonl", "text.jsonl"]
+    assert len(read_jsonl(small["reviews"])) == 300
+    assert len(read_jsonl(small["dialogs"])) == 60
+    assert len(read_jsonl(small["text"])) == 60
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(small, tmp_path):
+    again = toyworld.generate(tmp_path / "again", seed=0, **SMALL)
+    assert file_bytes(again) == file_bytes(small)
+    other = toyworld.generate(tmp_path / "other", seed=1, **SMALL)
+    for name in ("reviews", "dialogs", "text"):
+        assert other[name].read_bytes() != small[name].read_bytes()
+
+
+def test_streams_are_independent_of_the_other_counts(small, tmp_path):
+    fewer = toyworld.generate(tmp_path / "fewer", seed=0, n_reviews=100, n_dialogs=5, n_text=0, progress=False)
+    assert read_jsonl(fewer["reviews"]) == read_jsonl(small["reviews"])[:100]
+    assert read_jsonl(fewer["dialogs"]) == read_jsonl(small["dialogs"])[:5]
+    assert fewer["text"].read_bytes() == b""
+
+
+def test_review_schema_and_rewards_are_vader(small, vader):
+    for rec in read_jsonl(small["reviews"]):
+        assert set(rec) == {"prompt", "response", "reward", "topic", "entity", "latent_sentiment", "latent_label"}
+        assert rec["prompt"] == f"Review of {rec['entity']} ({_label(rec['topic'])}):"
+        assert rec["response"].strip() == rec["response"] and rec["response"]
+        assert rec["reward"] == vader.polarity_scores(rec["response"])["compound"]
+        assert -1.0 <= rec["latent_sentiment"] <= 1.0
+        assert rec["latent_label"] == toyworld.latent_label(rec["latent_sentiment"])
+
+
+def _label(topic_name: str) -> str:
+    return next(t["label"] for t in toyworld.load_assets()["topics"] if t["name"] == topic_name)
+
+
+def test_dialog_turns_alternate_and_assistant_turns_carry_vader(small, vader):
+    for rec in read_jsonl(small["dialogs"]):
+        assert set(rec) == {"turns", "topic", "entity", "styles", "latent_helpfulness"}
+        turns = rec["turns"]
+        assert 4 <= len(turns) <= 8 and len(turns) % 2 == 0
+        for i, turn in enumerate(turns):
+            assert turn["role"] == ("user" if i % 2 == 0 else "assistant")
+            assert isinstance(turn["content"], str) and turn["content"]
+            if turn["role"] == "assistant":
+                assert set(turn) == {"role", "content", "reward"}
+                assert turn["reward"] == vader.polarity_scores(turn["content"])["compound"]
+            else:
+                assert set(turn) == {"role", "content"}
+        assert len(rec["styles"]) == len(rec["latent_helpfulness"]) == len(turns) // 2
+
+
+def test_text_documents(small):
+    docs = read_jsonl(small["text"])
+    for doc in docs:
+        assert set(doc) == {"text", "topic", "entity"}
+        assert len(doc["text"].split()) >= 8
+    assert len({doc["text"] for doc in docs}) > 0.9 * len(docs)
+
+
+def test_meta_summarises_the_run(small):
+    meta = json.loads(small["meta"].read_text())
+    rewards = [r["reward"] for r in read_jsonl(small["reviews"])]
+    turns = [t["reward"] for d in read_jsonl(small["dialogs"]) for t in d["turns"] if t["role"] == "assistant"]
+    assert meta["seed"] == 0
+    assert meta["generator_version"] == toyworld.GENERATOR_VERSION
+    assert meta["counts"]["reviews"] == 300 and meta["counts"]["assistant_turns"] == len(turns)
+    stats = meta["reward"]["reviews"]
+    assert stats["count"] == 300 and sum(stats["histogram"]) == 300
+    assert stats["deciles"] == [round(x, 4) for x in statistics.quantiles(rewards, n=10, method="inclusive")]
+    assert stats["min"] == min(rewards) and stats["max"] == max(rewards)
+    assert meta["reward"]["assistant_turns"]["count"] == len(turns)
+    assert meta["files"]["reviews"]["bytes"] == small["reviews"].stat().st_size
+
+
+def test_reward_spread_and_relation_to_the_latent(tmp_path):
+    paths = toyworld.generate(tmp_path / "big", seed=3, n_reviews=3000, n_dialogs=300, n_text=0, progress=False)
+    recs = read_jsonl(paths["reviews"])
+    rewards = [r["reward"] for r in recs]
+    deciles = statistics.quantiles(rewards, n=10)
+    assert deciles[0] < -0.3 and deciles[-1] > 0.7
+    assert len({round(d, 1) for d in deciles}) >= 7
+    hist = json.loads(paths["meta"].read_text())["reward"]["reviews"]["histogram"]
+    assert all(count >= 0.02 * len(recs) for count in hist)
+    pos = [r["reward"] for r in recs if r["latent_sentiment"] > 0.33]
+    neg = [r["reward"] for r in recs if r["latent_sentiment"] < -0.33]
+    assert statistics.fmean(pos) > statistics.fmean(neg) + 0.5
+    corr = statistics.correlation([r["latent_sentiment"] for r in recs], rewards)
+    assert 0.4 < corr < 0.95
+    words = [len(r["response"].split()) for r in recs]
+    assert 20 <= statistics.median(words) <= 60 and max(words) <= 100
+    assert len({r["response"] for r in recs}) > 0.99 * len(recs)
+    turn_rewards = [t["reward"] for d in read_jsonl(paths["dialogs"]) for t in d["turns"] if t["role"] == "assistant"]
+    assert min(turn_rewards) < -0.5 and max(turn_rewards) > 0.7
+
+
+def test_existing_non_empty_directory_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty.*overwrite=True"):
+        toyworld.generate(out, **SMALL)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_empty_directory_is_used_and_overwrite_replaces(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    toyworld.generate(out, n_reviews=5, n_dialogs=2, n_text=2, progress=False)
+    (out / "stale.txt").write_text("old")
+    toyworld.generate(out, n_reviews=7, n_dialogs=2, n_text=2, progress=False, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert len(read_jsonl(out / "reviews.jsonl")) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_file_in_the_way_is_refused(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(FileExistsError, match="not a directory"):
+        toyworld.generate(tmp_path / "out", overwrite=True, **SMALL)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch, exc):
+    real = toyworld._write_jsonl
+    calls = []
+
+    def fail_on_second(path, records):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise exc
+        return real(path, records)
+
+    monkeypatch.setattr(toyworld, "_write_jsonl", fail_on_second)
+    with pytest.raises(type(exc)):
+        toyworld.generate(tmp_path / "out", **SMALL)
+    assert calls == ["reviews.jsonl", "dialogs.jsonl"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_while_overwriting_keeps_the_old_output(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    toyworld.generate(out, n_reviews=5, n_dialogs=2, n_text=2, progress=False)
+    before = file_bytes({p.name: p for p in out.iterdir()})
+
+    def fail(path, records):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(toyworld, "_write_jsonl", fail)
+    with pytest.raises(RuntimeError):
+        toyworld.generate(out, n_reviews=9, n_dialogs=2, n_text=2, progress=False, overwrite=True)
+    assert file_bytes({p.name: p for p in out.iterdir()}) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("bad", [{"n_reviews": -1}, {"n_text": 2.5}, {"seed": "zero"}, {"n_dialogs": True}])
+def test_bad_counts_are_rejected(tmp_path, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        toyworld.generate(tmp_path / "out", **{**SMALL, **bad})
+    assert not (tmp_path / "out").exists()
+
+
+def test_world_facts_are_consistent_between_files(small):
+    world = toyworld.build_world(0)
+    by_name = {e.name: e for e in world.entities}
+    for rec in read_jsonl(small["reviews"]):
+        e = by_name[rec["entity"]]
+        assert e.topic["name"] == rec["topic"]
+        if e.kind == "product":
+            for spec, value in e.specs:
+                prefix = spec["fact"].split("{v}")[0]
+                if prefix in rec["response"]:
+                    assert spec["fact"].format(v=value) in rec["response"]
+    for doc in read_jsonl(small["text"]):
+        if doc["entity"] in by_name and by_name[doc["entity"]].kind == "product":
+            assert f"${by_name[doc['entity']].facts['price']}" in doc["text"]
