@@ -230,7 +230,9 @@ def _text(row: dict, name: str, origin: str) -> str:
 
 
 def _reward(value, name: str, origin: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        raise SourceError(f"{origin}: {name} must be a number, got {value!r}")
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)
         except (TypeError, ValueError):

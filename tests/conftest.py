@@ -1,0 +1,39 @@
+"""Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, and the
+location of the real test data (tests that need it skip when ../shared/data is absent)."""
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+WORDS = ["<eos>", "a", "b", "c", "d", "e", "f", "g", "h"]
+
+
+def word_tokenizer():
+    """One token per whitespace-separated word: 'a' -> 1, 'b' -> 2, ...; eos = pad = 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.fixture
+def wtok():
+    return word_tokenizer()
+
+
+@pytest.fixture
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"test data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    import json
+
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path

@@ -1,0 +1,138 @@
+"""Packing checked against rows computed by hand with a word-level tokenizer (a=1, b=2, ...,
+eos=0). With K=2 and edges:0 the control ids are on=9, off=10, rtg:0=11, rtg:1=12."""
+
+import numpy as np
+import pytest
+
+from conftest import word_tokenizer, write_jsonl
+from rcond.corpus import CorpusError, PackOptions, build, load
+from rcond.sources import SourceReader
+
+ON, OFF, R0, R1 = 9, 10, 11, 12
+
+
+def make(tmp_path, fmt, rows, *, block_size=16, uncond=0.0, binning="edges:0", name="c", **kw):
+    src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    opts = PackOptions(block_size=block_size, uncond_fraction=uncond, **kw)
+    scheme, summary = build(SourceReader([str(src)], fmt), tmp_path / name, word_tokenizer(), binning=binning,
+                            opts=opts, progress=False)
+    ds, scheme2, tok = load(tmp_path / name)
+    rows = {k: np.array(ds[k]) for k in ds.column_names}
+    return rows, scheme2, summary
+
+
+def test_three_documents_packed_by_hand(tmp_path):
+    docs = [{"prompt": "a", "response": "b c", "reward": 0.5},   # [on r1 a b c eos]      6 tokens
+            {"prompt": "d", "response": "e", "reward": -1.0},    # [on r0 d e eos]        5 tokens
+            {"prompt": "", "response": "f", "reward": 2.0}]      # [on r1 f eos]          4 tokens
+    rows, scheme, s = make(tmp_path, "scored", docs)
+    assert rows["input_ids"].tolist() == [[ON, R1, 1, 2, 3, 0, ON, R0, 4, 5, 0, ON, R1, 6, 0, 0]]
+    assert rows["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 0, 1, 2, 3, 0]]
+    assert rows["segment_ids"].tolist() == [[0] * 6 + [1] * 5 + [2] * 4 + [-1]]
+    # loss_weight[i] weighs the prediction of token i+1: control-token and prompt targets 0,
+    # response and eos targets 1, the target across a document boundary 0, padding 0
+    assert rows["loss_weight"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]]
+    assert rows["bin_ids"].tolist() == [[1] * 6 + [0] * 5 + [1] * 4 + [-1]]
+    assert scheme.counts == [1, 2]
+    assert (s.rows, s.tokens, s.documents) == (1, 15, 3)
+    assert s.efficiency(16) == pytest.approx(15 / 16)
+
+
+def test_best_fit_fills_the_tightest_row(tmp_path):
+    # block 10: doc A (5 tokens) leaves 5 free, doc B (6) leaves 4 free; doc C (4 tokens) fits both
+    # rows — first fit would put it beside A, best fit puts it beside B, filling that row exactly.
+    docs = [{"response": "a b", "reward": 1},    # [on r1 a b eos]
+            {"response": "c d e", "reward": 1},  # [on r1 c d e eos]
+            {"response": "g", "reward": 1}]      # [on r1 g eos]
+    rows, _, s = make(tmp_path, "scored", docs, block_size=10)
+    assert rows["input_ids"].tolist() == [[ON, R1, 3, 4, 5, 0, ON, R1, 7, 0],
+                                          [ON, R1, 1, 2, 0, 0, 0, 0, 0, 0]]
+    assert s.rows == 2
+
+
+def test_off_records_carry_no_rtg(tmp_path):
+    rows, scheme, s = make(tmp_path, "scored", [{"response": "a b", "reward": 1}] * 5, uncond=1.0)
+    ids = rows["input_ids"]
+    assert not np.isin(ids, [ON, R0, R1]).any()
+    assert (ids == OFF).sum() == 5
+    assert (rows["bin_ids"] == -1).all()
+    assert scheme.counts == [0, 0] and s.off_docs == 5
+
+
+def test_text_format_is_off(tmp_path):
+    rows, _, _ = make(tmp_path, "text", [{"text": "a b c"}])
+    assert rows["input_ids"][0][:5].tolist() == [OFF, 1, 2, 3, 0]
+    assert rows["loss_weight"][0][:5].tolist() == [1, 1, 1, 1, 0]
+
+
+def test_long_document_split_with_prefix_repeated(tmp_path):
+    rows, _, s = make(tmp_path, "scored", [{"prompt": "a", "response": "b c d e f", "reward": 1}], block_size=6)
+    # stream [on r1 a b c d e f eos] (9) -> [on r1 a b c d] + [on r1 e f eos]
+    assert sorted(r[r != 0].tolist() for r in rows["input_ids"]) == [[ON, R1, 1, 2, 3, 4], [ON, R1, 5, 6]]
+    second = [i for i, r in enumerate(rows["input_ids"]) if r[2] == 5][0]
+    assert rows["loss_weight"][second][:5].tolist() == [0, 1, 1, 1, 0]
+    assert rows["position_ids"][second][:5].tolist() == [0, 1, 2, 3, 4]
+    assert s.pieces == 2
+
+
+def test_truncate(tmp_path):
+    rows, _, s = make(tmp_path, "scored", [{"prompt": "a", "response": "b c d e f", "reward": 1}], block_size=6,
+                      truncate=True)
+    assert rows["input_ids"].tolist() == [[ON, R1, 1, 2, 3, 4]]
+    assert rows["loss_weight"].tolist() == [[0, 0, 1, 1, 1, 0]]
+    assert s.truncated_tokens == 3
+
+
+def test_dialog_bins_follow_the_rtg_in_force(tmp_path):
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": -1},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": 2}]
+    rows, _, _ = make(tmp_path, "dialog", [{"turns": turns}], binning="edges:1.5")
+    # RTG = [1, 2] -> bins [0, 1]; stream [on a r0 b c r1 d eos]
+    assert rows["input_ids"][0][:8].tolist() == [ON, 1, R0, 2, 3, R1, 4, 0]
+    assert rows["bin_ids"][0][:8].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert rows["loss_weight"][0][:8].tolist() == [0, 0, 1, 0, 0, 1, 1, 0]
+
+
+def test_train_on_prompt(tmp_path):
+    rows, _, _ = make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}], train_on_prompt=True)
+    assert rows["loss_weight"][0][:4].tolist() == [0, 1, 1, 1]
+
+
+def test_uncond_fraction_is_seeded_and_near_target(tmp_path):
+    docs = [{"response": "a", "reward": i} for i in range(400)]
+    _, _, s1 = make(tmp_path, "scored", docs, uncond=0.25, name="u1", binning="quantile")
+    _, _, s2 = make(tmp_path, "scored", docs, uncond=0.25, name="u2", binning="quantile")
+    assert s1.off_docs == s2.off_docs and 60 <= s1.off_docs <= 140
+
+
+def test_block_size_smaller_than_prefix(tmp_path):
+    with pytest.raises(CorpusError, match="smaller than a control prefix"):
+        make(tmp_path, "scored", [{"response": "a", "reward": 1}], block_size=3)
+    assert not (tmp_path / "c").exists()
+
+
+def test_existing_output_refused(tmp_path):
+    make(tmp_path, "scored", [{"response": "a", "reward": 1}])
+    from rcond.atomic import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        make(tmp_path, "scored", [{"response": "b", "reward": 1}])
+
+
+def test_load_checks_fingerprints(tmp_path):
+    make(tmp_path, "scored", [{"response": "a", "reward": 1}])
+    rows = tmp_path / "c" / "rows.arrow"
+    data = bytearray(rows.read_bytes())
+    data[-20] ^= 0xFF
+    rows.write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match="fingerprint mismatch"):
+        load(tmp_path / "c")
+    (tmp_path / "c" / "scheme.json").unlink()
+    with pytest.raises(CorpusError, match="not a complete rcond corpus"):
+        load(tmp_path / "c")
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    with pytest.raises(Exception):
+        make(tmp_path, "scored", [{"response": "a", "reward": 1}, "{bad"])
+    assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]

@@ -1,0 +1,61 @@
+"""Preprocessing the real public data in ../shared/data (skipped when the folder is absent)."""
+
+import numpy as np
+import pytest
+
+from rcond.corpus import PackOptions, build, load, train_tokenizer
+from rcond.sources import SourceReader
+
+
+def test_hh_rlhf_pairs(tmp_path, shared_data):
+    reader = SourceReader([str(shared_data / "hh_rlhf_harmless_test.jsonl.gz")], "pairs", on_error="skip")
+    tok = train_tokenizer(reader.texts(), 2048)
+    scheme, s = build(reader, tmp_path / "hh", tok, opts=PackOptions(block_size=512), progress=False)
+    # 2,312 pairs, 4 of which have an empty final response (lines 87, 517, 926, 1104)
+    assert s.skipped == 4 and s.records == 2 * (2312 - 4)
+    assert [e.split(": ")[0].rsplit(":", 1)[1] for e in s.skipped_examples] == ["87", "517", "926", "1104"]
+    # unscored pairs: chosen -> top bin, rejected -> bottom bin, nothing in between
+    assert scheme.counts[1:-1] == [0] * 8 and scheme.counts[0] + scheme.counts[-1] == s.on_docs
+    ds, _, tok = load(tmp_path / "hh")
+    row = ds[0]
+    text = tok.decode(row["input_ids"][: row["segment_ids"].count(0)])
+    assert text.startswith("<|rlhf:") and "Human:" in text and "Assistant:" in text
+    assert s.efficiency(512) > 0.9
+
+
+def test_movie_reviews_as_text(tmp_path, shared_data):
+    reader = SourceReader([str(shared_data / "movie_reviews.zip")], "text")
+    tok = train_tokenizer(reader.texts(), 2048)
+    scheme, s = build(reader, tmp_path / "mr", tok, opts=PackOptions(block_size=1024), progress=False)
+    assert s.records == 2000 and s.off_docs == 2000 and sum(scheme.counts) == 0
+    ds, _, _ = load(tmp_path / "mr")
+    assert (np.array(ds["bin_ids"]) == -1).all()
+    assert s.pieces > s.documents  # reviews average ~800 tokens of a small BPE: some are split
+
+
+def test_movie_reviews_scored_by_vader(tmp_path, shared_data):
+    """A folder of 300 reviews (150 pos, 150 neg) from the archive: VADER on 4 kB reviews is slow."""
+    import zipfile
+
+    from rcond.scorers import get_scorer
+
+    folder = tmp_path / "reviews"
+    with zipfile.ZipFile(shared_data / "movie_reviews.zip") as zf:
+        for label in ("pos", "neg"):
+            names = sorted(n for n in zf.namelist() if f"/{label}/" in n and n.endswith(".txt"))[:150]
+            for n in names:
+                (folder / label).mkdir(parents=True, exist_ok=True)
+                (folder / label / n.rsplit("/", 1)[1]).write_bytes(zf.read(n))
+    vader = get_scorer("vader")
+    reader = SourceReader([str(folder)], "scored", scorer=vader)
+    tok = train_tokenizer(reader.texts(), 1024)
+    scheme, s = build(reader, tmp_path / "mrv", tok, num_bins=5, opts=PackOptions(block_size=1024, uncond_fraction=0),
+                      progress=False)
+    assert s.records == 300 and s.on_docs == 300
+    # quantile bins over 300 VADER scores hold 60 reviews each (ties aside)
+    assert all(50 <= c <= 70 for c in scheme.counts), scheme.counts
+    assert scheme.edges == sorted(scheme.edges) and -1 <= scheme.edges[0] and scheme.edges[-1] <= 1
+    # bins agree with VADER recomputed independently on the same texts
+    texts = [p.read_text() for p in sorted(folder.rglob("*.txt"))]
+    expected = [scheme.bin_of(v) for v in vader(texts)]
+    assert np.bincount(expected, minlength=5).tolist() == scheme.counts

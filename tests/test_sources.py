@@ -1,0 +1,125 @@
+import json
+
+import pytest
+
+from conftest import write_jsonl
+from rcond.sources import FieldNames, SourceError, SourceReader, reward_to_go, split_hh
+
+
+def read(tmp_path, fmt, rows, **kw):
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    return list(SourceReader([str(path)], fmt, **kw)), path
+
+
+def test_reward_to_go_three_turns_hand_computed():
+    assert reward_to_go([1.0, -0.5, 2.0], 1.0) == [2.5, 1.5, 2.0]
+    # gamma 0.5: R3 = 2, R2 = -0.5 + 1 = 0.5, R1 = 1 + 0.25 = 1.25
+    assert reward_to_go([1.0, -0.5, 2.0], 0.5) == [1.25, 0.5, 2.0]
+
+
+def test_dialog_rtg_per_assistant_turn(tmp_path):
+    turns = [{"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1", "reward": 1.0},
+             {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2", "reward": -0.5},
+             {"role": "user", "content": "u3"}, {"role": "assistant", "content": "a3", "reward": 2.0}]
+    (rec,), _ = read(tmp_path, "dialog", [{"turns": turns}])
+    assert [p.rtg for p in rec.parts] == [None, 2.5, None, 1.5, None, 2.0]
+    assert [p.trainable for p in rec.parts] == [False, True] * 3
+
+
+def test_hh_split_keeps_text():
+    d = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao"
+    prompt, resp = split_hh(d, "x")
+    assert prompt.endswith("\n\nAssistant:") and resp == " ciao" and prompt + resp == d
+
+
+def test_pairs_unscored_go_to_top_and_bottom(tmp_path):
+    row = {"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"}
+    recs, path = read(tmp_path, "pairs", [row])
+    assert [r.parts[0].fixed_bin for r in recs] == ["top", "bottom"]
+    assert [r.parts[1].text for r in recs] == [" good", " bad"]
+    assert recs[0].origin == f"{path}:1 (chosen)"
+
+
+def test_pairs_explicit_prompt_and_scores(tmp_path):
+    row = {"q": "Q?", "good": "yes", "bad": "no", "cs": 0.7, "rs": -0.2}
+    recs, _ = read(tmp_path, "pairs", [row], fields=FieldNames(prompt="q", chosen="good", rejected="bad",
+                                                               chosen_score="cs", rejected_score="rs"))
+    assert [(r.parts[0].text, r.parts[0].rtg, r.parts[1].text) for r in recs] == [("Q?", 0.7, "yes"), ("Q?", -0.2, "no")]
+
+
+def test_scored_text_field_and_scorer(tmp_path):
+    recs, _ = read(tmp_path, "scored", [{"text": "abc"}, {"prompt": "p", "response": "xy"}],
+                   scorer=lambda texts: [float(len(t)) for t in texts])
+    assert [(r.parts[0].text, r.parts[0].rtg, r.parts[1].text) for r in recs] == [("", 3.0, "abc"), ("p", 2.0, "xy")]
+
+
+def test_text_is_off(tmp_path):
+    (rec,), _ = read(tmp_path, "text", [{"text": "plain"}])
+    assert rec.mode == "off" and rec.conditioned_parts == []
+
+
+# ---------------------------------------------------------------- bad input
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, "", "{broken", {"text": "b"}])
+    with pytest.raises(SourceError, match=rf"{path}:3: malformed JSON"):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_missing_field_names_field_and_present(tmp_path):
+    with pytest.raises(SourceError, match=r"in.jsonl:1: missing field 'reward'; fields present: \['prompt', 'response'\]"):
+        read(tmp_path, "scored", [{"prompt": "p", "response": "r"}])
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
+def test_bad_reward_names_record(tmp_path, bad):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"response": "ok", "reward": 1}\n{"response": "r", "reward": %s}\n' % bad)
+    with pytest.raises(SourceError, match=rf"{path}:2: reward must be a (finite )?number"):
+        list(SourceReader([str(path)], "scored"))
+
+
+def test_empty_response(tmp_path):
+    with pytest.raises(SourceError, match="in.jsonl:1: empty response"):
+        read(tmp_path, "scored", [{"response": "  ", "reward": 1}])
+
+
+def test_dialog_without_assistant_turn(tmp_path):
+    with pytest.raises(SourceError, match="in.jsonl:1: dialog has no assistant turn"):
+        read(tmp_path, "dialog", [{"turns": [{"role": "user", "content": "hi"}]}])
+
+
+def test_non_finite_score_from_scorer(tmp_path):
+    with pytest.raises(SourceError, match="in.jsonl:2: scorer returned a non-finite reward"):
+        read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}],
+             scorer=lambda ts: [1.0 if t == "a" else float("nan") for t in ts])
+
+
+def test_skip_reports_count_and_which(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}, "{oops", {"response": "b"},
+                                               {"response": "c", "reward": 2}])
+    reader = SourceReader([str(path)], "scored", on_error="skip")
+    assert [r.parts[1].text for r in reader] == ["a", "c"]
+    assert reader.skipped.count == 2
+    assert reader.skipped.examples[0].startswith(f"{path}:2: malformed JSON")
+    assert reader.skipped.examples[1].startswith(f"{path}:3: missing field 'reward'")
+
+
+def test_other_row_formats_through_datasets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.csv").write_text("prompt,response,reward\np,r,0.5\nq,s,oops\n")
+    with pytest.raises(SourceError, match=r"a.csv:line 3: reward must be a number"):
+        list(SourceReader([str(tmp_path / "a.csv")], "scored"))
+    pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "b.parquet")
+    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "b.parquet")], "text")] == ["x", "y"]
+    (tmp_path / "c.json").write_text(json.dumps([{"text": "z"}]))
+    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "c.json")], "text")] == ["z"]
+
+
+def test_unknown_file_type_and_missing_file(tmp_path):
+    (tmp_path / "x.docx").write_text("")
+    with pytest.raises(SourceError, match="unknown file type"):
+        list(SourceReader([str(tmp_path / "x.docx")], "text"))
+    with pytest.raises(SourceError, match="no such file"):
+        list(SourceReader([str(tmp_path / "missing.jsonl")], "text"))
