@@ -1,0 +1,425 @@
+"""Tests of rcond.modeling: packed forward equivalence (and its failure modes), control-token
+mean init, output heads, flash-attention varlen boundaries, tokenizer fingerprint, save/load."""
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import (
+    AttentionInterface,
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+from transformers.masking_utils import find_packed_sequence_indices
+
+from rcond.modeling import (
+    ModelDirError,
+    OutputHead,
+    add_control_tokens,
+    build_model,
+    cu_seq_lens,
+    document_starts,
+    flash_varlen_kwargs,
+    load_pretrained,
+    load_tokenizer,
+    output_head,
+    packed_hidden,
+    packed_token_logprobs,
+    preset_config,
+    save_pretrained_atomic,
+    tokenizer_fingerprint,
+)
+from rcond.tokens import ControlScheme
+
+VOCAB_WORDS = [f"w{i}" for i in range(120)]
+DOC_LENGTHS = (7, 12, 5)           # three documents of different lengths in one packed row
+ATOL = 1e-5
+
+
+def _write_tokenizer(directory, *, eos=True):
+    """A word-level tokenizer over VOCAB_WORDS, saved as a transformers tokenizer directory."""
+    vocab = {"<unk>": 0, "<|endoftext|>": 1, **{w: i + 2 for i, w in enumerate(VOCAB_WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {"eos_token": "<|endoftext|>"} if eos else {}
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    return _write_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture
+def scheme():
+    return ControlScheme.fit([0.1 * i for i in range(20)], num_bins=4)
+
+
+@pytest.fixture
+def model(tokenizer, scheme):
+    return build_model("tiny", tokenizer, scheme, seed=0).eval()
+
+
+def _packed(lengths, vocab_size, seed):
+    """One packed row of documents: (input_ids [1, T], position_ids [1, T], the documents)."""
+    g = torch.Generator().manual_seed(seed)
+    docs = [torch.randint(2, vocab_size, (n,), generator=g) for n in lengths]
+    input_ids = torch.cat(docs)[None]                                             # [1, T]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]            # [1, T]
+    return input_ids, position_ids, docs
+
+
+def _docwise_logprobs(model, docs):
+    """Per-token log-probs of each document run alone (no packing), concatenated: [sum(n-1)]."""
+    out = []
+    for doc in docs:
+        logits = model(input_ids=doc[None]).logits[0, :-1].float()                # [n-1, V]
+        out.append(torch.log_softmax(logits, -1).gather(-1, doc[1:, None]).squeeze(-1))
+    return torch.cat(out)
+
+
+def _within_docs(logprobs, position_ids):
+    """Drop the entries whose target starts a new document: [B, T-1] -> [kept]."""
+    return logprobs[~document_starts(position_ids)[:, 1:]]
+
+
+def _logprobs_from_hidden(hidden, head, input_ids):
+    logp = torch.log_softmax(head.logits(hidden[:, :-1]).float(), -1)             # [B, T-1, V]
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)                    # [B, T-1]
+
+
+# ---------------------------------------------------------------------------- tokenizer
+def test_load_tokenizer_pads_with_eos(tokenizer):
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    assert tokenizer.eos_token == "<|endoftext|>"
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.pad_token_id == 1
+
+
+def test_load_tokenizer_without_eos_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no eos token"):
+        load_tokenizer(_write_tokenizer(tmp_path, eos=False))
+
+
+def test_fingerprint_survives_save_load_and_calls_but_not_a_new_token(tokenizer, tmp_path):
+    fp = tokenizer_fingerprint(tokenizer)
+    assert len(fp) == 64
+    tokenizer(["w1 w2", "w3"], padding="max_length", max_length=8, truncation=True)
+    assert tokenizer_fingerprint(tokenizer) == fp          # call-time padding/truncation state ignored
+    tokenizer.save_pretrained(tmp_path)
+    assert tokenizer_fingerprint(load_tokenizer(tmp_path)) == fp
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|new|>"]})
+    assert tokenizer_fingerprint(tokenizer) != fp
+
+
+# ---------------------------------------------------------------------------- presets
+def test_tiny_preset_is_sized_to_the_tokenizer_and_seeded(tokenizer, scheme):
+    a = build_model("tiny", tokenizer, seed=3)
+    assert a.config.vocab_size == len(tokenizer)
+    assert a.lm_head.weight is a.model.embed_tokens.weight
+    assert a.config.eos_token_id == tokenizer.eos_token_id and a.config.pad_token_id == tokenizer.pad_token_id
+    b = build_model("tiny", tokenizer, seed=3)
+    c = build_model("tiny", tokenizer, seed=4)
+    assert torch.equal(a.model.layers[0].mlp.up_proj.weight, b.model.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
+    assert build_model("tiny", tokenizer, max_position_embeddings=64).config.max_position_embeddings == 64
+
+
+def test_preset_sizes(tokenizer):
+    def body_params(name):
+        with torch.device("meta"):
+            m = LlamaForCausalLM(preset_config(name, tokenizer))
+        return sum(p.numel() for p in m.parameters()) - m.model.embed_tokens.weight.numel()
+
+    assert 1e6 < body_params("tiny") < 4e6
+    assert 80e6 < body_params("small") < 90e6                      # GPT-2 small: 85M without embeddings
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("huge", tokenizer)
+
+
+def test_pretrained_path_loads_and_checks_context_length(model, tokenizer, scheme, tmp_path):
+    save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    loaded = build_model(str(tmp_path / "m"), tokenizer, scheme)
+    assert loaded.dtype == torch.float32
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        build_model(str(tmp_path / "m"), tokenizer, max_position_embeddings=10**6)
+
+
+# ---------------------------------------------------------------------------- control tokens
+def test_new_control_token_rows_are_the_mean_of_the_old_rows(tokenizer, scheme):
+    model = build_model("tiny", tokenizer)
+    old = model.get_input_embeddings().weight.detach().clone()                    # [V, D]
+    assert add_control_tokens(model, tokenizer, scheme) == len(scheme.control_tokens)
+    new = model.get_input_embeddings().weight.detach()                            # [V + 6, D]
+    ids = list(scheme.token_ids(tokenizer).values())
+    assert sorted(ids) == list(range(old.shape[0], new.shape[0]))
+    assert torch.equal(new[: old.shape[0]], old)
+    torch.testing.assert_close(new[ids], old.mean(0).expand(len(ids), -1))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.config.vocab_size == len(tokenizer)
+    assert add_control_tokens(model, tokenizer, scheme) == 0                      # idempotent
+    assert torch.equal(model.get_input_embeddings().weight, new)
+
+
+def test_mean_init_of_untied_output_rows_and_bias(tokenizer, scheme):
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.lm_head = nn.Linear(32, len(tokenizer), bias=True)
+    nn.init.normal_(model.lm_head.bias)
+    old_w, old_b = model.lm_head.weight.detach().clone(), model.lm_head.bias.detach().clone()
+    add_control_tokens(model, tokenizer, scheme)
+    ids = list(scheme.token_ids(tokenizer).values())
+    assert model.lm_head.weight is not model.get_input_embeddings().weight
+    torch.testing.assert_close(model.lm_head.weight[ids].detach(), old_w.mean(0).expand(len(ids), -1))
+    torch.testing.assert_close(model.lm_head.bias[ids].detach(), old_b.mean().expand(len(ids)))
+
+
+def test_rows_are_added_when_the_tokenizer_already_has_the_control_tokens(tokenizer, scheme):
+    model = build_model("tiny", tokenizer)                                        # base vocabulary only
+    old = model.get_input_embeddings().weight.detach().clone()
+    scheme.add_to_tokenizer(tokenizer)                                            # e.g. the corpus's tokenizer
+    assert add_control_tokens(model, tokenizer, scheme) == 0
+    new = model.get_input_embeddings().weight.detach()
+    assert new.shape[0] == len(tokenizer)
+    torch.testing.assert_close(new[old.shape[0]:], old.mean(0).expand(new.shape[0] - old.shape[0], -1))
+
+
+# ---------------------------------------------------------------------------- packed forward
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_row_matches_documents_run_one_by_one(tokenizer, scheme, attn):
+    model = build_model("tiny", tokenizer, scheme, attn_implementation=attn).eval()
+    assert model.config._attn_implementation == attn
+    row1 = _packed(DOC_LENGTHS, len(tokenizer), seed=0)
+    row2 = _packed((10, 14), len(tokenizer), seed=1)                              # same T = 24
+    input_ids = torch.cat([row1[0], row2[0]])                                     # [2, 24]
+    position_ids = torch.cat([row1[1], row2[1]])                                  # [2, 24]
+    with torch.no_grad():
+        expected = _docwise_logprobs(model, row1[2] + row2[2])
+        via_forward = packed_token_logprobs(model, input_ids, position_ids)      # [2, 23]
+        hidden = packed_hidden(model, input_ids, position_ids)                    # [2, 24, D]
+        via_head = _logprobs_from_hidden(hidden, output_head(model), input_ids)
+    assert hidden.shape == (2, 24, model.config.hidden_size)
+    assert via_forward.shape == (2, 23) and via_forward.dtype == torch.float32
+    torch.testing.assert_close(_within_docs(via_forward, position_ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(_within_docs(via_head, position_ids), expected, atol=ATOL, rtol=0)
+
+
+def test_cache_default_and_all_ones_mask_leak_across_documents(model, tokenizer):
+    """The failure modes of DESIGN §5: same row, same position ids, different log-probs."""
+    input_ids, position_ids, docs = _packed(DOC_LENGTHS, len(tokenizer), seed=0)
+    first = DOC_LENGTHS[0] - 1                                # targets inside document 1
+    with torch.no_grad():
+        expected = _docwise_logprobs(model, docs)
+        leaky = {
+            "default use_cache": model(input_ids=input_ids, position_ids=position_ids).logits,
+            "all-ones attention mask": model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                             attention_mask=torch.ones_like(input_ids)).logits,
+        }
+    for name, logits in leaky.items():
+        logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        got = _within_docs(logp, position_ids)
+        torch.testing.assert_close(got[:first], expected[:first], atol=ATOL, rtol=0)   # doc 1 sees only itself
+        assert (got[first:] - expected[first:]).abs().max() > 1e-3, name              # docs 2, 3 see doc 1
+
+
+def test_packed_hidden_under_ddp_wraps_the_decoder(model, tokenizer, tmp_path):
+    input_ids, position_ids, _ = _packed(DOC_LENGTHS, len(tokenizer), seed=0)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        with torch.no_grad():
+            wrapped = nn.parallel.DistributedDataParallel(model.base_model)
+            torch.testing.assert_close(packed_hidden(wrapped, input_ids, position_ids),
+                                       packed_hidden(model, input_ids, position_ids), atol=0, rtol=0)
+            with pytest.raises(TypeError, match="wrap `model.base_model`"):
+                packed_hidden(nn.parallel.DistributedDataParallel(model), input_ids, position_ids)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_packed_shapes_must_match(model):
+    with pytest.raises(ValueError, match=r"\[batch, tokens\]"):
+        packed_hidden(model, torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------- flash-attention varlen
+def test_document_starts_agree_with_transformers_packing_detection():
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 0, 1, 2, 3], [3, 4, 0, 1, 2, 3, 4, 5, 0, 1]])
+    ours = document_starts(position_ids).long().cumsum(-1) - 1
+    assert torch.equal(ours, find_packed_sequence_indices(position_ids))
+
+
+@pytest.mark.parametrize("position_ids, cu, longest", [
+    ([[0, 1, 2, 0, 1, 0, 1, 2, 3]], [0, 3, 5, 9], 4),
+    ([[0, 1, 2, 3], [0, 1, 0, 1]], [0, 4, 6, 8], 4),
+    ([[0, 1, 2, 3, 4], [5, 6, 0, 1, 2]], [0, 5, 7, 10], 5),      # row 2 continues a document: still a new segment
+    ([[0, 0, 0]], [0, 1, 2, 3], 1),
+    ([[0, 1, 2, 3, 4, 5]], [0, 6], 6),
+])
+def test_cu_seq_lens_by_hand(position_ids, cu, longest):
+    got_cu, got_longest = cu_seq_lens(torch.tensor(position_ids))
+    assert got_cu.dtype == torch.int32 and got_cu.tolist() == cu
+    assert isinstance(got_longest, int) and got_longest == longest
+    kwargs = flash_varlen_kwargs(torch.tensor(position_ids))
+    assert kwargs["cu_seq_lens_q"] is kwargs["cu_seq_lens_k"] and kwargs["cu_seq_lens_q"].tolist() == cu
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == longest
+
+
+def _varlen_reference_attention(module, query, key, value, attention_mask, scaling, dropout=0.0,
+                                cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None,
+                                **kwargs):
+    """flash_attn semantics on CPU: causal attention within each cu_seq_lens segment of a flattened
+    batch, and plain causal attention over each row when no cu_seq_lens are given (as flash does)."""
+    query, key, value = (t.float() for t in (query, key, value))                 # [B, H, T, Dh]
+    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+    value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    if cu_seq_lens_q is None:
+        bounds = [(0, query.shape[2])]
+    else:
+        assert query.shape[0] == 1 and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
+        assert max_length_q == max_length_k == int(cu_seq_lens_q.diff().max())
+        bounds = list(zip(cu_seq_lens_q[:-1].tolist(), cu_seq_lens_q[1:].tolist()))
+    out = torch.cat([nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling) for a, b in bounds], dim=2)
+    return out.transpose(1, 2), None                                              # [B, T, H, Dh]
+
+
+def test_flash_code_path_flattens_rows_and_passes_cu_seq_lens(model, tokenizer):
+    AttentionInterface.register("flash_varlen_cpu_reference", _varlen_reference_attention)
+    row1 = _packed(DOC_LENGTHS, len(tokenizer), seed=0)
+    row2 = _packed((10, 14), len(tokenizer), seed=1)
+    input_ids, position_ids = torch.cat([row1[0], row2[0]]), torch.cat([row1[1], row2[1]])   # [2, 24]
+    with torch.no_grad():
+        expected = _docwise_logprobs(model, row1[2] + row2[2])
+        model.config._attn_implementation = "flash_varlen_cpu_reference"
+        via_forward = packed_token_logprobs(model, input_ids, position_ids)
+        via_head = _logprobs_from_hidden(packed_hidden(model, input_ids, position_ids), output_head(model), input_ids)
+        dense = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    torch.testing.assert_close(_within_docs(via_forward, position_ids), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(_within_docs(via_head, position_ids), expected, atol=ATOL, rtol=0)
+    leaky = torch.log_softmax(dense[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    assert (_within_docs(leaky, position_ids) - expected).abs().max() > 1e-3   # no cu_seq_lens: rows leak
+
+
+# ---------------------------------------------------------------------------- output head
+@pytest.mark.parametrize("make, field, value", [
+    (lambda v: LlamaForCausalLM(LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1, num_attention_heads=2)), None, None),
+    (lambda v: Gemma2ForCausalLM(Gemma2Config(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                              num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                              final_logit_softcapping=0.5)), "softcap", 0.5),
+    (lambda v: CohereForCausalLM(CohereConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                              num_attention_heads=2, logit_scale=0.25)), "logit_scale", 0.25),
+    (lambda v: GraniteForCausalLM(GraniteConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=2, logits_scaling=8.0)),
+     "logit_scale", 0.125),
+])
+def test_output_head_reproduces_the_models_logits(make, field, value):
+    torch.manual_seed(0)
+    model = make(64).eval()
+    input_ids, position_ids, _ = _packed(DOC_LENGTHS, 64, seed=0)
+    head = output_head(model)
+    assert isinstance(head, OutputHead) and head.weight is model.get_output_embeddings().weight
+    if field is not None:
+        assert getattr(head, field) == pytest.approx(value)
+    with torch.no_grad():
+        hidden = packed_hidden(model, input_ids, position_ids)
+        logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        torch.testing.assert_close(head.logits(hidden), logits, atol=1e-5, rtol=1e-5)
+        if field is not None:                                     # the head's extra term matters
+            assert (nn.functional.linear(hidden, head.weight) - logits).abs().max() > 1e-2
+
+
+# ---------------------------------------------------------------------------- save / load
+def test_atomic_save_load_round_trip(model, tokenizer, scheme, tmp_path):
+    out = tmp_path / "ckpt"
+    input_ids, position_ids, _ = _packed(DOC_LENGTHS, len(tokenizer), seed=0)
+    with torch.no_grad():
+        before = packed_token_logprobs(model, input_ids, position_ids)
+    save_pretrained_atomic(model, tokenizer, scheme, out, extra=lambda d: (d / "state.json").write_text("{}"))
+    assert (out / "model.safetensors").is_file() and (out / "scheme.json").is_file()
+    assert (out / "state.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temp dirs left behind
+
+    loaded, tok2, scheme2 = load_pretrained(out)
+    assert scheme2 == scheme
+    assert tokenizer_fingerprint(tok2) == tokenizer_fingerprint(tokenizer)
+    assert tok2.pad_token_id == tokenizer.pad_token_id
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    with torch.no_grad():
+        torch.testing.assert_close(packed_token_logprobs(loaded, input_ids, position_ids), before, atol=0, rtol=0)
+
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(1.0)
+    save_pretrained_atomic(model, tokenizer, scheme, out)                     # replaces the old checkpoint
+    assert not (out / "state.json").exists()
+    again, _, _ = load_pretrained(out, dtype=torch.bfloat16)
+    assert again.dtype == torch.bfloat16
+    torch.testing.assert_close(again.model.embed_tokens.weight.float(), model.model.embed_tokens.weight,
+                               atol=1e-1, rtol=1e-2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_save_leaves_the_old_checkpoint(model, tokenizer, scheme, tmp_path):
+    out = tmp_path / "ckpt"
+    save_pretrained_atomic(model, tokenizer, scheme, out)
+    stamp = (out / "model.safetensors").read_bytes()
+
+    def crash(_):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pretrained_atomic(model, tokenizer, scheme, out, extra=crash)
+    assert (out / "model.safetensors").read_bytes() == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_save_refuses_to_replace_a_foreign_directory(model, tokenizer, scheme, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="refusing"):
+        save_pretrained_atomic(model, tokenizer, scheme, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_load_errors_name_the_problem(model, tokenizer, scheme, tmp_path):
+    with pytest.raises(ModelDirError, match="no such model directory"):
+        load_pretrained(tmp_path / "nowhere")
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+
+    (out / "model.safetensors").rename(tmp_path / "weights")
+    with pytest.raises(ModelDirError, match="missing model.safetensors"):
+        load_pretrained(out)
+    (tmp_path / "weights").rename(out / "model.safetensors")
+
+    (out / "scheme.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match="scheme.json"):
+        load_pretrained(out)
+    scheme.save(out)
+
+    (out / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelDirError, match="cannot load the model"):
+        load_pretrained(out)
+
+
+def test_load_rejects_a_tokenizer_without_the_control_tokens(model, tokenizer, scheme, tmp_path, tokenizer_dir):
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_text((tokenizer_dir / name).read_text())
+    with pytest.raises(ModelDirError, match="not in the tokenizer"):
+        load_pretrained(out)
+    assert json.loads((out / "scheme.json").read_text())["num_bins"] == 4
