@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -22,8 +23,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .scorers import ScorerError
     from .sources import SourceError
     from .tokens import SchemeError
+    from .train import TrainError
 
-    return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError)
+    return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -110,6 +112,91 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- train
+TRAIN_EXAMPLES = """\
+examples:
+  rcond train --corpus corpora/reviews --model tiny --out runs/tiny --steps 300
+  rcond train --corpus corpora/a --corpus corpora/b --weights 0.3 0.7 --model small --out runs/mix
+  rcond train --config stages.toml --model tiny --out runs/staged
+  rcond train --out runs/tiny --resume
+  torchrun --nproc_per_node=2 -m rcond.cli train --corpus corpora/reviews --out runs/ddp
+
+stages.toml:
+  lr = 1e-3
+  [[stage]]
+  name = "sentiment"
+  corpora = ["corpora/sentiment"]
+  steps = 200
+  [[stage]]
+  name = "both, sentiment kept in the mix"
+  corpora = ["corpora/sentiment", "corpora/helpful"]
+  weights = [0.3, 0.7]
+  steps = 200
+"""
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on conditioned corpora (stages, mixtures, resume)",
+                       description="Next-token training on packed conditioned corpora with the fused packed "
+                                   "loss; per-bin and per-mode losses logged to OUT/log.jsonl.",
+                       epilog=TRAIN_EXAMPLES, formatter_class=_Formatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--corpus", action="append", metavar="DIR", help="corpus directory (repeat to mix)")
+    src.add_argument("--config", metavar="STAGES.toml", help="stages file (see below)")
+    p.add_argument("--weights", type=float, nargs="+", help="mixture weights of the --corpus list")
+    p.add_argument("--model", default=None, help="tiny | small | PATH_OR_HUB_ID (default tiny)")
+    p.add_argument("--out", required=True, help="run directory: model/, checkpoint/, log.jsonl")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (with --corpus; default 200)")
+    p.add_argument("--loss", default=None, choices=["auto", "torch", "triton"],
+                   help="loss implementation (default auto: triton on CUDA, torch elsewhere)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    for name, typ, hlp in (("batch-size", int, "rows per micro-batch per process (default 8)"),
+                           ("grad-accum", int, "micro-batches per optimizer step (default 1)"),
+                           ("lr", float, "peak learning rate (default 1e-3)"),
+                           ("warmup", int, "warmup steps (default 20)"),
+                           ("weight-decay", float, "AdamW weight decay (default 0.1)"),
+                           ("clip", float, "gradient-norm clip (default 1.0)"),
+                           ("seed", int, "seed of model init and data order (default 0)"),
+                           ("save-every", int, "checkpoint every N steps (default: end and interrupt only)"),
+                           ("device", str, "auto | cpu | cuda[:N] (default auto)")):
+        p.add_argument(f"--{name}", type=typ, default=None, help=hlp)
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+
+
+def run_train(a) -> int:
+    from .train import Stage, TrainConfig, TrainError, load_config_file, train
+
+    overrides = {k: getattr(a, k) for k in ("model", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
+                                            "clip", "seed", "save_every", "device", "loss")}
+    overrides["trust_remote_code"] = a.trust_remote_code or None
+    if a.resume:
+        given = [k for k, v in overrides.items() if v is not None] + (["corpus"] if a.corpus else []) + \
+                (["config"] if a.config else []) + (["steps"] if a.steps else [])
+        if given:
+            raise TrainError(f"--resume continues with the run's saved settings; drop {', '.join('--' + g for g in given)}")
+        cfg = None
+    elif a.config:
+        if a.steps is not None or a.weights:
+            raise TrainError("--steps and --weights belong to the stages file when --config is given")
+        cfg = load_config_file(a.config, overrides)
+    elif a.corpus:
+        stage = Stage(corpora=a.corpus, steps=a.steps or 200, weights=a.weights, name="main")
+        cfg = TrainConfig(stages=[stage], **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        raise TrainError("give --corpus DIR (repeatable), --config STAGES.toml, or --resume")
+    r = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    if r.interrupted:
+        print(f"interrupted at step {r.steps_done}; checkpoint saved in {Path(a.out) / 'checkpoint'}\n"
+              f"continue with: rcond train --out {a.out} --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"trained {r.steps_done} steps ({r.tokens:,.0f} trained tokens) in {r.seconds:.0f} s; final loss "
+          f"{r.last_loss:.4f}\n  model       {Path(a.out) / 'model'}\n  log         {Path(a.out) / 'log.jsonl'}\n"
+          f"  checkpoint  {Path(a.out) / 'checkpoint'} (extendable with --resume)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- toyworld
 def add_toyworld(sub) -> None:
     p = sub.add_parser("toyworld", help="generate the embedded synthetic corpus (reviews, dialogs, text)",
@@ -148,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
             start with:  rcond demo   (the whole flow on the embedded toy world)"""))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_preprocess(sub)
+    add_train(sub)
     add_toyworld(sub)
     from . import demo
 
@@ -157,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rcond draws its own bars; transformers' per-save bar is noise
     try:
         return args.run(args)
     except KeyboardInterrupt:

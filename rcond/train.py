@@ -1,0 +1,539 @@
+"""Training with control tokens: stages, mixtures, checkpoint/resume, data parallel.
+
+The loop is plain next-token prediction on packed conditioned rows (rcond.corpus), with the
+loss of DESIGN §6 computed from the decoder's last hidden state and the output weight by
+``rcond.loss.packed_conditional_loss`` (the [tokens x vocab] logits are never built).
+
+- **Stages and mixtures.** A run is a list of stages, each with corpora, mixture weights and a
+  number of optimizer steps (the staged-training recipe: property 1 first, then property 2 with
+  property 1 kept in the mix). Every row of a step is drawn from corpus c with probability
+  w_c / sum(w); each corpus is read in a seeded random order, reshuffled every epoch.
+- **Normalisation.** A step's loss is sum_i w_i * nll_i / sum_i w_i over every row of the step
+  on every rank (the global token count), not a mean of micro-batch means: micro-batch m on
+  rank r back-propagates loss_sum(m) / W_global, and the rank gradients are summed.
+- **Optimizer.** AdamW (no decay on norms and biases), linear warmup then cosine decay to
+  ``min_lr_ratio * lr`` over all stages' steps, gradient clipping by global norm.
+- **Data parallel.** Under ``torchrun`` every rank draws the same global list of rows for a step
+  and takes micro-batches r, r+W, ...; after the last micro-batch the gradients are all-reduced
+  (summed) in flattened buckets. (Plain DDP is not used: the fused loss reads the output weight
+  outside the module's forward, which DDP would not synchronise for an untied LM head.)
+- **Checkpoints.** ``OUT/checkpoint`` holds ``save_pretrained`` weights plus optimizer,
+  scheduler, RNG and data-position state, written atomically; ``--resume`` continues so that,
+  on CPU, the loss curve equals an uninterrupted run's. Ctrl-C / SIGTERM finish the current
+  step, save a checkpoint and exit. The final model goes to ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .loss import packed_conditional_loss
+from .modeling import (build_model, load_tokenizer, output_head, packed_hidden, save_pretrained_atomic,
+                       tokenizer_fingerprint)
+from .tokens import ControlScheme
+
+STATE_FILE = "training_state.pt"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+class TrainError(ValueError):
+    """A training run cannot start or continue; the message says which setting to change."""
+
+
+# ---------------------------------------------------------------------------- configuration
+@dataclass
+class Stage:
+    corpora: list[str]
+    steps: int
+    weights: list[float] | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"stage {self.name!r}" if self.name else "stage"
+        if not self.corpora:
+            raise TrainError(f"{where}: lists no corpora")
+        if self.weights is None:
+            self.weights = [1.0] * len(self.corpora)
+        if len(self.weights) != len(self.corpora):
+            raise TrainError(f"{where}: {len(self.weights)} mixture weights for {len(self.corpora)} corpora")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise TrainError(f"{where}: mixture weights {self.weights} must be non-negative and sum to a "
+                             f"positive number")
+        if self.steps < 1:
+            raise TrainError(f"{where}: steps must be >= 1, got {self.steps}")
+
+
+@dataclass
+class TrainConfig:
+    stages: list[Stage]
+    model: str = "tiny"
+    batch_size: int = 8  # rows per micro-batch per rank
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    clip: float = 1.0
+    seed: int = 0
+    loss: str = "auto"
+    device: str = "auto"
+    save_every: int = 0  # steps between checkpoints; 0 = only at the end or on interrupt
+    trust_remote_code: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["stages"] = [Stage(**s) for s in d["stages"]]
+        return cls(**d)
+
+
+TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__ if f != "stages"}
+
+
+def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:
+    """A TOML stages file: top-level training settings plus ``[[stage]]`` tables.
+
+    Relative corpus paths are resolved against the file's folder. ``overrides`` (from the command
+    line) win over the file.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrainError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TrainError(f"{path}: not valid TOML: {e}") from None
+    stages_raw = raw.pop("stage", None)
+    if not stages_raw:
+        raise TrainError(f"{path}: no [[stage]] tables; each needs corpora = [...] and steps = N")
+    unknown = set(raw) - TRAIN_KEYS
+    if unknown:
+        raise TrainError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(TRAIN_KEYS)}")
+    stages = []
+    for i, s in enumerate(stages_raw):
+        extra = set(s) - {"corpora", "steps", "weights", "name"}
+        if extra or "corpora" not in s or "steps" not in s:
+            raise TrainError(f"{path}: stage {i + 1} needs corpora and steps (optional weights, name); "
+                             f"got {sorted(s)}")
+        corpora = [str((path.parent / c).resolve()) if not Path(c).is_absolute() else c for c in s["corpora"]]
+        stages.append(Stage(corpora=corpora, steps=int(s["steps"]), weights=s.get("weights"),
+                            name=s.get("name", f"stage{i + 1}")))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(stages=stages, **raw)
+
+
+# ---------------------------------------------------------------------------- data
+class CorpusRows:
+    """Rows of one corpus in a seeded order reshuffled each epoch; position is resumable state."""
+
+    def __init__(self, path: str, seed: int):
+        from .corpus import load
+
+        self.dataset, self.scheme, self.tokenizer = load(path)
+        self.dataset = self.dataset.with_format("numpy")
+        self.path, self.seed = path, seed
+        self.epoch, self.index = 0, 0
+        self.order = self._order()
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+
+    def take(self) -> int:
+        if self.index >= len(self.order):
+            self.epoch, self.index = self.epoch + 1, 0
+            self.order = self._order()
+        row = int(self.order[self.index])
+        self.index += 1
+        return row
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self.order = self._order()
+
+
+class Mixture:
+    """Draws (corpus, row) pairs for a stage with the stage's mixture weights."""
+
+    def __init__(self, corpora: dict[str, CorpusRows], stage: Stage, seed: int, stage_index: int):
+        self.names = stage.corpora
+        self.sources = [corpora[c] for c in stage.corpora]
+        w = np.asarray(stage.weights, dtype=np.float64)
+        self.p = w / w.sum()
+        self.rng = np.random.default_rng([seed, 1_000 + stage_index])
+
+    def draw(self, n: int) -> list[tuple[int, int]]:
+        picks = self.rng.choice(len(self.sources), size=n, p=self.p)
+        return [(int(c), self.sources[c].take()) for c in picks]
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+def collate(sources: list[CorpusRows], picks: list[tuple[int, int]], device) -> dict[str, torch.Tensor]:
+    """Rows -> tensors [b, T]; ``targets`` are the inputs shifted left (last column: pad, weight 0)."""
+    cols = {k: [] for k in ("input_ids", "position_ids", "loss_weight", "bin_ids")}
+    for c, r in picks:
+        row = sources[c].dataset[r]
+        for k in cols:
+            cols[k].append(row[k])
+    batch = {k: torch.from_numpy(np.stack(v)) for k, v in cols.items()}
+    ids = batch["input_ids"].long()                                            # [b, T]
+    targets = torch.zeros_like(ids)
+    targets[:, :-1] = ids[:, 1:]
+    return {"input_ids": ids.to(device), "position_ids": batch["position_ids"].long().to(device),
+            "targets": targets.to(device), "loss_weight": batch["loss_weight"].float().to(device),
+            "bin_ids": batch["bin_ids"].long().to(device)}
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device_spec == "auto" else device_spec.startswith("cuda")
+    if world == 1:
+        return Dist(), torch.device(("cuda" if use_cuda else "cpu") if device_spec == "auto" else device_spec)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    return Dist(rank, world, local), torch.device(f"cuda:{local}" if use_cuda else "cpu")
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], d: Dist, bucket_bytes: int = 32 << 20) -> None:
+    """Sum gradients over ranks in flattened buckets (one collective per bucket)."""
+    if d.world == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    bucket, size = [], 0
+    for g in grads + [None]:
+        if g is not None:
+            bucket.append(g)
+            size += g.numel() * g.element_size()
+        if bucket and (g is None or size >= bucket_bytes):
+            flat = torch.cat([b.reshape(-1) for b in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            at = 0
+            for b in bucket:
+                b.copy_(flat[at:at + b.numel()].view_as(b))
+                at += b.numel()
+            bucket, size = [], 0
+
+
+# ---------------------------------------------------------------------------- model and optimizer
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def prepare_model(cfg: TrainConfig, corpora: dict[str, CorpusRows], scheme: ControlScheme, block_size: int):
+    """Build or load the model; check that its tokenizer is the corpora's (fingerprints)."""
+    first = next(iter(corpora.values()))
+    if cfg.model in ("tiny", "small"):
+        tokenizer = first.tokenizer
+    else:
+        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = build_model(cfg.model, tokenizer, scheme, seed=cfg.seed, max_position_embeddings=block_size,
+                        trust_remote_code=cfg.trust_remote_code)
+    fp = tokenizer_fingerprint(tokenizer)
+    for c in corpora.values():
+        if c.scheme.tokenizer_fingerprint != fp:
+            raise TrainError(f"corpus {c.path} was tokenized with a different tokenizer than model {cfg.model!r} "
+                             f"(fingerprint {c.scheme.tokenizer_fingerprint[:12]} vs {fp[:12]}); re-run "
+                             f"rcond preprocess with --tokenizer {cfg.model}")
+    return model, tokenizer
+
+
+def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
+    items = list(corpora.values())
+    first = items[0]
+    for c in items[1:]:
+        if c.scheme.control_tokens != first.scheme.control_tokens:
+            raise TrainError(f"corpora {first.path} and {c.path} use different control tokens "
+                             f"({first.scheme.num_bins} vs {c.scheme.num_bins} bins); preprocess them with the "
+                             f"same --bins")
+        if c.scheme.options["block_size"] != first.scheme.options["block_size"]:
+            raise TrainError(f"corpora {first.path} and {c.path} have different block sizes")
+        if c.scheme.tokenizer_fingerprint != first.scheme.tokenizer_fingerprint:
+            raise TrainError(f"corpora {first.path} and {c.path} were tokenized with different tokenizers; "
+                             f"preprocess both with the same --tokenizer")
+    return first.scheme, int(first.scheme.options["block_size"])
+
+
+# ---------------------------------------------------------------------------- the loop
+class _StopFlag:
+    """SIGINT/SIGTERM -> finish the step, checkpoint, exit (a second signal aborts at once)."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    steps_done: int
+    interrupted: bool
+    tokens: float
+    seconds: float
+    last_loss: float
+    log: list[dict] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Run a training run writing into ``out``; with ``resume`` continue it (its saved config is used,
+    ``cfg`` must be None). Returns what happened."""
+    if resume and cfg is not None:
+        raise TrainError("resume continues with the run's saved configuration; pass cfg=None")
+    out = Path(out)
+    d, device = init_distributed(cfg.device if cfg is not None else "auto")
+    try:
+        return _train(cfg, out, d, device, resume, progress)
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, resume: bool, progress: bool) -> RunResult:
+    ckpt = out / CHECKPOINT_DIR
+    state = None
+    if resume:
+        state = _load_state(ckpt)
+        cfg = TrainConfig.from_dict(state["config"])
+    elif d.main and out.exists() and any(out.iterdir()):
+        raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
+    torch.manual_seed(cfg.seed)
+    paths = list(dict.fromkeys(c for s in cfg.stages for c in s.corpora))
+    corpora = {p: CorpusRows(p, cfg.seed + i) for i, p in enumerate(paths)}
+    scheme, block_size = check_corpora(corpora)
+    final_scheme = corpora[cfg.stages[-1].corpora[0]].scheme
+    if resume:
+        from .modeling import load_pretrained
+
+        model, tokenizer, _ = load_pretrained(ckpt, dtype=torch.float32)
+    else:
+        model, tokenizer = prepare_model(cfg, corpora, scheme, block_size)
+    model.to(device).train()
+    head = output_head(model)
+    optimizer = make_optimizer(model, cfg, device)
+    total = cfg.total_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.warmup, total, cfg.min_lr_ratio))
+    step = 0
+    mixtures = [Mixture(corpora, s, cfg.seed, i) for i, s in enumerate(cfg.stages)]
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        data = json.loads(state["data"])
+        for p, s in data["corpora"].items():
+            corpora[p].restore(s)
+        for m, s in zip(mixtures, data["mixtures"]):
+            m.restore(s)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "schemes": {
+            p: c.scheme.to_dict() for p, c in corpora.items()}}, indent=2) + "\n")
+    params = [p for p in model.parameters() if p.requires_grad]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    K = scheme.num_bins
+    micro_per_step = cfg.grad_accum * d.world
+    log_path = out / LOG_FILE
+    if d.main and not resume and log_path.exists():
+        log_path.unlink()
+    log_file = open(log_path, "a") if d.main else None
+    bar = _progress(total, step, progress and d.main)
+    t_start, tokens_seen, last_loss, interrupted = time.perf_counter(), 0.0, float("nan"), False
+    records = []
+
+    def save_checkpoint():
+        if d.main:
+            data = {"corpora": {p: c.state() for p, c in corpora.items()},
+                    "mixtures": [m.state() for m in mixtures]}
+            training_state = {"step": step, "config": cfg.to_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                              "data": json.dumps(data), "world": d.world}
+            save_pretrained_atomic(model, tokenizer, final_scheme, ckpt,
+                                   extra=lambda tmp: torch.save(training_state, tmp / STATE_FILE))
+        if d.world > 1:
+            dist.barrier()
+
+    with _StopFlag() as stop:
+        while step < total:
+            stage_i, stage_step = _stage_at(cfg, step)
+            picks = mixtures[stage_i].draw(micro_per_step * cfg.batch_size)
+            batches = [picks[m * cfg.batch_size:(m + 1) * cfg.batch_size] for m in range(micro_per_step)]
+            mine = batches[d.rank::d.world]
+            sources = mixtures[stage_i].sources
+            t0 = time.perf_counter()
+            micro = [collate(sources, b, device) for b in mine]
+            local_w = sum(float(m["loss_weight"].sum()) for m in micro)
+            global_w = float(d.all_sum(torch.tensor([local_w], dtype=torch.float64, device=device)).item())
+            if global_w <= 0:
+                raise TrainError(f"step {step}: the rows drawn carry no trained tokens (all loss weights 0)")
+            stats = torch.zeros(2 + 2 * K, dtype=torch.float64, device=device)  # loss, weight, bin loss, bin weight
+            for m in micro:
+                try:
+                    with autocast:
+                        hidden = packed_hidden(model, m["input_ids"], m["position_ids"])   # [b, T, D]
+                    D = hidden.shape[-1]
+                    res = packed_conditional_loss(
+                        hidden.reshape(-1, D), head.weight, m["targets"].reshape(-1), m["loss_weight"].reshape(-1),
+                        None, m["bin_ids"].reshape(-1), num_bins=K, bias=head.bias, softcap=head.softcap,
+                        logit_scale=head.logit_scale, impl=cfg.loss)
+                    (res.loss_sum / global_w).backward()
+                except torch.OutOfMemoryError as e:
+                    raise TrainError(f"out of memory with --batch-size {cfg.batch_size} rows of {block_size} "
+                                     f"tokens: lower --batch-size and raise --grad-accum to keep the same "
+                                     f"global batch") from e
+                stats += torch.cat([res.loss_sum.detach().reshape(1), res.weight_sum.detach().reshape(1),
+                                    res.bin_loss.detach(), res.bin_weight.detach()]).double()
+            all_reduce_grads(params, d)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            d.all_sum(stats)
+            dt = time.perf_counter() - t0
+            rec = _log_record(step, cfg.stages[stage_i].name, stats.cpu().numpy(), K, lr, float(grad_norm), dt,
+                              micro_per_step * cfg.batch_size * block_size)
+            tokens_seen += rec["trained_tokens"]
+            last_loss = rec["loss"]
+            records.append(rec)
+            if d.main:
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:,.0f}")
+            flag = d.all_sum(torch.tensor([float(stop.set)], device=device))
+            if flag.item() > 0 and step < total:
+                interrupted = True
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    if d.main:
+        log_file.close()
+        if not interrupted:
+            save_pretrained_atomic(model, tokenizer, final_scheme, out / MODEL_DIR)
+    return RunResult(out, step, interrupted, tokens_seen, time.perf_counter() - t_start, last_loss, records)
+
+
+def _stage_at(cfg: TrainConfig, step: int) -> tuple[int, int]:
+    for i, s in enumerate(cfg.stages):
+        if step < s.steps:
+            return i, step
+        step -= s.steps
+    raise AssertionError("step beyond the last stage")
+
+
+def _log_record(step, stage, stats, K, lr, grad_norm, dt, slots) -> dict:
+    loss_sum, w = stats[0], stats[1]
+    bin_loss, bin_w = stats[2:2 + K], stats[2 + K:]
+    rec = {"step": step, "stage": stage, "loss": loss_sum / w, "lr": lr, "grad_norm": grad_norm,
+           "trained_tokens": w, "tokens_per_s": slots / dt, "seconds": dt}
+    on_w = bin_w.sum()
+    rec["loss_on"] = float(bin_loss.sum() / on_w) if on_w > 0 else None
+    rec["loss_off"] = float((loss_sum - bin_loss.sum()) / (w - on_w)) if w - on_w > 0 else None
+    for k in range(K):
+        rec[f"loss_bin_{k}"] = float(bin_loss[k] / bin_w[k]) if bin_w[k] > 0 else None
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in rec.items()}
+
+
+def _load_state(ckpt: Path) -> dict:
+    if not ckpt.is_dir():
+        raise TrainError(f"--resume: no checkpoint at {ckpt} (nothing to resume; start without --resume)")
+    path = ckpt / STATE_FILE
+    if not path.is_file():
+        raise TrainError(f"--resume: {ckpt} is missing {STATE_FILE}; the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise TrainError(f"--resume: {path} is corrupt or not an rcond training state ({type(e).__name__}: {e})") from None
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True,
+                file=sys.stderr)

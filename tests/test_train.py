@@ -1,0 +1,200 @@
+"""Training loop: resume identity, global-token normalisation, data parallel, stages, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_jsonl
+from rcond.corpus import PackOptions, build, train_tokenizer
+from rcond.sources import SourceReader
+from rcond.train import Stage, TrainConfig, TrainError, load_config_file, lr_lambda, train
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "good bad fine great awful nice poor okay superb dull".split()
+
+
+def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48):
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(2, 14))]
+        rows.append({"prompt": "review:", "response": " ".join(words),
+                     "reward": sum(w in ("good", "great", "nice", "superb") for w in words) / len(words)})
+    src = write_jsonl(tmp / f"{name}.jsonl", rows)
+    reader = SourceReader([str(src)], "scored")
+    tok = tokenizer or train_tokenizer(reader.texts(), 300)
+    build(reader, tmp / name, tok, num_bins=4, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
+          progress=False)
+    return tmp / name, tok
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return make_corpus(tmp_path_factory.mktemp("corpus"), "c")[0]
+
+
+def cfg_for(corpus, steps=8, **kw):
+    base = dict(model="tiny", batch_size=4, warmup=2, lr=3e-3, seed=0, device="cpu")
+    base.update(kw)
+    return TrainConfig(stages=[Stage(corpora=[str(corpus)], steps=steps, name="s")], **base)
+
+
+def small_model(monkeypatch):
+    """Shrink the tiny preset so these tests stay fast (the loop, not the model, is under test)."""
+    from rcond import modeling
+
+    monkeypatch.setitem(modeling.PRESETS, "tiny", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=2, max_position_embeddings=64))
+
+
+def losses(run_dir):
+    return [json.loads(line)["loss"] for line in open(run_dir / "log.jsonl")]
+
+
+def test_lr_schedule_hand_computed():
+    assert lr_lambda(0, 4, 20, 0.1) == 0.25 and lr_lambda(3, 4, 20, 0.1) == 1.0
+    assert lr_lambda(4, 4, 20, 0.1) == pytest.approx(1.0)
+    assert lr_lambda(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
+    assert lr_lambda(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_loss_decreases_and_outputs(tmp_path, corpus, monkeypatch):
+    small_model(monkeypatch)
+    r = train(cfg_for(corpus, steps=30), tmp_path / "run", progress=False)
+    ls = losses(tmp_path / "run")
+    assert len(ls) == 30 and sum(ls[-5:]) / 5 < sum(ls[:5]) / 5 - 0.5
+    rec = json.loads(open(tmp_path / "run" / "log.jsonl").readline())
+    assert {"loss_on", "loss_off", "loss_bin_0", "loss_bin_3", "tokens_per_s"} <= set(rec)
+    from rcond.modeling import load_pretrained
+
+    model, tok, scheme = load_pretrained(tmp_path / "run" / "model")
+    assert scheme.num_bins == 4 and not r.interrupted
+
+
+def test_resume_gives_the_uninterrupted_curve(tmp_path, corpus, monkeypatch):
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=12), tmp_path / "straight", progress=False)
+    log = tmp_path / "cut" / "log.jsonl"
+
+    def interrupt_after_four_steps():
+        while not (log.exists() and len(log.read_text().splitlines()) >= 4):
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_four_steps, daemon=True).start()
+    r = train(cfg_for(corpus, steps=12), tmp_path / "cut", progress=False)
+    assert r.interrupted and 4 <= r.steps_done < 12
+    assert not (tmp_path / "cut" / "model").exists()
+    r2 = train(None, tmp_path / "cut", resume=True, progress=False)
+    assert r2.steps_done == 12 and not r2.interrupted
+    assert losses(tmp_path / "cut") == losses(tmp_path / "straight")  # bit-identical on CPU
+
+
+def test_accumulation_normalises_by_global_token_count(tmp_path, corpus, monkeypatch):
+    """Two micro-batches of 2 rows must give the step of one batch of 4 rows (not a mean of means)."""
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=6, batch_size=4, grad_accum=1), tmp_path / "big", progress=False)
+    train(cfg_for(corpus, steps=6, batch_size=2, grad_accum=2), tmp_path / "acc", progress=False)
+    assert losses(tmp_path / "acc") == pytest.approx(losses(tmp_path / "big"), rel=1e-5, abs=1e-6)
+
+
+def test_two_process_data_parallel_matches_one_process(tmp_path, corpus, monkeypatch):
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=5, batch_size=2, grad_accum=2), tmp_path / "single", progress=False)
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import sys\nfrom rcond import modeling\n"
+        "modeling.PRESETS['tiny'] = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,"
+        " num_attention_heads=2, max_position_embeddings=64)\n"
+        "from rcond.train import Stage, TrainConfig, train\n"
+        f"cfg = TrainConfig(stages=[Stage(corpora=[{str(corpus)!r}], steps=5, name='s')], model='tiny',"
+        " batch_size=2, grad_accum=1, warmup=2, lr=3e-3, seed=0, device='cpu')\n"
+        "train(cfg, sys.argv[1], progress=False)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-4)
+
+
+def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
+    small_model(monkeypatch)
+    a, tok = make_corpus(tmp_path, "a", seed=1)
+    b, _ = make_corpus(tmp_path, "b", seed=2, tokenizer=tok)
+    (tmp_path / "stages.toml").write_text(
+        'lr = 2e-3\nbatch_size = 2\nwarmup = 1\ndevice = "cpu"\n'
+        '[[stage]]\nname = "first"\ncorpora = ["a"]\nsteps = 3\n'
+        '[[stage]]\nname = "both"\ncorpora = ["a", "b"]\nweights = [0.25, 0.75]\nsteps = 4\n')
+    cfg = load_config_file(tmp_path / "stages.toml", {"model": "tiny"})
+    assert cfg.lr == 2e-3 and [s.steps for s in cfg.stages] == [3, 4]
+    assert cfg.stages[1].corpora == [str(a.resolve()), str(b.resolve())]
+    train(cfg, tmp_path / "run", progress=False)
+    stages = [json.loads(line)["stage"] for line in open(tmp_path / "run" / "log.jsonl")]
+    assert stages == ["first"] * 3 + ["both"] * 4
+
+
+def test_mixture_draws_follow_weights(tmp_path):
+    from rcond.train import CorpusRows, Mixture
+
+    a, tok = make_corpus(tmp_path, "a", seed=1)
+    b, _ = make_corpus(tmp_path, "b", seed=2, tokenizer=tok)
+    rows = {str(p): CorpusRows(str(p), 0) for p in (a, b)}
+    m = Mixture(rows, Stage(corpora=[str(a), str(b)], steps=1, weights=[1, 3]), 0, 0)
+    picks = m.draw(4000)
+    share_b = sum(c == 1 for c, _ in picks) / len(picks)
+    assert abs(share_b - 0.75) < 0.03
+    # every row of a corpus is seen exactly once per epoch, in a new order the next epoch
+    fresh = CorpusRows(str(a), 0)
+    n_a = len(fresh.dataset)
+    first, second = [fresh.take() for _ in range(n_a)], [fresh.take() for _ in range(n_a)]
+    assert sorted(first) == sorted(second) == list(range(n_a)) and first != second
+
+
+@pytest.mark.parametrize("weights", [[0, 0], [1, -1], [float("nan"), 1]])
+def test_bad_mixture_weights(weights):
+    with pytest.raises(TrainError, match="sum to a positive number"):
+        Stage(corpora=["a", "b"], steps=1, weights=weights)
+
+
+def test_resume_errors(tmp_path, corpus, monkeypatch):
+    with pytest.raises(TrainError, match="no checkpoint"):
+        train(None, tmp_path / "none", resume=True, progress=False)
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoint" / "training_state.pt").write_bytes(b"garbage")
+    with pytest.raises(TrainError, match="corrupt"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+    (tmp_path / "run" / "checkpoint" / "training_state.pt").unlink()
+    with pytest.raises(TrainError, match="incomplete"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+
+
+def test_corpus_tokenizer_mismatch(tmp_path, monkeypatch):
+    small_model(monkeypatch)
+    a, _ = make_corpus(tmp_path, "a", seed=1)
+    b, _ = make_corpus(tmp_path, "b", seed=2)  # its own tokenizer
+    cfg = TrainConfig(stages=[Stage(corpora=[str(a), str(b)], steps=1)], device="cpu")
+    with pytest.raises(TrainError, match="different tokenizers"):
+        train(cfg, tmp_path / "run", progress=False)
+    # a saved model whose tokenizer differs from the corpus's
+    train(cfg_for(a, steps=1), tmp_path / "m", progress=False)
+    cfg = cfg_for(b, steps=1, model=str(tmp_path / "m" / "model"))
+    with pytest.raises(TrainError, match="different tokenizer than model"):
+        train(cfg, tmp_path / "run2", progress=False)
+
+
+def test_existing_out_refused(tmp_path, corpus, monkeypatch):
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
+    with pytest.raises(TrainError, match="--resume"):
+        train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
