@@ -1,0 +1,136 @@
+"""rcond.loss: the chunked torch reference and the API, against the float64 oracle of
+loss_testing (fresh random inputs each run; a failure names its seed). The triton path is
+checked by the same oracle in tests/kernels/test_fused_linear_ce.py."""
+
+import pytest
+import torch
+
+from loss_testing import compare, make_case, poison_allocations, without_weights
+from rcond.loss import LossOutput, PackedConditionalLoss, packed_conditional_loss, resolve_impl
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+VARIANTS = {
+    "plain": {},
+    "bias-softcap-scale": dict(bias=True, softcap=4.0, logit_scale=0.7),
+}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    poison_allocations(monkeypatch)
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["sums", "per-token"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_float64(dtype, variant, per_token, poisoned):
+    compare(make_case(dtype, **VARIANTS[variant]), per_token=per_token, impl="torch", chunk_size=8)
+
+
+def test_mixed_precision_weight(poisoned):
+    """bf16 activations against an fp32 weight: each gradient in its input's dtype."""
+    compare(make_case(torch.bfloat16, weight_dtype=torch.float32, bias=True), impl="torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_all_ignored_is_zero_not_nan(dtype, poisoned):
+    out = compare(without_weights(make_case(dtype, bias=True)), impl="torch")
+    assert out.loss_sum.item() == 0 and out.weight_sum.item() == 0
+    assert not out.segment_weight.any() and not out.bin_weight.any()
+
+
+def test_zero_weight_rows_get_logprobs_and_gradients(poisoned):
+    """With per-token outputs requested, weight-0 rows are computed and receive gradient."""
+    case = make_case(torch.float32, zero_fraction=0.6)
+    out = compare(case, per_token=True, impl="torch")
+    assert (out.token_logprobs[case.loss_weight == 0] < 0).all()
+
+
+def test_gradcheck_token_logprobs():
+    case = make_case(torch.float64, n=6, d=5, v=9, bias=True, softcap=3.0, logit_scale=1.3)
+
+    def logprobs(hidden, weight, bias):
+        return packed_conditional_loss(hidden, weight, case.targets, case.loss_weight, bias=bias,
+                                       softcap=case.softcap, logit_scale=case.logit_scale,
+                                       return_token_logprobs=True, impl="torch",
+                                       chunk_size=4).token_logprobs
+
+    inputs = [t.detach().requires_grad_() for t in (case.hidden, case.weight, case.bias)]
+    assert torch.autograd.gradcheck(logprobs, inputs)
+
+
+def test_group_counts_default_to_max_id_plus_one():
+    case = make_case(torch.float32)
+    explicit = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                       case.segment_ids, case.bin_ids,
+                                       num_segments=int(case.segment_ids.max()) + 1,
+                                       num_bins=int(case.bin_ids.max()) + 1)
+    inferred = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                       case.segment_ids, case.bin_ids)
+    for name in ("segment_loss", "segment_weight", "bin_loss", "bin_weight"):
+        torch.testing.assert_close(getattr(inferred, name), getattr(explicit, name))
+
+
+def test_optional_outputs_absent_unless_asked():
+    case = make_case(torch.float32)
+    out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight)
+    assert isinstance(out, LossOutput)
+    assert out.segment_loss is None and out.bin_loss is None
+    assert out.token_logprobs is None and out.token_entropy is None
+
+
+def test_empty_batch():
+    out = packed_conditional_loss(torch.zeros(0, 4), torch.randn(7, 4), torch.zeros(0, dtype=torch.long),
+                                  torch.zeros(0), torch.zeros(0, dtype=torch.long), num_segments=2)
+    assert out.loss_sum.item() == 0 and out.segment_loss.tolist() == [0.0, 0.0]
+
+
+def test_frozen_weight_gets_no_gradient():
+    case = make_case(torch.float32)
+    hidden = case.hidden.clone().requires_grad_()
+    out = packed_conditional_loss(hidden, case.weight, case.targets, case.loss_weight, impl="torch")
+    out.loss_sum.backward()
+    assert case.weight.grad is None and torch.isfinite(hidden.grad).all()
+
+
+def test_module_matches_function():
+    case = make_case(torch.float32, bias=True, softcap=4.0)
+    module = PackedConditionalLoss(softcap=4.0, impl="torch")
+    got = module(case.hidden, case.weight, case.targets, case.loss_weight, case.segment_ids,
+                 bias=case.bias, num_segments=case.num_segments)
+    want = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                   case.segment_ids, bias=case.bias, softcap=4.0,
+                                   num_segments=case.num_segments)
+    torch.testing.assert_close(got.segment_loss, want.segment_loss)
+    assert "softcap=4.0" in repr(module)
+
+
+def test_auto_is_torch_on_cpu_and_unknown_impls_fail():
+    case = make_case(torch.float32)
+    assert resolve_impl("auto", case.hidden, case.weight) == "torch"
+    with pytest.raises(ValueError, match="impl"):
+        packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, impl="cuda")
+    with pytest.raises(ValueError, match="impl"):
+        PackedConditionalLoss(impl="fast")
+
+
+def test_triton_refuses_cpu_tensors_when_compiled():
+    kernels = pytest.importorskip("rcond.kernels.fused_linear_ce")
+    if kernels.INTERPRETED:
+        pytest.skip("the kernels were imported under TRITON_INTERPRET=1 and run on CPU")
+    case = make_case(torch.float32)
+    with pytest.raises(ValueError, match="CUDA"):
+        packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, impl="triton")
+
+
+@pytest.mark.parametrize("bad", ["hidden", "targets", "segment_ids", "bias", "float_targets"])
+def test_bad_inputs_are_refused(bad):
+    case = make_case(torch.float32, bias=True)
+    args = dict(hidden=case.hidden, weight=case.weight, targets=case.targets,
+                loss_weight=case.loss_weight, segment_ids=case.segment_ids, bias=case.bias)
+    broken = {"hidden": case.hidden[:, :-1], "targets": case.targets[:-1],
+              "segment_ids": case.segment_ids[:-1], "bias": case.bias[:-1],
+              "float_targets": case.targets.float()}[bad]
+    args["targets" if bad == "float_targets" else bad] = broken
+    with pytest.raises(ValueError):
+        packed_conditional_loss(**args)
