@@ -2,18 +2,21 @@
 
 Two streaming passes, so memory stays flat as the corpus grows:
 
-1. **Encode.** Records are tokenized in batches (one ``encode_batch`` call per batch) into
-   documents: the content tokens, a per-token *target weight* (1 for response / assistant
-   tokens and the closing ``eos``, 0 for prompt / user tokens unless ``train_on_prompt``), and
-   markers ``(position, reward-to-go)`` where an RTG token will go. Documents are appended to a
+1. **Encode.** Records are tokenized in batches (one ``encode_batch_fast`` call per batch of
+   1,000 records) into *parts* (prompt, response, dialog turn): the part's token ids, whether it
+   is trained, and the reward-to-go whose RTG token will precede it. Parts are appended to a
    temporary Arrow file; only the RTG values are kept in memory, to fit the bin edges.
-2. **Pack.** Each document gets its mode token and, in ``on`` mode, an RTG token per marker
-   (the bin of its reward-to-go); a seeded ``uncond_fraction`` of ``on`` records is emitted as
-   ``off`` with no RTG token. A document longer than ``block_size`` is split into pieces, each
-   later piece starting with the control prefix ``mode [rtg-in-force]`` again (or truncated with
-   ``truncate``). Pieces are packed with *streaming best fit*: each piece goes into the open row
-   with the least free space that still fits it; when more than ``open_rows`` rows are open the
-   fullest is written out. Unfilled slots are padding (``eos``, segment −1, weight 0).
+2. **Pack.** A whole batch of parts becomes documents with a handful of vectorised numpy
+   operations: the mode token first, in ``on`` mode an RTG token (the bin of its reward-to-go)
+   before every part that carries one, ``eos`` last; a seeded ``uncond_fraction`` of ``on``
+   records is emitted as ``off`` with no RTG token. Each token gets a *target weight*: 1 for
+   response / assistant tokens and for the closing ``eos`` after them, 0 for prompt / user
+   tokens (unless ``train_on_prompt``) and for control tokens. A document longer than
+   ``block_size`` is split into pieces, each later piece starting with the control prefix
+   ``mode [rtg-in-force]`` again (or truncated with ``truncate``). Pieces are packed with
+   *streaming best fit*: each piece goes into the open row with the least free space that still
+   fits it; when more than ``open_rows`` rows are open the fullest is written out. Unfilled
+   slots are padding (``eos``, segment −1, weight 0).
 
 Row columns (all ``block_size`` long):
 
@@ -35,8 +38,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,66 +122,59 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
 
 
 # ---------------------------------------------------------------------------- pass 1: encode
-DOC_SCHEMA = pa.schema([
+# One row per record *part* (prompt, response, turn): its tokens and what the part needs later.
+PART_SCHEMA = pa.schema([
     ("ids", pa.list_(pa.int32())),
-    ("tw", pa.list_(pa.float32())),
-    ("marker_pos", pa.list_(pa.int32())),
-    ("marker_val", pa.list_(pa.float64())),
-    ("marker_fixed", pa.list_(pa.int8())),
-    ("on", pa.bool_()),
+    ("trainable", pa.bool_()),
+    ("rtg", pa.float64()),        # reward-to-go whose RTG token precedes the part; NaN = none
+    ("fixed", pa.int8()),         # FIXED_TOP / FIXED_BOTTOM for unscored pairs, else 0
+    ("doc_start", pa.bool_()),    # first part of its document
+    ("on", pa.bool_()),           # the record's mode before the unconditional draw
 ])
 
 
-def _encode_fn(tokenizer):
+def _encode_flat(encode, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """texts -> (offsets [P+1] int32, flat ids [N] int32)."""
+    ids = [e.ids for e in encode(texts, add_special_tokens=False)]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)), out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return offsets, flat
+
+
+def encode_parts(records: Iterable[Record], tokenizer, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Batches of records -> one PART_SCHEMA batch each, encoded with one tokenizer call."""
     backend = tokenizer.backend_tokenizer
-    fast = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-    return lambda texts: [e.ids for e in fast(texts, add_special_tokens=False)]
-
-
-def encode_documents(records: Iterable[Record], tokenizer, opts: PackOptions) -> Iterator[dict]:
-    """Batches of records -> column dicts of documents (DOC_SCHEMA)."""
-    encode = _encode_fn(tokenizer)
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise CorpusError("the tokenizer has no eos token; every document must end with one")
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     batch: list[Record] = []
+    for rec in itertools.chain(records, [None]):
+        if rec is not None:
+            batch.append(rec)
+            if len(batch) < batch_size:
+                continue
+        if not batch:
+            break
+        texts, (trainable, rtg, fixed, starts, on) = _split(batch)
+        offsets, flat = _encode_flat(encode, texts)
+        yield pa.record_batch([pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+                               pa.array(trainable, pa.bool_()), pa.array(rtg, pa.float64()),
+                               pa.array(fixed, pa.int8()), pa.array(starts), pa.array(on)], schema=PART_SCHEMA)
+        batch = []
 
-    def flush(recs: list[Record]) -> dict:
-        texts = [p.text for r in recs for p in r.parts]
-        encoded = encode(texts)
-        cols = {k: [] for k in DOC_SCHEMA.names}
-        j = 0
-        for r in recs:
-            ids: list[int] = []
-            tw: list[float] = []
-            pos, val, fixed = [], [], []
-            for p in r.parts:
-                if p.rtg is not None or p.fixed_bin is not None:
-                    pos.append(len(ids))
-                    val.append(math.nan if p.fixed_bin else p.rtg)
-                    fixed.append(0 if not p.fixed_bin else (FIXED_TOP if p.fixed_bin == "top" else FIXED_BOTTOM))
-                toks = encoded[j]
-                j += 1
-                ids.extend(toks)
-                w = 1.0 if (p.trainable or opts.train_on_prompt) else 0.0
-                tw.extend([w] * len(toks))
-            ids.append(eos)
-            tw.append(1.0 if (r.parts[-1].trainable or opts.train_on_prompt) else 0.0)
-            cols["ids"].append(ids)
-            cols["tw"].append(tw)
-            cols["marker_pos"].append(pos)
-            cols["marker_val"].append(val)
-            cols["marker_fixed"].append(fixed)
-            cols["on"].append(r.mode == "on")
-        return cols
 
-    for rec in records:
-        batch.append(rec)
-        if len(batch) >= opts.encode_batch:
-            yield flush(batch)
-            batch = []
-    if batch:
-        yield flush(batch)
+def _split(recs: list[Record]) -> tuple[list[str], tuple]:
+    """Records -> (the texts of all their parts, the parts' PART_SCHEMA columns but ids)."""
+    parts = [p for r in recs for p in r.parts]
+    starts = np.zeros(len(parts), dtype=bool)
+    on = np.empty(len(parts), dtype=bool)
+    at = 0
+    for r in recs:
+        starts[at] = True
+        on[at:at + len(r.parts)] = r.mode == "on"
+        at += len(r.parts)
+    fixed = [0 if not p.fixed_bin else (FIXED_TOP if p.fixed_bin == "top" else FIXED_BOTTOM) for p in parts]
+    rtg = [math.nan if p.rtg is None or p.fixed_bin else p.rtg for p in parts]
+    return [p.text for p in parts], ([p.trainable for p in parts], rtg, fixed, starts, on)
 
 
 # ---------------------------------------------------------------------------- pass 2: pack
@@ -190,52 +186,71 @@ class Piece:
 
 
 class ConditionedStream:
-    """One document -> its control-token stream -> pieces of at most ``block_size`` tokens."""
+    """Part batches -> each document's control-token stream -> pieces of at most ``block_size``."""
 
     def __init__(self, scheme: ControlScheme, tokenizer, opts: PackOptions):
         ids = scheme.token_ids(tokenizer)
-        self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
+        self.on_id, self.off_id, self.eos_id = ids[scheme.on_token], ids[scheme.off_token], tokenizer.eos_token_id
         self.rtg_ids = np.array(scheme.rtg_ids(tokenizer), dtype=np.int32)
+        self.edges = np.asarray(scheme.edges, dtype=np.float64)
         self.scheme, self.opts = scheme, opts
-        self.rng = random.Random(opts.seed)
-        self.bin_counts = [0] * scheme.num_bins
+        self.rng = np.random.default_rng(opts.seed)
+        self.bin_counts = np.zeros(scheme.num_bins, dtype=np.int64)
         self.truncated = 0
 
-    def bin_of(self, value: float, fixed: int) -> int:
-        if fixed == FIXED_TOP:
-            return self.scheme.num_bins - 1
-        if fixed == FIXED_BOTTOM:
-            return 0
-        return self.scheme.bin_of(value)
+    def documents(self, batch: pa.RecordBatch) -> Iterator[tuple[Piece, bool]]:
+        """Build the streams of every document in a part batch at once; yield (stream, is_on).
 
-    def stream(self, ids, tw, marker_pos, marker_val, marker_fixed, on: bool) -> tuple[Piece, bool]:
-        """Build the full conditioned stream of one document; returns it and its final mode."""
-        if on and self.rng.random() < self.opts.uncond_fraction:
-            on = False
-        if not on or len(marker_pos) == 0:
-            return Piece(np.concatenate([[self.off_id if not on else self.on_id], ids]).astype(np.int32),
-                         np.concatenate([[0.0], tw]).astype(np.float32),
-                         np.full(len(ids) + 1, -1, np.int16)), on
-        bins = [self.bin_of(v, f) for v, f in zip(marker_val, marker_fixed)]
-        for b in bins:
-            self.bin_counts[b] += 1
-        n = len(ids) + 1 + len(bins)
-        out_ids = np.empty(n, np.int32)
-        out_tw = np.zeros(n, np.float32)
-        out_bins = np.empty(n, np.int16)
-        out_ids[0], out_bins[0] = self.on_id, bins[0]
-        src, dst = 0, 1
-        for k, (p, b) in enumerate(zip(marker_pos, bins)):
-            m = p - src  # content tokens before this marker, governed by the previous bin
-            out_ids[dst:dst + m], out_tw[dst:dst + m] = ids[src:p], tw[src:p]
-            out_bins[dst:dst + m] = bins[k - 1] if k else b
-            dst += m
-            out_ids[dst], out_bins[dst] = self.rtg_ids[b], b
-            dst += 1
-            src = p
-        m = len(ids) - src
-        out_ids[dst:], out_tw[dst:], out_bins[dst:] = ids[src:], tw[src:], bins[-1]
-        return Piece(out_ids, out_tw, out_bins), on
+        A document is ``mode [rtg] part [rtg] part ... eos``: the mode token first, an RTG token
+        before each part that carries a reward (in ``on`` mode), ``eos`` last.
+        """
+        col = batch.column("ids")
+        offsets = col.offsets.to_numpy().astype(np.int64)                          # [P+1]
+        flat = col.values.to_numpy()                                                # [N]
+        lens = np.diff(offsets)                                                     # [P]
+        trainable = batch.column("trainable").to_numpy(zero_copy_only=False)        # [P]
+        rtg = batch.column("rtg").to_numpy()                                        # [P]
+        fixed = batch.column("fixed").to_numpy()                                    # [P]
+        starts = batch.column("doc_start").to_numpy(zero_copy_only=False)           # [P]
+        on = batch.column("on").to_numpy(zero_copy_only=False)                      # [P]
+        P, K = len(lens), self.scheme.num_bins
+        doc_of = np.cumsum(starts) - 1                                              # [P] document index
+        first = np.flatnonzero(starts)                                              # [D] first part of each doc
+        D = len(first)
+        last = np.append(first[1:], P) - 1                                          # [D] last part of each doc
+        doc_on = on[first] & (self.rng.random(D) >= self.opts.uncond_fraction)      # [D]
+        marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                   # [P] RTG token emitted
+        part_bin = np.searchsorted(self.edges, np.nan_to_num(rtg), side="right")    # [P]
+        part_bin = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, part_bin))
+        part_bin = np.where(marker, part_bin, -1)
+        self.bin_counts += np.bincount(part_bin[marker], minlength=K)
+        # bin in force: the latest marker's bin in the document, or the first marker's before it
+        force = _bin_in_force(part_bin, marker, first, doc_of)                      # [P]
+        ins = starts.astype(np.int64) + marker                                      # [P] tokens before content
+        is_last = np.zeros(P, dtype=bool)
+        is_last[last] = True
+        out_len = ins + lens + is_last                                              # [P]
+        out_start = np.zeros(P + 1, dtype=np.int64)
+        np.cumsum(out_len, out=out_start[1:])
+        T = int(out_start[-1])
+        w = (trainable | self.opts.train_on_prompt).astype(np.float32)             # [P]
+        ids = np.empty(T, dtype=np.int32)
+        tw = np.zeros(T, dtype=np.float32)
+        bins = np.empty(T, dtype=np.int16)
+        dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
+        ids[dst], tw[dst], bins[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
+        mode_at = out_start[first]                                                  # [D]
+        ids[mode_at] = np.where(doc_on, self.on_id, self.off_id)
+        bins[mode_at] = force[first]
+        rtg_parts = np.flatnonzero(marker)
+        rtg_at = out_start[rtg_parts] + starts[rtg_parts]
+        ids[rtg_at], bins[rtg_at] = self.rtg_ids[part_bin[rtg_parts]], part_bin[rtg_parts]
+        eos_at = out_start[last] + ins[last] + lens[last]
+        ids[eos_at], tw[eos_at], bins[eos_at] = self.eos_id, w[last], force[last]
+        doc_start = out_start[first].tolist()
+        doc_end = doc_start[1:] + [T]
+        for d, (a, b) in enumerate(zip(doc_start, doc_end)):
+            yield Piece(ids[a:b], tw[a:b], bins[a:b]), bool(doc_on[d])
 
     def pieces(self, doc: Piece, on: bool) -> list[Piece]:
         """Split a stream longer than block_size; each later piece re-opens with mode [+ RTG in force]."""
@@ -264,6 +279,21 @@ class ConditionedStream:
                              np.concatenate([prefix_bins, doc.bins[start:end]]).astype(np.int16)))
             start = end
         return out
+
+
+def _bin_in_force(part_bin: np.ndarray, marker: np.ndarray, first: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
+    """[P] per part: the bin of the latest marker at or before it in its document; parts before a
+    document's first marker take the first marker's bin; documents without markers get -1."""
+    P = len(part_bin)
+    idx = np.where(marker, np.arange(P), -1)
+    latest = np.maximum.accumulate(idx)                                             # [P] last marker so far
+    latest = np.where(latest >= first[doc_of], latest, -1)                          # not from an earlier doc
+    nxt = np.where(marker, np.arange(P), P)
+    upcoming = np.minimum.accumulate(nxt[::-1])[::-1]                               # [P] next marker ahead
+    doc_end = np.append(first[1:], P)[doc_of]
+    upcoming = np.where(upcoming < doc_end, upcoming, -1)
+    pick = np.where(latest >= 0, latest, upcoming)
+    return np.where(pick >= 0, part_bin[np.maximum(pick, 0)], -1).astype(np.int16)
 
 
 class BestFitPacker:
@@ -371,22 +401,23 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp:
         # ---- pass 1: records -> documents (temp Arrow) + RTG values
-        values: list[float] = []
-        doc_path = tmp / "documents.arrow"
+        values: list[np.ndarray] = []
+        doc_path = tmp / "parts.arrow"
         bar = _progress(desc="encode", unit="rec", enabled=progress)
-        with pa.OSFile(str(doc_path), "wb") as sink, pa.ipc.new_stream(sink, DOC_SCHEMA) as writer:
-            for cols in encode_documents(_counted(reader, summary, bar), tokenizer, opts):
-                for vals, fixed in zip(cols["marker_val"], cols["marker_fixed"]):
-                    values.extend(v for v, f in zip(vals, fixed) if f == 0)
-                summary.content_tokens += sum(len(x) for x in cols["ids"])
-                summary.documents += len(cols["ids"])
-                writer.write_batch(pa.record_batch(cols, schema=DOC_SCHEMA))
+        with pa.OSFile(str(doc_path), "wb") as sink, pa.ipc.new_stream(sink, PART_SCHEMA) as writer:
+            for batch in encode_parts(_counted(reader, summary, bar), tokenizer, opts.encode_batch):
+                rtg = batch.column("rtg").to_numpy()
+                values.append(rtg[~np.isnan(rtg)])
+                n_docs = int(np.count_nonzero(batch.column("doc_start").to_numpy(zero_copy_only=False)))
+                summary.content_tokens += len(batch.column("ids").values) + n_docs  # + one eos each
+                summary.documents += n_docs
+                writer.write_batch(batch)
                 bar.set_postfix(tokens=summary.content_tokens)
         bar.close()
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         if summary.documents == 0:
             raise CorpusError("no records were read" + (f" ({summary.skipped} skipped as bad)" if summary.skipped else ""))
-        scheme = _fit_scheme(values, num_bins, binning, reader, opts)
+        scheme = _fit_scheme(np.concatenate(values).tolist() if values else [], num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
         # ---- pass 2: documents -> conditioned pieces -> packed rows
         stream = ConditionedStream(scheme, tokenizer, opts)
@@ -409,14 +440,15 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         bar = _progress(total=summary.documents, desc="pack", unit="doc", enabled=progress)
         with pa.memory_map(str(doc_path)) as src:
             for batch in pa.ipc.open_stream(src):
-                for doc in _iter_docs(batch):
-                    full, on = stream.stream(*doc)
+                n_docs = 0
+                for full, on in stream.documents(batch):
+                    n_docs += 1
                     summary.on_docs += on
                     summary.off_docs += not on
                     for piece in stream.pieces(full, on):
                         summary.pieces += 1
                         write(packer.add(piece))
-                bar.update(batch.num_rows)
+                bar.update(n_docs)
         write(packer.flush())
         if pending:
             writer.write_table(_rows_table(pending, opts.block_size))
@@ -425,7 +457,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         bar.close()
         doc_path.unlink()
         summary.truncated_tokens = stream.truncated
-        scheme.counts = stream.bin_counts
+        scheme.counts = stream.bin_counts.tolist()
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         scheme.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
         scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=_sha256(rows_path))
@@ -439,16 +471,6 @@ def _counted(reader: SourceReader, summary: Summary, bar) -> Iterator[Record]:
         summary.records += 1
         bar.update(1)
         yield rec
-
-
-def _iter_docs(batch: pa.RecordBatch) -> Iterator[tuple]:
-    cols = []
-    for name in ("ids", "tw", "marker_pos", "marker_val", "marker_fixed"):
-        arr = batch.column(name)
-        cols.append((arr.offsets.to_numpy(), arr.values.to_numpy(zero_copy_only=False)))
-    on = batch.column("on").to_numpy(zero_copy_only=False)
-    for i in range(batch.num_rows):
-        yield tuple(v[o[i]:o[i + 1]] for o, v in cols) + (bool(on[i]),)
 
 
 def _fit_scheme(values: list[float], num_bins: int, binning: str, reader: SourceReader, opts: PackOptions) -> ControlScheme:

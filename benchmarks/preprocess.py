@@ -1,0 +1,120 @@
+"""Preprocessing throughput and memory: `rcond preprocess` vs the bare tokenizer.
+
+Compared, on the same machine in one run, on toy-world reviews (``scored`` format):
+
+- **bare**: the texts (prompt and response of every record) already in memory, encoded with the
+  tokenizer's own batch call (``backend_tokenizer.encode_batch_fast``, batches of 1,000);
+- **rcond**: ``rcond.corpus.build`` from the JSONL file to a finished corpus directory (reading,
+  validation, encoding, control tokens, packing, Arrow writing, fingerprints).
+
+Throughput is content tokens per second (the tokenizer's output, the same count for both).
+Peak memory is the peak RSS of a fresh process doing only that job, at 1x and 4x the corpus
+size: a streaming pipeline stays flat. Target (DESIGN §9): rcond >= 0.8x bare.
+
+    python benchmarks/preprocess.py [--records 20000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def child_bare(input_path: str, tokenizer_dir: str) -> dict:
+    from rcond.modeling import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    texts = []
+    with open(input_path) as f:
+        for line in f:
+            r = json.loads(line)
+            texts.extend([r["prompt"], r["response"]])
+    encode = tok.backend_tokenizer.encode_batch_fast
+    t0 = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(texts), 1000):
+        tokens += sum(len(e.ids) for e in encode(texts[i:i + 1000], add_special_tokens=False))
+    return {"seconds": time.perf_counter() - t0, "tokens": tokens}
+
+
+def child_rcond(input_path: str, tokenizer_dir: str, out: str) -> dict:
+    from rcond.corpus import PackOptions, build
+    from rcond.modeling import load_tokenizer
+    from rcond.sources import SourceReader
+
+    tok = load_tokenizer(tokenizer_dir)
+    t0 = time.perf_counter()
+    _, s = build(SourceReader([input_path], "scored"), out, tok, opts=PackOptions(block_size=1024), progress=False)
+    # content_tokens counts the eos closing each document; the bare encoding has none
+    return {"seconds": time.perf_counter() - t0, "tokens": s.content_tokens - s.documents, "rows": s.rows}
+
+
+def run_child(*args: str) -> dict:
+    code = ("import json, resource, sys; sys.path.insert(0, %r); import preprocess as b; "
+            "r = getattr(b, sys.argv[1])(*sys.argv[2:]); "
+            "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
+            % str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=20000, help="reviews at 1x (4x is also measured)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement; the best is kept")
+    ap.add_argument("--vocab", type=int, default=8192)
+    a = ap.parse_args()
+
+    from rcond.corpus import train_tokenizer
+    from rcond.sources import SourceReader
+    from rcond.toyworld import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = {}
+        for scale in (1, 4):
+            paths = generate(tmp / f"world{scale}", seed=scale, n_reviews=a.records * scale, n_dialogs=1, n_text=1,
+                             progress=False)
+            inputs[scale] = str(paths["reviews"])
+        tok = train_tokenizer(SourceReader([inputs[1]], "scored").texts(), a.vocab)
+        tok.save_pretrained(tmp / "tok")
+        results = {}
+        for scale in (1, 4):
+            for kind in ("bare", "rcond"):
+                runs = []
+                for rep in range(a.repeats):
+                    extra = [str(tmp / f"out{scale}-{rep}")] if kind == "rcond" else []
+                    runs.append(run_child(f"child_{kind}", inputs[scale], str(tmp / "tok"), *extra))
+                best = min(runs, key=lambda r: r["seconds"])
+                best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                results[(kind, scale)] = best
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"python {platform.python_version()}, best of {a.repeats}")
+    print(f"data: toy-world reviews, {a.records:,} records at 1x; byte-level BPE of {a.vocab} tokens")
+    print(f"{'scale':>5} {'job':>6} {'tokens':>12} {'seconds':>8} {'tokens/s':>12} {'peak RSS MB':>12}")
+    for (kind, scale), r in sorted(results.items(), key=lambda x: (x[0][1], x[0][0])):
+        print(f"{scale:>4}x {kind:>6} {r['tokens']:>12,} {r['seconds']:>8.2f} {r['tokens'] / r['seconds']:>12,.0f} "
+              f"{r['peak_rss_mb']:>12.0f}")
+    for scale in (1, 4):
+        bare, ours = results[("bare", scale)], results[("rcond", scale)]
+        assert bare["tokens"] == ours["tokens"], "both must encode the same texts"
+        ratio = (ours["tokens"] / ours["seconds"]) / (bare["tokens"] / bare["seconds"])
+        print(f"{scale}x: rcond / bare throughput = {ratio:.2f}x (target >= 0.8x)")
+    growth = results[("rcond", 4)]["peak_rss_mb"] / results[("rcond", 1)]["peak_rss_mb"]
+    print(f"rcond peak RSS 4x / 1x = {growth:.2f} (flat = 1.0; the corpus grew 4x)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1].startswith("child_"):
+        print(json.dumps(globals()[sys.argv[1]](*sys.argv[2:])))
+    else:
+        main()
