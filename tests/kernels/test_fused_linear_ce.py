@@ -1,0 +1,162 @@
+"""rcond.kernels.fused_linear_ce against the float64 oracle of loss_testing: under
+TRITON_INTERPRET=1 on CPU at small odd shapes (fixture ``flce``), and compiled on a CUDA device
+at larger shapes when one is present (``gpu`` marker). Fresh random inputs each run; a failure
+names its seed.
+
+Triton binds ``@triton.jit`` functions, its own ``triton.language`` helpers included, to the
+compiler or to the interpreter when they are defined, i.e. when triton is imported. So the
+interpreter tests run in a child process that has TRITON_INTERPRET=1 from its start
+(``test_interpreter_suite``); the other test files of this process import triton normally.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT / "tests") not in sys.path:  # loss_testing lives in tests/
+    sys.path.insert(0, str(ROOT / "tests"))
+
+from loss_testing import (compare, interpreting, make_case, poison_allocations,  # noqa: E402
+                          run, upstream, without_weights)
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+VARIANTS = {
+    "plain": {},
+    "bias-softcap-scale": dict(bias=True, softcap=4.0, logit_scale=0.7),
+}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def flce():
+    """rcond.kernels.fused_linear_ce with interpreted kernels (CPU tensors); skips elsewhere."""
+    pytest.importorskip("triton")
+    if not interpreting():
+        pytest.skip("interpreter test: run by test_interpreter_suite in a TRITON_INTERPRET=1 child")
+    module = importlib.import_module("rcond.kernels.fused_linear_ce")
+    assert module.INTERPRETED
+    return module
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    poison_allocations(monkeypatch)
+
+
+def test_interpreter_suite():
+    """Runs this file's interpreter tests (fixture ``flce``) in a child with TRITON_INTERPRET=1."""
+    pytest.importorskip("triton")
+    if interpreting():
+        pytest.skip("this process is the interpreter child")
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-m", "not gpu", "-p", "no:cacheprovider"],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=ROOT, capture_output=True, text=True,
+        timeout=600)
+    assert child.returncode == 0, child.stdout[-8000:] + child.stderr[-2000:]
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["sums", "per-token"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_matches_float64(flce, poisoned, dtype, variant, per_token):
+    compare(make_case(dtype, **VARIANTS[variant]), per_token=per_token, impl="triton")
+
+
+@pytest.mark.parametrize("chunk,splits", [(32, 3), (64, 2), (96, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_vocab_chunks_and_splits(flce, poisoned, monkeypatch, dtype, chunk, splits):
+    """Several backward chunks (fp32 dh accumulator) and forward splits (merged partials)."""
+    monkeypatch.setattr(flce, "MAX_CHUNK", chunk)
+    monkeypatch.setattr(flce, "_default_splits", lambda *args: splits)
+    compare(make_case(dtype, bias=True, softcap=4.0), impl="triton")
+
+
+def test_mixed_precision_weight(flce, poisoned):
+    compare(make_case(torch.bfloat16, weight_dtype=torch.float32, bias=True), impl="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_all_ignored_is_zero_not_nan(flce, poisoned, monkeypatch, dtype):
+    """No active row: every program exits or reduces over nothing, and dW, db come out 0."""
+    monkeypatch.setattr(flce, "MAX_CHUNK", 64)
+    out = compare(without_weights(make_case(dtype, bias=True)), impl="triton")
+    assert out.loss_sum.item() == 0 and out.weight_sum.item() == 0
+
+
+def test_bitwise_deterministic(flce, monkeypatch):
+    monkeypatch.setattr(flce, "MAX_CHUNK", 64)
+    case = make_case(torch.bfloat16, bias=True, softcap=4.0)
+    grads = upstream(case, token_logprobs=True)
+    (first, first_grads), (second, second_grads) = (
+        run(case, grads, impl="triton", return_token_logprobs=True) for _ in range(2))
+    assert torch.equal(first.token_logprobs, second.token_logprobs)
+    assert all(torch.equal(first_grads[k], second_grads[k]) for k in first_grads)
+
+
+def test_refuses_float64(flce):
+    case = make_case(torch.float64)
+    with pytest.raises(ValueError, match="bf16/fp16/fp32"):
+        flce.fused_linear_logprob(case.hidden, case.weight, case.targets, case.loss_weight != 0)
+
+
+POINTERS = {"h": "*bf16", "w": "*bf16", "b": "*bf16", "g": "*bf16", "dw": "*bf16", "db": "*bf16",
+            "dh": "*bf16", "count": "*i32", "tgt": "*i64", "rows": "*i64", "by_tgt": "*i64",
+            "tgt_sorted": "*i64", "bounds": "*i64"}  # other pointers: fp32
+
+
+@pytest.mark.parametrize("name", ["_lse_kernel", "_grad_logits_kernel", "_grad_weight_kernel",
+                                  "_grad_hidden_kernel"])
+def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
+    """Compiles a kernel for sm_90 (no GPU needed) in bf16 at the GPU tiles: catches what the
+    interpreter does not check, and that the matmul loops use wgmma fed by cp.async stages."""
+    pytest.importorskip("triton")
+    if interpreting():
+        pytest.skip("kernels are interpreted in this process")
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from rcond.kernels import fused_linear_ce as flce
+
+    kernel, tiles = getattr(flce, name), flce.GPU_TILES
+    values = dict(HAS_BIAS=True, HAS_SOFTCAP=True, WITH_ENTROPY=True, FIRST=False, LAST=True,
+                  DOT_DTYPE=tl.bfloat16, DOT_PRECISION="tf32", BM=tiles.bm, BV=tiles.bv,
+                  BD=tiles.bd, BK=tiles.bk)
+    constexprs = {p.name: values[p.name] for p in kernel.params if p.is_constexpr}
+    signature = {a: "constexpr" if a in constexprs else
+                 POINTERS.get(a[:-4], "*fp32") if a.endswith("_ptr") else
+                 "fp32" if a in ("softcap", "scale") else "i32" for a in kernel.arg_names}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names)
+               if a.endswith("_ptr") or a.startswith("stride") or a in ("D", "v0", "width")}
+    try:
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages))
+    except FileNotFoundError as e:  # no ptxas in this triton install
+        pytest.skip(f"cannot compile for CUDA here: {e}")
+    ptx = compiled.asm["ptx"]
+    assert "wgmma.mma_async" in ptx and "cp.async" in ptx
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gpu_matches_float64(dtype):
+    case = make_case(dtype, n=3001, d=256, v=20011, bias=True, softcap=30.0, device="cuda")
+    compare(case, per_token=True, impl="triton")
+    compare(case, impl="triton")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_mixed_precision_and_auto():
+    case = make_case(torch.bfloat16, weight_dtype=torch.float32, n=2048, d=512, v=50257,
+                     device="cuda")
+    compare(case, impl="auto")
