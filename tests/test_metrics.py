@@ -1,0 +1,178 @@
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rcond.metrics import (MetricsError, ScoreSummary, bleu, calibration, distinct_n, diversity, evenly_spaced,
+                           rankdata, read_samples, self_bleu, spearman)
+from rcond.tokens import ControlScheme, SchemeError
+
+
+def scheme3():
+    """Bins (-inf, 0), [0, 1), [1, inf)."""
+    return ControlScheme.fit([], binning="edges:0,1")
+
+
+def rec(level, score, reward=None, mode="on"):
+    return {"prompt": "", "mode": mode, "level": level, "reward": reward, "guidance": None, "text": "x", "score": score}
+
+
+# ---------------------------------------------------------------------------- ranks and Spearman
+
+def test_rankdata_average_ties():
+    assert rankdata([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]
+    assert rankdata([3, 1, 3, 3]).tolist() == [3, 1, 3, 3]
+    assert rankdata([]).tolist() == []
+
+
+def test_spearman_hand_computed():
+    # no ties: d = rank differences (-1, 1, -1, 1, 0), rho = 1 - 6*4 / (5*(25-1)) = 0.8
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    # ties: ranks x (1, 2.5, 2.5, 4), y (1, 3, 2, 4); centred dot 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_spearman_matches_scipy():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 50, 400):
+        x = rng.integers(0, 5, n).astype(float)  # many ties
+        y = x + rng.normal(0, 2, n).round(1)
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            continue
+        assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_spearman_undefined_is_nan():
+    assert math.isnan(spearman([1], [2]))
+    assert math.isnan(spearman([], []))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1])
+
+
+# ---------------------------------------------------------------------------- calibration
+
+def test_score_summary_hand_computed():
+    s = ScoreSummary.of([4, 1, 3, 2])
+    assert (s.n, s.mean, s.median) == (4, 2.5, 2.5)
+    assert s.sd == pytest.approx(math.sqrt(5 / 3))  # sample sd, ddof = 1
+    assert (s.p10, s.p90) == pytest.approx((1.3, 3.7))  # positions 0.3 and 2.7 of the sorted values
+    one = ScoreSummary.of([2.0])
+    assert one.mean == one.median == one.p10 == 2.0 and math.isnan(one.sd)
+    empty = ScoreSummary.of([])
+    assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.sd, empty.median, empty.p10, empty.p90))
+
+
+def test_calibration_hand_computed():
+    scheme = scheme3()
+    samples = [rec(0, -1.0), rec(0, 0.5), rec(2, 2.0), rec(2, 3.0), rec(2, 0.5),
+               rec(None, 0.2, reward=0.4),          # requested as a raw reward: bin 1
+               rec(None, 9.0, mode="off")]          # requested nothing
+    cal = calibration(samples, scheme)
+    assert cal.n == 6 and cal.unrequested == 1
+    l0, l1, l2 = cal.levels
+    assert (l0.level, l0.bin_low, l0.bin_high) == (0, -math.inf, 0.0)
+    assert (l0.scores.n, l0.scores.mean, l0.in_bin) == (2, -0.25, 0.5)
+    assert (l1.scores.n, l1.scores.mean, l1.in_bin) == (1, 0.2, 1.0)
+    assert (l2.scores.n, l2.in_bin) == (3, pytest.approx(2 / 3))
+    assert l2.scores.mean == pytest.approx(5.5 / 3)
+    assert cal.spearman_levels == pytest.approx(1.0)  # means -0.25 < 0.2 < 1.83
+    ks, ys = [0, 0, 2, 2, 2, 1], [-1.0, 0.5, 2.0, 3.0, 0.5, 0.2]
+    assert cal.spearman_samples == pytest.approx(stats.spearmanr(ks, ys).statistic)
+
+
+def test_calibration_empty_level_and_single_level():
+    scheme = scheme3()
+    cal = calibration([rec(2, 1.5), rec(2, 0.5)], scheme)
+    assert cal.levels[0].scores.n == 0 and math.isnan(cal.levels[0].scores.mean) and math.isnan(cal.levels[0].in_bin)
+    assert math.isnan(cal.spearman_levels) and math.isnan(cal.spearman_samples)  # one level: rho undefined
+    none = calibration([], scheme)
+    assert none.n == 0 and all(lc.scores.n == 0 for lc in none.levels) and math.isnan(none.spearman_levels)
+
+
+def test_calibration_rejects_bad_samples():
+    with pytest.raises(MetricsError, match="score-with"):
+        calibration([rec(0, None)], scheme3())
+    with pytest.raises(MetricsError):
+        calibration([rec(0, float("nan"))], scheme3())
+    with pytest.raises(SchemeError, match="level 3"):
+        calibration([rec(3, 0.0)], scheme3())
+
+
+def test_read_samples(tmp_path):
+    good = tmp_path / "s.jsonl"
+    good.write_text(json.dumps(rec(1, 0.5)) + "\n\n" + json.dumps(rec(None, 0.1, mode="off")) + "\n")
+    assert [r["level"] for r in read_samples(good)] == [1, None]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rec(1, 0.5)) + "\n{oops\n")
+    with pytest.raises(MetricsError, match="bad.jsonl:2"):
+        read_samples(bad)
+    unscored = tmp_path / "unscored.jsonl"
+    unscored.write_text(json.dumps({"text": "hi", "level": 0}) + "\n")
+    with pytest.raises(MetricsError, match="unscored.jsonl:1.*score-with"):
+        read_samples(unscored)
+
+
+# ---------------------------------------------------------------------------- diversity
+
+def test_distinct_hand_computed():
+    toks = [["a", "b", "a"], ["a", "b"]]
+    assert distinct_n(toks, 1) == pytest.approx(2 / 5)
+    assert distinct_n(toks, 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert distinct_n(toks, 3) == 1.0
+    assert math.isnan(distinct_n([["a"]], 2))
+
+
+def test_bleu_hand_computed():
+    hyp, ref = "the cat sat on the mat".split(), "the cat is on the mat".split()
+    # p1 = 5/6, p2 = 3/5, p3 = 1/4, p4 = no match -> eps / 3; c = r = 6 -> BP = 1
+    assert bleu(hyp, [ref]) == pytest.approx((5 / 6 * 3 / 5 * 1 / 4 * 0.1 / 3) ** 0.25)
+    # shorter than the reference: BP = exp(1 - 3/2); p1 = p2 = 1; no 3- or 4-grams -> eps / 1 each
+    assert bleu(["the", "cat"], [["the", "cat", "sat"]]) == pytest.approx(math.exp(-0.5) * 0.01 ** 0.25)
+    # clipping by the maximum count over references; closest length tie (3 vs 5 for c = 4) -> shorter, BP = 1
+    assert bleu("a b c d".split(), ["a b c".split(), "a b c d e".split()]) == pytest.approx(1.0)
+    assert bleu("a a a a".split(), ["a b".split(), "a a c".split()]) == pytest.approx(
+        (2 / 4 * 1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25)
+    assert bleu("x y".split(), ["a b".split()]) == 0.0
+    assert bleu([], ["a b".split()]) == 0.0
+
+
+def test_self_bleu_matches_pairwise_definition():
+    rng = np.random.default_rng(1)
+    words = list("abcdef")
+    texts = [list(rng.choice(words, rng.integers(0, 12))) for _ in range(40)] + [list("abcabc")] * 2
+    naive = np.mean([bleu(t, texts[:i] + texts[i + 1:]) for i, t in enumerate(texts)])
+    assert self_bleu(texts) == pytest.approx(naive, abs=1e-12)
+    assert self_bleu([list("abcd"), list("abcd")]) == pytest.approx(1.0)
+    assert math.isnan(self_bleu([list("abcd")]))
+
+
+def test_evenly_spaced():
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert evenly_spaced([1, 2], 4) == [1, 2]
+
+
+def test_diversity_fields_cap_and_empty():
+    d = diversity(["a b a", "a b"])
+    assert d["n"] == 2 and d["mean_length"] == 2.5 and d["self_bleu_texts"] == 2
+    assert (d["distinct_1"], d["distinct_2"], d["distinct_3"]) == pytest.approx((0.4, 2 / 3, 1.0))
+    capped = diversity([f"w{i} common words here" for i in range(10)], max_texts=4)
+    assert capped["n"] == 10 and capped["self_bleu_texts"] == 4
+    empty = diversity([])
+    assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in
+                                   ("distinct_1", "distinct_2", "distinct_3", "self_bleu", "mean_length"))
+    assert math.isnan(diversity(["", ""])["distinct_1"])
+
+
+def test_diversity_is_fast_at_the_cap():
+    rng = np.random.default_rng(2)
+    words = [f"w{i}" for i in range(200)]
+    texts = [" ".join(rng.choice(words, 40)) for _ in range(2000)]
+    t0 = time.perf_counter()
+    d = diversity(texts)
+    assert time.perf_counter() - t0 < 3.0
+    assert d["self_bleu_texts"] == 500 and 0 < d["self_bleu"] < 1

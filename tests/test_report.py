@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from rcond.atomic import OutputExistsError
+from rcond.metrics import MetricsError
+from rcond.report import md_escape, write_report
+from rcond.tokens import ControlScheme
+
+from conftest import write_jsonl
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def scheme4():
+    """Bins (-inf, -0.5), [-0.5, 0), [0, 0.5), [0.5, inf)."""
+    return ControlScheme.fit([], binning="edges:-0.5,0,0.5")
+
+
+def samples(levels=(0, 1, 2, 3), n=12, mode="on", guidance=None, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in levels:
+        for i in range(n):
+            out.append({"prompt": "Review:", "mode": mode, "level": k if mode == "on" else None, "reward": None,
+                        "guidance": guidance, "text": f"text {k} {i} " + " ".join(rng.choice(list("abcdef"), 8)),
+                        "score": float(np.clip(-0.9 + 0.55 * (k if mode == "on" else 1.5) + rng.normal(0, 0.2), -1, 1))})
+    return out
+
+
+def write_log(path, steps=40):
+    rows = [{"step": s, "stage": "first" if s < 25 else "second", "loss": 5 - s / 20, "loss_on": 5.1 - s / 20,
+             "loss_off": None if s % 4 else 4.8 - s / 20} for s in range(steps)]
+    return write_jsonl(path, [*rows, {"event": "checkpoint"}])
+
+
+def check_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
+    assert img[..., :3].std() > 0.05  # something is drawn
+
+
+def no_nan(text):
+    def fail(c):
+        raise AssertionError(f"{c} in metrics.json")
+    return json.loads(text, parse_constant=fail)
+
+
+def test_full_report(tmp_path):
+    off = samples(levels=(0,), n=20, mode="off", seed=1)
+    guided = samples(n=6, guidance=2.0, seed=2)
+    md_path = write_report(tmp_path / "report", scheme=scheme4(), on_samples=samples(), off_samples=off,
+                           guided_samples=guided, train_log=write_log(tmp_path / "log.jsonl"),
+                           facts={"model": "tiny (3.1M parameters)", "tokens trained": 1234567, "device": "cpu"},
+                           title="demo | test", reward_label="VADER compound")
+    out = tmp_path / "report"
+    assert md_path == out / "report.md"
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "loss.png", "metrics.json", "report.md",
+                                                     "scores.png"]
+    for name in ("calibration.png", "loss.png", "scores.png"):
+        check_png(out / name)
+    md = md_path.read_text()
+    assert md.startswith("# demo \\| test\n")
+    for link in ("![requested level vs achieved reward](calibration.png)", "![training loss](loss.png)",
+                 "![achieved reward histograms](scores.png)"):
+        assert link in md
+    assert "| 0 | < -0.500 | 12 | " in md and "| 3 | ≥ 0.500 | 12 | " in md
+    assert "| 1 | \\[-0.500, 0.000) | 12 | " in md
+    assert "| tokens trained | 1,234,567 |" in md
+    assert "### on mode" in md and "### guided g=2" in md and "### off mode (no level requested)" in md
+    assert "over the per-level means (steerability): **1.000**" in md
+    for row in ("| on | 48 |", "| off | 20 |", "| guided g=2 | 24 |"):
+        assert row in md
+    assert "### level 0 (< -0.500)" in md and "### level 3 (≥ 0.500)" in md
+    assert "40 logged steps; at step 39:" in md
+    metrics = no_nan((out / "metrics.json").read_text())
+    assert metrics["calibration_on"]["spearman_levels"] == pytest.approx(1.0)
+    assert metrics["calibration_on"]["levels"][0]["bin_low"] is None
+    assert metrics["diversity"]["off"]["n"] == 20
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.tmp")]
+
+
+def test_no_off_samples_empty_level_no_log(tmp_path):
+    on = samples(levels=(0, 2, 3))  # level 1 got no samples
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on)
+    out = tmp_path / "r"
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "metrics.json", "report.md", "scores.png"]
+    check_png(out / "calibration.png")
+    md = (out / "report.md").read_text()
+    assert "| 1 | \\[-0.500, 0.000) | 0 | — | — | — | — |" in md
+    assert "No off-mode samples were given." in md and "No training log was given." in md
+    assert "| off | 0 | — | — | — | — (0) | — |" in md
+    assert "(3 levels with samples)" in md
+    metrics = no_nan((out / "metrics.json").read_text())
+    assert metrics["calibration_on"]["levels"][1]["scores"]["mean"] is None
+
+
+def test_single_level_and_files_as_input(tmp_path):
+    on = write_jsonl(tmp_path / "on.jsonl", samples(levels=(2,), n=5))
+    off = write_jsonl(tmp_path / "off.jsonl", samples(levels=(0,), n=5, mode="off"))
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=off)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "(steerability): **—** (1 levels with samples)" in md  # rho undefined with one level
+    assert "### level 2 ([0.000, 0.500))".replace("[", "\\[") in md
+
+
+def test_refuses_existing_dir_and_wrong_mode(tmp_path):
+    target = tmp_path / "r"
+    write_report(target, scheme=scheme4(), on_samples=samples(n=2))
+    with pytest.raises(OutputExistsError):
+        write_report(target, scheme=scheme4(), on_samples=samples(n=2))
+    write_report(target, scheme=scheme4(), on_samples=samples(n=3), overwrite=True)
+    assert "| 0 | < -0.500 | 3 | " in (target / "report.md").read_text()
+    with pytest.raises(MetricsError, match="off-mode samples have another mode"):
+        write_report(tmp_path / "r2", scheme=scheme4(), on_samples=samples(n=2), off_samples=samples(n=2))
+    unscored = [dict(samples(levels=(0,), n=1, mode="off")[0], score=None)]
+    with pytest.raises(MetricsError, match="off-mode sample 0: score None"):
+        write_report(tmp_path / "r2", scheme=scheme4(), on_samples=samples(n=2), off_samples=unscored)
+    assert not (tmp_path / "r2").exists()
+
+
+def test_md_escape():
+    assert md_escape("a|b*c\n_d  <x> [l](u) `c` ~s~ & \\") == "a\\|b\\*c \\_d \\<x\\> \\[l\\](u) \\`c\\` \\~s\\~ \\& \\\\"
+    assert md_escape("x" * 10, limit=4) == "xxxx…"
+    assert md_escape("# not a heading - 1. fine") == "# not a heading - 1. fine"
