@@ -53,7 +53,8 @@ CHUNK_LOGIT_BYTES = 64 << 20  # default torch-reference chunk: this many bytes o
 
 @dataclass
 class LossOutput:
-    """Sums (fp32) of the packed conditional loss; see the module docstring for definitions."""
+    """Outputs of the packed conditional loss (fp32; float64 for float64 inputs); see the module
+    docstring for definitions. Optional fields are None unless asked for."""
 
     loss_sum: Tensor
     weight_sum: Tensor

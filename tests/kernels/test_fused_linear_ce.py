@@ -160,3 +160,36 @@ def test_gpu_mixed_precision_and_auto():
     case = make_case(torch.bfloat16, weight_dtype=torch.float32, n=2048, d=512, v=50257,
                      device="cuda")
     compare(case, impl="auto")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_training_curve_matches_torch_loss(tmp_path):
+    """`rcond train --loss triton` and `--loss torch`, same tiny run: the same loss curve within
+    bf16 tolerance (the triton path multiplies bf16 weight tiles, as autocast would)."""
+    import json
+    import random
+
+    from rcond.corpus import PackOptions, build, train_tokenizer
+    from rcond.sources import SourceReader
+    from rcond.train import Stage, TrainConfig, train
+
+    rng, words = random.Random(0), "good bad fine great awful nice poor okay superb dull".split()
+    reviews = [[rng.choice(words) for _ in range(rng.randint(2, 14))] for _ in range(200)]
+    src = tmp_path / "reviews.jsonl"
+    src.write_text("".join(json.dumps({"prompt": "review:", "response": " ".join(r),
+                                       "reward": sum(w in ("good", "great") for w in r) / len(r)})
+                           + "\n" for r in reviews))
+    reader = SourceReader([str(src)], "scored")
+    build(reader, tmp_path / "corpus", train_tokenizer(reader.texts(), 300), num_bins=4,
+          opts=PackOptions(block_size=64), progress=False)
+    curves = {}
+    for loss in ("torch", "triton"):
+        cfg = TrainConfig(stages=[Stage(corpora=[str(tmp_path / "corpus")], steps=12)],
+                          model="tiny", batch_size=4, warmup=2, lr=3e-3, seed=0, device="cuda",
+                          loss=loss)
+        train(cfg, tmp_path / loss, progress=False)
+        curves[loss] = [json.loads(line)["loss"] for line in open(tmp_path / loss / "log.jsonl")]
+    assert len(curves["triton"]) == 12
+    assert curves["triton"] == pytest.approx(curves["torch"], rel=2e-2)
+
