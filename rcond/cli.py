@@ -144,7 +144,7 @@ def add_train(sub) -> None:
     src.add_argument("--corpus", action="append", metavar="DIR", help="corpus directory (repeat to mix)")
     src.add_argument("--config", metavar="STAGES.toml", help="stages file (see below)")
     p.add_argument("--weights", type=float, nargs="+", help="mixture weights of the --corpus list")
-    p.add_argument("--model", default=None, help="tiny | small | PATH_OR_HUB_ID (default tiny)")
+    p.add_argument("--model", default=None, help="micro | tiny | small | PATH_OR_HUB_ID (default tiny)")
     p.add_argument("--out", required=True, help="run directory: model/, checkpoint/, log.jsonl")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (with --corpus; default 200)")
     p.add_argument("--loss", default=None, choices=["auto", "torch", "triton"],
@@ -225,6 +225,81 @@ def run_toyworld(a) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- sample
+def add_sample(sub) -> None:
+    examples = """\
+examples:
+  rcond sample --model runs/tiny --level all --n 8 --out samples.jsonl --score-with vader
+  rcond sample --model runs/tiny/model --reward 0.8 --prompts prompts.txt --out high.jsonl
+  rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
+  rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --out guided.jsonl
+
+output: one JSON object per line with prompt, mode, level, reward (when --reward was given), guidance,
+text, num_tokens, finished (ended with eos) and score (with --score-with).
+"""
+    p = sub.add_parser("sample", help="sample at chosen reward levels, on/off mode, with guidance",
+                       description="Generate from a trained model conditioned on a reward level (<|rlhf:on|> "
+                                   "<|rtg:k|> prompt) or unconditioned (<|rlhf:off|> prompt); control tokens are "
+                                   "never generated. Guidance G samples from l_off + G * (l_on - l_off).",
+                       epilog=examples, formatter_class=_Formatter)
+    p.add_argument("--model", required=True, metavar="DIR", help="saved model, or a train --out directory holding model/")
+    cond = p.add_mutually_exclusive_group()
+    cond.add_argument("--level", metavar="K|all", help="reward-to-go level 0..K-1, or all levels")
+    cond.add_argument("--reward", type=float, metavar="X", help="raw reward, mapped to a level by the stored bin edges")
+    p.add_argument("--mode", default="on", choices=["on", "off"], help="off: the unconditioned model, no level")
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="classifier-free guidance weight: 1 = the conditioned model, 0 = off mode, >1 = stronger "
+                        "conditioning; None = no unconditioned branch")
+    p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line) or .jsonl with a 'prompt' field; "
+                                                     "None = one empty prompt")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt and level")
+    p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--score-with", default=None, help="vader | module:function — score every sample")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated at most per sample")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="eos is banned before this many tokens")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (twice that with --guidance)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(a) -> int:
+    import time
+
+    from .atomic import OutputExistsError
+    from .sample import (SampleError, SamplingParams, conditions, format_summary, load_sampler, read_prompts,
+                         write_jsonl_atomic)
+    from .scorers import get_scorer
+
+    try:
+        params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
+                                temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+        if Path(a.out).exists() and not a.overwrite:
+            raise OutputExistsError(f"{a.out} already exists; pass --overwrite to replace it")
+        prompts = read_prompts(a.prompts)
+        scorer = get_scorer(a.score_with) if a.score_with else None
+        sampler = load_sampler(a.model, a.device)
+        conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
+        t0 = time.perf_counter()
+        samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
+                                      progress=not a.no_progress))
+        seconds = time.perf_counter() - t0
+    except SampleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if scorer is not None:
+        for s, score in zip(samples, scorer.score_batched((s.text for s in samples), batch_size=256)):
+            s.score = score
+    write_jsonl_atomic(a.out, (s.to_dict() for s in samples))
+    print(format_summary(samples, conds, a.out, seconds, sampler.device, scorer.name if scorer else None))
+    return 0
+
+
 # ---------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -237,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess(sub)
     add_train(sub)
     add_toyworld(sub)
+    add_sample(sub)
     from . import demo
 
     demo.add_parser(sub, _Formatter)

@@ -1,0 +1,441 @@
+"""Sampling from a reward-conditioned model: chosen reward levels, on/off mode, guidance.
+
+Prompts are built exactly as the corpus builds training documents (``rcond.corpus``): the
+control-token ids, then the prompt encoded on its own with the backend tokenizer and
+``add_special_tokens=False`` (no BOS), and the model continues from there:
+
+    on,  level k:   <|rlhf:on|> <|rtg:k|> prompt   -> response <eos>
+    off:            <|rlhf:off|> prompt            -> response <eos>
+
+A level may be requested as a raw reward x, mapped to the bin ``scheme.bin_of(x)`` through the
+edges stored with the model.
+
+Decoding (``Sampler.generate``) is a batched loop over the model's forward with a KV cache
+(``DynamicCache``). Rows are left-padded to a common length; the 2-D attention mask hides the
+padding and ``position_ids = cumsum(mask) - 1`` starts every row at position 0, as in training.
+The first forward runs the whole prompt, each later one the single token just chosen, and only
+the last position's logits are computed (``logits_to_keep=1``). Per step, on the logits of
+the last position (float32, ``[B, V]``):
+
+1. guidance (optional, below);
+2. control tokens and ids the tokenizer cannot decode set to −inf (eos stays allowed, except
+   before ``min_new_tokens``);
+3. temperature 0: argmax. Otherwise divide by the temperature, keep the ``top_k`` largest
+   logits, keep the smallest set of tokens whose probability reaches ``top_p``, and draw one
+   token per row by inverting the cumulative distribution at one uniform number from a seeded
+   ``torch.Generator`` (B random numbers per step instead of the B×V of an exponential or
+   Gumbel race; on CPU this is ~15× cheaper than ``torch.multinomial``);
+4. a row that has produced eos is finished: its rows of the batch and of the cache are dropped
+   (``DynamicCache.batch_select_indices``), so later steps cost only the rows still running. For
+   caches whose layers cannot drop rows (recurrent or linear-attention layers) finished rows keep
+   running and their tokens after eos are discarded. The loop ends when every row is finished
+   or after ``max_new_tokens``.
+
+Classifier-free guidance with weight G. Each prompt runs twice in the same batch, as rows
+``[0, B)`` (conditioned: ``<on> <rtg:k> prompt``) and ``[B, 2B)`` (unconditioned: ``<off>
+prompt``, the branch the corpus trains with its unconditional fraction), each with its own
+cache rows, both fed the token chosen for the pair. One forward of 2B rows per step, then
+
+    l = l_uncond + G · (l_cond − l_uncond)           (torch.lerp(l_uncond, l_cond, G))
+
+``torch.lerp`` is exact at both ends, so G = 1 gives the conditioned logits bit for bit and
+G = 0 the unconditioned ones. ``Sampler.sample`` pads every batch to the longest prompt plus a
+full control prefix (mode + RTG), in either mode and with or without guidance, so a row sees
+the same padded input whichever batch it runs in; with the same seed, G = 1 reproduces
+unguided sampling and G = 0 the ``off`` mode exactly (tested) — provided the matmul kernels
+round a row alike in a batch of B and of 2B rows, as the CPU kernels here do. Where they do not,
+logits differ in the last bit and a token can differ only at a near tie.
+
+Where this deviates from the usual CFG for language models (Sanchez et al., 2023, "Stay on
+topic with classifier-free guidance"): there the unconditional branch drops the *prompt* and
+guidance strengthens prompt adherence; here both branches keep the prompt and differ only in
+the control tokens, so guidance strengthens the reward condition. The formula is applied to
+raw logits instead of log-softmax outputs: the two differ by a per-row constant, which the
+softmax, top-k and top-p all ignore, so the sampled distribution is the same.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+from .corpus import CONTROL_PREFIX
+from .tokens import ControlScheme, SchemeError
+
+# cache layers whose rows can be dropped when a sequence ends (others keep running with padding)
+PRUNABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+class SampleError(ValueError):
+    """A sampling setting is out of range (the message names it)."""
+
+
+# ---------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are chosen. ``temperature == 0`` is greedy (``top_p``/``top_k`` unused)."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0          # 0 = no top-k cut
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SampleError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise SampleError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                              f"got {self.min_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SampleError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SampleError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SampleError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What a sample is conditioned on: ``on`` with an RTG level (and the raw reward it came
+    from, if one was requested), or ``off`` with neither."""
+
+    mode: str = "on"
+    level: int | None = None
+    reward: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.mode == "off":
+            return "off"
+        return f"level {self.level}" + ("" if self.reward is None else f" (reward {self.reward:g})")
+
+
+def conditions(scheme: ControlScheme, *, level: int | str | None = None, reward: float | None = None,
+               mode: str = "on") -> list[Condition]:
+    """The conditions a request names: ``level`` k (an int or its digits) or ``"all"``, or a raw
+    ``reward``; ``mode`` on/off.
+
+    Raises ``SchemeError`` for a level the scheme does not have, a non-finite reward, an unknown
+    mode, or a level/reward given in ``off`` mode (which has no RTG token).
+    """
+    scheme.mode_token(mode)
+    if level is not None and reward is not None:
+        raise SchemeError("give a level or a reward, not both")
+    if mode == "off":
+        if level is not None or reward is not None:
+            raise SchemeError("off mode has no reward level (no RTG token); drop --level/--reward or use --mode on")
+        return [Condition("off")]
+    if reward is not None:
+        return [Condition("on", scheme.bin_of(reward), float(reward))]
+    if level is None:
+        raise SchemeError(f"on mode needs a level (0..{scheme.num_bins - 1} or 'all') or a reward")
+    if level == "all":
+        return [Condition("on", k) for k in range(scheme.num_bins)]
+    if isinstance(level, str):
+        try:
+            level = int(level)
+        except ValueError:
+            raise SchemeError(f"level {level!r} is neither a number (0..{scheme.num_bins - 1}) nor 'all'") from None
+    return [Condition("on", scheme.check_level(level))]
+
+
+@dataclass
+class Sample:
+    """One generated response and what it was conditioned on (one line of the output JSONL)."""
+
+    prompt: str
+    mode: str
+    level: int | None
+    reward: float | None         # the requested raw reward, when the level came from one
+    guidance: float | None
+    text: str
+    num_tokens: int              # generated tokens, eos excluded
+    finished: bool               # ended with eos (False: cut at max_new_tokens)
+    score: float | None = None
+
+    def to_dict(self) -> dict:
+        d = {"prompt": self.prompt, "mode": self.mode, "level": self.level, "guidance": self.guidance,
+             "text": self.text, "num_tokens": self.num_tokens, "finished": self.finished}
+        if self.reward is not None:
+            d["reward"] = self.reward
+        if self.score is not None:
+            d["score"] = self.score
+        return d
+
+
+# ---------------------------------------------------------------------------- the sampler
+class Sampler:
+    """Batched, KV-cached generation from a control-token model (see the module docstring)."""
+
+    def __init__(self, model, tokenizer, scheme: ControlScheme):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.scheme = scheme
+        ids = scheme.token_ids(tokenizer)
+        self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
+        self.rtg_ids = [ids[t] for t in scheme.rtg_tokens]
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; rcond documents end with eos")
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = self.eos_id if tokenizer.pad_token_id is None else int(tokenizer.pad_token_id)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if self.eos_id in ids.values():
+            raise SchemeError(f"eos {tokenizer.eos_token!r} is also a control token")
+        banned = torch.zeros(vocab, dtype=torch.bool)                  # [V]
+        banned[list(ids.values())] = True
+        banned[len(tokenizer):] = True                                 # embedding rows past the tokenizer
+        self.banned = banned.to(self.device)
+        self._encode = tokenizer.backend_tokenizer.encode_batch
+        self._keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------ prompts
+    def control_ids(self, cond: Condition) -> list[int]:
+        """``[on, rtg:k]`` or ``[off]``."""
+        if cond.mode == "off":
+            return [self.off_id]
+        return [self.on_id, self.rtg_ids[self.scheme.check_level(cond.level)]]
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens)."""
+        return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)] if prompts else []
+
+    def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
+        """The full model input of one prompt under ``cond``: control ids + prompt ids."""
+        return self.control_ids(cond) + self.encode([prompt])[0]
+
+    # ------------------------------------------------------------------ decoding
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        """[R, t] new tokens -> float32 logits of the last position [R, V]; extends ``cache``."""
+        kw = {"logits_to_keep": 1} if self._keep_last else {}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, **kw)
+        return out.logits[:, -1].float()
+
+    @staticmethod
+    def choose(scores: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+        """[B, V] logits (banned = −inf) -> [B] token ids: greedy, or temperature/top-k/top-p sampling."""
+        if params.temperature == 0:
+            return scores.argmax(-1)
+        scores = scores / params.temperature
+        if 0 < params.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]          # [B, 1]
+            scores = scores.masked_fill(scores < kth, -math.inf)
+        if params.top_p < 1:
+            sorted_scores, order = scores.sort(dim=-1, descending=True)           # [B, V]
+            probs = sorted_scores.softmax(-1)
+            before = probs.cumsum(-1) - probs                                      # mass of the better tokens
+            sorted_scores = sorted_scores.masked_fill(before >= params.top_p, -math.inf)
+            scores = scores.scatter(-1, order, sorted_scores)
+        cdf = scores.softmax(-1).cumsum(-1)                                        # [B, V]
+        u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device)  # [B, 1] in [0, 1)
+        # the first token whose cdf reaches x in (0, total]: the cdf rises there, so p > 0
+        return torch.searchsorted(cdf, (1 - u) * cdf[:, -1:]).squeeze(-1)
+
+    @torch.inference_mode()
+    def generate(self, rows: Sequence[Sequence[int]], params: SamplingParams, *,
+                 uncond_rows: Sequence[Sequence[int]] | None = None, guidance: float | None = None,
+                 generator: torch.Generator | None = None, width: int = 0) -> list[tuple[list[int], bool]]:
+        """Continue every row of token ids; returns (new ids without eos, ended with eos) per row.
+
+        With ``guidance`` G, ``uncond_rows[i]`` is the unconditional twin of ``rows[i]`` and the
+        logits are ``lerp(l_uncond, l_cond, G)``. Rows are left-padded to the longest row, or to
+        ``width`` tokens if that is more.
+        """
+        guided = guidance is not None
+        if guided and (uncond_rows is None or len(uncond_rows) != len(rows)):
+            raise ValueError("guidance needs one unconditional row per conditioned row")
+        if guided and not math.isfinite(guidance):
+            raise SampleError(f"guidance must be a finite number, got {guidance}")
+        B = len(rows)
+        if B == 0:
+            return []
+        every = list(rows) + (list(uncond_rows) if guided else [])
+        if min(map(len, every)) == 0:
+            raise ValueError("every row needs at least one token (its control ids)")
+        R, T, N = len(every), max(width, *map(len, every)), params.max_new_tokens
+        device = self.device
+        ids = torch.full((R, T), self.pad_id, dtype=torch.long)                   # [R, T] left-padded
+        mask = torch.zeros((R, T + N), dtype=torch.long)                          # [R, T+N] grows per step
+        for i, r in enumerate(every):
+            ids[i, T - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, T - len(r):T] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask[:, :T].cumsum(-1) - 1).clamp(min=0)                     # [R, T]
+        next_pos = positions[:, -1:] + 1                                          # [R, 1]
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask[:, :T], positions, cache)                # [R, V]
+        prunable = all(type(layer) in PRUNABLE_LAYERS for layer in cache.layers)
+        banned = self.banned.to(device)                                           # [V]
+        eos_banned = banned.clone()
+        eos_banned[self.eos_id] = True
+        out = torch.full((B, N), self.pad_id, dtype=torch.long, device=device)    # [B, N]
+        live = torch.arange(B, device=device)                                     # [A] rows still in the batch
+        done = torch.zeros(B, dtype=torch.bool, device=device)                    # [A] has produced eos
+        A, steps = B, 0
+        for step in range(N):
+            scores = torch.lerp(logits[A:], logits[:A], guidance) if guided else logits   # [A, V]
+            scores = scores.masked_fill(eos_banned if step < params.min_new_tokens else banned, -math.inf)
+            token = self.choose(scores, params, generator)                        # [A]
+            out[live, step] = token
+            steps = step + 1
+            done |= token == self.eos_id
+            finished = int(done.sum())
+            if steps == N or finished == A:
+                break
+            if prunable and finished:
+                keep = (~done).nonzero().squeeze(1)                               # [A'] rows that go on
+                pick = torch.cat([keep, keep + A]) if guided else keep            # [R'] with their twins
+                live, token, done, A = live[keep], token[keep], done[keep], keep.numel()
+                cache.batch_select_indices(pick)
+                mask, next_pos = mask[pick], next_pos[pick]
+            feed = torch.cat([token, token]) if guided else token                 # [R]
+            mask[:, T + step] = 1
+            logits = self._forward(feed[:, None], mask[:, :T + steps], next_pos, cache)
+            next_pos += 1
+        results = []
+        for row in out[:, :steps].tolist():
+            end = row.index(self.eos_id) if self.eos_id in row else len(row)
+            results.append((row[:end], end < len(row)))
+        return results
+
+    # ------------------------------------------------------------------ requests
+    def sample(self, prompts: Sequence[str], conds: Sequence[Condition], params: SamplingParams, *,
+               n: int = 1, guidance: float | None = None, batch_size: int = 32,
+               progress: bool = False) -> Iterator[Sample]:
+        """``n`` samples for every (condition, prompt), in that order, ``batch_size`` rows per forward
+        (``2 * batch_size`` with guidance). One generator seeded with ``params.seed`` runs through
+        all batches, so results depend on the seed and the batch size, not on the device's state."""
+        if n < 1 or batch_size < 1:
+            raise SampleError(f"n and batch_size must be at least 1, got n={n}, batch_size={batch_size}")
+        if guidance is not None and any(c.mode == "off" for c in conds):
+            raise SchemeError("guidance contrasts the on mode with the off mode; it needs --mode on")
+        prompts = list(prompts)
+        encoded = self.encode(prompts)
+        off = self.control_ids(Condition("off"))
+        jobs = [(c, p, e) for c in conds for p, e in zip(prompts, encoded) for _ in range(n)]
+        generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        with tqdm(total=len(jobs), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True,
+                  leave=False) as bar:
+            for at in range(0, len(jobs), batch_size):
+                batch = jobs[at:at + batch_size]
+                rows = [self.control_ids(c) + e for c, _, e in batch]
+                uncond = [off + e for _, _, e in batch] if guidance is not None else None
+                width = CONTROL_PREFIX + max(len(e) for _, _, e in batch)
+                results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,
+                                        width=width)
+                texts = self.tokenizer.batch_decode([r for r, _ in results], skip_special_tokens=True)
+                for (c, p, _), (new, finished), text in zip(batch, results, texts):
+                    yield Sample(p, c.mode, c.level, c.reward, guidance, text, len(new), finished)
+                bar.update(len(batch))
+
+
+# ---------------------------------------------------------------------------- files
+def read_prompts(path: str | os.PathLike | None) -> list[str]:
+    """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; other files
+    (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) -> the ``prompt`` field of every row."""
+    from .sources import SourceError, iter_rows
+
+    if path is None:
+        return [""]
+    p = Path(path)
+    if p.suffix == ".txt":
+        if not p.is_file():
+            raise SourceError(f"{p}: no such prompts file")
+        prompts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = []
+        for origin, row in iter_rows(str(p)):
+            value = row.get("prompt") if isinstance(row, dict) else None
+            if not isinstance(value, str):
+                raise SourceError(f"{origin}: expected a string field 'prompt'"
+                                  + (f"; fields present: {sorted(row)}" if isinstance(row, dict) else ""))
+            prompts.append(value)
+    if not prompts:
+        raise SourceError(f"{p}: no prompts in the file")
+    return prompts
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Write one JSON object per line to a temp file beside ``path``, flush it, rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """A saved model directory, or a training run directory holding one in ``model/``."""
+    from .modeling import MODEL_CONFIG_FILE
+    from .train import MODEL_DIR
+
+    p = Path(path)
+    if not (p / MODEL_CONFIG_FILE).is_file() and (p / MODEL_DIR / MODEL_CONFIG_FILE).is_file():
+        return p / MODEL_DIR
+    return p
+
+
+def load_sampler(path: str | os.PathLike, device: str = "auto") -> Sampler:
+    """Load a saved model (or a run directory's ``model/``) onto ``device`` (auto | cpu | cuda[:N])."""
+    from .modeling import load_pretrained
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise SampleError(f"--device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SampleError(f"--device {device}: CUDA is not available here; use --device cpu")
+    model, tokenizer, scheme = load_pretrained(resolve_model_dir(path), device=dev)
+    return Sampler(model, tokenizer, scheme)
+
+
+# ---------------------------------------------------------------------------- summary
+def format_summary(samples: Sequence[Sample], conds: Sequence[Condition], out, seconds: float, device,
+                   scorer_name: str | None) -> str:
+    """One screen: totals and speed, then per condition n, mean length, share ended by eos, score mean ± sd."""
+    tokens = sum(s.num_tokens for s in samples)
+    lines = [f"wrote {len(samples):,} samples to {out}; sampled in {seconds:.1f} s on {device} "
+             f"({len(samples) / max(seconds, 1e-9):,.1f} samples/s, {tokens / max(seconds, 1e-9):,.0f} tokens/s)"]
+    score_head = f"  score ({scorer_name})" if scorer_name else ""
+    lines.append(f"  {'condition':<24}{'n':>7}{'tokens':>9}{'eos':>7}{score_head}")
+    for c in conds:
+        group = [s for s in samples if (s.mode, s.level) == (c.mode, c.level)]
+        if not group:
+            continue
+        line = (f"  {c.label:<24}{len(group):>7,}{sum(s.num_tokens for s in group) / len(group):>9.1f}"
+                f"{sum(s.finished for s in group) / len(group):>7.0%}")
+        scores = [s.score for s in group if s.score is not None]
+        if scores:
+            mean = sum(scores) / len(scores)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+            line += f"  {mean:+.3f} ± {sd:.3f}"
+        lines.append(line)
+    return "\n".join(lines)
