@@ -22,10 +22,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .modeling import ModelDirError
     from .scorers import ScorerError
     from .sources import SourceError
+    from .sample import SampleError
     from .tokens import SchemeError
     from .train import TrainError
 
-    return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError)
+    return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError,
+            SampleError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -272,26 +274,21 @@ def run_sample(a) -> int:
     import time
 
     from .atomic import OutputExistsError
-    from .sample import (SampleError, SamplingParams, conditions, format_summary, load_sampler, read_prompts,
-                         write_jsonl_atomic)
+    from .sample import SamplingParams, conditions, format_summary, load_sampler, read_prompts, write_jsonl_atomic
     from .scorers import get_scorer
 
-    try:
-        params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
-                                temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
-        if Path(a.out).exists() and not a.overwrite:
-            raise OutputExistsError(f"{a.out} already exists; pass --overwrite to replace it")
-        prompts = read_prompts(a.prompts)
-        scorer = get_scorer(a.score_with) if a.score_with else None
-        sampler = load_sampler(a.model, a.device)
-        conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
-        t0 = time.perf_counter()
-        samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
-                                      progress=not a.no_progress))
-        seconds = time.perf_counter() - t0
-    except SampleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
+                            temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+    if Path(a.out).exists() and not a.overwrite:
+        raise OutputExistsError(f"{a.out} already exists; pass --overwrite to replace it")
+    prompts = read_prompts(a.prompts)
+    scorer = get_scorer(a.score_with) if a.score_with else None
+    sampler = load_sampler(a.model, a.device)
+    conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
+    t0 = time.perf_counter()
+    samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
+                                  progress=not a.no_progress))
+    seconds = time.perf_counter() - t0
     if scorer is not None:
         for s, score in zip(samples, scorer.score_batched((s.text for s in samples), batch_size=256)):
             s.score = score

@@ -35,12 +35,13 @@ class DemoSize:
     guided_n: int  # samples per prompt and level with guidance
     max_new_tokens: int
     lr: float = 2e-3
+    model: str = "tiny"
 
 
 FULL = DemoSize(reviews=20000, vocab=4096, block_size=256, steps=300, batch_size=16, prompts=16, n=4, guided_n=2,
                 max_new_tokens=72)
-QUICK = DemoSize(reviews=4000, vocab=1024, block_size=128, steps=150, batch_size=16, prompts=8, n=3, guided_n=1,
-                 max_new_tokens=48)
+QUICK = DemoSize(reviews=8000, vocab=1024, block_size=128, steps=400, batch_size=32, prompts=8, n=3, guided_n=1,
+                 max_new_tokens=48, lr=3e-3, model="micro")
 GUIDANCE = 2.0
 
 
@@ -94,7 +95,7 @@ def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _step(3, f"training the tiny model for {size.steps} steps on {_cpu_or_gpu()}")
+    _step(3, f"training the {size.model} model for {size.steps} steps on {_cpu_or_gpu()}")
     run_result, params = _train(out, size, seed, progress)
     timings["train"] = time.perf_counter() - t
 
@@ -108,7 +109,7 @@ def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True)
     _step(5, "writing the report")
     from .report import write_report
 
-    facts = {"model": f"tiny Llama-style, {params / 1e6:.2f}M parameters, trained from scratch",
+    facts = {"model": f"{size.model} Llama-style, {params / 1e6:.2f}M parameters, trained from scratch",
              "corpus": f"{summary.records:,} toy-world reviews, {summary.tokens:,} tokens in rows of {size.block_size}",
              "training": f"{run_result.steps_done} steps of {size.batch_size} rows, "
                          f"{run_result.tokens:,.0f} trained tokens, {run_result.seconds:.0f} s",
@@ -155,7 +156,7 @@ def _train(out: Path, size: DemoSize, seed: int, progress: bool):
     from .train import Stage, TrainConfig, train
 
     cfg = TrainConfig(stages=[Stage(corpora=[str(out / "corpus")], steps=size.steps, name="reviews")],
-                      model="tiny", batch_size=size.batch_size, lr=size.lr, warmup=20, seed=seed)
+                      model=size.model, batch_size=size.batch_size, lr=size.lr, warmup=20, seed=seed)
     result = train(cfg, out / "run", progress=progress)
     model, _, _ = modeling.load_pretrained(out / "run" / "model")
     return result, sum(p.numel() for p in model.parameters())

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 
 from .loss import packed_conditional_loss
-from .modeling import (build_model, load_tokenizer, output_head, packed_hidden, save_pretrained_atomic,
+from .modeling import (PRESETS, build_model, load_tokenizer, output_head, packed_hidden, save_pretrained_atomic,
                        tokenizer_fingerprint)
 from .tokens import ControlScheme
 
@@ -288,7 +288,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 def prepare_model(cfg: TrainConfig, corpora: dict[str, CorpusRows], scheme: ControlScheme, block_size: int):
     """Build or load the model; check that its tokenizer is the corpora's (fingerprints)."""
     first = next(iter(corpora.values()))
-    if cfg.model in ("tiny", "small"):
+    if cfg.model in PRESETS:
         tokenizer = first.tokenizer
     else:
         tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
