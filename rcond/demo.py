@@ -40,7 +40,7 @@ class DemoSize:
 
 FULL = DemoSize(reviews=20000, vocab=4096, block_size=256, steps=300, batch_size=16, prompts=16, n=4, guided_n=2,
                 max_new_tokens=72)
-QUICK = DemoSize(reviews=8000, vocab=1024, block_size=128, steps=400, batch_size=32, prompts=8, n=3, guided_n=1,
+QUICK = DemoSize(reviews=20000, vocab=2048, block_size=128, steps=300, batch_size=32, prompts=8, n=3, guided_n=1,
                  max_new_tokens=48, lr=3e-3, model="micro")
 GUIDANCE = 2.0
 
@@ -50,7 +50,9 @@ def add_parser(sub, formatter) -> None:
                        description=__doc__, formatter_class=formatter,
                        epilog="examples:\n  rcond demo\n  rcond demo --out /tmp/demo --quick")
     p.add_argument("--out", default="demo", help="output directory (replaced if it exists)")
-    p.add_argument("--quick", action="store_true", help="a smaller world, model and sample set, for a fast look")
+    p.add_argument("--quick", action="store_true",
+                   help="a fast look at the pipeline (micro model, ~2.5 min on 2 cores); at that size the model is "
+                        "only weakly steerable (Spearman rho 0.62 measured) — the full demo reaches 0.98")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
