@@ -198,3 +198,16 @@ def test_existing_out_refused(tmp_path, corpus, monkeypatch):
     train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
     with pytest.raises(TrainError, match="--resume"):
         train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
+
+
+def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch):
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train_module, "packed_hidden", oom)
+    with pytest.raises(TrainError, match=r"out of memory with --batch-size 4 rows of 48 tokens: lower --batch-size"):
+        train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
