@@ -362,21 +362,22 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     if resume and cfg is not None:
         raise TrainError("resume continues with the run's saved configuration; pass cfg=None")
     out = Path(out)
-    d, device = init_distributed(cfg.device if cfg is not None else "auto")
+    state = _load_state(out / CHECKPOINT_DIR) if resume else None
+    if state is not None:
+        cfg = TrainConfig.from_dict(state["config"])
+    d, device = init_distributed(cfg.device)
     try:
-        return _train(cfg, out, d, device, resume, progress)
+        return _train(cfg, out, d, device, state, progress)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, resume: bool, progress: bool) -> RunResult:
+def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: dict | None,
+           progress: bool) -> RunResult:
     ckpt = out / CHECKPOINT_DIR
-    state = None
-    if resume:
-        state = _load_state(ckpt)
-        cfg = TrainConfig.from_dict(state["config"])
-    elif d.main and out.exists() and any(out.iterdir()):
+    resume = state is not None
+    if not resume and d.main and out.exists() and any(out.iterdir()):
         raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     torch.manual_seed(cfg.seed)
     paths = list(dict.fromkeys(c for s in cfg.stages for c in s.corpora))
