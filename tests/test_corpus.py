@@ -136,3 +136,115 @@ def test_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}, "{bad"])
     assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
+
+
+# ---------------------------------------------------------------------------- the packer's parts
+def reference_best_fit(lengths, block_size, open_rows):
+    """Best fit one piece at a time with plain loops: rows as lists of piece numbers, in the order
+    they leave. Ties go to the older row; over ``open_rows`` open rows, the fullest leaves."""
+    open_, out, rows_made = {}, [], 0  # open_: row key (creation order) -> [free space, pieces]
+    for q, n in enumerate(lengths):
+        fits = [(space, key) for key, (space, _) in open_.items() if space >= n]
+        if fits:
+            key = min(fits)[1]
+        else:
+            key, rows_made = rows_made, rows_made + 1
+            open_[key] = [block_size, []]
+        open_[key][0] -= n
+        open_[key][1].append(q)
+        if open_[key][0] == 0:
+            out.append(open_.pop(key)[1])
+        elif len(open_) > open_rows:
+            fullest = min((space, k) for k, (space, _) in open_.items())[1]
+            out.append(open_.pop(fullest)[1])
+    out += [pieces for _, (_, pieces) in sorted(open_.items())]
+    return out
+
+
+def test_packer_matches_reference_across_pools():
+    """Pieces of many pools, few open rows (so rows hold pieces of older pools): every row equals
+    the one built by hand from the reference placement."""
+    from rcond.corpus import BestFitPacker, Pool
+
+    rng = np.random.default_rng(0)
+    B, pools, lengths = 16, [], []
+    packer = BestFitPacker(B, pad_id=0, open_rows=3)
+    emitted = []
+    for _ in range(6):
+        n = rng.integers(1, B + 1, size=int(rng.integers(1, 9)))
+        start = np.concatenate([[0], np.cumsum(n)[:-1]])
+        T = int(n.sum())
+        pool = Pool(rng.integers(1, 1000, T).astype(np.int32), rng.random(T).astype(np.float32),
+                    rng.integers(-1, 5, T).astype(np.int16), start, n, np.ones(len(n), bool))
+        pools += [(pool, q) for q in range(len(n))]
+        lengths += n.tolist()
+        emitted.append(packer.add(pool))
+    emitted.append(packer.flush())
+    got = {k: np.concatenate([e[k] for e in emitted if e is not None]) for k in emitted[-1]}
+    want = reference_best_fit(lengths, B, 3)
+    assert len(got["input_ids"]) == len(want)
+    for r, pieces in enumerate(want):
+        ids, pos, seg, lw, bins = [], [], [], [], []
+        for s, g in enumerate(pieces):
+            pool, q = pools[g]
+            a, n = int(pool.start[q]), int(pool.length[q])
+            ids += pool.ids[a:a + n].tolist()
+            pos += list(range(n))
+            seg += [s] * n
+            lw += pool.tw[a + 1:a + n].tolist() + [0.0]
+            bins += pool.bins[a:a + n].tolist()
+        pad = B - len(ids)
+        assert got["input_ids"][r].tolist() == ids + [0] * pad
+        assert got["position_ids"][r].tolist() == pos + list(range(pad))
+        assert got["segment_ids"][r].tolist() == seg + [-1] * pad
+        np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
+        assert got["bin_ids"][r].tolist() == bins + [-1] * pad
+    assert not packer.pools  # every pool released once its pieces are written
+
+
+def test_prefetched_order_errors_and_early_stop():
+    import threading
+
+    from rcond.corpus import prefetched
+
+    assert list(prefetched(iter(range(100)), depth=2)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("bad input at line 2")
+
+    got = []
+    with pytest.raises(ValueError, match="line 2"):
+        for x in prefetched(failing()):
+            got.append(x)
+    assert got == [1]
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    for x in prefetched(endless(), depth=2):
+        if x == 3:
+            break
+    assert len(produced) <= 3 + 2 + 2  # stopped soon after the consumer did
+    assert not [t for t in threading.enumerate() if t.name == "rcond-reader"]
+
+
+def test_collector_paused_restores_state():
+    import gc
+
+    from rcond.corpus import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own pause is kept
+    finally:
+        gc.enable()

@@ -17,7 +17,7 @@ from rcond.corpus import encode_parts
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, conditions, read_prompts,
                           write_jsonl_atomic)
-from rcond.sources import Part, Record, SourceError
+from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
 WORDS = [f"w{i}" for i in range(60)]
@@ -89,7 +89,8 @@ def test_prompt_ids_are_control_ids_then_the_corpus_encoding(sampler, scheme):
     tok = sampler.tokenizer
     ids = scheme.token_ids(tok)
     prompt = "w3 w4 w5"
-    batch = next(encode_parts([Record([Part(prompt, False, rtg=0.2), Part("w9", True)], "on", "t")], tok, 10))
+    batch = next(encode_parts([PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)], "on", "t")])],
+                               tok))
     corpus_prompt = batch.column("ids")[0].as_py()
     assert tok(prompt)["input_ids"][0] == tok.bos_token_id            # the tokenizer's own call adds <bos> ...
     assert corpus_prompt == [5, 6, 7]                                 # ... the corpus encoding does not

@@ -1,0 +1,218 @@
+"""A chunk of JSON Lines -> a :class:`~rcond.sources.PartBatch`, column by column.
+
+The fast path of :mod:`rcond.sources`. The chunk is parsed in one call by Arrow's JSON reader
+against an explicit schema of the fields the format reads (any other field is ignored, whatever
+its type), then validated a column at a time, and its parts are laid out with numpy. It must give
+exactly the records that the line-by-line path (:func:`rcond.sources.decode_lines` and the
+format's converter) gives, so it *declines* the chunk (returns ``None``) at the first sign of
+anything that path treats specially:
+
+- Arrow cannot parse it (bad JSON, not an object, a field of another type, a duplicate key, a
+  number too big, invalid UTF-8), or it finds a different number of rows than there are
+  non-blank lines (two objects on one line);
+- a required field is missing or null; a text that is empty or all whitespace;
+- a reward or score that is not finite, a pair with only one of its two scores, a scorer that
+  returns a non-finite value or the wrong number of values;
+- a ``pairs`` dialogue without a ``"\\n\\nAssistant:"`` turn; a ``scored`` chunk whose
+  response/text choice differs between rows.
+
+The caller then decodes that chunk line by line, which raises or skips with the exact line.
+``dialog`` records (nested turns) always take the line-by-line path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as paj
+
+from .sources import FIXED_BOTTOM, FIXED_TOP, HH_ASSISTANT, FieldNames, PartBatch
+
+Scorer = Callable[[list[str]], list[float]]
+
+
+def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_reward: bool,
+                scorer: Scorer | None = None, score_batch: int = 256) -> PartBatch | None:
+    """Records of the ``fmt`` lines as a PartBatch, or None where the line-by-line path must decide.
+
+    ``needs_reward``: rewards/scores come from the rows (no scorer configured); ``scorer``: apply it
+    to the responses (None also when a scorer is configured but scoring is not wanted).
+    """
+    if fmt not in ("scored", "text", "pairs"):
+        return None
+    names = _columns(fmt, fields, needs_reward)
+    rows = sum(1 for line in lines if line.strip())
+    if rows == 0:
+        return _empty()
+    schema = pa.schema([(name, pa.float64() if kind == "number" else pa.string()) for name, kind in names.items()])
+    try:
+        table = paj.read_json(pa.py_buffer(b"".join(lines)),
+                              read_options=paj.ReadOptions(use_threads=False, block_size=1 << 30),
+                              parse_options=paj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+    except (pa.ArrowInvalid, ValueError):
+        return None
+    if table.num_rows != rows:
+        return None
+    try:  # Arrow checks UTF-8 only when a string is read out
+        if fmt == "text":
+            return _text(table, fields)
+        if fmt == "scored":
+            return _scored(table, lines, fields, needs_reward, scorer, score_batch)
+        return _pairs(table, fields, needs_reward, scorer, score_batch)
+    except UnicodeDecodeError:
+        return None
+
+
+def _columns(fmt: str, f: FieldNames, needs_reward: bool) -> dict[str, str]:
+    if fmt == "text":
+        return {f.text: "string"}
+    if fmt == "scored":
+        out = {f.prompt: "string", f.response: "string", f.text: "string"}
+        if needs_reward:
+            out[f.reward] = "number"
+        return out
+    return {f.prompt: "string", f.chosen: "string", f.rejected: "string",
+            f.chosen_score: "number", f.rejected_score: "number"}
+
+
+def _empty() -> PartBatch:
+    return PartBatch([], np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool), np.zeros(0, bool))
+
+
+def _strings(table: pa.Table, name: str) -> list[str] | None:
+    """A required, non-empty string column as a list; None if any value is null or blank."""
+    col = table.column(name)
+    if col.null_count:
+        return None
+    values = col.to_pylist()
+    if not all(v.strip() for v in values):
+        return None
+    return values
+
+
+def _numbers(table: pa.Table, name: str) -> np.ndarray | None:
+    """A required finite number column; None if any value is null or not finite."""
+    col = table.column(name)
+    if col.null_count:
+        return None
+    values = col.to_numpy()
+    return values if np.isfinite(values).all() else None
+
+
+def _score(texts: list[str], scorer: Scorer, score_batch: int) -> np.ndarray | None:
+    out = []
+    for i in range(0, len(texts), score_batch):
+        chunk = texts[i:i + score_batch]
+        scores = [float(s) for s in scorer(chunk)]
+        if len(scores) != len(chunk):
+            return None
+        out.extend(scores)
+    values = np.array(out, dtype=np.float64)
+    return values if np.isfinite(values).all() else None
+
+
+def _layout(texts: list[str], trainable: list[bool], rtg: np.ndarray, fixed: np.ndarray, parts_per_record: int,
+            on: bool) -> PartBatch:
+    """Records of ``parts_per_record`` parts each; per-part columns given for one record
+    (``trainable``) or for all parts (``rtg``, ``fixed``)."""
+    P = len(texts)
+    n = P // parts_per_record
+    start = np.zeros(parts_per_record, dtype=bool)
+    start[0] = True
+    return PartBatch(texts, np.tile(np.array(trainable, dtype=bool), n), rtg, fixed, np.tile(start, n),
+                     np.full(P, on, dtype=bool))
+
+
+def _text(table: pa.Table, f: FieldNames) -> PartBatch | None:
+    texts = _strings(table, f.text)
+    if texts is None:
+        return None
+    P = len(texts)
+    return _layout(texts, [True], np.full(P, np.nan), np.zeros(P, np.int8), 1, on=False)
+
+
+def _scored(table: pa.Table, lines: list[bytes], f: FieldNames, needs_reward: bool, scorer: Scorer | None,
+            score_batch: int) -> PartBatch | None:
+    # the line path reads `response` where the row has that key (even if null), else `text`
+    if table.column(f.response).null_count == 0:
+        name = f.response
+    elif table.column(f.response).null_count == table.num_rows and not _key_anywhere(lines, f.response):
+        name = f.text
+    else:
+        return None
+    responses = _strings(table, name)
+    if responses is None:
+        return None
+    prompts = table.column(f.prompt).fill_null("").to_pylist()
+    if needs_reward:
+        reward = _numbers(table, f.reward)
+    elif scorer is not None:
+        reward = _score(responses, scorer, score_batch)
+    else:  # scoring skipped (texts for a tokenizer): placeholders, as the line path leaves them
+        reward = np.zeros(len(responses))
+    if reward is None:
+        return None
+    n = len(responses)
+    texts: list[str] = [""] * (2 * n)
+    texts[0::2], texts[1::2] = prompts, responses
+    rtg = np.full(2 * n, np.nan)
+    rtg[0::2] = reward
+    return _layout(texts, [False, True], rtg, np.zeros(2 * n, np.int8), 2, on=True)
+
+
+def _key_anywhere(lines: list[bytes], key: str) -> bool:
+    token = json.dumps(key).encode()
+    return any(token in line for line in lines)
+
+
+def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | None,
+           score_batch: int) -> PartBatch | None:
+    chosen, rejected = table.column(f.chosen), table.column(f.rejected)
+    if chosen.null_count or rejected.null_count:
+        return None
+    chosen, rejected = chosen.to_pylist(), rejected.to_pylist()
+    prompt = table.column(f.prompt).to_pylist()
+    n = len(chosen)
+    prompts_c, prompts_r = list(prompt), list(prompt)
+    for i in (i for i, p in enumerate(prompt) if p is None):  # HH dialogues: split at the last Assistant turn
+        cut_c, cut_r = chosen[i].rfind(HH_ASSISTANT), rejected[i].rfind(HH_ASSISTANT)
+        if cut_c < 0 or cut_r < 0:
+            return None
+        cut_c += len(HH_ASSISTANT)
+        cut_r += len(HH_ASSISTANT)
+        prompts_c[i], chosen[i] = chosen[i][:cut_c], chosen[i][cut_c:]
+        prompts_r[i], rejected[i] = rejected[i][:cut_r], rejected[i][cut_r:]
+    if not all(r.strip() for r in chosen) or not all(r.strip() for r in rejected):
+        return None
+    cs, rs = table.column(f.chosen_score), table.column(f.rejected_score)
+    has_c, has_r = pc.is_valid(cs).to_numpy(zero_copy_only=False), pc.is_valid(rs).to_numpy(zero_copy_only=False)
+    if (has_c != has_r).any():
+        return None
+    cs, rs = cs.to_numpy(zero_copy_only=False), rs.to_numpy(zero_copy_only=False)  # nulls -> NaN
+    if not (np.isfinite(cs[has_c]).all() and np.isfinite(rs[has_r]).all()):
+        return None
+    # record order: chosen then rejected per row; parts: prompt (carries the reward), response
+    texts: list[str] = [""] * (4 * n)
+    texts[0::4], texts[1::4], texts[2::4], texts[3::4] = prompts_c, chosen, prompts_r, rejected
+    rtg = np.full(4 * n, np.nan)
+    fixed = np.zeros(4 * n, np.int8)
+    if scorer is not None:
+        both = [""] * (2 * n)
+        both[0::2], both[1::2] = chosen, rejected
+        scores = _score(both, scorer, score_batch)
+        if scores is None:
+            return None
+        rtg[0::2] = scores
+    elif needs_reward:  # a pair without scores: chosen to the top bin, rejected to the bottom
+        rtg[0::4] = np.where(has_c, cs, np.nan)
+        rtg[2::4] = np.where(has_r, rs, np.nan)
+        fixed[0::4] = np.where(has_c, 0, FIXED_TOP)
+        fixed[2::4] = np.where(has_r, 0, FIXED_BOTTOM)
+    else:  # scoring skipped (texts for a tokenizer): placeholders, as the line path leaves them
+        rtg[0::4] = np.where(has_c, cs, 0.0)
+        rtg[2::4] = np.where(has_r, rs, 0.0)
+    return _layout(texts, [False, True], rtg, fixed, 2, on=True)

@@ -1,0 +1,161 @@
+"""The column-wise JSON Lines path must give exactly the records of the line-by-line path, and
+hand a chunk back to it whenever something needs a line number."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from rcond.columnar import parse_chunk
+from rcond.sources import FieldNames, PartBatch, SourceError, SourceReader
+
+
+def write_lines(path, lines):
+    path.write_bytes(b"".join(line if isinstance(line, bytes) else (line + "\n").encode() for line in lines))
+    return path
+
+
+def same(a: PartBatch, b: PartBatch) -> None:
+    assert a.texts == b.texts
+    np.testing.assert_array_equal(a.trainable, b.trainable)
+    np.testing.assert_array_equal(a.rtg, b.rtg)  # NaN == NaN here
+    np.testing.assert_array_equal(a.fixed, b.fixed)
+    np.testing.assert_array_equal(a.doc_start, b.doc_start)
+    np.testing.assert_array_equal(a.on, b.on)
+
+
+def both_paths(path, fmt, size=4, **kw):
+    """(concatenated fast batches, the line-by-line records as one batch)."""
+    fast = list(SourceReader([str(path)], fmt, **kw).batches(size))
+    lines = PartBatch.from_records(list(SourceReader([str(path)], fmt, **kw)))
+    joined = PartBatch([t for b in fast for t in b.texts], *(np.concatenate([getattr(b, k) for b in fast])
+                       for k in ("trainable", "rtg", "fixed", "doc_start", "on")))
+    return joined, lines
+
+
+def chunk(rows, fmt, **kw):
+    lines = [(r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in rows]
+    return parse_chunk(lines, fmt, FieldNames(), needs_reward=kw.pop("needs_reward", True), **kw)
+
+
+SCORED = [{"prompt": "p1", "response": "r1", "reward": 0.5},
+          {"response": "r2", "reward": -1, "extra": {"nested": [1, {"x": None}]}},
+          {"prompt": None, "response": "r3 \u2028 \U0001F600", "reward": 3e-5, "extra": "a string this time"},
+          {"prompt": "", "response": "r4", "reward": 12}]
+
+
+def test_scored_same_as_line_path(tmp_path):
+    path = write_lines(tmp_path / "s.jsonl", [json.dumps(r) for r in SCORED] + ["", "   "] + [json.dumps(SCORED[0])])
+    fast, lines = both_paths(path, "scored")
+    same(fast, lines)
+    # hand-checked layout of the first record: prompt carries the reward, response is trained
+    assert fast.texts[:4] == ["p1", "r1", "", "r2"]
+    assert fast.rtg[:4].tolist()[0] == 0.5 and np.isnan(fast.rtg[1]) and fast.rtg[2] == -1.0
+    assert fast.trainable[:4].tolist() == [False, True, False, True]
+    assert fast.doc_start[:4].tolist() == [True, False, True, False] and fast.on.all()
+
+
+def test_clean_chunks_take_the_fast_path():
+    b = chunk(SCORED, "scored")
+    assert b is not None and b.records == 4
+    assert chunk([{"text": "a doc"}, {"text": "another"}], "text").on.tolist() == [False, False]
+    assert chunk([{"turns": []}], "dialog") is None  # dialogs always go line by line
+
+
+@pytest.mark.parametrize("fmt,rows", [
+    ("text", [{"text": "doc one"}, {"text": "doc two", "reward": "ignored"}]),
+    ("scored", [{"text": "t1", "reward": 1}, {"text": "t2", "reward": 2.5}]),  # `text` when no row has `response`
+    ("pairs", [{"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"},
+               {"prompt": "P", "chosen": "c", "rejected": "r", "chosen_score": 2, "rejected_score": -0.5},
+               {"prompt": "", "chosen": "c2", "rejected": "r2"}]),
+])
+def test_formats_same_as_line_path(tmp_path, fmt, rows):
+    fast, lines = both_paths(write_lines(tmp_path / "x.jsonl", [json.dumps(r) for r in rows]), fmt)
+    same(fast, lines)
+
+
+def test_pairs_layout_by_hand():
+    b = chunk([{"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"},
+               {"prompt": "P", "chosen": "c", "rejected": "r", "chosen_score": 2, "rejected_score": -0.5}], "pairs")
+    assert b.texts == ["\n\nHuman: q\n\nAssistant:", " good", "\n\nHuman: q\n\nAssistant:", " bad",
+                       "P", "c", "P", "r"]
+    assert b.fixed.tolist() == [1, 0, -1, 0, 0, 0, 0, 0]  # unscored: chosen top, rejected bottom
+    assert np.isnan(b.rtg[[0, 1, 2, 3, 5, 7]]).all() and b.rtg[[4, 6]].tolist() == [2.0, -0.5]
+    assert b.records == 4
+
+
+def test_scorer_applied_to_responses(tmp_path):
+    def scorer(texts):
+        return [float(len(t)) for t in texts]
+
+    path = write_lines(tmp_path / "s.jsonl", [json.dumps({"prompt": "p", "response": "x" * i}) for i in range(1, 8)])
+    fast, lines = both_paths(path, "scored", scorer=scorer)
+    same(fast, lines)
+    assert fast.rtg[0::2].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    pairs = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "p", "chosen": "aaa", "rejected": "b"})])
+    fast, lines = both_paths(pairs, "pairs", scorer=scorer)
+    same(fast, lines)
+    assert fast.rtg[[0, 2]].tolist() == [3.0, 1.0] and (fast.fixed == 0).all()
+
+
+@pytest.mark.parametrize("fmt,rows,why", [
+    ("scored", ['{"response": "a", "reward": 1}{"response": "b", "reward": 2}'], "two objects on one line"),
+    ("scored", ['{"response": "a", "reward": 1', ], "malformed"),
+    ("scored", ['[1, 2]'], "not an object"),
+    ("scored", [{"response": "a"}], "missing reward"),
+    ("scored", [{"response": "a", "reward": None}], "null reward"),
+    ("scored", [{"response": "a", "reward": True}], "boolean reward"),
+    ("scored", [{"response": "a", "reward": "0.5"}], "string reward (the line path accepts it)"),
+    ('scored', ['{"response": "a", "reward": NaN}'], "NaN reward"),
+    ("scored", [{"response": "  ", "reward": 1}], "blank response"),
+    ("scored", [{"response": 5, "reward": 1}], "non-string response"),
+    ("scored", [{"response": None, "text": "t", "reward": 1}], "response key present but null"),
+    ("scored", [{"response": "a", "reward": 1}, {"text": "b", "reward": 1}], "response/text differs by row"),
+    ("scored", [{"prompt": 3, "response": "a", "reward": 1}], "non-string prompt"),
+    ("scored", ['{"response": "a", "response": "b", "reward": 1}'], "duplicate key"),
+    ("text", [{"text": ""}], "empty document"),
+    ("pairs", [{"chosen": "no assistant turn", "rejected": "\n\nAssistant: x"}], "no Assistant turn"),
+    ("pairs", [{"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 1}], "one score of two"),
+    ("pairs", [{"prompt": "p", "chosen": "\n\nAssistant:", "rejected": "r"}], "explicit prompt, response kept whole"),
+])
+def test_declines_what_needs_the_line_path(fmt, rows, why):
+    b = chunk(rows, fmt)
+    if why == "explicit prompt, response kept whole":  # not a decline: the prompt field wins over the HH split
+        assert b is not None and b.texts[1] == "\n\nAssistant:"
+        return
+    assert b is None, why
+
+
+def test_scorer_problems_decline():
+    assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [float("nan")]) is None
+    assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [1.0, 2.0]) is None
+
+
+def test_bad_line_in_a_chunk_reported_exactly(tmp_path):
+    good = [json.dumps({"response": f"r{i}", "reward": i}) for i in range(9)]
+    path = write_lines(tmp_path / "b.jsonl", good[:6] + ['{"response": "x", "reward": 1}{"response": "y"}'] + good[6:])
+    with pytest.raises(SourceError, match=r"b\.jsonl:7: malformed JSON \(Extra data"):
+        list(SourceReader([str(path)], "scored").batches(4))
+    reader = SourceReader([str(path)], "scored", on_error="skip")
+    batches = list(reader.batches(4))
+    assert sum(b.records for b in batches) == 9 and reader.skipped.count == 1
+    assert [t for b in batches for t in b.texts[1::2]] == [f"r{i}" for i in range(9)]
+
+
+def test_bom_crlf_and_gzip(tmp_path):
+    rows = [json.dumps(r) for r in SCORED]
+    raw = b"\xef\xbb\xbf" + b"\r\n".join(r.encode() for r in rows) + b"\r\n"
+    (tmp_path / "crlf.jsonl").write_bytes(raw)
+    with gzip.open(tmp_path / "crlf.jsonl.gz", "wb") as f:
+        f.write(raw)
+    for name in ("crlf.jsonl", "crlf.jsonl.gz"):
+        fast, lines = both_paths(tmp_path / name, "scored")
+        same(fast, lines)
+        assert fast.records == 4 and fast.texts[1] == "r1"
+
+
+def test_invalid_utf8_names_the_line(tmp_path):
+    path = write_lines(tmp_path / "u.jsonl", [json.dumps(SCORED[0]), b'{"response": "\xff", "reward": 1}\n'])
+    with pytest.raises(SourceError, match=r"u\.jsonl:2: not valid UTF-8"):
+        list(SourceReader([str(path)], "scored").batches())
