@@ -25,12 +25,21 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp dir; on clean exit it becomes ``target``. Refuses an existing target unless overwrite."""
-    target = Path(target)
+def _refuse(target: Path, overwrite: bool) -> None:
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp dir; on clean exit it becomes ``target``.
+
+    An existing non-empty target is refused unless ``overwrite``, before the work and again
+    before publishing (something may have appeared there meanwhile). When replacing, the old
+    target is moved aside first and moved back if the new one cannot take its place.
+    """
+    target = Path(target)
+    _refuse(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     previous = None
@@ -38,11 +47,17 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield tmp
+        _refuse(target, overwrite)
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, trash / "old")
-            os.replace(tmp, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(trash / "old", target)
+                raise
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
     finally:

@@ -29,8 +29,8 @@ Determinism: every random choice comes from ``random.Random`` streams seeded by 
 derived from ``seed`` (one stream each for the world, reviews, dialogs and text, so changing
 one count leaves the other files unchanged); lists are walked in file order and records are
 written with sorted keys, so the same seed gives byte-identical files. ``generate`` writes
-into a temporary sibling directory and renames it into place, so an interrupted run leaves no
-output directory behind.
+into a temporary sibling directory and renames it into place (:func:`rcond.atomic.atomic_dir`),
+so an interrupted run leaves no output directory behind, and a failed overwrite keeps the old.
 """
 
 from __future__ import annotations
@@ -38,11 +38,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
-import shutil
 import statistics
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -50,6 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from rcond.atomic import atomic_dir
 from rcond.scorers import get_scorer
 
 GENERATOR_VERSION = 1
@@ -727,22 +725,6 @@ def _prepare_target(out: Path, overwrite: bool) -> None:
         )
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` directory to ``out``, replacing whatever directory is there."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rmdir(old)  # only the fresh, unused name is wanted: rename() moves ``out`` there
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old)
-
-
 def generate(out_dir: str | Path, *, seed: int = 0, n_reviews: int = 20000, n_dialogs: int = 2000,
              n_text: int = 2000, progress: bool = True, overwrite: bool = False) -> dict[str, Path]:
     """Generate the toy-world corpus into ``out_dir``; return the file paths by name.
@@ -754,17 +736,10 @@ def generate(out_dir: str | Path, *, seed: int = 0, n_reviews: int = 20000, n_di
     _check_counts(seed=seed, n_reviews=n_reviews, n_dialogs=n_dialogs, n_text=n_text)
     out = Path(out_dir)
     _prepare_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         meta = _generate_into(tmp, seed, n_reviews, n_dialogs, n_text, progress)
         with open(tmp / FILES["meta"], "w", encoding="utf-8", newline="\n") as f:
             f.write(json.dumps(meta, sort_keys=True, indent=2) + "\n")
-        _prepare_target(out, overwrite)  # again: something may have appeared there meanwhile
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {name: out / fname for name, fname in FILES.items()}
 
 

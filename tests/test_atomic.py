@@ -1,0 +1,65 @@
+"""Atomic output directories: all or nothing, and the old output survives a failed replacement."""
+
+import os
+
+import pytest
+
+from rcond import atomic
+from rcond.atomic import OutputExistsError, atomic_dir
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_appears_only_when_complete(tmp_path):
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("1")
+        assert not (tmp_path / "out").exists()
+    assert names(tmp_path / "out") == ["a.txt"] and names(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failure_leaves_nothing(tmp_path, exc):
+    with pytest.raises(type(exc)):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("1")
+            raise exc
+    assert names(tmp_path) == []
+
+
+def test_existing_output_refused_then_replaced(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        with atomic_dir(tmp_path / "out"):
+            pass
+    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert names(tmp_path / "out") == ["new.txt"] and names(tmp_path) == ["out"]
+
+
+def test_output_appearing_meanwhile_is_not_clobbered(tmp_path):
+    with pytest.raises(OutputExistsError):
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "mine.txt").write_text("1")
+            (tmp_path / "out").mkdir()
+            (tmp_path / "out" / "theirs.txt").write_text("2")
+    assert names(tmp_path / "out") == ["theirs.txt"] and names(tmp_path) == ["out"]
+
+
+def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        if ".out.tmp-" in str(src):  # the new output taking its place
+            raise OSError("rename failed")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
