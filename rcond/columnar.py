@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as paj
 
-from .sources import FIXED_BOTTOM, FIXED_TOP, HH_ASSISTANT, FieldNames, PartBatch
+from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
 
@@ -178,14 +178,12 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
     prompt = table.column(f.prompt).to_pylist()
     n = len(chosen)
     prompts_c, prompts_r = list(prompt), list(prompt)
-    for i in (i for i, p in enumerate(prompt) if p is None):  # HH dialogues: split at the last Assistant turn
-        cut_c, cut_r = chosen[i].rfind(HH_ASSISTANT), rejected[i].rfind(HH_ASSISTANT)
-        if cut_c < 0 or cut_r < 0:
-            return None
-        cut_c += len(HH_ASSISTANT)
-        cut_r += len(HH_ASSISTANT)
-        prompts_c[i], chosen[i] = chosen[i][:cut_c], chosen[i][cut_c:]
-        prompts_r[i], rejected[i] = rejected[i][:cut_r], rejected[i][cut_r:]
+    try:
+        for i in (i for i, p in enumerate(prompt) if p is None):  # HH dialogues: split at the last Assistant turn
+            prompts_c[i], chosen[i] = split_hh(chosen[i], "")
+            prompts_r[i], rejected[i] = split_hh(rejected[i], "")
+    except SourceError:
+        return None
     if not all(r.strip() for r in chosen) or not all(r.strip() for r in rejected):
         return None
     cs, rs = table.column(f.chosen_score), table.column(f.rejected_score)

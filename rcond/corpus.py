@@ -250,9 +250,9 @@ class ConditionedStream:
         long = np.flatnonzero(pool.length > B)
         if not len(long):
             return pool
-        self.truncated += int((pool.length[long] - B).sum()) if self.opts.truncate else 0
         length = np.minimum(pool.length, B)
         if self.opts.truncate:
+            self.truncated += int((pool.length[long] - B).sum())
             return Pool(pool.ids, pool.tw, pool.bins, pool.start, length, pool.on)
         at, T = [], len(pool.ids)
         ids, tw, bins, starts, lens = [pool.ids], [pool.tw], [pool.bins], [], []
@@ -315,7 +315,7 @@ class BestFitPacker:
     def __init__(self, block_size: int, pad_id: int, open_rows: int):
         self.B, self.pad_id, self.max_open = block_size, pad_id, open_rows
         self.free: list[tuple[int, int]] = []  # sorted (free slots, row key)
-        self.rows: dict[int, list[tuple[int, int]]] = {}  # row key -> its (pool id, piece) in order
+        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # row key -> its (pool id, piece, length) in order
         self.next_key = 0
         self.pools: dict[int, Pool] = {}
         self.live: dict[int, int] = {}  # pool id -> its pieces not yet written
@@ -326,7 +326,7 @@ class BestFitPacker:
         pid = self.next_pool
         self.next_pool += 1
         self.pools[pid], self.live[pid] = pool, len(pool.length)
-        done: list[list[tuple[int, int]]] = []
+        done: list[list[tuple[int, int, int]]] = []
         free, rows, B = self.free, self.rows, self.B
         for q, n in enumerate(pool.length.tolist()):
             i = bisect.bisect_left(free, (n, -1))
@@ -336,7 +336,7 @@ class BestFitPacker:
                 space, key = B, self.next_key
                 self.next_key += 1
                 rows[key] = []
-            rows[key].append((pid, q))
+            rows[key].append((pid, q, n))
             space -= n
             if space == 0:
                 done.append(rows.pop(key))
@@ -352,24 +352,16 @@ class BestFitPacker:
         self.free = []
         return self._assemble(done)
 
-    def _assemble(self, done: list[list[tuple[int, int]]]) -> dict | None:
-        """Rows (lists of (pool id, piece)) -> padded row arrays; drops pools no row still uses."""
+    def _assemble(self, done: list[list[tuple[int, int, int]]]) -> dict | None:
+        """Rows (lists of (pool id, piece, length)) -> padded row arrays; drops pools no row still uses."""
         if not done:
             return None
         R, B = len(done), self.B
         counts = np.fromiter(map(len, done), dtype=np.int64, count=R)               # [R] pieces per row
-        flat = list(itertools.chain.from_iterable(done))
-        pool_of = np.fromiter((p for p, _ in flat), dtype=np.int64, count=len(flat))  # [M]
-        piece = np.fromiter((q for _, q in flat), dtype=np.int64, count=len(flat))    # [M]
+        pool_of, piece, length = (np.array(c, dtype=np.int64) for c in zip(*itertools.chain.from_iterable(done)))  # [M]
         row = np.repeat(np.arange(R), counts)                                         # [M]
         first = np.cumsum(counts) - counts                                            # [R] first piece of each row
-        seg = np.arange(len(flat)) - first[row]                                       # [M] segment within its row
-        length = np.empty(len(flat), dtype=np.int64)
-        start = np.empty(len(flat), dtype=np.int64)
-        used = np.unique(pool_of).tolist()
-        for p in used:
-            m = pool_of == p
-            length[m], start[m] = self.pools[p].length[piece[m]], self.pools[p].start[piece[m]]
+        seg = np.arange(len(piece)) - first[row]                                      # [M] segment within its row
         end = np.cumsum(length)                                                       # [M]
         offset = end - length - (end - length)[first][row]                            # [M] where it sits in the row
         fill = np.bincount(row, weights=length, minlength=R).astype(np.int64)         # [R] tokens used
@@ -378,12 +370,12 @@ class BestFitPacker:
         seg_ids = np.full(R * B, -1, np.int32)
         lw = np.zeros(R * B, np.float32)
         bins = np.full(R * B, -1, np.int16)
-        for p in used:  # the tokens of each pool's pieces, gathered in one go
+        for p in np.unique(pool_of).tolist():  # the tokens of each pool's pieces, gathered in one go
             pool, sel = self.pools[p], pool_of == p                                   # sel [M]
             n = length[sel]                                                           # [m]
             k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)              # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
-            src = np.repeat(start[sel], n) + k                                        # [s] into the pool
+            src = np.repeat(pool.start[piece[sel]], n) + k                            # [s] into the pool
             ids[dst], bins[dst], pos[dst], seg_ids[dst] = pool.ids[src], pool.bins[src], k, np.repeat(seg[sel], n)
             nxt = pool.tw[np.minimum(src + 1, len(pool.tw) - 1)]                       # [s] target weight of the next token
             nxt[k == np.repeat(n - 1, n)] = 0                                          # no target across a piece end

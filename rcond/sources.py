@@ -227,29 +227,21 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
     for i, raw in enumerate(lines, start=first):
         try:
             line = raw.decode("utf-8")
+            if not line.strip():
+                continue
+            obj = json.loads(line)
         except UnicodeDecodeError as e:
             msg = f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines"
-            if on_bad_line is None:
-                raise SourceError(msg) from None
-            on_bad_line(msg)
-            continue
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
         except json.JSONDecodeError as e:
             msg = f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
-            if on_bad_line is None:
-                raise SourceError(msg) from None
-            on_bad_line(msg)
-            continue
-        if not isinstance(obj, dict):
+        else:
+            if isinstance(obj, dict):
+                yield f"{path}:{i}", obj
+                continue
             msg = f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
-            if on_bad_line is None:
-                raise SourceError(msg)
-            on_bad_line(msg)
-            continue
-        yield f"{path}:{i}", obj
+        if on_bad_line is None:
+            raise SourceError(msg)
+        on_bad_line(msg)
 
 
 def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
