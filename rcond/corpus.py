@@ -1,16 +1,17 @@
 """Records -> conditioned token streams -> packed rows on disk (DESIGN §3–§4).
 
-Two streaming passes, so memory stays flat as the corpus grows:
+Two streaming passes, so memory stays flat as the corpus grows. The bin edges (quantiles of
+every reward-to-go) are known only after the last record, but nothing else depends on them, so
+the first pass does all the work and leaves placeholders where a bin is needed:
 
-1. **Encode.** The reader's :class:`~rcond.sources.PartBatch` es (about 1,000 records each,
-   read and parsed one batch ahead in a background thread) are tokenized with one
-   ``encode_batch_fast`` call each into *parts* (prompt, response, dialog turn): the part's
-   token ids, whether it is trained, and the reward-to-go whose RTG token will precede it.
-   Parts are appended to a temporary Arrow file; only the RTG values are kept in memory, to fit
-   the bin edges.
-2. **Pack.** A whole batch of parts becomes documents with a handful of vectorised numpy
-   operations (a :class:`Pool`): the mode token first, in ``on`` mode an RTG token (the bin of
-   its reward-to-go) before every part that carries one, ``eos`` last; a seeded
+1. **Read, encode, condition, pack.** The reader's :class:`~rcond.sources.PartBatch` es (about
+   1,000 records each) are read and parsed in one background thread and tokenized in a second,
+   one ``encode_batch_fast`` call per batch, into *parts* (prompt, response, dialog turn): the
+   part's token ids, whether it is trained, and the reward-to-go whose RTG token will precede
+   it. (Arrow's JSON reader and the tokenizer release the GIL, so this overlaps the packing.)
+   In the main thread a whole batch of parts becomes documents with a handful of vectorised
+   numpy operations (a :class:`Pool`): the mode token first, in ``on`` mode an RTG token before
+   every part that carries a reward-to-go (a *marker*), ``eos`` last; a seeded
    ``uncond_fraction`` of ``on`` records is emitted as ``off`` with no RTG token. Each token
    gets a *target weight*: 1 for response / assistant tokens and for the closing ``eos`` after
    them, 0 for prompt / user tokens (unless ``train_on_prompt``) and for control tokens. A
@@ -20,7 +21,12 @@ Two streaming passes, so memory stays flat as the corpus grows:
    space that still fits it; when more than ``open_rows`` rows are open the fullest is written
    out. Unfilled slots are padding (``eos``, segment −1, weight 0). Only the fitting looks at
    one piece at a time, and only at its length; the rows that leave are assembled from the
-   pools' tokens with a few gathers.
+   pools' tokens with a few gathers. Control tokens are written as placeholder ids (the tokens
+   join the tokenizer only once the scheme exists, so no content can encode to one), and every
+   token carries the index of the marker in force instead of a bin. Rows go to a temporary
+   Arrow file; memory holds the reward-to-go of each marker.
+2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
+   rows is rewritten with the real control-token ids and ``bin_ids``.
 
 Python's cyclic garbage collector is paused for the whole build (:func:`collector_paused`).
 
@@ -64,6 +70,10 @@ from .tokens import ControlScheme, SchemeError
 ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
+PACKED_COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "marker")  # pass 1's rows
+PACKED_SCHEMA = pa.schema([("input_ids", pa.int32()), ("position_ids", pa.int32()), ("segment_ids", pa.int32()),
+                           ("loss_weight", pa.float32()), ("marker", pa.int64())])  # flat, [R * B] per table
+RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
 ROWS_PER_TABLE = 512  # rows written to the Arrow file at a time
 Item = TypeVar("Item")
 
@@ -143,52 +153,55 @@ PART_SCHEMA = pa.schema([
 ])
 
 
-def _encode_flat(encode, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """texts -> (offsets [P+1] int32, flat ids [N] int32)."""
-    ids = [e.ids for e in encode(texts, add_special_tokens=False)]
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list]]:
+    """Each PartBatch with the encodings of its texts: one tokenizer call per batch."""
+    backend = tokenizer.backend_tokenizer
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    for b in batches:
+        yield b, encode(b.texts, add_special_tokens=False)
+
+
+def part_batch(b: PartBatch, encoded: list) -> pa.RecordBatch:
+    """A PartBatch and its encodings -> one PART_SCHEMA batch."""
+    ids = [e.ids for e in encoded]
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)                                 # [P+1]
     np.cumsum(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)), out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
-    return offsets, flat
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))  # [N]
+    return pa.record_batch([pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+                            pa.array(b.trainable, pa.bool_()), pa.array(b.rtg, pa.float64()),
+                            pa.array(b.fixed, pa.int8()), pa.array(b.doc_start), pa.array(b.on)], schema=PART_SCHEMA)
 
 
 def encode_parts(batches: Iterable[PartBatch], tokenizer) -> Iterator[pa.RecordBatch]:
     """Each PartBatch -> one PART_SCHEMA batch, encoded with one tokenizer call."""
-    backend = tokenizer.backend_tokenizer
-    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-    for b in batches:
-        offsets, flat = _encode_flat(encode, b.texts)
-        yield pa.record_batch([pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-                               pa.array(b.trainable, pa.bool_()), pa.array(b.rtg, pa.float64()),
-                               pa.array(b.fixed, pa.int8()), pa.array(b.doc_start), pa.array(b.on)],
-                              schema=PART_SCHEMA)
+    for b, encoded in encodings(batches, tokenizer):
+        yield part_batch(b, encoded)
 
 
-# ---------------------------------------------------------------------------- pass 2: pack
+# ---------------------------------------------------------------------------- pass 1: condition and pack
 @dataclass
 class Pool:
     """The token streams of a batch of documents, cut into pieces: piece q is
     ``[start[q], start[q] + length[q])`` of the flat columns."""
 
-    ids: np.ndarray  # [T] int32
+    ids: np.ndarray  # [T] int32; control tokens as RTG_SLOT / ON_SLOT / OFF_SLOT
     tw: np.ndarray  # [T] float32 target weight of each token
-    bins: np.ndarray  # [T] int16 bin in force
+    marker: np.ndarray  # [T] int64 index of the marker in force (its bin comes in pass 2), -1 none
     start: np.ndarray  # [Q] int64
     length: np.ndarray  # [Q] int64
     on: np.ndarray  # [D] bool: each document's mode after the unconditional draw
 
 
 class ConditionedStream:
-    """Part batches -> each document's control-token stream -> pieces of at most ``block_size``."""
+    """Part batches -> each document's control-token stream -> pieces of at most ``block_size``
+    (pass 1, with placeholders); then, once the scheme is fitted, placeholders -> ids and bins."""
 
-    def __init__(self, scheme: ControlScheme, tokenizer, opts: PackOptions):
-        ids = scheme.token_ids(tokenizer)
-        self.on_id, self.off_id, self.eos_id = ids[scheme.on_token], ids[scheme.off_token], tokenizer.eos_token_id
-        self.rtg_ids = np.array(scheme.rtg_ids(tokenizer), dtype=np.int32)
-        self.edges = np.asarray(scheme.edges, dtype=np.float64)
-        self.scheme, self.opts = scheme, opts
+    def __init__(self, eos_id: int, opts: PackOptions):
+        self.eos_id, self.opts = eos_id, opts
         self.rng = np.random.default_rng(opts.seed)
-        self.bin_counts = np.zeros(scheme.num_bins, dtype=np.int64)
+        self.marker_rtg: list[np.ndarray] = []  # per batch: [m] float64 reward-to-go of each marker
+        self.marker_fixed: list[np.ndarray] = []  # per batch: [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
+        self.markers = 0
         self.truncated = 0
 
     def pool(self, batch: pa.RecordBatch) -> Pool:
@@ -206,19 +219,21 @@ class ConditionedStream:
         fixed = batch.column("fixed").to_numpy()                                    # [P]
         starts = batch.column("doc_start").to_numpy(zero_copy_only=False)           # [P]
         on = batch.column("on").to_numpy(zero_copy_only=False)                      # [P]
-        P, K = len(lens), self.scheme.num_bins
+        P = len(lens)
         doc_of = np.cumsum(starts) - 1                                              # [P] document index
         first = np.flatnonzero(starts)                                              # [D] first part of each doc
         D = len(first)
         last = np.append(first[1:], P) - 1                                          # [D] last part of each doc
         doc_on = on[first] & (self.rng.random(D) >= self.opts.uncond_fraction)      # [D]
         marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                   # [P] RTG token emitted
-        part_bin = np.searchsorted(self.edges, np.nan_to_num(rtg), side="right")    # [P]
-        part_bin = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, part_bin))
-        part_bin = np.where(marker, part_bin, -1)
-        self.bin_counts += np.bincount(part_bin[marker], minlength=K)
-        # bin in force: the latest marker's bin in the document, or the first marker's before it
-        force = _bin_in_force(part_bin, marker, first, doc_of)                      # [P]
+        rtg_parts = np.flatnonzero(marker)                                          # [m]
+        self.marker_rtg.append(rtg[rtg_parts])
+        self.marker_fixed.append(fixed[rtg_parts])
+        part_marker = np.full(P, -1, dtype=np.int64)                                # [P] global marker index
+        part_marker[rtg_parts] = self.markers + np.arange(len(rtg_parts))
+        self.markers += len(rtg_parts)
+        # marker in force: the document's latest marker, or its first one before it
+        force = _marker_in_force(part_marker, marker, first, doc_of)                # [P]
         ins = starts.astype(np.int64) + marker                                      # [P] tokens before content
         is_last = np.zeros(P, dtype=bool)
         is_last[last] = True
@@ -229,19 +244,18 @@ class ConditionedStream:
         w = (trainable | self.opts.train_on_prompt).astype(np.float32)             # [P]
         ids = np.empty(T, dtype=np.int32)
         tw = np.zeros(T, dtype=np.float32)
-        bins = np.empty(T, dtype=np.int16)
+        mk = np.empty(T, dtype=np.int64)
         dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
-        ids[dst], tw[dst], bins[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
+        ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
         mode_at = out_start[first]                                                  # [D]
-        ids[mode_at] = np.where(doc_on, self.on_id, self.off_id)
-        bins[mode_at] = force[first]
-        rtg_parts = np.flatnonzero(marker)
-        rtg_at = out_start[rtg_parts] + starts[rtg_parts]
-        ids[rtg_at], bins[rtg_at] = self.rtg_ids[part_bin[rtg_parts]], part_bin[rtg_parts]
+        ids[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT)
+        mk[mode_at] = force[first]
+        rtg_at = out_start[rtg_parts] + starts[rtg_parts]                           # [m]
+        ids[rtg_at], mk[rtg_at] = RTG_SLOT, part_marker[rtg_parts]
         eos_at = out_start[last] + ins[last] + lens[last]
-        ids[eos_at], tw[eos_at], bins[eos_at] = self.eos_id, w[last], force[last]
+        ids[eos_at], tw[eos_at], mk[eos_at] = self.eos_id, w[last], force[last]
         doc_start = np.append(out_start[first], T)                                  # [D+1]
-        return self._cut(Pool(ids, tw, bins, doc_start[:-1], np.diff(doc_start), doc_on))
+        return self._cut(Pool(ids, tw, mk, doc_start[:-1], np.diff(doc_start), doc_on))
 
     def _cut(self, pool: Pool) -> Pool:
         """Documents longer than block_size: truncate, or split so that each later piece
@@ -253,45 +267,72 @@ class ConditionedStream:
         length = np.minimum(pool.length, B)
         if self.opts.truncate:
             self.truncated += int((pool.length[long] - B).sum())
-            return Pool(pool.ids, pool.tw, pool.bins, pool.start, length, pool.on)
+            return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on)
         at, T = [], len(pool.ids)
-        ids, tw, bins, starts, lens = [pool.ids], [pool.tw], [pool.bins], [], []
+        ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
         for d in long.tolist():
             a, b = int(pool.start[d]), int(pool.start[d] + pool.length[d])
-            for piece_ids, piece_tw, piece_bins in self._split(pool.ids[a:b], pool.tw[a:b], pool.bins[a:b],
-                                                                bool(pool.on[d])):
+            for piece_ids, piece_tw, piece_mk in self._split(pool.ids[a:b], pool.tw[a:b], pool.marker[a:b],
+                                                              bool(pool.on[d])):
                 at.append(d + 1)
                 starts.append(T)
                 lens.append(len(piece_ids))
                 T += len(piece_ids)
-                ids.append(piece_ids), tw.append(piece_tw), bins.append(piece_bins)
-        return Pool(np.concatenate(ids), np.concatenate(tw), np.concatenate(bins),
+                ids.append(piece_ids), tw.append(piece_tw), mk.append(piece_mk)
+        return Pool(np.concatenate(ids), np.concatenate(tw), np.concatenate(mk),
                     np.insert(pool.start, at, starts), np.insert(length, at, lens), pool.on)
 
-    def _split(self, ids: np.ndarray, tw: np.ndarray, bins: np.ndarray, on: bool):
+    def _split(self, ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool):
         """The pieces after the first of a document longer than block_size."""
         B = self.opts.block_size
         start = B
-        is_rtg = np.isin(ids, self.rtg_ids)
         while start < len(ids):
             if on:
-                b = int(bins[start - 1])
-                prefix_ids, prefix_bins = [ids[0], self.rtg_ids[b]], [b, b]
-                if is_rtg[start]:  # the piece opens with an RTG token of its own
-                    prefix_ids, prefix_bins = prefix_ids[:1], prefix_bins[:1]
+                m = int(mk[start - 1])
+                prefix_ids, prefix_mk = [ids[0], RTG_SLOT], [m, m]
+                if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own
+                    prefix_ids, prefix_mk = prefix_ids[:1], prefix_mk[:1]
             else:
-                prefix_ids, prefix_bins = [ids[0]], [-1]
+                prefix_ids, prefix_mk = [ids[0]], [-1]
             end = min(start + B - len(prefix_ids), len(ids))
             yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
                    np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
-                   np.concatenate([prefix_bins, bins[start:end]]).astype(np.int16))
+                   np.concatenate([prefix_mk, mk[start:end]]).astype(np.int64))
             start = end
 
+    # ------------------------------------------------------------------ pass 2
+    def bind(self, scheme: ControlScheme, tokenizer) -> None:
+        """Give every marker its bin under the fitted ``scheme`` (whose tokens are now in ``tokenizer``)."""
+        ids = scheme.token_ids(tokenizer)
+        self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
+        self.rtg_ids = np.array(scheme.rtg_ids(tokenizer), dtype=np.int32)                # [K]
+        K = scheme.num_bins
+        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)        # [M]
+        fixed = np.concatenate(self.marker_fixed) if self.marker_fixed else np.zeros(0, np.int8)
+        b = np.searchsorted(np.asarray(scheme.edges, dtype=np.float64), np.nan_to_num(rtg), side="right")
+        b = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, b))
+        self.marker_bin = b.astype(np.int16)                                              # [M]
+        self.bin_counts = np.bincount(b, minlength=K)
+        self.marker_rtg, self.marker_fixed = [], []
 
-def _bin_in_force(part_bin: np.ndarray, marker: np.ndarray, first: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
-    """[P] per part: the bin of the latest marker at or before it in its document; parts before a
-    document's first marker take the first marker's bin; documents without markers get -1."""
-    P = len(part_bin)
+    def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pass 1's rows -> final rows: real control-token ids, and ``bin_ids`` from the markers."""
+        ids, mk = rows["input_ids"], rows["marker"]                                       # [n]
+        bins = np.full(len(mk), -1, dtype=np.int16)
+        has = np.flatnonzero(mk >= 0)
+        bins[has] = self.marker_bin[mk[has]]
+        out = ids.copy()
+        at = np.flatnonzero(ids < 0)                                                      # control tokens
+        slot = ids[at]
+        out[at] = np.where(slot == RTG_SLOT, self.rtg_ids[bins[at]], np.where(slot == ON_SLOT, self.on_id, self.off_id))
+        return {"input_ids": out, "position_ids": rows["position_ids"], "segment_ids": rows["segment_ids"],
+                "loss_weight": rows["loss_weight"], "bin_ids": bins}
+
+
+def _marker_in_force(part_marker: np.ndarray, marker: np.ndarray, first: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
+    """[P] per part: the latest marker at or before it in its document; parts before a document's
+    first marker take the first marker; documents without markers get -1."""
+    P = len(part_marker)
     idx = np.where(marker, np.arange(P), -1)
     latest = np.maximum.accumulate(idx)                                             # [P] last marker so far
     latest = np.where(latest >= first[doc_of], latest, -1)                          # not from an earlier doc
@@ -300,7 +341,7 @@ def _bin_in_force(part_bin: np.ndarray, marker: np.ndarray, first: np.ndarray, d
     doc_end = np.append(first[1:], P)[doc_of]
     upcoming = np.where(upcoming < doc_end, upcoming, -1)
     pick = np.where(latest >= 0, latest, upcoming)
-    return np.where(pick >= 0, part_bin[np.maximum(pick, 0)], -1).astype(np.int16)
+    return np.where(pick >= 0, part_marker[np.maximum(pick, 0)], -1)
 
 
 class BestFitPacker:
@@ -353,7 +394,8 @@ class BestFitPacker:
         return self._assemble(done)
 
     def _assemble(self, done: list[list[tuple[int, int, int]]]) -> dict | None:
-        """Rows (lists of (pool id, piece, length)) -> padded row arrays; drops pools no row still uses."""
+        """Rows (lists of (pool id, piece, length)) -> padded row arrays; drops pools no row still uses.
+        The arrays are flat, ``[R * B]``, row after row."""
         if not done:
             return None
         R, B = len(done), self.B
@@ -369,23 +411,21 @@ class BestFitPacker:
         pos = (np.arange(B)[None, :] - fill[:, None]).reshape(-1).astype(np.int32)   # padding runs from 0
         seg_ids = np.full(R * B, -1, np.int32)
         lw = np.zeros(R * B, np.float32)
-        bins = np.full(R * B, -1, np.int16)
+        mk = np.full(R * B, -1, np.int64)
         for p in np.unique(pool_of).tolist():  # the tokens of each pool's pieces, gathered in one go
             pool, sel = self.pools[p], pool_of == p                                   # sel [M]
             n = length[sel]                                                           # [m]
             k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)              # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
             src = np.repeat(pool.start[piece[sel]], n) + k                            # [s] into the pool
-            ids[dst], bins[dst], pos[dst], seg_ids[dst] = pool.ids[src], pool.bins[src], k, np.repeat(seg[sel], n)
+            ids[dst], mk[dst], pos[dst], seg_ids[dst] = pool.ids[src], pool.marker[src], k, np.repeat(seg[sel], n)
             nxt = pool.tw[np.minimum(src + 1, len(pool.tw) - 1)]                       # [s] target weight of the next token
             nxt[k == np.repeat(n - 1, n)] = 0                                          # no target across a piece end
             lw[dst] = nxt
             self.live[p] -= len(n)
             if not self.live[p]:
                 del self.pools[p], self.live[p]
-        shape = (R, B)
-        return {"input_ids": ids.reshape(shape), "position_ids": pos.reshape(shape),
-                "segment_ids": seg_ids.reshape(shape), "loss_weight": lw.reshape(shape), "bin_ids": bins.reshape(shape)}
+        return {"input_ids": ids, "position_ids": pos, "segment_ids": seg_ids, "loss_weight": lw, "marker": mk}
 
 
 def _features(block_size: int):
@@ -401,8 +441,8 @@ def _features(block_size: int):
 
 
 def _rows_table(rows: dict[str, np.ndarray], block_size: int) -> pa.Table:
-    """{column: [R, B] array} -> an Arrow table of fixed-size lists."""
-    return pa.table({name: pa.FixedSizeListArray.from_arrays(pa.array(rows[name].reshape(-1)), block_size)
+    """{column: [R * B] array} -> an Arrow table of fixed-size lists."""
+    return pa.table({name: pa.FixedSizeListArray.from_arrays(pa.array(rows[name]), block_size)
                      for name in COLUMNS})
 
 
@@ -422,9 +462,9 @@ def check_options(opts: PackOptions) -> None:
 def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
 
-    Reading and parsing the next batch (Arrow's JSON reader releases the GIL) then overlaps with
-    encoding this one (so does the tokenizer). An exception in the producer is raised here; when
-    the consumer stops early (an error, Ctrl-C), the producer stops at its next item.
+    Stages chained this way run side by side: reading and parsing (Arrow's JSON reader releases
+    the GIL), encoding (so does the tokenizer) and packing. An exception in the producer is raised
+    here; when the consumer stops early (an error, Ctrl-C), the producer stops at its next item.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -447,6 +487,10 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
             put((None, done))
         except BaseException as e:  # handed to the consumer, which raises it
             put((e, None))
+        finally:  # a generator (another prefetched stage) stops its own thread now
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     worker = threading.Thread(target=produce, name="rcond-reader", daemon=True)
     worker.start()
@@ -490,81 +534,80 @@ def _progress(total=None, desc="", unit="it", enabled=True):
 
 def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 10, binning: str = "quantile",
           opts: PackOptions | None = None, overwrite: bool = False, progress: bool = True) -> tuple[ControlScheme, Summary]:
-    """Read, encode, fit bins, pack and write a corpus directory atomically."""
+    """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically."""
     from datasets.arrow_writer import ArrowWriter
     from .modeling import tokenizer_fingerprint
 
     opts = opts or PackOptions()
     check_options(opts)
+    B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp, collector_paused():
-        # ---- pass 1: records -> documents (temp Arrow) + RTG values
+        # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (temp Arrow) + RTG values
         values: list[np.ndarray] = []
-        doc_path = tmp / "parts.arrow"
-        bar = _progress(desc="encode", unit="rec", enabled=progress)
-        with pa.OSFile(str(doc_path), "wb") as sink, pa.ipc.new_stream(sink, PART_SCHEMA) as writer:
-            for batch in encode_parts(prefetched(reader.batches(opts.encode_batch)), tokenizer):
+        stream = ConditionedStream(tokenizer.eos_token_id, opts)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        packer = BestFitPacker(B, pad_id, opts.open_rows)
+        packed_path = tmp / "packed.arrow"
+        pending: list[dict] = []
+
+        def write(ipc, rows: dict | None, final: bool = False) -> None:
+            """Rows to the temp file in tables of ROWS_PER_TABLE rows (``final``: all that is left, as one)."""
+            if rows is not None:
+                pending.append(rows)
+                summary.rows += len(rows["input_ids"]) // B
+                summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
+                summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
+            n = sum(len(r["input_ids"]) for r in pending) // B
+            if n == 0 or (n < ROWS_PER_TABLE and not final):
+                return
+            table = {k: np.concatenate([r[k] for r in pending]) for k in PACKED_COLUMNS}
+            pending.clear()
+            cut = n if final else n // ROWS_PER_TABLE * ROWS_PER_TABLE
+            step = cut if final else ROWS_PER_TABLE
+            for i in range(0, cut, step):
+                ipc.write_batch(pa.record_batch([table[k][i * B:(i + step) * B] for k in PACKED_COLUMNS],
+                                                names=list(PACKED_COLUMNS)))
+            if cut < n:
+                pending.append({k: v[cut * B:] for k, v in table.items()})
+
+        bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
+        with pa.OSFile(str(packed_path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as ipc:
+            for parts, encoded in prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer)):
+                batch = part_batch(parts, encoded)
                 rtg = batch.column("rtg").to_numpy()
                 values.append(rtg[~np.isnan(rtg)])
-                n_docs = int(np.count_nonzero(batch.column("doc_start").to_numpy(zero_copy_only=False)))
-                summary.content_tokens += len(batch.column("ids").values) + n_docs  # + one eos each
-                summary.documents += n_docs
-                writer.write_batch(batch)
-                bar.update(n_docs)
+                pool = stream.pool(batch)
+                summary.content_tokens += len(batch.column("ids").values) + len(pool.on)  # + one eos each
+                summary.documents += len(pool.on)
+                summary.on_docs += int(np.count_nonzero(pool.on))
+                summary.pieces += len(pool.length)
+                write(ipc, packer.add(pool))
+                bar.update(len(pool.on))
                 bar.set_postfix(tokens=summary.content_tokens)
+            write(ipc, packer.flush(), final=True)
         bar.close()
         summary.records = summary.documents
+        summary.off_docs = summary.documents - summary.on_docs
+        summary.truncated_tokens = stream.truncated
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         if summary.documents == 0:
             raise CorpusError("no records were read" + (f" ({summary.skipped} skipped as bad)" if summary.skipped else ""))
+        # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         scheme = _fit_scheme(np.concatenate(values).tolist() if values else [], num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
-        # ---- pass 2: documents -> conditioned pieces -> packed rows
-        stream = ConditionedStream(scheme, tokenizer, opts)
-        packer = BestFitPacker(opts.block_size, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                               else tokenizer.eos_token_id, opts.open_rows)
+        stream.bind(scheme, tokenizer)
+        scheme.counts = stream.bin_counts.tolist()
         rows_path = tmp / ROWS_FILE
-        writer = ArrowWriter(features=_features(opts.block_size), path=str(rows_path))
-        pending: list[dict] = []
-
-        def write(rows: dict | None, final: bool = False) -> None:
-            """Rows to the file in tables of ROWS_PER_TABLE rows; ``final``: all that is left."""
-            if rows is not None:
-                pending.append(rows)
-                summary.rows += len(rows["input_ids"])
-                summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
-                summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
-            n = sum(len(r["input_ids"]) for r in pending)
-            if n == 0 or (n < ROWS_PER_TABLE and not final):
-                return
-            table = {k: np.concatenate([r[k] for r in pending]) for k in COLUMNS}
-            pending.clear()
-            if final:
-                writer.write_table(_rows_table(table, opts.block_size))
-                return
-            full = n // ROWS_PER_TABLE * ROWS_PER_TABLE
-            for i in range(0, full, ROWS_PER_TABLE):
-                writer.write_table(_rows_table({k: v[i:i + ROWS_PER_TABLE] for k, v in table.items()}, opts.block_size))
-            if full < n:
-                pending.append({k: v[full:] for k, v in table.items()})
-
-        bar = _progress(total=summary.documents, desc="pack", unit="doc", enabled=progress)
-        with pa.memory_map(str(doc_path)) as src:
-            for batch in pa.ipc.open_stream(src):
-                pool = stream.pool(batch)
-                summary.on_docs += int(np.count_nonzero(pool.on))
-                summary.off_docs += int(len(pool.on) - np.count_nonzero(pool.on))
-                summary.pieces += len(pool.length)
-                write(packer.add(pool))
-                bar.update(len(pool.on))
-        write(packer.flush(), final=True)
+        writer = ArrowWriter(features=_features(B), path=str(rows_path))
+        with pa.OSFile(str(packed_path), "rb") as src:  # not memory-mapped: mapped pages would count as resident
+            for table in pa.ipc.open_stream(src):
+                rows = {k: table.column(k).to_numpy() for k in PACKED_COLUMNS}
+                writer.write_table(_rows_table(stream.resolve(rows), B))
         writer.finalize()
         writer.close()
-        bar.close()
-        doc_path.unlink()
-        summary.truncated_tokens = stream.truncated
-        scheme.counts = stream.bin_counts.tolist()
+        packed_path.unlink()
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         scheme.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
         scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=_sha256(rows_path))

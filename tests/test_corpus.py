@@ -93,6 +93,53 @@ def test_dialog_bins_follow_the_rtg_in_force(tmp_path):
     assert rows["loss_weight"][0][:8].tolist() == [0, 0, 1, 0, 0, 1, 1, 0]
 
 
+def test_control_tokens_and_bins_resolved_after_packing(tmp_path):
+    """Pass 1 packs with placeholder control ids and marker indices; pass 2 resolves them. On
+    random dialogs split across many pieces: every id is real, mode tokens open every piece, an
+    ``off`` piece has no RTG token and no bin, and every trained position carries the bin of the
+    latest RTG token before it in its piece (checked by walking the rows)."""
+    rng = np.random.default_rng(7)
+    words = "a b c d e f g h".split()
+    dialogs = []
+    for _ in range(60):
+        turns = []
+        for _ in range(int(rng.integers(1, 5))):
+            turns.append({"role": "user", "content": " ".join(rng.choice(words, int(rng.integers(1, 6))))})
+            turns.append({"role": "assistant", "content": " ".join(rng.choice(words, int(rng.integers(1, 9)))),
+                          "reward": float(rng.normal())})
+        dialogs.append({"turns": turns})
+    src = write_jsonl(tmp_path / "d.jsonl", dialogs)
+    scheme, _ = build(SourceReader([str(src)], "dialog"), tmp_path / "c", word_tokenizer(), num_bins=4,
+                      opts=PackOptions(block_size=12, uncond_fraction=0.3, encode_batch=7), progress=False)
+    ds, scheme, tok = load(tmp_path / "c")
+    ids = scheme.token_ids(tok)
+    on, off = ids[scheme.on_token], ids[scheme.off_token]
+    rtg_bin = {ids[t]: k for k, t in enumerate(scheme.rtg_tokens)}
+    rows = {k: np.array(ds[k]) for k in ds.column_names}
+    assert (rows["input_ids"] >= 0).all() and (rows["input_ids"] < len(tok)).all()
+    pieces = modes = rtg_tokens = 0
+    for r in range(len(rows["input_ids"])):
+        seg = rows["segment_ids"][r]
+        for s_id in np.unique(seg[seg >= 0]):
+            at = np.flatnonzero(seg == s_id)
+            x, b, w = rows["input_ids"][r][at], rows["bin_ids"][r][at], rows["loss_weight"][r][at]
+            pieces += 1
+            assert x[0] in (on, off)
+            modes += 1
+            if x[0] == off:
+                assert not any(t in rtg_bin for t in x.tolist()) and (b == -1).all()
+                continue
+            latest = None
+            for i, t in enumerate(x.tolist()):
+                if t in rtg_bin:
+                    latest = rtg_bin[t]
+                    rtg_tokens += 1
+                    assert b[i] == latest
+                if w[i] > 0:
+                    assert b[i] == latest
+    assert pieces > len(dialogs) and modes == pieces and rtg_tokens >= sum(scheme.counts) > 0
+
+
 def test_train_on_prompt(tmp_path):
     rows, _, _ = make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}], train_on_prompt=True)
     assert rows["loss_weight"][0][:4].tolist() == [0, 1, 1, 1]
@@ -175,16 +222,16 @@ def test_packer_matches_reference_across_pools():
         start = np.concatenate([[0], np.cumsum(n)[:-1]])
         T = int(n.sum())
         pool = Pool(rng.integers(1, 1000, T).astype(np.int32), rng.random(T).astype(np.float32),
-                    rng.integers(-1, 5, T).astype(np.int16), start, n, np.ones(len(n), bool))
+                    rng.integers(-1, 5, T).astype(np.int64), start, n, np.ones(len(n), bool))
         pools += [(pool, q) for q in range(len(n))]
         lengths += n.tolist()
         emitted.append(packer.add(pool))
     emitted.append(packer.flush())
-    got = {k: np.concatenate([e[k] for e in emitted if e is not None]) for k in emitted[-1]}
+    got = {k: np.concatenate([e[k] for e in emitted if e is not None]).reshape(-1, B) for k in emitted[-1]}
     want = reference_best_fit(lengths, B, 3)
     assert len(got["input_ids"]) == len(want)
     for r, pieces in enumerate(want):
-        ids, pos, seg, lw, bins = [], [], [], [], []
+        ids, pos, seg, lw, markers = [], [], [], [], []
         for s, g in enumerate(pieces):
             pool, q = pools[g]
             a, n = int(pool.start[q]), int(pool.length[q])
@@ -192,13 +239,13 @@ def test_packer_matches_reference_across_pools():
             pos += list(range(n))
             seg += [s] * n
             lw += pool.tw[a + 1:a + n].tolist() + [0.0]
-            bins += pool.bins[a:a + n].tolist()
+            markers += pool.marker[a:a + n].tolist()
         pad = B - len(ids)
         assert got["input_ids"][r].tolist() == ids + [0] * pad
         assert got["position_ids"][r].tolist() == pos + list(range(pad))
         assert got["segment_ids"][r].tolist() == seg + [-1] * pad
         np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
-        assert got["bin_ids"][r].tolist() == bins + [-1] * pad
+        assert got["marker"][r].tolist() == markers + [-1] * pad
     assert not packer.pools  # every pool released once its pieces are written
 
 
@@ -229,6 +276,16 @@ def test_prefetched_order_errors_and_early_stop():
         if x == 3:
             break
     assert len(produced) <= 3 + 2 + 2  # stopped soon after the consumer did
+    assert not [t for t in threading.enumerate() if t.name == "rcond-reader"]
+    # chained stages (as build chains reading and encoding): the same, through both threads
+    produced.clear()
+    for x in prefetched((2 * y for y in prefetched(endless(), depth=2)), depth=2):
+        if x == 6:
+            break
+    assert len(produced) <= 4 + 3 * 2 + 2
+    assert not [t for t in threading.enumerate() if t.name == "rcond-reader"]
+    with pytest.raises(ValueError, match="line 2"):
+        list(prefetched(y for y in prefetched(failing())))
     assert not [t for t in threading.enumerate() if t.name == "rcond-reader"]
 
 
