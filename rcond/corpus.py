@@ -142,17 +142,6 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
 
 
 # ---------------------------------------------------------------------------- pass 1: encode
-# One row per record *part* (prompt, response, turn): its tokens and what the part needs later.
-PART_SCHEMA = pa.schema([
-    ("ids", pa.list_(pa.int32())),
-    ("trainable", pa.bool_()),
-    ("rtg", pa.float64()),        # reward-to-go whose RTG token precedes the part; NaN = none
-    ("fixed", pa.int8()),         # FIXED_TOP / FIXED_BOTTOM for unscored pairs, else 0
-    ("doc_start", pa.bool_()),    # first part of its document
-    ("on", pa.bool_()),           # the record's mode before the unconditional draw
-])
-
-
 def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list]]:
     """Each PartBatch with the encodings of its texts: one tokenizer call per batch."""
     backend = tokenizer.backend_tokenizer
@@ -161,21 +150,19 @@ def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBat
         yield b, encode(b.texts, add_special_tokens=False)
 
 
-def part_batch(b: PartBatch, encoded: list) -> pa.RecordBatch:
-    """A PartBatch and its encodings -> one PART_SCHEMA batch."""
+def flat_ids(encoded: list) -> tuple[np.ndarray, np.ndarray]:
+    """Encodings of P texts -> (offsets [P+1] int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
     ids = [e.ids for e in encoded]
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)                                 # [P+1]
-    np.cumsum(np.fromiter(map(len, ids), dtype=np.int32, count=len(ids)), out=offsets[1:])
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)                                 # [P+1]
+    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))  # [N]
-    return pa.record_batch([pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-                            pa.array(b.trainable, pa.bool_()), pa.array(b.rtg, pa.float64()),
-                            pa.array(b.fixed, pa.int8()), pa.array(b.doc_start), pa.array(b.on)], schema=PART_SCHEMA)
+    return offsets, flat
 
 
-def encode_parts(batches: Iterable[PartBatch], tokenizer) -> Iterator[pa.RecordBatch]:
-    """Each PartBatch -> one PART_SCHEMA batch, encoded with one tokenizer call."""
+def encode_parts(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, np.ndarray, np.ndarray]]:
+    """Each PartBatch with its texts' token ids as ``flat_ids`` gives them; one tokenizer call per batch."""
     for b, encoded in encodings(batches, tokenizer):
-        yield part_batch(b, encoded)
+        yield (b, *flat_ids(encoded))
 
 
 # ---------------------------------------------------------------------------- pass 1: condition and pack
@@ -204,21 +191,16 @@ class ConditionedStream:
         self.markers = 0
         self.truncated = 0
 
-    def pool(self, batch: pa.RecordBatch) -> Pool:
+    def pool(self, parts: PartBatch, offsets: np.ndarray, flat: np.ndarray) -> Pool:
         """Build the streams of every document in a part batch at once, then cut the long ones.
+        ``offsets`` [P+1] and ``flat`` [N]: the parts' token ids (:func:`flat_ids`).
 
         A document is ``mode [rtg] part [rtg] part ... eos``: the mode token first, an RTG token
         before each part that carries a reward (in ``on`` mode), ``eos`` last.
         """
-        col = batch.column("ids")
-        offsets = col.offsets.to_numpy().astype(np.int64)                          # [P+1]
-        flat = col.values.to_numpy()                                                # [N]
         lens = np.diff(offsets)                                                     # [P]
-        trainable = batch.column("trainable").to_numpy(zero_copy_only=False)        # [P]
-        rtg = batch.column("rtg").to_numpy()                                        # [P]
-        fixed = batch.column("fixed").to_numpy()                                    # [P]
-        starts = batch.column("doc_start").to_numpy(zero_copy_only=False)           # [P]
-        on = batch.column("on").to_numpy(zero_copy_only=False)                      # [P]
+        trainable, rtg, fixed = parts.trainable, parts.rtg, parts.fixed             # [P] each
+        starts, on = parts.doc_start, parts.on                                      # [P] each
         P = len(lens)
         doc_of = np.cumsum(starts) - 1                                              # [P] document index
         first = np.flatnonzero(starts)                                              # [D] first part of each doc
@@ -575,11 +557,10 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         with pa.OSFile(str(packed_path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as ipc:
             for parts, encoded in prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer)):
-                batch = part_batch(parts, encoded)
-                rtg = batch.column("rtg").to_numpy()
-                values.append(rtg[~np.isnan(rtg)])
-                pool = stream.pool(batch)
-                summary.content_tokens += len(batch.column("ids").values) + len(pool.on)  # + one eos each
+                offsets, flat = flat_ids(encoded)
+                values.append(parts.rtg[~np.isnan(parts.rtg)])
+                pool = stream.pool(parts, offsets, flat)
+                summary.content_tokens += len(flat) + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
                 summary.on_docs += int(np.count_nonzero(pool.on))
                 summary.pieces += len(pool.length)

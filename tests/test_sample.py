@@ -89,9 +89,9 @@ def test_prompt_ids_are_control_ids_then_the_corpus_encoding(sampler, scheme):
     tok = sampler.tokenizer
     ids = scheme.token_ids(tok)
     prompt = "w3 w4 w5"
-    batch = next(encode_parts([PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)], "on", "t")])],
-                               tok))
-    corpus_prompt = batch.column("ids")[0].as_py()
+    _, offsets, flat = next(encode_parts([PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)],
+                                                                           "on", "t")])], tok))
+    corpus_prompt = flat[offsets[0]:offsets[1]].tolist()
     assert tok(prompt)["input_ids"][0] == tok.bos_token_id            # the tokenizer's own call adds <bos> ...
     assert corpus_prompt == [5, 6, 7]                                 # ... the corpus encoding does not
     assert sampler.prompt_ids(prompt, Condition("on", 2)) == [ids["<|rlhf:on|>"], ids["<|rtg:2|>"], *corpus_prompt]
