@@ -9,6 +9,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    one ``encode_batch_fast`` call per batch, into *parts* (prompt, response, dialog turn): the
    part's token ids, whether it is trained, and the reward-to-go whose RTG token will precede
    it. (Arrow's JSON reader and the tokenizer release the GIL, so this overlaps the packing.)
+   A text that recurs within a batch (the prompt a pair's two sides share, a templated prompt)
+   is encoded once; tokenization is a pure function of the text, so its ids are simply reused.
    In the main thread a whole batch of parts becomes documents with a handful of vectorised
    numpy operations (a :class:`Pool`): the mode token first, in ``on`` mode an RTG token before
    every part that carries a reward-to-go (a *marker*), ``eos`` last; a seeded
@@ -21,14 +23,17 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    space that still fits it; when more than ``open_rows`` rows are open the fullest is written
    out. Unfilled slots are padding (``eos``, segment −1, weight 0). Only the fitting looks at
    one piece at a time, and only at its length; the rows that leave are assembled from the
-   pools' tokens with a few gathers. Control tokens are written as placeholder ids (the tokens
-   join the tokenizer only once the scheme exists, so no content can encode to one), and every
-   token carries the index of the marker in force instead of a bin. Rows go to a temporary
-   Arrow file; memory holds the reward-to-go of each marker.
+   pools' tokens with a few gathers, in place, into one reused table of rows. Control tokens
+   are written as placeholder ids (the tokens join the tokenizer only once the scheme exists,
+   so no content can encode to one), and every token carries the index of the marker in force
+   instead of a bin. Full tables go to a temporary Arrow file; memory holds the reward-to-go
+   of each marker.
 2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
    rows is rewritten with the real control-token ids and ``bin_ids``.
 
-Python's cyclic garbage collector is paused for the whole build (:func:`collector_paused`).
+Python's cyclic garbage collector is paused for the whole build (:func:`collector_paused`). The
+inputs' fingerprints and the rows file's sha256 are hashed in background threads, beside the
+reading and the tokenizer's saving.
 
 Row columns (all ``block_size`` long):
 
@@ -58,13 +63,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from .atomic import atomic_dir
-from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader
+from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader, fingerprint
 from .tokens import ControlScheme, SchemeError
 
 ROWS_FILE = "rows.arrow"
@@ -142,27 +147,39 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
 
 
 # ---------------------------------------------------------------------------- pass 1: encode
-def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list]]:
-    """Each PartBatch with the encodings of its texts: one tokenizer call per batch."""
+def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
+    """Each PartBatch with the encodings of its *distinct* texts and, per text, the index of its
+    encoding [P]: one tokenizer call per batch, and a text that recurs in the batch (the prompt
+    shared by a pair's two sides, a templated prompt) is encoded once."""
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     for b in batches:
-        yield b, encode(b.texts, add_special_tokens=False)
+        index: dict[str, int] = {}
+        inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
+                              count=len(b.texts))                                     # [P]
+        yield b, encode(list(index), add_special_tokens=False), inverse
 
 
-def flat_ids(encoded: list) -> tuple[np.ndarray, np.ndarray]:
-    """Encodings of P texts -> (offsets [P+1] int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
+def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encodings of U distinct texts and the encoding of each of P texts [P] -> (offsets [P+1]
+    int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
     ids = [e.ids for e in encoded]
-    offsets = np.zeros(len(ids) + 1, dtype=np.int64)                                 # [P+1]
-    np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)), out=offsets[1:])
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))  # [N]
-    return offsets, flat
+    ulens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))               # [U]
+    uflat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(ulens.sum()))
+    lens = ulens[inverse]                                                             # [P]
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)                                # [P+1]
+    np.cumsum(lens, out=offsets[1:])
+    if len(ids) == len(inverse):  # every text distinct, and encodings come in first-seen order
+        return offsets, uflat
+    ustart = np.cumsum(ulens) - ulens                                                 # [U]
+    within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lens)              # [N]
+    return offsets, uflat[np.repeat(ustart[inverse], lens) + within]
 
 
 def encode_parts(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, np.ndarray, np.ndarray]]:
     """Each PartBatch with its texts' token ids as ``flat_ids`` gives them; one tokenizer call per batch."""
-    for b, encoded in encodings(batches, tokenizer):
-        yield (b, *flat_ids(encoded))
+    for b, encoded, inverse in encodings(batches, tokenizer):
+        yield (b, *flat_ids(encoded, inverse))
 
 
 # ---------------------------------------------------------------------------- pass 1: condition and pack
@@ -332,10 +349,14 @@ class BestFitPacker:
     Each piece goes into the open row with the least free space that still fits it (a new row if
     none does); a row leaves when full, or when more than ``open_rows`` rows are open (the
     fullest leaves). Only lengths are handled one piece at a time; the rows that leave are
-    assembled from their pools' tokens at once (:meth:`_assemble`).
+    assembled from their pools' tokens with a few gathers (:meth:`_assemble`), in place, into a
+    table of ``table_rows`` rows that is reused: each time it is full it goes to ``emit`` as
+    ``{column: [table_rows * B] array}`` (the last one, from :meth:`flush`, may be shorter).
+    ``emit`` must be done with the arrays when it returns.
     """
 
-    def __init__(self, block_size: int, pad_id: int, open_rows: int):
+    def __init__(self, block_size: int, pad_id: int, open_rows: int, table_rows: int,
+                 emit: Callable[[dict[str, np.ndarray]], None]):
         self.B, self.pad_id, self.max_open = block_size, pad_id, open_rows
         self.free: list[tuple[int, int]] = []  # sorted (free slots, row key)
         self.rows: dict[int, list[tuple[int, int, int]]] = {}  # row key -> its (pool id, piece, length) in order
@@ -343,9 +364,14 @@ class BestFitPacker:
         self.pools: dict[int, Pool] = {}
         self.live: dict[int, int] = {}  # pool id -> its pieces not yet written
         self.next_pool = 0
+        self.table_rows, self.emit, self.filled = table_rows, emit, 0
+        n = table_rows * block_size
+        self.table = {"input_ids": np.empty(n, np.int32), "position_ids": np.empty(n, np.int32),
+                      "segment_ids": np.empty(n, np.int32), "loss_weight": np.empty(n, np.float32),
+                      "marker": np.empty(n, np.int64)}  # [table_rows * B] each, reused
 
-    def add(self, pool: Pool) -> dict | None:
-        """Place every piece of ``pool``; the rows that left, as ``{column: [R, B] array}``."""
+    def add(self, pool: Pool) -> None:
+        """Place every piece of ``pool``; the rows that leave go into the table."""
         pid = self.next_pool
         self.next_pool += 1
         self.pools[pid], self.live[pid] = pool, len(pool.length)
@@ -368,18 +394,31 @@ class BestFitPacker:
             if len(free) > self.max_open:
                 _, fullest = free.pop(0)
                 done.append(rows.pop(fullest))
-        return self._assemble(done)
+        self._place(done)
 
-    def flush(self) -> dict | None:
-        done = [self.rows.pop(key) for _, key in sorted(self.free, key=lambda x: x[1])]
+    def flush(self) -> None:
+        """Every open row leaves, in the order they were opened; the table goes out as it is."""
+        self._place([self.rows.pop(key) for _, key in sorted(self.free, key=lambda x: x[1])])
         self.free = []
-        return self._assemble(done)
+        if self.filled:
+            self.emit({k: v[:self.filled * self.B] for k, v in self.table.items()})
+            self.filled = 0
 
-    def _assemble(self, done: list[list[tuple[int, int, int]]]) -> dict | None:
-        """Rows (lists of (pool id, piece, length)) -> padded row arrays; drops pools no row still uses.
-        The arrays are flat, ``[R * B]``, row after row."""
-        if not done:
-            return None
+    def _place(self, done: list[list[tuple[int, int, int]]]) -> None:
+        """Rows into the table, as many as fit; a full table goes out and is refilled."""
+        while done:
+            room = self.table_rows - self.filled
+            head, done = done[:room], done[room:]
+            a, b = self.filled * self.B, (self.filled + len(head)) * self.B
+            self._assemble(head, {k: v[a:b] for k, v in self.table.items()})
+            self.filled += len(head)
+            if self.filled == self.table_rows:
+                self.emit(self.table)
+                self.filled = 0
+
+    def _assemble(self, done: list[list[tuple[int, int, int]]], out: dict[str, np.ndarray]) -> None:
+        """Rows (lists of (pool id, piece, length)) -> padded rows written into ``out`` (flat
+        ``[R * B]`` views, row after row); drops pools no row still uses."""
         R, B = len(done), self.B
         counts = np.fromiter(map(len, done), dtype=np.int64, count=R)               # [R] pieces per row
         pool_of, piece, length = (np.array(c, dtype=np.int64) for c in zip(*itertools.chain.from_iterable(done)))  # [M]
@@ -389,11 +428,13 @@ class BestFitPacker:
         end = np.cumsum(length)                                                       # [M]
         offset = end - length - (end - length)[first][row]                            # [M] where it sits in the row
         fill = np.bincount(row, weights=length, minlength=R).astype(np.int64)         # [R] tokens used
-        ids = np.full(R * B, self.pad_id, np.int32)
-        pos = (np.arange(B)[None, :] - fill[:, None]).reshape(-1).astype(np.int32)   # padding runs from 0
-        seg_ids = np.full(R * B, -1, np.int32)
-        lw = np.zeros(R * B, np.float32)
-        mk = np.full(R * B, -1, np.int64)
+        ids, pos, seg_ids, lw, mk = (out[k] for k in PACKED_COLUMNS)                  # [R * B] each
+        ids.fill(self.pad_id)
+        np.subtract(np.arange(B, dtype=np.int32)[None, :], fill[:, None], out=pos.reshape(R, B),
+                    casting="unsafe")                                                 # padding runs from 0
+        seg_ids.fill(-1)
+        lw.fill(0)
+        mk.fill(-1)
         for p in np.unique(pool_of).tolist():  # the tokens of each pool's pieces, gathered in one go
             pool, sel = self.pools[p], pool_of == p                                   # sel [M]
             n = length[sel]                                                           # [m]
@@ -407,7 +448,6 @@ class BestFitPacker:
             self.live[p] -= len(n)
             if not self.live[p]:
                 del self.pools[p], self.live[p]
-        return {"input_ids": ids, "position_ids": pos, "segment_ids": seg_ids, "loss_weight": lw, "marker": mk}
 
 
 def _features(block_size: int):
@@ -489,6 +529,30 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
         worker.join()
 
 
+def in_background(fn: Callable[[], Item]) -> Callable[[], Item]:
+    """Start ``fn()`` in a daemon thread now; the returned callable waits for its result (or
+    raises its exception). For hashing, whose ``update`` releases the GIL: it overlaps the work
+    that follows instead of adding to it. A daemon thread does not hold up an interrupted run."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # raised by the waiter
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="rcond-background", daemon=True)
+    worker.start()
+
+    def result() -> Item:
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for the bulk work, restoring its state after.
@@ -525,49 +589,37 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
+    source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
     with atomic_dir(out, overwrite=overwrite) as tmp, collector_paused():
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (temp Arrow) + RTG values
         values: list[np.ndarray] = []
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        packer = BestFitPacker(B, pad_id, opts.open_rows)
         packed_path = tmp / "packed.arrow"
-        pending: list[dict] = []
 
-        def write(ipc, rows: dict | None, final: bool = False) -> None:
-            """Rows to the temp file in tables of ROWS_PER_TABLE rows (``final``: all that is left, as one)."""
-            if rows is not None:
-                pending.append(rows)
-                summary.rows += len(rows["input_ids"]) // B
-                summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
-                summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
-            n = sum(len(r["input_ids"]) for r in pending) // B
-            if n == 0 or (n < ROWS_PER_TABLE and not final):
-                return
-            table = {k: np.concatenate([r[k] for r in pending]) for k in PACKED_COLUMNS}
-            pending.clear()
-            cut = n if final else n // ROWS_PER_TABLE * ROWS_PER_TABLE
-            step = cut if final else ROWS_PER_TABLE
-            for i in range(0, cut, step):
-                ipc.write_batch(pa.record_batch([table[k][i * B:(i + step) * B] for k in PACKED_COLUMNS],
-                                                names=list(PACKED_COLUMNS)))
-            if cut < n:
-                pending.append({k: v[cut * B:] for k, v in table.items()})
+        def emit(rows: dict[str, np.ndarray]) -> None:
+            """A table of packed rows -> the temp file (the packer reuses the arrays after)."""
+            summary.rows += len(rows["input_ids"]) // B
+            summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
+            summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
+            ipc.write_batch(pa.record_batch([rows[k] for k in PACKED_COLUMNS], names=list(PACKED_COLUMNS)))
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         with pa.OSFile(str(packed_path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as ipc:
-            for parts, encoded in prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer)):
-                offsets, flat = flat_ids(encoded)
+            packer = BestFitPacker(B, pad_id, opts.open_rows, ROWS_PER_TABLE, emit)
+            encoded_batches = prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer))
+            for parts, encoded, inverse in encoded_batches:
+                offsets, flat = flat_ids(encoded, inverse)
                 values.append(parts.rtg[~np.isnan(parts.rtg)])
                 pool = stream.pool(parts, offsets, flat)
                 summary.content_tokens += len(flat) + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
                 summary.on_docs += int(np.count_nonzero(pool.on))
                 summary.pieces += len(pool.length)
-                write(ipc, packer.add(pool))
+                packer.add(pool)
                 bar.update(len(pool.on))
                 bar.set_postfix(tokens=summary.content_tokens)
-            write(ipc, packer.flush(), final=True)
+            packer.flush()
         bar.close()
         summary.records = summary.documents
         summary.off_docs = summary.documents - summary.on_docs
@@ -576,7 +628,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         if summary.documents == 0:
             raise CorpusError("no records were read" + (f" ({summary.skipped} skipped as bad)" if summary.skipped else ""))
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
-        scheme = _fit_scheme(np.concatenate(values).tolist() if values else [], num_bins, binning, reader, opts)
+        scheme = _fit_scheme(np.concatenate(values) if values else np.zeros(0), num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
         stream.bind(scheme, tokenizer)
         scheme.counts = stream.bin_counts.tolist()
@@ -589,24 +641,23 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         writer.finalize()
         writer.close()
         packed_path.unlink()
+        rows_sha256 = in_background(lambda: _sha256(rows_path))
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         scheme.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
-        scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=_sha256(rows_path))
+        scheme.source_fingerprints = source_fingerprints()
+        scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=rows_sha256())
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus
     return scheme, summary
 
 
-def _fit_scheme(values: list[float], num_bins: int, binning: str, reader: SourceReader, opts: PackOptions) -> ControlScheme:
-    from .sources import fingerprint
-
-    if binning.startswith("edges:") or values:
+def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceReader, opts: PackOptions) -> ControlScheme:
+    if binning.startswith("edges:") or len(values):
         scheme = ControlScheme.fit(values, num_bins=num_bins, binning=binning)
     else:  # unscored pairs (chosen = +1, rejected = -1) or only off documents: edges span [-1, 1]
         scheme = ControlScheme.fit([-1.0, 1.0], num_bins=num_bins, binning="uniform")
     scheme.gamma = reader.gamma
     scheme.uncond_fraction = opts.uncond_fraction
-    scheme.source_fingerprints = {spec: fingerprint(spec) for spec in reader.inputs}
     scheme.options = {"format": reader.format, "block_size": opts.block_size, "train_on_prompt": opts.train_on_prompt,
                       "truncate": opts.truncate, "seed": opts.seed,
                       "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None}

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 ON_TOKEN = "<|rlhf:on|>"
 OFF_TOKEN = "<|rlhf:off|>"
 RTG_TEMPLATE = "<|rtg:{k}|>"
@@ -57,10 +59,10 @@ def parse_binning(spec: str) -> tuple[str, list[float] | None]:
     raise SchemeError(f"unknown binning {spec!r}: expected quantile, uniform or edges:a,b,...")
 
 
-def quantile_edges(values: Sequence[float], num_bins: int) -> list[float]:
+def quantile_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[float]:
     """The j/K quantiles, j = 1..K-1, with linear interpolation between order statistics."""
-    xs = sorted(float(v) for v in values)
-    if not xs:
+    xs = np.sort(np.asarray(values, dtype=np.float64))                            # [n]
+    if not len(xs):
         raise SchemeError("cannot fit bin edges: no rewards")
     n = len(xs)
     edges = []
@@ -68,15 +70,17 @@ def quantile_edges(values: Sequence[float], num_bins: int) -> list[float]:
         pos = (n - 1) * j / num_bins
         lo = math.floor(pos)
         hi = min(lo + 1, n - 1)
-        edges.append(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+        a, b = float(xs[lo]), float(xs[hi])
+        edges.append(a + (b - a) * (pos - lo))
     return edges
 
 
-def uniform_edges(values: Sequence[float], num_bins: int) -> list[float]:
+def uniform_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[float]:
     """K equal-width bins spanning [min, max] of the values."""
-    if not values:
+    xs = np.asarray(values, dtype=np.float64)
+    if not len(xs):
         raise SchemeError("cannot fit bin edges: no rewards")
-    lo, hi = float(min(values)), float(max(values))
+    lo, hi = float(xs.min()), float(xs.max())
     if hi == lo:
         hi = lo + 1.0
     width = (hi - lo) / num_bins
@@ -123,10 +127,10 @@ class ControlScheme:
         if kind == "edges":
             assert explicit is not None
             return cls(num_bins=len(explicit) + 1, edges=list(explicit), binning=binning, **kw)
-        values = [float(r) for r in rewards]
-        bad = [v for v in values if not math.isfinite(v)]
+        values = np.asarray(rewards if isinstance(rewards, np.ndarray) else list(rewards), dtype=np.float64)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
-            raise SchemeError(f"cannot fit bin edges: {len(bad)} non-finite rewards")
+            raise SchemeError(f"cannot fit bin edges: {bad} non-finite rewards")
         edges = quantile_edges(values, num_bins) if kind == "quantile" else uniform_edges(values, num_bins)
         return cls(num_bins=num_bins, edges=edges, binning=binning, **kw)
 

@@ -215,8 +215,9 @@ def test_packer_matches_reference_across_pools():
 
     rng = np.random.default_rng(0)
     B, pools, lengths = 16, [], []
-    packer = BestFitPacker(B, pad_id=0, open_rows=3)
-    emitted = []
+    emitted = []  # the tables as they go out: full ones of 4 rows, then the rest
+    packer = BestFitPacker(B, pad_id=0, open_rows=3, table_rows=4,
+                           emit=lambda t: emitted.append({k: v.copy() for k, v in t.items()}))
     for _ in range(6):
         n = rng.integers(1, B + 1, size=int(rng.integers(1, 9)))
         start = np.concatenate([[0], np.cumsum(n)[:-1]])
@@ -225,9 +226,11 @@ def test_packer_matches_reference_across_pools():
                     rng.integers(-1, 5, T).astype(np.int64), start, n, np.ones(len(n), bool))
         pools += [(pool, q) for q in range(len(n))]
         lengths += n.tolist()
-        emitted.append(packer.add(pool))
-    emitted.append(packer.flush())
-    got = {k: np.concatenate([e[k] for e in emitted if e is not None]).reshape(-1, B) for k in emitted[-1]}
+        packer.add(pool)
+    packer.flush()
+    assert [len(e["input_ids"]) // B for e in emitted[:-1]] == [4] * (len(emitted) - 1)
+    assert 1 <= len(emitted[-1]["input_ids"]) // B <= 4
+    got = {k: np.concatenate([e[k] for e in emitted]).reshape(-1, B) for k in emitted[-1]}
     want = reference_best_fit(lengths, B, 3)
     assert len(got["input_ids"]) == len(want)
     for r, pieces in enumerate(want):
@@ -247,6 +250,42 @@ def test_packer_matches_reference_across_pools():
         np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
         assert got["marker"][r].tolist() == markers + [-1] * pad
     assert not packer.pools  # every pool released once its pieces are written
+
+
+def test_repeated_texts_encoded_once_with_the_same_ids():
+    """A batch whose texts repeat (a pair's shared prompt, a templated prompt): each distinct text
+    goes to the tokenizer once, and every text still gets exactly its own encoding's ids."""
+    from rcond.corpus import encodings, flat_ids
+    from rcond.sources import PartBatch
+
+    def batch(texts):
+        n = len(texts)
+        return PartBatch(texts, np.ones(n, bool), np.full(n, np.nan), np.zeros(n, np.int8), np.ones(n, bool),
+                         np.zeros(n, bool))
+
+    tok = word_tokenizer()
+    texts = ["a b c", "d", "a b c", "e f", "d", "a b c", "g h i j"]
+    (_, encoded, inverse), = encodings([batch(texts)], tok)
+    assert len(encoded) == 4 and inverse.tolist() == [0, 1, 0, 2, 1, 0, 3]
+    offsets, flat = flat_ids(encoded, inverse)
+    want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]  # one call per text
+    assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
+    assert offsets.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
+    (_, encoded, inverse), = encodings([batch(["b a", "c"])], tok)  # all distinct
+    offsets, flat = flat_ids(encoded, inverse)
+    assert offsets.tolist() == [0, 2, 3] and flat.tolist() == [2, 1, 3]
+
+
+def test_in_background_returns_or_raises():
+    from rcond.corpus import in_background
+
+    assert in_background(lambda: sum(range(10)))() == 45
+
+    def fails():
+        raise OSError("cannot read input.jsonl")
+
+    with pytest.raises(OSError, match="input.jsonl"):
+        in_background(fails)()
 
 
 def test_prefetched_order_errors_and_early_stop():

@@ -18,6 +18,10 @@ def test_quantile_edges_match_numpy_linear():
     rng = np.random.default_rng()
     xs = rng.normal(size=101)
     assert quantile_edges(xs.tolist(), 10) == pytest.approx(np.quantile(xs, np.arange(1, 10) / 10).tolist())
+    assert quantile_edges(xs, 10) == quantile_edges(xs.tolist(), 10)  # an array gives the very same edges
+    assert ControlScheme.fit(xs, num_bins=10).edges == ControlScheme.fit(iter(xs.tolist()), num_bins=10).edges
+    with pytest.raises(SchemeError, match="2 non-finite"):
+        ControlScheme.fit(np.array([0.1, np.nan, 0.3, np.inf]))
 
 
 def test_uniform_edges():
