@@ -75,9 +75,9 @@ from .tokens import ControlScheme, SchemeError
 ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
-PACKED_COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "marker")  # pass 1's rows
 PACKED_SCHEMA = pa.schema([("input_ids", pa.int32()), ("position_ids", pa.int32()), ("segment_ids", pa.int32()),
-                           ("loss_weight", pa.float32()), ("marker", pa.int64())])  # flat, [R * B] per table
+                           ("loss_weight", pa.float32()), ("marker", pa.int64())])  # pass 1's rows: flat, [R * B] per table
+PACKED_COLUMNS = tuple(PACKED_SCHEMA.names)
 RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
 ROWS_PER_TABLE = 512  # rows written to the Arrow file at a time
 Item = TypeVar("Item")
@@ -365,10 +365,8 @@ class BestFitPacker:
         self.live: dict[int, int] = {}  # pool id -> its pieces not yet written
         self.next_pool = 0
         self.table_rows, self.emit, self.filled = table_rows, emit, 0
-        n = table_rows * block_size
-        self.table = {"input_ids": np.empty(n, np.int32), "position_ids": np.empty(n, np.int32),
-                      "segment_ids": np.empty(n, np.int32), "loss_weight": np.empty(n, np.float32),
-                      "marker": np.empty(n, np.int64)}  # [table_rows * B] each, reused
+        self.table = {f.name: np.empty(table_rows * block_size, f.type.to_pandas_dtype())
+                      for f in PACKED_SCHEMA}  # [table_rows * B] each, reused
 
     def add(self, pool: Pool) -> None:
         """Place every piece of ``pool``; the rows that leave go into the table."""
@@ -589,8 +587,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
-    source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
     with atomic_dir(out, overwrite=overwrite) as tmp, collector_paused():
+        source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (temp Arrow) + RTG values
         values: list[np.ndarray] = []
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
@@ -602,7 +600,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
             summary.rows += len(rows["input_ids"]) // B
             summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
             summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
-            ipc.write_batch(pa.record_batch([rows[k] for k in PACKED_COLUMNS], names=list(PACKED_COLUMNS)))
+            ipc.write_batch(pa.record_batch([rows[k] for k in PACKED_COLUMNS], schema=PACKED_SCHEMA))
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         with pa.OSFile(str(packed_path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as ipc:
