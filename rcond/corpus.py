@@ -32,8 +32,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    rows is rewritten with the real control-token ids and ``bin_ids``.
 
 Python's cyclic garbage collector is paused for the whole build (:func:`collector_paused`). The
-inputs' fingerprints and the rows file's sha256 are hashed in background threads, beside the
-reading and the tokenizer's saving.
+inputs are fingerprinted in a background thread beside the reading, and the tokenizer is saved and
+fingerprinted in another beside pass 2; ``rows.arrow`` is hashed as it is written.
 
 Row columns (all ``block_size`` long):
 
@@ -56,14 +56,15 @@ from __future__ import annotations
 import bisect
 import gc
 import hashlib
+import io
 import itertools
 import queue
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -579,9 +580,6 @@ def _progress(total=None, desc="", unit="it", enabled=True):
 def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 10, binning: str = "quantile",
           opts: PackOptions | None = None, overwrite: bool = False, progress: bool = True) -> tuple[ControlScheme, Summary]:
     """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically."""
-    from datasets.arrow_writer import ArrowWriter
-    from .modeling import tokenizer_fingerprint
-
     opts = opts or PackOptions()
     check_options(opts)
     B = opts.block_size
@@ -630,20 +628,16 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         scheme.add_to_tokenizer(tokenizer)
         stream.bind(scheme, tokenizer)
         scheme.counts = stream.bin_counts.tolist()
-        rows_path = tmp / ROWS_FILE
-        writer = ArrowWriter(features=_features(B), path=str(rows_path))
-        with pa.OSFile(str(packed_path), "rb") as src:  # not memory-mapped: mapped pages would count as resident
-            for table in pa.ipc.open_stream(src):
-                rows = {k: table.column(k).to_numpy() for k in PACKED_COLUMNS}
-                writer.write_table(_rows_table(stream.resolve(rows), B))
-        writer.finalize()
-        writer.close()
-        packed_path.unlink()
-        rows_sha256 = in_background(lambda: _sha256(rows_path))
-        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        scheme.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
+        tokenizer_saved = in_background(lambda: _save_tokenizer(tokenizer, tmp / TOKENIZER_DIR))  # beside pass 2
+        try:
+            rows_sha256 = _resolve_rows(packed_path, tmp / ROWS_FILE, stream, B)
+        except BaseException:  # let the saving thread finish before the temp dir is removed
+            with suppress(BaseException):
+                tokenizer_saved()
+            raise
+        scheme.tokenizer_fingerprint = tokenizer_saved()
         scheme.source_fingerprints = source_fingerprints()
-        scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=rows_sha256())
+        scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=rows_sha256)
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus
     return scheme, summary
@@ -660,6 +654,60 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
                       "truncate": opts.truncate, "seed": opts.seed,
                       "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None}
     return scheme
+
+
+def _resolve_rows(packed_path: Path, rows_path: Path, stream: ConditionedStream, block_size: int) -> str:
+    """Pass 2: pass 1's temp tables -> the final ``rows.arrow`` (then the temp file goes); returns
+    the rows file's sha256, hashed as it is written."""
+    from datasets.arrow_writer import ArrowWriter
+
+    rows_file = HashingWriter(open(rows_path, "wb"))
+    writer = ArrowWriter(features=_features(block_size), stream=rows_file)
+    try:
+        with pa.OSFile(str(packed_path), "rb") as src:  # not memory-mapped: mapped pages would count as resident
+            for table in pa.ipc.open_stream(src):
+                rows = {k: table.column(k).to_numpy() for k in PACKED_COLUMNS}
+                writer.write_table(_rows_table(stream.resolve(rows), block_size))
+        writer.finalize()
+    finally:
+        rows_file.close()
+    packed_path.unlink()
+    return rows_file.hexdigest()
+
+
+def _save_tokenizer(tokenizer, directory: Path) -> str:
+    """``save_pretrained`` into ``directory``; returns the tokenizer's fingerprint."""
+    from .modeling import tokenizer_fingerprint
+
+    tokenizer.save_pretrained(str(directory))
+    return tokenizer_fingerprint(tokenizer)
+
+
+class HashingWriter(io.RawIOBase):
+    """A binary file being written, hashed (sha256) on the way: the hash of a file is known the
+    moment it is closed, without reading it back."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # flushes first
+            self.f.close()
+
+    def hexdigest(self) -> str:
+        """``sha256:<hex>`` of everything written, as :func:`_sha256` gives for the file."""
+        return "sha256:" + self.sha.hexdigest()
 
 
 def _sha256(path: Path) -> str:

@@ -185,6 +185,26 @@ def test_failed_build_leaves_nothing(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
 
 
+def test_rows_hash_is_the_files_sha256(tmp_path):
+    import hashlib
+
+    _, scheme, _ = make(tmp_path, "scored", [{"response": f"w{i} x", "reward": i} for i in range(40)])
+    digest = hashlib.sha256((tmp_path / "c" / "rows.arrow").read_bytes()).hexdigest()
+    assert scheme.options["rows_sha256"] == "sha256:" + digest
+
+
+def test_failure_while_writing_rows_leaves_nothing(tmp_path, monkeypatch):
+    from rcond.corpus import ConditionedStream
+
+    def broken(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ConditionedStream, "resolve", broken)  # pass 2 fails while the tokenizer is saved beside it
+    with pytest.raises(OSError, match="disk full"):
+        make(tmp_path, "scored", [{"response": "a", "reward": 1}])
+    assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
+
+
 # ---------------------------------------------------------------------------- the packer's parts
 def reference_best_fit(lengths, block_size, open_rows):
     """Best fit one piece at a time with plain loops: rows as lists of piece numbers, in the order
