@@ -177,12 +177,6 @@ def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return offsets, uflat[np.repeat(ustart[inverse], lens) + within]
 
 
-def encode_parts(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, np.ndarray, np.ndarray]]:
-    """Each PartBatch with its texts' token ids as ``flat_ids`` gives them; one tokenizer call per batch."""
-    for b, encoded, inverse in encodings(batches, tokenizer):
-        yield (b, *flat_ids(encoded, inverse))
-
-
 # ---------------------------------------------------------------------------- pass 1: condition and pack
 @dataclass
 class Pool:
@@ -530,8 +524,9 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
 
 def in_background(fn: Callable[[], Item]) -> Callable[[], Item]:
     """Start ``fn()`` in a daemon thread now; the returned callable waits for its result (or
-    raises its exception). For hashing, whose ``update`` releases the GIL: it overlaps the work
-    that follows instead of adding to it. A daemon thread does not hold up an interrupted run."""
+    raises its exception). For side work (hashing inputs, saving the tokenizer) that can use a core
+    the main work leaves idle instead of adding to its time. A daemon thread does not hold up an
+    interrupted run."""
     box: dict = {}
 
     def run() -> None:

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import write_jsonl
 from rcond.cli import main
-from rcond.corpus import encode_parts
+from rcond.corpus import encodings, flat_ids
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, conditions, read_prompts,
                           write_jsonl_atomic)
@@ -89,8 +89,9 @@ def test_prompt_ids_are_control_ids_then_the_corpus_encoding(sampler, scheme):
     tok = sampler.tokenizer
     ids = scheme.token_ids(tok)
     prompt = "w3 w4 w5"
-    _, offsets, flat = next(encode_parts([PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)],
-                                                                           "on", "t")])], tok))
+    batch = PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)], "on", "t")])
+    (_, encoded, inverse), = encodings([batch], tok)                  # the corpus build's own encoding path
+    offsets, flat = flat_ids(encoded, inverse)
     corpus_prompt = flat[offsets[0]:offsets[1]].tolist()
     assert tok(prompt)["input_ids"][0] == tok.bos_token_id            # the tokenizer's own call adds <bos> ...
     assert corpus_prompt == [5, 6, 7]                                 # ... the corpus encoding does not
