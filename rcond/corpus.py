@@ -70,7 +70,7 @@ import numpy as np
 import pyarrow as pa
 
 from .atomic import atomic_dir
-from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader, fingerprint
+from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader, file_sha256, fingerprint
 from .tokens import ControlScheme, SchemeError
 
 ROWS_FILE = "rows.arrow"
@@ -701,16 +701,8 @@ class HashingWriter(io.RawIOBase):
             self.f.close()
 
     def hexdigest(self) -> str:
-        """``sha256:<hex>`` of everything written, as :func:`_sha256` gives for the file."""
+        """``sha256:<hex>`` of everything written, as :func:`~rcond.sources.file_sha256` gives for the file."""
         return "sha256:" + self.sha.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- loading
@@ -729,7 +721,7 @@ def load(directory: str | Path, *, verify: bool = True):
     rows = d / ROWS_FILE
     if not rows.exists():
         raise CorpusError(f"{d}: missing {ROWS_FILE}")
-    if verify and _sha256(rows) != scheme.options.get("rows_sha256"):
+    if verify and file_sha256(rows) != scheme.options.get("rows_sha256"):
         raise CorpusError(f"{rows}: fingerprint mismatch — the rows changed after preprocessing; re-run rcond preprocess")
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:

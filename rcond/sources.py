@@ -285,20 +285,26 @@ def _iter_zip(path: Path) -> Iterator[tuple[str, str]]:
             yield f"{path}!{n}", zf.read(n).decode("utf-8", errors="replace")
 
 
+def file_sha256(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 def fingerprint(spec: str) -> str:
     """sha256 of a file's bytes (or of a folder's .txt files); hub ids are fingerprinted by name."""
     path = Path(spec).expanduser()
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(path.rglob("*.txt")):
-            h.update(str(p.relative_to(path)).encode())
-            h.update(p.read_bytes())
-    elif path.is_file():
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    else:
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
         return f"hub:{spec}"
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*.txt")):
+        h.update(str(p.relative_to(path)).encode())
+        h.update(p.read_bytes())
     return "sha256:" + h.hexdigest()
 
 
