@@ -84,7 +84,7 @@ DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32:
 
 @dataclass(frozen=True)
 class Tiles:
-    """Tile sizes and launch options (rows BM, vocabulary BV, hidden BD, reduction BK)."""
+    """One kernel's tile sizes (rows BM, vocabulary BV, hidden BD, reduction BK) and launch options."""
 
     bm: int
     bv: int
@@ -94,9 +94,25 @@ class Tiles:
     num_stages: int
 
 
-GPU_TILES = Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3)
-# Interpreter tiles: small, with BV ≠ BM so that swapped row / vocabulary indices show up in tests.
-INTERPRETER_TILES = Tiles(bm=16, bv=32, bd=16, bk=16, num_warps=1, num_stages=1)
+KERNELS = ("_lse_kernel", "_grad_logits_kernel", "_grad_weight_kernel", "_grad_hidden_kernel")
+# Per kernel, from the tile sweep on one H200 (benchmarks/kernel_tiles.py; KERNEL_NOTES.md): the
+# forward is fastest with 256-column vocabulary tiles and dW with 4 warps and 4 stages, the other
+# two at 128x128x64 with 8 warps and 3 stages. The backward's kernels must share BV (the chunk
+# is a multiple of it, and dW's runs of rows by target are counted per BV-column tile).
+GPU_TILES = {
+    "_lse_kernel": Tiles(bm=128, bv=256, bd=128, bk=64, num_warps=8, num_stages=3),
+    "_grad_logits_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3),
+    "_grad_weight_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=4, num_stages=4),
+    "_grad_hidden_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3),
+}
+# Interpreter tiles: small, with BV ≠ BM so that swapped row / vocabulary indices show up in tests,
+# and different per kernel (forward BV, dh's BM) so that each launch provably uses its own.
+INTERPRETER_TILES = {
+    "_lse_kernel": Tiles(bm=16, bv=64, bd=16, bk=16, num_warps=1, num_stages=1),
+    "_grad_logits_kernel": Tiles(bm=16, bv=32, bd=16, bk=16, num_warps=1, num_stages=1),
+    "_grad_weight_kernel": Tiles(bm=16, bv=32, bd=16, bk=16, num_warps=1, num_stages=1),
+    "_grad_hidden_kernel": Tiles(bm=32, bv=32, bd=16, bk=16, num_warps=1, num_stages=1),
+}
 
 
 @triton.jit
@@ -325,8 +341,11 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _tiles(device: torch.device) -> Tiles:
-    return GPU_TILES if device.type == "cuda" and not INTERPRETED else INTERPRETER_TILES
+def _tiles(device: torch.device) -> dict[str, Tiles]:
+    tiles = GPU_TILES if device.type == "cuda" and not INTERPRETED else INTERPRETER_TILES
+    if tiles["_grad_logits_kernel"].bv != tiles["_grad_weight_kernel"].bv:
+        raise ValueError("the gradient-of-logits and dW kernels must share the vocabulary tile BV")
+    return tiles
 
 
 def _dot_types(dtype: torch.dtype) -> tuple[tl.dtype, str]:
@@ -367,24 +386,25 @@ class FusedLinearLogprob(torch.autograd.Function):
         v = weight.shape[0]
         device = hidden.device
         tiles = _tiles(device)
+        fwd = tiles["_lse_kernel"]
         dot_dtype, precision = _dot_types(hidden.dtype)
         hidden, weight = hidden.contiguous(), weight.contiguous()
         targets = targets.to(torch.int64).contiguous()
         bias = None if bias is None else bias.contiguous()
         rows = torch.argsort(active.logical_not().to(torch.int8), stable=True)  # [N] active first
         count = active.sum(dtype=torch.int32)                                  # 0-d, on device
-        tiles_total = triton.cdiv(v, tiles.bv)
-        splits = vocab_splits or _default_splits(n, v, tiles, device)
+        tiles_total = triton.cdiv(v, fwd.bv)
+        splits = vocab_splits or _default_splits(n, v, fwd, device)
         per_split = triton.cdiv(tiles_total, splits)
         splits = triton.cdiv(tiles_total, per_split)                           # none left empty
         part = torch.empty((4, splits, n), dtype=torch.float32, device=device)  # [4, S, N]
-        _lse_kernel[(splits, max(1, triton.cdiv(n, tiles.bm)))](
+        _lse_kernel[(splits, max(1, triton.cdiv(n, fwd.bm)))](
             hidden, weight, hidden if bias is None else bias, targets, rows, count, part,
             n, d, v, hidden.stride(0), weight.stride(0), per_split,
             float(softcap or 0.0), float(scale),
             HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, WITH_ENTROPY=with_entropy,
-            DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, BM=tiles.bm, BV=tiles.bv, BK=tiles.bk,
-            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, BM=fwd.bm, BV=fwd.bv, BK=fwd.bk,
+            num_warps=fwd.num_warps, num_stages=fwd.num_stages,
         )
         run_max, run_sum, run_dot, tgt_logit = part.unbind(0)                  # [S, N] each
         top = run_max.amax(0)                                                  # [N]
@@ -402,7 +422,8 @@ class FusedLinearLogprob(torch.autograd.Function):
             ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, rows, count, lse)
         ctx.softcap, ctx.scale, ctx.tiles = softcap, float(scale), tiles
-        ctx.vocab_chunk = vocab_chunk or _default_chunk(n, v, hidden.element_size(), tiles)
+        ctx.vocab_chunk = vocab_chunk or _default_chunk(n, v, hidden.element_size(),
+                                                        tiles["_grad_logits_kernel"])
         return logprob, entropy
 
     @staticmethod
@@ -412,7 +433,8 @@ class FusedLinearLogprob(torch.autograd.Function):
         n, d = hidden.shape
         v = weight.shape[0]
         device = hidden.device
-        tiles, chunk = ctx.tiles, ctx.vocab_chunk
+        chunk = ctx.vocab_chunk
+        lg, wg, hg = (ctx.tiles[k] for k in KERNELS[1:])  # grad-logits, dW, dh tiles; lg.bv == wg.bv
         dot_dtype, precision = _dot_types(hidden.dtype)
         coef = dlogprob.float().neg().gather(0, rows)                          # [N] c, compacted
         err = torch.zeros(n, dtype=torch.float32, device=device)               # [N] compacted
@@ -424,38 +446,39 @@ class FusedLinearLogprob(torch.autograd.Function):
         dw = torch.empty_like(weight) if need_w or need_b else None            # [V, D], db's pass
         db = torch.empty_like(bias) if need_b else None                        # [V]
         if dw is not None:  # active rows by target, and where each vocabulary tile's run starts
-            tiles_total = triton.cdiv(v, tiles.bv)
+            tiles_total = triton.cdiv(v, wg.bv)
             live = torch.arange(n, device=device) < count                      # [N] compacted
-            tgt = torch.where(live, targets.gather(0, rows), tiles_total * tiles.bv)
+            tgt = torch.where(live, targets.gather(0, rows), tiles_total * wg.bv)
             by_tgt = torch.argsort(tgt, stable=True)                           # [N]
             tgt_sorted = tgt.gather(0, by_tgt)                                 # [N]
             bounds = torch.searchsorted(                                       # [T + 1]
-                tgt_sorted, torch.arange(tiles_total + 1, device=device) * tiles.bv)
-        row_blocks = max(1, triton.cdiv(n, tiles.bm))
-        launch = dict(DOT_DTYPE=dot_dtype, DOT_PRECISION=precision,
-                      num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+                tgt_sorted, torch.arange(tiles_total + 1, device=device) * wg.bv)
+        dots = dict(DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
         for v0 in starts:
             width = min(chunk, v - v0)
-            _grad_logits_kernel[(triton.cdiv(width, tiles.bv), row_blocks)](
+            _grad_logits_kernel[(triton.cdiv(width, lg.bv), max(1, triton.cdiv(n, lg.bm)))](
                 hidden, weight, hidden if bias is None else bias, targets, rows, count, lse, coef,
                 g, err, v0, d, v, hidden.stride(0), weight.stride(0), g.stride(0),
                 float(ctx.softcap or 0.0), ctx.scale,
                 HAS_BIAS=bias is not None, HAS_SOFTCAP=ctx.softcap is not None,
-                BM=tiles.bm, BV=tiles.bv, BK=tiles.bk, **launch,
+                BM=lg.bm, BV=lg.bv, BK=lg.bk, num_warps=lg.num_warps, num_stages=lg.num_stages,
+                **dots,
             )
             if dw is not None:
-                _grad_weight_kernel[(triton.cdiv(width, tiles.bv), triton.cdiv(d, tiles.bd))](
+                _grad_weight_kernel[(triton.cdiv(width, wg.bv), triton.cdiv(d, wg.bd))](
                     g, hidden, rows, count, err, by_tgt, tgt_sorted, bounds,
                     dw, dw if db is None else db, v0, width, d,
                     g.stride(0), hidden.stride(0), dw.stride(0), HAS_BIAS=db is not None,
-                    BV=tiles.bv, BD=tiles.bd, BK=tiles.bk, **launch,
+                    BV=wg.bv, BD=wg.bd, BK=wg.bk, num_warps=wg.num_warps,
+                    num_stages=wg.num_stages, **dots,
                 )
             if dh is not None:
-                _grad_hidden_kernel[(triton.cdiv(d, tiles.bd), row_blocks)](
+                _grad_hidden_kernel[(triton.cdiv(d, hg.bd), max(1, triton.cdiv(n, hg.bm)))](
                     g, weight, targets, rows, count, err, dh if acc is None else acc, dh,
                     v0, width, d, v, g.stride(0), weight.stride(0), dh.stride(0),
                     FIRST=v0 == 0, LAST=v0 + chunk >= v,
-                    BM=tiles.bm, BD=tiles.bd, BK=tiles.bk, **launch,
+                    BM=hg.bm, BD=hg.bd, BK=hg.bk, num_warps=hg.num_warps,
+                    num_stages=hg.num_stages, **dots,
                 )
         return (dh, dw if need_w else None, db, None, None, None, None, None, None, None)
 
@@ -477,8 +500,8 @@ def fused_linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, active
     if not (hidden.is_cuda or INTERPRETED):
         raise ValueError("triton loss needs CUDA tensors (or TRITON_INTERPRET=1 set before "
                          "rcond.kernels.fused_linear_ce is imported); use impl='torch' on CPU")
-    tiles = _tiles(hidden.device)
-    if vocab_chunk is not None and (vocab_chunk <= 0 or vocab_chunk % tiles.bv):
-        raise ValueError(f"vocab_chunk must be a positive multiple of {tiles.bv}, got {vocab_chunk}")
+    bv = _tiles(hidden.device)["_grad_logits_kernel"].bv
+    if vocab_chunk is not None and (vocab_chunk <= 0 or vocab_chunk % bv):
+        raise ValueError(f"vocab_chunk must be a positive multiple of {bv}, got {vocab_chunk}")
     return FusedLinearLogprob.apply(hidden, weight, bias, targets, active, softcap, scale,
                                     with_entropy, vocab_chunk, vocab_splits)

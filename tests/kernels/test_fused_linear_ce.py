@@ -125,7 +125,7 @@ def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
 
     from rcond.kernels import fused_linear_ce as flce
 
-    kernel, tiles = getattr(flce, name), flce.GPU_TILES
+    kernel, tiles = getattr(flce, name), flce.GPU_TILES[name]
     values = dict(HAS_BIAS=True, HAS_SOFTCAP=True, WITH_ENTROPY=True, FIRST=False, LAST=True,
                   DOT_DTYPE=tl.bfloat16, DOT_PRECISION="tf32", BM=tiles.bm, BV=tiles.bv,
                   BD=tiles.bd, BK=tiles.bk)
