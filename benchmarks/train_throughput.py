@@ -38,7 +38,8 @@ real tokens per step are ``B*T`` times the corpus fill). Ratios: rcond / the fas
 padding-free run and rcond / trl-padded. Target on GPU (DESIGN §9): rcond >= 1.3x TRL padding-free.
 
 TRL is imported from wherever ``PYTHONPATH`` finds it; when it is missing or fails to import the
-TRL runs are skipped, said so, and rcond's own figure is still reported.
+TRL runs are skipped, said so, and rcond's own figure is still reported. A TRL run that fails is
+reported with its error, and the others still run.
 
     PYTHONPATH=/tmp/trlsite python benchmarks/train_throughput.py [--device auto|cpu|cuda]
         [--preset tiny|small] [--block-size T] [--batch-size B] [--steps N] [--warmup W]
@@ -68,7 +69,7 @@ LR, MIN_LR_RATIO, WEIGHT_DECAY, BETAS, CLIP = 1e-3, 0.1, 0.1, (0.9, 0.95), 1.0
 def prepare(work: Path, a: argparse.Namespace) -> dict:
     """Toy-world reviews -> rcond corpus (rows of T) -> the same document pieces as a TRL dataset."""
     import numpy as np
-    from datasets import Dataset
+    import pyarrow as pa
 
     from rcond.corpus import PackOptions, build, load, resolve_tokenizer
     from rcond.sources import SourceReader
@@ -94,14 +95,19 @@ def prepare(work: Path, a: argparse.Namespace) -> dict:
                 labels[trained] = piece[trained]
                 ids_all.append(piece.tolist())
                 labels_all.append(labels.tolist())
-    docs = Dataset.from_dict({"input_ids": ids_all, "labels": labels_all})
-    docs.save_to_disk(str(work / "docs"))
+    # Written with pyarrow and opened with Dataset.from_file, the way rcond.corpus.load opens rows:
+    # an in-memory datasets.Dataset is fingerprinted by pickling its table, which failed on one
+    # Python 3.12 image (dill could not pickle pyarrow 26's MonthDayNano type).
+    table = pa.table({"input_ids": pa.array(ids_all, pa.list_(pa.int64())),
+                      "labels": pa.array(labels_all, pa.list_(pa.int64()))})
+    with pa.OSFile(str(work / "docs.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
     lengths = [len(x) for x in ids_all]
     trained = sum(sum(1 for t in lab if t != -100) for lab in labels_all)
     if trained != round(summary.trained_tokens) or sum(lengths) != summary.tokens:
         raise AssertionError(f"TRL documents ({sum(lengths)} tokens, {trained} trained) differ from the corpus "
                              f"({summary.tokens} tokens, {summary.trained_tokens:.0f} trained)")
-    return {"corpus": str(corpus), "docs": str(work / "docs"), "rows": summary.rows, "pieces": len(lengths),
+    return {"corpus": str(corpus), "docs": str(work / "docs.arrow"), "rows": summary.rows, "pieces": len(lengths),
             "tokens": summary.tokens, "fill": summary.efficiency(a.block_size),
             "mean_doc": sum(lengths) / len(lengths), "vocab": len(tokenizer)}
 
@@ -139,7 +145,7 @@ def child_trl(spec: dict) -> dict:
 
     import torch
     import trl
-    from datasets import load_from_disk
+    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -194,7 +200,7 @@ def child_trl(spec: dict) -> dict:
             return super().training_step(model, inputs, num_items_in_batch)
 
     clock = StepClock()
-    trainer = CountingSFTTrainer(model=model, args=args, train_dataset=load_from_disk(spec["docs"]),
+    trainer = CountingSFTTrainer(model=model, args=args, train_dataset=Dataset.from_file(spec["docs"]),
                                  processing_class=tokenizer, callbacks=[clock])
     if trainer.args.activation_checkpointing:
         raise AssertionError("TRL run would recompute activations; rcond does not")
@@ -302,12 +308,22 @@ def main() -> None:
                 configs["trl-padfree-accum"] = ("trl", {"mode": "padfree", "micro_batch": 1, "accum": a.batch_size})
             configs["trl-padded"] = ("trl", {"mode": "padded", "micro_batch": pad_batch, "accum": 1})
         runs = {name: [] for name in configs}
+        failed: dict[str, str] = {}  # a TRL run that fails is reported, and rcond's figure still stands
         for rep in range(a.repeats):
             for name, (kind, extra) in configs.items():
+                if name in failed:
+                    continue
                 spec = dict(base, **extra, out=str(work / f"{name}-{rep}"))
-                runs[name].append(run_child(kind, spec))
+                try:
+                    runs[name].append(run_child(kind, spec))
+                except RuntimeError as e:
+                    if kind == "rcond":
+                        raise
+                    failed[name] = (str(e).strip().splitlines() or ["no output"])[-1]
+                    print(f"  FAILED: {name}: {failed[name]}", file=sys.stderr, flush=True)
+                    continue
                 print(f"  done: {name} (repeat {rep + 1}/{a.repeats})", file=sys.stderr, flush=True)
-        results = {name: summarise(r, a.warmup) for name, r in runs.items()}
+        results = {name: summarise(r, a.warmup) for name, r in runs.items() if name not in failed}
 
     where = torch.cuda.get_device_name() if cuda else (
         f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {a.threads or torch.get_num_threads()} "
@@ -328,15 +344,20 @@ def main() -> None:
         print(f"{name:<18} {r['attn']:<18} {r['rows']:>9} {r['slots']:>10,.0f} {r['real']:>13,.0f} "
               f"{r['trained']:>12,.0f} {r['median_s']:>9.3f} {r['spread'][0]:>6.3f}-{r['spread'][1]:<6.3f} "
               f"{r['tok_s']:>11,.0f}")
+    for name, why in failed.items():
+        print(f"{name}: FAILED, no figure ({why})")
     ours = results["rcond"]["tok_s"]
     if trl_version is None:
         print(f"rcond: {ours:,.0f} real tokens/s; {trl_line}")
         return
-    padfree = max((n for n in results if n.startswith("trl-padfree")), key=lambda n: results[n]["tok_s"])
-    print(f"rcond / TRL padding-free ({padfree}) = {ours / results[padfree]['tok_s']:.2f}x"
-          f"{' (target on GPU >= 1.3x)' if cuda else ''}")
-    print(f"rcond / TRL padded = {ours / results['trl-padded']['tok_s']:.2f}x")
-    if "flash" not in trl_attn:
+    padfree = [n for n in results if n.startswith("trl-padfree")]
+    if padfree:
+        best = max(padfree, key=lambda n: results[n]["tok_s"])
+        print(f"rcond / TRL padding-free ({best}) = {ours / results[best]['tok_s']:.2f}x"
+              f"{' (target on GPU >= 1.3x)' if cuda else ''}")
+    if "trl-padded" in results:
+        print(f"rcond / TRL padded = {ours / results['trl-padded']['tok_s']:.2f}x")
+    if padfree and "flash" not in trl_attn:
         print(f"note: TRL padding-free ran on {trl_attn}, not flash-attention: trl-padfree attends over one "
               f"flattened row of B*T tokens with a block-diagonal mask (B times rcond's attention work)")
 
