@@ -42,8 +42,8 @@ from matplotlib.ticker import MaxNLocator
 
 from .atomic import atomic_dir
 from .metrics import (Calibration, MetricsError, ScoreSummary, calibration, check_sample, diversity, iter_jsonl,
-                      read_samples, requested_level)
-from .tokens import ControlScheme
+                      requested_level)
+from .tokens import ControlScheme, SchemeError
 
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"
@@ -73,9 +73,9 @@ def write_report(out_dir: str | Path, *, scheme: ControlScheme, on_samples: Samp
     names the reward on the axes, e.g. "VADER compound (−1…1)". An existing ``out_dir`` is an
     error unless ``overwrite``.
     """
-    on = _load(on_samples, "on")
-    off = _load(off_samples, "off")
-    guided_records = _load(guided_samples, None)
+    on = _load(on_samples, "on", scheme)
+    off = _load(off_samples, "off", scheme)
+    guided_records = _load(guided_samples, None, scheme)
     guided: dict[float | None, list[Mapping]] = {}
     for rec in guided_records:
         guided.setdefault(rec.get("guidance"), []).append(rec)
@@ -113,17 +113,26 @@ def write_report(out_dir: str | Path, *, scheme: ControlScheme, on_samples: Samp
 
 # ---------------------------------------------------------------------------- inputs
 
-def _load(samples: Samples, mode: str | None) -> list[Mapping]:
+def _load(samples: Samples, mode: str | None, scheme: ControlScheme) -> list[Mapping]:
+    """Checked sample records; an error names the first bad one as ``file:line`` (or the list
+    and index) and says what was expected."""
     if isinstance(samples, (str, Path)):
-        records = read_samples(samples)
+        located = [(f"{samples}:{i}", rec) for i, rec in iter_jsonl(samples)]
     else:
-        records = [check_sample(r, f"{mode or 'guided'}-mode sample {i}") for i, r in enumerate(samples)]
+        located = [(f"{mode or 'guided'}-mode sample {i}", rec) for i, rec in enumerate(samples)]
+    for where, rec in located:
+        check_sample(rec, where)
+        try:
+            requested_level(rec, scheme)
+        except SchemeError as e:
+            raise MetricsError(f"{where}: {e}") from None
     if mode is not None:
-        wrong = [i for i, r in enumerate(records) if r.get("mode") != mode]
+        wrong = [(where, rec) for where, rec in located if rec.get("mode") != mode]
         if wrong:
-            raise MetricsError(f"{len(wrong)} of the {mode}-mode samples have another mode "
-                               f"(first: record {wrong[0]}, mode {records[wrong[0]].get('mode')!r})")
-    return records
+            where, rec = wrong[0]
+            raise MetricsError(f"{where}: mode {rec.get('mode')!r} among the {mode}-mode samples "
+                               f"({len(wrong)} of {len(located)} have another mode)")
+    return [rec for _, rec in located]
 
 
 def _read_log(path: Path) -> list[dict]:
@@ -177,10 +186,13 @@ def _plot_calibration(path: Path, scheme: ControlScheme, cal: Calibration, guide
     for name, c, dx, colour in series:
         x = np.array([lc.level for lc in c.levels], dtype=np.float64) + dx
         mean = np.array([lc.scores.mean for lc in c.levels])
-        lo = mean - np.array([lc.scores.p10 for lc in c.levels])
-        hi = np.array([lc.scores.p90 for lc in c.levels]) - mean
-        ax.errorbar(x, mean, yerr=np.vstack([lo, hi]), fmt="o-", color=colour, capsize=3, markersize=5,
-                    label=f"{name}: mean and 10–90% range (ρ over levels {_num(c.spearman_levels, 2)})")
+        p10 = np.array([lc.scores.p10 for lc in c.levels])
+        p90 = np.array([lc.scores.p90 for lc in c.levels])
+        # the range is drawn as it is: a skewed level's mean can lie outside its 10-90% range
+        ax.vlines(x, p10, p90, color=colour, linewidth=1.2)
+        ax.scatter(np.concatenate([x, x]), np.concatenate([p10, p90]), marker="_", s=60, color=colour)
+        ax.plot(x, mean, "o-", color=colour, markersize=5,
+                label=f"{name}: mean and 10–90% range (ρ over levels {_num(c.spearman_levels, 2)})")
     if off.n:
         ax.axhline(off.mean, color="0.3", linestyle="--", linewidth=1.2,
                    label=f"off mode mean ({_num(off.mean, 2)}, n={off.n})")

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,6 +100,19 @@ def test_no_off_samples_empty_level_no_log(tmp_path):
     assert metrics["calibration_on"]["levels"][1]["scores"]["mean"] is None
 
 
+def test_skewed_level_whose_mean_lies_outside_its_10_90_range(tmp_path):
+    """19 scores of 0.5 and one of -1.0: p10 = 0.5 > mean 0.425 (the usual shape at an end level
+    where the reward saturates); the plot draws the range as it is instead of a negative error bar."""
+    on = [{"prompt": "", "mode": "on", "level": 1, "text": "a b", "score": 0.5} for _ in range(19)]
+    on += [{"prompt": "", "mode": "on", "level": 1, "text": "c", "score": -1.0},
+           {"prompt": "", "mode": "on", "level": 0, "text": "d", "score": -0.2},
+           {"prompt": "", "mode": "on", "level": 0, "text": "e", "score": -0.3}]
+    write_report(tmp_path / "r", scheme=ControlScheme(num_bins=2, edges=[0.0]), on_samples=on)
+    check_png(tmp_path / "r" / "calibration.png")
+    level = json.loads((tmp_path / "r" / "metrics.json").read_text())["calibration_on"]["levels"][1]["scores"]
+    assert level["mean"] == pytest.approx((19 * 0.5 - 1.0) / 20) and level["mean"] < level["p10"]
+
+
 def test_single_level_and_files_as_input(tmp_path):
     on = write_jsonl(tmp_path / "on.jsonl", samples(levels=(2,), n=5))
     off = write_jsonl(tmp_path / "off.jsonl", samples(levels=(0,), n=5, mode="off"))
@@ -115,11 +129,20 @@ def test_refuses_existing_dir_and_wrong_mode(tmp_path):
         write_report(target, scheme=scheme4(), on_samples=samples(n=2))
     write_report(target, scheme=scheme4(), on_samples=samples(n=3), overwrite=True)
     assert "| 0 | < -0.500 | 3 | " in (target / "report.md").read_text()
-    with pytest.raises(MetricsError, match="off-mode samples have another mode"):
+    n_on = len(samples(n=2))
+    with pytest.raises(MetricsError, match=rf"^off-mode sample 0: mode 'on' among the off-mode samples "
+                                           rf"\({n_on} of {n_on} have another mode\)$"):
         write_report(tmp_path / "r2", scheme=scheme4(), on_samples=samples(n=2), off_samples=samples(n=2))
     unscored = [dict(samples(levels=(0,), n=1, mode="off")[0], score=None)]
     with pytest.raises(MetricsError, match="off-mode sample 0: score None"):
         write_report(tmp_path / "r2", scheme=scheme4(), on_samples=samples(n=2), off_samples=unscored)
+    # from a file: the error names the file and the line (blank lines counted)
+    path = write_jsonl(tmp_path / "on.jsonl", [samples(n=1)[0], "", dict(samples(n=1)[0], mode="off")])
+    with pytest.raises(MetricsError, match=rf"^{re.escape(str(path))}:3: mode 'off' among the on-mode"):
+        write_report(tmp_path / "r2", scheme=scheme4(), on_samples=path)
+    beyond = [dict(samples(n=1)[0], level=7)]
+    with pytest.raises(MetricsError, match=r"^on-mode sample 0: level 7 does not exist: this scheme has levels 0\.\.3"):
+        write_report(tmp_path / "r2", scheme=scheme4(), on_samples=beyond)
     assert not (tmp_path / "r2").exists()
 
 
