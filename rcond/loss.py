@@ -263,6 +263,8 @@ def _group_count(ids: Tensor, count: int | None) -> int:
 
 def _group_sum(ids: Tensor, values: Tensor, count: int) -> Tensor:
     """``out[g] = Σ_{i: ids_i = g} values_i`` for ids in [0, count); ids of −1 are left out."""
+    if count == 0:  # no groups (every id −1): nothing to add into
+        return values.new_zeros(0)
     keep = ids >= 0                                                            # [N]
     index = torch.where(keep, ids, torch.zeros_like(ids))                      # [N]
     kept = torch.where(keep, values, torch.zeros_like(values))                 # [N]

@@ -71,6 +71,19 @@ def test_group_counts_default_to_max_id_plus_one():
         torch.testing.assert_close(getattr(inferred, name), getattr(explicit, name))
 
 
+def test_every_id_minus_one_means_no_groups():
+    """A batch of only `off` documents (every bin −1), no num_bins: zero groups, and the loss as
+    without bins (hand-checked: the same sums, no IndexError from an empty index_add)."""
+    case = make_case(torch.float32)
+    none = torch.full_like(case.bin_ids, -1)
+    out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, none, none)
+    plain = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight)
+    for name in ("segment_loss", "segment_weight", "bin_loss", "bin_weight"):
+        assert getattr(out, name).shape == (0,)
+    torch.testing.assert_close(out.loss_sum, plain.loss_sum)
+    torch.testing.assert_close(out.weight_sum, plain.weight_sum)
+
+
 def test_optional_outputs_absent_unless_asked():
     case = make_case(torch.float32)
     out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight)
