@@ -175,7 +175,8 @@ def run_train(a) -> int:
     overrides["trust_remote_code"] = a.trust_remote_code or None
     if a.resume:
         given = [k for k, v in overrides.items() if v is not None] + (["corpus"] if a.corpus else []) + \
-                (["config"] if a.config else []) + (["steps"] if a.steps else [])
+                (["config"] if a.config else []) + (["steps"] if a.steps is not None else []) + \
+                (["weights"] if a.weights else [])
         if given:
             raise TrainError(f"--resume continues with the run's saved settings; drop {', '.join('--' + g for g in given)}")
         cfg = None
@@ -184,7 +185,7 @@ def run_train(a) -> int:
             raise TrainError("--steps and --weights belong to the stages file when --config is given")
         cfg = load_config_file(a.config, overrides)
     elif a.corpus:
-        stage = Stage(corpora=a.corpus, steps=a.steps or 200, weights=a.weights, name="main")
+        stage = Stage(corpora=a.corpus, steps=200 if a.steps is None else a.steps, weights=a.weights, name="main")
         cfg = TrainConfig(stages=[stage], **{k: v for k, v in overrides.items() if v is not None})
     else:
         raise TrainError("give --corpus DIR (repeatable), --config STAGES.toml, or --resume")

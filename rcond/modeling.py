@@ -395,8 +395,12 @@ def load_pretrained(
     directory: str | os.PathLike,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, ControlScheme]:
-    """Load what ``save_pretrained_atomic`` wrote; ``dtype=None`` keeps the saved dtype.
+    """Load what ``save_pretrained_atomic`` wrote; ``dtype=None`` keeps the saved dtype;
+    ``trust_remote_code`` as when the model was first loaded (a remote-code model saves its
+    ``auto_map``, which transformers refuses to follow without it).
 
     Raises ``ModelDirError`` naming the directory and the missing or unreadable file.
     """
@@ -414,12 +418,13 @@ def load_pretrained(
     except SchemeError as e:
         raise ModelDirError(str(e)) from e
     try:
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise ModelDirError(f"{path}: cannot load the tokenizer: {e}") from e
     try:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True,
-                                                     dtype="auto" if dtype is None else dtype)
+                                                     dtype="auto" if dtype is None else dtype,
+                                                     trust_remote_code=trust_remote_code)
     except Exception as e:  # safetensors, json and config errors have no common base class
         raise ModelDirError(f"{path}: cannot load the model weights/config: {type(e).__name__}: {e}") from e
     try:

@@ -362,6 +362,10 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     if resume and cfg is not None:
         raise TrainError("resume continues with the run's saved configuration; pass cfg=None")
     out = Path(out)
+    # every rank checks, before the rendezvous: no rank can have created ``out`` yet, and none is
+    # left waiting in a collective for one that stopped here
+    if not resume and out.exists() and any(out.iterdir()):
+        raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
     if state is not None:
         cfg = TrainConfig.from_dict(state["config"])
@@ -377,8 +381,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
            progress: bool) -> RunResult:
     ckpt = out / CHECKPOINT_DIR
     resume = state is not None
-    if not resume and d.main and out.exists() and any(out.iterdir()):
-        raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
+    if resume and state.get("world", 1) != d.world:
+        raise TrainError(f"{ckpt}: the run was trained on {state.get('world', 1)} process(es) and is resumed on "
+                         f"{d.world}; that would change the rows per step (batch_size × grad_accum × processes). "
+                         f"Resume it on {state.get('world', 1)} process(es).")
     torch.manual_seed(cfg.seed)
     paths = list(dict.fromkeys(c for s in cfg.stages for c in s.corpora))
     corpora = {p: CorpusRows(p, cfg.seed + i) for i, p in enumerate(paths)}
@@ -387,7 +393,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     if resume:
         from .modeling import load_pretrained
 
-        model, tokenizer, _ = load_pretrained(ckpt, dtype=torch.float32)
+        model, tokenizer, _ = load_pretrained(ckpt, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
     else:
         model, tokenizer = prepare_model(cfg, corpora, scheme, block_size)
     model.to(device).train()
@@ -419,6 +425,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     log_path = out / LOG_FILE
     if d.main and not resume and log_path.exists():
         log_path.unlink()
+    if d.main and resume and log_path.exists():
+        _truncate_log(log_path, step)
     log_file = open(log_path, "a") if d.main else None
     bar = _progress(total, step, progress and d.main)
     t_start, tokens_seen, last_loss, interrupted = time.perf_counter(), 0.0, float("nan"), False
@@ -519,6 +527,23 @@ def _log_record(step, stage, stats, K, lr, grad_norm, dt, slots) -> dict:
     for k in range(K):
         rec[f"loss_bin_{k}"] = float(bin_loss[k] / bin_w[k]) if bin_w[k] > 0 else None
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in rec.items()}
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    """Keep the log's records up to the checkpoint's ``step``: after a crash between checkpoints
+    the later steps are trained again and would otherwise be logged twice. A record cut short by
+    the crash is dropped too. Rewritten through a temp file, then renamed."""
+    kept = []
+    for line in log_path.read_text().splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
 
 
 def _load_state(ckpt: Path) -> dict:

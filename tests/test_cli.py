@@ -99,3 +99,15 @@ def test_help_has_examples():
     r = subprocess.run([sys.executable, "-m", "rcond.cli", "preprocess", "--help"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and "examples:" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--resume", "--weights", "0.3", "0.7"], "drop --weights"),
+    (["--resume", "--steps", "0"], "drop --steps"),
+    (["--corpus", "c", "--steps", "0"], "steps must be >= 1, got 0"),
+])
+def test_train_flags_are_not_dropped(tmp_path, capsys, args, message):
+    """A flag `rcond train` would not use is refused before anything runs (exit 2, nothing written)."""
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -375,6 +375,25 @@ def test_atomic_save_load_round_trip(model, tokenizer, scheme, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_load_pretrained_passes_trust_remote_code(model, tokenizer, scheme, tmp_path, monkeypatch):
+    """A run started with --trust-remote-code resumes with it: the model and the tokenizer are
+    reloaded with the flag (a remote-code model's saved config names its own classes)."""
+    import transformers
+
+    from rcond import modeling
+
+    save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    seen = []
+    real_model, real_tok = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **kw: seen.append(("model", kw.get("trust_remote_code"))) or real_model(*a, **kw))
+    monkeypatch.setattr(modeling.AutoTokenizer, "from_pretrained",
+                        lambda *a, **kw: seen.append(("tokenizer", kw.get("trust_remote_code"))) or real_tok(*a, **kw))
+    load_pretrained(tmp_path / "m", trust_remote_code=True)
+    load_pretrained(tmp_path / "m")
+    assert seen == [("tokenizer", True), ("model", True), ("tokenizer", False), ("model", False)]
+
+
 def test_failed_save_leaves_the_old_checkpoint(model, tokenizer, scheme, tmp_path):
     out = tmp_path / "ckpt"
     save_pretrained_atomic(model, tokenizer, scheme, out)

@@ -166,6 +166,48 @@ def test_bad_mixture_weights(weights):
         Stage(corpora=["a", "b"], steps=1, weights=weights)
 
 
+def test_resume_after_a_crash_logs_each_step_once(tmp_path, corpus, monkeypatch):
+    """A hard failure between checkpoints (here inside step 6, checkpoints every 2 steps): the
+    resumed run trains steps 5 and 6 again, and the log keeps one record per step, the same
+    records as a run that never failed."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=6), tmp_path / "straight", progress=False)
+    real, calls = train_module.packed_hidden, [0]
+
+    def crash_in_step_six(*args, **kw):
+        calls[0] += 1
+        if calls[0] == 6:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "packed_hidden", crash_in_step_six)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg_for(corpus, steps=6, save_every=2), tmp_path / "cut", progress=False)
+    with open(tmp_path / "cut" / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a record cut short by the crash
+    monkeypatch.setattr(train_module, "packed_hidden", real)
+    train(None, tmp_path / "cut", resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "log.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
+
+
+def test_resume_refuses_another_process_count(tmp_path, corpus, monkeypatch):
+    import torch
+
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
+    state_file = tmp_path / "run" / "checkpoint" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert state["world"] == 1
+    state["world"] = 2  # as if trained under torchrun --nproc_per_node=2
+    torch.save(state, state_file)
+    with pytest.raises(TrainError, match=r"trained on 2 process\(es\) and is resumed on 1"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+
+
 def test_resume_errors(tmp_path, corpus, monkeypatch):
     with pytest.raises(TrainError, match="no checkpoint"):
         train(None, tmp_path / "none", resume=True, progress=False)
