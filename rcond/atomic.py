@@ -3,7 +3,9 @@
 An interrupted or failed run leaves no directory at the target path (the temp dir is removed
 on exceptions, Ctrl-C and SIGTERM; after SIGKILL only a ``.name.tmp-*`` dir remains, which no
 loader accepts because the target path never appeared). ``--overwrite`` replaces an existing
-target only after the new one is complete.
+target only after the new one is complete. The published directory (or file, through
+:func:`as_created`) gets the permissions a plain ``mkdir`` / ``open`` would give under the
+process's umask, not the owner-only ones ``tempfile`` creates its temp entries with.
 """
 
 from __future__ import annotations
@@ -19,6 +21,23 @@ from typing import Iterator
 
 class OutputExistsError(FileExistsError):
     pass
+
+
+def _read_umask() -> int:
+    """The process's umask (read once, at import: setting it to read it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def as_created(path: str | Path) -> Path:
+    """Give a temp file or directory the mode ``open`` / ``mkdir`` would have given it."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+    return path
 
 
 def _raise_interrupt(signum, frame):
@@ -41,7 +60,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     target = Path(target)
     _refuse(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     previous = None
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and _in_main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -62,6 +62,7 @@ from transformers import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
+from rcond.atomic import as_created
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
 # Llama-style presets (RoPE, RMSNorm, SwiGLU, tied input/output embeddings); the vocabulary
@@ -365,7 +366,7 @@ def save_pretrained_atomic(
         raise FileExistsError(f"{out}: exists and is not a saved model directory (no {MODEL_CONFIG_FILE}); "
                               f"refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = as_created(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from .atomic import as_created
 from .corpus import CONTROL_PREFIX
 from .tokens import ControlScheme, SchemeError
 
@@ -378,6 +379,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        as_created(tmp)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

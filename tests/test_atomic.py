@@ -63,3 +63,20 @@ def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
         with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
     assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
+
+
+def test_published_with_the_modes_of_mkdir_and_open(tmp_path):
+    """tempfile makes owner-only entries (0700 / 0600); what is published gets what a plain
+    mkdir / open gives under the process's umask."""
+    import stat
+
+    from rcond.sample import write_jsonl_atomic
+
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "f").write_text("x")
+    (tmp_path / "plain").mkdir()
+    assert mode(tmp_path / "out") == mode(tmp_path / "plain")
+    write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
+    (tmp_path / "p.jsonl").write_text("")
+    assert mode(tmp_path / "s.jsonl") == mode(tmp_path / "p.jsonl")
