@@ -7,6 +7,12 @@ control-token ids, then the prompt encoded on its own with the backend tokenizer
     on,  level k:   <|rlhf:on|> <|rtg:k|> prompt   -> response <eos>
     off:            <|rlhf:off|> prompt            -> response <eos>
 
+except for a model whose (last) corpus was built from dialogs (``scheme.options["format"] ==
+"dialog"``): there the corpus puts each assistant turn's RTG token right before that turn, after
+the user's, so the prompt is the conversation so far and the RTG token follows it:
+
+    on,  level k:   <|rlhf:on|> prompt <|rtg:k|>   -> assistant turn <eos>
+
 A level may be requested as a raw reward x, mapped to the bin ``scheme.bin_of(x)`` through the
 edges stored with the model.
 
@@ -188,6 +194,7 @@ class Sampler:
         ids = scheme.token_ids(tokenizer)
         self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
         self.rtg_ids = [ids[t] for t in scheme.rtg_tokens]
+        self.rtg_after_prompt = (scheme.options or {}).get("format") == "dialog"  # as the corpus places it
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token; rcond documents end with eos")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -213,13 +220,20 @@ class Sampler:
             return [self.off_id]
         return [self.on_id, self.rtg_ids[self.scheme.check_level(cond.level)]]
 
+    def input_ids(self, cond: Condition, prompt_ids: list[int]) -> list[int]:
+        """Control ids and an encoded prompt, in the corpus's order for this model (module docstring)."""
+        control = self.control_ids(cond)
+        if self.rtg_after_prompt and cond.mode == "on":
+            return control[:1] + prompt_ids + control[1:]
+        return control + prompt_ids
+
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens)."""
         return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)] if prompts else []
 
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
-        """The full model input of one prompt under ``cond``: control ids + prompt ids."""
-        return self.control_ids(cond) + self.encode([prompt])[0]
+        """The full model input of one prompt under ``cond``: control ids and prompt ids."""
+        return self.input_ids(cond, self.encode([prompt])[0])
 
     # ------------------------------------------------------------------ decoding
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
@@ -336,7 +350,7 @@ class Sampler:
                   leave=False) as bar:
             for at in range(0, len(jobs), batch_size):
                 batch = jobs[at:at + batch_size]
-                rows = [self.control_ids(c) + e for c, _, e in batch]
+                rows = [self.input_ids(c, e) for c, _, e in batch]
                 uncond = [off + e for _, _, e in batch] if guidance is not None else None
                 width = CONTROL_PREFIX + max(len(e) for _, _, e in batch)
                 results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,

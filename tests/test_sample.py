@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import write_jsonl
 from rcond.cli import main
-from rcond.corpus import encodings, flat_ids
+from rcond.corpus import ON_SLOT, RTG_SLOT, ConditionedStream, PackOptions, encodings, flat_ids
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, conditions, read_prompts,
                           write_jsonl_atomic)
@@ -98,6 +98,28 @@ def test_prompt_ids_are_control_ids_then_the_corpus_encoding(sampler, scheme):
     assert sampler.prompt_ids(prompt, Condition("on", 2)) == [ids["<|rlhf:on|>"], ids["<|rtg:2|>"], *corpus_prompt]
     assert sampler.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], *corpus_prompt]
     assert sampler.prompt_ids("", Condition("on", 0)) == [ids["<|rlhf:on|>"], ids["<|rtg:0|>"]]
+
+
+@pytest.mark.parametrize("fmt", ["scored", "dialog"])
+def test_prompt_layout_follows_the_corpus_format(fmt):
+    """The on-mode input is the corpus's document up to where the response starts: a scored
+    record's RTG token opens it, a dialog's sits right before the assistant turn."""
+    tok = make_tokenizer()
+    fmt_scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options={"format": fmt})
+    s = Sampler(make_model(tok, fmt_scheme), tok, fmt_scheme)
+    prompt, response = "w3 w4", "w9"
+    parts = ([Part(prompt, False, rtg=0.2), Part(response, True)] if fmt == "scored"
+             else [Part(prompt, False), Part(response, True, rtg=0.2)])
+    batch = PartBatch.from_records([Record(parts, "on", "t")])
+    (_, encoded, inverse), = encodings([batch], tok)
+    pool = ConditionedStream(tok.eos_token_id, PackOptions(uncond_fraction=0.0)).pool(batch, *flat_ids(encoded, inverse))
+    document = pool.ids.tolist()                                      # placeholders for the control tokens
+    ids = fmt_scheme.token_ids(tok)
+    expected = {"scored": [ON_SLOT, RTG_SLOT, 5, 6], "dialog": [ON_SLOT, 5, 6, RTG_SLOT]}[fmt]
+    assert document[:4] == expected and document[4] == 11             # then the response, w9
+    slots = {ON_SLOT: ids["<|rlhf:on|>"], RTG_SLOT: ids["<|rtg:2|>"]}
+    assert s.prompt_ids(prompt, Condition("on", 2)) == [slots.get(t, t) for t in expected]
+    assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
 
 
 def test_conditions_from_levels_rewards_and_modes(scheme):
