@@ -49,7 +49,9 @@ def add_parser(sub, formatter) -> None:
     p = sub.add_parser("demo", help="the whole flow on the embedded toy world",
                        description=__doc__, formatter_class=formatter,
                        epilog="examples:\n  rcond demo\n  rcond demo --out /tmp/demo --quick")
-    p.add_argument("--out", default="demo", help="output directory (replaced if it exists)")
+    p.add_argument("--out", default="demo", help="output directory; an earlier demo's output there is replaced, "
+                                                 "anything else is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an earlier demo's output")
     p.add_argument("--quick", action="store_true",
                    help="a fast look at the pipeline (micro model, ~2.5 min on 2 cores); at that size the model is "
                         "only weakly steerable (Spearman rho 0.62 measured) — the full demo reaches 0.98")
@@ -63,12 +65,18 @@ def run(a) -> int:
 
     size = QUICK if a.quick else FULL
     t0 = time.perf_counter()
-    with atomic_dir(a.out, overwrite=True) as tmp:
+    with atomic_dir(a.out, overwrite=a.overwrite or _is_demo_output(Path(a.out))) as tmp:
         result = run_demo(tmp, size, seed=a.seed, progress=not a.no_progress)
     report = Path(a.out) / "report.md"
     print(f"demo finished in {time.perf_counter() - t0:.0f} s: Spearman rho (level vs achieved reward, over "
           f"levels) = {result['spearman_levels']:.2f}\nreport: {report}")
     return 0
+
+
+def _is_demo_output(path: Path) -> bool:
+    """What an earlier ``rcond demo`` left (so that re-running it needs no flag): its report and
+    the corpus, run and samples folders."""
+    return (path / "report.md").is_file() and all((path / d).is_dir() for d in ("corpus", "run", "samples"))
 
 
 def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True) -> dict:

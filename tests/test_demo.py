@@ -49,3 +49,22 @@ def test_demo_model_is_steerable(tmp_path):
     requested level, Spearman rho >= 0.8 over the 10 levels."""
     result = demo.run_demo(tmp_path, demo.FULL, seed=0, progress=False)
     assert result["spearman_levels"] >= 0.8, result
+
+
+def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
+    """Re-running the demo replaces its own output; any other non-empty folder is refused (exit 2,
+    left as it was) unless --overwrite."""
+    from rcond.cli import main
+
+    monkeypatch.setattr(demo, "QUICK", TINY_RUN)
+    out = tmp_path / "d"
+    args = ["demo", "--quick", "--out", str(out), "--no-progress"]
+    assert main(args) == 0 and main(args) == 0
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["demo", "--quick", "--out", str(other), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    assert main(["demo", "--quick", "--out", str(other), "--no-progress", "--overwrite"]) == 0
+    assert (other / "report.md").is_file() and not (other / "notes.txt").exists()
