@@ -59,7 +59,7 @@ def add_preprocess(sub) -> None:
     p.add_argument("--block-size", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--uncond-fraction", type=float, default=0.05, help="share of records emitted unconditioned (off)")
     p.add_argument("--score-with", default=None, help="vader | module:function — reward from a scorer")
-    p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns")
+    p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as paj
 
+from .scorers import score_values
 from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
@@ -49,8 +50,13 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
     if rows == 0:
         return _empty()
     schema = pa.schema([(name, pa.float64() if kind == "number" else pa.string()) for name, kind in names.items()])
+    data = b"".join(lines)
+    try:  # the line path rejects invalid UTF-8 anywhere in a line; Arrow checks only the fields it reads
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
     try:
-        table = paj.read_json(pa.py_buffer(b"".join(lines)),
+        table = paj.read_json(pa.py_buffer(data),
                               read_options=paj.ReadOptions(use_threads=False, block_size=1 << 30),
                               parse_options=paj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, ValueError):
@@ -107,7 +113,7 @@ def _score(texts: list[str], scorer: Scorer, score_batch: int) -> np.ndarray | N
     out = []
     for i in range(0, len(texts), score_batch):
         chunk = texts[i:i + score_batch]
-        scores = [float(s) for s in scorer(chunk)]
+        scores = score_values(scorer, chunk)
         if len(scores) != len(chunk):
             return None
         out.extend(scores)
@@ -165,8 +171,16 @@ def _scored(table: pa.Table, lines: list[bytes], f: FieldNames, needs_reward: bo
 
 
 def _key_anywhere(lines: list[bytes], key: str) -> bool:
-    token = json.dumps(key).encode()
-    return any(token in line for line in lines)
+    """Whether any row has ``key`` (null or not). A key is written as its raw UTF-8 or its
+    ASCII-escaped JSON string; any other spelling needs a ``\\u`` escape, and such lines are parsed
+    to look. A string *value* equal to the key counts too: a false alarm only declines the chunk."""
+    raw, escaped = json.dumps(key, ensure_ascii=False).encode(), json.dumps(key).encode()
+    for line in lines:
+        if raw in line or escaped in line:
+            return True
+        if b"\\u" in line and key in json.loads(line):
+            return True
+    return False
 
 
 def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | None,

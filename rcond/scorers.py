@@ -15,6 +15,8 @@ from a spec string:
 Every batch a scorer returns is checked: a wrong count, a value that is not a number, or a
 NaN/infinite value raises :class:`ScorerError` naming the scorer and the position of the
 offending text (counted across the whole input in :meth:`Scorer.score_batched`).
+:func:`score_values` leaves NaN/infinite values in place instead, for a caller that knows which
+record each text came from (the corpus readers: they name the file and line, or skip the record).
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ class Scorer:
     def __call__(self, texts: Sequence[str]) -> list[float]:
         return self._score(list(texts), offset=0)
 
+    def values(self, texts: Sequence[str]) -> list[float]:
+        """As calling it, but a NaN or infinite score comes back as it is instead of raising."""
+        return self._score(list(texts), offset=0, finite=False)
+
     def score_batched(self, texts: Iterable[str], batch_size: int = 256) -> Iterator[float]:
         """Score an iterable of texts lazily, ``batch_size`` at a time; yields one float per text.
 
@@ -70,7 +76,7 @@ class Scorer:
             yield from self._score(batch, offset)
             offset += len(batch)
 
-    def _score(self, texts: list[str], offset: int) -> list[float]:
+    def _score(self, texts: list[str], offset: int, finite: bool = True) -> list[float]:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(
@@ -87,9 +93,9 @@ class Scorer:
                 f"scorer {self.name!r} failed on texts {offset}..{offset + len(texts) - 1}: "
                 f"{type(e).__name__}: {e}"
             ) from e
-        return self._validate(raw, texts, offset)
+        return self._validate(raw, texts, offset, finite)
 
-    def _validate(self, raw: object, texts: list[str], offset: int) -> list[float]:
+    def _validate(self, raw: object, texts: list[str], offset: int, finite: bool) -> list[float]:
         if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
             raise ScorerError(
                 f"scorer {self.name!r} returned a {type(raw).__name__} for texts "
@@ -114,10 +120,17 @@ class Scorer:
                 x = float(v)
             except (TypeError, ValueError) as e:
                 raise ScorerError(f"{where} is not a number: {v!r} ({type(v).__name__})") from e
-            if not math.isfinite(x):
+            if finite and not math.isfinite(x):
                 raise ScorerError(f"{where} is {x}; scores must be finite")
             out.append(x)
         return out
+
+
+def score_values(scorer: Callable[[list[str]], Sequence[float]], texts: list[str]) -> list[float]:
+    """Scores of ``texts`` as floats, NaN/infinite ones left in place (:meth:`Scorer.values`; a
+    plain function is called as it is)."""
+    fn = scorer.values if isinstance(scorer, Scorer) else scorer
+    return [float(s) for s in fn(texts)]
 
 
 @functools.lru_cache(maxsize=1)

@@ -45,6 +45,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .scorers import score_values
+
 FORMATS = ("pairs", "scored", "dialog", "text")
 HH_ASSISTANT = "\n\nAssistant:"
 ROW_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -137,7 +139,11 @@ class SkipLog:
 
 # ---------------------------------------------------------------------------- raw rows
 def _is_hub_id(spec: str) -> bool:
-    return not Path(spec).exists() and "/" in spec and not spec.startswith((".", "/", "~"))
+    """``owner/name`` (optionally ``:split``) that is not a path here; a name ending in a data
+    file's suffix (``data/reviews.jsonl``) is a missing file, not a hub id."""
+    path = Path(spec)
+    return (not path.exists() and "/" in spec and not spec.startswith((".", "/", "~"))
+            and _suffix(Path(spec.partition(":")[0])) not in (*ROW_SUFFIXES, ".txt", ".zip"))
 
 
 def _suffix(path: Path) -> str:
@@ -250,12 +256,11 @@ def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
 
 
 def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
-    # CSV rows are reported by line (header = line 1); other formats by row number.
-    first = 2 if kind == "csv" else 1
-    unit = "line" if kind == "csv" else "row"
+    # rows by number, from 1 (CSV: the header not counted; a quoted cell may span several lines,
+    # so a row number is not a line number)
     try:
-        for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=first):
-            yield f"{path}:{unit} {i}", row
+        for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
+            yield f"{path}:row {i}", row
     except SourceError:
         raise
     except Exception as e:  # pyarrow/datasets parse errors carry no line; name the file and the cause
@@ -264,8 +269,12 @@ def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
 
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
     name, _, split = spec.partition(":")
-    for i, row in enumerate(_load_streaming(name, split=split or "train")):
-        yield f"{spec}:row {i}", row
+    try:
+        for i, row in enumerate(_load_streaming(name, split=split or "train")):
+            yield f"{spec}:row {i}", row
+    except (ConnectionError, OSError, ValueError) as e:  # offline, unknown repo, unknown split
+        raise SourceError(f"{spec}: not a file or folder here, and not readable as a hub dataset "
+                          f"({type(e).__name__}: {e})") from None
 
 
 def _iter_text_files(folder: Path) -> Iterator[tuple[str, str]]:
@@ -327,12 +336,12 @@ def _text(row: dict, name: str, origin: str) -> str:
 def _reward(value, name: str, origin: str) -> float:
     if isinstance(value, bool):
         raise SourceError(f"{origin}: {name} must be a number, got {value!r}")
-    if not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise SourceError(f"{origin}: {name} must be a number, got {value!r}") from None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise SourceError(f"{origin}: {name} must be a finite number, got an integer too large for a float") from None
+    except (TypeError, ValueError):
+        raise SourceError(f"{origin}: {name} must be a number, got {value!r}") from None
     if not math.isfinite(value):
         raise SourceError(f"{origin}: {name} must be a finite number, got {value!r}")
     return value
@@ -413,7 +422,7 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
         role = _field(turn, "role", where)
         content = _nonempty(_text(turn, "content", where), "content", where)
         if role == "assistant":
-            r = turn.get("reward")
+            r = turn.get(f.reward)
             rewards.append(None if r is None else _reward(r, "reward", where))
             parts.append(Part(content, True, rtg=0.0))
         elif role in ("user", "system"):
@@ -424,7 +433,7 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
         raise SourceError(f"{origin}: dialog has no assistant turn; expected at least one")
     if not scored:
         if all(r is None for r in rewards):
-            raise SourceError(f"{origin}: no assistant turn carries a 'reward'; give rewards or --score-with")
+            raise SourceError(f"{origin}: no assistant turn carries a {f.reward!r}; give rewards or --score-with")
         set_dialog_rtg(parts, [0.0 if r is None else r for r in rewards], gamma)
     return Record(parts, "on", origin)
 
@@ -450,15 +459,22 @@ def text_record(row, origin: str, f: FieldNames) -> Record:
 
 
 # ---------------------------------------------------------------------------- scoring
+def _single_response(record: Record) -> bool:
+    """A prompt + response record (scored, pairs), whose RTG sits on the prompt part; a dialog puts
+    it on each assistant turn instead, even a dialog of one user and one assistant turn."""
+    parts = record.parts
+    return len(parts) == 2 and not parts[0].trainable and parts[1].trainable and parts[1].rtg is None
+
+
 def score_targets(record: Record) -> list[str]:
     """The texts a scorer must score for a record: the conditioned responses, in order."""
-    if len(record.parts) == 2 and not record.parts[0].trainable:  # single response: prompt carries rtg
+    if _single_response(record):
         return [record.parts[1].text]
     return [p.text for p in record.parts if p.trainable]
 
 
 def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
-    if len(record.parts) == 2 and not record.parts[0].trainable:
+    if _single_response(record):
         record.parts[0].rtg, record.parts[0].fixed_bin = float(scores[0]), None
     else:
         set_dialog_rtg(record.parts, list(scores), gamma)
@@ -484,6 +500,8 @@ class SourceReader:
             raise SourceError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
         if not self.inputs:
             raise SourceError("no input given")
+        if not 0.0 <= self.gamma <= 1.0:  # also refuses NaN
+            raise SourceError(f"--gamma must be a discount in [0, 1], got {self.gamma!r}")
         self.skipped = SkipLog()
 
     def _convert(self, origin: str, row) -> list[Record]:
@@ -575,7 +593,7 @@ class SourceReader:
     def _score(self, batch: list[Record]) -> Iterable[Record]:
         targets = [score_targets(r) for r in batch]
         flat = [t for ts in targets for t in ts]
-        scores = [float(s) for s in self.scorer(flat)]
+        scores = score_values(self.scorer, flat)
         if len(scores) != len(flat):
             raise SourceError(f"scorer returned {len(scores)} scores for {len(flat)} texts")
         i = 0

@@ -34,9 +34,10 @@ def both_paths(path, fmt, size=4, **kw):
     return joined, lines
 
 
-def chunk(rows, fmt, **kw):
-    lines = [(r if isinstance(r, str) else json.dumps(r)).encode() + b"\n" for r in rows]
-    return parse_chunk(lines, fmt, FieldNames(), needs_reward=kw.pop("needs_reward", True), **kw)
+def chunk(rows, fmt, fields=FieldNames(), **kw):
+    lines = [(r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()) + b"\n"
+             for r in rows]
+    return parse_chunk(lines, fmt, fields, needs_reward=kw.pop("needs_reward", True), **kw)
 
 
 SCORED = [{"prompt": "p1", "response": "r1", "reward": 0.5},
@@ -111,6 +112,8 @@ def test_scorer_applied_to_responses(tmp_path):
     ("scored", [{"response": "  ", "reward": 1}], "blank response"),
     ("scored", [{"response": 5, "reward": 1}], "non-string response"),
     ("scored", [{"response": None, "text": "t", "reward": 1}], "response key present but null"),
+    ("scored", ['{"respons\\u0065": null, "text": "t", "reward": 1}'], "response key spelt with an escape, null"),
+    ("text", [b'{"text": "a", "meta": "\xff"}'], "invalid UTF-8 in a field no format reads"),
     ("scored", [{"response": "a", "reward": 1}, {"text": "b", "reward": 1}], "response/text differs by row"),
     ("scored", [{"prompt": 3, "response": "a", "reward": 1}], "non-string prompt"),
     ("scored", ['{"response": "a", "response": "b", "reward": 1}'], "duplicate key"),
@@ -159,3 +162,37 @@ def test_invalid_utf8_names_the_line(tmp_path):
     path = write_lines(tmp_path / "u.jsonl", [json.dumps(SCORED[0]), b'{"response": "\xff", "reward": 1}\n'])
     with pytest.raises(SourceError, match=r"u\.jsonl:2: not valid UTF-8"):
         list(SourceReader([str(path)], "scored").batches())
+
+
+def test_non_ascii_response_field_present_but_null_declines():
+    """`--response-field réponse`: the key may be written raw (UTF-8) or escaped; either way a
+    null there is the line path's "missing field", never a silent fall back to `text`."""
+    fields = FieldNames(response="r\u00e9ponse")
+    raw = '{"r\u00e9ponse": null, "text": "t", "reward": 1}'                # the key as UTF-8 bytes
+    escaped = json.dumps({"r\u00e9ponse": None, "text": "t", "reward": 1})  # the key as \\u00e9
+    for row in (raw, escaped):
+        assert chunk([row], "scored", fields) is None
+    assert chunk([{"text": "t", "reward": 1}], "scored", fields) is not None  # no such key: text it is
+
+
+def test_invalid_utf8_anywhere_in_a_line_is_refused_by_both_paths(tmp_path):
+    """Whether a line is accepted must not depend on which path its chunk took."""
+    path = write_lines(tmp_path / "u.jsonl", [b'{"text": "a"}\n', b'{"text": "b", "meta": "\xff"}\n', b'{"text": "c"}\n'])
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(SourceError, match=r"u\.jsonl:2: not valid UTF-8"):
+            read(SourceReader([str(path)], "text"))
+
+
+def test_scorer_nan_is_skipped_by_record_with_its_line(tmp_path):
+    """A get_scorer scorer's NaN reaches the reader, which names the file and line, or skips just
+    that record under --on-error skip (the scorer itself would raise with a position in a batch)."""
+    from rcond.scorers import Scorer
+
+    scorer = Scorer("test", lambda texts: [float("nan") if t == "bad" else 1.0 for t in texts])
+    path = write_lines(tmp_path / "s.jsonl", [json.dumps({"response": t}) for t in ("a", "bad", "c")])
+    for read in (list, lambda r: list(r.batches(2))):
+        with pytest.raises(SourceError, match=r"s\.jsonl:2: scorer returned a non-finite reward nan"):
+            read(SourceReader([str(path)], "scored", scorer=scorer))
+    skipping = SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")
+    assert sum(b.records for b in skipping.batches(2)) == 2 and skipping.skipped.count == 1
+    assert [r.parts[1].text for r in SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")] == ["a", "c"]

@@ -109,17 +109,71 @@ def test_other_row_formats_through_datasets(tmp_path):
     import pyarrow.parquet as pq
 
     (tmp_path / "a.csv").write_text("prompt,response,reward\np,r,0.5\nq,s,oops\n")
-    with pytest.raises(SourceError, match=r"a.csv:line 3: reward must be a number"):
+    with pytest.raises(SourceError, match=r"a.csv:row 2: reward must be a number"):
         list(SourceReader([str(tmp_path / "a.csv")], "scored"))
+    # a quoted cell over several lines (as HH dialogues are): rows, not lines, are counted
+    (tmp_path / "m.csv").write_text('prompt,response,reward\n"a\n\nHuman: b",r,0.5\nq,s,oops\n')
+    with pytest.raises(SourceError, match=r"m.csv:row 2: reward must be a number"):
+        list(SourceReader([str(tmp_path / "m.csv")], "scored"))
     pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "b.parquet")
     assert [r.parts[0].text for r in SourceReader([str(tmp_path / "b.parquet")], "text")] == ["x", "y"]
     (tmp_path / "c.json").write_text(json.dumps([{"text": "z"}]))
     assert [r.parts[0].text for r in SourceReader([str(tmp_path / "c.json")], "text")] == ["z"]
 
 
-def test_unknown_file_type_and_missing_file(tmp_path):
+def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
     (tmp_path / "x.docx").write_text("")
     with pytest.raises(SourceError, match="unknown file type"):
         list(SourceReader([str(tmp_path / "x.docx")], "text"))
     with pytest.raises(SourceError, match="no such file"):
         list(SourceReader([str(tmp_path / "missing.jsonl")], "text"))
+    monkeypatch.chdir(tmp_path)  # a mistyped relative path with a folder is a missing file, not a hub id
+    with pytest.raises(SourceError, match="data/reviwes.jsonl: no such file"):
+        list(SourceReader(["data/reviwes.jsonl"], "text"))
+    from rcond import sources
+
+    def offline(*a, **kw):
+        raise ConnectionError("Couldn't reach 'someone/nothing' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(sources, "_load_streaming", offline)  # a hub id that cannot be read: named, exit 2
+    with pytest.raises(SourceError, match=r"someone/nothing: not a file or folder here, and not readable as a hub "
+                                          r"dataset \(ConnectionError"):
+        list(SourceReader(["someone/nothing"], "text"))
+
+
+def test_one_exchange_dialog_is_scored_on_its_assistant_turn(tmp_path):
+    """[user, assistant] has the shape of a prompt + response record, but a dialog's RTG goes on
+    the assistant turn: the score lands there, and the user turn carries none."""
+    src = write_jsonl(tmp_path / "d.jsonl", [
+        {"turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]},
+        {"turns": [{"role": "system", "content": "be kind"}, {"role": "assistant", "content": "ok"}]}])
+    reader = SourceReader([str(src)], "dialog", scorer=lambda texts: [float(len(t)) for t in texts])
+    parts = [[(p.text, p.trainable, p.rtg) for p in r.parts] for r in reader]
+    assert parts == [[("hi", False, None), ("hello there", True, 11.0)], [("be kind", False, None), ("ok", True, 2.0)]]
+
+
+def test_dialog_rewards_come_from_the_reward_field(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"turns": [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "score": 2.0},
+        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "score": 1.0}]}])
+    reader = SourceReader([str(src)], "dialog", FieldNames(reward="score"), gamma=0.5)
+    assert [p.rtg for p in next(iter(reader)).parts if p.trainable] == [2.0 + 0.5 * 1.0, 1.0]
+    with pytest.raises(SourceError, match="no assistant turn carries a 'reward'"):
+        list(SourceReader([str(src)], "dialog"))
+
+
+@pytest.mark.parametrize("gamma", [float("nan"), float("inf"), -0.1, 1.5])
+def test_gamma_must_be_a_discount(gamma):
+    with pytest.raises(SourceError, match=r"--gamma must be a discount in \[0, 1\]"):
+        SourceReader(["x.jsonl"], "dialog", gamma=gamma)
+
+
+def test_huge_integer_reward_is_a_source_error(tmp_path):
+    src = tmp_path / "h.jsonl"
+    src.write_text('{"response": "a", "reward": 1' + "0" * 400 + '}\n')
+    for read in (list, lambda r: list(r.batches())):  # the line path, and the chunk path (which declines)
+        with pytest.raises(SourceError, match=r"h.jsonl:1: reward must be a finite number, got an integer too large"):
+            read(SourceReader([str(src)], "scored"))
+    skipping = SourceReader([str(src)], "scored", on_error="skip")
+    assert list(skipping) == [] and skipping.skipped.count == 1
+    assert sum(b.records for b in skipping.batches()) == 0 and skipping.skipped.count == 1
