@@ -80,6 +80,9 @@ MAX_CHUNK = 4096            # ... of at most this many vocabulary columns
 ROW_GROUP = 16              # row blocks the forward keeps in flight (its L2 working set)
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # how this module's kernels were decorated
 DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+# Multiply-adds fused into FMAs, as every measurement and GPU test so far ran them (Triton's
+# default up to 3.9; 3.10 turns it off unless asked): pinned, so a Triton upgrade changes nothing.
+FP_FUSION = True
 
 
 @dataclass(frozen=True)
@@ -404,7 +407,7 @@ class FusedLinearLogprob(torch.autograd.Function):
             float(softcap or 0.0), float(scale),
             HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, WITH_ENTROPY=with_entropy,
             DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, BM=fwd.bm, BV=fwd.bv, BK=fwd.bk,
-            num_warps=fwd.num_warps, num_stages=fwd.num_stages,
+            num_warps=fwd.num_warps, num_stages=fwd.num_stages, enable_fp_fusion=FP_FUSION,
         )
         run_max, run_sum, run_dot, tgt_logit = part.unbind(0)                  # [S, N] each
         top = run_max.amax(0)                                                  # [N]
@@ -453,7 +456,7 @@ class FusedLinearLogprob(torch.autograd.Function):
             tgt_sorted = tgt.gather(0, by_tgt)                                 # [N]
             bounds = torch.searchsorted(                                       # [T + 1]
                 tgt_sorted, torch.arange(tiles_total + 1, device=device) * wg.bv)
-        dots = dict(DOT_DTYPE=dot_dtype, DOT_PRECISION=precision)
+        dots = dict(DOT_DTYPE=dot_dtype, DOT_PRECISION=precision, enable_fp_fusion=FP_FUSION)
         for v0 in starts:
             width = min(chunk, v - v0)
             _grad_logits_kernel[(triton.cdiv(width, lg.bv), max(1, triton.cdiv(n, lg.bm)))](

@@ -138,7 +138,8 @@ def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
                                   target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages))
+                                  options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                                               enable_fp_fusion=flce.FP_FUSION))
     except FileNotFoundError as e:  # no ptxas in this triton install
         pytest.skip(f"cannot compile for CUDA here: {e}")
     ptx = compiled.asm["ptx"]
