@@ -24,9 +24,12 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    out. Unfilled slots are padding (``eos``, segment −1, weight 0). Only the fitting looks at
    one piece at a time, and only at its length; the rows that leave are assembled from the
    pools' tokens with a few gathers, in place, into one reused table of rows. Control tokens
-   are written as placeholder ids (the tokens join the tokenizer only once the scheme exists,
-   so no content can encode to one), and every token carries the index of the marker in force
-   instead of a bin. Full tables go to a temporary Arrow file; memory holds the reward-to-go
+   are written as placeholder ids (the tokens join the tokenizer only once the scheme exists),
+   and every token carries the index of the marker in force instead of a bin. Content never
+   encodes to a control or other special token, even with a tokenizer that already has them
+   (one saved with an earlier corpus or model): the text is encoded with special-token strings
+   read as plain text (:func:`special_tokens_as_text`), so a literal ``<|rtg:1|>`` or ``</s>`` in
+   a review is trained as the characters it is. Full tables go to a temporary Arrow file; memory holds the reward-to-go
    of each marker.
 2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
    rows is rewritten with the real control-token ids and ``bin_ids``.
@@ -148,17 +151,32 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
 
 
 # ---------------------------------------------------------------------------- pass 1: encode
+@contextmanager
+def special_tokens_as_text(tokenizer) -> Iterator[None]:
+    """Within: the backend tokenizer reads special-token strings in its input (``<|rtg:1|>``,
+    ``</s>``) as ordinary text, never as their ids; the setting is restored after."""
+    backend = tokenizer.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        yield
+    finally:
+        backend.encode_special_tokens = before
+
+
 def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
     """Each PartBatch with the encodings of its *distinct* texts and, per text, the index of its
     encoding [P]: one tokenizer call per batch, and a text that recurs in the batch (the prompt
-    shared by a pair's two sides, a templated prompt) is encoded once."""
+    shared by a pair's two sides, a templated prompt) is encoded once. Special-token strings in
+    the texts are encoded as text (:func:`special_tokens_as_text`)."""
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-    for b in batches:
-        index: dict[str, int] = {}
-        inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
-                              count=len(b.texts))                                     # [P]
-        yield b, encode(list(index), add_special_tokens=False), inverse
+    with special_tokens_as_text(tokenizer):
+        for b in batches:
+            index: dict[str, int] = {}
+            inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
+                                  count=len(b.texts))                                 # [P]
+            yield b, encode(list(index), add_special_tokens=False), inverse
 
 
 def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +220,7 @@ class ConditionedStream:
         self.marker_fixed: list[np.ndarray] = []  # per batch: [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
         self.markers = 0
         self.truncated = 0
+        self.cut_markers: list[np.ndarray] = []  # markers whose RTG token --truncate cut away
 
     def pool(self, parts: PartBatch, offsets: np.ndarray, flat: np.ndarray) -> Pool:
         """Build the streams of every document in a part batch at once, then cut the long ones.
@@ -260,7 +279,10 @@ class ConditionedStream:
             return pool
         length = np.minimum(pool.length, B)
         if self.opts.truncate:
-            self.truncated += int((pool.length[long] - B).sum())
+            cut = pool.length[long] - B                                               # [L] tokens dropped
+            self.truncated += int(cut.sum())
+            at = np.repeat(pool.start[long] + B, cut) + (np.arange(int(cut.sum())) - np.repeat(np.cumsum(cut) - cut, cut))
+            self.cut_markers.append(pool.marker[at[pool.ids[at] == RTG_SLOT]])        # [T] positions cut
             return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on)
         at, T = [], len(pool.ids)
         ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
@@ -306,7 +328,10 @@ class ConditionedStream:
         b = np.searchsorted(np.asarray(scheme.edges, dtype=np.float64), np.nan_to_num(rtg), side="right")
         b = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, b))
         self.marker_bin = b.astype(np.int16)                                              # [M]
-        self.bin_counts = np.bincount(b, minlength=K)
+        kept = np.ones(len(b), dtype=bool)
+        if self.cut_markers:
+            kept[np.concatenate(self.cut_markers)] = False
+        self.bin_counts = np.bincount(b[kept], minlength=K)  # RTG tokens in the corpus, per bin
         self.marker_rtg, self.marker_fixed = [], []
 
     def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -472,6 +497,8 @@ def check_options(opts: PackOptions) -> None:
                           f"tokens: mode + RTG) plus two tokens; use at least {CONTROL_PREFIX + 2}")
     if not 0.0 <= opts.uncond_fraction <= 1.0:
         raise CorpusError(f"--uncond-fraction must be in [0, 1], got {opts.uncond_fraction}")
+    if opts.seed < 0:  # numpy's generators take non-negative seeds only
+        raise CorpusError(f"--seed must be a non-negative integer, got {opts.seed}")
 
 
 def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:

@@ -77,7 +77,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .atomic import as_created
-from .corpus import CONTROL_PREFIX
+from .corpus import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
 # cache layers whose rows can be dropped when a sequence ends (others keep running with padding)
@@ -228,8 +228,12 @@ class Sampler:
         return control + prompt_ids
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens)."""
-        return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)] if prompts else []
+        """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens added,
+        and a special-token string typed in a prompt is text, never a control token)."""
+        if not prompts:
+            return []
+        with special_tokens_as_text(self.tokenizer):
+            return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)]
 
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
         """The full model input of one prompt under ``cond``: control ids and prompt ids."""

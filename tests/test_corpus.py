@@ -83,6 +83,34 @@ def test_truncate(tmp_path):
     assert s.truncated_tokens == 3
 
 
+def test_truncated_rtg_tokens_are_not_counted(tmp_path):
+    """A dialog cut at 6 tokens keeps its first RTG token (bin 0) only: the per-bin counts are
+    the RTG tokens the corpus holds, [1, 0], not the [1, 1] the record had."""
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": -1},
+             {"role": "user", "content": "c c c c c"}, {"role": "assistant", "content": "d", "reward": 2}]
+    rows, scheme, s = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", truncate=True)
+    assert rows["input_ids"].tolist() == [[ON, 1, R0, 2, 3, 3]]
+    assert scheme.counts == [1, 0] and s.truncated_tokens == 6
+    _, split, _ = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", name="split")
+    assert split.counts == [1, 1]  # split, not truncated: both RTG tokens are in the corpus
+
+
+def test_special_token_strings_in_content_stay_text(tmp_path):
+    """Reusing a tokenizer that already holds the control tokens (one saved beside an earlier
+    corpus), a literal "<|rtg:1|>" or "<|rlhf:on|>" in a text is encoded as text: the only
+    control ids in the rows are the ones the corpus placed, and none is a trained target."""
+    make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}], name="first")
+    _, scheme, tok = load(tmp_path / "first")
+    src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a <|rtg:1|>", "response": "b <|rlhf:on|> c", "reward": 1}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "second", tok, binning="edges:0",
+          opts=PackOptions(block_size=16, uncond_fraction=0.0), progress=False)
+    ds, scheme2, tok2 = load(tmp_path / "second")
+    ids, lw = np.array(ds["input_ids"][0]), np.array(ds["loss_weight"][0])
+    control = set(scheme2.token_ids(tok2).values())
+    assert [i for i, t in enumerate(ids.tolist()) if t in control] == [0, 1]  # mode and RTG, nothing else
+    assert not any(lw[i] > 0 and ids[i + 1] in control for i in range(len(ids) - 1))
+
+
 def test_dialog_bins_follow_the_rtg_in_force(tmp_path):
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": -1},
              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": 2}]
@@ -155,6 +183,8 @@ def test_uncond_fraction_is_seeded_and_near_target(tmp_path):
 def test_block_size_smaller_than_prefix(tmp_path):
     with pytest.raises(CorpusError, match="smaller than a control prefix"):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}], block_size=3)
+    with pytest.raises(CorpusError, match="--seed must be a non-negative integer, got -1"):
+        make(tmp_path, "scored", [{"response": "a", "reward": 1}], seed=-1)
     assert not (tmp_path / "c").exists()
 
 

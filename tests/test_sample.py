@@ -122,6 +122,14 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
 
 
+def test_control_token_strings_in_a_prompt_are_text(sampler, scheme):
+    """As in the corpus, a typed "<|rtg:3|>" is not the control token (here it is an unknown word,
+    the word tokenizer's unk)."""
+    ids = scheme.token_ids(sampler.tokenizer)
+    assert sampler.prompt_ids("w1 <|rtg:3|>", Condition("off")) == [ids["<|rlhf:off|>"], 3, 0]
+    assert sampler.tokenizer.backend_tokenizer.encode_special_tokens is False  # restored after
+
+
 def test_conditions_from_levels_rewards_and_modes(scheme):
     assert conditions(scheme, level="all") == [Condition("on", k) for k in range(4)]
     assert conditions(scheme, level="2") == conditions(scheme, level=2) == [Condition("on", 2)]
