@@ -363,8 +363,9 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
         raise TrainError("resume continues with the run's saved configuration; pass cfg=None")
     out = Path(out)
     # every rank checks, before the rendezvous: no rank can have created ``out`` yet, and none is
-    # left waiting in a collective for one that stopped here
-    if not resume and out.exists() and any(out.iterdir()):
+    # left waiting in a collective for one that stopped here. A run that failed before its first
+    # checkpoint left only its config and log: nothing to resume, so a fresh start replaces them.
+    if not resume and out.exists() and any(p.name not in (CONFIG_FILE, LOG_FILE) for p in out.iterdir()):
         raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
     if state is not None:
@@ -379,6 +380,9 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
 
 def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: dict | None,
            progress: bool) -> RunResult:
+    if cfg.loss == "triton" and device.type != "cuda":
+        raise TrainError(f"--loss triton needs a CUDA device and this run is on {device}; use --loss auto "
+                         f"(triton on CUDA, torch elsewhere) or --loss torch")
     ckpt = out / CHECKPOINT_DIR
     resume = state is not None
     if resume and state.get("world", 1) != d.world:

@@ -242,6 +242,32 @@ def test_existing_out_refused(tmp_path, corpus, monkeypatch):
         train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
 
 
+def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_path, corpus, monkeypatch):
+    """It left only train_config.json and log.jsonl (nothing to resume): a fresh start replaces
+    them instead of refusing the folder."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    real = train_module.packed_hidden
+
+    def crash(*args, **kw):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train_module, "packed_hidden", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "train_config.json"]
+    monkeypatch.setattr(train_module, "packed_hidden", real)
+    r = train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
+    assert r.steps_done == 2 and len(losses(tmp_path / "run")) == 2
+
+
+def test_triton_loss_on_cpu_is_refused_before_anything_is_written(tmp_path, corpus):
+    with pytest.raises(TrainError, match="--loss triton needs a CUDA device"):
+        train(cfg_for(corpus, steps=1, loss="triton"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch):
     from rcond import train as train_module
 
