@@ -242,7 +242,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
 """
     p = sub.add_parser("sample", help="sample at chosen reward levels, on/off mode, with guidance",
                        description="Generate from a trained model conditioned on a reward level (<|rlhf:on|> "
-                                   "<|rtg:k|> prompt) or unconditioned (<|rlhf:off|> prompt); control tokens are "
+                                   "<|rtg:k|> prompt; a dialog-trained model gets <|rlhf:on|> prompt <|rtg:k|>, "
+                                   "as its corpus laid turns out) or unconditioned (<|rlhf:off|> prompt); control tokens are "
                                    "never generated. Guidance G samples from l_off + G * (l_on - l_off).",
                        epilog=examples, formatter_class=_Formatter)
     p.add_argument("--model", required=True, metavar="DIR", help="saved model, or a train --out directory holding model/")
@@ -302,9 +303,9 @@ def run_sample(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rcond", formatter_class=_Formatter,
-        description="Reward-conditioned fine-tuning with control tokens, and a true-RLHF baseline to compare.",
+        description="Reward-conditioned fine-tuning with control tokens.",
         epilog=textwrap.dedent("""\
-            flow: preprocess -> train -> sample / rlhf -> eval -> report
+            flow: preprocess -> train -> sample (rcond demo adds the report)
             start with:  rcond demo   (the whole flow on the embedded toy world)"""))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_preprocess(sub)
