@@ -31,7 +31,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows an option's default, unless it has none to show (None, a flag) or its help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------- preprocess
@@ -207,13 +213,13 @@ def add_toyworld(sub) -> None:
                                    "plain descriptions; rewards are VADER compound scores of the responses.",
                        epilog="example:\n  rcond toyworld --out toy --seed 0 --reviews 20000",
                        formatter_class=_Formatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reviews", type=int, default=20000)
-    p.add_argument("--dialogs", type=int, default=2000)
-    p.add_argument("--texts", type=int, default=2000)
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="output folder: reviews.jsonl, dialogs.jsonl, text.jsonl, meta.json")
+    p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files")
+    p.add_argument("--reviews", type=int, default=20000, help="scored reviews (prompt, response, VADER reward)")
+    p.add_argument("--dialogs", type=int, default=2000, help="multi-turn dialogs with a reward per assistant turn")
+    p.add_argument("--texts", type=int, default=2000, help="plain descriptions (text format)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_toyworld)
 
 
