@@ -2,7 +2,9 @@
 
 An interrupted or failed run leaves no directory at the target path (the temp dir is removed
 on exceptions, Ctrl-C and SIGTERM; after SIGKILL only a ``.name.tmp-*`` dir remains, which no
-loader accepts because the target path never appeared). ``--overwrite`` replaces an existing
+loader accepts because the target path never appeared). A Ctrl-C whose KeyboardInterrupt Python
+had to drop (raised inside a ``__del__`` or another finalizer, which only prints "Exception
+ignored") is still noticed: the signal is recorded, and the output is not published. ``--overwrite`` replaces an existing
 target only after the new one is complete. The published directory (or file, through
 :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open`` would give under the
 process's umask, not the owner-only ones ``tempfile`` creates its temp entries with.
@@ -40,8 +42,27 @@ def as_created(path: str | Path) -> Path:
     return path
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+class _Interrupts:
+    """Records SIGINT/SIGTERM while installed (then raises KeyboardInterrupt, as Python would)."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+        self.previous: dict[int, object] = {}
+
+    def handler(self, signum, frame):
+        self.seen.append(signum)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def install(self) -> None:
+        if not _in_main_thread():  # signal handlers can only be set from the main thread
+            return
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(sig) is default:  # leave a handler someone else set alone
+                self.previous[sig] = signal.signal(sig, self.handler)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _refuse(target: Path, overwrite: bool) -> None:
@@ -61,11 +82,12 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     _refuse(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    previous = None
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and _in_main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupts = _Interrupts()
+    interrupts.install()
     try:
         yield tmp
+        if interrupts.seen:  # an interrupt whose KeyboardInterrupt was dropped on the way
+            raise KeyboardInterrupt(f"signal {interrupts.seen[0]}")
         _refuse(target, overwrite)
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -82,8 +104,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.restore()
 
 
 def _in_main_thread() -> bool:

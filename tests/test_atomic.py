@@ -80,3 +80,28 @@ def test_published_with_the_modes_of_mkdir_and_open(tmp_path):
     write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
     (tmp_path / "p.jsonl").write_text("")
     assert mode(tmp_path / "s.jsonl") == mode(tmp_path / "p.jsonl")
+
+
+def test_interrupt_dropped_in_a_finalizer_still_stops_publishing(tmp_path, monkeypatch):
+    """Python drops an exception raised inside __del__ ("Exception ignored in ..."), so a Ctrl-C
+    landing there would let the work finish and publish. The SIGINT handler records the signal,
+    and the output is not published."""
+    import signal
+    import sys
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))  # "Exception ignored"
+
+    class Finalizer:
+        def __del__(self):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the Ctrl-C arrives here
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "out") as d:
+            (d / "f").write_text("x")
+            f = Finalizer()
+            del f  # KeyboardInterrupt raised and dropped inside __del__; the block goes on
+            (d / "g").write_text("y")
+    assert dropped == [KeyboardInterrupt]
+    assert not (tmp_path / "out").exists() and names(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
