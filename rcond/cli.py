@@ -8,6 +8,7 @@ written atomically, so a failed or interrupted run leaves nothing half-written b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -196,13 +197,15 @@ def run_train(a) -> int:
     else:
         raise TrainError("give --corpus DIR (repeatable), --config STAGES.toml, or --resume")
     r = train(cfg, a.out, resume=a.resume, progress=not a.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one summary (rank 0's)
+        return EXIT_INTERRUPTED if r.interrupted else 0
     if r.interrupted:
         print(f"interrupted at step {r.steps_done}; checkpoint saved in {Path(a.out) / 'checkpoint'}\n"
               f"continue with: rcond train --out {a.out} --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"trained {r.steps_done} steps ({r.tokens:,.0f} trained tokens) in {r.seconds:.0f} s; final loss "
           f"{r.last_loss:.4f}\n  model       {Path(a.out) / 'model'}\n  log         {Path(a.out) / 'log.jsonl'}\n"
-          f"  checkpoint  {Path(a.out) / 'checkpoint'} (extendable with --resume)")
+          f"  checkpoint  {Path(a.out) / 'checkpoint'} (optimizer and data state: what --resume continues from)")
     return 0
 
 

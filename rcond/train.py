@@ -370,6 +370,9 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
     if state is not None:
         cfg = TrainConfig.from_dict(state["config"])
+        if state["step"] >= cfg.total_steps:
+            raise TrainError(f"--resume: the run in {out} already finished its {cfg.total_steps} steps; "
+                             f"nothing to continue (its model is in {out / MODEL_DIR})")
     d, device = init_distributed(cfg.device)
     try:
         return _train(cfg, out, d, device, state, progress)

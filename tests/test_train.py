@@ -202,7 +202,7 @@ def test_resume_refuses_another_process_count(tmp_path, corpus, monkeypatch):
     state_file = tmp_path / "run" / "checkpoint" / "training_state.pt"
     state = torch.load(state_file, weights_only=False)
     assert state["world"] == 1
-    state["world"] = 2  # as if trained under torchrun --nproc_per_node=2
+    state["world"], state["step"] = 2, 1  # as if interrupted at step 1 under torchrun --nproc_per_node=2
     torch.save(state, state_file)
     with pytest.raises(TrainError, match=r"trained on 2 process\(es\) and is resumed on 1"):
         train(None, tmp_path / "run", resume=True, progress=False)
@@ -213,6 +213,8 @@ def test_resume_errors(tmp_path, corpus, monkeypatch):
         train(None, tmp_path / "none", resume=True, progress=False)
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(TrainError, match="already finished its 2 steps; nothing to continue"):
+        train(None, tmp_path / "run", resume=True, progress=False)
     (tmp_path / "run" / "checkpoint" / "training_state.pt").write_bytes(b"garbage")
     with pytest.raises(TrainError, match="corrupt"):
         train(None, tmp_path / "run", resume=True, progress=False)
