@@ -4,10 +4,11 @@ An interrupted or failed run leaves no directory at the target path (the temp di
 on exceptions, Ctrl-C and SIGTERM; after SIGKILL only a ``.name.tmp-*`` dir remains, which no
 loader accepts because the target path never appeared). A Ctrl-C whose KeyboardInterrupt Python
 had to drop (raised inside a ``__del__`` or another finalizer, which only prints "Exception
-ignored") is still noticed: the signal is recorded, and the output is not published. ``--overwrite`` replaces an existing
-target only after the new one is complete. The published directory (or file, through
-:func:`as_created`) gets the permissions a plain ``mkdir`` / ``open`` would give under the
-process's umask, not the owner-only ones ``tempfile`` creates its temp entries with.
+ignored") is still noticed: the signal is recorded, and the output is not published.
+``--overwrite`` replaces an existing target only after the new one is complete. The published
+directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
+would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
+entries with.
 """
 
 from __future__ import annotations

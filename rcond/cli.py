@@ -36,7 +36,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in text:
+        nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if nothing or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -252,8 +253,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
     p = sub.add_parser("sample", help="sample at chosen reward levels, on/off mode, with guidance",
                        description="Generate from a trained model conditioned on a reward level (<|rlhf:on|> "
                                    "<|rtg:k|> prompt; a dialog-trained model gets <|rlhf:on|> prompt <|rtg:k|>, "
-                                   "as its corpus laid turns out) or unconditioned (<|rlhf:off|> prompt); control tokens are "
-                                   "never generated. Guidance G samples from l_off + G * (l_on - l_off).",
+                                   "as its corpus laid turns out) or unconditioned (<|rlhf:off|> prompt); "
+                                   "control tokens are never generated. Guidance G samples from l_off + G * (l_on - l_off).",
                        epilog=examples, formatter_class=_Formatter)
     p.add_argument("--model", required=True, metavar="DIR", help="saved model, or a train --out directory holding model/")
     cond = p.add_mutually_exclusive_group()

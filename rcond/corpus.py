@@ -281,8 +281,9 @@ class ConditionedStream:
         if self.opts.truncate:
             cut = pool.length[long] - B                                               # [L] tokens dropped
             self.truncated += int(cut.sum())
-            at = np.repeat(pool.start[long] + B, cut) + (np.arange(int(cut.sum())) - np.repeat(np.cumsum(cut) - cut, cut))
-            self.cut_markers.append(pool.marker[at[pool.ids[at] == RTG_SLOT]])        # [T] positions cut
+            within = np.arange(int(cut.sum())) - np.repeat(np.cumsum(cut) - cut, cut)   # [C] index in its cut run
+            at = np.repeat(pool.start[long] + B, cut) + within                           # [C] positions cut
+            self.cut_markers.append(pool.marker[at[pool.ids[at] == RTG_SLOT]])        # markers of cut RTG tokens
             return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on)
         at, T = [], len(pool.ids)
         ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
