@@ -278,6 +278,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (twice that with --guidance)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the code of a model trained with train --trust-remote-code")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_sample)
 
@@ -295,7 +297,7 @@ def run_sample(a) -> int:
         raise OutputExistsError(f"{a.out} already exists; pass --overwrite to replace it")
     prompts = read_prompts(a.prompts)
     scorer = get_scorer(a.score_with) if a.score_with else None
-    sampler = load_sampler(a.model, a.device)
+    sampler = load_sampler(a.model, a.device, trust_remote_code=a.trust_remote_code)
     conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
     t0 = time.perf_counter()
     samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,

@@ -421,8 +421,9 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def load_sampler(path: str | os.PathLike, device: str = "auto") -> Sampler:
-    """Load a saved model (or a run directory's ``model/``) onto ``device`` (auto | cpu | cuda[:N])."""
+def load_sampler(path: str | os.PathLike, device: str = "auto", *, trust_remote_code: bool = False) -> Sampler:
+    """Load a saved model (or a run directory's ``model/``) onto ``device`` (auto | cpu | cuda[:N]);
+    ``trust_remote_code`` for a model trained from a hub model with its own code."""
     from .modeling import load_pretrained
 
     if device == "auto":
@@ -433,7 +434,7 @@ def load_sampler(path: str | os.PathLike, device: str = "auto") -> Sampler:
         raise SampleError(f"--device {device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SampleError(f"--device {device}: CUDA is not available here; use --device cpu")
-    model, tokenizer, scheme = load_pretrained(resolve_model_dir(path), device=dev)
+    model, tokenizer, scheme = load_pretrained(resolve_model_dir(path), device=dev, trust_remote_code=trust_remote_code)
     return Sampler(model, tokenizer, scheme)
 
 

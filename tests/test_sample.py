@@ -378,3 +378,16 @@ def test_cli_refuses_existing_output_and_missing_model(tmp_path, run_dir, capsys
     assert json.loads(out.read_text())["level"] == 0
     assert main(["sample", "--model", str(tmp_path / "none"), "--level", "0", "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_cli_passes_trust_remote_code_to_the_loader(tmp_path, run_dir, monkeypatch, flag):
+    """A model trained from a hub model with its own code is sampled with --trust-remote-code."""
+    from rcond import modeling
+
+    seen, real = [], modeling.load_pretrained
+    monkeypatch.setattr(modeling, "load_pretrained",
+                        lambda *a, **kw: seen.append(kw.get("trust_remote_code")) or real(*a, **kw))
+    args = ["sample", "--model", str(run_dir), "--level", "1", "--max-new-tokens", "2",
+            "--out", str(tmp_path / "s.jsonl"), "--no-progress"] + (["--trust-remote-code"] if flag else [])
+    assert main(args) == 0 and seen == [flag]
