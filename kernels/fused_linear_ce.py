@@ -98,16 +98,22 @@ class Tiles:
 
 
 KERNELS = ("_lse_kernel", "_grad_logits_kernel", "_grad_weight_kernel", "_grad_hidden_kernel")
-# Per kernel, from the tile sweep on one H200 (benchmarks/kernel_tiles.py; KERNEL_NOTES.md): the
-# forward is fastest with 256-column vocabulary tiles and dW with 4 warps and 4 stages, the other
-# two at 128x128x64 with 8 warps and 3 stages. The backward's kernels must share BV (the chunk
-# is a multiple of it, and dW's runs of rows by target are counted per BV-column tile).
+# 16-bit hidden and weight (bf16/fp16), per kernel, from the tile sweep on one H200
+# (benchmarks/kernel_tiles.py; KERNEL_NOTES.md): the forward is fastest with 256-column vocabulary
+# tiles and dW with 4 warps and 4 stages, the other two at 128x128x64 with 8 warps and 3 stages.
+# The backward's kernels must share BV (the chunk is a multiple of it, and dW's runs of rows by
+# target are counted per BV-column tile).
 GPU_TILES = {
     "_lse_kernel": Tiles(bm=128, bv=256, bd=128, bk=64, num_warps=8, num_stages=3),
     "_grad_logits_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3),
     "_grad_weight_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=4, num_stages=4),
     "_grad_hidden_kernel": Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3),
 }
+# A 4-byte operand (fp32, or bf16 activations against an fp32 master weight, as in training):
+# 128x128x64, 8 warps, 3 stages for every kernel, the configuration the GPU tests ran. The
+# forward's 256-column tiles would need 196,608 bytes of shared memory in fp32 (163,840 mixed),
+# more than an A100 block can have (166,912) or an sm86/89 one (101,376); see KERNEL_NOTES.md.
+WIDE_GPU_TILES = dict.fromkeys(KERNELS, Tiles(bm=128, bv=128, bd=128, bk=64, num_warps=8, num_stages=3))
 # Interpreter tiles: small, with BV ≠ BM so that swapped row / vocabulary indices show up in tests,
 # and different per kernel (forward BV, dh's BM) so that each launch provably uses its own.
 INTERPRETER_TILES = {
@@ -344,8 +350,12 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _tiles(device: torch.device) -> dict[str, Tiles]:
-    tiles = GPU_TILES if device.type == "cuda" and not INTERPRETED else INTERPRETER_TILES
+def _tiles(device: torch.device, *dtypes: torch.dtype) -> dict[str, Tiles]:
+    """The tiles for operands of these dtypes on ``device``."""
+    if device.type != "cuda" or INTERPRETED:
+        tiles = INTERPRETER_TILES
+    else:
+        tiles = GPU_TILES if all(dt.itemsize == 2 for dt in dtypes) else WIDE_GPU_TILES
     if tiles["_grad_logits_kernel"].bv != tiles["_grad_weight_kernel"].bv:
         raise ValueError("the gradient-of-logits and dW kernels must share the vocabulary tile BV")
     return tiles
@@ -388,7 +398,7 @@ class FusedLinearLogprob(torch.autograd.Function):
         n, d = hidden.shape
         v = weight.shape[0]
         device = hidden.device
-        tiles = _tiles(device)
+        tiles = _tiles(device, hidden.dtype, weight.dtype)
         fwd = tiles["_lse_kernel"]
         dot_dtype, precision = _dot_types(hidden.dtype)
         hidden, weight = hidden.contiguous(), weight.contiguous()
@@ -503,7 +513,7 @@ def fused_linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, active
     if not (hidden.is_cuda or INTERPRETED):
         raise ValueError("triton loss needs CUDA tensors (or TRITON_INTERPRET=1 set before "
                          "rcond.kernels.fused_linear_ce is imported); use impl='torch' on CPU")
-    bv = _tiles(hidden.device)["_grad_logits_kernel"].bv
+    bv = _tiles(hidden.device, hidden.dtype, weight.dtype)["_grad_logits_kernel"].bv
     if vocab_chunk is not None and (vocab_chunk <= 0 or vocab_chunk % bv):
         raise ValueError(f"vocab_chunk must be a positive multiple of {bv}, got {vocab_chunk}")
     return FusedLinearLogprob.apply(hidden, weight, bias, targets, active, softcap, scale,

@@ -105,19 +105,14 @@ def test_refuses_float64(flce):
         flce.fused_linear_logprob(case.hidden, case.weight, case.targets, case.loss_weight != 0)
 
 
-POINTERS = {"h": "*bf16", "w": "*bf16", "b": "*bf16", "g": "*bf16", "dw": "*bf16", "db": "*bf16",
-            "dh": "*bf16", "count": "*i32", "tgt": "*i64", "rows": "*i64", "by_tgt": "*i64",
-            "tgt_sorted": "*i64", "bounds": "*i64"}  # other pointers: fp32
+INDEX_POINTERS = {"count": "*i32", "tgt": "*i64", "rows": "*i64", "by_tgt": "*i64", "tgt_sorted": "*i64",
+                  "bounds": "*i64"}  # other pointers: hidden's dtype (h, g, dh), weight's (w, b, dw, db), fp32
 
 
-@pytest.mark.parametrize("name", ["_lse_kernel", "_grad_logits_kernel", "_grad_weight_kernel",
-                                  "_grad_hidden_kernel"])
-def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
-    """Compiles a kernel for sm_90 (no GPU needed) in bf16 at the GPU tiles: catches what the
-    interpreter does not check, and that the matmul loops use wgmma fed by cp.async stages."""
-    pytest.importorskip("triton")
-    if interpreting():
-        pytest.skip("kernels are interpreted in this process")
+def compile_for(name, hidden="bf16", weight="bf16", capability=90):
+    """Compile one kernel for an sm_<capability> GPU (no GPU needed) at the tiles rcond would use
+    for these operand dtypes, with the alignment hints the JIT derives from 16-byte-aligned
+    pointers and strides."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -125,25 +120,58 @@ def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
 
     from rcond.kernels import fused_linear_ce as flce
 
-    kernel, tiles = getattr(flce, name), flce.GPU_TILES[name]
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    tiles = flce._tiles(torch.device("cuda"), torch_dtype[hidden], torch_dtype[weight])[name]
+    kernel = getattr(flce, name)
     values = dict(HAS_BIAS=True, HAS_SOFTCAP=True, WITH_ENTROPY=True, FIRST=False, LAST=True,
-                  DOT_DTYPE=tl.bfloat16, DOT_PRECISION="tf32", BM=tiles.bm, BV=tiles.bv,
+                  DOT_DTYPE=tl.bfloat16 if hidden == "bf16" else tl.float32,
+                  DOT_PRECISION="tf32" if hidden == "bf16" else "ieee", BM=tiles.bm, BV=tiles.bv,
                   BD=tiles.bd, BK=tiles.bk)
     constexprs = {p.name: values[p.name] for p in kernel.params if p.is_constexpr}
-    signature = {a: "constexpr" if a in constexprs else
-                 POINTERS.get(a[:-4], "*fp32") if a.endswith("_ptr") else
+
+    def pointer(arg):
+        base = arg[:-4]
+        return INDEX_POINTERS.get(base) or {"h": f"*{hidden}", "g": f"*{hidden}", "dh": f"*{hidden}", "w": f"*{weight}",
+                                            "b": f"*{weight}", "dw": f"*{weight}", "db": f"*{weight}"}.get(base, "*fp32")
+
+    signature = {a: "constexpr" if a in constexprs else pointer(a) if a.endswith("_ptr") else
                  "fp32" if a in ("softcap", "scale") else "i32" for a in kernel.arg_names}
     aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(kernel.arg_names)
                if a.endswith("_ptr") or a.startswith("stride") or a in ("D", "v0", "width")}
     try:
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, aligned),
-                                  target=GPUTarget("cuda", 90, 32),
-                                  options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-                                               enable_fp_fusion=flce.FP_FUSION))
+        return triton.compile(ASTSource(kernel, signature, constexprs, aligned),
+                              target=GPUTarget("cuda", capability, 32),
+                              options=dict(num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+                                           enable_fp_fusion=flce.FP_FUSION))
     except FileNotFoundError as e:  # no ptxas in this triton install
         pytest.skip(f"cannot compile for CUDA here: {e}")
-    ptx = compiled.asm["ptx"]
+
+
+KERNEL_NAMES = ["_lse_kernel", "_grad_logits_kernel", "_grad_weight_kernel", "_grad_hidden_kernel"]
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_compiles_for_hopper_with_pipelined_tensor_core_loops(name):
+    """bf16 at the GPU tiles for sm_90: catches what the interpreter does not check, and that the
+    matmul loops use wgmma fed by cp.async stages."""
+    pytest.importorskip("triton")
+    if interpreting():
+        pytest.skip("kernels are interpreted in this process")
+    ptx = compile_for(name).asm["ptx"]
     assert "wgmma.mma_async" in ptx and "cp.async" in ptx
+
+
+@pytest.mark.parametrize("operands", [("bf16", "bf16"), ("fp32", "fp32"), ("bf16", "fp32")],
+                         ids=["bf16", "fp32", "bf16-act-fp32-weight"])
+@pytest.mark.parametrize("capability,limit", [(80, 166_912), (90, 232_448)], ids=["A100", "H100"])
+def test_tiles_fit_shared_memory(operands, capability, limit):
+    """Every kernel, at the tiles chosen for these operand dtypes, fits one block's shared memory
+    on an A100 and an H100 (Triton refuses to launch a kernel that does not)."""
+    pytest.importorskip("triton")
+    if interpreting():
+        pytest.skip("kernels are interpreted in this process")
+    used = {name: compile_for(name, *operands, capability=capability).metadata.shared for name in KERNEL_NAMES}
+    assert all(bytes_ <= limit for bytes_ in used.values()), used
 
 
 @pytest.mark.gpu
