@@ -427,6 +427,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
             p: c.scheme.to_dict() for p, c in corpora.items()}}, indent=2) + "\n")
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    # The model's last norm returns the fp32 residual stream even under autocast; autocast would run
+    # the head's matmul on bf16 inputs, so the loss gets bf16 activations against the fp32 master
+    # weight (on CUDA; fp32 inputs would put the fused loss on fp32 arithmetic, not tensor cores).
+    head_dtype = torch.bfloat16 if device.type == "cuda" else None
     K = scheme.num_bins
     micro_per_step = cfg.grad_accum * d.world
     log_path = out / LOG_FILE
@@ -469,6 +473,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
                 try:
                     with autocast:
                         hidden = packed_hidden(model, m["input_ids"], m["position_ids"])   # [b, T, D]
+                    if head_dtype is not None:
+                        hidden = hidden.to(head_dtype)
                     D = hidden.shape[-1]
                     res = packed_conditional_loss(
                         hidden.reshape(-1, D), head.weight, m["targets"].reshape(-1), m["loss_weight"].reshape(-1),
