@@ -26,20 +26,32 @@ class OutputExistsError(FileExistsError):
     pass
 
 
-def _read_umask() -> int:
-    """The process's umask (read once, at import: setting it to read it is not thread-safe)."""
+def _umask_by_setting() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-_UMASK = _read_umask()
+_IMPORT_UMASK = _umask_by_setting()  # at import; setting the umask to read it is not thread-safe
+
+
+def _umask() -> int:
+    """The process's umask now: from /proc where the kernel reports it (Linux >= 4.7), else the
+    one read at import."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return _IMPORT_UMASK
 
 
 def as_created(path: str | Path) -> Path:
     """Give a temp file or directory the mode ``open`` / ``mkdir`` would have given it."""
     path = Path(path)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
     return path
 
 
@@ -103,9 +115,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
     finally:
+        interrupts.restore()  # first: a second Ctrl-C during the clean-up must not leave ours installed
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-        interrupts.restore()
 
 
 def _in_main_thread() -> bool:

@@ -172,13 +172,14 @@ def _scored(table: pa.Table, lines: list[bytes], f: FieldNames, needs_reward: bo
 
 def _key_anywhere(lines: list[bytes], key: str) -> bool:
     """Whether any row has ``key`` (null or not). A key is written as its raw UTF-8 or its
-    ASCII-escaped JSON string; any other spelling needs a ``\\u`` escape, and such lines are parsed
-    to look. A string *value* equal to the key counts too: a false alarm only declines the chunk."""
+    ASCII-escaped JSON string; any other spelling needs an escape (``\\u``, ``\\/``), and lines with
+    a backslash are parsed to look. A string *value* equal to the key counts too: a false alarm only
+    declines the chunk."""
     raw, escaped = json.dumps(key, ensure_ascii=False).encode(), json.dumps(key).encode()
     for line in lines:
         if raw in line or escaped in line:
             return True
-        if b"\\u" in line and key in json.loads(line):
+        if b"\\" in line and key in json.loads(line):
             return True
     return False
 

@@ -154,7 +154,9 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
 @contextmanager
 def special_tokens_as_text(tokenizer) -> Iterator[None]:
     """Within: the backend tokenizer reads special-token strings in its input (``<|rtg:1|>``,
-    ``</s>``) as ordinary text, never as their ids; the setting is restored after."""
+    ``</s>``) as ordinary text, never as their ids; the setting is restored after. The setting
+    belongs to the tokenizer object, so hold it only around an encode call: another thread
+    encoding with the same tokenizer meanwhile would see it too."""
     backend = tokenizer.backend_tokenizer
     before = backend.encode_special_tokens
     backend.encode_special_tokens = True
@@ -171,12 +173,13 @@ def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBat
     the texts are encoded as text (:func:`special_tokens_as_text`)."""
     backend = tokenizer.backend_tokenizer
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-    with special_tokens_as_text(tokenizer):
-        for b in batches:
-            index: dict[str, int] = {}
-            inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
-                                  count=len(b.texts))                                 # [P]
-            yield b, encode(list(index), add_special_tokens=False), inverse
+    for b in batches:
+        index: dict[str, int] = {}
+        inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
+                              count=len(b.texts))                                     # [P]
+        with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
+            encoded = encode(list(index), add_special_tokens=False)
+        yield b, encoded, inverse
 
 
 def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +335,7 @@ class ConditionedStream:
         kept = np.ones(len(b), dtype=bool)
         if self.cut_markers:
             kept[np.concatenate(self.cut_markers)] = False
-        self.bin_counts = np.bincount(b[kept], minlength=K)  # RTG tokens in the corpus, per bin
+        self.bin_counts = np.bincount(b[kept], minlength=K)  # markers per bin, less those --truncate cut
         self.marker_rtg, self.marker_fixed = [], []
 
     def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

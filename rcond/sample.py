@@ -7,8 +7,8 @@ control-token ids, then the prompt encoded on its own with the backend tokenizer
     on,  level k:   <|rlhf:on|> <|rtg:k|> prompt   -> response <eos>
     off:            <|rlhf:off|> prompt            -> response <eos>
 
-except for a model whose (last) corpus was built from dialogs (``scheme.options["format"] ==
-"dialog"``): there the corpus puts each assistant turn's RTG token right before that turn, after
+except for a model whose scheme comes from a dialog corpus (``scheme.options["format"] ==
+"dialog"``; a trained model keeps the scheme of the first corpus of its last stage): there the corpus puts each assistant turn's RTG token right before that turn, after
 the user's, so the prompt is the conversation so far and the RTG token follows it:
 
     on,  level k:   <|rlhf:on|> prompt <|rtg:k|>   -> assistant turn <eos>

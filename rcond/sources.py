@@ -269,10 +269,14 @@ def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
 
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
     name, _, split = spec.partition(":")
+    i = -1
     try:
         for i, row in enumerate(_load_streaming(name, split=split or "train")):
             yield f"{spec}:row {i}", row
-    except (ConnectionError, OSError, ValueError) as e:  # offline, unknown repo, unknown split
+    except (ConnectionError, OSError, ValueError) as e:  # offline, unknown repo or split, a broken stream
+        if i >= 0:
+            raise SourceError(f"{spec}: reading the hub dataset failed after row {i} "
+                              f"({type(e).__name__}: {e})") from None
         raise SourceError(f"{spec}: not a file or folder here, and not readable as a hub dataset "
                           f"({type(e).__name__}: {e})") from None
 

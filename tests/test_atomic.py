@@ -80,6 +80,14 @@ def test_published_with_the_modes_of_mkdir_and_open(tmp_path):
     write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
     (tmp_path / "p.jsonl").write_text("")
     assert mode(tmp_path / "s.jsonl") == mode(tmp_path / "p.jsonl")
+    before = os.umask(0o077)  # a umask set after import counts too
+    try:
+        with atomic_dir(tmp_path / "private") as d:
+            (d / "f").write_text("x")
+        (tmp_path / "plain_private").mkdir()
+    finally:
+        os.umask(before)
+    assert mode(tmp_path / "private") == mode(tmp_path / "plain_private") == 0o700
 
 
 def test_interrupt_dropped_in_a_finalizer_still_stops_publishing(tmp_path, monkeypatch):

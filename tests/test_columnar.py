@@ -113,6 +113,7 @@ def test_scorer_applied_to_responses(tmp_path):
     ("scored", [{"response": 5, "reward": 1}], "non-string response"),
     ("scored", [{"response": None, "text": "t", "reward": 1}], "response key present but null"),
     ("scored", ['{"respons\\u0065": null, "text": "t", "reward": 1}'], "response key spelt with an escape, null"),
+    ("scored", ['{"response": null, "text": "a\\nb", "reward": 1}'], "null response key on a line with escapes"),
     ("text", [b'{"text": "a", "meta": "\xff"}'], "invalid UTF-8 in a field no format reads"),
     ("scored", [{"response": "a", "reward": 1}, {"text": "b", "reward": 1}], "response/text differs by row"),
     ("scored", [{"prompt": 3, "response": "a", "reward": 1}], "non-string prompt"),
@@ -173,6 +174,8 @@ def test_non_ascii_response_field_present_but_null_declines():
     for row in (raw, escaped):
         assert chunk([row], "scored", fields) is None
     assert chunk([{"text": "t", "reward": 1}], "scored", fields) is not None  # no such key: text it is
+    slashed = FieldNames(response="x/y")  # JSON may also write "/" as "\\/"
+    assert chunk(['{"x\\/y": null, "text": "t", "reward": 1}'], "scored", slashed) is None
 
 
 def test_invalid_utf8_anywhere_in_a_line_is_refused_by_both_paths(tmp_path):

@@ -84,8 +84,8 @@ def test_truncate(tmp_path):
 
 
 def test_truncated_rtg_tokens_are_not_counted(tmp_path):
-    """A dialog cut at 6 tokens keeps its first RTG token (bin 0) only: the per-bin counts are
-    the RTG tokens the corpus holds, [1, 0], not the [1, 1] the record had."""
+    """A dialog cut at 6 tokens keeps its first RTG token (bin 0) only: the per-bin counts leave
+    out the marker the truncation cut, [1, 0], not the [1, 1] the record had."""
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": -1},
              {"role": "user", "content": "c c c c c"}, {"role": "assistant", "content": "d", "reward": 2}]
     rows, scheme, s = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", truncate=True)

@@ -140,6 +140,15 @@ def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
                                           r"dataset \(ConnectionError"):
         list(SourceReader(["someone/nothing"], "text"))
 
+    def breaks_after_two_rows(*a, **kw):
+        yield {"text": "a"}
+        yield {"text": "b"}
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(sources, "_load_streaming", breaks_after_two_rows)
+    with pytest.raises(SourceError, match=r"someone/data: reading the hub dataset failed after row 1 \(ConnectionError"):
+        list(SourceReader(["someone/data"], "text"))
+
 
 def test_one_exchange_dialog_is_scored_on_its_assistant_turn(tmp_path):
     """[user, assistant] has the shape of a prompt + response record, but a dialog's RTG goes on
