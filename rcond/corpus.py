@@ -29,8 +29,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    encodes to a control or other special token, even with a tokenizer that already has them
    (one saved with an earlier corpus or model): the text is encoded with special-token strings
    read as plain text (:func:`special_tokens_as_text`), so a literal ``<|rtg:1|>`` or ``</s>`` in
-   a review is trained as the characters it is. Full tables go to a temporary Arrow file; memory holds the reward-to-go
-   of each marker.
+   a review is trained as the characters it is. Full tables go to a temporary Arrow file; memory
+   holds the reward-to-go of each marker.
 2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
    rows is rewritten with the real control-token ids and ``bin_ids``.
 
@@ -284,8 +284,7 @@ class ConditionedStream:
         if self.opts.truncate:
             cut = pool.length[long] - B                                               # [L] tokens dropped
             self.truncated += int(cut.sum())
-            within = np.arange(int(cut.sum())) - np.repeat(np.cumsum(cut) - cut, cut)   # [C] index in its cut run
-            at = np.repeat(pool.start[long] + B, cut) + within                           # [C] positions cut
+            at = np.repeat(pool.start[long] + B, cut) + _index_within_runs(cut)         # [C] positions cut
             self.cut_markers.append(pool.marker[at[pool.ids[at] == RTG_SLOT]])        # markers of cut RTG tokens
             return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on)
         at, T = [], len(pool.ids)
@@ -350,6 +349,11 @@ class ConditionedStream:
         out[at] = np.where(slot == RTG_SLOT, self.rtg_ids[bins[at]], np.where(slot == ON_SLOT, self.on_id, self.off_id))
         return {"input_ids": out, "position_ids": rows["position_ids"], "segment_ids": rows["segment_ids"],
                 "loss_weight": rows["loss_weight"], "bin_ids": bins}
+
+
+def _index_within_runs(lengths: np.ndarray) -> np.ndarray:
+    """Runs of ``lengths`` [R] laid end to end -> each element's index within its run [Σ lengths]."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def _marker_in_force(part_marker: np.ndarray, marker: np.ndarray, first: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
@@ -460,7 +464,7 @@ class BestFitPacker:
         for p in np.unique(pool_of).tolist():  # the tokens of each pool's pieces, gathered in one go
             pool, sel = self.pools[p], pool_of == p                                   # sel [M]
             n = length[sel]                                                           # [m]
-            k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)              # [s] index within its piece
+            k = _index_within_runs(n)                                                 # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
             src = np.repeat(pool.start[piece[sel]], n) + k                            # [s] into the pool
             ids[dst], mk[dst], pos[dst], seg_ids[dst] = pool.ids[src], pool.marker[src], k, np.repeat(seg[sel], n)

@@ -388,10 +388,11 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
                          f"(triton on CUDA, torch elsewhere) or --loss torch")
     ckpt = out / CHECKPOINT_DIR
     resume = state is not None
-    if resume and state.get("world", 1) != d.world:
-        raise TrainError(f"{ckpt}: the run was trained on {state.get('world', 1)} process(es) and is resumed on "
-                         f"{d.world}; that would change the rows per step (batch_size × grad_accum × processes). "
-                         f"Resume it on {state.get('world', 1)} process(es).")
+    saved_world = state.get("world", 1) if resume else d.world
+    if saved_world != d.world:
+        raise TrainError(f"{ckpt}: the run was trained on {saved_world} process(es) and is resumed on {d.world}; "
+                         f"that would change the rows per step (batch_size × grad_accum × processes). "
+                         f"Resume it on {saved_world} process(es).")
     torch.manual_seed(cfg.seed)
     paths = list(dict.fromkeys(c for s in cfg.stages for c in s.corpora))
     corpora = {p: CorpusRows(p, cfg.seed + i) for i, p in enumerate(paths)}
