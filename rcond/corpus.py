@@ -29,7 +29,7 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    encodes to a control or other special token, even with a tokenizer that already has them
    (one saved with an earlier corpus or model): the text is encoded with special-token strings
    read as plain text (:func:`special_tokens_as_text`), so a literal ``<|rtg:1|>`` or ``</s>`` in
-   a review is trained as the characters it is. Full tables go to a temporary Arrow file; memory
+   a review is trained as the characters it is. Full tables go to a temporary spill file; memory
    holds the reward-to-go of each marker.
 2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
    rows is rewritten with the real control-token ids and ``bin_ids``.
@@ -79,11 +79,13 @@ from .tokens import ControlScheme, SchemeError
 ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
-PACKED_SCHEMA = pa.schema([("input_ids", pa.int32()), ("position_ids", pa.int32()), ("segment_ids", pa.int32()),
-                           ("loss_weight", pa.float32()), ("marker", pa.int64())])  # pass 1's rows: flat, [R * B] per table
-PACKED_COLUMNS = tuple(PACKED_SCHEMA.names)
+PACKED_DTYPES = {"input_ids": np.int32, "position_ids": np.int32, "segment_ids": np.int32,
+                 "loss_weight": np.float32, "marker": np.int64}  # pass 1's rows: flat, [R * B] per table
+PACKED_COLUMNS = tuple(PACKED_DTYPES)
 RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
 ROWS_PER_TABLE = 512  # rows written to the Arrow file at a time
+KEY_BITS = 40  # the packer's open rows are ints: free slots << KEY_BITS | row key (keys below 2**40)
+KEY_MASK = (1 << KEY_BITS) - 1
 Item = TypeVar("Item")
 
 
@@ -330,7 +332,7 @@ class ConditionedStream:
         fixed = np.concatenate(self.marker_fixed) if self.marker_fixed else np.zeros(0, np.int8)
         b = np.searchsorted(np.asarray(scheme.edges, dtype=np.float64), np.nan_to_num(rtg), side="right")
         b = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, b))
-        self.marker_bin = b.astype(np.int16)                                              # [M]
+        self.bin_of = np.append(b, -1).astype(np.int16)  # [M+1] bin of each marker; index -1 (no marker) -> -1
         kept = np.ones(len(b), dtype=bool)
         if self.cut_markers:
             kept[np.concatenate(self.cut_markers)] = False
@@ -338,16 +340,14 @@ class ConditionedStream:
         self.marker_rtg, self.marker_fixed = [], []
 
     def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Pass 1's rows -> final rows: real control-token ids, and ``bin_ids`` from the markers."""
+        """Pass 1's rows -> final rows: real control-token ids (written into ``rows["input_ids"]``
+        in place), and ``bin_ids`` from the markers."""
         ids, mk = rows["input_ids"], rows["marker"]                                       # [n]
-        bins = np.full(len(mk), -1, dtype=np.int16)
-        has = np.flatnonzero(mk >= 0)
-        bins[has] = self.marker_bin[mk[has]]
-        out = ids.copy()
+        bins = self.bin_of[mk]                                                            # [n]; marker -1 -> bin -1
         at = np.flatnonzero(ids < 0)                                                      # control tokens
         slot = ids[at]
-        out[at] = np.where(slot == RTG_SLOT, self.rtg_ids[bins[at]], np.where(slot == ON_SLOT, self.on_id, self.off_id))
-        return {"input_ids": out, "position_ids": rows["position_ids"], "segment_ids": rows["segment_ids"],
+        ids[at] = np.where(slot == RTG_SLOT, self.rtg_ids[bins[at]], np.where(slot == ON_SLOT, self.on_id, self.off_id))
+        return {"input_ids": ids, "position_ids": rows["position_ids"], "segment_ids": rows["segment_ids"],
                 "loss_weight": rows["loss_weight"], "bin_ids": bins}
 
 
@@ -386,45 +386,48 @@ class BestFitPacker:
     def __init__(self, block_size: int, pad_id: int, open_rows: int, table_rows: int,
                  emit: Callable[[dict[str, np.ndarray]], None]):
         self.B, self.pad_id, self.max_open = block_size, pad_id, open_rows
-        self.free: list[tuple[int, int]] = []  # sorted (free slots, row key)
-        self.rows: dict[int, list[tuple[int, int, int]]] = {}  # row key -> its (pool id, piece, length) in order
+        self.free: list[int] = []  # open rows, sorted, each as free slots << KEY_BITS | row key
+        self.rows: dict[int, list[int]] = {}  # row key -> its pieces in order, by global piece number
         self.next_key = 0
-        self.pools: dict[int, Pool] = {}
+        self.pools: dict[int, Pool] = {}  # pool id -> pool, while some piece of it is not written
+        self.first: dict[int, int] = {}  # pool id -> global number of its first piece
         self.live: dict[int, int] = {}  # pool id -> its pieces not yet written
-        self.next_pool = 0
+        self.next_pool = self.next_piece = 0
         self.table_rows, self.emit, self.filled = table_rows, emit, 0
-        self.table = {f.name: np.empty(table_rows * block_size, f.type.to_pandas_dtype())
-                      for f in PACKED_SCHEMA}  # [table_rows * B] each, reused
+        self.table = {k: np.empty(table_rows * block_size, dtype)
+                      for k, dtype in PACKED_DTYPES.items()}  # [table_rows * B] each, reused
 
     def add(self, pool: Pool) -> None:
         """Place every piece of ``pool``; the rows that leave go into the table."""
         pid = self.next_pool
         self.next_pool += 1
-        self.pools[pid], self.live[pid] = pool, len(pool.length)
-        done: list[list[tuple[int, int, int]]] = []
-        free, rows, B = self.free, self.rows, self.B
-        for q, n in enumerate(pool.length.tolist()):
-            i = bisect.bisect_left(free, (n, -1))
+        self.pools[pid], self.first[pid], self.live[pid] = pool, self.next_piece, len(pool.length)
+        done: list[list[int]] = []
+        free, rows, B, g = self.free, self.rows, self.B, self.next_piece
+        for n in pool.length.tolist():  # one int per open row keeps the search a plain int compare
+            i = bisect.bisect_left(free, n << KEY_BITS)
             if i < len(free):
-                space, key = free.pop(i)
+                slot = free.pop(i)
+                space, key = slot >> KEY_BITS, slot & KEY_MASK
             else:
                 space, key = B, self.next_key
                 self.next_key += 1
                 rows[key] = []
-            rows[key].append((pid, q, n))
+            rows[key].append(g)
+            g += 1
             space -= n
             if space == 0:
                 done.append(rows.pop(key))
                 continue
-            bisect.insort(free, (space, key))
+            bisect.insort(free, space << KEY_BITS | key)
             if len(free) > self.max_open:
-                _, fullest = free.pop(0)
-                done.append(rows.pop(fullest))
+                done.append(rows.pop(free.pop(0) & KEY_MASK))
+        self.next_piece = g
         self._place(done)
 
     def flush(self) -> None:
         """Every open row leaves, in the order they were opened; the table goes out as it is."""
-        self._place([self.rows.pop(key) for _, key in sorted(self.free, key=lambda x: x[1])])
+        self._place([self.rows.pop(key) for key in sorted(slot & KEY_MASK for slot in self.free)])
         self.free = []
         if self.filled:
             self.emit({k: v[:self.filled * self.B] for k, v in self.table.items()})
@@ -442,17 +445,25 @@ class BestFitPacker:
                 self.emit(self.table)
                 self.filled = 0
 
-    def _assemble(self, done: list[list[tuple[int, int, int]]], out: dict[str, np.ndarray]) -> None:
-        """Rows (lists of (pool id, piece, length)) -> padded rows written into ``out`` (flat
+    def _assemble(self, done: list[list[int]], out: dict[str, np.ndarray]) -> None:
+        """Rows (lists of global piece numbers) -> padded rows written into ``out`` (flat
         ``[R * B]`` views, row after row); drops pools no row still uses."""
         R, B = len(done), self.B
         counts = np.fromiter(map(len, done), dtype=np.int64, count=R)               # [R] pieces per row
-        pool_of, piece, length = (np.array(c, dtype=np.int64) for c in zip(*itertools.chain.from_iterable(done)))  # [M]
+        number = np.fromiter(itertools.chain.from_iterable(done), dtype=np.int64, count=int(counts.sum()))  # [M]
+        live = list(self.first)                                                       # [L] live pool ids, ascending
+        first = np.fromiter(self.first.values(), dtype=np.int64, count=len(live))    # [L] their first pieces
+        at = np.searchsorted(first, number, side="right") - 1                         # [M] index into live
+        piece = number - first[at]                                                    # [M] within its pool
+        used = [(live[i], at == i) for i in np.unique(at).tolist()]                  # (pool id, its pieces [M])
+        length = np.empty(len(number), dtype=np.int64)                               # [M]
+        for p, sel in used:
+            length[sel] = self.pools[p].length[piece[sel]]
         row = np.repeat(np.arange(R), counts)                                         # [M]
-        first = np.cumsum(counts) - counts                                            # [R] first piece of each row
-        seg = np.arange(len(piece)) - first[row]                                      # [M] segment within its row
+        row_first = np.cumsum(counts) - counts                                        # [R] first piece of each row
+        seg = np.arange(len(piece)) - row_first[row]                                  # [M] segment within its row
         end = np.cumsum(length)                                                       # [M]
-        offset = end - length - (end - length)[first][row]                            # [M] where it sits in the row
+        offset = end - length - (end - length)[row_first][row]                        # [M] where it sits in the row
         fill = np.bincount(row, weights=length, minlength=R).astype(np.int64)         # [R] tokens used
         ids, pos, seg_ids, lw, mk = (out[k] for k in PACKED_COLUMNS)                  # [R * B] each
         ids.fill(self.pad_id)
@@ -461,8 +472,8 @@ class BestFitPacker:
         seg_ids.fill(-1)
         lw.fill(0)
         mk.fill(-1)
-        for p in np.unique(pool_of).tolist():  # the tokens of each pool's pieces, gathered in one go
-            pool, sel = self.pools[p], pool_of == p                                   # sel [M]
+        for p, sel in used:  # the tokens of each pool's pieces, gathered in one go
+            pool = self.pools[p]
             n = length[sel]                                                           # [m]
             k = _index_within_runs(n)                                                 # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
@@ -473,7 +484,7 @@ class BestFitPacker:
             lw[dst] = nxt
             self.live[p] -= len(n)
             if not self.live[p]:
-                del self.pools[p], self.live[p]
+                del self.pools[p], self.first[p], self.live[p]
 
 
 def _features(block_size: int):
@@ -617,21 +628,21 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
     t0 = time.perf_counter()
     with atomic_dir(out, overwrite=overwrite) as tmp, collector_paused():
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
-        # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (temp Arrow) + RTG values
+        # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
         values: list[np.ndarray] = []
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        packed_path = tmp / "packed.arrow"
+        spill = Spill(tmp / "packed.bin", B)
 
         def emit(rows: dict[str, np.ndarray]) -> None:
-            """A table of packed rows -> the temp file (the packer reuses the arrays after)."""
+            """A table of packed rows -> the spill file (the packer reuses the arrays after)."""
             summary.rows += len(rows["input_ids"]) // B
             summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
             summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
-            ipc.write_batch(pa.record_batch([rows[k] for k in PACKED_COLUMNS], schema=PACKED_SCHEMA))
+            spill.write(rows)
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
-        with pa.OSFile(str(packed_path), "wb") as sink, pa.ipc.new_stream(sink, PACKED_SCHEMA) as ipc:
+        with spill:
             packer = BestFitPacker(B, pad_id, opts.open_rows, ROWS_PER_TABLE, emit)
             encoded_batches = prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer))
             for parts, encoded, inverse in encoded_batches:
@@ -660,7 +671,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         scheme.counts = stream.bin_counts.tolist()
         tokenizer_saved = in_background(lambda: _save_tokenizer(tokenizer, tmp / TOKENIZER_DIR))  # beside pass 2
         try:
-            rows_sha256 = _resolve_rows(packed_path, tmp / ROWS_FILE, stream, B)
+            rows_sha256 = _resolve_rows(spill, tmp / ROWS_FILE, stream, B)
         except BaseException:  # let the saving thread finish before the temp dir is removed
             with suppress(BaseException):
                 tokenizer_saved()
@@ -686,22 +697,55 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
     return scheme
 
 
-def _resolve_rows(packed_path: Path, rows_path: Path, stream: ConditionedStream, block_size: int) -> str:
-    """Pass 2: pass 1's temp tables -> the final ``rows.arrow`` (then the temp file goes); returns
-    the rows file's sha256, hashed as it is written."""
+class Spill:
+    """Pass 1's tables of packed rows in a temporary file of the build's own, raw: each table's
+    columns one after another (``PACKED_DTYPES`` order, ``rows * B`` values each). Pass 2 reads
+    the tables back into one reused set of buffers: nothing to decode, no fresh memory per table."""
+
+    def __init__(self, path: Path, block_size: int):
+        self.path, self.B = path, block_size
+        self.table_rows: list[int] = []  # rows in each table, in file order
+        self.f = open(path, "wb")
+
+    def __enter__(self) -> "Spill":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        """Append a table ``{column: [R * B] array}``."""
+        for k in PACKED_COLUMNS:
+            self.f.write(rows[k])
+        self.table_rows.append(len(rows["input_ids"]) // self.B)
+
+    def tables(self) -> Iterator[dict[str, np.ndarray]]:
+        """Each table back, as views into buffers that the next table overwrites."""
+        most = max(self.table_rows, default=0)
+        buffers = {k: np.empty(most * self.B, dtype) for k, dtype in PACKED_DTYPES.items()}
+        with open(self.path, "rb") as f:
+            for n in self.table_rows:
+                table = {k: b[:n * self.B] for k, b in buffers.items()}
+                for k, column in table.items():
+                    if f.readinto(column) != column.nbytes:
+                        raise CorpusError(f"{self.path}: the temporary file of packed rows ended early")
+                yield table
+
+
+def _resolve_rows(spill: Spill, rows_path: Path, stream: ConditionedStream, block_size: int) -> str:
+    """Pass 2: pass 1's spilled tables -> the final ``rows.arrow`` (then the spill file goes);
+    returns the rows file's sha256, hashed as it is written."""
     from datasets.arrow_writer import ArrowWriter
 
     rows_file = HashingWriter(open(rows_path, "wb"))
     writer = ArrowWriter(features=_features(block_size), stream=rows_file)
     try:
-        with pa.OSFile(str(packed_path), "rb") as src:  # not memory-mapped: mapped pages would count as resident
-            for table in pa.ipc.open_stream(src):
-                rows = {k: table.column(k).to_numpy() for k in PACKED_COLUMNS}
-                writer.write_table(_rows_table(stream.resolve(rows), block_size))
+        for rows in spill.tables():
+            writer.write_table(_rows_table(stream.resolve(rows), block_size))
         writer.finalize()
     finally:
         rows_file.close()
-    packed_path.unlink()
+    spill.path.unlink()
     return rows_file.hexdigest()
 
 

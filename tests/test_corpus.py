@@ -299,7 +299,29 @@ def test_packer_matches_reference_across_pools():
         assert got["segment_ids"][r].tolist() == seg + [-1] * pad
         np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
         assert got["marker"][r].tolist() == markers + [-1] * pad
-    assert not packer.pools  # every pool released once its pieces are written
+    assert not packer.pools and not packer.first  # every pool released once its pieces are written
+
+
+def test_spill_round_trip_and_a_truncated_file(tmp_path):
+    """Pass 1's tables come back from the spill file column for column, in order, with their
+    dtypes, whatever their row counts; a file cut short is an error, not a short table."""
+    from rcond.corpus import PACKED_DTYPES, CorpusError, Spill
+
+    B = 4
+    tables = [{k: (np.arange(rows * B) * (j + 1) - j).astype(dtype) for j, (k, dtype) in enumerate(PACKED_DTYPES.items())}
+              for rows in (3, 1, 2)]
+    with Spill(tmp_path / "s.bin", B) as spill:
+        for t in tables:
+            spill.write(t)
+    got = [{k: v.copy() for k, v in t.items()} for t in spill.tables()]  # copies: the buffers are reused
+    assert len(got) == len(tables)
+    for g, want in zip(got, tables):
+        for k in PACKED_DTYPES:
+            assert g[k].dtype == want[k].dtype
+            np.testing.assert_array_equal(g[k], want[k])
+    (tmp_path / "s.bin").write_bytes((tmp_path / "s.bin").read_bytes()[:-1])
+    with pytest.raises(CorpusError, match="ended early"):
+        list(spill.tables())
 
 
 def test_repeated_texts_encoded_once_with_the_same_ids():
