@@ -17,7 +17,10 @@ help. The share of the text that rcond actually sends to the tokenizer is printe
 Throughput is content tokens per second (the tokenizer's output, the same count for both). The
 jobs run interleaved, each in a fresh process, ``--repeats`` times; the ratio is given best vs
 best and as the median of the run-by-run ratios (a shared virtual machine's speed drifts by tens
-of percent between runs, so a single pair means little).
+of percent between runs, so a single pair means little). CPU time is printed too, the median over
+runs: for all threads (it drifts less than wall time on a shared machine) and for the main thread
+alone. rcond's main thread conditions and packs one batch after another, so its CPU time is a floor
+on rcond's wall time however many cores the tokenizer gets.
 Peak memory is the peak RSS of a fresh process doing only that job, at 1x and 4x the corpus
 size: a streaming pipeline stays flat. Target (DESIGN §9): rcond >= 0.8x bare.
 
@@ -52,11 +55,12 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
             texts.extend([r[k] for k in ("prompt", "response") if k in r])
     encode = tok.backend_tokenizer.encode_batch_fast
     with collector_paused() if paused else contextlib.nullcontext():
-        t0 = time.perf_counter()
+        t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
         tokens = 0
         for i in range(0, len(texts), 1000):
             tokens += sum(len(e.ids) for e in encode(texts[i:i + 1000], add_special_tokens=False))
-        return {"seconds": time.perf_counter() - t0, "tokens": tokens}
+        return {"seconds": time.perf_counter() - t0, "tokens": tokens, "cpu": time.process_time() - c0,
+                "main_cpu": time.thread_time() - m0}
 
 
 def child_rcond(input_path: str, tokenizer_dir: str, out: str) -> dict:
@@ -67,10 +71,11 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str) -> dict:
     from rcond.sources import SourceReader
 
     tok = load_tokenizer(tokenizer_dir)
-    t0 = time.perf_counter()
+    t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
     _, s = build(SourceReader([input_path], "scored"), out, tok, opts=PackOptions(block_size=1024), progress=False)
     # content_tokens counts the eos closing each document; the bare encoding has none
-    return {"seconds": time.perf_counter() - t0, "tokens": s.content_tokens - s.documents, "rows": s.rows}
+    return {"seconds": time.perf_counter() - t0, "tokens": s.content_tokens - s.documents, "rows": s.rows,
+            "cpu": time.process_time() - c0, "main_cpu": time.thread_time() - m0}
 
 
 def distinct_share(path: str) -> float:
@@ -135,6 +140,8 @@ def main() -> None:
                 best = dict(min(rs, key=lambda r: r["seconds"]))
                 best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rs)
                 best["seconds_all"] = [r["seconds"] for r in rs]
+                best["cpu_median"] = statistics.median(r["cpu"] for r in rs)
+                best["main_cpu_median"] = statistics.median(r["main_cpu"] for r in rs)
                 results[(kind, corpus)] = best
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -158,6 +165,10 @@ def main() -> None:
             print(f"{corpus}: rcond / {base} throughput = {ratio:.2f}x best vs best; run by run "
                   f"median {statistics.median(paired):.2f}x (range {paired[0]:.2f}-{paired[-1]:.2f})"
                   + (" (target >= 0.8x)" if base == "bare" else " (the bare loop with the collector paused too)"))
+        bare = results[("bare", corpus)]
+        print(f"{corpus}: CPU time (median of runs, all threads): rcond {ours['cpu_median']:.2f} s vs bare "
+              f"{bare['cpu_median']:.2f} s = {ours['cpu_median'] / bare['cpu_median']:.2f}x; rcond's main thread "
+              f"{ours['main_cpu_median']:.2f} s, bare's {bare['main_cpu_median']:.2f} s (work that does not spread over cores)")
     growth = results[("rcond", "4x")]["peak_rss_mb"] / results[("rcond", "1x")]["peak_rss_mb"]
     print(f"rcond peak RSS 4x / 1x = {growth:.2f} (flat = 1.0; the corpus grew 4x)")
 
