@@ -399,6 +399,8 @@ class BestFitPacker:
 
     def add(self, pool: Pool) -> None:
         """Place every piece of ``pool``; the rows that leave go into the table."""
+        if not len(pool.length):  # nothing to place, and nothing would ever release it
+            return
         pid = self.next_pool
         self.next_pool += 1
         self.pools[pid], self.first[pid], self.live[pid] = pool, self.next_piece, len(pool.length)
@@ -632,7 +634,6 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         values: list[np.ndarray] = []
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        spill = Spill(tmp / "packed.bin", B)
 
         def emit(rows: dict[str, np.ndarray]) -> None:
             """A table of packed rows -> the spill file (the packer reuses the arrays after)."""
@@ -642,7 +643,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
             spill.write(rows)
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
-        with spill:
+        with Spill(tmp / "packed.bin", B) as spill:
             packer = BestFitPacker(B, pad_id, opts.open_rows, ROWS_PER_TABLE, emit)
             encoded_batches = prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer))
             for parts, encoded, inverse in encoded_batches:

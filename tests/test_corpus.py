@@ -259,8 +259,8 @@ def reference_best_fit(lengths, block_size, open_rows):
 
 
 def test_packer_matches_reference_across_pools():
-    """Pieces of many pools, few open rows (so rows hold pieces of older pools): every row equals
-    the one built by hand from the reference placement."""
+    """Pieces of many pools, few open rows (so rows hold pieces of older pools), after an empty
+    pool: every row equals the one built by hand from the reference placement."""
     from rcond.corpus import BestFitPacker, Pool
 
     rng = np.random.default_rng(0)
@@ -268,6 +268,8 @@ def test_packer_matches_reference_across_pools():
     emitted = []  # the tables as they go out: full ones of 4 rows, then the rest
     packer = BestFitPacker(B, pad_id=0, open_rows=3, table_rows=4,
                            emit=lambda t: emitted.append({k: v.copy() for k, v in t.items()}))
+    empty = np.zeros(0, np.int64)
+    packer.add(Pool(empty.astype(np.int32), empty.astype(np.float32), empty, empty, empty, empty.astype(bool)))
     for _ in range(6):
         n = rng.integers(1, B + 1, size=int(rng.integers(1, 9)))
         start = np.concatenate([[0], np.cumsum(n)[:-1]])
