@@ -24,7 +24,11 @@ on rcond's wall time however many cores the tokenizer gets.
 Peak memory is the peak RSS of a fresh process doing only that job, at 1x and 4x the corpus
 size: a streaming pipeline stays flat. Target (DESIGN §9): rcond >= 0.8x bare.
 
-    python benchmarks/preprocess.py [--records 20000] [--repeats 5]
+``--workers N`` adds a job, **rcond-wN**: the same build with N worker processes
+(:mod:`rcond.parallel`), their start-up included in its time. Its CPU time and peak RSS are the
+parent process's only; the workers' are not counted.
+
+    python benchmarks/preprocess.py [--records 20000] [--repeats 5] [--workers N]
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
                 "main_cpu": time.thread_time() - m0}
 
 
-def child_rcond(input_path: str, tokenizer_dir: str, out: str) -> dict:
+def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1") -> dict:
     import datasets.arrow_writer  # noqa: F401  -- a one-off import cost (~0.9 s here), not throughput
 
     from rcond.corpus import PackOptions, build
@@ -72,7 +76,8 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str) -> dict:
 
     tok = load_tokenizer(tokenizer_dir)
     t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-    _, s = build(SourceReader([input_path], "scored"), out, tok, opts=PackOptions(block_size=1024), progress=False)
+    opts = PackOptions(block_size=1024, workers=int(workers))
+    _, s = build(SourceReader([input_path], "scored"), out, tok, opts=opts, progress=False)
     # content_tokens counts the eos closing each document; the bare encoding has none
     return {"seconds": time.perf_counter() - t0, "tokens": s.content_tokens - s.documents, "rows": s.rows,
             "cpu": time.process_time() - c0, "main_cpu": time.thread_time() - m0}
@@ -105,6 +110,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=20000, help="reviews at 1x (4x is also measured)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; the best is kept")
     ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="also time rcond with this many worker processes (rcond.parallel); 0: only in-process")
     a = ap.parse_args()
 
     from rcond.corpus import PackOptions, train_tokenizer
@@ -129,11 +136,13 @@ def main() -> None:
         encoded_share = {corpus: distinct_share(path) for corpus, path in inputs.items()}
         results = {}
         jobs = {"bare": ("child_bare",), "bare-paused": ("child_bare", "paused"), "rcond": ("child_rcond",)}
+        if a.workers:
+            jobs[f"rcond-w{a.workers}"] = ("child_rcond", str(a.workers))
         for corpus, path in inputs.items():
             runs: dict[str, list[dict]] = {kind: [] for kind in jobs}
             for rep in range(a.repeats):  # interleaved, so that a slow spell of the machine hits every job
                 for kind, (child, *flags) in jobs.items():
-                    extra = [str(tmp / f"out{rep}")] if kind == "rcond" else flags
+                    extra = [str(tmp / f"out{rep}"), *flags] if child == "child_rcond" else flags
                     runs[kind].append(run_child(child, path, str(tmp / "tok"), *extra))
                     shutil.rmtree(tmp / f"out{rep}", ignore_errors=True)
             for kind, rs in runs.items():
@@ -154,21 +163,26 @@ def main() -> None:
             print(f"{corpus:>9} {kind:>12} {r['tokens']:>12,} {r['seconds']:>8.2f} {r['tokens'] / r['seconds']:>12,.0f} "
                   f"{r['peak_rss_mb']:>12.0f}")
     for corpus in inputs:
-        ours = results[("rcond", corpus)]
         print(f"{corpus}: rcond sends {encoded_share[corpus]:.0%} of the text to the tokenizer "
               f"(a text repeated within a batch of {PackOptions().encode_batch:,} records is encoded once)")
-        for base in ("bare", "bare-paused"):
-            bare = results[(base, corpus)]
-            assert bare["tokens"] == ours["tokens"], "both must encode the same texts"
-            ratio = bare["seconds"] / ours["seconds"]  # same tokens: the throughput ratio
-            paired = sorted(b / o for b, o in zip(bare["seconds_all"], ours["seconds_all"]))
-            print(f"{corpus}: rcond / {base} throughput = {ratio:.2f}x best vs best; run by run "
-                  f"median {statistics.median(paired):.2f}x (range {paired[0]:.2f}-{paired[-1]:.2f})"
-                  + (" (target >= 0.8x)" if base == "bare" else " (the bare loop with the collector paused too)"))
         bare = results[("bare", corpus)]
-        print(f"{corpus}: CPU time (median of runs, all threads): rcond {ours['cpu_median']:.2f} s vs bare "
-              f"{bare['cpu_median']:.2f} s = {ours['cpu_median'] / bare['cpu_median']:.2f}x; rcond's main thread "
-              f"{ours['main_cpu_median']:.2f} s, bare's {bare['main_cpu_median']:.2f} s (work that does not spread over cores)")
+        for kind in (k for k in jobs if k.startswith("rcond")):
+            ours = results[(kind, corpus)]
+            for base in ("bare", "bare-paused"):
+                theirs = results[(base, corpus)]
+                assert theirs["tokens"] == ours["tokens"], "both must encode the same texts"
+                ratio = theirs["seconds"] / ours["seconds"]  # same tokens: the throughput ratio
+                paired = sorted(b / o for b, o in zip(theirs["seconds_all"], ours["seconds_all"]))
+                print(f"{corpus}: {kind} / {base} throughput = {ratio:.2f}x best vs best; run by run "
+                      f"median {statistics.median(paired):.2f}x (range {paired[0]:.2f}-{paired[-1]:.2f})"
+                      + (" (target >= 0.8x)" if base == "bare" else " (the bare loop with the collector paused too)"))
+            if kind == "rcond":
+                print(f"{corpus}: CPU time (median of runs, all threads): rcond {ours['cpu_median']:.2f} s vs bare "
+                      f"{bare['cpu_median']:.2f} s = {ours['cpu_median'] / bare['cpu_median']:.2f}x; ", end="")
+            else:  # the workers' CPU time is not this process's
+                print(f"{corpus}: CPU time (median of runs): ", end="")
+            print(f"{kind}'s main thread {ours['main_cpu_median']:.2f} s, bare's {bare['main_cpu_median']:.2f} s "
+                  f"(work that does not spread over cores)")
     growth = results[("rcond", "4x")]["peak_rss_mb"] / results[("rcond", "1x")]["peak_rss_mb"]
     print(f"rcond peak RSS 4x / 1x = {growth:.2f} (flat = 1.0; the corpus grew 4x)")
 

@@ -73,6 +73,9 @@ def add_preprocess(sub) -> None:
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the unconditional-fraction draw")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that encode and condition batches (the corpus is the same for any number); "
+                        "starting them costs about half a second, so use them for large corpora on many cores")
     p.add_argument("--no-progress", action="store_true")
     for name in ("prompt", "response", "reward", "chosen", "rejected", "chosen_score", "rejected_score",
                  "turns", "text"):
@@ -86,7 +89,7 @@ def run_preprocess(a) -> int:
     from .sources import FieldNames, SourceReader
 
     opts = PackOptions(block_size=a.block_size, uncond_fraction=a.uncond_fraction, train_on_prompt=a.train_on_prompt,
-                       truncate=a.truncate, seed=a.seed)
+                       truncate=a.truncate, seed=a.seed, workers=a.workers)
     check_options(opts)
     scorer = None
     if a.score_with:

@@ -9,6 +9,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    one ``encode_batch_fast`` call per batch, into *parts* (prompt, response, dialog turn): the
    part's token ids, whether it is trained, and the reward-to-go whose RTG token will precede
    it. (Arrow's JSON reader and the tokenizer release the GIL, so this overlaps the packing.)
+   With ``workers`` > 1, worker processes encode and condition whole batches instead
+   (:mod:`rcond.parallel`), and the corpus is byte-identical.
    A text that recurs within a batch (the prompt a pair's two sides share, a templated prompt)
    is encoded once; tokenization is a pure function of the text, so its ids are simply reused.
    In the main thread a whole batch of parts becomes documents with a handful of vectorised
@@ -102,6 +104,7 @@ class PackOptions:
     seed: int = 0
     open_rows: int = 64
     encode_batch: int = 1000
+    workers: int = 1  # processes that encode and condition batches (rcond.parallel); 1 = this process
 
 
 @dataclass
@@ -173,15 +176,19 @@ def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBat
     encoding [P]: one tokenizer call per batch, and a text that recurs in the batch (the prompt
     shared by a pair's two sides, a templated prompt) is encoded once. Special-token strings in
     the texts are encoded as text (:func:`special_tokens_as_text`)."""
-    backend = tokenizer.backend_tokenizer
-    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     for b in batches:
-        index: dict[str, int] = {}
-        inverse = np.fromiter((index.setdefault(t, len(index)) for t in b.texts), dtype=np.int64,
-                              count=len(b.texts))                                     # [P]
         with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
-            encoded = encode(list(index), add_special_tokens=False)
+            encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer)
         yield b, encoded, inverse
+
+
+def encode_distinct(texts: list[str], backend) -> tuple[list, np.ndarray]:
+    """One call of the backend tokenizer on the distinct ``texts``: (their encodings, in order of
+    first appearance; per text, the index of its encoding [P])."""
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    index: dict[str, int] = {}
+    inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))  # [P]
+    return encode(list(index), add_special_tokens=False), inverse
 
 
 def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +207,21 @@ def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return offsets, uflat[np.repeat(ustart[inverse], lens) + within]
 
 
+def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
+                        workers: int = 1) -> Iterator[tuple[PartBatch, "Pool", int]]:
+    """Each part batch, in order, with its pool (markers numbered corpus-wide) and its content
+    tokens. One worker: read in one thread, encode in another, condition here; more: worker
+    processes encode and condition (:mod:`rcond.parallel`), with the same result."""
+    if workers > 1:
+        from .parallel import conditioned_in_workers
+
+        yield from conditioned_in_workers(batches, tokenizer, stream, workers)
+        return
+    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer)):
+        offsets, flat = flat_ids(encoded, inverse)
+        yield parts, stream.pool(parts, offsets, flat), len(flat)
+
+
 # ---------------------------------------------------------------------------- pass 1: condition and pack
 @dataclass
 class Pool:
@@ -214,9 +236,121 @@ class Pool:
     on: np.ndarray  # [D] bool: each document's mode after the unconditional draw
 
 
+@dataclass
+class Conditioned:
+    """One part batch conditioned by :func:`condition`, its markers numbered from 0."""
+
+    pool: Pool
+    tokens: int  # content tokens: the tokenizer's output for the batch's parts
+    marker_rtg: np.ndarray  # [m] float64 reward-to-go of each marker
+    marker_fixed: np.ndarray  # [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
+    truncated: int  # tokens --truncate cut away
+    cut_markers: np.ndarray  # [c] markers whose RTG token --truncate cut away
+
+
+def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
+              opts: PackOptions) -> Conditioned:
+    """Build the streams of every document in a part batch at once, then cut the long ones.
+    ``offsets`` [P+1] and ``flat`` [N]: the parts' token ids (:func:`flat_ids`); ``draws`` [D]:
+    one uniform draw per document, which keeps an ``on`` document ``on`` when it is at least
+    ``uncond_fraction``. A pure function of its arguments, so a worker process can run it.
+
+    A document is ``mode [rtg] part [rtg] part ... eos``: the mode token first, an RTG token
+    before each part that carries a reward (in ``on`` mode), ``eos`` last.
+    """
+    lens = np.diff(offsets)                                                         # [P]
+    trainable, rtg, fixed = parts.trainable, parts.rtg, parts.fixed                 # [P] each
+    starts, on = parts.doc_start, parts.on                                          # [P] each
+    P = len(lens)
+    doc_of = np.cumsum(starts) - 1                                                  # [P] document index
+    first = np.flatnonzero(starts)                                                  # [D] first part of each doc
+    last = np.append(first[1:], P) - 1                                              # [D] last part of each doc
+    doc_on = on[first] & (draws >= opts.uncond_fraction)                            # [D]
+    marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                       # [P] RTG token emitted
+    rtg_parts = np.flatnonzero(marker)                                              # [m]
+    part_marker = np.full(P, -1, dtype=np.int64)                                    # [P] marker index in the batch
+    part_marker[rtg_parts] = np.arange(len(rtg_parts))
+    # marker in force: the document's latest marker, or its first one before it
+    force = _marker_in_force(part_marker, marker, first, doc_of)                    # [P]
+    ins = starts.astype(np.int64) + marker                                          # [P] tokens before content
+    is_last = np.zeros(P, dtype=bool)
+    is_last[last] = True
+    out_len = ins + lens + is_last                                                  # [P]
+    out_start = np.zeros(P + 1, dtype=np.int64)
+    np.cumsum(out_len, out=out_start[1:])
+    T = int(out_start[-1])
+    w = (trainable | opts.train_on_prompt).astype(np.float32)                       # [P]
+    ids = np.empty(T, dtype=np.int32)
+    tw = np.zeros(T, dtype=np.float32)
+    mk = np.empty(T, dtype=np.int64)
+    dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
+    ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
+    mode_at = out_start[first]                                                      # [D]
+    ids[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT)
+    mk[mode_at] = force[first]
+    rtg_at = out_start[rtg_parts] + starts[rtg_parts]                               # [m]
+    ids[rtg_at], mk[rtg_at] = RTG_SLOT, part_marker[rtg_parts]
+    eos_at = out_start[last] + ins[last] + lens[last]
+    ids[eos_at], tw[eos_at], mk[eos_at] = eos_id, w[last], force[last]
+    doc_start = np.append(out_start[first], T)                                      # [D+1]
+    pool, truncated, cut_markers = _cut(Pool(ids, tw, mk, doc_start[:-1], np.diff(doc_start), doc_on), opts)
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, cut_markers)
+
+
+def _cut(pool: Pool, opts: PackOptions) -> tuple[Pool, int, np.ndarray]:
+    """Documents longer than block_size: truncate, or split so that each later piece re-opens
+    with ``mode [RTG in force]``; the extra pieces go to the end of the pool. Returns the pool,
+    the tokens truncated and the markers whose RTG token was truncated."""
+    B = opts.block_size
+    long = np.flatnonzero(pool.length > B)
+    none = np.zeros(0, dtype=np.int64)
+    if not len(long):
+        return pool, 0, none
+    length = np.minimum(pool.length, B)
+    if opts.truncate:
+        cut = pool.length[long] - B                                                   # [L] tokens dropped
+        at = np.repeat(pool.start[long] + B, cut) + _index_within_runs(cut)             # [C] positions cut
+        cut_markers = pool.marker[at[pool.ids[at] == RTG_SLOT]]                       # markers of cut RTG tokens
+        return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on), int(cut.sum()), cut_markers
+    at, T = [], len(pool.ids)
+    ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
+    for d in long.tolist():
+        a, b = int(pool.start[d]), int(pool.start[d] + pool.length[d])
+        for piece_ids, piece_tw, piece_mk in _split(pool.ids[a:b], pool.tw[a:b], pool.marker[a:b], bool(pool.on[d]), B):
+            at.append(d + 1)
+            starts.append(T)
+            lens.append(len(piece_ids))
+            T += len(piece_ids)
+            ids.append(piece_ids), tw.append(piece_tw), mk.append(piece_mk)
+    return (Pool(np.concatenate(ids), np.concatenate(tw), np.concatenate(mk),
+                 np.insert(pool.start, at, starts), np.insert(length, at, lens), pool.on), 0, none)
+
+
+def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
+    """The pieces after the first of a document longer than ``B``."""
+    start = B
+    while start < len(ids):
+        if on:
+            m = int(mk[start - 1])
+            prefix_ids, prefix_mk = [ids[0], RTG_SLOT], [m, m]
+            if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own
+                prefix_ids, prefix_mk = prefix_ids[:1], prefix_mk[:1]
+        else:
+            prefix_ids, prefix_mk = [ids[0]], [-1]
+        end = min(start + B - len(prefix_ids), len(ids))
+        yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
+               np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
+               np.concatenate([prefix_mk, mk[start:end]]).astype(np.int64))
+        start = end
+
+
 class ConditionedStream:
     """Part batches -> each document's control-token stream -> pieces of at most ``block_size``
-    (pass 1, with placeholders); then, once the scheme is fitted, placeholders -> ids and bins."""
+    (pass 1, with placeholders); then, once the scheme is fitted, placeholders -> ids and bins.
+
+    The stream owns what must follow record order: the seeded draws that make ``on`` documents
+    unconditional, and the corpus-wide numbering of markers. :func:`condition` does the rest, in
+    this process or in a worker (:func:`conditioned_batches`)."""
 
     def __init__(self, eos_id: int, opts: PackOptions):
         self.eos_id, self.opts = eos_id, opts
@@ -227,99 +361,25 @@ class ConditionedStream:
         self.truncated = 0
         self.cut_markers: list[np.ndarray] = []  # markers whose RTG token --truncate cut away
 
+    def draw(self, parts: PartBatch) -> np.ndarray:
+        """The next batch's draws [D], one per document, in record order."""
+        return self.rng.random(parts.records)
+
+    def adopt(self, c: Conditioned) -> Pool:
+        """Number a conditioned batch's markers after those of the batches before it; its pool."""
+        mk = c.pool.marker
+        np.add(mk, self.markers, out=mk, where=mk >= 0)
+        self.marker_rtg.append(c.marker_rtg)
+        self.marker_fixed.append(c.marker_fixed)
+        if len(c.cut_markers):
+            self.cut_markers.append(c.cut_markers + self.markers)
+        self.truncated += c.truncated
+        self.markers += len(c.marker_rtg)
+        return c.pool
+
     def pool(self, parts: PartBatch, offsets: np.ndarray, flat: np.ndarray) -> Pool:
-        """Build the streams of every document in a part batch at once, then cut the long ones.
-        ``offsets`` [P+1] and ``flat`` [N]: the parts' token ids (:func:`flat_ids`).
-
-        A document is ``mode [rtg] part [rtg] part ... eos``: the mode token first, an RTG token
-        before each part that carries a reward (in ``on`` mode), ``eos`` last.
-        """
-        lens = np.diff(offsets)                                                     # [P]
-        trainable, rtg, fixed = parts.trainable, parts.rtg, parts.fixed             # [P] each
-        starts, on = parts.doc_start, parts.on                                      # [P] each
-        P = len(lens)
-        doc_of = np.cumsum(starts) - 1                                              # [P] document index
-        first = np.flatnonzero(starts)                                              # [D] first part of each doc
-        D = len(first)
-        last = np.append(first[1:], P) - 1                                          # [D] last part of each doc
-        doc_on = on[first] & (self.rng.random(D) >= self.opts.uncond_fraction)      # [D]
-        marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                   # [P] RTG token emitted
-        rtg_parts = np.flatnonzero(marker)                                          # [m]
-        self.marker_rtg.append(rtg[rtg_parts])
-        self.marker_fixed.append(fixed[rtg_parts])
-        part_marker = np.full(P, -1, dtype=np.int64)                                # [P] global marker index
-        part_marker[rtg_parts] = self.markers + np.arange(len(rtg_parts))
-        self.markers += len(rtg_parts)
-        # marker in force: the document's latest marker, or its first one before it
-        force = _marker_in_force(part_marker, marker, first, doc_of)                # [P]
-        ins = starts.astype(np.int64) + marker                                      # [P] tokens before content
-        is_last = np.zeros(P, dtype=bool)
-        is_last[last] = True
-        out_len = ins + lens + is_last                                              # [P]
-        out_start = np.zeros(P + 1, dtype=np.int64)
-        np.cumsum(out_len, out=out_start[1:])
-        T = int(out_start[-1])
-        w = (trainable | self.opts.train_on_prompt).astype(np.float32)             # [P]
-        ids = np.empty(T, dtype=np.int32)
-        tw = np.zeros(T, dtype=np.float32)
-        mk = np.empty(T, dtype=np.int64)
-        dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
-        ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
-        mode_at = out_start[first]                                                  # [D]
-        ids[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT)
-        mk[mode_at] = force[first]
-        rtg_at = out_start[rtg_parts] + starts[rtg_parts]                           # [m]
-        ids[rtg_at], mk[rtg_at] = RTG_SLOT, part_marker[rtg_parts]
-        eos_at = out_start[last] + ins[last] + lens[last]
-        ids[eos_at], tw[eos_at], mk[eos_at] = self.eos_id, w[last], force[last]
-        doc_start = np.append(out_start[first], T)                                  # [D+1]
-        return self._cut(Pool(ids, tw, mk, doc_start[:-1], np.diff(doc_start), doc_on))
-
-    def _cut(self, pool: Pool) -> Pool:
-        """Documents longer than block_size: truncate, or split so that each later piece
-        re-opens with ``mode [RTG in force]``; the extra pieces go to the end of the pool."""
-        B = self.opts.block_size
-        long = np.flatnonzero(pool.length > B)
-        if not len(long):
-            return pool
-        length = np.minimum(pool.length, B)
-        if self.opts.truncate:
-            cut = pool.length[long] - B                                               # [L] tokens dropped
-            self.truncated += int(cut.sum())
-            at = np.repeat(pool.start[long] + B, cut) + _index_within_runs(cut)         # [C] positions cut
-            self.cut_markers.append(pool.marker[at[pool.ids[at] == RTG_SLOT]])        # markers of cut RTG tokens
-            return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on)
-        at, T = [], len(pool.ids)
-        ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
-        for d in long.tolist():
-            a, b = int(pool.start[d]), int(pool.start[d] + pool.length[d])
-            for piece_ids, piece_tw, piece_mk in self._split(pool.ids[a:b], pool.tw[a:b], pool.marker[a:b],
-                                                              bool(pool.on[d])):
-                at.append(d + 1)
-                starts.append(T)
-                lens.append(len(piece_ids))
-                T += len(piece_ids)
-                ids.append(piece_ids), tw.append(piece_tw), mk.append(piece_mk)
-        return Pool(np.concatenate(ids), np.concatenate(tw), np.concatenate(mk),
-                    np.insert(pool.start, at, starts), np.insert(length, at, lens), pool.on)
-
-    def _split(self, ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool):
-        """The pieces after the first of a document longer than block_size."""
-        B = self.opts.block_size
-        start = B
-        while start < len(ids):
-            if on:
-                m = int(mk[start - 1])
-                prefix_ids, prefix_mk = [ids[0], RTG_SLOT], [m, m]
-                if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own
-                    prefix_ids, prefix_mk = prefix_ids[:1], prefix_mk[:1]
-            else:
-                prefix_ids, prefix_mk = [ids[0]], [-1]
-            end = min(start + B - len(prefix_ids), len(ids))
-            yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
-                   np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
-                   np.concatenate([prefix_mk, mk[start:end]]).astype(np.int64))
-            start = end
+        """:func:`condition` and :meth:`adopt` a batch in this process."""
+        return self.adopt(condition(parts, offsets, flat, self.draw(parts), self.eos_id, self.opts))
 
     # ------------------------------------------------------------------ pass 2
     def bind(self, scheme: ControlScheme, tokenizer) -> None:
@@ -520,6 +580,8 @@ def check_options(opts: PackOptions) -> None:
         raise CorpusError(f"--uncond-fraction must be in [0, 1], got {opts.uncond_fraction}")
     if opts.seed < 0:  # numpy's generators take non-negative seeds only
         raise CorpusError(f"--seed must be a non-negative integer, got {opts.seed}")
+    if opts.workers < 1:
+        raise CorpusError(f"--workers must be at least 1, got {opts.workers}")
 
 
 def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
@@ -645,12 +707,10 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         with Spill(tmp / "packed.bin", B) as spill:
             packer = BestFitPacker(B, pad_id, opts.open_rows, ROWS_PER_TABLE, emit)
-            encoded_batches = prefetched(encodings(prefetched(reader.batches(opts.encode_batch)), tokenizer))
-            for parts, encoded, inverse in encoded_batches:
-                offsets, flat = flat_ids(encoded, inverse)
+            for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
+                                                           opts.workers):
                 values.append(parts.rtg[~np.isnan(parts.rtg)])
-                pool = stream.pool(parts, offsets, flat)
-                summary.content_tokens += len(flat) + len(pool.on)  # + one eos each
+                summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
                 summary.on_docs += int(np.count_nonzero(pool.on))
                 summary.pieces += len(pool.length)

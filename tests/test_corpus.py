@@ -168,6 +168,20 @@ def test_control_tokens_and_bins_resolved_after_packing(tmp_path):
     assert pieces > len(dialogs) and modes == pieces and rtg_tokens >= sum(scheme.counts) > 0
 
 
+def test_each_rtg_token_carries_its_own_records_bin_across_batches(tmp_path):
+    """Markers are numbered across batches: with batches of 3 records, every RTG token still takes
+    the bin of its own record's reward ("a" marks a negative reward, "b" a positive one)."""
+    rng = np.random.default_rng(3)
+    rewards = rng.normal(size=40)
+    docs = [{"response": "a" if r < 0 else "b", "reward": float(r)} for r in rewards]
+    rows, _, _ = make(tmp_path, "scored", docs, block_size=8, encode_batch=3)
+    ids = rows["input_ids"]
+    after_rtg = ids[:, 1:][np.isin(ids[:, :-1], [R0, R1])]         # the content token after each RTG token
+    rtg = ids[:, :-1][np.isin(ids[:, :-1], [R0, R1])]
+    assert len(rtg) == len(docs)
+    assert ((rtg == R0) == (after_rtg == 1)).all() and ((rtg == R1) == (after_rtg == 2)).all()
+
+
 def test_train_on_prompt(tmp_path):
     rows, _, _ = make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}], train_on_prompt=True)
     assert rows["loss_weight"][0][:4].tolist() == [0, 1, 1, 1]

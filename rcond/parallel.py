@@ -1,0 +1,91 @@
+"""Pass 1 of the corpus build in worker processes: encode and condition batches in parallel.
+
+In one process the build's Python-level work (turning encodings into id arrays, conditioning,
+packing) holds the GIL, so however many cores the tokenizer spreads over, that work runs one
+batch after another and bounds the build's speed. Here ``workers`` processes each take whole part
+batches: encode the distinct texts (:func:`rcond.corpus.encode_distinct`), flatten the ids and
+build the batch's documents and pieces (:func:`rcond.corpus.condition`). This process keeps only
+what must follow record order: it reads, draws each batch's unconditional draws from the seeded
+stream before sending it, numbers the returned markers corpus-wide (``ConditionedStream.adopt``)
+and packs. Batches come back in the order they went out, so the corpus is byte-identical to the
+one-process build with the same options.
+
+Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.corpus`
+preloaded: never a fork of this process, whose threads (reader, fingerprints) may hold locks.
+Starting them costs about half a second (mostly imports), so they pay off on corpora of millions
+of records, not on small ones. Each worker encodes on ``cores // workers`` threads; at most two
+batches per worker are in flight, so memory stays flat. A worker ignores Ctrl-C: the build stops
+it. A worker that dies (killed, out of memory) stops the build with a :class:`CorpusError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .corpus import (Conditioned, ConditionedStream, CorpusError, PackOptions, Pool, condition, encode_distinct,
+                     flat_ids, prefetched)
+from .sources import PartBatch
+
+IN_FLIGHT_PER_WORKER = 2
+_WORKER: dict = {}  # in a worker process: its tokenizer, eos id and options (set by _start_worker)
+
+
+def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:
+    """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
+    text (as :func:`rcond.corpus.special_tokens_as_text` does for the one-process build), on
+    ``threads`` threads; Ctrl-C is left to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first goes parallel
+    if threads == 1:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer_json)
+    backend.encode_special_tokens = True
+    _WORKER.update(backend=backend, eos_id=eos_id, opts=opts)
+
+
+def _condition_in_worker(parts: PartBatch, draws: np.ndarray) -> Conditioned:
+    encoded, inverse = encode_distinct(parts.texts, _WORKER["backend"])
+    offsets, flat = flat_ids(encoded, inverse)
+    return condition(parts, offsets, flat, draws, _WORKER["eos_id"], _WORKER["opts"])
+
+
+def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: ConditionedStream,
+                           workers: int) -> Iterator[tuple[PartBatch, Pool, int]]:
+    """Each part batch, in order, with its pool (markers numbered corpus-wide) and its content
+    tokens, conditioned by ``workers`` processes."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["rcond.corpus", "rcond.parallel"])  # imported once, in the server
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(tokenizer.backend_tokenizer.to_str(), stream.eos_id, stream.opts, threads))
+    pending: collections.deque = collections.deque()  # (parts, future), oldest first
+
+    def collect() -> tuple[PartBatch, Pool, int]:
+        parts, future = pending.popleft()
+        try:
+            c = future.result()
+        except BrokenProcessPool as e:
+            raise CorpusError(f"a worker process of the build died ({e}); try fewer --workers") from None
+        return parts, stream.adopt(c), c.tokens
+
+    try:
+        for parts in prefetched(batches):
+            pending.append((parts, pool.submit(_condition_in_worker, parts, stream.draw(parts))))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                yield collect()
+        while pending:
+            yield collect()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

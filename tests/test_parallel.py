@@ -1,0 +1,80 @@
+"""Worker processes (rcond.parallel) build the same corpus, byte for byte, as one process."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import WORDS, word_tokenizer, write_jsonl
+from rcond.corpus import CorpusError, PackOptions, build
+from rcond.sources import SourceError, SourceReader
+
+
+def words(rng, n):
+    return " ".join(rng.choice(WORDS[1:], size=n))
+
+
+def corpus_files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def build_both(tmp_path, fmt, rows, **kw):
+    """The corpus built in this process and with 3 workers: (files, summary) of each."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    got = []
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        opts = PackOptions(workers=workers, encode_batch=7, **kw)  # many small batches, several in flight at once
+        _, summary = build(SourceReader([str(src)], fmt), out, word_tokenizer(), binning="quantile", opts=opts,
+                           progress=False)
+        summary.seconds = 0.0
+        got.append((corpus_files(out), summary))
+    return got
+
+
+@pytest.mark.parametrize("kw", [dict(block_size=12, uncond_fraction=0.3, seed=5),  # long documents split
+                                dict(block_size=12, truncate=True),
+                                dict(block_size=64, train_on_prompt=True, open_rows=2)])
+def test_scored_records_give_the_same_corpus(tmp_path, kw):
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": words(rng, int(rng.integers(0, 6))), "response": words(rng, int(rng.integers(1, 20))),
+             "reward": float(rng.normal())} for _ in range(120)]
+    (one, s1), (three, s3) = build_both(tmp_path, "scored", rows, **kw)
+    assert one == three
+    assert s1 == s3
+
+
+def test_dialogs_give_the_same_corpus(tmp_path):
+    """Several markers per document, numbered across batches that different workers conditioned."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for _ in range(60):
+        turns = []
+        for t in range(int(rng.integers(1, 4))):
+            turns += [{"role": "user", "content": words(rng, int(rng.integers(1, 5)))},
+                      {"role": "assistant", "content": words(rng, int(rng.integers(1, 8))),
+                       "reward": float(rng.normal())}]
+        rows.append({"turns": turns})
+    (one, s1), (three, s3) = build_both(tmp_path, "dialog", rows, block_size=16, uncond_fraction=0.2)
+    assert one == three
+    assert s1 == s3
+    scheme = json.loads(three["scheme.json"])
+    assert sum(scheme["counts"]) > len(rows)  # more than one RTG token per dialog on average
+
+
+def test_bad_line_with_workers_names_it_and_leaves_nothing(tmp_path):
+    lines = [json.dumps({"response": "a b", "reward": i}) for i in range(30)]
+    lines[17] = '{"response": "a", "reward": '
+    src = write_jsonl(tmp_path / "in.jsonl", lines)
+    with pytest.raises(SourceError, match=rf"{src}:18: malformed JSON"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
+              opts=PackOptions(workers=2, encode_batch=4), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_must_be_positive(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}])
+    with pytest.raises(CorpusError, match="--workers must be at least 1, got 0"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(), opts=PackOptions(workers=0),
+              progress=False)
+    assert not (tmp_path / "out").exists()
