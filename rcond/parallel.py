@@ -67,9 +67,14 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["rcond.corpus", "rcond.parallel"])  # imported once, in the server
+    try:
+        tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker
+        raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
+                          "use --workers 1") from None
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                               initargs=(tokenizer.backend_tokenizer.to_str(), stream.eos_id, stream.opts, threads))
+                               initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first
 
     def collect() -> tuple[PartBatch, Pool, int]:

@@ -78,3 +78,19 @@ def test_workers_must_be_positive(tmp_path):
         build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(), opts=PackOptions(workers=0),
               progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_that_cannot_be_serialised_is_a_clear_error(tmp_path):
+    """A custom Python pre-tokenizer cannot reach a worker process: the build says so."""
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    class Spaces:
+        def pre_tokenize(self, pretok):
+            pretok.split(lambda i, s: s.split(" "))
+
+    tok = word_tokenizer()
+    tok.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(Spaces())
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a b", "reward": 1}])
+    with pytest.raises(CorpusError, match="cannot be serialised for worker processes.*--workers 1"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", tok, opts=PackOptions(workers=2), progress=False)
+    assert not (tmp_path / "out").exists()
