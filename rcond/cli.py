@@ -75,7 +75,7 @@ def add_preprocess(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the unconditional-fraction draw")
     p.add_argument("--workers", type=int, default=1,
                    help="processes that encode and condition batches (the corpus is the same for any number); "
-                        "starting them costs about half a second, so use them for large corpora on many cores")
+                        "starting them costs a few tenths of a second, so use them for large corpora on many cores")
     p.add_argument("--no-progress", action="store_true")
     for name in ("prompt", "response", "reward", "chosen", "rejected", "chosen_score", "rejected_score",
                  "turns", "text"):

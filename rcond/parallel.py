@@ -12,8 +12,8 @@ one-process build with the same options.
 
 Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.corpus`
 preloaded: never a fork of this process, whose threads (reader, fingerprints) may hold locks.
-Starting them costs about half a second (mostly imports), so they pay off on corpora of millions
-of records, not on small ones. Each worker encodes on ``cores // workers`` threads; at most two
+Starting them costs a few tenths of a second (mostly imports), so they pay off on large corpora,
+not on small ones (2 cores, 2 workers: slower at 20k reviews, faster at 80k). Each worker encodes on ``cores // workers`` threads; at most two
 batches per worker are in flight, so memory stays flat. A worker ignores Ctrl-C: the build stops
 it. A worker that dies (killed, out of memory) stops the build with a :class:`CorpusError`.
 """
