@@ -15,7 +15,7 @@ preloaded: never a fork of this process, whose threads (reader, fingerprints) ma
 with any spawned worker, each imports the calling script as ``__mp_main__``, so a script that
 builds with workers needs the ``if __name__ == "__main__":`` guard. Starting them costs a few
 tenths of a second (mostly imports), so they pay off on large corpora, not on small ones (2 cores,
-2 workers: slower at 20k reviews, faster at 80k). Each worker encodes on ``cores // workers``
+2 workers: slower at 20k reviews, on par at 80k). Each worker encodes on ``cores // workers``
 threads; at most two batches per worker are in flight, so memory stays flat. A worker ignores
 Ctrl-C: the build stops it. A worker that dies (killed, out of memory) stops the build with a
 :class:`CorpusError`.
