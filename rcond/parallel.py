@@ -16,9 +16,9 @@ with any spawned worker, each imports the calling script as ``__mp_main__``, so 
 builds with workers needs the ``if __name__ == "__main__":`` guard. Starting them costs a few
 tenths of a second (mostly imports), so they pay off on large corpora, not on small ones (2 cores,
 2 workers: slower at 20k reviews, on par at 80k). Each worker encodes on ``cores // workers``
-threads; at most two batches per worker are in flight, so memory stays flat. A worker ignores
-Ctrl-C: the build stops it. A worker that dies (killed, out of memory) stops the build with a
-:class:`CorpusError`.
+threads (the cores this process may run on); at most two batches per worker are in flight, so
+memory stays flat. A worker ignores Ctrl-C: the build stops it. A worker that dies (killed, out
+of memory) stops the build with a :class:`CorpusError`.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
     except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker
         raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
                           "use --workers 1") from None
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                               initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first
 
     def collect() -> tuple[PartBatch, Pool, int]:
@@ -90,10 +91,10 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
 
     try:
         for parts in prefetched(batches):
-            pending.append((parts, pool.submit(_condition_in_worker, parts, stream.draw(parts))))
+            pending.append((parts, executor.submit(_condition_in_worker, parts, stream.draw(parts))))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 yield collect()
         while pending:
             yield collect()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
