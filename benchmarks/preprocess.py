@@ -47,6 +47,16 @@ import time
 from pathlib import Path
 
 
+def clocks() -> tuple[float, float, float]:
+    """Wall time, this process's CPU time and the calling thread's CPU time, now."""
+    return time.perf_counter(), time.process_time(), time.thread_time()
+
+
+def timed_since(start: tuple[float, float, float]) -> dict:
+    """What a job reports of its time: seconds, cpu (all threads) and main_cpu since ``start``."""
+    return dict(zip(("seconds", "cpu", "main_cpu"), (now - then for now, then in zip(clocks(), start))))
+
+
 def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
     from rcond.corpus import collector_paused
     from rcond.modeling import load_tokenizer
@@ -59,12 +69,11 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
             texts.extend([r[k] for k in ("prompt", "response") if k in r])
     encode = tok.backend_tokenizer.encode_batch_fast
     with collector_paused() if paused else contextlib.nullcontext():
-        t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
+        start = clocks()
         tokens = 0
         for i in range(0, len(texts), 1000):
             tokens += sum(len(e.ids) for e in encode(texts[i:i + 1000], add_special_tokens=False))
-        return {"seconds": time.perf_counter() - t0, "tokens": tokens, "cpu": time.process_time() - c0,
-                "main_cpu": time.thread_time() - m0}
+        return {**timed_since(start), "tokens": tokens}
 
 
 def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1") -> dict:
@@ -75,12 +84,11 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
     from rcond.sources import SourceReader
 
     tok = load_tokenizer(tokenizer_dir)
-    t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
     opts = PackOptions(block_size=1024, workers=int(workers))
+    start = clocks()
     _, s = build(SourceReader([input_path], "scored"), out, tok, opts=opts, progress=False)
     # content_tokens counts the eos closing each document; the bare encoding has none
-    return {"seconds": time.perf_counter() - t0, "tokens": s.content_tokens - s.documents, "rows": s.rows,
-            "cpu": time.process_time() - c0, "main_cpu": time.thread_time() - m0}
+    return {**timed_since(start), "tokens": s.content_tokens - s.documents, "rows": s.rows}
 
 
 def distinct_share(path: str) -> float:

@@ -8,8 +8,9 @@ control-token ids, then the prompt encoded on its own with the backend tokenizer
     off:            <|rlhf:off|> prompt            -> response <eos>
 
 except for a model whose scheme comes from a dialog corpus (``scheme.options["format"] ==
-"dialog"``; a trained model keeps the scheme of the first corpus of its last stage): there the corpus puts each assistant turn's RTG token right before that turn, after
-the user's, so the prompt is the conversation so far and the RTG token follows it:
+"dialog"``; a trained model keeps the scheme of the first corpus of its last stage): there the
+corpus puts each assistant turn's RTG token right before that turn, after the user's, so the
+prompt is the conversation so far and the RTG token follows it:
 
     on,  level k:   <|rlhf:on|> prompt <|rtg:k|>   -> assistant turn <eos>
 
