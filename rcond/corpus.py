@@ -12,7 +12,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    With ``workers`` > 1, worker processes encode and condition whole batches instead
    (:mod:`rcond.parallel`), and the corpus is byte-identical.
    A text that recurs within a batch (the prompt a pair's two sides share, a templated prompt)
-   is encoded once; tokenization is a pure function of the text, so its ids are simply reused.
+   is encoded once, and its ids are kept for later batches too (:class:`RecurringTexts`,
+   bounded); tokenization is a pure function of the text, so its ids are simply reused.
    In the main thread a whole batch of parts becomes documents with a handful of vectorised
    numpy operations (a :class:`Pool`): the mode token first, in ``on`` mode an RTG token before
    every part that carries a reward-to-go (a *marker*), ``eos`` last; a seeded
@@ -171,30 +172,66 @@ def special_tokens_as_text(tokenizer) -> Iterator[None]:
         backend.encode_special_tokens = before
 
 
-def encodings(batches: Iterable[PartBatch], tokenizer) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
-    """Each PartBatch with the encodings of its *distinct* texts and, per text, the index of its
-    encoding [P]: one tokenizer call per batch, and a text that recurs in the batch (the prompt
-    shared by a pair's two sides, a templated prompt) is encoded once. Special-token strings in
-    the texts are encoded as text (:func:`special_tokens_as_text`)."""
+def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | None" = None,
+              ) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
+    """Each PartBatch with an entry per *distinct* text (its encoding, or its ids from ``cache``)
+    and, per text, the index of its entry [P]: one tokenizer call per batch, and a text that
+    recurs in the batch (the prompt shared by a pair's two sides, a templated prompt) is encoded
+    once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text
+    (:func:`special_tokens_as_text`)."""
     for b in batches:
         with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
-            encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer)
+            encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
         yield b, encoded, inverse
 
 
-def encode_distinct(texts: list[str], backend) -> tuple[list, np.ndarray]:
-    """One call of the backend tokenizer on the distinct ``texts``: (their encodings, in order of
-    first appearance; per text, the index of its encoding [P])."""
+class RecurringTexts:
+    """The token ids of texts that recurred within a batch, kept for the batches after it (a
+    templated prompt, a system prompt, the prompt of many scored responses): such a text is then
+    encoded about once per build instead of once per batch. Bounded, so memory stays flat: at most
+    ``max_tokens`` ids are held, and the oldest entries leave first. A cache belongs to one
+    tokenizer in one setting (a build's, with special-token strings read as text)."""
+
+    def __init__(self, max_tokens: int = 1 << 18):
+        self.ids: dict[str, list[int]] = {}  # text -> its ids, oldest first
+        self.tokens, self.max_tokens = 0, max_tokens
+
+    def keep(self, text: str, ids: list[int]) -> None:
+        if len(ids) > self.max_tokens or text in self.ids:
+            return
+        while self.tokens + len(ids) > self.max_tokens:
+            self.tokens -= len(self.ids.pop(next(iter(self.ids))))
+        self.ids[text] = ids
+        self.tokens += len(ids)
+
+
+def encode_distinct(texts: list[str], backend, cache: RecurringTexts | None = None) -> tuple[list, np.ndarray]:
+    """One call of the backend tokenizer on the distinct ``texts``: (per distinct text, in order of
+    first appearance, its encoding; per text, the index of its entry [P]). With a ``cache``, a text
+    found there is not sent and its entry is its ids (a list), and a text that occurs more than
+    once in ``texts`` joins the cache (its entry too becomes its ids)."""
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     index: dict[str, int] = {}
     inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))  # [P]
-    return encode(list(index), add_special_tokens=False), inverse
+    distinct = list(index)                                                            # [U]
+    if cache is None:
+        return encode(distinct, add_special_tokens=False), inverse
+    entries = [cache.ids.get(t) for t in distinct]                                    # [U] ids, or None: to encode
+    missing = [u for u, e in enumerate(entries) if e is None]
+    for u, e in zip(missing, encode([distinct[u] for u in missing], add_special_tokens=False)):
+        entries[u] = e
+    if len(distinct) < len(texts):
+        for u in np.flatnonzero(np.bincount(inverse, minlength=len(distinct)) > 1).tolist():
+            if type(entries[u]) is not list:
+                entries[u] = entries[u].ids
+                cache.keep(distinct[u], entries[u])
+    return entries, inverse
 
 
 def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Encodings of U distinct texts and the encoding of each of P texts [P] -> (offsets [P+1]
-    int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
-    ids = [e.ids for e in encoded]
+    """The entries of U distinct texts (encodings, or id lists) and the entry of each of P texts
+    [P] -> (offsets [P+1] int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
+    ids = [e if type(e) is list else e.ids for e in encoded]
     ulens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))               # [U]
     uflat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(ulens.sum()))
     lens = ulens[inverse]                                                             # [P]
@@ -217,7 +254,7 @@ def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "Condit
 
         yield from conditioned_in_workers(batches, tokenizer, stream, workers)
         return
-    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer)):
+    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts())):
         offsets, flat = flat_ids(encoded, inverse)
         yield parts, stream.pool(parts, offsets, flat), len(flat)
 

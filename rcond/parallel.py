@@ -3,11 +3,11 @@
 In one process the build's Python-level work (turning encodings into id arrays, conditioning,
 packing) holds the GIL, so however many cores the tokenizer spreads over, that work runs one
 batch after another and bounds the build's speed. Here ``workers`` processes each take whole part
-batches: encode the distinct texts (:func:`rcond.corpus.encode_distinct`), flatten the ids and
-build the batch's documents and pieces (:func:`rcond.corpus.condition`). This process keeps only
-what must follow record order: it reads, draws each batch's unconditional draws from the seeded
-stream before sending it, numbers the returned markers corpus-wide (``ConditionedStream.adopt``)
-and packs. Batches come back in the order they went out, so the corpus is byte-identical to the
+batches: encode the distinct texts (:func:`rcond.corpus.encode_distinct`, each worker with a cache
+of recurring texts of its own), flatten the ids and build the batch's documents and pieces
+(:func:`rcond.corpus.condition`). This process keeps only what must follow record order: it
+reads, draws each batch's unconditional draws from the seeded stream before sending it, numbers
+the returned markers corpus-wide (``ConditionedStream.adopt``) and packs. Batches come back in the order they went out, so the corpus is byte-identical to the
 one-process build with the same options.
 
 Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.corpus`
@@ -33,12 +33,12 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .corpus import (Conditioned, ConditionedStream, CorpusError, PackOptions, Pool, condition, encode_distinct,
-                     flat_ids, prefetched)
+from .corpus import (Conditioned, ConditionedStream, CorpusError, PackOptions, Pool, RecurringTexts, condition,
+                     encode_distinct, flat_ids, prefetched)
 from .sources import PartBatch
 
 IN_FLIGHT_PER_WORKER = 2
-_WORKER: dict = {}  # in a worker process: its tokenizer, eos id and options (set by _start_worker)
+_WORKER: dict = {}  # in a worker process: its tokenizer, cache, eos id and options (set by _start_worker)
 
 
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:
@@ -53,11 +53,11 @@ def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: 
 
     backend = Tokenizer.from_str(tokenizer_json)
     backend.encode_special_tokens = True
-    _WORKER.update(backend=backend, eos_id=eos_id, opts=opts)
+    _WORKER.update(backend=backend, cache=RecurringTexts(), eos_id=eos_id, opts=opts)
 
 
 def _condition_in_worker(parts: PartBatch, draws: np.ndarray) -> Conditioned:
-    encoded, inverse = encode_distinct(parts.texts, _WORKER["backend"])
+    encoded, inverse = encode_distinct(parts.texts, _WORKER["backend"], _WORKER["cache"])
     offsets, flat = flat_ids(encoded, inverse)
     return condition(parts, offsets, flat, draws, _WORKER["eos_id"], _WORKER["opts"])
 

@@ -364,6 +364,48 @@ def test_repeated_texts_encoded_once_with_the_same_ids():
     assert offsets.tolist() == [0, 2, 3] and flat.tolist() == [2, 1, 3]
 
 
+def test_a_text_that_recurs_in_a_batch_is_not_encoded_again_in_later_batches():
+    """encode_distinct with a RecurringTexts cache: only texts that occurred more than once in a
+    batch are kept, later batches do not send them to the tokenizer, and every text still gets
+    exactly the ids of its own one-text encoding."""
+    from rcond.corpus import RecurringTexts, encode_distinct, flat_ids
+
+    class Recording:  # the backend tokenizer, noting what it is asked to encode
+        def __init__(self, backend):
+            self.backend, self.sent = backend, []
+
+        def encode_batch_fast(self, texts, add_special_tokens):
+            self.sent.append(list(texts))
+            return self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+    tok = word_tokenizer()
+    backend, cache = Recording(tok.backend_tokenizer), RecurringTexts()
+    batches = [["e f", "a", "e f", "b"], ["e f", "c", "a", "c"], ["a", "c", "e f", "a b"]]
+    for texts in batches:
+        offsets, flat = flat_ids(*encode_distinct(texts, backend, cache))
+        want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+        assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
+    # "e f" recurred in batch 1, "c" in batch 2; "a" never recurred within a batch, so it is sent each time
+    assert backend.sent == [["e f", "a", "b"], ["c", "a"], ["a", "a b"]]
+    assert cache.ids == {"e f": [5, 6], "c": [3]} and cache.tokens == 3
+
+
+def test_recurring_texts_hold_at_most_max_tokens_oldest_out_first():
+    from rcond.corpus import RecurringTexts
+
+    cache = RecurringTexts(max_tokens=5)
+    cache.keep("x", [1, 2, 3])
+    cache.keep("y", [4, 5])
+    cache.keep("y", [4, 5])  # already kept: not counted twice
+    assert list(cache.ids) == ["x", "y"] and cache.tokens == 5
+    cache.keep("z", [6])  # no room: the oldest, "x", leaves
+    assert list(cache.ids) == ["y", "z"] and cache.tokens == 3
+    cache.keep("w", [7] * 6)  # longer than the whole budget: not kept, nothing evicted
+    assert list(cache.ids) == ["y", "z"] and cache.tokens == 3
+    cache.keep("v", [8, 9, 10])  # needs 3 of 2 free: "y" leaves
+    assert list(cache.ids) == ["z", "v"] and cache.tokens == 4
+
+
 def test_in_background_returns_or_raises():
     from rcond.corpus import in_background
 
