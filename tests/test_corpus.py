@@ -182,6 +182,20 @@ def test_each_rtg_token_carries_its_own_records_bin_across_batches(tmp_path):
     assert ((rtg == R0) == (after_rtg == 1)).all() and ((rtg == R1) == (after_rtg == 2)).all()
 
 
+def test_prompts_kept_from_earlier_batches_still_carry_their_own_ids(tmp_path):
+    """With batches of 3 records, "a b" recurs in the first batch and "c" in the third, so later
+    batches take their ids from the build's cache of recurring texts: every document still holds
+    exactly its own words' ids (a=1, b=2, ...), between its control prefix and its eos."""
+    prompts = ["a b", "a b", "c", "a b", "c", "d", "c", "c", "a b", "a b", "d", "e f"]
+    responses = ["h", "g h", "f", "e", "d e", "c", "b", "a", "g", "h h", "f g", "e"]
+    docs = [{"prompt": p, "response": r, "reward": 0.5 * i - 3} for i, (p, r) in enumerate(zip(prompts, responses))]
+    rows, _, s = make(tmp_path, "scored", docs, block_size=32, encode_batch=3)
+    got = sorted(tuple(ids[seg == k][2:-1].tolist())                # [on rtg ... eos] -> the content
+                 for ids, seg in zip(rows["input_ids"], rows["segment_ids"]) for k in range(seg.max() + 1))
+    want = sorted(tuple(" abcdefgh".index(w) for w in f"{p} {r}".split()) for p, r in zip(prompts, responses))
+    assert got == want and s.documents == len(docs)
+
+
 def test_train_on_prompt(tmp_path):
     rows, _, _ = make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}], train_on_prompt=True)
     assert rows["loss_weight"][0][:4].tolist() == [0, 1, 1, 1]
