@@ -4,7 +4,8 @@ Compared, on the same machine in one run, on toy-world reviews (``scored`` forma
 same reviews with their prompts removed (``no-dup``). The toy prompts are templated ("Review of
 X (backpack):"), so a batch repeats many of them, and rcond encodes a text that recurs within a
 batch only once, and keeps its ids for later batches; the ``no-dup`` corpus has no text twice, so
-it shows the pipeline without that help. The share of the text that rcond actually sends to the tokenizer is printed for each.
+it shows the pipeline without that help. The share of the text that rcond actually sends to the
+tokenizer is printed for each.
 
 - **bare**: the texts (prompt and response of every record) already in memory, encoded with the
   tokenizer's own batch call (``backend_tokenizer.encode_batch_fast``, batches of 1,000);

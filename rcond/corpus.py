@@ -240,8 +240,7 @@ def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if len(ids) == len(inverse):  # every text distinct, and encodings come in first-seen order
         return offsets, uflat
     ustart = np.cumsum(ulens) - ulens                                                 # [U]
-    within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lens)              # [N]
-    return offsets, uflat[np.repeat(ustart[inverse], lens) + within]
+    return offsets, uflat[np.repeat(ustart[inverse], lens) + _index_within_runs(lens)]  # [N]
 
 
 def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
@@ -532,7 +531,7 @@ class BestFitPacker:
             self.emit({k: v[:self.filled * self.B] for k, v in self.table.items()})
             self.filled = 0
 
-    def _place(self, done: list[list[tuple[int, int, int]]]) -> None:
+    def _place(self, done: list[list[int]]) -> None:
         """Rows into the table, as many as fit; a full table goes out and is refilled."""
         while done:
             room = self.table_rows - self.filled
