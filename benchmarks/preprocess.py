@@ -60,7 +60,7 @@ def timed_since(start: tuple[float, float, float]) -> dict:
 
 def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
     from rcond.corpus import collector_paused
-    from rcond.modeling import load_tokenizer
+    from rcond.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     texts = []
@@ -81,7 +81,7 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
     import datasets.arrow_writer  # noqa: F401  -- a one-off import cost (~0.9 s here), not throughput
 
     from rcond.corpus import PackOptions, build
-    from rcond.modeling import load_tokenizer
+    from rcond.tokenizer import load_tokenizer
     from rcond.sources import SourceReader
 
     tok = load_tokenizer(tokenizer_dir)
@@ -97,7 +97,7 @@ def sent_share(path: str, tokenizer_dir: str) -> float:
     per batch, the distinct texts not kept from earlier batches (:func:`rcond.corpus.encode_distinct`
     with a cache, as ``build`` runs it)."""
     from rcond.corpus import PackOptions, RecurringTexts, encode_distinct
-    from rcond.modeling import load_tokenizer
+    from rcond.tokenizer import load_tokenizer
     from rcond.sources import SourceReader
 
     class Counting:  # the backend tokenizer, counting the characters it is asked to encode

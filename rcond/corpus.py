@@ -151,7 +151,7 @@ def resolve_tokenizer(spec: str, reader: SourceReader):
         if vocab < 260:
             raise CorpusError(f"--tokenizer {spec!r}: a byte-level BPE needs a vocabulary of at least 260")
         return train_tokenizer(reader.texts(), vocab)
-    from .modeling import load_tokenizer
+    from .tokenizer import load_tokenizer
 
     return load_tokenizer(spec)
 
@@ -848,7 +848,7 @@ def _resolve_rows(spill: Spill, rows_path: Path, stream: ConditionedStream, bloc
 
 def _save_tokenizer(tokenizer, directory: Path) -> str:
     """``save_pretrained`` into ``directory``; returns the tokenizer's fingerprint."""
-    from .modeling import tokenizer_fingerprint
+    from .tokenizer import tokenizer_fingerprint
 
     tokenizer.save_pretrained(str(directory))
     return tokenizer_fingerprint(tokenizer)
@@ -885,7 +885,7 @@ class HashingWriter(io.RawIOBase):
 def load(directory: str | Path, *, verify: bool = True):
     """Open a corpus: returns ``(dataset, scheme, tokenizer)``; checks it is complete and unaltered."""
     from datasets import Dataset
-    from .modeling import load_tokenizer, tokenizer_fingerprint
+    from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
     d = Path(directory)
     if not d.is_dir():

@@ -31,8 +31,6 @@ Transformers 5.x facts relied on (read in the installed source, 5.23):
 - ``resize_token_embeddings(mean_resizing=True)`` samples new rows from a Gaussian with the old
   rows' mean and covariance (random); rcond resizes with ``mean_resizing=False`` and writes the
   exact mean of the existing rows.
-- ``AutoTokenizer`` ignores ``use_fast`` and always returns a Rust-backed tokenizer;
-  ``PreTrainedTokenizerFast`` is an alias of ``TokenizersBackend``.
 - ``from_pretrained`` defaults to ``dtype="auto"`` (the checkpoint's dtype, often bf16), so
   ``build_model`` asks for float32 master weights explicitly; ``save_pretrained`` always writes
   safetensors.
@@ -40,8 +38,6 @@ Transformers 5.x facts relied on (read in the installed source, 5.23):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -54,7 +50,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -63,6 +58,7 @@ from transformers import (
 from transformers.utils.generic import is_flash_attention_requested
 
 from rcond.atomic import as_created
+from rcond.tokenizer import load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
 # Llama-style presets (RoPE, RMSNorm, SwiGLU, tied input/output embeddings); the vocabulary
@@ -86,34 +82,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 class ModelDirError(OSError):
     """A saved rcond model directory is missing, incomplete or unreadable."""
-
-
-# ---------------------------------------------------------------------------- tokenizer
-def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
-    """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos."""
-    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
-    if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise TypeError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
-                        f"`tokenizers` backend (a tokenizer.json)")
-    if tokenizer.eos_token is None:
-        raise ValueError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
-                         f"Set `eos_token` in its tokenizer_config.json.")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """sha256 of the backend tokenizer's canonical JSON: vocabulary, merges, added tokens, pipeline.
-
-    The ``padding`` and ``truncation`` entries are left out: they are call-time state that the
-    tokenizer rewrites whenever it is called with ``padding=``/``truncation=``.
-    """
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    state.pop("padding", None)
-    state.pop("truncation", None)
-    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------- model

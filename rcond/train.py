@@ -41,8 +41,8 @@ import torch
 import torch.distributed as dist
 
 from .loss import packed_conditional_loss
-from .modeling import (PRESETS, build_model, load_tokenizer, output_head, packed_hidden, save_pretrained_atomic,
-                       tokenizer_fingerprint)
+from .modeling import PRESETS, build_model, output_head, packed_hidden, save_pretrained_atomic
+from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .tokens import ControlScheme
 
 STATE_FILE = "training_state.pt"

@@ -1,5 +1,5 @@
 """Tests of rcond.modeling: packed forward equivalence (and its failure modes), control-token
-mean init, output heads, flash-attention varlen boundaries, tokenizer fingerprint, save/load."""
+mean init, output heads, flash-attention varlen boundaries, save/load."""
 
 import json
 
@@ -30,14 +30,13 @@ from rcond.modeling import (
     document_starts,
     flash_varlen_kwargs,
     load_pretrained,
-    load_tokenizer,
     output_head,
     packed_hidden,
     packed_token_logprobs,
     preset_config,
     save_pretrained_atomic,
-    tokenizer_fingerprint,
 )
+from rcond.tokenizer import load_tokenizer, tokenizer_fingerprint
 from rcond.tokens import ControlScheme
 
 VOCAB_WORDS = [f"w{i}" for i in range(120)]
@@ -101,29 +100,6 @@ def _within_docs(logprobs, position_ids):
 def _logprobs_from_hidden(hidden, head, input_ids):
     logp = torch.log_softmax(head.logits(hidden[:, :-1]).float(), -1)             # [B, T-1, V]
     return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)                    # [B, T-1]
-
-
-# ---------------------------------------------------------------------------- tokenizer
-def test_load_tokenizer_pads_with_eos(tokenizer):
-    assert isinstance(tokenizer, PreTrainedTokenizerFast)
-    assert tokenizer.eos_token == "<|endoftext|>"
-    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.pad_token_id == 1
-
-
-def test_load_tokenizer_without_eos_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="no eos token"):
-        load_tokenizer(_write_tokenizer(tmp_path, eos=False))
-
-
-def test_fingerprint_survives_save_load_and_calls_but_not_a_new_token(tokenizer, tmp_path):
-    fp = tokenizer_fingerprint(tokenizer)
-    assert len(fp) == 64
-    tokenizer(["w1 w2", "w3"], padding="max_length", max_length=8, truncation=True)
-    assert tokenizer_fingerprint(tokenizer) == fp          # call-time padding/truncation state ignored
-    tokenizer.save_pretrained(tmp_path)
-    assert tokenizer_fingerprint(load_tokenizer(tmp_path)) == fp
-    tokenizer.add_special_tokens({"extra_special_tokens": ["<|new|>"]})
-    assert tokenizer_fingerprint(tokenizer) != fp
 
 
 # ---------------------------------------------------------------------------- presets
@@ -387,7 +363,7 @@ def test_load_pretrained_passes_trust_remote_code(model, tokenizer, scheme, tmp_
     real_model, real_tok = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
     monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_pretrained",
                         lambda *a, **kw: seen.append(("model", kw.get("trust_remote_code"))) or real_model(*a, **kw))
-    monkeypatch.setattr(modeling.AutoTokenizer, "from_pretrained",
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
                         lambda *a, **kw: seen.append(("tokenizer", kw.get("trust_remote_code"))) or real_tok(*a, **kw))
     load_pretrained(tmp_path / "m", trust_remote_code=True)
     load_pretrained(tmp_path / "m")

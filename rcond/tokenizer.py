@@ -1,0 +1,72 @@
+"""Tokenizers for rcond: load one (local directory or hub id) and fingerprint it, without torch.
+
+``rcond preprocess`` needs a tokenizer but no model. transformers' ``AutoTokenizer`` imports
+torch on its way to choosing a class (it reads the model config to learn the model type), which
+costs a command about 2–3 s before any work starts. A directory that holds a tokenizer alone,
+as rcond writes them (``tokenizer_config.json`` naming the generic Rust-backed class, no
+``auto_map``, no model ``config.json`` beside it), gets that generic class from every path
+through ``AutoTokenizer``, so it is loaded with that class directly. Everything else — hub ids,
+model directories, specialised tokenizer classes, remote code — goes through ``AutoTokenizer``.
+
+Transformers 5.x facts relied on (read in the installed source, 5.23): ``AutoTokenizer`` ignores
+``use_fast`` and always returns a Rust-backed tokenizer; ``PreTrainedTokenizerFast`` is an alias
+of ``TokenizersBackend``; for a directory without a model config it falls back to an empty
+config (no model type) and takes the class named in ``tokenizer_config.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast
+
+GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")  # what AutoTokenizer resolves them to: one class
+
+
+def _generic_tokenizer_dir(path: Path) -> bool:
+    """``path`` is a local directory holding only a tokenizer of the generic Rust-backed class."""
+    config_file = path / "tokenizer_config.json"
+    if not (path.is_dir() and config_file.is_file() and (path / "tokenizer.json").is_file()):
+        return False
+    if (path / "config.json").exists():  # a model directory: its model type may pick a specialised class
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # let AutoTokenizer report it
+    return isinstance(config, dict) and config.get("tokenizer_class") in GENERIC_CLASSES and "auto_map" not in config
+
+
+def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos."""
+    if _generic_tokenizer_dir(Path(path_or_id)):
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
+    else:
+        from transformers import AutoTokenizer  # imports torch
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast):
+        raise TypeError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
+                        f"`tokenizers` backend (a tokenizer.json)")
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
+                         f"Set `eos_token` in its tokenizer_config.json.")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """sha256 of the backend tokenizer's canonical JSON: vocabulary, merges, added tokens, pipeline.
+
+    The ``padding`` and ``truncation`` entries are left out: they are call-time state that the
+    tokenizer rewrites whenever it is called with ``padding=``/``truncation=``.
+    """
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("padding", None)
+    state.pop("truncation", None)
+    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -1,0 +1,101 @@
+"""Tests of rcond.tokenizer: loading (the direct path for a tokenizer directory must give what
+AutoTokenizer gives, and must not import torch), pad = eos, the fingerprint."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from conftest import word_tokenizer, write_jsonl
+from rcond.tokenizer import _generic_tokenizer_dir, load_tokenizer, tokenizer_fingerprint
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    word_tokenizer().save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def _edit_config(directory, drop=(), **changes):
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    for key in drop:
+        del config[key]
+    path.write_text(json.dumps(config))
+
+
+def test_load_tokenizer_pads_with_eos(tokenizer_dir):
+    _edit_config(tokenizer_dir, pad_token=None)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    assert isinstance(tokenizer, PreTrainedTokenizerFast)
+    assert tokenizer.eos_token == "<eos>"
+    assert tokenizer.pad_token == tokenizer.eos_token and tokenizer.pad_token_id == 0
+
+
+def test_load_tokenizer_without_eos_is_an_error(tokenizer_dir):
+    _edit_config(tokenizer_dir, eos_token=None)
+    with pytest.raises(ValueError, match="no eos token"):
+        load_tokenizer(tokenizer_dir)
+
+
+def test_fingerprint_survives_save_load_and_calls_but_not_a_new_token(tokenizer_dir, tmp_path):
+    tokenizer = load_tokenizer(tokenizer_dir)
+    fp = tokenizer_fingerprint(tokenizer)
+    assert len(fp) == 64
+    tokenizer(["a b", "c"], padding="max_length", max_length=8, truncation=True)
+    assert tokenizer_fingerprint(tokenizer) == fp          # call-time padding/truncation state ignored
+    tokenizer.save_pretrained(tmp_path / "again")
+    assert tokenizer_fingerprint(load_tokenizer(tmp_path / "again")) == fp
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|new|>"]})
+    assert tokenizer_fingerprint(tokenizer) != fp
+
+
+def test_the_direct_path_gives_what_autotokenizer_gives(tokenizer_dir):
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"extra_special_tokens": ["<|on|>", "<|rtg:0|>"]})
+    tokenizer.save_pretrained(tokenizer_dir)
+    assert _generic_tokenizer_dir(tokenizer_dir)
+    ours, theirs = load_tokenizer(tokenizer_dir), AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    assert type(ours) is type(theirs)
+    assert tokenizer_fingerprint(ours) == tokenizer_fingerprint(theirs)
+    assert (ours.eos_token_id, ours.pad_token_id, len(ours)) == (theirs.eos_token_id, theirs.pad_token_id, len(theirs))
+    assert ours.convert_tokens_to_ids(["<|on|>", "<|rtg:0|>"]) == theirs.convert_tokens_to_ids(["<|on|>", "<|rtg:0|>"])
+    text = "a b <|on|> c <|rtg:0|> h"
+    assert ours(text)["input_ids"] == theirs(text)["input_ids"] == [1, 2, 9, 3, 10, 8]
+
+
+def test_only_a_lone_tokenizer_of_the_generic_class_takes_the_direct_path(tokenizer_dir, tmp_path):
+    assert _generic_tokenizer_dir(tokenizer_dir)
+    _edit_config(tokenizer_dir, tokenizer_class="PreTrainedTokenizerFast")  # older saves name the alias
+    assert _generic_tokenizer_dir(tokenizer_dir)
+    _edit_config(tokenizer_dir, tokenizer_class="GPT2Tokenizer")           # a specialised class
+    assert not _generic_tokenizer_dir(tokenizer_dir)
+    _edit_config(tokenizer_dir, tokenizer_class="TokenizersBackend", auto_map={"AutoTokenizer": ["x.Y", None]})
+    assert not _generic_tokenizer_dir(tokenizer_dir)                        # remote code
+    _edit_config(tokenizer_dir, drop=["auto_map"])
+    assert _generic_tokenizer_dir(tokenizer_dir)
+    (tokenizer_dir / "config.json").write_text("{}")                         # a model directory
+    assert not _generic_tokenizer_dir(tokenizer_dir)
+    assert not _generic_tokenizer_dir(tmp_path / "absent")                   # a hub id, say
+    assert not _generic_tokenizer_dir(tmp_path)                              # no tokenizer files
+
+
+def test_preprocess_never_imports_torch(tokenizer_dir, tmp_path):
+    """``rcond preprocess`` with a trained tokenizer and with a tokenizer directory, in a fresh
+    interpreter: torch (2–3 s to import) must not be loaded."""
+    data = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"a b c {w} d"} for w in "efgh" * 20])
+    code = (
+        "import sys\nfrom rcond.cli import main\n"
+        f"assert main(['preprocess', {str(data)!r}, '--format', 'text', '--out', {str(tmp_path / 'c1')!r}, "
+        "'--tokenizer', 'train:300', '--no-progress']) == 0\n"
+        f"assert main(['preprocess', {str(data)!r}, '--format', 'text', '--out', {str(tmp_path / 'c2')!r}, "
+        f"'--tokenizer', {str(tokenizer_dir)!r}, '--no-progress']) == 0\n"
+        "from rcond.corpus import load\nload(" + repr(str(tmp_path / "c2")) + ")\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torch loaded: False" in out.stdout
