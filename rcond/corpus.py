@@ -83,12 +83,13 @@ ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
 PACKED_DTYPES = {"input_ids": np.int32, "position_ids": np.int32, "segment_ids": np.int32,
-                 "loss_weight": np.float32, "marker": np.int64}  # pass 1's rows: flat, [R * B] per table
+                 "loss_weight": np.float32, "marker": np.int32}  # pass 1's rows: flat, [R * B] per table
 PACKED_COLUMNS = tuple(PACKED_DTYPES)
 RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
 ROWS_PER_TABLE = 512  # rows written to the Arrow file at a time
 KEY_BITS = 40  # the packer's open rows are ints: free slots << KEY_BITS | row key (keys below 2**40)
 KEY_MASK = (1 << KEY_BITS) - 1
+MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
 Item = TypeVar("Item")
 
 
@@ -265,8 +266,8 @@ class Pool:
     ``[start[q], start[q] + length[q])`` of the flat columns."""
 
     ids: np.ndarray  # [T] int32; control tokens as RTG_SLOT / ON_SLOT / OFF_SLOT
-    tw: np.ndarray  # [T] float32 target weight of each token
-    marker: np.ndarray  # [T] int64 index of the marker in force (its bin comes in pass 2), -1 none
+    lw: np.ndarray  # [T] float32 loss weight: the target weight of the next token in its piece, 0 at a piece's end
+    marker: np.ndarray  # [T] int32 index of the marker in force (its bin comes in pass 2), -1 none
     start: np.ndarray  # [Q] int64
     length: np.ndarray  # [Q] int64
     on: np.ndarray  # [D] bool: each document's mode after the unconditional draw
@@ -304,7 +305,7 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     doc_on = on[first] & (draws >= opts.uncond_fraction)                            # [D]
     marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                       # [P] RTG token emitted
     rtg_parts = np.flatnonzero(marker)                                              # [m]
-    part_marker = np.full(P, -1, dtype=np.int64)                                    # [P] marker index in the batch
+    part_marker = np.full(P, -1, dtype=np.int32)                                    # [P] marker index in the batch
     part_marker[rtg_parts] = np.arange(len(rtg_parts))
     # marker in force: the document's latest marker, or its first one before it
     force = _marker_in_force(part_marker, marker, first, doc_of)                    # [P]
@@ -318,7 +319,7 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     w = (trainable | opts.train_on_prompt).astype(np.float32)                       # [P]
     ids = np.empty(T, dtype=np.int32)
     tw = np.zeros(T, dtype=np.float32)
-    mk = np.empty(T, dtype=np.int64)
+    mk = np.empty(T, dtype=np.int32)
     dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
     ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
     mode_at = out_start[first]                                                      # [D]
@@ -329,37 +330,52 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     eos_at = out_start[last] + ins[last] + lens[last]
     ids[eos_at], tw[eos_at], mk[eos_at] = eos_id, w[last], force[last]
     doc_start = np.append(out_start[first], T)                                      # [D+1]
-    pool, truncated, cut_markers = _cut(Pool(ids, tw, mk, doc_start[:-1], np.diff(doc_start), doc_on), opts)
+    (ids, tw, mk, start, length), truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1], np.diff(doc_start),
+                                                                 doc_on, opts)
+    pool = Pool(ids, _next_weights(tw, start, length), mk, start, length, doc_on)
     return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, cut_markers)
 
 
-def _cut(pool: Pool, opts: PackOptions) -> tuple[Pool, int, np.ndarray]:
-    """Documents longer than block_size: truncate, or split so that each later piece re-opens
-    with ``mode [RTG in force]``; the extra pieces go to the end of the pool. Returns the pool,
-    the tokens truncated and the markers whose RTG token was truncated."""
+def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Target weights [T] -> loss weights [T]: each token gets the target weight of the token
+    after it, and the last token of every piece gets 0 (a target never crosses a piece's end)."""
+    lw = np.empty_like(tw)
+    lw[:-1] = tw[1:]
+    if len(lw):
+        lw[-1] = 0
+    lw[start + length - 1] = 0
+    return lw
+
+
+def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, on: np.ndarray,
+         opts: PackOptions) -> tuple[tuple[np.ndarray, ...], int, np.ndarray]:
+    """Documents ([T] token columns, each document ``[start, start + length)``) longer than
+    block_size: truncate, or split so that each later piece re-opens with ``mode [RTG in force]``;
+    the extra pieces go to the end of the columns. Returns the pieces (ids, target weights,
+    markers, start, length), the tokens truncated, and the markers whose RTG token was truncated."""
     B = opts.block_size
-    long = np.flatnonzero(pool.length > B)
+    long = np.flatnonzero(length > B)
     none = np.zeros(0, dtype=np.int64)
     if not len(long):
-        return pool, 0, none
-    length = np.minimum(pool.length, B)
+        return (ids, tw, mk, start, length), 0, none
+    cut_length = np.minimum(length, B)
     if opts.truncate:
-        cut = pool.length[long] - B                                                   # [L] tokens dropped
-        at = np.repeat(pool.start[long] + B, cut) + _index_within_runs(cut)             # [C] positions cut
-        cut_markers = pool.marker[at[pool.ids[at] == RTG_SLOT]]                       # markers of cut RTG tokens
-        return Pool(pool.ids, pool.tw, pool.marker, pool.start, length, pool.on), int(cut.sum()), cut_markers
-    at, T = [], len(pool.ids)
-    ids, tw, mk, starts, lens = [pool.ids], [pool.tw], [pool.marker], [], []
+        cut = length[long] - B                                                        # [L] tokens dropped
+        at = np.repeat(start[long] + B, cut) + _index_within_runs(cut)                # [C] positions cut
+        cut_markers = mk[at[ids[at] == RTG_SLOT]].astype(np.int64)                    # markers of cut RTG tokens
+        return (ids, tw, mk, start, cut_length), int(cut.sum()), cut_markers
+    at, T = [], len(ids)
+    all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []
     for d in long.tolist():
-        a, b = int(pool.start[d]), int(pool.start[d] + pool.length[d])
-        for piece_ids, piece_tw, piece_mk in _split(pool.ids[a:b], pool.tw[a:b], pool.marker[a:b], bool(pool.on[d]), B):
+        a, b = int(start[d]), int(start[d] + length[d])
+        for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B):
             at.append(d + 1)
             starts.append(T)
             lens.append(len(piece_ids))
             T += len(piece_ids)
-            ids.append(piece_ids), tw.append(piece_tw), mk.append(piece_mk)
-    return (Pool(np.concatenate(ids), np.concatenate(tw), np.concatenate(mk),
-                 np.insert(pool.start, at, starts), np.insert(length, at, lens), pool.on), 0, none)
+            all_ids.append(piece_ids), all_tw.append(piece_tw), all_mk.append(piece_mk)
+    return ((np.concatenate(all_ids), np.concatenate(all_tw), np.concatenate(all_mk),
+             np.insert(start, at, starts), np.insert(cut_length, at, lens)), 0, none)
 
 
 def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
@@ -376,7 +392,7 @@ def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
         end = min(start + B - len(prefix_ids), len(ids))
         yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
                np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
-               np.concatenate([prefix_mk, mk[start:end]]).astype(np.int64))
+               np.concatenate([prefix_mk, mk[start:end]]).astype(np.int32))
         start = end
 
 
@@ -404,6 +420,8 @@ class ConditionedStream:
     def adopt(self, c: Conditioned) -> Pool:
         """Number a conditioned batch's markers after those of the batches before it; its pool."""
         mk = c.pool.marker
+        if self.markers + len(c.marker_rtg) > MAX_MARKERS:
+            raise CorpusError(f"more than {MAX_MARKERS:,} reward-to-go tokens in one corpus; split the input")
         np.add(mk, self.markers, out=mk, where=mk >= 0)
         self.marker_rtg.append(c.marker_rtg)
         self.marker_fixed.append(c.marker_fixed)
@@ -562,27 +580,22 @@ class BestFitPacker:
         seg = np.arange(len(piece)) - row_first[row]                                  # [M] segment within its row
         end = np.cumsum(length)                                                       # [M]
         offset = end - length - (end - length)[row_first][row]                        # [M] where it sits in the row
-        fill = np.bincount(row, weights=length, minlength=R).astype(np.int64)         # [R] tokens used
         ids, pos, seg_ids, lw, mk = (out[k] for k in PACKED_COLUMNS)                  # [R * B] each
-        ids.fill(self.pad_id)
-        np.subtract(np.arange(B, dtype=np.int32)[None, :], fill[:, None], out=pos.reshape(R, B),
-                    casting="unsafe")                                                 # padding runs from 0
-        seg_ids.fill(-1)
-        lw.fill(0)
-        mk.fill(-1)
         for p, sel in used:  # the tokens of each pool's pieces, gathered in one go
             pool = self.pools[p]
             n = length[sel]                                                           # [m]
             k = _index_within_runs(n)                                                 # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
             src = np.repeat(pool.start[piece[sel]], n) + k                            # [s] into the pool
-            ids[dst], mk[dst], pos[dst], seg_ids[dst] = pool.ids[src], pool.marker[src], k, np.repeat(seg[sel], n)
-            nxt = pool.tw[np.minimum(src + 1, len(pool.tw) - 1)]                       # [s] target weight of the next token
-            nxt[k == np.repeat(n - 1, n)] = 0                                          # no target across a piece end
-            lw[dst] = nxt
+            ids[dst], lw[dst], mk[dst], pos[dst], seg_ids[dst] = (pool.ids[src], pool.lw[src], pool.marker[src], k,
+                                                                   np.repeat(seg[sel], n))
             self.live[p] -= len(n)
             if not self.live[p]:
                 del self.pools[p], self.first[p], self.live[p]
+        pad = B - np.bincount(row, weights=length, minlength=R).astype(np.int64)     # [R] free slots per row
+        k = _index_within_runs(pad)                                                   # [f] index within the padding
+        dst = np.repeat(np.arange(R) * B + B - pad, pad) + k                          # [f] the padding slots
+        ids[dst], pos[dst], seg_ids[dst], lw[dst], mk[dst] = self.pad_id, k, -1, 0, -1  # padding runs from 0
 
 
 def _features(block_size: int):

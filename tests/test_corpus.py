@@ -182,6 +182,23 @@ def test_each_rtg_token_carries_its_own_records_bin_across_batches(tmp_path):
     assert ((rtg == R0) == (after_rtg == 1)).all() and ((rtg == R1) == (after_rtg == 2)).all()
 
 
+def test_markers_beyond_int32_are_an_error_not_a_wrap(tmp_path):
+    """Markers are numbered corpus-wide in int32: a batch that would pass the limit stops the
+    build with an error instead of wrapping round to other records' bins."""
+    from rcond.corpus import MAX_MARKERS, ConditionedStream, condition, encode_distinct, flat_ids
+
+    src = write_jsonl(tmp_path / "s.jsonl", [{"response": "a", "reward": 1.0}, {"response": "b", "reward": 2.0}])
+    parts = next(SourceReader([str(src)], "scored").batches(10))
+    offsets, flat = flat_ids(*encode_distinct(parts.texts, word_tokenizer().backend_tokenizer))
+    opts = PackOptions(block_size=16, uncond_fraction=0.0)
+    stream = ConditionedStream(0, opts)
+    stream.markers = MAX_MARKERS - 2
+    stream.adopt(condition(parts, offsets, flat, stream.draw(parts), 0, opts))       # exactly at the limit
+    assert stream.markers == MAX_MARKERS
+    with pytest.raises(CorpusError, match="reward-to-go tokens in one corpus"):
+        stream.adopt(condition(parts, offsets, flat, stream.draw(parts), 0, opts))
+
+
 def test_prompts_kept_from_earlier_batches_still_carry_their_own_ids(tmp_path):
     """With batches of 3 records, "a b" recurs in the first batch and "c" in the third, so later
     batches take their ids from the build's cache of recurring texts: every document still holds
@@ -289,7 +306,7 @@ def reference_best_fit(lengths, block_size, open_rows):
 def test_packer_matches_reference_across_pools():
     """Pieces of many pools, few open rows (so rows hold pieces of older pools), after an empty
     pool: every row equals the one built by hand from the reference placement."""
-    from rcond.corpus import BestFitPacker, Pool
+    from rcond.corpus import BestFitPacker, Pool, _next_weights
 
     rng = np.random.default_rng(0)
     B, pools, lengths = 16, [], []
@@ -297,14 +314,16 @@ def test_packer_matches_reference_across_pools():
     packer = BestFitPacker(B, pad_id=0, open_rows=3, table_rows=4,
                            emit=lambda t: emitted.append({k: v.copy() for k, v in t.items()}))
     empty = np.zeros(0, np.int64)
-    packer.add(Pool(empty.astype(np.int32), empty.astype(np.float32), empty, empty, empty, empty.astype(bool)))
+    packer.add(Pool(empty.astype(np.int32), empty.astype(np.float32), empty.astype(np.int32), empty, empty,
+                    empty.astype(bool)))
     for _ in range(6):
         n = rng.integers(1, B + 1, size=int(rng.integers(1, 9)))
         start = np.concatenate([[0], np.cumsum(n)[:-1]])
         T = int(n.sum())
-        pool = Pool(rng.integers(1, 1000, T).astype(np.int32), rng.random(T).astype(np.float32),
-                    rng.integers(-1, 5, T).astype(np.int64), start, n, np.ones(len(n), bool))
-        pools += [(pool, q) for q in range(len(n))]
+        tw = rng.random(T).astype(np.float32)  # target weights; the pool holds them shifted to loss weights
+        pool = Pool(rng.integers(1, 1000, T).astype(np.int32), _next_weights(tw, start, n),
+                    rng.integers(-1, 5, T).astype(np.int32), start, n, np.ones(len(n), bool))
+        pools += [(pool, tw, q) for q in range(len(n))]
         lengths += n.tolist()
         packer.add(pool)
     packer.flush()
@@ -316,12 +335,12 @@ def test_packer_matches_reference_across_pools():
     for r, pieces in enumerate(want):
         ids, pos, seg, lw, markers = [], [], [], [], []
         for s, g in enumerate(pieces):
-            pool, q = pools[g]
+            pool, tw, q = pools[g]
             a, n = int(pool.start[q]), int(pool.length[q])
             ids += pool.ids[a:a + n].tolist()
             pos += list(range(n))
             seg += [s] * n
-            lw += pool.tw[a + 1:a + n].tolist() + [0.0]
+            lw += tw[a + 1:a + n].tolist() + [0.0]
             markers += pool.marker[a:a + n].tolist()
         pad = B - len(ids)
         assert got["input_ids"][r].tolist() == ids + [0] * pad
