@@ -323,10 +323,12 @@ def fingerprint(spec: str) -> str:
 
 # ---------------------------------------------------------------------------- field access
 def _field(row: dict, name: str, origin: str, *, optional: bool = False):
-    if name in row and row[name] is not None:
-        return row[name]
-    if optional:
-        return None
+    """``row[name]``; an absent or null field is None when ``optional``, else an error that says which."""
+    value = row.get(name)
+    if value is not None or optional:
+        return value
+    if name in row:  # JSON null, or an empty cell of a CSV / Parquet column
+        raise SourceError(f"{origin}: field {name!r} is null; expected a value")
     raise SourceError(f"{origin}: missing field {name!r}; fields present: {sorted(row)}")
 
 

@@ -167,7 +167,7 @@ def test_invalid_utf8_names_the_line(tmp_path):
 
 def test_non_ascii_response_field_present_but_null_declines():
     """`--response-field réponse`: the key may be written raw (UTF-8) or escaped; either way a
-    null there is the line path's "missing field", never a silent fall back to `text`."""
+    null there goes to the line path (an error: the field is null), never a silent fall back to `text`."""
     fields = FieldNames(response="r\u00e9ponse")
     raw = '{"r\u00e9ponse": null, "text": "t", "reward": 1}'                # the key as UTF-8 bytes
     escaped = json.dumps({"r\u00e9ponse": None, "text": "t", "reward": 1})  # the key as \\u00e9

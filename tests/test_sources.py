@@ -70,6 +70,19 @@ def test_missing_field_names_field_and_present(tmp_path):
         read(tmp_path, "scored", [{"prompt": "p", "response": "r"}])
 
 
+def test_null_field_is_called_null_not_missing(tmp_path):
+    """A field that is there but null (JSON null, an empty CSV cell) is named as null, by the
+    line-by-line path and the columnar batch path alike."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"response": "ok", "reward": 1}\n{"response": "r", "reward": null}\n')
+    csv = tmp_path / "in.csv"
+    csv.write_text("response,reward\nok,1\nr,\n")
+    for p in (path, csv):
+        for read_all in (list, lambda r: list(r.batches())):
+            with pytest.raises(SourceError, match=rf"{p}:(row )?\d+: field 'reward' is null; expected a value"):
+                read_all(SourceReader([str(p)], "scored"))
+
+
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
 def test_bad_reward_names_record(tmp_path, bad):
     path = tmp_path / "in.jsonl"
