@@ -20,15 +20,16 @@ EXIT_INTERRUPTED = 130
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .atomic import OutputExistsError
     from .corpus import CorpusError
-    from .modeling import ModelDirError
+    from .modeling import ModelDirError, ModelSpecError
     from .scorers import ScorerError
     from .sources import SourceError
     from .sample import SampleError
+    from .tokenizer import TokenizerError
     from .tokens import SchemeError
     from .train import TrainError
 
     return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError,
-            SampleError)
+            SampleError, TokenizerError, ModelSpecError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -344,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; no output was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _user_errors() as e:
+        from .sources import RecordError
+
         hint = ""
-        if getattr(args, "on_error", None) == "fail" and type(e).__name__ == "SourceError":
+        if getattr(args, "on_error", None) == "fail" and isinstance(e, RecordError):
             hint = "\n(to skip bad records and report them instead, pass --on-error skip)"
         print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT

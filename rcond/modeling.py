@@ -84,6 +84,11 @@ class ModelDirError(OSError):
     """A saved rcond model directory is missing, incomplete or unreadable."""
 
 
+class ModelSpecError(ValueError):
+    """A model path or hub id to start from that transformers cannot load, or whose context is
+    shorter than the rows it would be fed."""
+
+
 # ---------------------------------------------------------------------------- model
 def preset_config(name: str, tokenizer: PreTrainedTokenizerFast, **overrides) -> LlamaConfig:
     """The ``LlamaConfig`` of a preset, sized to ``tokenizer`` and carrying its special-token ids."""
@@ -125,13 +130,19 @@ def build_model(
             model = LlamaForCausalLM(config)
         model.to(dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec, use_safetensors=True, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                spec, use_safetensors=True, dtype=dtype, attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:  # no such path or id, no model config or weights in it, no network
+            why = " ".join(str(e).split())
+            raise ModelSpecError(f"{spec}: cannot load a causal LM from it ({type(e).__name__}: {why}); expected a "
+                                 f"preset ({', '.join(PRESETS)}), a model directory with config.json and "
+                                 f"safetensors weights, or a hub id") from e
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if max_position_embeddings is not None and limit is not None and max_position_embeddings > limit:
-            raise ValueError(f"{spec}: rows of {max_position_embeddings} tokens exceed the model's "
-                             f"max_position_embeddings={limit}; lower --block-size")
+            raise ModelSpecError(f"{spec}: rows of {max_position_embeddings} tokens exceed the model's "
+                                 f"max_position_embeddings={limit}; lower --block-size")
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config is not None and model.generation_config.pad_token_id is None:

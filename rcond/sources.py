@@ -57,6 +57,12 @@ class SourceError(ValueError):
     """Bad input: the message names the file, the line or row, and what was expected."""
 
 
+class RecordError(SourceError):
+    """Bad input confined to one record (a malformed line, a missing field, a bad reward): what
+    ``on_error="skip"`` skips. Errors that are not about one record (no such file, a scorer that
+    breaks a whole batch) stay plain :class:`SourceError`."""
+
+
 @dataclass
 class Part:
     text: str
@@ -246,7 +252,7 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
                 continue
             msg = f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
         if on_bad_line is None:
-            raise SourceError(msg)
+            raise RecordError(msg)
         on_bad_line(msg)
 
 
@@ -531,7 +537,7 @@ class SourceReader:
                 yield from self._convert(origin, row)
             except SourceError as e:
                 if self.on_error == "fail":
-                    raise
+                    raise RecordError(str(e)) from None
                 self.skipped.add(str(e))
 
     def _scorer(self, score: bool):
@@ -610,7 +616,7 @@ class SourceReader:
             if bad:
                 msg = f"{rec.origin}: scorer returned a non-finite reward {bad[0]!r}"
                 if self.on_error == "fail":
-                    raise SourceError(msg)
+                    raise RecordError(msg)
                 self.skipped.add(msg)
                 continue
             apply_scores(rec, chunk, self.gamma)

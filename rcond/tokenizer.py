@@ -26,6 +26,11 @@ from transformers import PreTrainedTokenizerFast
 GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")  # what AutoTokenizer resolves them to: one class
 
 
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be loaded or used: no such directory or hub id, an unreadable file, no
+    Rust backend, no eos token. The message names the path or id."""
+
+
 def _generic_tokenizer_dir(path: Path) -> bool:
     """``path`` is a local directory holding only a tokenizer of the generic Rust-backed class."""
     config_file = path / "tokenizer_config.json"
@@ -41,22 +46,41 @@ def _generic_tokenizer_dir(path: Path) -> bool:
 
 
 def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
-    """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos."""
-    if _generic_tokenizer_dir(Path(path_or_id)):
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
-    else:
-        from transformers import AutoTokenizer  # imports torch
+    """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos.
+    Raises :class:`TokenizerError` when it cannot."""
+    try:
+        if _generic_tokenizer_dir(Path(path_or_id)):
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
+        else:
+            from transformers import AutoTokenizer  # imports torch
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # transformers: OSError for a bad path, id or download; ValueError for a bad file
+        raise TokenizerError(_cannot_load(str(path_or_id), e)) from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
-        raise TypeError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
-                        f"`tokenizers` backend (a tokenizer.json)")
+        raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
+                             f"`tokenizers` backend (a tokenizer.json)")
     if tokenizer.eos_token is None:
-        raise ValueError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
-                         f"Set `eos_token` in its tokenizer_config.json.")
+        raise TokenizerError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
+                             f"Set `eos_token` in its tokenizer_config.json.")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _cannot_load(spec: str, e: Exception) -> str:
+    """Why ``spec`` gave no tokenizer, in words: a local directory that holds none (or a broken
+    one), a local path that does not exist, or a hub id that could not be fetched."""
+    why = " ".join(str(e).split())
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return (f"{spec}: cannot load a tokenizer from this directory ({type(e).__name__}: {why}); expected "
+                f"tokenizer.json and tokenizer_config.json as save_pretrained writes them")
+    if path.exists():
+        return f"{spec}: is a file; give the directory that holds tokenizer.json and tokenizer_config.json"
+    if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+        return f"{spec}: no such directory (and not a hub id of the form 'name' or 'owner/name')"
+    return f"{spec}: not a local directory, and loading it as a hub id failed: {why}"
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:

@@ -52,6 +52,22 @@ def test_block_size_too_small(tmp_path, capsys):
     assert "smaller than a control prefix" in capsys.readouterr().err
 
 
+def test_skip_is_suggested_only_where_it_would_help(tmp_path, capsys):
+    """A missing input file is not a bad record: --on-error skip would not get past it."""
+    missing = tmp_path / "nope.jsonl"
+    assert main(["preprocess", str(missing), "--format", "scored", "--out", str(tmp_path / "c"),
+                 "--tokenizer", "train:300", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file or directory" in err and "--on-error" not in err
+
+
+def test_a_tokenizer_that_cannot_be_loaded_is_exit_2_without_traceback(tmp_path, capsys):
+    assert preprocess(tmp_path, [{"response": "a", "reward": 1}], "--tokenizer", str(tmp_path / "no_tok")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'no_tok'}: no such directory") and "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
 def test_overwrite(tmp_path, capsys):
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     assert preprocess(tmp_path, rows) == 0

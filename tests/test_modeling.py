@@ -23,6 +23,7 @@ from transformers.masking_utils import find_packed_sequence_indices
 
 from rcond.modeling import (
     ModelDirError,
+    ModelSpecError,
     OutputHead,
     add_control_tokens,
     build_model,
@@ -132,8 +133,15 @@ def test_pretrained_path_loads_and_checks_context_length(model, tokenizer, schem
     loaded = build_model(str(tmp_path / "m"), tokenizer, scheme)
     assert loaded.dtype == torch.float32
     assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+    with pytest.raises(ModelSpecError, match="max_position_embeddings"):
         build_model(str(tmp_path / "m"), tokenizer, max_position_embeddings=10**6)
+
+
+def test_a_model_that_cannot_be_loaded_says_why(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tokenizer_only")
+    for spec in (tmp_path / "tokenizer_only", tmp_path / "nothing_here"):
+        with pytest.raises(ModelSpecError, match=f"^{spec}: cannot load a causal LM from it .*expected a preset"):
+            build_model(str(spec), tokenizer)
 
 
 # ---------------------------------------------------------------------------- control tokens

@@ -2,6 +2,7 @@
 AutoTokenizer gives, and must not import torch), pad = eos, the fingerprint."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from conftest import word_tokenizer, write_jsonl
-from rcond.tokenizer import _generic_tokenizer_dir, load_tokenizer, tokenizer_fingerprint
+from rcond.tokenizer import TokenizerError, _generic_tokenizer_dir, load_tokenizer, tokenizer_fingerprint
 
 
 @pytest.fixture
@@ -39,6 +40,30 @@ def test_load_tokenizer_without_eos_is_an_error(tokenizer_dir):
     _edit_config(tokenizer_dir, eos_token=None)
     with pytest.raises(ValueError, match="no eos token"):
         load_tokenizer(tokenizer_dir)
+
+
+def test_a_tokenizer_that_cannot_be_loaded_says_why(tokenizer_dir, tmp_path, monkeypatch):
+    """No traceback from deep in transformers: the error names the path or id and what is wrong."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.json").write_text("{}")
+    broken = tmp_path / "broken"
+    shutil.copytree(tokenizer_dir, broken)
+    (broken / "tokenizer.json").write_text("not json")
+    cases = {tmp_path / "nope": "no such directory",
+             tmp_path / "empty": "cannot load a tokenizer from this directory .*expected tokenizer.json",
+             broken: "cannot load a tokenizer from this directory",
+             tmp_path / "file.json": "is a file; give the directory"}
+    for spec, why in cases.items():
+        with pytest.raises(TokenizerError, match=f"^{spec}: {why}"):
+            load_tokenizer(spec)
+
+    def unreachable(*args, **kwargs):  # what transformers raises for a hub id with no network (none is used here)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.raises(TokenizerError, match="^some-org/some-tokenizer: not a local directory, and loading it as a "
+                                             "hub id failed: We couldn't connect"):
+        load_tokenizer("some-org/some-tokenizer")
 
 
 def test_fingerprint_survives_save_load_and_calls_but_not_a_new_token(tokenizer_dir, tmp_path):
