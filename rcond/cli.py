@@ -26,10 +26,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .sample import SampleError
     from .tokenizer import TokenizerError
     from .tokens import SchemeError
+    from .toyworld import ToyWorldError
     from .train import TrainError
 
     return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError,
-            SampleError, TokenizerError, ModelSpecError)
+            SampleError, TokenizerError, ModelSpecError, ToyWorldError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from rcond.atomic import atomic_dir
+from rcond.atomic import OutputExistsError, atomic_dir
 from rcond.scorers import get_scorer
 
 GENERATOR_VERSION = 1
@@ -709,19 +709,23 @@ def _scored(make: Callable[[], dict], n: int, texts_of: Callable[[dict], list[st
         bar.update(len(recs))
 
 
+class ToyWorldError(ValueError):
+    """Generator settings that cannot work (a negative count or seed)."""
+
+
 def _check_counts(**counts: int) -> None:
     for name, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+            raise ToyWorldError(f"{name} must be a non-negative integer, got {n!r}")
 
 
 def _prepare_target(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"toyworld output {str(out)!r} exists and is not a directory")
+        raise OutputExistsError(f"toyworld output {str(out)!r} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"toyworld output directory {str(out)!r} already exists and is not empty; "
-            f"choose another directory or pass overwrite=True"
+            f"choose another directory or pass --overwrite (overwrite=True)"
         )
 
 

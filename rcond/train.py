@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .loss import packed_conditional_loss
+from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .tokens import ControlScheme
@@ -75,8 +75,8 @@ class Stage:
         if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
             raise TrainError(f"{where}: mixture weights {self.weights} must be non-negative and sum to a "
                              f"positive number")
-        if self.steps < 1:
-            raise TrainError(f"{where}: steps must be >= 1, got {self.steps}")
+        if not _is_int(self.steps) or self.steps < 1:
+            raise TrainError(f"{where}: steps must be an integer >= 1, got {self.steps!r}")
 
 
 @dataclass
@@ -98,6 +98,28 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0 = only at the end or on interrupt
     trust_remote_code: bool = False
 
+    def __post_init__(self) -> None:
+        """Reject settings that cannot train before anything is built, naming the setting."""
+        checks = (  # (settings, test of a value, what it must be)
+            (("batch_size", "grad_accum"), lambda v: _is_int(v) and v >= 1, "an integer of at least 1"),
+            (("warmup", "save_every", "seed"), lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+            (("lr",), lambda v: math.isfinite(v) and v > 0, "a positive number"),
+            (("min_lr_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
+            (("weight_decay",), lambda v: math.isfinite(v) and v >= 0, "a non-negative number"),
+            (("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)"),
+            (("clip",), lambda v: v > 0, "a positive number (inf: no clipping)"),
+            (("loss",), lambda v: v in LOSS_IMPLS, f"one of {', '.join(LOSS_IMPLS)}"),
+        )
+        for names, ok, what in checks:
+            for name in names:
+                value = getattr(self, name)
+                try:
+                    good = not isinstance(value, bool) and ok(value)
+                except TypeError:  # e.g. a string from a stages file
+                    good = False
+                if not good:
+                    raise TrainError(f"{name} must be {what}, got {value!r}")
+
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
@@ -113,6 +135,10 @@ class TrainConfig:
 
 
 TRAIN_KEYS = {f for f in TrainConfig.__dataclass_fields__ if f != "stages"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:

@@ -68,6 +68,18 @@ def test_a_tokenizer_that_cannot_be_loaded_is_exit_2_without_traceback(tmp_path,
     assert not (tmp_path / "c").exists()
 
 
+def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    assert main(["toyworld", "--out", str(tmp_path / "full"), "--reviews", "3", "--no-progress"]) == 2
+    assert "already exists and is not empty; choose another directory or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    assert main(["toyworld", "--out", str(tmp_path / "neg"), "--reviews", "-5", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "n_reviews must be a non-negative integer, got -5" in err and "Traceback" not in err
+    assert not (tmp_path / "neg").exists()
+
+
 def test_overwrite(tmp_path, capsys):
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     assert preprocess(tmp_path, rows) == 0
@@ -120,7 +132,9 @@ def test_help_has_examples():
 @pytest.mark.parametrize("args,message", [
     (["--resume", "--weights", "0.3", "0.7"], "drop --weights"),
     (["--resume", "--steps", "0"], "drop --steps"),
-    (["--corpus", "c", "--steps", "0"], "steps must be >= 1, got 0"),
+    (["--corpus", "c", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--corpus", "c", "--lr", "-1"], "lr must be a positive number, got -1.0"),
+    (["--corpus", "c", "--batch-size", "0"], "batch_size must be an integer of at least 1, got 0"),
 ])
 def test_train_flags_are_not_dropped(tmp_path, capsys, args, message):
     """A flag `rcond train` would not use is refused before anything runs (exit 2, nothing written)."""

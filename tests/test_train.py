@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,24 @@ def cfg_for(corpus, steps=8, **kw):
     base = dict(model="tiny", batch_size=4, warmup=2, lr=3e-3, seed=0, device="cpu")
     base.update(kw)
     return TrainConfig(stages=[Stage(corpora=[str(corpus)], steps=steps, name="s")], **base)
+
+
+@pytest.mark.parametrize("setting,value,what", [
+    ("lr", -1.0, "a positive number"), ("lr", float("nan"), "a positive number"),
+    ("batch_size", 0, "an integer of at least 1"), ("grad_accum", 1.5, "an integer of at least 1"),
+    ("seed", -1, "a non-negative integer"), ("warmup", "10", "a non-negative integer"),
+    ("save_every", True, "a non-negative integer"), ("min_lr_ratio", 2.0, "in [0, 1]"),
+    ("weight_decay", float("inf"), "a non-negative number"), ("beta2", 1.0, "in [0, 1)"),
+    ("clip", 0.0, "a positive number (inf: no clipping)"), ("loss", "fast", "one of auto, torch, triton"),
+])
+def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
+    """Caught when the config is made (command line, stages file or a resumed run's saved config),
+    not as a traceback from the optimizer or the sampler steps later."""
+    with pytest.raises(TrainError, match=f"^{setting} must be {re.escape(what)}, got {re.escape(repr(value))}$"):
+        TrainConfig(stages=[Stage(corpora=["c"], steps=1)], **{setting: value})
+    with pytest.raises(TrainError, match=r"stage: steps must be an integer >= 1, got '3'"):
+        Stage(corpora=["c"], steps="3")
+    TrainConfig(stages=[Stage(corpora=["c"], steps=1)], clip=float("inf"), weight_decay=0.0, min_lr_ratio=1.0)
 
 
 def small_model(monkeypatch):
