@@ -120,6 +120,11 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
     for k in range(scheme.num_bins):
         lo, hi = scheme.bin_range(k)
         lines.append(f"    {scheme.rtg_token(k):<12} [{lo:>9.4g}, {hi:<9.4g})  {scheme.counts[k]:>9,}")
+    empty = sum(1 for c in scheme.counts if c == 0)
+    if scheme.binning == "quantile" and empty and any(scheme.counts):
+        lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token (rewards tie at the "
+                     f"quantile edges, or there are too few of them); nothing trains those levels. Use fewer "
+                     f"--bins, or --binning uniform / edges:...")
     for ex in s.skipped_examples[:5]:
         lines.append(f"  skipped: {ex}")
     if s.skipped > 5:

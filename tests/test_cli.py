@@ -52,6 +52,18 @@ def test_block_size_too_small(tmp_path, capsys):
     assert "smaller than a control prefix" in capsys.readouterr().err
 
 
+def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
+    tied = [{"response": f"reply {i}", "reward": 0.5 if i < 30 else i / 40} for i in range(40)]
+    assert preprocess(tmp_path, tied, "--bins", "4") == 0
+    out = capsys.readouterr().out
+    assert "note: 2 of 4 bins hold no reward-to-go token" in out
+    _, scheme, _ = load(tmp_path / "c")  # edges 0.5, 0.5, 0.5625: a 0.5 passes two edges (bin 2), the rest three
+    assert scheme.edges[:2] == [0.5, 0.5] and scheme.counts[:2] == [0, 0] and all(scheme.counts[2:])
+    assert preprocess(tmp_path, [{"response": f"r {i}", "reward": i} for i in range(40)], "--bins", "4",
+                      out="spread") == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_skip_is_suggested_only_where_it_would_help(tmp_path, capsys):
     """A missing input file is not a bad record: --on-error skip would not get past it."""
     missing = tmp_path / "nope.jsonl"
