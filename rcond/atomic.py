@@ -26,6 +26,23 @@ class OutputExistsError(FileExistsError):
     pass
 
 
+class OutputPathError(OSError):
+    """The output cannot be created where it was asked for (no such place, no permission, read-only)."""
+
+
+@contextlib.contextmanager
+def creating(target: str | Path) -> Iterator[None]:
+    """Around the creation of an output (its folder, its temp sibling): an OSError there becomes an
+    :class:`OutputPathError` that names the target, instead of a traceback about a temp name."""
+    try:
+        yield
+    except OutputExistsError:
+        raise
+    except OSError as e:
+        raise OutputPathError(f"{target}: cannot create the output there ({e.strerror or e}); "
+                              f"choose a writable location") from e
+
+
 def _umask_by_setting() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -93,8 +110,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     _refuse(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    with creating(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     interrupts = _Interrupts()
     interrupts.install()
     try:

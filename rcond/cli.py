@@ -18,7 +18,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .atomic import OutputExistsError
+    from .atomic import OutputExistsError, OutputPathError
     from .corpus import CorpusError
     from .modeling import ModelDirError, ModelSpecError
     from .scorers import ScorerError
@@ -30,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .train import TrainError
 
     return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError,
-            SampleError, TokenizerError, ModelSpecError, ToyWorldError)
+            SampleError, TokenizerError, ModelSpecError, ToyWorldError, OutputPathError)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

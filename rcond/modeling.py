@@ -57,7 +57,7 @@ from transformers import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
-from rcond.atomic import as_created
+from rcond.atomic import as_created, creating
 from rcond.tokenizer import load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
@@ -344,8 +344,9 @@ def save_pretrained_atomic(
     if out.exists() and not _looks_like_model_dir(out):
         raise FileExistsError(f"{out}: exists and is not a saved model directory (no {MODEL_CONFIG_FILE}); "
                               f"refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = as_created(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with creating(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = as_created(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -77,7 +77,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import as_created
+from .atomic import as_created, creating
 from .corpus import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
@@ -395,8 +395,9 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
 def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     """Write one JSON object per line to a temp file beside ``path``, flush it, rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with creating(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         as_created(tmp)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:

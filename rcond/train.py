@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .atomic import creating
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -449,7 +450,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
         for m, s in zip(mixtures, data["mixtures"]):
             m.restore(s)
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
+        with creating(out):
+            out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "schemes": {
             p: c.scheme.to_dict() for p, c in corpora.items()}}, indent=2) + "\n")
     params = [p for p in model.parameters() if p.requires_grad]

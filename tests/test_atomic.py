@@ -5,7 +5,7 @@ import os
 import pytest
 
 from rcond import atomic
-from rcond.atomic import OutputExistsError, atomic_dir
+from rcond.atomic import OutputExistsError, OutputPathError, atomic_dir
 
 
 def names(folder):
@@ -26,6 +26,16 @@ def test_failure_leaves_nothing(tmp_path, exc):
             (tmp / "a.txt").write_text("1")
             raise exc
     assert names(tmp_path) == []
+
+
+def test_an_output_that_cannot_be_created_names_the_target(tmp_path):
+    """Not a traceback about the hidden temp name: the target the user gave, and why."""
+    (tmp_path / "afile").write_text("x")
+    target = tmp_path / "afile" / "out"  # its folder would have to be a file's child
+    with pytest.raises(OutputPathError, match=f"^{target}: cannot create the output there"):
+        with atomic_dir(target):
+            pytest.fail("the work must not start")
+    assert (tmp_path / "afile").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def test_existing_output_refused_then_replaced(tmp_path):

@@ -64,6 +64,13 @@ def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_an_output_that_cannot_be_created_is_exit_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert preprocess(tmp_path, [{"response": "a", "reward": 1}], out="afile/c") == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path / 'afile' / 'c'}: cannot create the output there" in err and "Traceback" not in err
+
+
 def test_skip_is_suggested_only_where_it_would_help(tmp_path, capsys):
     """A missing input file is not a bad record: --on-error skip would not get past it."""
     missing = tmp_path / "nope.jsonl"

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import write_jsonl
+from rcond.atomic import OutputPathError
 from rcond.cli import main
 from rcond.corpus import ON_SLOT, RTG_SLOT, ConditionedStream, PackOptions, encodings, flat_ids
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
@@ -314,6 +315,8 @@ def test_write_jsonl_atomic(tmp_path):
         write_jsonl_atomic(out, failing())
     assert out.read_text(encoding="utf-8") == '{"a": 1}\n{"text": "é"}\n'     # the old file, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]            # no temp file left
+    with pytest.raises(OutputPathError, match=f"^{out / 'x.jsonl'}: cannot create the output there"):
+        write_jsonl_atomic(out / "x.jsonl", [{"a": 3}])                         # beside a file's child: no place
 
 
 # ---------------------------------------------------------------------------- the command
