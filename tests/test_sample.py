@@ -302,6 +302,16 @@ def test_read_prompts(tmp_path):
         read_prompts(tmp_path / "missing.txt")
 
 
+def test_prompts_file_lines_bom_crlf_and_bad_utf8(tmp_path):
+    good = tmp_path / "p.txt"
+    good.write_bytes("\ufeffReview of X:\r\n\r\n  \nSay \u00e9\n".encode("utf-8"))
+    assert read_prompts(good) == ["Review of X:", "Say \u00e9"]
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nab\xffc\n")
+    with pytest.raises(SourceError, match=rf"^{bad}:2: not valid UTF-8 \(byte 3 of the line\)"):
+        read_prompts(bad)
+
+
 def test_write_jsonl_atomic(tmp_path):
     out = tmp_path / "s.jsonl"
     write_jsonl_atomic(out, [{"a": 1}, {"text": "é"}])
