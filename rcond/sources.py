@@ -164,7 +164,7 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        yield from _iter_text_files(path)
+        yield from _iter_text_files(path, on_bad_line)
         return
     if not path.exists():
         if _is_hub_id(spec):
@@ -172,10 +172,10 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
             return
         raise SourceError(f"{spec}: no such file or directory")
     if path.suffix == ".zip":
-        yield from _iter_zip(path)
+        yield from _iter_zip(path, on_bad_line)
         return
     if path.suffix == ".txt":
-        yield f"{path}", path.read_text(encoding="utf-8", errors="replace")
+        yield from _documents([(str(path), path.read_bytes)], on_bad_line)
         return
     kind = ROW_SUFFIXES.get(_suffix(path))
     if kind is None:
@@ -287,21 +287,36 @@ def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
                           f"({type(e).__name__}: {e})") from None
 
 
-def _iter_text_files(folder: Path) -> Iterator[tuple[str, str]]:
+def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) -> Iterator[tuple[str, str]]:
+    """(origin, read its bytes) per plain-text document -> (origin, text). A document that is not
+    UTF-8 is named with the line and byte where it breaks, and raised, or given to ``on_bad_line``
+    (it is one record, as a JSON line is)."""
+    for origin, read in sources:
+        data = read()
+        try:
+            yield origin, data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            byte = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+            msg = f"{origin}:{line}: not valid UTF-8 (byte {byte} of the line); expected UTF-8 text"
+            if on_bad_line is None:
+                raise RecordError(msg) from None
+            on_bad_line(msg)
+
+
+def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise SourceError(f"{folder}: folder holds no .txt files")
-    for p in files:
-        yield str(p), p.read_text(encoding="utf-8", errors="replace")
+    yield from _documents(((str(p), p.read_bytes) for p in files), on_bad_line)
 
 
-def _iter_zip(path: Path) -> Iterator[tuple[str, str]]:
+def _iter_zip(path: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
     with zipfile.ZipFile(path) as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".txt") and not n.endswith("/"))
         if not names:
             raise SourceError(f"{path}: archive holds no .txt files")
-        for n in names:
-            yield f"{path}!{n}", zf.read(n).decode("utf-8", errors="replace")
+        yield from _documents(((f"{path}!{n}", lambda n=n: zf.read(n)) for n in names), on_bad_line)
 
 
 def file_sha256(path: str | Path) -> str:

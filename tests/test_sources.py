@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -81,6 +82,30 @@ def test_null_field_is_called_null_not_missing(tmp_path):
         for read_all in (list, lambda r: list(r.batches())):
             with pytest.raises(SourceError, match=rf"{p}:(row )?\d+: field 'reward' is null; expected a value"):
                 read_all(SourceReader([str(p)], "scored"))
+
+
+def test_plain_text_documents_file_folder_and_zip(tmp_path):
+    """.txt documents are read whole and exactly; one that is not UTF-8 is named with its line and
+    byte (not silently given replacement characters), or skipped alone under --on-error skip."""
+    import zipfile
+
+    docs = {"a.txt": "caf\u00e9 one\n".encode(), "b.txt": b"fine line\nsecond \xff line\n", "c.txt": b"three"}
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, data in docs.items():
+        (folder / name).write_bytes(data)
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in docs.items():
+            zf.writestr(name, data)
+    for spec, origin in ((folder, f"{folder / 'b.txt'}"), (archive, f"{archive}!b.txt"),
+                         (folder / "b.txt", f"{folder / 'b.txt'}")):
+        with pytest.raises(SourceError, match=rf"^{re.escape(origin)}:2: not valid UTF-8 \(byte 8 of the line\)"):
+            list(SourceReader([str(spec)], "text"))
+        skipping = SourceReader([str(spec)], "text", on_error="skip")
+        texts = [r.parts[0].text for r in skipping]
+        assert texts == ([] if spec.suffix == ".txt" else ["caf\u00e9 one\n", "three"])
+        assert skipping.skipped.count == 1 and skipping.skipped.examples[0].startswith(f"{origin}:2:")
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
