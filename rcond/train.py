@@ -260,7 +260,24 @@ class Dist:
         return t
 
 
+def check_device(spec: str) -> None:
+    """``auto``, ``cpu`` or ``cuda[:N]`` that this machine has; a TrainError naming it otherwise."""
+    if spec == "auto":
+        return
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise TrainError(f"--device {spec!r}: not a device; use auto, cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainError(f"--device {spec!r}: rcond trains on cpu or cuda[:N]")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainError(f"--device {spec}: CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise TrainError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def init_distributed(device_spec: str) -> tuple[Dist, torch.device]:
+    check_device(device_spec)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() if device_spec == "auto" else device_spec.startswith("cuda")
     if world == 1:

@@ -50,6 +50,21 @@ def cfg_for(corpus, steps=8, **kw):
     return TrainConfig(stages=[Stage(corpora=[str(corpus)], steps=steps, name="s")], **base)
 
 
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, corpus):
+    from rcond.train import check_device
+
+    for spec in ("cpu", "auto"):
+        check_device(spec)
+    with pytest.raises(TrainError, match="'banana': not a device; use auto, cpu or cuda"):
+        check_device("banana")
+    with pytest.raises(TrainError, match="'meta': rcond trains on cpu or cuda"):
+        check_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="--device cuda:0: CUDA is not available here; use --device cpu"):
+            train(cfg_for(corpus, steps=1, device="cuda:0"), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("setting,value,what", [
     ("lr", -1.0, "a positive number"), ("lr", float("nan"), "a positive number"),
     ("batch_size", 0, "an integer of at least 1"), ("grad_accum", 1.5, "an integer of at least 1"),
