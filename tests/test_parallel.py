@@ -94,3 +94,18 @@ def test_a_tokenizer_that_cannot_be_serialised_is_a_clear_error(tmp_path):
     with pytest.raises(CorpusError, match="cannot be serialised for worker processes.*--workers 1"):
         build(SourceReader([str(src)], "scored"), tmp_path / "out", tok, opts=PackOptions(workers=2), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeypatch):
+    """A worker killed mid-build (here: it exits while unpickling its batch, as if killed or out
+    of memory) is a CorpusError that suggests fewer workers, and nothing is left behind."""
+    import os
+
+    from rcond.sources import PartBatch
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(40)])
+    monkeypatch.setattr(PartBatch, "__reduce__", lambda self: (os._exit, (3,)), raising=False)
+    with pytest.raises(CorpusError, match="a worker process of the build died .*try fewer --workers"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
+              opts=PackOptions(workers=2, encode_batch=8), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
