@@ -1,5 +1,6 @@
 """The `rcond` command as a user meets it: exit codes, error messages, atomic output."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,28 +119,64 @@ def test_skip_reports(tmp_path, capsys):
 SLOW_SCORER = "import time\ndef score(texts):\n    time.sleep(0.2)\n    return [1.0] * len(texts)\n"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig):
+def _process_tree(pid: int) -> dict[int, int]:
+    """The processes below ``pid`` (Linux /proc), each with its parent: the build's forkserver and
+    resource tracker, and the workers the forkserver started."""
+    parent_of = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            parent_of[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    tree, frontier = {}, {pid}
+    while frontier:
+        frontier = {p for p, parent in parent_of.items() if parent in frontier} - set(tree)
+        tree.update({p: parent_of[p] for p in frontier})
+    return tree
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an exited process its new parent has not reaped yet)."""
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
+
+
+@pytest.mark.parametrize("sig,workers", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGKILL, 1),
+                                         (signal.SIGINT, 2)])
+def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig, workers):
+    """With worker processes too: the signal comes once they are running; they ignore Ctrl-C, the
+    build stops them, and none is left behind."""
     (tmp_path / "slowscore.py").write_text(SLOW_SCORER)
-    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(5000)])
+    n = 5000 if workers == 1 else 20000  # 0.2 s of scoring per 1,000: outlasts the workers' start-up
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(n)])
     out = tmp_path / "c"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     proc = subprocess.Popen([sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored",
                              "--score-with", "slowscore:score", "--tokenizer", "train:300", "--out", str(out),
-                             "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--no-progress", "--workers", str(workers)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".c.tmp-*")) and time.time() < deadline:
         time.sleep(0.05)
     assert list(tmp_path.glob(".c.tmp-*")), "the run never started writing"
     time.sleep(0.3)
+    helpers: dict[int, int] = {}
+    if workers > 1 and Path("/proc").is_dir():  # wait for a worker: a process below one of the build's children
+        while time.time() < deadline:
+            helpers = _process_tree(proc.pid)
+            if any(parent != proc.pid for parent in helpers.values()):
+                break
+            time.sleep(0.05)
+        assert any(parent != proc.pid for parent in helpers.values()), f"no worker ever started: {helpers}"
     proc.send_signal(sig)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err
     assert not out.exists()
     with pytest.raises(CorpusError):
         load(out)
     if sig != signal.SIGKILL:  # cleaned up on catchable signals
         assert not list(tmp_path.glob(".c.tmp-*"))
+    time.sleep(0.5)  # the forkserver and the resource tracker leave once their parent has
+    assert not [p for p in helpers if _running(p)], "processes of the build outlived it"
 
 
 def test_help_has_examples():
