@@ -150,26 +150,37 @@ def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrainError(f"{path}: cannot read the config file ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise TrainError(f"{path}: not valid TOML: {e}") from None
     stages_raw = raw.pop("stage", None)
-    if not stages_raw:
+    if not stages_raw or not isinstance(stages_raw, list) or not all(isinstance(s, dict) for s in stages_raw):
         raise TrainError(f"{path}: no [[stage]] tables; each needs corpora = [...] and steps = N")
     unknown = set(raw) - TRAIN_KEYS
     if unknown:
         raise TrainError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(TRAIN_KEYS)}")
     stages = []
     for i, s in enumerate(stages_raw):
+        where = f"{path}: stage {i + 1}"
         extra = set(s) - {"corpora", "steps", "weights", "name"}
         if extra or "corpora" not in s or "steps" not in s:
-            raise TrainError(f"{path}: stage {i + 1} needs corpora and steps (optional weights, name); "
-                             f"got {sorted(s)}")
+            raise TrainError(f"{where} needs corpora and steps (optional weights, name); got {sorted(s)}")
+        if not isinstance(s["corpora"], list) or not all(isinstance(c, str) for c in s["corpora"]):
+            raise TrainError(f"{where}: corpora must be a list of corpus folders, e.g. corpora = [\"corpora/a\"]; "
+                             f"got {s['corpora']!r}")
+        weights = s.get("weights")
+        if weights is not None and (not isinstance(weights, list)
+                                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+            raise TrainError(f"{where}: weights must be a list of numbers, one per corpus; got {weights!r}")
+        name = s.get("name", f"stage{i + 1}")
+        if not isinstance(name, str):
+            raise TrainError(f"{where}: name must be a string; got {name!r}")
         corpora = [str((path.parent / c).resolve()) if not Path(c).is_absolute() else c for c in s["corpora"]]
-        stages.append(Stage(corpora=corpora, steps=int(s["steps"]), weights=s.get("weights"),
-                            name=s.get("name", f"stage{i + 1}")))
+        stages.append(Stage(corpora=corpora, steps=s["steps"], weights=weights, name=name))
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(stages=stages, **raw)
 

@@ -177,6 +177,23 @@ def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
     assert stages == ["first"] * 3 + ["both"] * 4
 
 
+@pytest.mark.parametrize("body,message", [
+    ('[[stage]]\ncorpora = "a"\nsteps = 2\n', r"stage 1: corpora must be a list of corpus folders.*got 'a'"),
+    ('[[stage]]\ncorpora = [5]\nsteps = 2\n', r"stage 1: corpora must be a list of corpus folders.*got \[5\]"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweights = ["x"]\n', r"stage 1: weights must be a list of numbers"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nname = 5\n', r"stage 1: name must be a string; got 5"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2.5\n', r"steps must be an integer >= 1, got 2.5"),
+    ('stage = 5\n', r"no \[\[stage\]\] tables"),
+    ('seed = 1.0\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"seed must be a non-negative integer, got 1.0"),
+])
+def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, message):
+    """Each wrong type in a stages file is a TrainError saying which entry, not a TypeError from
+    deep inside (and a string of corpora is not read as one corpus per character)."""
+    (tmp_path / "stages.toml").write_text(body)
+    with pytest.raises(TrainError, match=message):
+        load_config_file(tmp_path / "stages.toml", {})
+
+
 def test_mixture_draws_follow_weights(tmp_path):
     from rcond.train import CorpusRows, Mixture
 
