@@ -424,11 +424,14 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
 def resolve_model_dir(path: str | os.PathLike) -> Path:
     """A saved model directory, or a training run directory holding one in ``model/``."""
     from .modeling import MODEL_CONFIG_FILE
-    from .train import MODEL_DIR
+    from .train import CONFIG_FILE, MODEL_DIR
 
     p = Path(path)
     if not (p / MODEL_CONFIG_FILE).is_file() and (p / MODEL_DIR / MODEL_CONFIG_FILE).is_file():
         return p / MODEL_DIR
+    if (p / CONFIG_FILE).is_file() and not (p / MODEL_DIR).exists():
+        raise SampleError(f"{p}: a training run that has not saved its model yet (no {p / MODEL_DIR}); let it "
+                          f"finish, or continue it with: rcond train --out {p} --resume")
     return p
 
 

@@ -302,6 +302,16 @@ def test_read_prompts(tmp_path):
         read_prompts(tmp_path / "missing.txt")
 
 
+def test_a_run_without_its_model_yet_says_so(tmp_path):
+    from rcond.sample import resolve_model_dir
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_config.json").write_text("{}")
+    with pytest.raises(SampleError, match=r"run: a training run that has not saved its model yet .*--resume"):
+        resolve_model_dir(tmp_path / "run")
+    assert resolve_model_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # left to the loader to report
+
+
 def test_prompts_file_lines_bom_crlf_and_bad_utf8(tmp_path):
     good = tmp_path / "p.txt"
     good.write_bytes("\ufeffReview of X:\r\n\r\n  \nSay \u00e9\n".encode("utf-8"))
