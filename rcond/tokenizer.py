@@ -73,6 +73,12 @@ def _cannot_load(spec: str, e: Exception) -> str:
     one), a local path that does not exist, or a hub id that could not be fetched."""
     why = " ".join(str(e).split())
     path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "tokenizer.json").is_file():
+        inside = [path / sub for sub in ("tokenizer", "model") if (path / sub / "tokenizer.json").is_file()]
+        return (f"{spec}: no tokenizer in this directory (no tokenizer.json)"
+                + (f"; did you mean {inside[0]}? (a corpus keeps its tokenizer in tokenizer/, a training run "
+                   f"its model in model/)" if inside else "; expected tokenizer.json and tokenizer_config.json "
+                   "as save_pretrained writes them"))
     if path.is_dir():
         return (f"{spec}: cannot load a tokenizer from this directory ({type(e).__name__}: {why}); expected "
                 f"tokenizer.json and tokenizer_config.json as save_pretrained writes them")

@@ -49,9 +49,12 @@ def test_a_tokenizer_that_cannot_be_loaded_says_why(tokenizer_dir, tmp_path, mon
     broken = tmp_path / "broken"
     shutil.copytree(tokenizer_dir, broken)
     (broken / "tokenizer.json").write_text("not json")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tokenizer_dir, corpus / "tokenizer")
     cases = {tmp_path / "nope": "no such directory",
-             tmp_path / "empty": "cannot load a tokenizer from this directory .*expected tokenizer.json",
-             broken: "cannot load a tokenizer from this directory",
+             tmp_path / "empty": "no tokenizer in this directory \\(no tokenizer.json\\); expected tokenizer.json",
+             corpus: f"no tokenizer in this directory \\(no tokenizer.json\\); did you mean {corpus / 'tokenizer'}\\?",
+             broken: "cannot load a tokenizer from this directory \\(JSONDecodeError",
              tmp_path / "file.json": "is a file; give the directory"}
     for spec, why in cases.items():
         with pytest.raises(TokenizerError, match=f"^{spec}: {why}"):
