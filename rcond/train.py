@@ -374,6 +374,24 @@ def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
     return first.scheme, int(first.scheme.options["block_size"])
 
 
+def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -> None:
+    """On resume: every corpus must still be the one the run started on. Its rows are checked
+    against its scheme.json by ``load``; this compares each scheme.json (bin edges, control tokens,
+    fingerprints of the rows and the tokenizer) with the copy the run recorded when it started."""
+    try:
+        recorded = json.loads(config_file.read_text())["schemes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise TrainError(f"--resume: {config_file} is missing or unreadable; it records the corpora the run "
+                         f"started on") from None
+    for path, c in corpora.items():
+        now = json.loads(json.dumps(c.scheme.to_dict()))  # as recorded: through JSON
+        before = recorded.get(path)
+        if before is not None and before != now:
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise TrainError(f"--resume: corpus {path} changed since the run started ({', '.join(changed)} in its "
+                             f"scheme.json differ); resume with the corpus as it was, or start a new run")
+
+
 # ---------------------------------------------------------------------------- the loop
 class _StopFlag:
     """SIGINT/SIGTERM -> finish the step, checkpoint, exit (a second signal aborts at once)."""
@@ -454,6 +472,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     scheme, block_size = check_corpora(corpora)
     final_scheme = corpora[cfg.stages[-1].corpora[0]].scheme
     if resume:
+        check_corpora_unchanged(out / CONFIG_FILE, corpora)
         from .modeling import load_pretrained
 
         model, tokenizer, _ = load_pretrained(ckpt, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)

@@ -274,6 +274,26 @@ def test_resume_errors(tmp_path, corpus, monkeypatch):
         train(None, tmp_path / "run", resume=True, progress=False)
 
 
+def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path, corpus, monkeypatch):
+    """Its rows are checked against its scheme.json when loaded; an edited scheme.json (new bin
+    edges: the same RTG token would mean another reward range after the resume) is caught here."""
+    import shutil
+
+    small_model(monkeypatch)
+    mine = tmp_path / "corpus"
+    shutil.copytree(corpus, mine)
+    train(cfg_for(mine, steps=2), tmp_path / "run", progress=False)
+    state_file = tmp_path / "run" / "checkpoint" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["step"] = 1  # as if interrupted after step 1
+    torch.save(state, state_file)
+    scheme = json.loads((mine / "scheme.json").read_text())
+    scheme["edges"][0] += 0.001
+    (mine / "scheme.json").write_text(json.dumps(scheme))
+    with pytest.raises(TrainError, match=rf"--resume: corpus {mine} changed since the run started \(edges in its"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+
+
 def test_corpus_tokenizer_mismatch(tmp_path, monkeypatch):
     small_model(monkeypatch)
     a, _ = make_corpus(tmp_path, "a", seed=1)
