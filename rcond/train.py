@@ -438,7 +438,8 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     # every rank checks, before the rendezvous: no rank can have created ``out`` yet, and none is
     # left waiting in a collective for one that stopped here. A run that failed before its first
     # checkpoint left only its config and log: nothing to resume, so a fresh start replaces them.
-    if not resume and out.exists() and any(p.name not in (CONFIG_FILE, LOG_FILE) for p in out.iterdir()):
+    if not resume and out.exists() and any(p.name not in (CONFIG_FILE, f".{CONFIG_FILE}.tmp", LOG_FILE)
+                                           for p in out.iterdir()):
         raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
     if state is not None:
@@ -499,8 +500,11 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     if d.main:
         with creating(out):
             out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "schemes": {
+        # whole or not at all: on a resume, the other ranks may be reading it (check_corpora_unchanged)
+        staged = out / f".{CONFIG_FILE}.tmp"
+        staged.write_text(json.dumps({"config": cfg.to_dict(), "schemes": {
             p: c.scheme.to_dict() for p, c in corpora.items()}}, indent=2) + "\n")
+        os.replace(staged, out / CONFIG_FILE)
     params = [p for p in model.parameters() if p.requires_grad]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     # The model's last norm returns the fp32 residual stream even under autocast; autocast would run
