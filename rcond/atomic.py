@@ -36,11 +36,17 @@ def creating(target: str | Path) -> Iterator[None]:
     :class:`OutputPathError` that names the target, instead of a traceback about a temp name."""
     try:
         yield
-    except OutputExistsError:
-        raise
     except OSError as e:
         raise OutputPathError(f"{target}: cannot create the output there ({e.strerror or e}); "
                               f"choose a writable location") from e
+
+
+def temp_dir_beside(target: Path) -> Path:
+    """A new hidden ``.NAME.tmp-*`` directory next to ``target`` (its parent made if needed), with
+    the mode ``mkdir`` would give it: where an output is built before it is renamed into place."""
+    with creating(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
 
 
 def _umask_by_setting() -> int:
@@ -110,9 +116,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     _refuse(target, overwrite)
-    with creating(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = temp_dir_beside(target)
     interrupts = _Interrupts()
     interrupts.install()
     try:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -57,7 +56,7 @@ from transformers import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
-from rcond.atomic import as_created, creating
+from rcond.atomic import temp_dir_beside
 from rcond.tokenizer import load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
@@ -344,9 +343,7 @@ def save_pretrained_atomic(
     if out.exists() and not _looks_like_model_dir(out):
         raise FileExistsError(f"{out}: exists and is not a saved model directory (no {MODEL_CONFIG_FILE}); "
                               f"refusing to replace it")
-    with creating(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = as_created(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
