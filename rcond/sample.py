@@ -378,16 +378,9 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     if p.suffix == ".txt":
         if not p.is_file():
             raise SourceError(f"{p}: no such prompts file")
-        prompts = []
-        with open(p, "rb") as f:
-            for i, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8-sig" if i == 1 else "utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as e:
-                    raise SourceError(f"{p}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 "
-                                      f"text, one prompt per line") from None
-                if line.strip():
-                    prompts.append(line)
+        # one prompt per line; iter_rows reads the file as a plain-text document (bad UTF-8 named by line)
+        [(_, text)] = iter_rows(str(p))
+        prompts = [line.rstrip("\r") for line in text.removeprefix("\ufeff").split("\n") if line.strip()]
     else:
         prompts = []
         for origin, row in iter_rows(str(p)):

@@ -294,7 +294,7 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
     for origin, read in sources:
         data = read()
         try:
-            yield origin, data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             byte = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -302,6 +302,8 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
             if on_bad_line is None:
                 raise RecordError(msg) from None
             on_bad_line(msg)
+            continue
+        yield origin, text
 
 
 def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
