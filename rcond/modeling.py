@@ -57,7 +57,7 @@ from transformers import (
 from transformers.utils.generic import is_flash_attention_requested
 
 from rcond.atomic import temp_dir_beside
-from rcond.tokenizer import load_tokenizer
+from rcond.tokenizer import TOKENIZER_FILES, load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
 # Llama-style presets (RoPE, RMSNorm, SwiGLU, tied input/output embeddings); the vocabulary
@@ -76,7 +76,6 @@ PRESETS: dict[str, dict] = {
 
 MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class ModelDirError(OSError):

@@ -24,6 +24,9 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")  # what AutoTokenizer resolves them to: one class
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)  # what save_pretrained writes for a Rust-backed tokenizer
+EXPECTED = f"expected {TOKENIZER_FILE} and {TOKENIZER_CONFIG_FILE} as save_pretrained writes them"
 
 
 class TokenizerError(ValueError):
@@ -33,8 +36,8 @@ class TokenizerError(ValueError):
 
 def _generic_tokenizer_dir(path: Path) -> bool:
     """``path`` is a local directory holding only a tokenizer of the generic Rust-backed class."""
-    config_file = path / "tokenizer_config.json"
-    if not (path.is_dir() and config_file.is_file() and (path / "tokenizer.json").is_file()):
+    config_file = path / TOKENIZER_CONFIG_FILE
+    if not (path.is_dir() and config_file.is_file() and (path / TOKENIZER_FILE).is_file()):
         return False
     if (path / "config.json").exists():  # a model directory: its model type may pick a specialised class
         return False
@@ -55,7 +58,7 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
             from transformers import AutoTokenizer  # imports torch
 
             tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:  # transformers: OSError for a bad path, id or download; ValueError for a bad file
+    except (OSError, ValueError) as e:  # transformers: OSError for a bad path, id or download; ValueError: bad file
         raise TokenizerError(_cannot_load(str(path_or_id), e)) from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
@@ -73,17 +76,15 @@ def _cannot_load(spec: str, e: Exception) -> str:
     one), a local path that does not exist, or a hub id that could not be fetched."""
     why = " ".join(str(e).split())
     path = Path(spec).expanduser()
-    if path.is_dir() and not (path / "tokenizer.json").is_file():
-        inside = [path / sub for sub in ("tokenizer", "model") if (path / sub / "tokenizer.json").is_file()]
-        return (f"{spec}: no tokenizer in this directory (no tokenizer.json)"
+    if path.is_dir() and not (path / TOKENIZER_FILE).is_file():
+        inside = [path / sub for sub in ("tokenizer", "model") if (path / sub / TOKENIZER_FILE).is_file()]
+        return (f"{spec}: no tokenizer in this directory (no {TOKENIZER_FILE})"
                 + (f"; did you mean {inside[0]}? (a corpus keeps its tokenizer in tokenizer/, a training run "
-                   f"its model in model/)" if inside else "; expected tokenizer.json and tokenizer_config.json "
-                   "as save_pretrained writes them"))
+                   f"its model in model/)" if inside else f"; {EXPECTED}"))
     if path.is_dir():
-        return (f"{spec}: cannot load a tokenizer from this directory ({type(e).__name__}: {why}); expected "
-                f"tokenizer.json and tokenizer_config.json as save_pretrained writes them")
+        return f"{spec}: cannot load a tokenizer from this directory ({type(e).__name__}: {why}); {EXPECTED}"
     if path.exists():
-        return f"{spec}: is a file; give the directory that holds tokenizer.json and tokenizer_config.json"
+        return f"{spec}: is a file; give the directory that holds {TOKENIZER_FILE} and {TOKENIZER_CONFIG_FILE}"
     if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
         return f"{spec}: no such directory (and not a hub id of the form 'name' or 'owner/name')"
     return f"{spec}: not a local directory, and loading it as a hub id failed: {why}"

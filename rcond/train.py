@@ -51,6 +51,7 @@ CHECKPOINT_DIR = "checkpoint"
 MODEL_DIR = "model"
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train_config.json"
+CONFIG_STAGED = f".{CONFIG_FILE}.tmp"  # written whole, then renamed to CONFIG_FILE
 
 
 class TrainError(ValueError):
@@ -173,8 +174,9 @@ def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:
             raise TrainError(f"{where}: corpora must be a list of corpus folders, e.g. corpora = [\"corpora/a\"]; "
                              f"got {s['corpora']!r}")
         weights = s.get("weights")
-        if weights is not None and (not isinstance(weights, list)
-                                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
+        numbers = isinstance(weights, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                    for w in weights)
+        if weights is not None and not numbers:
             raise TrainError(f"{where}: weights must be a list of numbers, one per corpus; got {weights!r}")
         name = s.get("name", f"stage{i + 1}")
         if not isinstance(name, str):
@@ -438,8 +440,7 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     # every rank checks, before the rendezvous: no rank can have created ``out`` yet, and none is
     # left waiting in a collective for one that stopped here. A run that failed before its first
     # checkpoint left only its config and log: nothing to resume, so a fresh start replaces them.
-    if not resume and out.exists() and any(p.name not in (CONFIG_FILE, f".{CONFIG_FILE}.tmp", LOG_FILE)
-                                           for p in out.iterdir()):
+    if not resume and out.exists() and any(p.name not in (CONFIG_FILE, CONFIG_STAGED, LOG_FILE) for p in out.iterdir()):
         raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
     if state is not None:
@@ -501,7 +502,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
         with creating(out):
             out.mkdir(parents=True, exist_ok=True)
         # whole or not at all: on a resume, the other ranks may be reading it (check_corpora_unchanged)
-        staged = out / f".{CONFIG_FILE}.tmp"
+        staged = out / CONFIG_STAGED
         staged.write_text(json.dumps({"config": cfg.to_dict(), "schemes": {
             p: c.scheme.to_dict() for p, c in corpora.items()}}, indent=2) + "\n")
         os.replace(staged, out / CONFIG_FILE)
