@@ -34,9 +34,13 @@ columns, one entry per part.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import io
 import itertools
 import json
+import logging
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -264,13 +268,44 @@ def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
 def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
     # rows by number, from 1 (CSV: the header not counted; a quoted cell may span several lines,
     # so a row number is not a line number)
+    if kind == "csv":
+        _check_csv_header(path)
     try:
-        for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
-            yield f"{path}:row {i}", row
+        with _builder_errors_quiet(kind):
+            for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
+                yield f"{path}:row {i}", row
     except SourceError:
         raise
     except Exception as e:  # pyarrow/datasets parse errors carry no line; name the file and the cause
         raise SourceError(f"{path}: could not be read as {kind}: {e}") from None
+
+
+@contextlib.contextmanager
+def _builder_errors_quiet(kind: str) -> Iterator[None]:
+    """``datasets``' builder for ``kind`` logs a read error before raising it; the error raised
+    here already names the file and the cause, so that log line is only a duplicate."""
+    logger = logging.getLogger(f"datasets.packaged_modules.{kind}.{kind}")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse a CSV whose first row has more fields than its header. pandas (under ``datasets``)
+    would silently take the first column as the row index and shift every field one place, so
+    the fields would be read under the wrong names."""
+    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        header_line = reader.line_num
+        first = next(reader, None)
+    if header is not None and first is not None and len(first) > len(header):
+        raise SourceError(f"{path}:{reader.line_num}: {len(first)} fields, but the header (line {header_line}) names "
+                          f"{len(header)}; expected every row to have one field per header name (a trailing comma "
+                          f"adds an empty field)")
 
 
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:

@@ -142,10 +142,7 @@ def test_skip_reports_count_and_which(tmp_path):
     assert reader.skipped.examples[1].startswith(f"{path}:3: missing field 'reward'")
 
 
-def test_other_row_formats_through_datasets(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def test_csv_through_datasets(tmp_path):
     (tmp_path / "a.csv").write_text("prompt,response,reward\np,r,0.5\nq,s,oops\n")
     with pytest.raises(SourceError, match=r"a.csv:row 2: reward must be a number"):
         list(SourceReader([str(tmp_path / "a.csv")], "scored"))
@@ -153,6 +150,26 @@ def test_other_row_formats_through_datasets(tmp_path):
     (tmp_path / "m.csv").write_text('prompt,response,reward\n"a\n\nHuman: b",r,0.5\nq,s,oops\n')
     with pytest.raises(SourceError, match=r"m.csv:row 2: reward must be a number"):
         list(SourceReader([str(tmp_path / "m.csv")], "scored"))
+    # a quoted first row keeps its multi-line cell whole, and is as wide as the header: read
+    assert [r.parts[1].text for r in SourceReader([str(tmp_path / "m.csv")], "scored", on_error="skip")] == ["r"]
+
+
+def test_csv_rows_wider_than_the_header_are_refused_not_shifted(tmp_path, capfd):
+    # pandas would take the first column as the index and read 'there' as the prompt
+    (tmp_path / "w.csv").write_text("prompt,response,reward\nhi,there,0.5,\nyo,ok,0.1,\n")
+    with pytest.raises(SourceError, match=r"w.csv:2: 4 fields, but the header \(line 1\) names 3"):
+        list(SourceReader([str(tmp_path / "w.csv")], "scored"))
+    # only a later row wider: pandas' own error, named by file, and not logged a second time
+    (tmp_path / "l.csv").write_text("prompt,response,reward\nhi,there,0.5\nyo,ok,0.1,x\n")
+    with pytest.raises(SourceError, match=r"l.csv: could not be read as csv: .*Expected 3 fields in line 3, saw 4"):
+        list(SourceReader([str(tmp_path / "l.csv")], "scored"))
+    assert "Failed to read" not in capfd.readouterr().err
+
+
+def test_parquet_and_json_through_datasets(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "b.parquet")
     assert [r.parts[0].text for r in SourceReader([str(tmp_path / "b.parquet")], "text")] == ["x", "y"]
     (tmp_path / "c.json").write_text(json.dumps([{"text": "z"}]))
