@@ -376,6 +376,23 @@ def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
     return first.scheme, int(first.scheme.options["block_size"])
 
 
+def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
+    """Warnings for corpora that share control tokens but bin rewards at other edges than the
+    first: an RTG token then stands for a different reward range in each (levels relative to each
+    corpus — maybe intended, but never silently). ``final`` is the corpus whose edges the saved
+    model keeps, through which ``sample --reward`` maps a raw reward."""
+    items = list(corpora.values())
+    first = items[0]
+
+    def shown(edges: list[float]) -> str:
+        return "[" + ", ".join(f"{e:.4g}" for e in edges) + "]"
+
+    return [f"{first.path} and {c.path} bin rewards at different edges ({shown(first.scheme.edges)} vs "
+            f"{shown(c.scheme.edges)}): the same RTG token stands for a different reward range in each; the "
+            f"saved model keeps the edges of {final}, through which `rcond sample --reward` maps a reward"
+            for c in items[1:] if list(c.scheme.edges) != list(first.scheme.edges)]
+
+
 def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -> None:
     """On resume: every corpus must still be the one the run started on. Its rows are checked
     against its scheme.json by ``load``; this compares each scheme.json (bin edges, control tokens,
@@ -499,6 +516,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
         for m, s in zip(mixtures, data["mixtures"]):
             m.restore(s)
     if d.main:
+        for warning in edge_differences(corpora, cfg.stages[-1].corpora[0]):
+            print(f"warning: {warning}", file=sys.stderr)
         with creating(out):
             out.mkdir(parents=True, exist_ok=True)
         # whole or not at all: on a resume, the other ranks may be reading it (check_corpora_unchanged)

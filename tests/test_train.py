@@ -308,6 +308,25 @@ def test_corpus_tokenizer_mismatch(tmp_path, monkeypatch):
         train(cfg, tmp_path / "run2", progress=False)
 
 
+def test_corpora_with_other_bin_edges_are_trained_with_a_warning(tmp_path, monkeypatch, capsys):
+    small_model(monkeypatch)
+    a, tok = make_corpus(tmp_path, "a", seed=1)
+    b, _ = make_corpus(tmp_path, "b", seed=2, tokenizer=tok)  # other rewards: other quantile edges
+    same, _ = make_corpus(tmp_path, "same", seed=1, tokenizer=tok)
+    edges = {p: json.loads((p / "scheme.json").read_text())["edges"] for p in (a, b, same)}
+    assert edges[a] != edges[b] and edges[a] == edges[same]
+    cfg = TrainConfig(stages=[Stage(corpora=[str(a), str(same)], steps=1), Stage(corpora=[str(b)], steps=1)],
+                      device="cpu", batch_size=2, warmup=1)
+    train(cfg, tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1  # b only: 'same' shares a's edges
+    shown = ", ".join(f"{e:.4g}" for e in edges[b])
+    assert f"{a} and {b} bin rewards at different edges" in err and f"vs [{shown}])" in err
+    assert f"the saved model keeps the edges of {b}" in err
+    saved = json.loads((tmp_path / "run" / "model" / "scheme.json").read_text())
+    assert saved["edges"] == edges[b]
+
+
 def test_existing_out_refused(tmp_path, corpus, monkeypatch):
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
