@@ -37,6 +37,10 @@ def creating(target: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
+        blocking = next((p for p in Path(target).parents if p.is_file()), None)
+        if blocking is not None:
+            raise OutputPathError(f"{target}: cannot create the output there: {blocking} is a file, not a "
+                                  f"folder") from e
         raise OutputPathError(f"{target}: cannot create the output there ({e.strerror or e}); "
                               f"choose a writable location") from e
 
@@ -106,16 +110,48 @@ def _refuse(target: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or lies inside it (both resolved, so links and ``..`` are seen through)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_target(target: str | Path, keep: tuple[str | Path, ...] = ()) -> Path:
+    """The output path, refused when publishing it would replace what must survive: an empty
+    path, the current directory or a folder holding it (a rename cannot move them, and replacing
+    them would pull the ground from under the command), or one of ``keep`` (the command's
+    inputs) or a folder holding one, which ``--overwrite`` would delete."""
+    if not str(target).strip():
+        raise OutputPathError("the output path is empty; give a new directory to write into")
+    target = Path(target)
+    if _within(Path.cwd(), target):
+        raise OutputPathError(f"{target}: is the current directory or holds it; give a new directory to write into")
+    for item in keep:
+        if Path(item).exists() and _within(Path(item), target):
+            what = "is" if Path(item).resolve() == target.resolve() else "holds"
+            raise OutputPathError(f"{target}: {what} the input {item}, which writing the output would replace; "
+                                  f"write the output somewhere else")
+    return target
+
+
+def check_output(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = ()) -> Path:
+    """What :func:`atomic_dir` refuses, checked on its own: a command calls it before long work
+    (reading the input, training a tokenizer) so that a bad ``--out`` costs nothing."""
+    target = check_target(target, keep)
+    _refuse(target, overwrite)
+    return target
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = ()) -> Iterator[Path]:
     """Yield a temp dir; on clean exit it becomes ``target``.
 
-    An existing non-empty target is refused unless ``overwrite``, before the work and again
-    before publishing (something may have appeared there meanwhile). When replacing, the old
-    target is moved aside first and moved back if the new one cannot take its place.
+    A target that must not be replaced is refused first (:func:`check_target`; ``keep``: the
+    inputs). An existing non-empty target is refused unless ``overwrite``, before the work and
+    again before publishing (something may have appeared there meanwhile). When replacing, the
+    old target is moved aside first and moved back if the new one cannot take its place.
     """
-    target = Path(target)
-    _refuse(target, overwrite)
+    target = check_output(target, overwrite, keep)
     tmp = temp_dir_beside(target)
     interrupts = _Interrupts()
     interrupts.install()
@@ -126,12 +162,13 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         _refuse(target, overwrite)
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, trash / "old")
             try:
-                os.replace(tmp, target)
-            except BaseException:
-                os.replace(trash / "old", target)
-                raise
+                os.replace(target, trash / "old")
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.replace(trash / "old", target)
+                    raise
             finally:
                 shutil.rmtree(trash, ignore_errors=True)
         else:

@@ -87,12 +87,14 @@ def add_preprocess(sub) -> None:
 
 
 def run_preprocess(a) -> int:
+    from .atomic import check_output
     from .corpus import PackOptions, build, check_options, resolve_tokenizer
     from .sources import FieldNames, SourceReader
 
     opts = PackOptions(block_size=a.block_size, uncond_fraction=a.uncond_fraction, train_on_prompt=a.train_on_prompt,
                        truncate=a.truncate, seed=a.seed, workers=a.workers)
     check_options(opts)
+    check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
     scorer = None
     if a.score_with:
         from .scorers import get_scorer

@@ -739,7 +739,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite) as tmp, collector_paused():
+    with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs)) as tmp, collector_paused():
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
         values: list[np.ndarray] = []
@@ -773,7 +773,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
         summary.truncated_tokens = stream.truncated
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         if summary.documents == 0:
-            raise CorpusError("no records were read" + (f" ({summary.skipped} skipped as bad)" if summary.skipped else ""))
+            raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
+                              + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")
+                              + "; expected at least one record")
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         scheme = _fit_scheme(np.concatenate(values) if values else np.zeros(0), num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)

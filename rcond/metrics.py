@@ -82,9 +82,18 @@ class MetricsError(ValueError):
 # ---------------------------------------------------------------------------- samples
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) for every non-blank line; invalid JSON is a MetricsError."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    """(line number, parsed value) for every non-blank line; a file that cannot be read, a line
+    that is not UTF-8 and invalid JSON are MetricsErrors naming the file (and line)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise MetricsError(f"{path}: cannot read this JSONL file ({e.strerror or e})") from None
+    with f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MetricsError(f"{path}:{i}: not UTF-8 text (byte {e.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
@@ -94,22 +103,35 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
 
 
 def read_samples(path: str | Path) -> list[Mapping]:
-    """Read a samples JSONL file; every record must be an object with ``text`` and ``score``."""
+    """Read a samples JSONL file; every record must pass ``check_sample``."""
     return [check_sample(rec, f"{path}:{i}") for i, rec in iter_jsonl(path)]
 
 
 def check_sample(rec: object, where: str) -> Mapping:
-    """``rec`` if it is a sample with a string ``text`` and a finite ``score``, else a MetricsError."""
+    """``rec`` if it is a sample with a string ``text``, a finite ``score`` and the optional
+    ``level`` (integer), ``reward`` and ``guidance`` (finite numbers) null or of their type;
+    else a MetricsError naming ``where``."""
     if not isinstance(rec, Mapping) or not isinstance(rec.get("text"), str):
         raise MetricsError(f"{where}: expected a sample object with a string 'text' field")
     sample_score(rec, where)
+    level = rec.get("level")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int)):
+        raise MetricsError(f"{where}: level {level!r} is not an integer or null")
+    for key in ("reward", "guidance"):
+        value = rec.get(key)
+        if value is not None and not _is_finite_number(value):
+            raise MetricsError(f"{where}: {key} {value!r} is not a finite number or null")
     return rec
+
+
+def _is_finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def sample_score(rec: Mapping, where: str) -> float:
     """The finite ``score`` of a sample record, or a MetricsError naming ``where``."""
     s = rec.get("score")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+    if not _is_finite_number(s):
         raise MetricsError(f"{where}: score {s!r} is not a finite number "
                            "(sample with --score-with to have samples scored)")
     return float(s)

@@ -38,6 +38,8 @@ Transformers 5.x facts relied on (read in the installed source, 5.23):
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import shutil
 import uuid
@@ -57,7 +59,7 @@ from transformers import (
 from transformers.utils.generic import is_flash_attention_requested
 
 from rcond.atomic import temp_dir_beside
-from rcond.tokenizer import TOKENIZER_FILES, load_tokenizer
+from rcond.tokenizer import TOKENIZER_FILES, TokenizerError, load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
 # Llama-style presets (RoPE, RMSNorm, SwiGLU, tied input/output embeddings); the vocabulary
@@ -116,7 +118,9 @@ def build_model(
     ``max_position_embeddings`` sets a preset's context length; for a pretrained model it is the
     longest row the caller will feed, checked against the model's limit. With ``scheme`` the
     control tokens are added (``add_control_tokens``). ``attn_implementation`` is passed to
-    transformers (``sdpa`` by default; ``flash_attention_2`` etc. on GPU).
+    transformers (``sdpa`` by default; ``flash_attention_2`` etc. on GPU). A mistyped preset
+    (``Tiny``) is refused before any hub call, and a checkpoint whose weights do not fit its
+    config.json is refused (``check_weights_fit``) rather than started from random weights.
     """
     if spec in PRESETS:
         overrides = {} if max_position_embeddings is None else {"max_position_embeddings": max_position_embeddings}
@@ -128,15 +132,16 @@ def build_model(
             model = LlamaForCausalLM(config)
         model.to(dtype)
     else:
+        check_not_a_mistyped_preset(spec)
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                spec, use_safetensors=True, dtype=dtype, attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code)
+            model, info = _from_pretrained(spec, dtype=dtype, attn_implementation=attn_implementation,
+                                           trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:  # no such path or id, no model config or weights in it, no network
             why = " ".join(str(e).split())
             raise ModelSpecError(f"{spec}: cannot load a causal LM from it ({type(e).__name__}: {why}); expected a "
                                  f"preset ({', '.join(PRESETS)}), a model directory with config.json and "
                                  f"safetensors weights, or a hub id") from e
+        check_weights_fit(spec, model, info)
         limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if max_position_embeddings is not None and limit is not None and max_position_embeddings > limit:
             raise ModelSpecError(f"{spec}: rows of {max_position_embeddings} tokens exceed the model's "
@@ -148,6 +153,62 @@ def build_model(
     if scheme is not None:
         add_control_tokens(model, tokenizer, scheme)
     return model
+
+
+def check_not_a_mistyped_preset(spec: str) -> None:
+    """ModelSpecError for a bare name (no ``/``, not a local path) that is a preset in other case or
+    close to one (``Tiny``, ``smal``): refused at once, instead of after the hub's minute of retries."""
+    if spec in PRESETS or "/" in spec or Path(spec).exists():
+        return
+    close = difflib.get_close_matches(spec.lower(), PRESETS, n=1, cutoff=0.75)
+    if close:
+        raise ModelSpecError(f"unknown preset {spec!r}; presets are {', '.join(PRESETS)} (did you mean {close[0]}?)")
+
+
+def load_spec_tokenizer(spec: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """The tokenizer of a model directory or hub id to start from. A mistyped preset, or a name that is
+    neither a local path nor a hub id that loads, is a ModelSpecError that lists the presets."""
+    check_not_a_mistyped_preset(spec)
+    try:
+        return load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    except TokenizerError as e:
+        if Path(spec).exists():
+            raise
+        raise ModelSpecError(f"{str(e).rstrip('.')}; expected a preset ({', '.join(PRESETS)}), a model directory "
+                             f"or a hub id") from e
+
+
+class _WithoutLoadReport(logging.Filter):
+    """Drops transformers' table of missing/unexpected/mismatched weights: ``check_weights_fit``
+    turns every such load into an error that names the keys."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def _from_pretrained(spec: str | os.PathLike, **kwargs) -> tuple[PreTrainedModel, dict]:
+    """``AutoModelForCausalLM.from_pretrained`` (safetensors only) and its loading info; weights of
+    another shape than the config's are reported there, not raised as a RuntimeError."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _WithoutLoadReport()
+    logger.addFilter(quiet)
+    try:
+        return AutoModelForCausalLM.from_pretrained(spec, use_safetensors=True, output_loading_info=True,
+                                                    ignore_mismatched_sizes=True, **kwargs)
+    finally:
+        logger.removeFilter(quiet)
+
+
+def check_weights_fit(spec: str | os.PathLike, model: PreTrainedModel, info: dict) -> None:
+    """ModelDirError naming ``spec`` and a few keys when the checkpoint's weights do not fit the model
+    its config.json describes (a config.json edited, or copied from another model): transformers
+    would start the missing or reshaped weights from random values."""
+    problems = {"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+                "of another shape": sorted(key for key, *_ in info["mismatched_keys"])}
+    found = [f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})" for what, keys in problems.items() if keys]
+    if found:
+        raise ModelDirError(f"{spec}: the weights do not fit the {type(model).__name__} that its config.json "
+                            f"describes: {'; '.join(found)}; expected the config.json saved with these weights")
 
 
 def add_control_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, scheme: ControlScheme) -> int:
@@ -399,11 +460,11 @@ def load_pretrained(
     except (OSError, ValueError, TypeError) as e:
         raise ModelDirError(f"{path}: cannot load the tokenizer: {e}") from e
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, local_files_only=True,
-                                                     dtype="auto" if dtype is None else dtype,
-                                                     trust_remote_code=trust_remote_code)
+        model, info = _from_pretrained(path, local_files_only=True, dtype="auto" if dtype is None else dtype,
+                                       trust_remote_code=trust_remote_code)
     except Exception as e:  # safetensors, json and config errors have no common base class
         raise ModelDirError(f"{path}: cannot load the model weights/config: {type(e).__name__}: {e}") from e
+    check_weights_fit(path, model, info)
     try:
         ids = scheme.token_ids(tokenizer)
     except SchemeError as e:

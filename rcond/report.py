@@ -25,7 +25,8 @@ run facts, and writes, atomically (built beside the target, then renamed into pl
 
 The training log is the JSONL of ``rcond train``: lines with ``step`` and ``loss`` are plotted,
 other lines are skipped; optional keys ``loss_on``, ``loss_off`` (null when a step had no such
-tokens) and ``stage``.
+tokens) and ``stage``. A plotted line's ``step`` must be an integer and its losses numbers or
+null.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ EXAMPLE_CHARS = 240
 DPI = 120
 SMOOTH_FRACTION = 50
 FEW_POINTS = 30
+LOSS_KEYS = ("loss", "loss_on", "loss_off")
 
 Samples = Sequence[Mapping] | str | Path
 
@@ -67,8 +69,9 @@ def write_report(out_dir: str | Path, *, scheme: ControlScheme, on_samples: Samp
     """Write the report directory ``out_dir``; returns the path of its ``report.md``.
 
     Samples are lists of records or paths to JSONL files from ``rcond sample``; every record
-    needs a finite ``score``. ``on_samples`` must all be ``on`` mode and ``off_samples`` ``off``
-    mode; ``guided_samples`` are grouped by their ``guidance`` value. ``facts`` (e.g. model
+    needs a finite ``score`` and fields of the types ``rcond sample`` writes (``check_sample``).
+    ``on_samples`` must all be ``on`` mode and ``off_samples`` ``off`` mode; ``guided_samples``
+    are grouped by their ``guidance`` value. ``facts`` (e.g. model
     size, tokens trained, wall time, device) are shown as given, in order. ``reward_label``
     names the reward on the axes, e.g. "VADER compound (−1…1)". An existing ``out_dir`` is an
     error unless ``overwrite``.
@@ -136,7 +139,21 @@ def _load(samples: Samples, mode: str | None, scheme: ControlScheme) -> list[Map
 
 
 def _read_log(path: Path) -> list[dict]:
-    return [rec for _, rec in iter_jsonl(path) if isinstance(rec, dict) and "step" in rec and "loss" in rec]
+    """The training-log records with ``step`` and ``loss``, checked (see ``_check_log_record``)."""
+    return [_check_log_record(rec, f"{path}:{i}") for i, rec in iter_jsonl(path)
+            if isinstance(rec, dict) and "step" in rec and "loss" in rec]
+
+
+def _check_log_record(rec: dict, where: str) -> dict:
+    """``rec`` if its ``step`` is an integer and its losses numbers or null, else a MetricsError."""
+    step = rec["step"]
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise MetricsError(f"{where}: step {step!r} is not an integer")
+    for key in LOSS_KEYS:
+        loss = rec.get(key)
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
+            raise MetricsError(f"{where}: {key} {loss!r} is not a number or null")
+    return rec
 
 
 def _guided_name(g) -> str:
@@ -377,7 +394,7 @@ def _markdown(*, title, scheme, facts, on_by_level, off, cal_on, cal_guided, off
         lines += ["The training log has no steps.", ""]
     else:
         last = log[-1]
-        parts = [f"{k} {_num(last[k])}" for k in ("loss", "loss_on", "loss_off") if last.get(k) is not None]
+        parts = [f"{k} {_num(last[k])}" for k in LOSS_KEYS if last.get(k) is not None]
         lines += [f"![training loss]({LOSS_PNG})", "",
                   f"{len(log)} logged steps; at step {last['step']}: " + ", ".join(parts) + " (nats / token).", ""]
     lines += ["## Diversity", "",

@@ -28,10 +28,13 @@ the last position (float32, ``[B, V]``):
 2. control tokens and ids the tokenizer cannot decode set to −inf (eos stays allowed, except
    before ``min_new_tokens``);
 3. temperature 0: argmax. Otherwise divide by the temperature, keep the ``top_k`` largest
-   logits, keep the smallest set of tokens whose probability reaches ``top_p``, and draw one
-   token per row by inverting the cumulative distribution at one uniform number from a seeded
-   ``torch.Generator`` (B random numbers per step instead of the B×V of an exponential or
-   Gumbel race; on CPU this is ~15× cheaper than ``torch.multinomial``);
+   logits, keep the smallest set of tokens whose probability reaches ``top_p`` (the most likely
+   token always stays, so a tiny ``top_p`` is greedy), and draw one token per row by inverting
+   the cumulative distribution at one uniform number from a seeded ``torch.Generator`` (B random
+   numbers per step instead of the B×V of an exponential or Gumbel race; on CPU this is ~15×
+   cheaper than ``torch.multinomial``). A row whose distribution is not finite (the model's
+   logits hold inf or NaN) raises ``SampleError`` instead of drawing, so no id outside the
+   vocabulary is ever produced;
 4. a row that has produced eos is finished: its rows of the batch and of the cache are dropped
    (``DynamicCache.batch_select_indices``), so later steps cost only the rows still running. For
    caches whose layers cannot drop rows (recurrent or linear-attention layers) finished rows keep
@@ -59,6 +62,21 @@ guidance strengthens prompt adherence; here both branches keep the prompt and di
 the control tokens, so guidance strengthens the reward condition. The formula is applied to
 raw logits instead of log-softmax outputs: the two differ by a per-row constant, which the
 softmax, top-k and top-p all ignore, so the sampled distribution is the same.
+
+Settings are refused (``SampleError``) outside the ranges where the float32 arithmetic above
+stays finite and the setting still means something:
+
+- temperature 0 (greedy) or in [1e-4, 1e4]: logits differ by a few units, so below 1e-4 the
+  draw is greedy except at exact ties, and above 1e4 it is uniform over the allowed tokens;
+  the range keeps ``logits / temperature`` finite (a float32 cannot hold 1e-300 or 1e300);
+- guidance G with |G| <= 100: the usual weights are 0..5; far beyond, ``G · (l_cond −
+  l_uncond)`` swamps everything and, near 1e38, overflows float32;
+- seed in [0, 2**63 − 1] (``torch.Generator.manual_seed`` takes [−2**63, 2**64 − 1] but maps
+  a negative seed onto a large one, so two spellings would give the same samples);
+- max_new_tokens at most 2**20 (the loop allocates ``[rows, prompt + max_new_tokens]`` up
+  front), and control tokens + the longest prompt + max_new_tokens at most the model's context
+  (``config.max_position_embeddings``, the positions it was trained on), checked before any
+  token is generated. Long prompts are never truncated: the message names the longest one.
 """
 
 from __future__ import annotations
@@ -77,12 +95,18 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import as_created, creating
+from .atomic import OutputExistsError, OutputPathError, as_created, creating
 from .corpus import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
 # cache layers whose rows can be dropped when a sequence ends (others keep running with padding)
 PRUNABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
+TEMPERATURE_RANGE = (1e-4, 1e4)   # see the module docstring for the reasons of these limits
+GUIDANCE_LIMIT = 100.0
+SEED_MAX = 2**63 - 1
+MAX_NEW_TOKENS = 2**20
+PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv, .parquet (optionally .gz) or a hub "
+                "dataset id with a string field 'prompt' per row")
 
 
 class SampleError(ValueError):
@@ -102,17 +126,29 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise SampleError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise SampleError(f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}] (and fit the model's context), "
+                              f"got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise SampleError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
                               f"got {self.min_new_tokens}")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise SampleError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+        low, high = TEMPERATURE_RANGE
+        if not (self.temperature == 0 or low <= self.temperature <= high):
+            raise SampleError(f"temperature must be 0 (greedy) or in [{low:g}, {high:g}] (below, sampling is "
+                              f"greedy but for exact ties; above, uniform), got {self.temperature:g}")
         if not 0 < self.top_p <= 1:
             raise SampleError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SampleError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise SampleError(f"seed must be in [0, 2**63-1 = {SEED_MAX}], got {self.seed}")
+
+
+def check_guidance(guidance: float | None) -> None:
+    """None (no guidance) or a weight G with |G| <= 100 (module docstring)."""
+    if guidance is not None and not abs(guidance) <= GUIDANCE_LIMIT:
+        raise SampleError(f"guidance must be in [-{GUIDANCE_LIMIT:g}, {GUIDANCE_LIMIT:g}] (1 = the conditioned "
+                          f"model, 0 = off mode; usual weights are 0..5), got {guidance:g}")
 
 
 @dataclass(frozen=True)
@@ -214,6 +250,11 @@ class Sampler:
     def device(self) -> torch.device:
         return self.model.get_input_embeddings().weight.device
 
+    @property
+    def context(self) -> int | None:
+        """The positions the model was built for (``config.max_position_embeddings``); None if it declares none."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     # ------------------------------------------------------------------ prompts
     def control_ids(self, cond: Condition) -> list[int]:
         """``[on, rtg:k]`` or ``[off]``."""
@@ -240,6 +281,24 @@ class Sampler:
         """The full model input of one prompt under ``cond``: control ids and prompt ids."""
         return self.input_ids(cond, self.encode([prompt])[0])
 
+    def check_context(self, prompts: Sequence[str], encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
+                      max_new_tokens: int) -> None:
+        """Refuse a request whose longest input (control ids + prompt) and ``max_new_tokens`` do not fit the
+        model's context; the message names that prompt (its ``file:line`` when it is a :class:`Prompt`)."""
+        if self.context is None or not encoded or not conds:
+            return
+        i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
+        controls = max(len(self.control_ids(c)) for c in conds)
+        length = controls + len(encoded[i])
+        if length + max_new_tokens <= self.context:
+            return
+        where = getattr(prompts[i], "origin", None) or f"prompt {i + 1} of {len(prompts)}"
+        fix = (f"use max_new_tokens <= {self.context - length} or a shorter prompt" if length < self.context
+               else f"shorten that prompt to under {self.context - controls} tokens")
+        raise SampleError(f"the longest prompt ({where}) is {length} tokens with its {controls} control token(s); "
+                          f"with max_new_tokens={max_new_tokens} that makes {length + max_new_tokens}, beyond the "
+                          f"model's context of {self.context} tokens (config.max_position_embeddings): {fix}")
+
     # ------------------------------------------------------------------ decoding
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         """[R, t] new tokens -> float32 logits of the last position [R, V]; extends ``cache``."""
@@ -260,10 +319,15 @@ class Sampler:
         if params.top_p < 1:
             sorted_scores, order = scores.sort(dim=-1, descending=True)           # [B, V]
             probs = sorted_scores.softmax(-1)
-            before = probs.cumsum(-1) - probs                                      # mass of the better tokens
-            sorted_scores = sorted_scores.masked_fill(before >= params.top_p, -math.inf)
+            drop = probs.cumsum(-1) - probs >= params.top_p                        # the better tokens reach top_p
+            drop[:, 0] = False                                                     # the most likely token stays
+            sorted_scores = sorted_scores.masked_fill(drop, -math.inf)
             scores = scores.scatter(-1, order, sorted_scores)
         cdf = scores.softmax(-1).cumsum(-1)                                        # [B, V]
+        if not bool(torch.isfinite(cdf[:, -1]).all()):
+            raise SampleError(f"the next-token distribution is not finite at temperature={params.temperature:g}, "
+                              f"top_p={params.top_p:g}, top_k={params.top_k}: the model's logits (after guidance, "
+                              f"if any) hold inf or NaN")
         u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device)  # [B, 1] in [0, 1)
         # the first token whose cdf reaches x in (0, total]: the cdf rises there, so p > 0
         return torch.searchsorted(cdf, (1 - u) * cdf[:, -1:]).squeeze(-1)
@@ -276,13 +340,12 @@ class Sampler:
 
         With ``guidance`` G, ``uncond_rows[i]`` is the unconditional twin of ``rows[i]`` and the
         logits are ``lerp(l_uncond, l_cond, G)``. Rows are left-padded to the longest row, or to
-        ``width`` tokens if that is more.
+        ``width`` tokens if that is more. The model's context is not checked here (``sample`` does).
         """
         guided = guidance is not None
         if guided and (uncond_rows is None or len(uncond_rows) != len(rows)):
             raise ValueError("guidance needs one unconditional row per conditioned row")
-        if guided and not math.isfinite(guidance):
-            raise SampleError(f"guidance must be a finite number, got {guidance}")
+        check_guidance(guidance)
         B = len(rows)
         if B == 0:
             return []
@@ -341,13 +404,15 @@ class Sampler:
                progress: bool = False) -> Iterator[Sample]:
         """``n`` samples for every (condition, prompt), in that order, ``batch_size`` rows per forward
         (``2 * batch_size`` with guidance). One generator seeded with ``params.seed`` runs through
-        all batches, so results depend on the seed and the batch size, not on the device's state."""
+        all batches, so results depend on the seed and the batch size, not on the device's state.
+        The longest prompt is checked against the model's context before the first batch."""
         if n < 1 or batch_size < 1:
             raise SampleError(f"n and batch_size must be at least 1, got n={n}, batch_size={batch_size}")
         if guidance is not None and any(c.mode == "off" for c in conds):
             raise SchemeError("guidance contrasts the on mode with the off mode; it needs --mode on")
         prompts = list(prompts)
         encoded = self.encode(prompts)
+        self.check_context(prompts, encoded, conds, params.max_new_tokens)
         off = self.control_ids(Condition("off"))
         jobs = [(c, p, e) for c in conds for p, e in zip(prompts, encoded) for _ in range(n)]
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -367,36 +432,78 @@ class Sampler:
 
 
 # ---------------------------------------------------------------------------- files
+class Prompt(str):
+    """A prompt's text that remembers where it was read (``file:line``, ``file:row i``), for messages."""
+
+    origin: str
+
+    def __new__(cls, text: str, origin: str) -> Prompt:
+        prompt = super().__new__(cls, text)
+        prompt.origin = origin
+        return prompt
+
+
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
-    """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; other files
-    (``.jsonl``, ``.json``, ``.csv``, ``.parquet``) -> the ``prompt`` field of every row."""
-    from .sources import SourceError, iter_rows
+    """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; ``.jsonl``, ``.json``,
+    ``.csv``, ``.parquet`` (optionally .gz) or a hub dataset id -> the ``prompt`` field of every row.
+    Every prompt read is a :class:`Prompt`. A folder or a ``.zip`` (inputs of ``preprocess``, not
+    prompts) and any other file type are refused, with the list of what is accepted."""
+    from .sources import ROW_SUFFIXES, SourceError, _suffix, iter_rows
 
     if path is None:
         return [""]
     p = Path(path)
+    if p.is_dir():
+        raise SourceError(f"{p}: is a folder; --prompts takes one file: {PROMPT_FILES}")
+    if p.is_file() and p.suffix != ".txt" and _suffix(p) not in ROW_SUFFIXES:
+        raise SourceError(f"{p}: not a prompts file type; expected {PROMPT_FILES}")
     if p.suffix == ".txt":
         if not p.is_file():
             raise SourceError(f"{p}: no such prompts file")
         # one prompt per line; iter_rows reads the file as a plain-text document (bad UTF-8 named by line)
         [(_, text)] = iter_rows(str(p))
-        prompts = [line.rstrip("\r") for line in text.removeprefix("\ufeff").split("\n") if line.strip()]
+        lines = text.removeprefix("\ufeff").split("\n")
+        prompts = [Prompt(line.rstrip("\r"), f"{p}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
     else:
-        prompts = []
-        for origin, row in iter_rows(str(p)):
-            value = row.get("prompt") if isinstance(row, dict) else None
-            if not isinstance(value, str):
-                raise SourceError(f"{origin}: expected a string field 'prompt'"
-                                  + (f"; fields present: {sorted(row)}" if isinstance(row, dict) else ""))
-            prompts.append(value)
+        prompts = [Prompt(_prompt_field(origin, row), origin) for origin, row in iter_rows(str(p))]
     if not prompts:
         raise SourceError(f"{p}: no prompts in the file")
     return prompts
 
 
-def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
-    """Write one JSON object per line to a temp file beside ``path``, flush it, rename it into place."""
+def _prompt_field(origin: str, row: dict) -> str:
+    """A row's ``prompt`` field, or a SourceError naming the row and what it holds instead."""
+    from .sources import SourceError
+
+    value = row.get("prompt")
+    if isinstance(value, str):
+        return value
+    if "prompt" in row:
+        raise SourceError(f"{origin}: field 'prompt' is {type(value).__name__} {value!r:.40}, expected a string")
+    raise SourceError(f"{origin}: expected a string field 'prompt'; fields present: {sorted(row)}")
+
+
+def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The output file, refused before any work when it cannot be written: an empty path, a folder
+    (even with ``overwrite``: the output is one file), a path below a file, or an existing file
+    without ``overwrite``."""
+    if not str(path).strip():
+        raise OutputPathError("the output path is empty; give a FILE.jsonl to write")
     path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; the output is one file, e.g. {path / 'samples.jsonl'}")
+    blocking = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
+    if blocking is not None:
+        raise OutputPathError(f"{path}: cannot create the output there: {blocking} is a file, not a folder")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    return path
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Write one JSON object per line to a temp file beside ``path``, flush it, rename it into place
+    (replacing a file there; a path :func:`check_out_file` refuses even with overwrite is refused first)."""
+    path = check_out_file(path, overwrite=True)
     with creating(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -415,32 +522,60 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A saved model directory, or a training run directory holding one in ``model/``."""
+    """A saved model directory, or a training run directory holding one in ``model/``. A corpus, and
+    a run that has no model yet, are SampleErrors that say what to do instead."""
+    from .corpus import ROWS_FILE
     from .modeling import MODEL_CONFIG_FILE
-    from .train import CONFIG_FILE, MODEL_DIR
+    from .tokens import SCHEME_FILE
+    from .train import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, STATE_FILE
 
     p = Path(path)
     if not (p / MODEL_CONFIG_FILE).is_file() and (p / MODEL_DIR / MODEL_CONFIG_FILE).is_file():
         return p / MODEL_DIR
+    if (p / SCHEME_FILE).is_file() and (p / ROWS_FILE).exists() and not (p / MODEL_CONFIG_FILE).exists():
+        raise SampleError(f"{p}: is an rcond corpus (scheme.json, rows.arrow, tokenizer/), not a model; train on "
+                          f"it (rcond train --corpus {p} --out RUN) and sample with --model RUN (its model is in "
+                          f"RUN/model)")
     if (p / CONFIG_FILE).is_file() and not (p / MODEL_DIR).exists():
-        raise SampleError(f"{p}: a training run that has not saved its model yet (no {p / MODEL_DIR}); let it "
-                          f"finish, or continue it with: rcond train --out {p} --resume")
+        if (p / CHECKPOINT_DIR / STATE_FILE).is_file():
+            raise SampleError(f"{p}: a training run that has not saved its model yet (no {p / MODEL_DIR}); let it "
+                              f"finish, or continue it with: rcond train --out {p} --resume")
+        raise SampleError(f"{p}: a training run that saved no model and no checkpoint (it stopped before its "
+                          f"first one); there is nothing to sample or resume: start it again with rcond train "
+                          f"--out {p} and its --corpus or --config")
     return p
 
 
+def check_device(spec: str) -> torch.device:
+    """``auto`` (cuda if available, else cpu), ``cpu``, or an accelerator torch can use on this machine
+    (``cuda[:N]``, ``mps``, ...); a SampleError naming the device otherwise, before anything is loaded."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise SampleError(f"--device {spec!r}: not a device; use auto, cpu, cuda[:N] or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise SampleError(f"--device {spec}: meta tensors hold no values, so nothing can be sampled there; "
+                          f"use auto, cpu or an accelerator")
+    here = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if here is None or here.type != dev.type:
+        use = "cpu" + (f" or {here.type}" if here is not None else "")
+        raise SampleError(f"--device {spec}: {dev.type.upper()} is not available here; use --device {use}")
+    if dev.index is not None and dev.index >= torch.accelerator.device_count():
+        raise SampleError(f"--device {spec}: this machine has {torch.accelerator.device_count()} {dev.type} "
+                          f"device(s), numbered from 0")
+    return dev
+
+
 def load_sampler(path: str | os.PathLike, device: str = "auto", *, trust_remote_code: bool = False) -> Sampler:
-    """Load a saved model (or a run directory's ``model/``) onto ``device`` (auto | cpu | cuda[:N]);
+    """Load a saved model (or a run directory's ``model/``) onto ``device`` (:func:`check_device`);
     ``trust_remote_code`` for a model trained from a hub model with its own code."""
     from .modeling import load_pretrained
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise SampleError(f"--device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SampleError(f"--device {device}: CUDA is not available here; use --device cpu")
+    dev = check_device(device)
     model, tokenizer, scheme = load_pretrained(resolve_model_dir(path), device=dev, trust_remote_code=trust_remote_code)
     return Sampler(model, tokenizer, scheme)
 

@@ -12,9 +12,17 @@ from a spec string:
   end so that a ``rewards.py`` beside the command line is found. ``function`` may be a dotted
   attribute path (``Class.method``).
 
-Every batch a scorer returns is checked: a wrong count, a value that is not a number, or a
-NaN/infinite value raises :class:`ScorerError` naming the scorer and the position of the
-offending text (counted across the whole input in :meth:`Scorer.score_batched`).
+A module that cannot be imported raises :class:`ScorerError` naming the spec and the module or
+file: one that is not found at all, or one that was found but failed while importing (with the
+exception's type and message; for a syntax error also its file and line; for a missing
+dependency the name of the package that is not installed).
+
+An exception raised by the function while scoring, ``SystemExit`` included, becomes a
+:class:`ScorerError` naming the scorer, the batch and the exception; only ``KeyboardInterrupt``
+passes through. Every batch a scorer returns is checked: a wrong count, a value that is not a
+number (a bool counts as not a number, as it does in the data readers), or a NaN/infinite value
+raises :class:`ScorerError` naming the scorer and the position of the offending text (counted
+across the whole input in :meth:`Scorer.score_batched`).
 :func:`score_values` leaves NaN/infinite values in place instead, for a caller that knows which
 record each text came from (the corpus readers: they name the file and line, or skip the record).
 """
@@ -32,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 ACCEPTED = "'vader' or 'module:function' (e.g. 'mypkg.rewards:score' or './rewards.py:score')"
+USER_CODE_FAILURES = (Exception, SystemExit)  # what a scorer's own code may raise that rcond reports
 
 
 class ScorerError(ValueError):
@@ -88,7 +97,7 @@ class Scorer:
             raw = self._fn(texts)
         except ScorerError:
             raise
-        except Exception as e:
+        except USER_CODE_FAILURES as e:
             raise ScorerError(
                 f"scorer {self.name!r} failed on texts {offset}..{offset + len(texts) - 1}: "
                 f"{type(e).__name__}: {e}"
@@ -116,6 +125,8 @@ class Scorer:
             where = f"scorer {self.name!r}: score for text {offset + i} ({_preview(texts[i])})"
             if isinstance(v, (str, bytes)):
                 raise ScorerError(f"{where} is not a number: {v!r}")
+            if _is_bool(v):
+                raise ScorerError(f"{where} is not a number: {v!r} (a bool); return 1.0 or 0.0 instead")
             try:
                 x = float(v)
             except (TypeError, ValueError) as e:
@@ -124,6 +135,11 @@ class Scorer:
                 raise ScorerError(f"{where} is {x}; scores must be finite")
             out.append(x)
         return out
+
+
+def _is_bool(value: object) -> bool:
+    """True for a Python bool, a NumPy bool or a 0-d torch bool tensor (what iterating a bool array gives)."""
+    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
 
 
 def score_values(scorer: Callable[[list[str]], Sequence[float]], texts: list[str]) -> list[float]:
@@ -146,31 +162,57 @@ def vader_compound(texts: list[str]) -> list[float]:
     return [polarity(t)["compound"] + 0.0 for t in texts]
 
 
-def _import_module(module: str, spec: str):
-    if module.endswith(".py") or os.sep in module or "/" in module:
-        path = Path(module)
-        if not path.is_file():
-            raise ScorerError(f"scorer {spec!r}: no such file {str(path)!r}")
-        name = f"rcond_user_scorer_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(loader_spec)
-        sys.modules[name] = mod
-        try:
-            loader_spec.loader.exec_module(mod)
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return mod
+def _import_failed(spec: str, what: str, e: BaseException) -> ScorerError:
+    """The error for a scorer module (``what``) that was found but raised ``e`` while importing."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return ScorerError(
+            f"scorer {spec!r}: {what} was found, but importing it failed because {e.name!r} is not "
+            f"installed ({type(e).__name__}: {e})"
+        )
+    detail = f"{e.msg} ({e.filename}, line {e.lineno})" if isinstance(e, SyntaxError) and e.lineno else e
+    return ScorerError(f"scorer {spec!r}: {what} failed to import: {type(e).__name__}: {detail}")
+
+
+def _import_file(path: Path, spec: str):
+    if not path.is_file():
+        raise ScorerError(f"scorer {spec!r}: no such file {str(path)!r}")
+    name = f"rcond_user_scorer_{path.stem}"
+    loader_spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(loader_spec)
+    sys.modules[name] = mod
+    try:
+        loader_spec.loader.exec_module(mod)
+    except BaseException as e:
+        del sys.modules[name]
+        if isinstance(e, USER_CODE_FAILURES):
+            raise _import_failed(spec, f"file {str(path)!r}", e) from e
+        raise
+    return mod
+
+
+def _import_dotted(module: str, spec: str):
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.append(cwd)
+    parts = module.split(".")
+    itself = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}  # the module and its packages
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
+        if e.name not in itself:
+            raise _import_failed(spec, f"module {module!r}", e) from e
         raise ScorerError(
             f"scorer {spec!r}: cannot import module {module!r} ({e}); it must be importable "
             f"from the current directory or the installed packages, or be a path to a .py file"
         ) from e
+    except USER_CODE_FAILURES as e:
+        raise _import_failed(spec, f"module {module!r}", e) from e
+
+
+def _import_module(module: str, spec: str):
+    if module.endswith(".py") or os.sep in module or "/" in module:
+        return _import_file(Path(module), spec)
+    return _import_dotted(module, spec)
 
 
 def _load_function(spec: str) -> Callable[[list[str]], Sequence[float]]:

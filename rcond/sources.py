@@ -41,8 +41,10 @@ import io
 import itertools
 import json
 import logging
+import lzma
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -219,13 +221,23 @@ def _open_compressed(path: Path):
     return open(path, "rb")
 
 
+@contextlib.contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """A compressed file that is not what its suffix says, or is cut short: an error naming it."""
+    try:
+        yield
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise SourceError(f"{path}: cannot be read ({type(e).__name__}: {e or 'cut short'}); expected a whole "
+                          f"{path.suffix or 'plain'} file") from None
+
+
 def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[bytes]]]:
     """``(number of the chunk's first line, its raw lines)`` for a JSON Lines file, in order.
 
     Lines are split on ``\\n`` only (a U+2028 inside a string is not a line break); a UTF-8
     byte-order mark at the start of the file is dropped.
     """
-    with _open_compressed(path) as f:
+    with _open_compressed(path) as f, _unreadable(path):
         first = 1
         while True:
             lines = list(itertools.islice(f, lines_per_chunk))
@@ -250,14 +262,32 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
             msg = f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines"
         except json.JSONDecodeError as e:
             msg = f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
+        except RecursionError:
+            msg = f"{path}:{i}: JSON nested too deeply to read; expected one flat JSON object per line"
         else:
-            if isinstance(obj, dict):
+            if not isinstance(obj, dict):
+                msg = f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
+            elif _lone_surrogate(raw, obj):
+                msg = (f"{path}:{i}: a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
+                       f"pair); expected valid Unicode text")
+            else:
                 yield f"{path}:{i}", obj
                 continue
-            msg = f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
         if on_bad_line is None:
             raise RecordError(msg)
         on_bad_line(msg)
+
+
+def _lone_surrogate(raw: bytes, obj: dict) -> bool:
+    """Whether a decoded line holds a lone surrogate (escaped as ``\\udXXX``), which no tokenizer
+    can encode; only lines with such an escape are checked."""
+    if b"\\ud" not in raw.lower():
+        return False
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
@@ -268,16 +298,19 @@ def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
 def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
     # rows by number, from 1 (CSV: the header not counted; a quoted cell may span several lines,
     # so a row number is not a line number)
+    options = {}
+    if path.stat().st_size == 0 or (kind == "parquet" and _parquet_rows(path) == 0):
+        return  # nothing to read (the readers fail on it with no word of why, Arrow's on Parquet without rows)
     if kind == "csv":
-        _check_csv_header(path)
+        options = _csv_as_text(path)
     try:
         with _builder_errors_quiet(kind):
-            for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
+            for i, row in enumerate(_load_streaming(kind, data_files=str(path), **options), start=1):
                 yield f"{path}:row {i}", row
     except SourceError:
         raise
     except Exception as e:  # pyarrow/datasets parse errors carry no line; name the file and the cause
-        raise SourceError(f"{path}: could not be read as {kind}: {e}") from None
+        raise SourceError(f"{path}: could not be read as {kind}: {str(e) or type(e).__name__}") from None
 
 
 @contextlib.contextmanager
@@ -293,19 +326,48 @@ def _builder_errors_quiet(kind: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _check_csv_header(path: Path) -> None:
-    """Refuse a CSV whose first row has more fields than its header. pandas (under ``datasets``)
-    would silently take the first column as the row index and shift every field one place, so
-    the fields would be read under the wrong names."""
-    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as f:
+def _csv_as_text(path: Path) -> dict:
+    """Check a CSV before pandas reads it, and the options that make pandas read it as written.
+
+    - Every line must be UTF-8 (pandas' error names no line).
+    - The first row may not have more fields than the header: pandas would silently take the
+      first column as the row index and shift every field one place.
+    - Every column is read as text, and only an empty cell is missing: pandas would otherwise
+      turn the strings ``NA``, ``None``, ``null``, ``nan``... into missing values, and a column
+      of digits into numbers. Rewards are converted from their text like any other reward.
+    """
+    with _open_compressed(path) as raw, _unreadable(path):
+        for i, line in enumerate(raw, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected a "
+                                  f"UTF-8 CSV") from None
+    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         header_line = reader.line_num
         first = next(reader, None)
-    if header is not None and first is not None and len(first) > len(header):
+    if header is None:
+        return {}
+    if first is not None and len(first) > len(header):
         raise SourceError(f"{path}:{reader.line_num}: {len(first)} fields, but the header (line {header_line}) names "
                           f"{len(header)}; expected every row to have one field per header name (a trailing comma "
                           f"adds an empty field)")
+    from datasets import Features, Value
+
+    return {"features": Features({name: Value("string") for name in header}), "keep_default_na": False,
+            "na_values": [""]}
+
+
+def _parquet_rows(path: Path) -> int | None:
+    """Rows in a Parquet file by its footer; None when there is no readable footer (the reader reports it)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # a broken file is reported, with its cause, by the read that follows
+        return None
 
 
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
@@ -341,19 +403,27 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
         yield origin, text
 
 
+def _text_files(folder: Path) -> list[Path]:
+    """The documents of a folder: its .txt files at any depth (not folders named so, not broken links)."""
+    return sorted(p for p in folder.rglob("*.txt") if p.is_file())
+
+
 def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
-    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    files = _text_files(folder)
     if not files:
         raise SourceError(f"{folder}: folder holds no .txt files")
     yield from _documents(((str(p), p.read_bytes) for p in files), on_bad_line)
 
 
 def _iter_zip(path: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
-    with zipfile.ZipFile(path) as zf:
-        names = sorted(n for n in zf.namelist() if n.endswith(".txt") and not n.endswith("/"))
-        if not names:
-            raise SourceError(f"{path}: archive holds no .txt files")
-        yield from _documents(((f"{path}!{n}", lambda n=n: zf.read(n)) for n in names), on_bad_line)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(n for n in zf.namelist() if n.endswith(".txt") and not n.endswith("/"))
+            if not names:
+                raise SourceError(f"{path}: archive holds no .txt files")
+            yield from _documents(((f"{path}!{n}", lambda n=n: zf.read(n)) for n in names), on_bad_line)
+    except zipfile.BadZipFile as e:  # not a zip, cut short, or a member whose CRC does not match
+        raise SourceError(f"{path}: not a readable zip archive ({e})") from None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -373,7 +443,7 @@ def fingerprint(spec: str) -> str:
     if not path.is_dir():
         return f"hub:{spec}"
     h = hashlib.sha256()
-    for p in sorted(path.rglob("*.txt")):
+    for p in _text_files(path):
         h.update(str(p.relative_to(path)).encode())
         h.update(p.read_bytes())
     return "sha256:" + h.hexdigest()
@@ -466,7 +536,8 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
     if name not in row:
         raise SourceError(f"{origin}: missing field {f.response!r} (or {f.text!r}); fields present: {sorted(row)}")
     response = _nonempty(_text(row, name, origin), "response", origin)
-    prompt = _field(row, f.prompt, origin, optional=True) or ""
+    prompt = _field(row, f.prompt, origin, optional=True)
+    prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
         raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {type(prompt).__name__}")
     reward = 0.0 if scored else _reward(_field(row, f.reward, origin), f.reward, origin)
@@ -545,6 +616,38 @@ def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
 
 
 # ---------------------------------------------------------------------------- the reader
+def _check_inputs(inputs: list[str]) -> None:
+    """Refuse an empty input path (it would read the current directory) and an input given twice
+    (its records would be read twice)."""
+    seen: dict[str, str] = {}
+    for spec in inputs:
+        if not spec.strip():
+            raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
+        path = Path(spec).expanduser()
+        key = str(path.resolve()) if path.exists() else spec
+        if key in seen:
+            raise SourceError(f"{spec}: given twice (also as {seen[key]}); its records would be read twice")
+        seen[key] = spec
+
+
+def _check_fields(fmt: str, f: FieldNames, scored: bool) -> None:
+    """The fields a format reads must have distinct names: one column cannot be both the prompt
+    and the reward. (``response`` and ``text`` are alternatives for one role in ``scored``.)"""
+    roles = {"text": ["text"], "dialog": ["turns"], "pairs": ["prompt", "chosen", "rejected"]}.get(fmt, [])
+    if fmt == "pairs":
+        roles += ["chosen_score", "rejected_score"]
+    if fmt == "scored":
+        roles = ["prompt", "response", "text"] + ([] if scored else ["reward"])
+    names: dict[str, str] = {}
+    for role in roles:
+        name = getattr(f, role)
+        other = names.get(name)
+        if other is not None and {other, role} != {"response", "text"}:
+            raise SourceError(f"--{other.replace('_', '-')}-field and --{role.replace('_', '-')}-field both name "
+                              f"the field {name!r}; each must name its own field")
+        names.setdefault(name, role)
+
+
 @dataclass
 class SourceReader:
     """Reads inputs of one format into records; optional scorer applied in batches."""
@@ -566,6 +669,11 @@ class SourceReader:
             raise SourceError("no input given")
         if not 0.0 <= self.gamma <= 1.0:  # also refuses NaN
             raise SourceError(f"--gamma must be a discount in [0, 1], got {self.gamma!r}")
+        _check_inputs(self.inputs)
+        _check_fields(self.format, self.fields, scored=self.scorer is not None)
+        if self.scorer is not None and self.format == "text":
+            raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "
+                              "mode and carry no reward; use --format scored to score them")
         self.skipped = SkipLog()
 
     def _convert(self, origin: str, row) -> list[Record]:
@@ -593,7 +701,7 @@ class SourceReader:
                 self.skipped.add(str(e))
 
     def _scorer(self, score: bool):
-        return self.scorer if score and self.format != "text" else None
+        return self.scorer if score else None
 
     def _scored(self, records: Iterable[Record], scorer) -> Iterator[Record]:
         if scorer is None:

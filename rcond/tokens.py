@@ -137,7 +137,10 @@ class ControlScheme:
     # ------------------------------------------------------------------ mapping
     def bin_of(self, value: float) -> int:
         """The bin of a reward value: the number of edges <= value."""
-        value = float(value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise SchemeError(f"reward {value!r} is not a finite number") from None
         if not math.isfinite(value):
             raise SchemeError(f"reward {value!r} is not a finite number")
         if len(self.edges) != self.num_bins - 1:
@@ -205,12 +208,14 @@ class ControlScheme:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ControlScheme":
+        """A scheme from its ``to_dict`` form, every field checked; a SchemeError says which is wrong."""
+        if not isinstance(d, dict):
+            raise SchemeError(f"expected a JSON object of scheme fields, got {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise SchemeError(f"unknown scheme fields {sorted(unknown)}; known: {sorted(known)}")
-        if d.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise SchemeError(f"scheme version {d['version']} is newer than this rcond ({FORMAT_VERSION})")
+        check_scheme_fields({**cls().to_dict(), **d})
         return cls(**d)
 
     @classmethod
@@ -224,12 +229,106 @@ class ControlScheme:
 
     @classmethod
     def load(cls, directory: str | Path) -> "ControlScheme":
+        """The scheme of a corpus or model directory (or a scheme file); errors name the file."""
         path = Path(directory)
         if path.is_dir():
             path = path / SCHEME_FILE
         if not path.exists():
             raise SchemeError(f"{path}: no {SCHEME_FILE} here (is this an rcond corpus or model directory?)")
         try:
-            return cls.from_json(path.read_text())
-        except (json.JSONDecodeError, TypeError) as e:
-            raise SchemeError(f"{path}: not a valid scheme file: {e}") from e
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SchemeError(f"{path}: cannot read the scheme file ({e})") from None
+        try:
+            return cls.from_json(text)
+        except json.JSONDecodeError as e:
+            raise SchemeError(f"{path}: not a valid scheme file: {e}") from None
+        except SchemeError as e:
+            raise SchemeError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------------------- checking a stored scheme
+
+def _json(x: object) -> str:
+    """``x`` as it looks in the JSON file."""
+    return json.dumps(x, ensure_ascii=False, default=repr)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def check_scheme_fields(d: dict) -> None:
+    """SchemeError unless the fields ``d`` (all of them, as ``to_dict`` gives them) make a usable,
+    self-consistent scheme: the checks a hand-edited ``scheme.json`` must pass."""
+    version = d["version"]
+    if not _is_count(version) or version < 1:
+        raise SchemeError(f"version: expected a positive integer, got {_json(version)}")
+    if version > FORMAT_VERSION:
+        raise SchemeError(f"scheme version {version} is newer than this rcond ({FORMAT_VERSION})")
+    num_bins = d["num_bins"]
+    if not _is_count(num_bins) or num_bins < 1:
+        raise SchemeError(f"num_bins: expected an integer >= 1, got {_json(num_bins)}")
+    _check_edges(d["edges"], num_bins)
+    _check_binning(d["binning"], d["edges"])
+    _check_counts(d["counts"], num_bins)
+    _check_tokens(d["on_token"], d["off_token"], d["rtg_template"], num_bins)
+    for name in ("gamma", "uncond_fraction"):
+        if not _is_number(d[name]) or not 0 <= d[name] <= 1:
+            raise SchemeError(f"{name}: expected a number in [0, 1], got {_json(d[name])}")
+    tokenizer_fingerprint = d["tokenizer_fingerprint"]
+    if tokenizer_fingerprint is not None and not isinstance(tokenizer_fingerprint, str):
+        raise SchemeError(f"tokenizer_fingerprint: expected a string or null, got {_json(tokenizer_fingerprint)}")
+    fingerprints = d["source_fingerprints"]
+    if not isinstance(fingerprints, dict) or not all(isinstance(v, str) for v in fingerprints.values()):
+        raise SchemeError(f"source_fingerprints: expected an object of strings, got {_json(fingerprints)}")
+    if not isinstance(d["options"], dict):
+        raise SchemeError(f"options: expected an object, got {_json(d['options'])}")
+
+
+def _check_edges(edges: object, num_bins: int) -> None:
+    if not isinstance(edges, list) or len(edges) != num_bins - 1:
+        raise SchemeError(f"edges: {num_bins} bins need a list of {num_bins - 1} edges, got {_json(edges)}")
+    if not all(_is_number(e) and math.isfinite(e) for e in edges):
+        raise SchemeError(f"edges: expected finite numbers, got {_json(edges)}")
+    if any(b < a for a, b in zip(edges, edges[1:])):
+        raise SchemeError(f"edges: expected non-decreasing numbers, got {_json(edges)}")
+
+
+def _check_binning(binning: object, edges: list) -> None:
+    expected = f"binning: expected quantile, uniform or edges:a,b,... (finite, increasing), got {_json(binning)}"
+    if not isinstance(binning, str):
+        raise SchemeError(expected)
+    try:
+        kind, explicit = parse_binning(binning)
+    except SchemeError:
+        raise SchemeError(expected) from None
+    if kind == "edges" and explicit != edges:
+        raise SchemeError(f"edges {_json(edges)} differ from those of binning {_json(binning)}")
+
+
+def _check_counts(counts: object, num_bins: int) -> None:
+    if not isinstance(counts, list) or (counts and len(counts) != num_bins) or not all(map(_is_count, counts)):
+        raise SchemeError(f"counts: expected a list of {num_bins} non-negative integers (one per bin), "
+                          f"got {_json(counts)}")
+
+
+def _check_tokens(on_token: object, off_token: object, rtg_template: object, num_bins: int) -> None:
+    for name, tok in (("on_token", on_token), ("off_token", off_token), ("rtg_template", rtg_template)):
+        if not isinstance(tok, str) or not tok:
+            raise SchemeError(f"{name}: expected a non-empty string, got {_json(tok)}")
+    bad_template = SchemeError(f"rtg_template: expected a string with the field {{k}} for the bin number, "
+                               f"got {_json(rtg_template)}")
+    if "{k}" not in rtg_template:
+        raise bad_template
+    try:
+        rtg = [rtg_template.format(k=k) for k in range(num_bins)]
+    except (KeyError, IndexError, ValueError):
+        raise bad_template from None
+    if len({on_token, off_token, *rtg}) != num_bins + 2:
+        raise SchemeError(f"on_token {_json(on_token)}, off_token {_json(off_token)} and the {num_bins} tokens of "
+                          f"rtg_template {_json(rtg_template)} must all differ")

@@ -33,18 +33,19 @@ import signal
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
 from .atomic import creating
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
-from .modeling import PRESETS, build_model, output_head, packed_hidden, save_pretrained_atomic
-from .tokenizer import load_tokenizer, tokenizer_fingerprint
-from .tokens import ControlScheme
+from .modeling import PRESETS, build_model, load_spec_tokenizer, output_head, packed_hidden, save_pretrained_atomic
+from .tokenizer import tokenizer_fingerprint
+from .tokens import SCHEME_FILE, ControlScheme
 
 STATE_FILE = "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
@@ -59,26 +60,49 @@ class TrainError(ValueError):
 
 
 # ---------------------------------------------------------------------------- configuration
+COMMAND_LINE = "command line"  # ``Stage(where=...)`` of the stage that --corpus/--weights/--steps describe
+OPTIONS = {"corpora": "--corpus", "weights": "--weights", "steps": "--steps"}
+
+
 @dataclass
 class Stage:
     corpora: list[str]
     steps: int
     weights: list[float] | None = None
     name: str = ""
+    where: InitVar[str | None] = None  # how errors name the stage; default: by its name
 
-    def __post_init__(self) -> None:
-        where = f"stage {self.name!r}" if self.name else "stage"
-        if not self.corpora:
-            raise TrainError(f"{where}: lists no corpora")
+    def __post_init__(self, where: str | None) -> None:
+        """Reject a stage that cannot train. Errors name the setting: ``"{where}: weights"`` (``where``:
+        the stage as its stages file writes it), or the option for the ``COMMAND_LINE`` stage."""
         if self.weights is None:
             self.weights = [1.0] * len(self.corpora)
+        problem = self._problem()
+        if problem is None:
+            return
+        setting, what = problem
+        if where == COMMAND_LINE:
+            raise TrainError(f"{OPTIONS[setting]} {what}")
+        where = where or (f"stage {self.name!r}" if self.name else "stage")
+        raise TrainError(f"{where}: {setting} {what}")
+
+    @classmethod
+    def from_options(cls, corpora: list[str], steps: int, weights: list[float] | None) -> "Stage":
+        """The one stage of ``--corpus``/``--steps``/``--weights``, whose errors name those options."""
+        return cls(corpora=corpora, steps=steps, weights=weights, name="main", where=COMMAND_LINE)
+
+    def _problem(self) -> tuple[str, str] | None:
+        """The first setting that cannot train and what it must be instead, or None."""
+        if not self.corpora:
+            return "corpora", "lists no corpus folders; expected at least one"
         if len(self.weights) != len(self.corpora):
-            raise TrainError(f"{where}: {len(self.weights)} mixture weights for {len(self.corpora)} corpora")
-        if any(not math.isfinite(w) or w < 0 for w in self.weights) or sum(self.weights) <= 0:
-            raise TrainError(f"{where}: mixture weights {self.weights} must be non-negative and sum to a "
-                             f"positive number")
+            corpora = "1 corpus" if len(self.corpora) == 1 else f"{len(self.corpora)} corpora"
+            return "weights", f"has {len(self.weights)} values for {corpora}; expected one per corpus"
+        if any(not 0 <= w < math.inf for w in self.weights) or not 0 < sum(self.weights) < math.inf:
+            return "weights", f"{self.weights} must be non-negative numbers with a positive, finite sum"
         if not _is_int(self.steps) or self.steps < 1:
-            raise TrainError(f"{where}: steps must be an integer >= 1, got {self.steps!r}")
+            return "steps", f"must be an integer >= 1, got {self.steps!r}"
+        return None
 
 
 @dataclass
@@ -101,26 +125,16 @@ class TrainConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        """Reject settings that cannot train before anything is built, naming the setting."""
-        checks = (  # (settings, test of a value, what it must be)
-            (("batch_size", "grad_accum"), lambda v: _is_int(v) and v >= 1, "an integer of at least 1"),
-            (("warmup", "save_every", "seed"), lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-            (("lr",), lambda v: math.isfinite(v) and v > 0, "a positive number"),
-            (("min_lr_ratio",), lambda v: 0 <= v <= 1, "in [0, 1]"),
-            (("weight_decay",), lambda v: math.isfinite(v) and v >= 0, "a non-negative number"),
-            (("beta1", "beta2"), lambda v: 0 <= v < 1, "in [0, 1)"),
-            (("clip",), lambda v: v > 0, "a positive number (inf: no clipping)"),
-            (("loss",), lambda v: v in LOSS_IMPLS, f"one of {', '.join(LOSS_IMPLS)}"),
-        )
-        for names, ok, what in checks:
-            for name in names:
-                value = getattr(self, name)
-                try:
-                    good = not isinstance(value, bool) and ok(value)
-                except TypeError:  # e.g. a string from a stages file
-                    good = False
-                if not good:
-                    raise TrainError(f"{name} must be {what}, got {value!r}")
+        """Reject settings that cannot train before anything is built, naming the setting: each must
+        have its field's type (an int will do for a float; a bool only for a bool), and some a range."""
+        for f in fields(self):
+            if f.name == "stages":
+                continue
+            value = getattr(self, f.name)
+            has_type, what = SETTING_TYPES[f.type]
+            in_range, what = SETTING_RANGES.get(f.name, (None, what))
+            if not has_type(value) or (in_range is not None and not in_range(value)):
+                raise TrainError(f"{f.name} must be {what}, got {value!r}")
 
     @property
     def total_steps(self) -> int:
@@ -143,11 +157,32 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit seed
+SETTING_TYPES = {  # a field's type: (test of a value, what the value must be)
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: isinstance(v, float) or (_is_int(v) and abs(v) <= sys.float_info.max), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
+SETTING_RANGES = {  # setting: (test of a value of the setting's type, what it must be)
+    **dict.fromkeys(("batch_size", "grad_accum"), (lambda v: v >= 1, "an integer of at least 1")),
+    **dict.fromkeys(("warmup", "save_every"), (lambda v: v >= 0, "a non-negative integer")),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]"),
+    "lr": (lambda v: 0 < v < math.inf, "a positive number"),
+    "min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a non-negative number"),
+    **dict.fromkeys(("beta1", "beta2"), (lambda v: 0 <= v < 1, "in [0, 1)")),
+    "clip": (lambda v: v > 0, "a positive number (inf: no clipping)"),
+    "loss": (lambda v: v in LOSS_IMPLS, f"one of {', '.join(LOSS_IMPLS)}"),
+}
+
+
 def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:
     """A TOML stages file: top-level training settings plus ``[[stage]]`` tables.
 
-    Relative corpus paths are resolved against the file's folder. ``overrides`` (from the command
-    line) win over the file.
+    Relative corpus paths are resolved against the file's folder. The file's settings are checked
+    on their own, errors naming the file (and the stage); ``overrides`` (from the command line) then
+    win over them.
     """
     path = Path(path)
     try:
@@ -164,27 +199,35 @@ def load_config_file(path: str | Path, overrides: dict) -> TrainConfig:
     unknown = set(raw) - TRAIN_KEYS
     if unknown:
         raise TrainError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(TRAIN_KEYS)}")
-    stages = []
-    for i, s in enumerate(stages_raw):
-        where = f"{path}: stage {i + 1}"
-        extra = set(s) - {"corpora", "steps", "weights", "name"}
-        if extra or "corpora" not in s or "steps" not in s:
-            raise TrainError(f"{where} needs corpora and steps (optional weights, name); got {sorted(s)}")
-        if not isinstance(s["corpora"], list) or not all(isinstance(c, str) for c in s["corpora"]):
-            raise TrainError(f"{where}: corpora must be a list of corpus folders, e.g. corpora = [\"corpora/a\"]; "
-                             f"got {s['corpora']!r}")
-        weights = s.get("weights")
-        numbers = isinstance(weights, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
-                                                    for w in weights)
-        if weights is not None and not numbers:
-            raise TrainError(f"{where}: weights must be a list of numbers, one per corpus; got {weights!r}")
-        name = s.get("name", f"stage{i + 1}")
-        if not isinstance(name, str):
-            raise TrainError(f"{where}: name must be a string; got {name!r}")
-        corpora = [str((path.parent / c).resolve()) if not Path(c).is_absolute() else c for c in s["corpora"]]
-        stages.append(Stage(corpora=corpora, steps=s["steps"], weights=weights, name=name))
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(stages=stages, **raw)
+    stages = [_stage_from_file(path, i, s) for i, s in enumerate(stages_raw)]
+    try:
+        cfg = TrainConfig(stages=stages, **raw)
+    except TrainError as e:
+        raise TrainError(f"{path}: {e}") from None
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _stage_from_file(path: Path, i: int, s: dict) -> Stage:
+    """Stage ``i`` (from 0) of stages file ``path``; errors name the file and the stage as written there
+    (its number, and its name if it has one)."""
+    name = s.get("name")
+    where = f"{path}: stage {i + 1}" + (f" ({name!r})" if isinstance(name, str) else "")
+    extra = set(s) - {"corpora", "steps", "weights", "name"}
+    if extra or "corpora" not in s or "steps" not in s:
+        raise TrainError(f"{where} needs corpora and steps (optional weights, name); got {sorted(s)}")
+    if not isinstance(s["corpora"], list) or not all(isinstance(c, str) for c in s["corpora"]):
+        raise TrainError(f"{where}: corpora must be a list of corpus folders, e.g. corpora = [\"corpora/a\"]; "
+                         f"got {s['corpora']!r}")
+    weights = s.get("weights")
+    numbers = isinstance(weights, list) and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                for w in weights)
+    if weights is not None and not numbers:
+        raise TrainError(f"{where}: weights must be a list of numbers, one per corpus; got {weights!r}")
+    if name is not None and not isinstance(name, str):
+        raise TrainError(f"{where}: name must be a string; got {name!r}")
+    corpora = [str((path.parent / c).resolve()) if not Path(c).is_absolute() else c for c in s["corpora"]]
+    return Stage(corpora=corpora, steps=s["steps"], weights=weights, name=f"stage{i + 1}" if name is None else name,
+                 where=where)
 
 
 # ---------------------------------------------------------------------------- data
@@ -192,8 +235,12 @@ class CorpusRows:
     """Rows of one corpus in a seeded order reshuffled each epoch; position is resumable state."""
 
     def __init__(self, path: str, seed: int):
-        from .corpus import load
+        from .corpus import TOKENIZER_DIR, load
 
+        folder = Path(path)
+        if (folder / SCHEME_FILE).is_file() and not (folder / TOKENIZER_DIR).is_dir():
+            raise TrainError(f"corpus {path}: has no {TOKENIZER_DIR}/ folder (the tokenizer its rows were "
+                             f"encoded with, saved by rcond preprocess); restore it or preprocess the corpus again")
         self.dataset, self.scheme, self.tokenizer = load(path)
         self.dataset = self.dataset.with_format("numpy")
         self.path, self.seed = path, seed
@@ -348,7 +395,7 @@ def prepare_model(cfg: TrainConfig, corpora: dict[str, CorpusRows], scheme: Cont
     if cfg.model in PRESETS:
         tokenizer = first.tokenizer
     else:
-        tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = load_spec_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = build_model(cfg.model, tokenizer, scheme, seed=cfg.seed, max_position_embeddings=block_size,
                         trust_remote_code=cfg.trust_remote_code)
     fp = tokenizer_fingerprint(tokenizer)
@@ -360,8 +407,26 @@ def prepare_model(cfg: TrainConfig, corpora: dict[str, CorpusRows], scheme: Cont
     return model, tokenizer
 
 
+def check_corpus(c: CorpusRows) -> None:
+    """What a hand-edited scheme.json can break that loading the corpus does not check: its options
+    must give the rows' block_size, and its num_bins must cover every bin id in the rows."""
+    scheme_file = Path(c.path) / SCHEME_FILE
+    block_size = c.scheme.options.get("block_size")
+    if not _is_int(block_size) or block_size < 1:
+        raise TrainError(f"corpus {c.path}: {scheme_file} gives no block size (options.block_size must be the "
+                         f"positive integer the rows were packed to, got {block_size!r}); preprocess it again")
+    top = pc.max(pc.list_flatten(c.dataset.data.column("bin_ids"))).as_py()
+    if top is not None and top >= c.scheme.num_bins:
+        raise TrainError(f"corpus {c.path}: its rows hold bin id {top} but {scheme_file} has num_bins = "
+                         f"{c.scheme.num_bins}; the scheme.json does not belong to these rows: preprocess it again")
+
+
 def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
+    """Each corpus on its own (``check_corpus``), then that they agree: control tokens, block size,
+    tokenizer. Returns the first corpus's scheme and its block size."""
     items = list(corpora.values())
+    for c in items:
+        check_corpus(c)
     first = items[0]
     for c in items[1:]:
         if c.scheme.control_tokens != first.scheme.control_tokens:
@@ -402,10 +467,13 @@ def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -
     except (OSError, ValueError, KeyError, TypeError):
         raise TrainError(f"--resume: {config_file} is missing or unreadable; it records the corpora the run "
                          f"started on") from None
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(path), dict) for path in corpora):
+        raise TrainError(f"--resume: {config_file} is damaged: its \"schemes\" must map every corpus of the run "
+                         f"({', '.join(corpora)}) to the scheme.json it had when the run started")
     for path, c in corpora.items():
         now = json.loads(json.dumps(c.scheme.to_dict()))  # as recorded: through JSON
-        before = recorded.get(path)
-        if before is not None and before != now:
+        before = recorded[path]
+        if before != now:
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             raise TrainError(f"--resume: corpus {path} changed since the run started ({', '.join(changed)} in its "
                              f"scheme.json differ); resume with the corpus as it was, or start a new run")
@@ -453,14 +521,16 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     ``cfg`` must be None). Returns what happened."""
     if resume and cfg is not None:
         raise TrainError("resume continues with the run's saved configuration; pass cfg=None")
-    out = Path(out)
+    out = check_out(out)
     # every rank checks, before the rendezvous: no rank can have created ``out`` yet, and none is
     # left waiting in a collective for one that stopped here. A run that failed before its first
     # checkpoint left only its config and log: nothing to resume, so a fresh start replaces them.
     if not resume and out.exists() and any(p.name not in (CONFIG_FILE, CONFIG_STAGED, LOG_FILE) for p in out.iterdir()):
         raise TrainError(f"{out} already exists; pass --resume to continue that run or choose another --out")
     state = _load_state(out / CHECKPOINT_DIR) if resume else None
-    if state is not None:
+    if state is None:
+        cfg = absolute_corpora(cfg)
+    else:
         cfg = TrainConfig.from_dict(state["config"])
         if state["step"] >= cfg.total_steps:
             raise TrainError(f"--resume: the run in {out} already finished its {cfg.total_steps} steps; "
@@ -471,6 +541,23 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
     finally:
         if d.world > 1:
             dist.destroy_process_group()
+
+
+def check_out(out: str | Path) -> Path:
+    """The run directory ``--out`` as a Path; refused when it is empty, or it or a folder above it is a file."""
+    if not str(out).strip():
+        raise TrainError("--out is empty; expected the run directory to write model/, checkpoint/ and log.jsonl into")
+    out = Path(out)
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise TrainError(f"--out {out}: {blocking} is a file, not a folder; expected a run directory (a new one, "
+                         f"or a run's to --resume)")
+    return out
+
+
+def absolute_corpora(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every corpus path resolved, as the run records them: it resumes from any folder."""
+    return replace(cfg, stages=[replace(s, corpora=[str(Path(c).resolve()) for c in s.corpora]) for s in cfg.stages])
 
 
 def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: dict | None,

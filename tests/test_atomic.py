@@ -32,10 +32,48 @@ def test_an_output_that_cannot_be_created_names_the_target(tmp_path):
     """Not a traceback about the hidden temp name: the target the user gave, and why."""
     (tmp_path / "afile").write_text("x")
     target = tmp_path / "afile" / "out"  # its folder would have to be a file's child
-    with pytest.raises(OutputPathError, match=f"^{target}: cannot create the output there"):
+    with pytest.raises(OutputPathError, match=f"^{target}: cannot create the output there: {tmp_path / 'afile'} "
+                                              f"is a file, not a folder"):
         with atomic_dir(target):
             pytest.fail("the work must not start")
     assert (tmp_path / "afile").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_inputs_and_the_current_directory_are_never_replaced(tmp_path, monkeypatch):
+    """--overwrite must not delete the command's own input, or the folder it runs in."""
+    (tmp_path / "data" / "docs").mkdir(parents=True)
+    (tmp_path / "data" / "docs" / "a.txt").write_text("keep me")
+    doc = tmp_path / "data" / "docs" / "a.txt"
+    for target, what in ((doc, "is"), (tmp_path / "data" / "docs", "holds"), (tmp_path / "data", "holds")):
+        with pytest.raises(OutputPathError, match=f"^{target}: {what} the input {doc}, which writing"):
+            with atomic_dir(target, overwrite=True, keep=(str(doc),)):
+                pytest.fail("the work must not start")
+    with atomic_dir(tmp_path / "data" / "docs" / "corpus", keep=(str(doc),)):  # beside the input: fine
+        pass
+    monkeypatch.chdir(tmp_path / "data")
+    for target in (".", "", "..", tmp_path / "data"):
+        with pytest.raises(OutputPathError, match="current directory|empty"):
+            with atomic_dir(target, overwrite=True):
+                pytest.fail("the work must not start")
+    assert doc.read_text() == "keep me" and names(tmp_path) == ["data"]
+    assert names(tmp_path / "data") == ["docs"] and names(tmp_path / "data" / "docs") == ["a.txt", "corpus"]
+
+
+def test_a_failed_move_aside_leaves_no_trash(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("old"):  # moving the old output aside
+            raise OSError("busy")
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="busy"):
+        with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
 
 
 def test_existing_output_refused_then_replaced(tmp_path):

@@ -101,6 +101,8 @@ def test_calibration_rejects_bad_samples():
         calibration([rec(0, float("nan"))], scheme3())
     with pytest.raises(SchemeError, match="level 3"):
         calibration([rec(3, 0.0)], scheme3())
+    with pytest.raises(SchemeError, match="^reward 'x' is not a finite number$"):
+        calibration([rec(None, 0.0, reward="x")], scheme3())
 
 
 def test_read_samples(tmp_path):
@@ -115,6 +117,43 @@ def test_read_samples(tmp_path):
     unscored.write_text(json.dumps({"text": "hi", "level": 0}) + "\n")
     with pytest.raises(MetricsError, match="unscored.jsonl:1.*score-with"):
         read_samples(unscored)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("reward", "x", "reward 'x' is not a finite number or null"),
+    ("reward", float("inf"), "reward inf is not a finite number or null"),
+    ("guidance", "abc", "guidance 'abc' is not a finite number or null"),
+    ("guidance", True, "guidance True is not a finite number or null"),
+    ("level", "3", "level '3' is not an integer or null"),
+    ("level", 1.0, "level 1.0 is not an integer or null"),
+])
+def test_read_samples_checks_field_types(tmp_path, field, value, message):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(rec(None, 0.1)) + "\n" + json.dumps(dict(rec(None, 0.2), **{field: value})) + "\n")
+    with pytest.raises(MetricsError) as e:
+        read_samples(path)
+    assert str(e.value) == f"{path}:2: {message}"
+
+
+def test_read_samples_null_and_numbers_are_fine(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(dict(rec(None, 0.1, reward=0.5), guidance=2)) + "\n"
+                    + json.dumps(dict(rec(2, 0.2), guidance=1.5)) + "\n")
+    assert [(r["reward"], r["guidance"]) for r in read_samples(path)] == [(0.5, 2), (None, 1.5)]
+
+
+def test_read_samples_unreadable_files(tmp_path):
+    with pytest.raises(MetricsError) as e:
+        read_samples(tmp_path / "nope.jsonl")
+    assert str(e.value) == f"{tmp_path / 'nope.jsonl'}: cannot read this JSONL file (No such file or directory)"
+    with pytest.raises(MetricsError) as e:
+        read_samples(tmp_path)
+    assert str(e.value) == f"{tmp_path}: cannot read this JSONL file (Is a directory)"
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(json.dumps(rec(0, 0.5)).encode() + b'\n{"text": "caf\xe9", "score": 0.1}\n')
+    with pytest.raises(MetricsError) as e:
+        read_samples(latin1)
+    assert str(e.value) == f"{latin1}:2: not UTF-8 text (byte 14 of the line)"
 
 
 # ---------------------------------------------------------------------------- diversity

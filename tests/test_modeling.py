@@ -2,6 +2,7 @@
 mean init, output heads, flash-attention varlen boundaries, save/load."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -142,6 +143,19 @@ def test_a_model_that_cannot_be_loaded_says_why(tokenizer, tmp_path):
     for spec in (tmp_path / "tokenizer_only", tmp_path / "nothing_here"):
         with pytest.raises(ModelSpecError, match=f"^{spec}: cannot load a causal LM from it .*expected a preset"):
             build_model(str(spec), tokenizer)
+
+
+def test_a_mistyped_preset_is_refused_without_asking_the_hub(tokenizer, tmp_path, monkeypatch):
+    """A bare name that is a preset in other case, or close to one, and no local path: refused at
+    once, naming the presets. A local folder of that name is still loaded as a path."""
+    monkeypatch.chdir(tmp_path)
+    for spec, meant in (("Tiny", "tiny"), ("MICRO", "micro"), ("smal", "small"), ("tinny", "tiny")):
+        with pytest.raises(ModelSpecError, match=rf"^unknown preset '{spec}'; presets are micro, tiny, small "
+                                                 rf"\(did you mean {meant}\?\)$"):
+            build_model(spec, tokenizer)
+    (tmp_path / "Tiny").mkdir()
+    with pytest.raises(ModelSpecError, match="^Tiny: cannot load a causal LM from it"):
+        build_model("Tiny", tokenizer)
 
 
 # ---------------------------------------------------------------------------- control tokens
@@ -426,3 +440,28 @@ def test_load_rejects_a_tokenizer_without_the_control_tokens(model, tokenizer, s
     with pytest.raises(ModelDirError, match="not in the tokenizer"):
         load_pretrained(out)
     assert json.loads((out / "scheme.json").read_text())["num_bins"] == 4
+
+
+@pytest.mark.parametrize("edit,problem", [
+    ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]},
+     r"GPT2LMHeadModel that its config.json describes: \d+ missing \(e.g. lm_head.weight, .*\); \d+ unexpected "
+     r"\(e.g. model.embed_tokens.weight, "),
+    ({"hidden_size": 128}, r"LlamaForCausalLM that its config.json describes: \d+ of another shape "
+                           r"\(e.g. model.embed_tokens.weight, "),
+])
+def test_weights_that_do_not_fit_the_config_are_refused(model, tokenizer, scheme, tmp_path, edit, problem, monkeypatch):
+    """Not loaded with the misfit tensors at random (the rest loaded), nor as a RuntimeError; the
+    error names the directory and some keys, in place of transformers' loading report."""
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **edit}))
+    reports = []
+    logged = logging.Handler()
+    logged.emit = lambda record: reports.append(record.getMessage())
+    monkeypatch.setattr(logging.getLogger("transformers"), "handlers", [logged])  # transformers does not propagate
+    expected = rf"^{out}: the weights do not fit the {problem}.*; expected the config.json saved with these weights$"
+    with pytest.raises(ModelDirError, match=expected):
+        load_pretrained(out)
+    with pytest.raises(ModelDirError, match=expected):
+        build_model(str(out), tokenizer)
+    assert not [r for r in reports if "LOAD REPORT" in r]

@@ -146,6 +146,37 @@ def test_refuses_existing_dir_and_wrong_mode(tmp_path):
     assert not (tmp_path / "r2").exists()
 
 
+def test_bad_input_files_name_file_and_line(tmp_path):
+    """Every unusable input is a MetricsError naming the file and line, and nothing is written."""
+    on = write_jsonl(tmp_path / "on.jsonl", samples(n=2))
+    log = write_jsonl(tmp_path / "log.jsonl", [{"step": 1, "loss": 2.0, "loss_on": None}, {"event": "checkpoint"},
+                                               {"step": 2, "loss": "x"}])
+    step_log = write_jsonl(tmp_path / "step.jsonl", [{"step": "a", "loss": 2.0}])
+    on_loss_log = write_jsonl(tmp_path / "on_loss.jsonl", [{"step": 1, "loss": 2.0, "loss_on": [1.0]}])
+    guided = write_jsonl(tmp_path / "guided.jsonl", [samples(n=1, guidance=2.0)[0],
+                                                     samples(n=1, guidance="abc")[0]])
+    reward = write_jsonl(tmp_path / "reward.jsonl", [dict(samples(n=1)[0], level=None, reward="x")])
+    cases = [
+        (dict(on_samples=tmp_path / "nope.jsonl"),
+         f"{tmp_path / 'nope.jsonl'}: cannot read this JSONL file (No such file or directory)"),
+        (dict(on_samples=tmp_path), f"{tmp_path}: cannot read this JSONL file (Is a directory)"),
+        (dict(on_samples=on, train_log=tmp_path / "nolog.jsonl"),
+         f"{tmp_path / 'nolog.jsonl'}: cannot read this JSONL file (No such file or directory)"),
+        (dict(on_samples=on, train_log=log), f"{log}:3: loss 'x' is not a number or null"),
+        (dict(on_samples=on, train_log=step_log), f"{step_log}:1: step 'a' is not an integer"),
+        (dict(on_samples=on, train_log=on_loss_log), f"{on_loss_log}:1: loss_on [1.0] is not a number or null"),
+        (dict(on_samples=on, guided_samples=guided), f"{guided}:2: guidance 'abc' is not a finite number or null"),
+        (dict(on_samples=reward), f"{reward}:1: reward 'x' is not a finite number or null"),
+        (dict(on_samples=[dict(samples(n=1)[0], level="3")]),
+         "on-mode sample 0: level '3' is not an integer or null"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(MetricsError) as e:
+            write_report(tmp_path / "r", scheme=scheme4(), **kwargs)
+        assert str(e.value) == message
+    assert not [p for p in tmp_path.iterdir() if p.name == "r" or p.name.startswith(".r.tmp")]
+
+
 def test_md_escape():
     assert md_escape("a|b*c\n_d  <x> [l](u) `c` ~s~ & \\") == "a\\|b\\*c \\_d \\<x\\> \\[l\\](u) \\`c\\` \\~s\\~ \\& \\\\"
     assert md_escape("x" * 10, limit=4) == "xxxx…"

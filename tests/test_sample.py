@@ -12,12 +12,12 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from conftest import write_jsonl
-from rcond.atomic import OutputPathError
+from rcond.atomic import OutputExistsError, OutputPathError
 from rcond.cli import main
 from rcond.corpus import ON_SLOT, RTG_SLOT, ConditionedStream, PackOptions, encodings, flat_ids
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
-from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, conditions, read_prompts,
-                          write_jsonl_atomic)
+from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, check_device, check_out_file, conditions,
+                          read_prompts, resolve_model_dir, write_jsonl_atomic)
 from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
@@ -155,15 +155,29 @@ def test_bad_conditions_are_clear_errors(scheme, kw, message):
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(max_new_tokens=0), "max_new_tokens must be at least 1"),
+    (dict(max_new_tokens=0), r"max_new_tokens must be in \[1, 1048576\] \(and fit the model's context\), got 0"),
+    (dict(max_new_tokens=10**11), r"max_new_tokens must be in \[1, 1048576\].*got 100000000000"),
     (dict(min_new_tokens=9, max_new_tokens=8), r"min_new_tokens must be in \[0, max_new_tokens=8\]"),
-    (dict(temperature=-0.1), "temperature must be a finite number >= 0"),
+    (dict(temperature=-0.1), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got -0.1"),
+    (dict(temperature=1e300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e\+300"),
+    (dict(temperature=1e-300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e-300"),
+    (dict(temperature=math.nan), r"temperature must be 0 \(greedy\) or in .*got nan"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_k=-1), "top_k must be >= 0"),
+    (dict(seed=-1), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got -1"),
+    (dict(seed=10**23), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got 100000000000000000000000"),
 ])
 def test_bad_sampling_params(kw, message):
     with pytest.raises(SampleError, match=message):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1e-4), dict(temperature=1e4), dict(top_p=1e-300),
+                                dict(seed=2**63 - 1), dict(max_new_tokens=2**20)])
+def test_sampling_params_at_their_limits_are_taken(kw):
+    """The ends of every documented range are valid settings, and torch takes the largest seed."""
+    params = SamplingParams(**kw)
+    assert torch.Generator().manual_seed(params.seed).initial_seed() == params.seed
 
 
 # ---------------------------------------------------------------------------- the decode loop
@@ -278,6 +292,62 @@ def test_choose_draws_from_the_filtered_distribution():
     assert torch.equal(Sampler.choose(logits.expand(3, -1), SamplingParams(temperature=0), None), torch.zeros(3).long())
 
 
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1e-4), SamplingParams(temperature=1e4),
+                                    SamplingParams(top_p=1e-300), SamplingParams(temperature=1e-4, top_p=1e-300)],
+                         ids=["t-min", "t-max", "p-tiny", "both"])
+def test_choose_at_the_range_ends_draws_allowed_ids(params):
+    """Extreme but valid settings keep the float32 arithmetic finite: ids come from the allowed tokens
+    (a tiny top_p or temperature is greedy), never the banned one or one past the vocabulary."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -math.inf]).expand(2000, -1)
+    picks = Sampler.choose(logits, params, torch.Generator().manual_seed(0))
+    assert int(picks.max()) <= 4
+    if params.temperature == 1e-4 or params.top_p < 1:
+        assert torch.equal(picks, torch.zeros_like(picks))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
+def test_choose_refuses_a_distribution_that_is_not_finite(bad):
+    """Logits with NaN or +inf (a broken model) would make the inverse-cdf draw return an id past the
+    vocabulary: they are a SampleError naming the settings instead."""
+    logits = torch.tensor([[2.0, 1.0, 0.0], [1.0, bad, 0.0]])
+    with pytest.raises(SampleError, match=r"next-token distribution is not finite at temperature=0.5, top_p=0.9, "
+                                          r"top_k=0: the model's logits \(after guidance, if any\) hold inf or NaN"):
+        Sampler.choose(logits, SamplingParams(temperature=0.5, top_p=0.9), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("g", [3e38, -3e38, 1e308, 100.5, math.inf, math.nan])
+def test_guidance_out_of_range_is_refused(sampler, g):
+    with pytest.raises(SampleError, match=r"guidance must be in \[-100, 100\] \(1 = the conditioned model"):
+        list(sampler.sample(["w1"], [Condition("on", 1)], greedy(2), guidance=g))
+
+
+@pytest.mark.parametrize("g", [100.0, -100.0])
+def test_guidance_at_the_limit_samples_in_vocabulary(sampler, g):
+    out = list(sampler.sample(PROMPTS, [Condition("on", 3)], SamplingParams(max_new_tokens=4, seed=1), guidance=g))
+    vocab = len(sampler.tokenizer)
+    assert len(out) == len(PROMPTS)
+    assert all(0 <= t < vocab for x in out for t in sampler.tokenizer(x.text, add_special_tokens=False)["input_ids"])
+
+
+def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
+    """make_model's context is 128 tokens: control ids + the longest prompt + max_new_tokens must fit."""
+    conds = [Condition("on", 1)]
+    assert len(list(sampler.sample(["w1 w2"], conds, greedy(124)))) == 1           # 2 + 2 + 124 = 128
+    with pytest.raises(SampleError, match=r"^the longest prompt \(prompt 1 of 1\) is 4 tokens with its 2 control "
+                                          r"token\(s\); with max_new_tokens=125 that makes 129, beyond the model's "
+                                          r"context of 128 tokens \(config.max_position_embeddings\): use "
+                                          r"max_new_tokens <= 124 or a shorter prompt$"):
+        list(sampler.sample(["w1 w2"], conds, greedy(125)))
+    (tmp_path / "p.txt").write_text("w1\n\n" + " ".join(["w3"] * 200) + "\nw2\n")
+    with pytest.raises(SampleError, match=rf"^the longest prompt \({tmp_path / 'p.txt'}:3\) is 202 tokens .* "
+                                          rf"shorten that prompt to under 126 tokens$"):
+        list(sampler.sample(read_prompts(tmp_path / "p.txt"), conds, greedy(3)))
+    off = read_prompts(tmp_path / "p.txt")[:1] + ["w1 " * 126]                  # off mode: 1 control token
+    with pytest.raises(SampleError, match=r"\(prompt 2 of 2\) is 127 tokens with its 1 control token\(s\); with "
+                                          r"max_new_tokens=2 that makes 129.*use max_new_tokens <= 1"):
+        list(sampler.sample(off, [Condition("off")], greedy(2)))
+
+
 def test_same_seed_same_samples(sampler):
     conds = [Condition("on", 2)]
 
@@ -300,16 +370,102 @@ def test_read_prompts(tmp_path):
         read_prompts(tmp_path / "bad.jsonl")
     with pytest.raises(SourceError, match="no such"):
         read_prompts(tmp_path / "missing.txt")
+    txt, jsonl = tmp_path / "p.txt", tmp_path / "p.jsonl"
+    assert [p.origin for p in read_prompts(txt)] == [f"{txt}:1", f"{txt}:3"]     # file lines, blank ones counted
+    assert [p.origin for p in read_prompts(jsonl)] == [f"{jsonl}:1", f"{jsonl}:2"]
+
+
+def test_prompts_that_are_not_a_prompts_file(tmp_path):
+    """A folder (even one named .txt) or a .zip is a preprocess input, not a prompts file; the
+    accepted list names only what read_prompts reads; a 'prompt' that is no string says what it is."""
+    import zipfile
+
+    accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv, \.parquet \(optionally \.gz\) or a "
+                r"hub dataset id with a string field 'prompt' per row$")
+    folder = tmp_path / "dir.txt"
+    folder.mkdir()
+    (folder / "a.txt").write_text("w1\n")
+    with pytest.raises(SourceError, match=rf"^{folder}: is a folder; --prompts takes one file: {accepted}"):
+        read_prompts(folder)
+    with zipfile.ZipFile(tmp_path / "t.zip", "w") as zf:
+        zf.writestr("a.txt", "w1\n")
+    (tmp_path / "p.md").write_text("w1\n")
+    (tmp_path / "t.txt.gz").write_bytes(b"")
+    for name in ("t.zip", "p.md", "t.txt.gz"):
+        with pytest.raises(SourceError, match=rf"^{tmp_path / name}: not a prompts file type; expected {accepted}"):
+            read_prompts(tmp_path / name)
+    write_jsonl(tmp_path / "int.jsonl", [{"prompt": 7, "id": 1}])
+    with pytest.raises(SourceError, match=r"int.jsonl:1: field 'prompt' is int 7, expected a string$"):
+        read_prompts(tmp_path / "int.jsonl")
 
 
 def test_a_run_without_its_model_yet_says_so(tmp_path):
-    from rcond.sample import resolve_model_dir
-
+    """--resume is suggested only where there is a checkpoint to resume from."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_config.json").write_text("{}")
+    with pytest.raises(SampleError, match=r"run: a training run that saved no model and no checkpoint \(it stopped "
+                                          r"before its first one\); there is nothing to sample or resume: start it "
+                                          r"again with rcond train --out .*run and its --corpus or --config$"):
+        resolve_model_dir(tmp_path / "run")
+    (tmp_path / "run" / "checkpoint").mkdir()
+    (tmp_path / "run" / "checkpoint" / "training_state.pt").write_bytes(b"")
     with pytest.raises(SampleError, match=r"run: a training run that has not saved its model yet .*--resume"):
         resolve_model_dir(tmp_path / "run")
     assert resolve_model_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # left to the loader to report
+
+
+def test_a_corpus_is_not_a_model(tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "tokenizer").mkdir(parents=True)
+    (corpus / "scheme.json").write_text("{}")
+    (corpus / "rows.arrow").write_bytes(b"")
+    with pytest.raises(SampleError, match=rf"^{corpus}: is an rcond corpus \(scheme.json, rows.arrow, tokenizer/\), "
+                                          rf"not a model; train on it \(rcond train --corpus {corpus} --out RUN\) "
+                                          rf"and sample with --model RUN \(its model is in RUN/model\)$"):
+        resolve_model_dir(corpus)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("meta", r"--device meta: meta tensors hold no values, so nothing can be sampled there"),
+    ("bogus", r"--device 'bogus': not a device; use auto, cpu, cuda\[:N\] or mps"),
+    pytest.param("mps", r"--device mps: MPS is not available here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
+    pytest.param("cuda", r"--device cuda: CUDA is not available here; use --device cpu",
+                 marks=pytest.mark.skipif(torch.accelerator.is_available(), reason="this machine has an accelerator")),
+    pytest.param("cuda:99", r"--device cuda:99: this machine has \d+ cuda device\(s\), numbered from 0",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+])
+def test_devices_torch_cannot_use_here_are_refused(spec, message):
+    with pytest.raises(SampleError, match=f"^{message}"):
+        check_device(spec)
+
+
+def test_usable_devices_are_taken():
+    assert check_device("cpu") == torch.device("cpu")
+    assert check_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.accelerator.is_available():
+        here = torch.accelerator.current_accelerator().type
+        assert check_device(f"{here}:0") == torch.device(here, 0)
+
+
+def test_output_paths_that_cannot_be_written(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(OutputPathError, match="^the output path is empty; give a FILE.jsonl to write$"):
+        check_out_file("", overwrite=True)
+    with pytest.raises(OutputPathError, match=rf"^{tmp_path / 'adir'}: is a folder; the output is one file, e.g. "
+                                              rf"{tmp_path / 'adir' / 'samples.jsonl'}$"):
+        check_out_file(tmp_path / "adir", overwrite=True)
+    with pytest.raises(OutputPathError, match=rf"^{tmp_path / 'afile' / 'x.jsonl'}: cannot create the output "
+                                              rf"there: {tmp_path / 'afile'} is a file, not a folder$"):
+        check_out_file(tmp_path / "afile" / "x.jsonl")
+    with pytest.raises(OutputExistsError, match="already exists; pass --overwrite"):
+        check_out_file(tmp_path / "afile")
+    assert check_out_file(tmp_path / "afile", overwrite=True) == tmp_path / "afile"
+    assert check_out_file(tmp_path / "new" / "s.jsonl") == tmp_path / "new" / "s.jsonl"
+    with pytest.raises(OutputPathError, match="is a folder"):
+        write_jsonl_atomic(tmp_path / "adir", [{"a": 1}])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]       # no temp file left
 
 
 def test_prompts_file_lines_bom_crlf_and_bad_utf8(tmp_path):
@@ -380,15 +536,41 @@ def test_cli_end_to_end(tmp_path, run_dir, capsys):
     (["--reward", "nan"], "error: reward nan is not a finite number"),
     (["--level", "1", "--mode", "off"], "error: off mode has no reward level"),
     (["--mode", "off", "--guidance", "2"], "error: guidance contrasts the on mode with the off mode"),
-    (["--level", "1", "--temperature", "-1"], "error: temperature must be a finite number >= 0"),
+    (["--level", "1", "--temperature", "-1"], "error: temperature must be 0 (greedy) or in [0.0001, 10000]"),
     (["--level", "1", "--n", "0"], "error: n and batch_size must be at least 1"),
     (["--level", "1", "--prompts", "nope.txt"], "error: nope.txt: no such prompts file"),
+    (["--level", "1", "--temperature", "1e300"], "error: temperature must be 0 (greedy) or in [0.0001, 10000]"),
+    (["--level", "1", "--guidance", "3e38"], "error: guidance must be in [-100, 100]"),
+    (["--level", "1", "--guidance", "1e308"], "error: guidance must be in [-100, 100]"),
+    (["--level", "1", "--max-new-tokens", "100000000000"], "error: max_new_tokens must be in [1, 1048576]"),
+    (["--level", "1", "--max-new-tokens", "200"], "beyond the model's context of 128 tokens"),
+    (["--level", "1", "--seed", "99999999999999999999999"], "error: seed must be in [0, 2**63-1"),
+    (["--level", "1", "--device", "meta"], "error: --device meta: meta tensors hold no values"),
 ])
 def test_cli_bad_input_exits_2(tmp_path, run_dir, capsys, args, message):
     out = tmp_path / "s.jsonl"
     assert main(["sample", "--model", str(run_dir), "--out", str(out), "--no-progress", *args]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_samples_at_a_tiny_top_p(tmp_path, run_dir):
+    """top_p 1e-300 is 0 in float32; the most likely token stays, so it samples greedily."""
+    args = ["sample", "--model", str(run_dir), "--level", "1", "--max-new-tokens", "3", "--no-progress"]
+    assert main([*args, "--top-p", "1e-300", "--out", str(tmp_path / "p.jsonl")]) == 0
+    assert main([*args, "--temperature", "0", "--out", str(tmp_path / "g.jsonl")]) == 0
+    assert (json.loads((tmp_path / "p.jsonl").read_text())["text"]
+            == json.loads((tmp_path / "g.jsonl").read_text())["text"])
+
+
+def test_cli_refuses_a_folder_or_an_empty_path_as_output(tmp_path, run_dir, capsys):
+    (tmp_path / "s").mkdir()
+    args = ["sample", "--model", str(run_dir), "--level", "1", "--max-new-tokens", "2", "--no-progress", "--overwrite"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 2
+    assert f"error: {tmp_path / 's'}: is a folder; the output is one file" in capsys.readouterr().err
+    assert main([*args, "--out", ""]) == 2
+    assert "error: the output path is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "s"] and not any((tmp_path / "s").iterdir())
 
 
 def test_cli_refuses_existing_output_and_missing_model(tmp_path, run_dir, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 
@@ -183,3 +184,81 @@ def test_unimportable_module_missing_attribute_and_non_callable(helpers, tmp_pat
         get_scorer(f"{helpers}:NOT_A_FUNCTION")
     with pytest.raises(ScorerError, match="no such file"):
         get_scorer(f"{tmp_path / 'absent.py'}:score")
+
+
+BROKEN_MODULES = {
+    "syntax": ("def score(texts) return 1\n", r"failed to import: SyntaxError: expected ':' \({file}, line 1\)"),
+    "raises": ("raise ValueError('module level failure')\n", "failed to import: ValueError: module level failure"),
+    "exits": ("raise SystemExit(4)\n", "failed to import: SystemExit: 4"),
+    "missing_dep": (
+        "import rcond_absent_dependency\n",
+        r"was found, but importing it failed because 'rcond_absent_dependency' is not installed "
+        r"\(ModuleNotFoundError: No module named 'rcond_absent_dependency'\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN_MODULES)
+def test_scorer_file_that_fails_to_import(tmp_path, kind):
+    source, message = BROKEN_MODULES[kind]
+    path = tmp_path / f"rcond_broken_{kind}.py"
+    path.write_text(source)
+    spec = f"{path}:score"
+    before = set(sys.modules)
+    where = re.escape(f"scorer '{spec}': file '{path}' ")
+    with pytest.raises(ScorerError, match="^" + where + message.format(file=re.escape(str(path)))):
+        get_scorer(spec)
+    assert set(sys.modules) == before
+
+
+@pytest.mark.parametrize("kind", BROKEN_MODULES)
+def test_dotted_scorer_module_that_fails_to_import(tmp_path, monkeypatch, kind):
+    source, message = BROKEN_MODULES[kind]
+    name = f"rcond_broken_{kind}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ScorerError, match=rf"^scorer '{name}:score': module '{name}' "
+                                          + message.format(file=re.escape(str(tmp_path / f"{name}.py")))):
+        get_scorer(f"{name}:score")
+    assert name not in sys.modules
+
+
+def test_missing_submodule_blames_the_scorer_module_not_a_dependency(tmp_path, monkeypatch):
+    (tmp_path / "rcond_scorer_pkg").mkdir()
+    (tmp_path / "rcond_scorer_pkg" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "rcond_scorer_pkg", raising=False)
+    with pytest.raises(ScorerError, match=r"cannot import module 'rcond_scorer_pkg.absent' \(No module named "
+                                          r"'rcond_scorer_pkg.absent'\); it must be importable"):
+        get_scorer("rcond_scorer_pkg.absent:score")
+    sys.modules.pop("rcond_scorer_pkg", None)
+
+
+def test_system_exit_in_function_is_reported_like_any_exception():
+    def exits(texts):
+        raise SystemExit(3)
+
+    with pytest.raises(ScorerError, match=r"^scorer 'exits' failed on texts 0\.\.1: SystemExit: 3$"):
+        Scorer("exits", exits)(["a", "b"])
+
+
+def test_keyboard_interrupt_in_function_passes_through():
+    def interrupted(texts):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Scorer("interrupted", interrupted)(["a"])
+
+
+@pytest.mark.parametrize("output, shown", [
+    (lambda texts: [True] * len(texts), "True"),
+    (lambda texts: np.array([False] * len(texts)), "np.False_"),
+    (lambda texts: [np.float64(1.0) > 0] * len(texts), "np.True_"),
+    (lambda texts: torch.tensor([True] * len(texts)), r"tensor\(True\)"),
+])
+def test_bool_score_is_not_a_number(output, shown):
+    with pytest.raises(ScorerError, match=rf"^scorer 'yes_no': score for text 0 \('x'\) is not a number: {shown} "
+                                          r"\(a bool\); return 1.0 or 0.0 instead$"):
+        Scorer("yes_no", output)(["x", "y"])

@@ -1,4 +1,6 @@
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -75,3 +77,91 @@ def test_tokens_added_to_tokenizer(wtok):
     # a control token is one special token, never split, and skipped when decoding
     assert wtok("<|rtg:1|> a", add_special_tokens=False).input_ids == [12, 1]
     assert wtok.decode([9, 12, 1], skip_special_tokens=True).strip() == "a"
+
+
+def stored(**changes):
+    """A fitted, preprocessed scheme's dict form with some fields changed."""
+    s = ControlScheme.fit([], binning="edges:-0.5,0,0.5")
+    s.counts = [3, 1, 4, 1]
+    s.options = {"block_size": 64}
+    return {**s.to_dict(), **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(num_bins=0), "num_bins: expected an integer >= 1, got 0"),
+    (dict(num_bins="4"), 'num_bins: expected an integer >= 1, got "4"'),
+    (dict(num_bins=True), "num_bins: expected an integer >= 1, got true"),
+    (dict(num_bins=3), "edges: 3 bins need a list of 2 edges, got [-0.5, 0.0, 0.5]"),
+    (dict(edges=None), "edges: 4 bins need a list of 3 edges, got null"),
+    (dict(edges=[-0.5, "0", 0.5]), 'edges: expected finite numbers, got [-0.5, "0", 0.5]'),
+    (dict(edges=[-0.5, float("nan"), 0.5]), "edges: expected finite numbers, got [-0.5, NaN, 0.5]"),
+    (dict(edges=[0.5, 0, -0.5]), "edges: expected non-decreasing numbers, got [0.5, 0, -0.5]"),
+    (dict(edges=[-0.5, 0, 0.6]), 'edges [-0.5, 0, 0.6] differ from those of binning "edges:-0.5,0,0.5"'),
+    (dict(binning="median"), 'binning: expected quantile, uniform or edges:a,b,... (finite, increasing), '
+                             'got "median"'),
+    (dict(binning="edges:1,1"), 'binning: expected quantile, uniform or edges:a,b,... (finite, increasing), '
+                                'got "edges:1,1"'),
+    (dict(counts=[3, 1, 4]), "counts: expected a list of 4 non-negative integers (one per bin), got [3, 1, 4]"),
+    (dict(counts=[3, 1, -4, 1]), "counts: expected a list of 4 non-negative integers (one per bin), got [3, 1, -4, 1]"),
+    (dict(counts=[3, 1, 4.5, 1]), "counts: expected a list of 4 non-negative integers (one per bin), "
+                                  "got [3, 1, 4.5, 1]"),
+    (dict(counts=None), "counts: expected a list of 4 non-negative integers (one per bin), got null"),
+    (dict(on_token=""), 'on_token: expected a non-empty string, got ""'),
+    (dict(off_token=7), "off_token: expected a non-empty string, got 7"),
+    (dict(rtg_template="<|rtg|>"), 'rtg_template: expected a string with the field {k} for the bin number, '
+                                   'got "<|rtg|>"'),
+    (dict(rtg_template="<|rtg:{k}{j}|>"), 'rtg_template: expected a string with the field {k} for the bin number, '
+                                          'got "<|rtg:{k}{j}|>"'),
+    (dict(on_token="<|rtg:2|>"), 'on_token "<|rtg:2|>", off_token "<|rlhf:off|>" and the 4 tokens of rtg_template '
+                                 '"<|rtg:{k}|>" must all differ'),
+    (dict(gamma=1.5), "gamma: expected a number in [0, 1], got 1.5"),
+    (dict(uncond_fraction=None), "uncond_fraction: expected a number in [0, 1], got null"),
+    (dict(tokenizer_fingerprint=5), "tokenizer_fingerprint: expected a string or null, got 5"),
+    (dict(source_fingerprints={"a.jsonl": None}), 'source_fingerprints: expected an object of strings, '
+                                                  'got {"a.jsonl": null}'),
+    (dict(options=None), "options: expected an object, got null"),
+    (dict(options=[1]), "options: expected an object, got [1]"),
+    (dict(version="1"), 'version: expected a positive integer, got "1"'),
+    (dict(version=2), "scheme version 2 is newer than this rcond (1)"),
+])
+def test_from_dict_checks_every_field(changes, message):
+    with pytest.raises(SchemeError) as e:
+        ControlScheme.from_dict(stored(**changes))
+    assert str(e.value) == message
+
+
+def test_from_dict_accepts_what_save_writes():
+    assert ControlScheme.from_dict(stored()).counts == [3, 1, 4, 1]
+    assert ControlScheme.from_dict(stored(counts=[], options={})).counts == []  # not preprocessed yet
+    tied = ControlScheme.fit([0.0] * 50 + [1.0] * 50, num_bins=4)  # quantile ties: equal edges
+    assert ControlScheme.from_json(tied.to_json()) == tied
+    one = ControlScheme(num_bins=1, binning="uniform")
+    assert ControlScheme.from_json(one.to_json()) == one
+    with pytest.raises(SchemeError, match=r"^expected a JSON object of scheme fields, got list$"):
+        ControlScheme.from_dict([1, 2])
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "scheme.json"
+    cases = [(json.dumps([1, 2]), "expected a JSON object of scheme fields, got list"),
+             (json.dumps(stored(options=None)), "options: expected an object, got null"),
+             (json.dumps(stored(foo=1)), "unknown scheme fields ['foo']"),
+             ("{oops", "not a valid scheme file: Expecting property name")]
+    for text, message in cases:
+        path.write_text(text)
+        with pytest.raises(SchemeError, match=rf"^{re.escape(f'{path}: {message}')}"):
+            ControlScheme.load(tmp_path)
+    path.write_bytes(b'{"num_bins": "\xff"}')
+    with pytest.raises(SchemeError, match=rf"^{re.escape(str(path))}: cannot read the scheme file \(.*utf-8"):
+        ControlScheme.load(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(SchemeError, match=rf"^{re.escape(str(path))}: cannot read the scheme file \(.*directory"):
+        ControlScheme.load(tmp_path)
+
+
+def test_bin_of_rejects_a_non_number():
+    s = ControlScheme.fit([], binning="edges:0")
+    for value in ("x", None, [1]):
+        with pytest.raises(SchemeError, match=rf"^reward {re.escape(repr(value))} is not a finite number$"):
+            s.bin_of(value)

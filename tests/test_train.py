@@ -68,7 +68,9 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
 @pytest.mark.parametrize("setting,value,what", [
     ("lr", -1.0, "a positive number"), ("lr", float("nan"), "a positive number"),
     ("batch_size", 0, "an integer of at least 1"), ("grad_accum", 1.5, "an integer of at least 1"),
-    ("seed", -1, "a non-negative integer"), ("warmup", "10", "a non-negative integer"),
+    ("seed", -1, "an integer in [0, 2**63 - 1]"), ("seed", 2**63, "an integer in [0, 2**63 - 1]"),
+    ("warmup", "10", "a non-negative integer"), ("lr", 10**400, "a positive number"),
+    ("model", 5, "a string"), ("trust_remote_code", "yes", "true or false"), ("trust_remote_code", 1, "true or false"),
     ("save_every", True, "a non-negative integer"), ("min_lr_ratio", 2.0, "in [0, 1]"),
     ("weight_decay", float("inf"), "a non-negative number"), ("beta2", 1.0, "in [0, 1)"),
     ("clip", 0.0, "a positive number (inf: no clipping)"), ("loss", "fast", "one of auto, torch, triton"),
@@ -80,7 +82,8 @@ def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
         TrainConfig(stages=[Stage(corpora=["c"], steps=1)], **{setting: value})
     with pytest.raises(TrainError, match=r"stage: steps must be an integer >= 1, got '3'"):
         Stage(corpora=["c"], steps="3")
-    TrainConfig(stages=[Stage(corpora=["c"], steps=1)], clip=float("inf"), weight_decay=0.0, min_lr_ratio=1.0)
+    TrainConfig(stages=[Stage(corpora=["c"], steps=1)], clip=float("inf"), weight_decay=0.0, min_lr_ratio=1.0,
+                lr=1, seed=2**63 - 1)  # an int will do for a float
 
 
 def small_model(monkeypatch):
@@ -179,19 +182,49 @@ def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("body,message", [
     ('[[stage]]\ncorpora = "a"\nsteps = 2\n', r"stage 1: corpora must be a list of corpus folders.*got 'a'"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\n[[stage]]\nname = "mix"\ncorpora = ["a", "b"]\nsteps = 2\n'
+     'weights = [1e308, 1e308]\n', r"stage 2 \('mix'\): weights \[1e\+308, 1e\+308\] must be non-negative numbers "
+                                   r"with a positive, finite sum$"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\n[[stage]]\ncorpora = ["a"]\nsteps = 0\n',
+     r"stage 2: steps must be an integer >= 1, got 0$"),
+    ('[[stage]]\ncorpora = ["a", "b"]\nsteps = 2\nweights = [1.0]\n',
+     r"stage 1: weights has 1 values for 2 corpora; expected one per corpus$"),
+    ('model = 5\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"model must be a string, got 5$"),
+    ('trust_remote_code = "yes"\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n',
+     r"trust_remote_code must be true or false, got 'yes'$"),
     ('[[stage]]\ncorpora = [5]\nsteps = 2\n', r"stage 1: corpora must be a list of corpus folders.*got \[5\]"),
     ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweights = ["x"]\n', r"stage 1: weights must be a list of numbers"),
     ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nname = 5\n', r"stage 1: name must be a string; got 5"),
-    ('[[stage]]\ncorpora = ["a"]\nsteps = 2.5\n', r"steps must be an integer >= 1, got 2.5"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2.5\n', r"stage 1: steps must be an integer >= 1, got 2.5"),
     ('stage = 5\n', r"no \[\[stage\]\] tables"),
-    ('seed = 1.0\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"seed must be a non-negative integer, got 1.0"),
+    ('seed = 1.0\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"seed must be an integer in \[0, 2\*\*63 - 1\], got 1.0"),
 ])
 def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, message):
-    """Each wrong type in a stages file is a TrainError saying which entry, not a TypeError from
-    deep inside (and a string of corpora is not read as one corpus per character)."""
-    (tmp_path / "stages.toml").write_text(body)
-    with pytest.raises(TrainError, match=message):
-        load_config_file(tmp_path / "stages.toml", {})
+    """Each wrong type in a stages file is a TrainError naming the file and the entry (a stage by its
+    number and, if it has one, its name), not a TypeError from deep inside (and a string of corpora is
+    not read as one corpus per character, a string as true, weights that overflow as a mixture)."""
+    path = tmp_path / "stages.toml"
+    path.write_text(body)
+    with pytest.raises(TrainError, match=message) as e:
+        load_config_file(path, {})
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def test_a_stages_file_is_checked_before_the_command_line_overrides_it(tmp_path):
+    (tmp_path / "stages.toml").write_text('lr = 1e-3\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n')
+    assert load_config_file(tmp_path / "stages.toml", {"lr": 0.5, "seed": None}).lr == 0.5
+    with pytest.raises(TrainError, match=r"^lr must be a positive number, got -1.0$"):
+        load_config_file(tmp_path / "stages.toml", {"lr": -1.0})
+
+
+def test_the_command_line_stage_names_the_options():
+    with pytest.raises(TrainError, match=r"^--weights has 2 values for 1 corpus; expected one per corpus$"):
+        Stage.from_options(["a"], 2, [1.0, 2.0])
+    with pytest.raises(TrainError, match=r"^--weights \[1e\+308, 1e\+308\] must be non-negative numbers"):
+        Stage.from_options(["a", "b"], 2, [1e308, 1e308])
+    with pytest.raises(TrainError, match=r"^--steps must be an integer >= 1, got 0$"):
+        Stage.from_options(["a"], 0, None)
+    assert Stage.from_options(["a"], 2, None) == Stage(corpora=["a"], steps=2, weights=[1.0], name="main")
 
 
 def test_mixture_draws_follow_weights(tmp_path):
@@ -211,9 +244,9 @@ def test_mixture_draws_follow_weights(tmp_path):
     assert sorted(first) == sorted(second) == list(range(n_a)) and first != second
 
 
-@pytest.mark.parametrize("weights", [[0, 0], [1, -1], [float("nan"), 1]])
+@pytest.mark.parametrize("weights", [[0, 0], [1, -1], [float("nan"), 1], [1e308, 1e308], [float("inf"), 1]])
 def test_bad_mixture_weights(weights):
-    with pytest.raises(TrainError, match="sum to a positive number"):
+    with pytest.raises(TrainError, match="must be non-negative numbers with a positive, finite sum"):
         Stage(corpora=["a", "b"], steps=1, weights=weights)
 
 
@@ -371,3 +404,134 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch)
     monkeypatch.setattr(train_module, "packed_hidden", oom)
     with pytest.raises(TrainError, match=r"out of memory with --batch-size 4 rows of 48 tokens: lower --batch-size"):
         train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("out,message", [
+    ("afile", r"--out {t}/afile: {t}/afile is a file, not a folder; expected a run directory"),
+    ("afile/run", r"--out {t}/afile/run: {t}/afile is a file, not a folder; expected a run directory"),
+    ("", r"--out is empty; expected the run directory"),
+])
+def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, out, message):
+    (tmp_path / "afile").write_text("mine")
+    target = str(tmp_path / out) if out else ""
+    with pytest.raises(TrainError, match="^" + message.format(t=re.escape(str(tmp_path)))):
+        train(cfg_for(corpus, steps=1), target, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_seed_beyond_64_bits_is_refused():
+    with pytest.raises(TrainError, match=r"^seed must be an integer in \[0, 2\*\*63 - 1\], got 99999999999999999999999$"):
+        TrainConfig(stages=[Stage(corpora=["c"], steps=1)], seed=99999999999999999999999)
+
+
+def interrupted_run(tmp_path, corpus, **kw) -> Path:
+    """A 2-step run whose checkpoint says it stopped after step 1 (so that --resume continues it)."""
+    run = tmp_path / "run"
+    train(cfg_for(corpus, steps=2, **kw), run, progress=False)
+    state_file = run / "checkpoint" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["step"] = 1
+    torch.save(state, state_file)
+    return run
+
+
+@pytest.mark.parametrize("schemes", [[], {"/some/other/corpus": {}}])
+def test_resume_refuses_a_train_config_whose_schemes_do_not_cover_the_corpora(tmp_path, corpus, monkeypatch, schemes):
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    recorded = json.loads((run / "train_config.json").read_text())
+    recorded["schemes"] = schemes
+    (run / "train_config.json").write_text(json.dumps(recorded))
+    with pytest.raises(TrainError, match=rf"^--resume: {run / 'train_config.json'} is damaged: its \"schemes\" must "
+                                         rf"map every corpus of the run \({corpus}\)"):
+        train(None, run, resume=True, progress=False)
+
+
+def test_a_run_started_with_a_relative_corpus_path_resumes_from_another_folder(tmp_path, corpus, monkeypatch):
+    small_model(monkeypatch)
+    monkeypatch.chdir(corpus.parent)
+    run = interrupted_run(tmp_path, Path(corpus.name))
+    recorded = json.loads((run / "train_config.json").read_text())
+    assert recorded["config"]["stages"][0]["corpora"] == [str(corpus)] and list(recorded["schemes"]) == [str(corpus)]
+    monkeypatch.chdir(tmp_path)
+    assert train(None, run, resume=True, progress=False).steps_done == 2
+
+
+def edited_corpus(tmp_path, corpus, edit) -> Path:
+    """A copy of ``corpus`` whose scheme.json ``edit`` changed by hand (the rows stay as they were)."""
+    import shutil
+
+    mine = tmp_path / "edited"
+    shutil.copytree(corpus, mine)
+    scheme = json.loads((mine / "scheme.json").read_text())
+    edit(scheme)
+    (mine / "scheme.json").write_text(json.dumps(scheme))
+    return mine
+
+
+def fewer_bins(scheme):
+    scheme["num_bins"], scheme["edges"], scheme["counts"] = 3, scheme["edges"][:2], scheme["counts"][:3]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda scheme: scheme["options"].pop("block_size"),
+     r"{c}/scheme.json gives no block size \(options.block_size must be the positive integer the rows were packed "
+     r"to, got None\)"),
+    (fewer_bins, r"its rows hold bin id 3 but {c}/scheme.json has num_bins = 3; the scheme.json does not belong"),
+])
+def test_a_hand_edited_scheme_json_is_refused_before_the_run_folder_is_made(tmp_path, corpus, edit, message):
+    mine = edited_corpus(tmp_path, corpus, edit)
+    with pytest.raises(TrainError, match=rf"^corpus {mine}: " + message.format(c=re.escape(str(mine)))):
+        train(cfg_for(mine, steps=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_corpus_without_its_tokenizer_folder_says_so(tmp_path, corpus):
+    import shutil
+
+    mine = tmp_path / "corpus"
+    shutil.copytree(corpus, mine)
+    shutil.rmtree(mine / "tokenizer")
+    with pytest.raises(TrainError, match=rf"^corpus {mine}: has no tokenizer/ folder \(the tokenizer its rows were "
+                                         rf"encoded with, saved by rcond preprocess\)"):
+        train(cfg_for(mine, steps=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_preset_or_unreachable_model_names_the_presets(tmp_path, corpus, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from rcond.modeling import ModelSpecError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelSpecError, match=r"^unknown preset 'Tiny'; presets are micro, tiny, small \(did you mean "
+                                             r"tiny\?\)$"):
+        train(cfg_for(corpus, steps=1, model="Tiny"), tmp_path / "run", progress=False)
+
+    def unreachable(*args, **kwargs):  # what transformers raises for a hub id with no network (none is used here)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.raises(ModelSpecError, match=r"^huge: not a local directory, and loading it as a hub id failed: We "
+                                             r"couldn't connect .* files; expected a preset \(micro, tiny, small\), "
+                                             r"a model directory or a hub id$"):
+        train(cfg_for(corpus, steps=1, model="huge"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("edit,problem", [
+    ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, r"GPT2LMHeadModel .*: \d+ missing \(e.g. "),
+    ({"hidden_size": 16}, r"LlamaForCausalLM .*: \d+ of another shape \(e.g. model.embed_tokens.weight"),
+])
+def test_a_model_whose_config_does_not_fit_its_weights_is_not_trained(tmp_path, corpus, monkeypatch, edit, problem):
+    """Not trained from random weights (missing tensors), nor a RuntimeError traceback (other shapes)."""
+    from rcond.modeling import ModelDirError
+
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=1), tmp_path / "first", progress=False)
+    model_dir = tmp_path / "first" / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ModelDirError, match=rf"^{model_dir}: the weights do not fit the {problem}"):
+        train(cfg_for(corpus, steps=1, model=str(model_dir)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
