@@ -37,12 +37,19 @@ def creating(target: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        blocking = next((p for p in Path(target).parents if p.is_file()), None)
+        blocking = file_in_the_way(Path(target))
         if blocking is not None:
             raise OutputPathError(f"{target}: cannot create the output there: {blocking} is a file, not a "
                                   f"folder") from e
         raise OutputPathError(f"{target}: cannot create the output there ({e.strerror or e}); "
                               f"choose a writable location") from e
+
+
+def file_in_the_way(path: Path, *, itself: bool = False) -> Path | None:
+    """The first of ``path``'s folders (and, with ``itself``, ``path``) that exists but is not a
+    folder: what makes an output there impossible to create. None if there is none."""
+    return next((p for p in ((path,) if itself else ()) + tuple(path.parents) if p.exists() and not p.is_dir()),
+                None)
 
 
 def temp_dir_beside(target: Path) -> Path:

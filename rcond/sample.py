@@ -95,7 +95,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import OutputExistsError, OutputPathError, as_created, creating
+from .atomic import OutputExistsError, OutputPathError, as_created, creating, file_in_the_way
 from .corpus import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
@@ -448,14 +448,14 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     ``.csv``, ``.parquet`` (optionally .gz) or a hub dataset id -> the ``prompt`` field of every row.
     Every prompt read is a :class:`Prompt`. A folder or a ``.zip`` (inputs of ``preprocess``, not
     prompts) and any other file type are refused, with the list of what is accepted."""
-    from .sources import ROW_SUFFIXES, SourceError, _suffix, iter_rows
+    from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows
 
     if path is None:
         return [""]
     p = Path(path)
     if p.is_dir():
         raise SourceError(f"{p}: is a folder; --prompts takes one file: {PROMPT_FILES}")
-    if p.is_file() and p.suffix != ".txt" and _suffix(p) not in ROW_SUFFIXES:
+    if p.is_file() and p.suffix != ".txt" and data_suffix(p) not in ROW_SUFFIXES:
         raise SourceError(f"{p}: not a prompts file type; expected {PROMPT_FILES}")
     if p.suffix == ".txt":
         if not p.is_file():
@@ -492,7 +492,7 @@ def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{path}: is a folder; the output is one file, e.g. {path / 'samples.jsonl'}")
-    blocking = next((q for q in path.parents if q.exists() and not q.is_dir()), None)
+    blocking = file_in_the_way(path)
     if blocking is not None:
         raise OutputPathError(f"{path}: cannot create the output there: {blocking} is a file, not a folder")
     if path.exists() and not overwrite:

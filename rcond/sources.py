@@ -155,10 +155,11 @@ def _is_hub_id(spec: str) -> bool:
     file's suffix (``data/reviews.jsonl``) is a missing file, not a hub id."""
     path = Path(spec)
     return (not path.exists() and "/" in spec and not spec.startswith((".", "/", "~"))
-            and _suffix(Path(spec.partition(":")[0])) not in (*ROW_SUFFIXES, ".txt", ".zip"))
+            and data_suffix(Path(spec.partition(":")[0])) not in (*ROW_SUFFIXES, ".txt", ".zip"))
 
 
-def _suffix(path: Path) -> str:
+def data_suffix(path: Path) -> str:
+    """The suffix that names a file's format, past any compression suffix (``a.jsonl.gz`` -> ``.jsonl``)."""
     suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
     return suffixes[-1] if suffixes else ""
 
@@ -183,7 +184,7 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
     if path.suffix == ".txt":
         yield from _documents([(str(path), path.read_bytes)], on_bad_line)
         return
-    kind = ROW_SUFFIXES.get(_suffix(path))
+    kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind is None:
         raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .parquet (optionally .gz), "
                           f".txt, a .zip of .txt files, a folder of .txt files, or a hub dataset id")
@@ -718,7 +719,7 @@ class SourceReader:
 
     def _is_jsonl(self, spec: str) -> bool:
         path = Path(spec).expanduser()
-        return path.is_file() and ROW_SUFFIXES.get(_suffix(path)) == "jsonl"
+        return path.is_file() and ROW_SUFFIXES.get(data_suffix(path)) == "jsonl"
 
     def batches(self, size: int = JSONL_CHUNK, *, score: bool = True) -> Iterator[PartBatch]:
         """Records in input order as PartBatches of up to ``size`` records (a pairs row gives

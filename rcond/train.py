@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
-from .atomic import creating
+from .atomic import creating, file_in_the_way
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, load_spec_tokenizer, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import tokenizer_fingerprint
@@ -548,7 +548,7 @@ def check_out(out: str | Path) -> Path:
     if not str(out).strip():
         raise TrainError("--out is empty; expected the run directory to write model/, checkpoint/ and log.jsonl into")
     out = Path(out)
-    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(out, itself=True)
     if blocking is not None:
         raise TrainError(f"--out {out}: {blocking} is a file, not a folder; expected a run directory (a new one, "
                          f"or a run's to --resume)")
