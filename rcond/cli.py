@@ -205,7 +205,7 @@ def run_train(a) -> int:
             raise TrainError("--steps and --weights belong to the stages file when --config is given")
         cfg = load_config_file(a.config, overrides)
     elif a.corpus:
-        stage = Stage(corpora=a.corpus, steps=200 if a.steps is None else a.steps, weights=a.weights, name="main")
+        stage = Stage.from_options(a.corpus, 200 if a.steps is None else a.steps, a.weights)
         cfg = TrainConfig(stages=[stage], **{k: v for k, v in overrides.items() if v is not None})
     else:
         raise TrainError("give --corpus DIR (repeatable), --config STAGES.toml, or --resume")
@@ -299,14 +299,13 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
 def run_sample(a) -> int:
     import time
 
-    from .atomic import OutputExistsError
-    from .sample import SamplingParams, conditions, format_summary, load_sampler, read_prompts, write_jsonl_atomic
+    from .sample import (SamplingParams, check_out_file, conditions, format_summary, load_sampler, read_prompts,
+                         write_jsonl_atomic)
     from .scorers import get_scorer
 
     params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
                             temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
-    if Path(a.out).exists() and not a.overwrite:
-        raise OutputExistsError(f"{a.out} already exists; pass --overwrite to replace it")
+    check_out_file(a.out, a.overwrite)  # before the model is loaded or anything sampled
     prompts = read_prompts(a.prompts)
     scorer = get_scorer(a.score_with) if a.score_with else None
     sampler = load_sampler(a.model, a.device, trust_remote_code=a.trust_remote_code)

@@ -188,7 +188,8 @@ def test_help_has_examples():
 @pytest.mark.parametrize("args,message", [
     (["--resume", "--weights", "0.3", "0.7"], "drop --weights"),
     (["--resume", "--steps", "0"], "drop --steps"),
-    (["--corpus", "c", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--corpus", "c", "--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["--corpus", "c", "--weights", "1", "2"], "--weights has 2 values for 1 corpus; expected one per corpus"),
     (["--corpus", "c", "--lr", "-1"], "lr must be a positive number, got -1.0"),
     (["--corpus", "c", "--batch-size", "0"], "batch_size must be an integer of at least 1, got 0"),
 ])
@@ -197,3 +198,13 @@ def test_train_flags_are_not_dropped(tmp_path, capsys, args, message):
     assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_sample_refuses_a_folder_out_before_loading_a_model(tmp_path, capsys):
+    """The --out check comes first: the model named here does not even exist."""
+    (tmp_path / "folder").mkdir()
+    assert main(["sample", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "folder"), "--overwrite",
+                 "--no-progress"]) == 2
+    assert f"{tmp_path / 'folder'}: is a folder; the output is one file" in capsys.readouterr().err
+    assert main(["sample", "--model", str(tmp_path / "no-model"), "--out", ""]) == 2
+    assert "the output path is empty" in capsys.readouterr().err
