@@ -51,6 +51,7 @@ def _generic_tokenizer_dir(path: Path) -> bool:
 def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos.
     Raises :class:`TokenizerError` when it cannot."""
+    _check_config_file(Path(path_or_id) / TOKENIZER_CONFIG_FILE)
     try:
         if _generic_tokenizer_dir(Path(path_or_id)):
             tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
@@ -58,7 +59,9 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
             from transformers import AutoTokenizer  # imports torch
 
             tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:  # transformers: OSError for a bad path, id or download; ValueError: bad file
+    except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:
+        # transformers: OSError for a bad path, id or download; ValueError for a bad file; the others
+        # for settings of the wrong type (a class name that is a number, an eos token that is an id)
         raise TokenizerError(_cannot_load(str(path_or_id), e)) from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
@@ -69,6 +72,20 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _check_config_file(config_file: Path) -> None:
+    """A local ``tokenizer_config.json`` must be a JSON object: transformers reads any other JSON
+    value with an AttributeError that names neither the file nor the fault."""
+    if not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{config_file}: cannot read it as JSON ({e}); {EXPECTED}") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_file}: expected a JSON object of tokenizer settings, got "
+                             f"{type(config).__name__} {json.dumps(config)[:60]}")
 
 
 def _cannot_load(spec: str, e: Exception) -> str:

@@ -69,6 +69,28 @@ def test_a_tokenizer_that_cannot_be_loaded_says_why(tokenizer_dir, tmp_path, mon
         load_tokenizer("some-org/some-tokenizer")
 
 
+@pytest.mark.parametrize("config,why", [
+    ("[]", "expected a JSON object of tokenizer settings, got list \\[\\]$"),
+    ("null", "expected a JSON object of tokenizer settings, got NoneType null$"),
+    ("{oops", "cannot read it as JSON \\(Expecting property name"),
+    ('{"tokenizer_class": 5}', None),
+    ('{"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": 7}', None),
+])
+def test_a_damaged_tokenizer_config_names_the_file(tokenizer_dir, tmp_path, config, why):
+    """Settings of the wrong shape give a TokenizerError naming the file or folder, not an
+    AttributeError from inside transformers."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tokenizer_dir, damaged)
+    (damaged / "tokenizer_config.json").write_text(config)
+    if why is None:
+        why = "cannot load a tokenizer from this directory \\((AttributeError|TypeError)"
+        spec = damaged
+    else:
+        spec = damaged / "tokenizer_config.json"
+    with pytest.raises(TokenizerError, match=f"^{spec}: {why}"):
+        load_tokenizer(damaged)
+
+
 def test_fingerprint_survives_save_load_and_calls_but_not_a_new_token(tokenizer_dir, tmp_path):
     tokenizer = load_tokenizer(tokenizer_dir)
     fp = tokenizer_fingerprint(tokenizer)
