@@ -64,7 +64,8 @@ def add_preprocess(sub) -> None:
     p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"])
     p.add_argument("--out", required=True, help="output corpus directory")
     p.add_argument("--tokenizer", default="train:8192", help="PATH_OR_ID, or train:VOCAB to train a byte-level BPE")
-    p.add_argument("--bins", type=int, default=10, help="number of reward-to-go bins K")
+    p.add_argument("--bins", type=int, default=None,
+                   help="number of reward-to-go bins K (default: 10, or as many as --binning edges: make)")
     p.add_argument("--binning", default="quantile", help="quantile | uniform | edges:a,b,...")
     p.add_argument("--block-size", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--uncond-fraction", type=float, default=0.05, help="share of records emitted unconditioned (off)")
@@ -88,12 +89,15 @@ def add_preprocess(sub) -> None:
 
 def run_preprocess(a) -> int:
     from .atomic import check_output
-    from .corpus import PackOptions, build, check_options, resolve_tokenizer
+    from .corpus import PackOptions, build, check_options, resolve_tokenizer, trained_vocab_size
     from .sources import FieldNames, SourceReader
+    from .tokens import resolve_bins
 
     opts = PackOptions(block_size=a.block_size, uncond_fraction=a.uncond_fraction, train_on_prompt=a.train_on_prompt,
                        truncate=a.truncate, seed=a.seed, workers=a.workers)
     check_options(opts)
+    num_bins = resolve_bins(a.bins, a.binning)
+    trained_vocab_size(a.tokenizer)
     check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
     scorer = None
     if a.score_with:
@@ -103,7 +107,7 @@ def run_preprocess(a) -> int:
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
     reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error)
     tokenizer = resolve_tokenizer(a.tokenizer, reader)
-    scheme, s = build(reader, a.out, tokenizer, num_bins=a.bins, binning=a.binning, opts=opts,
+    scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                       overwrite=a.overwrite, progress=not a.no_progress)
     print(format_preprocess_summary(a.out, scheme, s, opts.block_size))
     return 0
@@ -123,10 +127,15 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
         lo, hi = scheme.bin_range(k)
         lines.append(f"    {scheme.rtg_token(k):<12} [{lo:>9.4g}, {hi:<9.4g})  {scheme.counts[k]:>9,}")
     empty = sum(1 for c in scheme.counts if c == 0)
-    if scheme.binning == "quantile" and empty and any(scheme.counts):
-        lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token (rewards tie at the "
-                     f"quantile edges, or there are too few of them); nothing trains those levels. Use fewer "
-                     f"--bins, or --binning uniform / edges:...")
+    if empty and any(scheme.counts):
+        why, instead = {"quantile": ("rewards tie at the quantile edges, or there are too few of them",
+                                     "fewer --bins, or --binning uniform / edges:..."),
+                        "uniform": ("no reward falls in their equal-width ranges: the rewards are spread unevenly",
+                                    "fewer --bins, or --binning quantile")
+                        }.get(scheme.binning, ("no reward falls between their edges", "other edges, or --binning "
+                                               "quantile"))
+        lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token ({why}); nothing "
+                     f"trains those levels. Use {instead}")
     for ex in s.skipped_examples[:5]:
         lines.append(f"  skipped: {ex}")
     if s.skipped > 5:

@@ -77,7 +77,7 @@ import pyarrow as pa
 
 from .atomic import atomic_dir
 from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader, file_sha256, fingerprint
-from .tokens import ControlScheme, SchemeError
+from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
 ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
@@ -86,7 +86,9 @@ PACKED_DTYPES = {"input_ids": np.int32, "position_ids": np.int32, "segment_ids":
                  "loss_weight": np.float32, "marker": np.int32}  # pass 1's rows: flat, [R * B] per table
 PACKED_COLUMNS = tuple(PACKED_DTYPES)
 RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
-ROWS_PER_TABLE = 512  # rows written to the Arrow file at a time
+TABLE_TOKENS = 512 * 1024  # tokens of packed rows written to the Arrow file at a time (at least one row)
+MAX_BLOCK_SIZE = 2 ** 20  # tokens per row; rows this long already hold ~20 MB of columns each
+MAX_TRAINED_VOCAB = 2 ** 20  # train:VOCAB; the largest vocabularies in use are ~256k
 KEY_BITS = 40  # the packer's open rows are ints: free slots << KEY_BITS | row key (keys below 2**40)
 KEY_MASK = (1 << KEY_BITS) - 1
 MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
@@ -142,15 +144,27 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, pad_token=eos)
 
 
+def trained_vocab_size(spec: str) -> int | None:
+    """The VOCAB of a ``train:VOCAB`` tokenizer spec (None for a path or id), checked before any
+    input is read; an empty spec is refused (as a path it would be the current directory)."""
+    if not spec.strip():
+        raise CorpusError("--tokenizer is empty; expected a tokenizer directory, a hub id, or train:VOCAB_SIZE")
+    if not spec.startswith("train:"):
+        return None
+    try:
+        vocab = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise CorpusError(f"--tokenizer {spec!r}: expected train:VOCAB_SIZE, e.g. train:4096") from None
+    if not 260 <= vocab <= MAX_TRAINED_VOCAB:
+        raise CorpusError(f"--tokenizer {spec!r}: a byte-level BPE needs a vocabulary of 260 to "
+                          f"{MAX_TRAINED_VOCAB:,} tokens")
+    return vocab
+
+
 def resolve_tokenizer(spec: str, reader: SourceReader):
     """``PATH_OR_ID`` loads a tokenizer; ``train:VOCAB`` trains a byte-level BPE on the inputs."""
-    if spec.startswith("train:"):
-        try:
-            vocab = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise CorpusError(f"--tokenizer {spec!r}: expected train:VOCAB_SIZE, e.g. train:4096") from None
-        if vocab < 260:
-            raise CorpusError(f"--tokenizer {spec!r}: a byte-level BPE needs a vocabulary of at least 260")
+    vocab = trained_vocab_size(spec)
+    if vocab is not None:
         return train_tokenizer(reader.texts(), vocab)
     from .tokenizer import load_tokenizer
 
@@ -625,12 +639,26 @@ def check_options(opts: PackOptions) -> None:
     if opts.block_size < CONTROL_PREFIX + 2:
         raise CorpusError(f"--block-size {opts.block_size} is smaller than a control prefix ({CONTROL_PREFIX} "
                           f"tokens: mode + RTG) plus two tokens; use at least {CONTROL_PREFIX + 2}")
+    if opts.block_size > MAX_BLOCK_SIZE:
+        raise CorpusError(f"--block-size {opts.block_size} is more than {MAX_BLOCK_SIZE:,} tokens per row; a "
+                          f"training row is one model context, so give the context length you will train at")
     if not 0.0 <= opts.uncond_fraction <= 1.0:
         raise CorpusError(f"--uncond-fraction must be in [0, 1], got {opts.uncond_fraction}")
     if opts.seed < 0:  # numpy's generators take non-negative seeds only
         raise CorpusError(f"--seed must be a non-negative integer, got {opts.seed}")
     if opts.workers < 1:
         raise CorpusError(f"--workers must be at least 1, got {opts.workers}")
+
+
+def check_special_tokens(tokenizer, control_tokens: list[str]) -> None:
+    """The tokenizer's eos and pad must not be control tokens (a tokenizer saved with a corpus and
+    edited, say): every document ends with eos and padding fills rows, so either one would put a
+    control token where the model learns to end a text or where nothing is."""
+    for role in ("eos", "pad"):
+        token = getattr(tokenizer, f"{role}_token")
+        if token in control_tokens:
+            raise CorpusError(f"the tokenizer's {role} token is {token!r}, one of rcond's control tokens; give it a "
+                              f"{role} token of its own ({role}_token in its tokenizer_config.json)")
 
 
 def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
@@ -731,11 +759,15 @@ def _progress(total=None, desc="", unit="it", enabled=True):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 10, binning: str = "quantile",
-          opts: PackOptions | None = None, overwrite: bool = False, progress: bool = True) -> tuple[ControlScheme, Summary]:
-    """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically."""
+def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | None = None,
+          binning: str = "quantile", opts: PackOptions | None = None, overwrite: bool = False,
+          progress: bool = True) -> tuple[ControlScheme, Summary]:
+    """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically.
+    ``num_bins`` None: as many as explicit edges make, else 10 (:func:`~rcond.tokens.resolve_bins`)."""
     opts = opts or PackOptions()
     check_options(opts)
+    num_bins = resolve_bins(num_bins, binning)
+    check_special_tokens(tokenizer, ControlScheme(num_bins=num_bins).control_tokens)
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
@@ -755,7 +787,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int = 1
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         with Spill(tmp / "packed.bin", B) as spill:
-            packer = BestFitPacker(B, pad_id, opts.open_rows, ROWS_PER_TABLE, emit)
+            packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
                 values.append(parts.rtg[~np.isnan(parts.rtg)])
@@ -914,8 +946,31 @@ def load(directory: str | Path, *, verify: bool = True):
         raise CorpusError(f"{d}: missing {ROWS_FILE}")
     if verify and file_sha256(rows) != scheme.options.get("rows_sha256"):
         raise CorpusError(f"{rows}: fingerprint mismatch — the rows changed after preprocessing; re-run rcond preprocess")
+    if not (d / TOKENIZER_DIR).is_dir():
+        raise CorpusError(f"{d}: has no {TOKENIZER_DIR}/ folder (the tokenizer its rows were encoded with, saved by "
+                          f"rcond preprocess); restore it or preprocess the corpus again")
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
     dataset = Dataset.from_file(str(rows))
+    check_scheme_fits_rows(d, scheme, dataset.data)
     return dataset, scheme, tokenizer
+
+
+def check_scheme_fits_rows(d: Path, scheme: ControlScheme, table: pa.Table) -> None:
+    """What a hand-edited scheme.json can break that the rows' fingerprint does not cover (it
+    fingerprints the rows, not the scheme): ``options.block_size`` must be the rows' length, and
+    ``num_bins`` must cover every bin id in the rows."""
+    import pyarrow.compute as pc
+
+    scheme_file = d / SCHEME_FILE
+    block_size = scheme.options.get("block_size")
+    length = table.schema.field("bin_ids").type.list_size
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size != length:
+        raise CorpusError(f"{scheme_file}: options.block_size must be the length the rows were packed to, "
+                          f"{length}; got {block_size!r}. The scheme.json does not belong to these rows: preprocess "
+                          f"the corpus again")
+    top = pc.max(pc.list_flatten(table.column("bin_ids"))).as_py()
+    if top is not None and top >= scheme.num_bins:
+        raise CorpusError(f"{scheme_file}: the rows hold bin id {top} but num_bins is {scheme.num_bins}; the "
+                          f"scheme.json does not belong to these rows: preprocess the corpus again")

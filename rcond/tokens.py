@@ -36,6 +36,8 @@ OFF_TOKEN = "<|rlhf:off|>"
 RTG_TEMPLATE = "<|rtg:{k}|>"
 SCHEME_FILE = "scheme.json"
 FORMAT_VERSION = 1
+DEFAULT_BINS = 10
+MAX_BINS = 1024  # each bin is a vocabulary token that needs data of its own; bin ids are stored as int16
 
 
 class SchemeError(ValueError):
@@ -57,6 +59,26 @@ def parse_binning(spec: str) -> tuple[str, list[float] | None]:
             raise SchemeError(f"--binning {spec!r}: edges must be finite and strictly increasing")
         return "edges", edges
     raise SchemeError(f"unknown binning {spec!r}: expected quantile, uniform or edges:a,b,...")
+
+
+def resolve_bins(num_bins: int | None, binning: str) -> int:
+    """The number of bins K that ``--bins num_bins --binning binning`` asks for, checked before any
+    input is read: explicit edges fix K (a ``--bins`` that says otherwise is a contradiction), and
+    K is in [1, MAX_BINS]. ``num_bins`` None: the edges' K, else DEFAULT_BINS."""
+    kind, edges = parse_binning(binning)
+    if num_bins is not None and (isinstance(num_bins, bool) or not isinstance(num_bins, int)):
+        raise SchemeError(f"--bins must be an integer, got {num_bins!r}")
+    if edges is not None:
+        if num_bins is not None and num_bins != len(edges) + 1:
+            raise SchemeError(f"--bins {num_bins} contradicts --binning {binning!r}: {len(edges)} edges make "
+                              f"{len(edges) + 1} bins; leave out --bins, or give {num_bins - 1} edges")
+        num_bins = len(edges) + 1
+    num_bins = DEFAULT_BINS if num_bins is None else num_bins
+    if not 1 <= num_bins <= MAX_BINS:
+        raise SchemeError(f"--bins must be between 1 and {MAX_BINS}, got {num_bins}"
+                          + (" (each bin is a vocabulary token that needs training data of its own)"
+                             if num_bins > MAX_BINS else ""))
+    return num_bins
 
 
 def quantile_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[float]:
@@ -110,8 +132,8 @@ class ControlScheme:
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if self.num_bins < 1:
-            raise SchemeError(f"num_bins must be >= 1, got {self.num_bins}")
+        if not 1 <= self.num_bins <= MAX_BINS:
+            raise SchemeError(f"num_bins must be between 1 and {MAX_BINS}, got {self.num_bins}")
         if self.edges and len(self.edges) != self.num_bins - 1:
             raise SchemeError(f"{self.num_bins} bins need {self.num_bins - 1} edges, got {len(self.edges)}")
         if any(b < a for a, b in zip(self.edges, self.edges[1:])):
@@ -271,8 +293,8 @@ def check_scheme_fields(d: dict) -> None:
     if version > FORMAT_VERSION:
         raise SchemeError(f"scheme version {version} is newer than this rcond ({FORMAT_VERSION})")
     num_bins = d["num_bins"]
-    if not _is_count(num_bins) or num_bins < 1:
-        raise SchemeError(f"num_bins: expected an integer >= 1, got {_json(num_bins)}")
+    if not _is_count(num_bins) or not 1 <= num_bins <= MAX_BINS:
+        raise SchemeError(f"num_bins: expected an integer from 1 to {MAX_BINS}, got {_json(num_bins)}")
     _check_edges(d["edges"], num_bins)
     _check_binning(d["binning"], d["edges"])
     _check_counts(d["counts"], num_bins)

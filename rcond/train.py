@@ -37,7 +37,6 @@ from dataclasses import InitVar, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import torch
 import torch.distributed as dist
 
@@ -45,7 +44,7 @@ from .atomic import creating, file_in_the_way
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, load_spec_tokenizer, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import tokenizer_fingerprint
-from .tokens import SCHEME_FILE, ControlScheme
+from .tokens import ControlScheme
 
 STATE_FILE = "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
@@ -235,12 +234,8 @@ class CorpusRows:
     """Rows of one corpus in a seeded order reshuffled each epoch; position is resumable state."""
 
     def __init__(self, path: str, seed: int):
-        from .corpus import TOKENIZER_DIR, load
+        from .corpus import load
 
-        folder = Path(path)
-        if (folder / SCHEME_FILE).is_file() and not (folder / TOKENIZER_DIR).is_dir():
-            raise TrainError(f"corpus {path}: has no {TOKENIZER_DIR}/ folder (the tokenizer its rows were "
-                             f"encoded with, saved by rcond preprocess); restore it or preprocess the corpus again")
         self.dataset, self.scheme, self.tokenizer = load(path)
         self.dataset = self.dataset.with_format("numpy")
         self.path, self.seed = path, seed
@@ -407,26 +402,10 @@ def prepare_model(cfg: TrainConfig, corpora: dict[str, CorpusRows], scheme: Cont
     return model, tokenizer
 
 
-def check_corpus(c: CorpusRows) -> None:
-    """What a hand-edited scheme.json can break that loading the corpus does not check: its options
-    must give the rows' block_size, and its num_bins must cover every bin id in the rows."""
-    scheme_file = Path(c.path) / SCHEME_FILE
-    block_size = c.scheme.options.get("block_size")
-    if not _is_int(block_size) or block_size < 1:
-        raise TrainError(f"corpus {c.path}: {scheme_file} gives no block size (options.block_size must be the "
-                         f"positive integer the rows were packed to, got {block_size!r}); preprocess it again")
-    top = pc.max(pc.list_flatten(c.dataset.data.column("bin_ids"))).as_py()
-    if top is not None and top >= c.scheme.num_bins:
-        raise TrainError(f"corpus {c.path}: its rows hold bin id {top} but {scheme_file} has num_bins = "
-                         f"{c.scheme.num_bins}; the scheme.json does not belong to these rows: preprocess it again")
-
-
 def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
-    """Each corpus on its own (``check_corpus``), then that they agree: control tokens, block size,
-    tokenizer. Returns the first corpus's scheme and its block size."""
+    """That the corpora agree (each one's own scheme and rows ``corpus.load`` checked): control
+    tokens, block size, tokenizer. Returns the first corpus's scheme and its block size."""
     items = list(corpora.values())
-    for c in items:
-        check_corpus(c)
     first = items[0]
     for c in items[1:]:
         if c.scheme.control_tokens != first.scheme.control_tokens:

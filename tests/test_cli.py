@@ -65,6 +65,45 @@ def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_summary_notes_uniform_and_explicit_bins_that_no_reward_reaches(tmp_path, capsys):
+    skewed = [{"response": f"reply {i}", "reward": 0.0 if i < 39 else 10.0} for i in range(40)]
+    assert preprocess(tmp_path, skewed, "--bins", "4", "--binning", "uniform") == 0
+    out = capsys.readouterr().out  # edges 2.5, 5, 7.5: bins 1 and 2 hold nothing
+    assert ("note: 2 of 4 bins hold no reward-to-go token (no reward falls in their equal-width ranges: the rewards "
+            "are spread unevenly); nothing trains those levels. Use fewer --bins, or --binning quantile") in out
+    assert preprocess(tmp_path, skewed, "--binning", "edges:1,2,3", out="explicit") == 0
+    out = capsys.readouterr().out
+    assert "note: 2 of 4 bins hold no reward-to-go token (no reward falls between their edges)" in out
+    _, scheme, _ = load(tmp_path / "explicit")
+    assert scheme.num_bins == 4 and scheme.counts[1:3] == [0, 0] and scheme.counts[0] and scheme.counts[3]
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--bins", "4", "--binning", "edges:0,1"], "--bins 4 contradicts --binning 'edges:0,1': 2 edges make 3 bins; "
+                                                "leave out --bins, or give 3 edges"),
+    (["--bins", "0"], "--bins must be between 1 and 1024, got 0"),
+    (["--bins", "5000"], "--bins must be between 1 and 1024, got 5000 (each bin is a vocabulary token"),
+    (["--binning", "median"], "unknown binning 'median': expected quantile, uniform or edges:a,b,..."),
+    (["--block-size", "2000000"], "--block-size 2000000 is more than 1,048,576 tokens per row"),
+    (["--tokenizer", "train:99999999"], "--tokenizer 'train:99999999': a byte-level BPE needs a vocabulary of 260 "
+                                        "to 1,048,576 tokens"),
+    (["--tokenizer", ""], "--tokenizer is empty; expected a tokenizer directory, a hub id, or train:VOCAB_SIZE"),
+])
+def test_options_that_cannot_work_are_refused_before_the_input_is_read(tmp_path, capsys, options, message):
+    """The input's second line is broken: an option error shows it was checked before reading."""
+    assert preprocess(tmp_path, [{"response": "a", "reward": 1}, "{broken"], *options) == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "malformed JSON" not in err, err
+    assert not (tmp_path / "c").exists()
+
+
+def test_bins_agreeing_with_explicit_edges_is_accepted(tmp_path):
+    assert preprocess(tmp_path, [{"response": f"r {i}", "reward": i} for i in range(6)], "--bins", "3",
+                      "--binning", "edges:1,3", "--uncond-fraction", "0") == 0
+    _, scheme, _ = load(tmp_path / "c")
+    assert scheme.num_bins == 3 and scheme.edges == [1.0, 3.0] and scheme.counts == [1, 2, 3]
+
+
 def test_an_output_that_cannot_be_created_is_exit_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
     assert preprocess(tmp_path, [{"response": "a", "reward": 1}], out="afile/c") == 2

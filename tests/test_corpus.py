@@ -254,6 +254,69 @@ def test_load_checks_fingerprints(tmp_path):
         load(tmp_path / "c")
 
 
+def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_path):
+    """A scheme.json edited by hand (its edits are not fingerprinted) or a lost tokenizer/ folder
+    is refused by load itself, naming the file and what the rows hold."""
+    import json
+    import shutil
+
+    make(tmp_path, "scored", [{"response": f"r{i}", "reward": i} for i in range(8)], binning="edges:1.5,3.5,5.5")
+    good = tmp_path / "c"
+    load(good)
+
+    def edited(name, edit):
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        scheme = json.loads((d / "scheme.json").read_text())
+        edit(scheme)
+        (d / "scheme.json").write_text(json.dumps(scheme))
+        return d
+
+    d = edited("size", lambda s: s["options"].update(block_size=32))
+    with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: options.block_size must be the length the rows were "
+                                          rf"packed to, 16; got 32\."):
+        load(d)
+    d = edited("nosize", lambda s: s["options"].pop("block_size"))
+    with pytest.raises(CorpusError, match="packed to, 16; got None"):
+        load(d)
+    d = edited("bins", lambda s: s.update(num_bins=2, edges=[1.5], binning="edges:1.5", counts=s["counts"][:2]))
+    with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: the rows hold bin id 3 but num_bins is 2; the "
+                                          rf"scheme.json does not belong to these rows"):
+        load(d)
+    d = tmp_path / "notok"
+    shutil.copytree(good, d)
+    shutil.rmtree(d / "tokenizer")
+    with pytest.raises(CorpusError, match=rf"^{d}: has no tokenizer/ folder"):
+        load(d)
+
+
+@pytest.mark.parametrize("role", ["eos", "pad"])
+def test_an_eos_or_pad_token_that_is_a_control_token_is_refused(tmp_path, role):
+    tok = word_tokenizer()
+    tok.add_special_tokens({f"{role}_token": "<|rtg:1|>"})
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}])
+    with pytest.raises(CorpusError, match=rf"^the tokenizer's {role} token is '<\|rtg:1\|>', one of rcond's "
+                                          rf"control tokens; give it a {role} token of its own"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, num_bins=4, progress=False)
+    assert not (tmp_path / "c").exists()
+    tok.add_special_tokens({f"{role}_token": "<|rtg:7|>"})  # not a control token when there are 4 bins
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, num_bins=4, progress=False)
+
+
+@pytest.mark.parametrize("table_tokens", [8, 16, 48])
+def test_rows_do_not_depend_on_how_many_go_to_the_file_at_a_time(tmp_path, monkeypatch, table_tokens):
+    """Tables of TABLE_TOKENS // B rows (at least one, however long a row is) hold the same rows."""
+    import rcond.corpus
+
+    docs = [{"prompt": f"p {i}", "response": " ".join(["w"] * (i % 7 + 1)), "reward": i % 5} for i in range(40)]
+    whole, _, _ = make(tmp_path, "scored", docs, name="whole")
+    monkeypatch.setattr(rcond.corpus, "TABLE_TOKENS", table_tokens)
+    split, _, _ = make(tmp_path, "scored", docs, name="split")
+    assert len(whole["input_ids"]) > 3
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], split[k])
+
+
 def test_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}, "{bad"])

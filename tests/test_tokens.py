@@ -88,9 +88,10 @@ def stored(**changes):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(num_bins=0), "num_bins: expected an integer >= 1, got 0"),
-    (dict(num_bins="4"), 'num_bins: expected an integer >= 1, got "4"'),
-    (dict(num_bins=True), "num_bins: expected an integer >= 1, got true"),
+    (dict(num_bins=0), "num_bins: expected an integer from 1 to 1024, got 0"),
+    (dict(num_bins="4"), 'num_bins: expected an integer from 1 to 1024, got "4"'),
+    (dict(num_bins=True), "num_bins: expected an integer from 1 to 1024, got true"),
+    (dict(num_bins=2000), "num_bins: expected an integer from 1 to 1024, got 2000"),
     (dict(num_bins=3), "edges: 3 bins need a list of 2 edges, got [-0.5, 0.0, 0.5]"),
     (dict(edges=None), "edges: 4 bins need a list of 3 edges, got null"),
     (dict(edges=[-0.5, "0", 0.5]), 'edges: expected finite numbers, got [-0.5, "0", 0.5]'),

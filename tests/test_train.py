@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from rcond.corpus import PackOptions, build, train_tokenizer
+from rcond.corpus import CorpusError, PackOptions, build, train_tokenizer
 from rcond.sources import SourceReader
 from rcond.train import Stage, TrainConfig, TrainError, load_config_file, lr_lambda, train
 
@@ -475,13 +475,13 @@ def fewer_bins(scheme):
 
 @pytest.mark.parametrize("edit,message", [
     (lambda scheme: scheme["options"].pop("block_size"),
-     r"{c}/scheme.json gives no block size \(options.block_size must be the positive integer the rows were packed "
-     r"to, got None\)"),
-    (fewer_bins, r"its rows hold bin id 3 but {c}/scheme.json has num_bins = 3; the scheme.json does not belong"),
+     r"{c}/scheme.json: options.block_size must be the length the rows were packed to, 48; got None\. The "
+     r"scheme.json does not belong to these rows"),
+    (fewer_bins, r"{c}/scheme.json: the rows hold bin id 3 but num_bins is 3; the scheme.json does not belong"),
 ])
 def test_a_hand_edited_scheme_json_is_refused_before_the_run_folder_is_made(tmp_path, corpus, edit, message):
     mine = edited_corpus(tmp_path, corpus, edit)
-    with pytest.raises(TrainError, match=rf"^corpus {mine}: " + message.format(c=re.escape(str(mine)))):
+    with pytest.raises(CorpusError, match="^" + message.format(c=re.escape(str(mine)))):
         train(cfg_for(mine, steps=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
@@ -492,8 +492,8 @@ def test_a_corpus_without_its_tokenizer_folder_says_so(tmp_path, corpus):
     mine = tmp_path / "corpus"
     shutil.copytree(corpus, mine)
     shutil.rmtree(mine / "tokenizer")
-    with pytest.raises(TrainError, match=rf"^corpus {mine}: has no tokenizer/ folder \(the tokenizer its rows were "
-                                         rf"encoded with, saved by rcond preprocess\)"):
+    with pytest.raises(CorpusError, match=rf"^{mine}: has no tokenizer/ folder \(the tokenizer its rows were "
+                                          rf"encoded with, saved by rcond preprocess\)"):
         train(cfg_for(mine, steps=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
