@@ -7,6 +7,9 @@ exactly the records that the line-by-line path (:func:`rcond.sources.decode_line
 format's converter) gives, so it *declines* the chunk (returns ``None``) at the first sign of
 anything that path treats specially:
 
+- a non-blank line that does not start with ``{`` (Arrow's reader crashes the process on a
+  chunk that opens with ``null``: pyarrow 26, a segmentation fault, so such a chunk never
+  reaches it);
 - Arrow cannot parse it (bad JSON, not an object, a field of another type, a duplicate key, a
   number too big, invalid UTF-8), or it finds a different number of rows than there are
   non-blank lines (two objects on one line);
@@ -46,7 +49,9 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
     if fmt not in ("scored", "text", "pairs"):
         return None
     names = _columns(fmt, fields, needs_reward)
-    rows = sum(1 for line in lines if line.strip())
+    rows = _object_lines(lines)
+    if rows is None:
+        return None
     if rows == 0:
         return _empty()
     schema = pa.schema([(name, pa.float64() if kind == "number" else pa.string()) for name, kind in names.items()])
@@ -71,6 +76,18 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
         return _pairs(table, fields, needs_reward, scorer, score_batch)
     except UnicodeDecodeError:
         return None
+
+
+def _object_lines(lines: list[bytes]) -> int | None:
+    """The number of non-blank lines, or None if one of them does not open a JSON object."""
+    rows = 0
+    for line in lines:
+        head = line.lstrip()[:1]
+        if head:
+            if head != b"{":
+                return None
+            rows += 1
+    return rows
 
 
 def _columns(fmt: str, f: FieldNames, needs_reward: bool) -> dict[str, str]:

@@ -18,8 +18,8 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
 The RTG token of a record precedes the part that carries ``rtg``: the prompt for single
 responses (``<on> <rtg> prompt response``), each assistant turn for dialogs.
 
-JSON, CSV, Parquet and hub dataset ids are read through ``datasets`` in streaming mode. JSON
-Lines are read here, 1,000 lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once
+CSV, Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json``
+files are read with the standard library (:func:`_iter_json` says why). JSON Lines are read here, 1,000 lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once
 by Arrow's JSON reader and validated column by column (:mod:`rcond.columnar`); a chunk in which
 anything is off is decoded again line by line with the standard library, so a bad line is
 reported with its exact number and can be skipped alone. Both ways give the same records; the
@@ -190,6 +190,8 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
                           f".txt, a .zip of .txt files, a folder of .txt files, or a hub dataset id")
     if kind == "jsonl":
         yield from _iter_jsonl(path, on_bad_line)
+    elif kind == "json":
+        yield from _iter_json(path, on_bad_line)
     else:
         yield from _iter_datasets(kind, path)
 
@@ -267,7 +269,7 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
             msg = f"{path}:{i}: JSON nested too deeply to read; expected one flat JSON object per line"
         else:
             if not isinstance(obj, dict):
-                msg = f"{path}:{i}: expected a JSON object, got {type(obj).__name__}"
+                msg = f"{path}:{i}: expected a JSON object, got {kind_of(obj)}"
             elif _lone_surrogate(raw, obj):
                 msg = (f"{path}:{i}: a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its "
                        f"pair); expected valid Unicode text")
@@ -294,6 +296,65 @@ def _lone_surrogate(raw: bytes, obj: dict) -> bool:
 def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
     for first, lines in jsonl_chunks(path, JSONL_CHUNK):
         yield from decode_lines(path, first, lines, on_bad_line)
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first non-blank line of a (compressed) file, byte-order mark dropped; None if there is none."""
+    with _open_compressed(path) as f, _unreadable(path):
+        for i, line in enumerate(f):
+            if i == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]
+            if line.strip():
+                return line
+    return None
+
+
+def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
+    """A ``.json`` file: an array of objects (``FILE:item N``), one object (``FILE:item 1``), or
+    JSON Lines under a ``.json`` name (``FILE:LINE``, streamed). Read with the standard library:
+    ``datasets``' JSON builder hands the file to Arrow's reader, which crashes the process on a
+    file that opens with ``null`` (pyarrow 26, a segmentation fault), and turns an array of
+    strings into rows of a made-up ``text`` field."""
+    head = _first_line(path)
+    if head is None:
+        return
+    opening = head.lstrip()[:1]
+    if opening == b"{":
+        try:
+            one_per_line = isinstance(json.loads(head), dict)
+        except (ValueError, RecursionError):  # an object over several lines
+            one_per_line = False
+        if one_per_line:
+            yield from _iter_jsonl(path, on_bad_line)
+            return
+    elif opening != b"[":
+        raise SourceError(f"{path}:1: expected a JSON array of objects, a JSON object, or one object per line; the "
+                          f"file starts with {head.strip()[:40].decode('utf-8', 'replace')!r}")
+    with _open_compressed(path) as f, _unreadable(path):
+        data = f.read().removeprefix(b"\xef\xbb\xbf")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise SourceError(f"{path}:{line}: not valid UTF-8; expected a UTF-8 JSON file") from None
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); expected a JSON array "
+                          f"of objects") from None
+    except RecursionError:
+        raise SourceError(f"{path}: JSON nested too deeply to read; expected an array of flat objects") from None
+    rows = value if isinstance(value, list) else [value]
+    for i, row in enumerate(rows, start=1):
+        origin = f"{path}:item {i}"
+        if not isinstance(row, dict):
+            msg = f"{origin}: expected a JSON object, got {kind_of(row)}"
+        elif _lone_surrogate(data, row):
+            msg = f"{origin}: a string holds a lone UTF-16 surrogate escape; expected valid Unicode text"
+        else:
+            yield origin, row
+            continue
+        if on_bad_line is None:
+            raise RecordError(msg)
+        on_bad_line(msg)
 
 
 def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
@@ -451,6 +512,24 @@ def fingerprint(spec: str) -> str:
 
 
 # ---------------------------------------------------------------------------- field access
+def kind_of(value) -> str:
+    """A value's kind in JSON words (``null``, ``number``...), else its Python type (a Parquet
+    column may hold bytes or timestamps)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r:.40})"
+    if isinstance(value, str):
+        return f"a string ({value!r:.40})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
 def _field(row: dict, name: str, origin: str, *, optional: bool = False):
     """``row[name]``; an absent or null field is None when ``optional``, else an error that says which."""
     value = row.get(name)
@@ -464,7 +543,7 @@ def _field(row: dict, name: str, origin: str, *, optional: bool = False):
 def _text(row: dict, name: str, origin: str) -> str:
     value = _field(row, name, origin)
     if not isinstance(value, str):
-        raise SourceError(f"{origin}: field {name!r} must be a string, got {type(value).__name__}")
+        raise SourceError(f"{origin}: field {name!r} must be a string, got {kind_of(value)}")
     return value
 
 
@@ -507,7 +586,7 @@ def pairs_records(row: dict, origin: str, f: FieldNames, scored: bool) -> list[R
         prompt_r, rejected = split_hh(rejected, origin + " (rejected)")
     else:
         if not isinstance(prompt, str):
-            raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {type(prompt).__name__}")
+            raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}")
         prompt_c = prompt_r = prompt
     _nonempty(chosen, "chosen response", origin)
     _nonempty(rejected, "rejected response", origin)
@@ -540,7 +619,7 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
     prompt = _field(row, f.prompt, origin, optional=True)
     prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
-        raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {type(prompt).__name__}")
+        raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}")
     reward = 0.0 if scored else _reward(_field(row, f.reward, origin), f.reward, origin)
     return Record([Part(prompt, False, rtg=reward), Part(response, True)], "on", origin)
 

@@ -131,6 +131,19 @@ def test_declines_what_needs_the_line_path(fmt, rows, why):
     assert b is None, why
 
 
+@pytest.mark.parametrize("first", ["null", "  null", "5", "true", '"s"', "[1]"])
+def test_a_line_that_is_not_an_object_never_reaches_arrow(tmp_path, first):
+    """A chunk opening with ``null`` crashed the process inside Arrow's JSON reader (pyarrow 26,
+    a segmentation fault); any line that does not open an object sends the chunk to the line path."""
+    assert chunk([first, {"text": "a"}], "text") is None
+    assert chunk([{"text": "a"}, first], "text") is None
+    path = write_lines(tmp_path / "n.jsonl", ["", first, json.dumps({"text": "a"})])
+    with pytest.raises(SourceError, match=r"n\.jsonl:2: expected a JSON object, got "):
+        list(SourceReader([str(path)], "text").batches(4))
+    reader = SourceReader([str(path)], "text", on_error="skip")
+    assert [t for b in reader.batches(4) for t in b.texts] == ["a"] and reader.skipped.count == 1
+
+
 def test_scorer_problems_decline():
     assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [float("nan")]) is None
     assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [1.0, 2.0]) is None

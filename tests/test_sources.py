@@ -166,14 +166,50 @@ def test_csv_rows_wider_than_the_header_are_refused_not_shifted(tmp_path, capfd)
     assert "Failed to read" not in capfd.readouterr().err
 
 
-def test_parquet_and_json_through_datasets(tmp_path):
+def test_parquet_through_datasets(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "b.parquet")
     assert [r.parts[0].text for r in SourceReader([str(tmp_path / "b.parquet")], "text")] == ["x", "y"]
-    (tmp_path / "c.json").write_text(json.dumps([{"text": "z"}]))
-    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "c.json")], "text")] == ["z"]
+
+
+@pytest.mark.parametrize("content,origins", [
+    ('[{"text": "z"}, {"text": "w"}]', ["item 1", "item 2"]),        # an array of objects
+    ('\ufeff\n[\n  {"text": "z"},\n  {"text": "w"}\n]\n', ["item 1", "item 2"]),  # BOM, blank line, pretty
+    ('{\n  "text": "z"\n}\n', ["item 1"]),                          # one object over several lines
+    ('{"text": "z"}\n\n{"text": "w"}\n', ["1", "3"]),               # JSON Lines under a .json name
+])
+def test_json_shapes(tmp_path, content, origins):
+    path = tmp_path / "c.json"
+    path.write_text(content, encoding="utf-8")
+    recs = list(SourceReader([str(path)], "text"))
+    assert [r.origin for r in recs] == [f"{path}:{o}" for o in origins]
+    assert [r.parts[0].text for r in recs] == ["z", "w"][:len(origins)]
+
+
+@pytest.mark.parametrize("content,message", [
+    ('null\n{"text": "x"}\n', r"c\.json:1: expected a JSON array of objects, .* starts with 'null'"),  # crashed Arrow
+    ("5", r"c\.json:1: expected a JSON array of objects, .* starts with '5'"),
+    ('["a", "b"]', r"c\.json:item 1: expected a JSON object, got a string \('a'\)"),  # was a made-up 'text' field
+    ('[{"text": "a"}, 5]', r"c\.json:item 2: expected a JSON object, got a number \(5\)"),
+    ("[null]", r"c\.json:item 1: expected a JSON object, got null$"),
+    ('[{"text": "a"},\n {"text": "b",}]', r"c\.json:2: malformed JSON \(Expecting property name"),
+    ('{"text": "a"}\n{"text": 5}\n', r"c\.json:2: field 'text' must be a string, got a number \(5\)"),
+])
+def test_json_bad_shapes_name_the_item_or_line(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(SourceError, match=message):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_json_bad_items_are_skipped_one_by_one(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('[{"text": "a"}, 5, null, {"text": "b"}]')
+    reader = SourceReader([str(path)], "text", on_error="skip")
+    assert [r.parts[0].text for r in reader] == ["a", "b"]
+    assert reader.skipped.count == 2 and "item 3: expected a JSON object, got null" in reader.skipped.examples[1]
 
 
 def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
