@@ -129,6 +129,8 @@ class Scorer:
                 raise ScorerError(f"{where} is not a number: {v!r} (a bool); return 1.0 or 0.0 instead")
             try:
                 x = float(v)
+            except OverflowError:
+                raise ScorerError(f"{where} is an integer too large for a float: {v!r:.40}") from None
             except (TypeError, ValueError) as e:
                 raise ScorerError(f"{where} is not a number: {v!r} ({type(v).__name__})") from e
             if finite and not math.isfinite(x):

@@ -483,9 +483,19 @@ def _iter_zip(path: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
             names = sorted(n for n in zf.namelist() if n.endswith(".txt") and not n.endswith("/"))
             if not names:
                 raise SourceError(f"{path}: archive holds no .txt files")
-            yield from _documents(((f"{path}!{n}", lambda n=n: zf.read(n)) for n in names), on_bad_line)
+            yield from _documents(((f"{path}!{n}", lambda n=n: _zip_member(zf, path, n)) for n in names), on_bad_line)
     except zipfile.BadZipFile as e:  # not a zip, cut short, or a member whose CRC does not match
         raise SourceError(f"{path}: not a readable zip archive ({e})") from None
+
+
+def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
+    """One member's bytes; an encrypted member, or one compressed by a method the standard library
+    cannot undo (Deflate64, say), is an error naming it."""
+    try:
+        return zf.read(name)
+    except (RuntimeError, NotImplementedError, zlib.error, EOFError, lzma.LZMAError) as e:
+        raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
+                          f"deflated, bzip2- or lzma-compressed") from None
 
 
 def file_sha256(path: str | Path) -> str:

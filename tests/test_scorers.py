@@ -152,6 +152,12 @@ def test_non_numeric_score_is_an_error(helpers, fn):
         get_scorer(f"{helpers}:{fn}")(["x", "y"])
 
 
+def test_integer_beyond_float_range_is_an_error():
+    with pytest.raises(ScorerError, match=r"^scorer 'huge': score for text 1 \('y'\) is an integer too large for a "
+                                          r"float: 1000000000"):
+        Scorer("huge", lambda texts: [1, 10**400])(["x", "y"])
+
+
 @pytest.mark.parametrize("fn, match", [("scalar", "returned a float"), ("as_matrix", r"shape \(2, 2\)")])
 def test_non_sequence_output_is_an_error(helpers, fn, match):
     with pytest.raises(ScorerError, match=match):

@@ -108,6 +108,34 @@ def test_plain_text_documents_file_folder_and_zip(tmp_path):
         assert skipping.skipped.count == 1 and skipping.skipped.examples[0].startswith(f"{origin}:2:")
 
 
+def _patch_zip_member(path, *, flags=None, method=None):
+    """Rewrite the one member's general-purpose flags / compression method in both its local and
+    central headers (the standard library writes neither encrypted nor Deflate64 members)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature)
+        if flags is not None:
+            struct.pack_into("<H", data, at + flag_at, flags)
+        if method is not None:
+            struct.pack_into("<H", data, at + flag_at + 2, method)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("patch,why", [({"flags": 1}, "is encrypted"), ({"method": 9}, "not supported")])
+def test_zip_member_that_cannot_be_extracted_is_named(tmp_path, patch, why):
+    import zipfile
+
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.txt", "one document")
+    _patch_zip_member(archive, **patch)
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(archive))}!a\.txt: cannot be extracted \(.*{why}.*\); "
+                                          r"expected an unencrypted member"):
+        list(SourceReader([str(archive)], "text"))
+
+
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
 def test_bad_reward_names_record(tmp_path, bad):
     path = tmp_path / "in.jsonl"
