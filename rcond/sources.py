@@ -640,7 +640,7 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
         raise SourceError(f"{origin}: field {f.turns!r} must be a non-empty list of turns")
     parts: list[Part] = []
     rewards: list[float | None] = []
-    for j, turn in enumerate(turns):
+    for j, turn in enumerate(turns, start=1):
         where = f"{origin} turn {j}"
         if not isinstance(turn, dict):
             raise SourceError(f"{where}: expected an object with 'role' and 'content'")
@@ -659,7 +659,7 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
     if not scored:
         if all(r is None for r in rewards):
             raise SourceError(f"{origin}: no assistant turn carries a {f.reward!r}; give rewards or --score-with")
-        set_dialog_rtg(parts, [0.0 if r is None else r for r in rewards], gamma)
+        set_dialog_rtg(parts, [0.0 if r is None else r for r in rewards], gamma, origin)
     return Record(parts, "on", origin)
 
 
@@ -672,10 +672,15 @@ def reward_to_go(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
-def set_dialog_rtg(parts: list[Part], rewards: list[float], gamma: float) -> None:
-    assistant = [p for p in parts if p.trainable]
-    for p, rtg in zip(assistant, reward_to_go(rewards, gamma)):
-        p.rtg = rtg
+def set_dialog_rtg(parts: list[Part], rewards: list[float], gamma: float, origin: str) -> None:
+    """The reward-to-go of each assistant turn (the trainable parts, one part per turn); a sum
+    beyond float range is an error naming the turn (numbered from 1), not an infinite reward."""
+    turns = [j for j, p in enumerate(parts, start=1) if p.trainable]
+    for j, rtg in zip(turns, reward_to_go(rewards, gamma)):
+        if not math.isfinite(rtg):
+            raise SourceError(f"{origin} turn {j}: the reward-to-go of this turn overflows a float ({rtg}); "
+                              f"expected rewards whose discounted sum stays below 1.8e308 in magnitude")
+        parts[j - 1].rtg = rtg
 
 
 def text_record(row, origin: str, f: FieldNames) -> Record:
@@ -702,7 +707,7 @@ def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
     if _single_response(record):
         record.parts[0].rtg, record.parts[0].fixed_bin = float(scores[0]), None
     else:
-        set_dialog_rtg(record.parts, list(scores), gamma)
+        set_dialog_rtg(record.parts, list(scores), gamma, record.origin)
 
 
 # ---------------------------------------------------------------------------- the reader
@@ -863,11 +868,13 @@ class SourceReader:
             chunk = scores[i:i + len(ts)]
             i += len(ts)
             bad = [s for s in chunk if not math.isfinite(s)]
-            if bad:
-                msg = f"{rec.origin}: scorer returned a non-finite reward {bad[0]!r}"
+            try:
+                if bad:
+                    raise SourceError(f"{rec.origin}: scorer returned a non-finite reward {bad[0]!r}")
+                apply_scores(rec, chunk, self.gamma)
+            except SourceError as e:
                 if self.on_error == "fail":
-                    raise RecordError(msg)
-                self.skipped.add(msg)
+                    raise RecordError(str(e)) from None
+                self.skipped.add(str(e))
                 continue
-            apply_scores(rec, chunk, self.gamma)
             yield rec

@@ -92,9 +92,8 @@ def quantile_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[
         pos = (n - 1) * j / num_bins
         lo = math.floor(pos)
         hi = min(lo + 1, n - 1)
-        a, b = float(xs[lo]), float(xs[hi])
-        edges.append(a + (b - a) * (pos - lo))
-    return edges
+        edges.append(_between(float(xs[lo]), float(xs[hi]), pos - lo))
+    return _non_decreasing(edges)
 
 
 def uniform_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[float]:
@@ -105,8 +104,19 @@ def uniform_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[f
     lo, hi = float(xs.min()), float(xs.max())
     if hi == lo:
         hi = lo + 1.0
-    width = (hi - lo) / num_bins
-    return [lo + width * j for j in range(1, num_bins)]
+    return _non_decreasing([_between(lo, hi, j / num_bins) for j in range(1, num_bins)])
+
+
+def _between(a: float, b: float, t: float) -> float:
+    """a + (b - a) t for a <= b and t in [0, 1], finite even where b - a overflows (a = -1e308, b = 1e308)."""
+    if math.isfinite(b - a):
+        return a + (b - a) * t
+    return a * (1.0 - t) + b * t
+
+
+def _non_decreasing(edges: list[float]) -> list[float]:
+    """Edges with rounding's one-ulp dips between neighbours taken out."""
+    return np.maximum.accumulate(np.asarray(edges, dtype=np.float64)).tolist() if edges else []
 
 
 @dataclass

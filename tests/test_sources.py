@@ -27,6 +27,23 @@ def test_dialog_rtg_per_assistant_turn(tmp_path):
     assert [p.trainable for p in rec.parts] == [False, True] * 3
 
 
+def test_dialog_reward_to_go_beyond_float_range_names_the_turn(tmp_path):
+    turns = [{"role": "user", "content": "u1"}, {"role": "assistant", "content": "a1", "reward": 1e308},
+             {"role": "user", "content": "u2"}, {"role": "assistant", "content": "a2", "reward": 1e308}]
+    ok = {"turns": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reward": 1.0}]}
+    with pytest.raises(SourceError, match=r"in\.jsonl:2 turn 2: the reward-to-go of this turn overflows a float"):
+        read(tmp_path, "dialog", [ok, {"turns": turns}])
+    recs, _ = read(tmp_path, "dialog", [ok, {"turns": turns}], gamma=0.5)  # discounted, the sum fits
+    assert recs[1].parts[1].rtg == 1e308 + 0.5e308
+    reader = SourceReader([str(tmp_path / "in.jsonl")], "dialog", on_error="skip")
+    assert len(list(reader)) == 1 and reader.skipped.count == 1
+    # scores from a scorer are summed the same way
+    huge = {"turns": [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]}
+    path = write_jsonl(tmp_path / "s.jsonl", [huge])
+    with pytest.raises(SourceError, match=r"s\.jsonl:1 turn 1: the reward-to-go of this turn overflows"):
+        list(SourceReader([str(path)], "dialog", scorer=lambda texts: [1.7e308] * len(texts)))
+
+
 def test_hh_split_keeps_text():
     d = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: bye\n\nAssistant: ciao"
     prompt, resp = split_hh(d, "x")

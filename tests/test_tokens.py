@@ -30,6 +30,28 @@ def test_uniform_edges():
     assert uniform_edges([-1.0, 1.0, 0.3], 4) == pytest.approx([-0.5, 0.0, 0.5])
 
 
+@pytest.mark.parametrize("binning", ["quantile", "uniform"])
+def test_edges_stay_finite_where_the_reward_range_overflows(binning):
+    """max - min of rewards near +-1.8e308 is inf; the edges must still be the exact rational
+    interpolation, rounded (they were inf and NaN, written to a scheme.json nothing could load)."""
+    from fractions import Fraction
+
+    lo, hi = -1.7e308, 1.75e308
+    s = ControlScheme.fit([lo, hi, 0.0] if binning == "quantile" else [lo, hi], num_bins=8, binning=binning)
+    assert all(math.isfinite(e) for e in s.edges) and s.edges == sorted(s.edges)
+    if binning == "uniform":
+        exact = [float(Fraction(lo) + (Fraction(hi) - Fraction(lo)) * Fraction(j, 8)) for j in range(1, 8)]
+    else:  # sorted (lo, 0, hi): position 2j/8 among them
+        xs = [Fraction(lo), Fraction(0), Fraction(hi)]
+        exact = []
+        for j in range(1, 8):
+            pos = Fraction(2 * j, 8)
+            k = int(pos)
+            exact.append(float(xs[k] + (xs[min(k + 1, 2)] - xs[k]) * (pos - k)))
+    assert s.edges == pytest.approx(exact, rel=1e-15)
+    assert ControlScheme.from_json(s.to_json()).edges == s.edges
+
+
 def test_bin_of_and_ranges():
     s = ControlScheme.fit([], binning="edges:-0.5,0,0.5")
     assert s.num_bins == 4
