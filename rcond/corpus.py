@@ -139,8 +139,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
     eos = "<|endoftext|>"
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[eos],
-                            show_progress=False)
+    # in a thread of its own: the Rust trainer waits for the texts without checking for signals,
+    # so Ctrl-C is noticed only while this thread waits on it (an input that never ends, a fifo)
+    in_background(lambda: bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                                                  special_tokens=[eos], show_progress=False))()
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, pad_token=eos)
 
 
@@ -661,12 +663,17 @@ def check_special_tokens(tokenizer, control_tokens: list[str]) -> None:
                               f"{role} token of its own ({role}_token in its tokenizer_config.json)")
 
 
+ABANDON_AFTER = 2.0  # seconds a stopped consumer waits for its producer thread
+
+
 def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
     """Iterate ``items`` in a background thread, up to ``depth`` items ahead of the consumer.
 
     Stages chained this way run side by side: reading and parsing (Arrow's JSON reader releases
     the GIL), encoding (so does the tokenizer) and packing. An exception in the producer is raised
-    here; when the consumer stops early (an error, Ctrl-C), the producer stops at its next item.
+    here; when the consumer stops early (an error, Ctrl-C), the producer stops at its next item,
+    and is left behind (a daemon thread) if it cannot get there in ``ABANDON_AFTER`` seconds:
+    blocked opening a fifo no one writes to, say.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -706,7 +713,7 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
             yield item
     finally:
         stop.set()
-        worker.join()
+        worker.join(ABANDON_AFTER)
 
 
 def in_background(fn: Callable[[], Item]) -> Callable[[], Item]:

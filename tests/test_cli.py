@@ -218,6 +218,34 @@ def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig, workers):
     assert not [p for p in helpers if _running(p)], "processes of the build outlived it"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("trained,sig", [(True, signal.SIGINT), (False, signal.SIGINT), (False, signal.SIGTERM)])
+def test_interrupt_while_an_input_never_opens(tmp_path, trained, sig):
+    """A fifo no one writes to blocks the reading thread in open(); the signal still ends the run
+    (the tokenizer trainer, and the build's wait for its reader, used to wait on that thread for good)."""
+    from rcond.corpus import train_tokenizer
+
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    tokenizer = "train:300"
+    if not trained:
+        train_tokenizer(["some words to learn from"] * 20, 300).save_pretrained(tmp_path / "tok")
+        tokenizer = str(tmp_path / "tok")
+    out = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-m", "rcond.cli", "preprocess", str(fifo), "--format", "text",
+                             "--tokenizer", tokenizer, "--out", str(out), "--no-progress"],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(4)  # imports done, the reader waiting in open()
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    # SIGTERM before the output is opened (while the tokenizer trains) ends the process as it would any program
+    assert proc.returncode == -signal.SIGTERM or (proc.returncode != 0 and b"interrupted; no output was left" in err)
+    assert not out.exists() and not list(tmp_path.glob(".c.tmp-*"))
+
+
 def test_help_has_examples():
     r = subprocess.run([sys.executable, "-m", "rcond.cli", "preprocess", "--help"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
