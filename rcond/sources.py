@@ -397,6 +397,9 @@ def _csv_as_text(path: Path) -> dict:
     - Every column is read as text, and only an empty cell is missing: pandas would otherwise
       turn the strings ``NA``, ``None``, ``null``, ``nan``... into missing values, and a column
       of digits into numbers. Rewards are converted from their text like any other reward.
+    - The header (the first line that is not blank; a UTF-8 byte-order mark is dropped) must name
+      every column, each once: pandas would rename a second ``text`` to ``text.1`` and read the
+      first silently. Blank lines (also those of spaces only) are no rows, as pandas reads them.
     """
     with _open_compressed(path) as raw, _unreadable(path):
         for i, line in enumerate(raw, start=1):
@@ -405,13 +408,20 @@ def _csv_as_text(path: Path) -> dict:
             except UnicodeDecodeError as e:
                 raise SourceError(f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected a "
                                   f"UTF-8 CSV") from None
-    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
+        header = next((row for row in reader if "".join(row).strip()), None)
         header_line = reader.line_num
         first = next(reader, None)
     if header is None:
         return {}
+    for j, name in enumerate(header, start=1):
+        if not name.strip():
+            raise SourceError(f"{path}:{header_line}: header column {j} has no name; expected a name for every "
+                              f"column (a trailing comma adds an unnamed one)")
+        if j > 1 and name in header[:j - 1]:
+            raise SourceError(f"{path}:{header_line}: header names {name!r} twice (columns {header.index(name) + 1} "
+                              f"and {j}); expected each column named once")
     if first is not None and len(first) > len(header):
         raise SourceError(f"{path}:{reader.line_num}: {len(first)} fields, but the header (line {header_line}) names "
                           f"{len(header)}; expected every row to have one field per header name (a trailing comma "
@@ -419,7 +429,7 @@ def _csv_as_text(path: Path) -> dict:
     from datasets import Features, Value
 
     return {"features": Features({name: Value("string") for name in header}), "keep_default_na": False,
-            "na_values": [""]}
+            "na_values": [""], "encoding": "utf-8-sig"}
 
 
 def _parquet_rows(path: Path) -> int | None:

@@ -199,6 +199,26 @@ def test_csv_through_datasets(tmp_path):
     assert [r.parts[1].text for r in SourceReader([str(tmp_path / "m.csv")], "scored", on_error="skip")] == ["r"]
 
 
+def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_bytes(b"\xef\xbb\xbfresponse,reward\nhi,0.5\n")  # the mark was read into the first name
+    assert [r.parts[0].rtg for r in SourceReader([str(path)], "scored")] == [0.5]
+    path.write_text("\n  \ntext\nhello\n\nworld\n")  # blank lines are no rows, before the header too
+    assert [(r.origin, r.parts[0].text) for r in SourceReader([str(path)], "text")] == [
+        (f"{path}:row 1", "hello"), (f"{path}:row 2", "world")]
+
+
+@pytest.mark.parametrize("header,message", [
+    ("text,", r"h\.csv:1: header column 2 has no name; expected a name for every column"),
+    ("\ntext,text", r"h\.csv:2: header names 'text' twice \(columns 1 and 2\); expected each column named once"),
+])
+def test_csv_header_must_name_each_column_once(tmp_path, header, message):
+    path = tmp_path / "h.csv"
+    path.write_text(f"{header}\nhello,world\n")
+    with pytest.raises(SourceError, match=message):
+        list(SourceReader([str(path)], "text"))
+
+
 def test_csv_rows_wider_than_the_header_are_refused_not_shifted(tmp_path, capfd):
     # pandas would take the first column as the index and read 'there' as the prompt
     (tmp_path / "w.csv").write_text("prompt,response,reward\nhi,there,0.5,\nyo,ok,0.1,\n")
