@@ -814,7 +814,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         if summary.documents == 0:
             raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
                               + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")
-                              + "; expected at least one record")
+                              + "; expected at least one record"
+                              + "".join(f"\n  skipped: {m}" for m in summary.skipped_examples[:5]))
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         scheme = _fit_scheme(np.concatenate(values) if values else np.zeros(0), num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)

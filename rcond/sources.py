@@ -722,17 +722,33 @@ def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
 
 # ---------------------------------------------------------------------------- the reader
 def _check_inputs(inputs: list[str]) -> None:
-    """Refuse an empty input path (it would read the current directory) and an input given twice
-    (its records would be read twice)."""
-    seen: dict[str, str] = {}
+    """Refuse an empty input path (it would read the current directory) and inputs whose records
+    would be read twice: one file given twice (by another path, a link, a hard link), or a file or
+    folder of documents inside a folder that is given too."""
+    seen: dict[object, str] = {}
+    folders: list[tuple[Path, str]] = []
     for spec in inputs:
         if not spec.strip():
             raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
         path = Path(spec).expanduser()
-        key = str(path.resolve()) if path.exists() else spec
+        if not path.exists():  # a hub id, or a missing file reported when it is read
+            key: object = spec
+        else:
+            st = path.stat()
+            key = (st.st_dev, st.st_ino)
+            if path.is_dir():
+                folders.append((path.resolve(), spec))
         if key in seen:
-            raise SourceError(f"{spec}: given twice (also as {seen[key]}); its records would be read twice")
+            raise SourceError(f"{spec}: the same input as {seen[key]}, also given; its records would be read twice")
         seen[key] = spec
+    for spec in inputs:
+        path = Path(spec).expanduser()
+        if path.is_dir() or path.suffix == ".txt":  # what a folder input reads
+            inner = path.resolve()
+            for folder, folder_spec in folders:
+                if folder in inner.parents:
+                    raise SourceError(f"{spec}: inside the folder {folder_spec}, also given; its documents would be "
+                                      f"read twice")
 
 
 def _check_fields(fmt: str, f: FieldNames, scored: bool) -> None:

@@ -155,6 +155,15 @@ def test_skip_reports(tmp_path, capsys):
     assert "skipped 2 bad" in out and "in.jsonl:2: malformed JSON" in out and "in.jsonl:3: reward" in out
 
 
+def test_skip_with_every_record_bad_says_why(tmp_path, capsys):
+    rows = ["{x", {"response": "b", "reward": "nan?"}]
+    assert preprocess(tmp_path, rows, "--on-error", "skip") == 2
+    err = capsys.readouterr().err
+    assert "no records were read from" in err and "(2 skipped as bad)" in err
+    assert "skipped: " + str(tmp_path / "in.jsonl") + ":1: malformed JSON" in err and "in.jsonl:2: reward" in err
+    assert not (tmp_path / "c").exists()
+
+
 SLOW_SCORER = "import time\ndef score(texts):\n    time.sleep(0.2)\n    return [1.0] * len(texts)\n"
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import pytest
@@ -197,6 +198,26 @@ def test_csv_through_datasets(tmp_path):
         list(SourceReader([str(tmp_path / "m.csv")], "scored"))
     # a quoted first row keeps its multi-line cell whole, and is as wide as the header: read
     assert [r.parts[1].text for r in SourceReader([str(tmp_path / "m.csv")], "scored", on_error="skip")] == ["r"]
+
+
+def test_an_input_given_twice_is_refused(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": "x"}])
+    os.link(a, tmp_path / "hard.jsonl")
+    (tmp_path / "soft.jsonl").symlink_to(a)
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "sub" / "d.txt").write_text("a document")
+    cases = [([str(a), str(tmp_path / "." / "a.jsonl")], "the same input as"),
+             ([str(a), str(tmp_path / "hard.jsonl")], "the same input as"),
+             ([str(tmp_path / "soft.jsonl"), str(a)], "the same input as"),
+             ([str(docs), str(docs / "sub")], r"sub: inside the folder .*docs, also given"),
+             ([str(docs / "sub" / "d.txt"), str(docs)], r"d\.txt: inside the folder .*docs, also given")]
+    for inputs, message in cases:
+        with pytest.raises(SourceError, match=message):
+            SourceReader(inputs, "text")
+    # a folder reads only .txt files: a JSON Lines file inside it is read once
+    write_jsonl(docs / "rows.jsonl", [{"text": "y"}])
+    assert len(list(SourceReader([str(docs), str(docs / "rows.jsonl")], "text"))) == 2
 
 
 def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
