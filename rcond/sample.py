@@ -105,8 +105,8 @@ TEMPERATURE_RANGE = (1e-4, 1e4)   # see the module docstring for the reasons of 
 GUIDANCE_LIMIT = 100.0
 SEED_MAX = 2**63 - 1
 MAX_NEW_TOKENS = 2**20
-PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv, .parquet (optionally .gz) or a hub "
-                "dataset id with a string field 'prompt' per row")
+PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv, .parquet (each optionally .gz, .bz2, .xz, "
+                ".zst) or a hub dataset id with a string field 'prompt' per row")
 
 
 class SampleError(ValueError):
@@ -455,9 +455,9 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     p = Path(path)
     if p.is_dir():
         raise SourceError(f"{p}: is a folder; --prompts takes one file: {PROMPT_FILES}")
-    if p.is_file() and p.suffix != ".txt" and data_suffix(p) not in ROW_SUFFIXES:
+    if p.is_file() and data_suffix(p) != ".txt" and data_suffix(p) not in ROW_SUFFIXES:
         raise SourceError(f"{p}: not a prompts file type; expected {PROMPT_FILES}")
-    if p.suffix == ".txt":
+    if data_suffix(p) == ".txt":
         if not p.is_file():
             raise SourceError(f"{p}: no such prompts file")
         # one prompt per line; iter_rows reads the file as a plain-text document (bad UTF-8 named by line)

@@ -159,8 +159,9 @@ def _is_hub_id(spec: str) -> bool:
 
 
 def data_suffix(path: Path) -> str:
-    """The suffix that names a file's format, past any compression suffix (``a.jsonl.gz`` -> ``.jsonl``)."""
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+    """The suffix that names a file's format, past any compression suffix (``a.jsonl.gz`` -> ``.jsonl``),
+    in lower case (``A.JSONL.GZ`` -> ``.jsonl``)."""
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".xz", ".zst")]
     return suffixes[-1] if suffixes else ""
 
 
@@ -178,16 +179,16 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
             yield from _iter_hub(spec)
             return
         raise SourceError(f"{spec}: no such file or directory")
-    if path.suffix == ".zip":
+    if path.suffix.lower() == ".zip":
         yield from _iter_zip(path, on_bad_line)
         return
-    if path.suffix == ".txt":
-        yield from _documents([(str(path), path.read_bytes)], on_bad_line)
+    if data_suffix(path) == ".txt":  # one document, maybe compressed
+        yield from _documents([(str(path), lambda: _read_all(path))], on_bad_line)
         return
     kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind is None:
-        raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .parquet (optionally .gz), "
-                          f".txt, a .zip of .txt files, a folder of .txt files, or a hub dataset id")
+        raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .parquet, .txt (optionally "
+                          f".gz, .bz2, .xz, .zst), a .zip of .txt files, a folder of .txt files, or a hub dataset id")
     if kind == "jsonl":
         yield from _iter_jsonl(path, on_bad_line)
     elif kind == "json":
@@ -205,7 +206,7 @@ def _load_streaming(*args, **kwargs):
 
 def _open_compressed(path: Path):
     """A binary file object over ``path``, decompressing .gz/.bz2/.xz/.zst by suffix."""
-    suffix = path.suffix
+    suffix = path.suffix.lower()
     if suffix == ".gz":
         import gzip
         return gzip.open(path, "rb")
@@ -222,6 +223,11 @@ def _open_compressed(path: Path):
             raise SourceError(f"{path}: reading .zst needs the 'zstandard' package (pip install zstandard)") from None
         return zstandard.open(path, "rb")
     return open(path, "rb")
+
+
+def _read_all(path: Path) -> bytes:
+    with _open_compressed(path) as f, _unreadable(path):
+        return f.read()
 
 
 @contextlib.contextmanager
@@ -330,8 +336,7 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
     elif opening != b"[":
         raise SourceError(f"{path}:1: expected a JSON array of objects, a JSON object, or one object per line; the "
                           f"file starts with {head.strip()[:40].decode('utf-8', 'replace')!r}")
-    with _open_compressed(path) as f, _unreadable(path):
-        data = f.read().removeprefix(b"\xef\xbb\xbf")
+    data = _read_all(path).removeprefix(b"\xef\xbb\xbf")
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -476,8 +481,9 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
 
 
 def _text_files(folder: Path) -> list[Path]:
-    """The documents of a folder: its .txt files at any depth (not folders named so, not broken links)."""
-    return sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    """The documents of a folder: its .txt files (any case: .TXT too) at any depth (not folders
+    named so, not broken links)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".txt" and p.is_file())
 
 
 def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
@@ -490,7 +496,7 @@ def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]
 def _iter_zip(path: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
     try:
         with zipfile.ZipFile(path) as zf:
-            names = sorted(n for n in zf.namelist() if n.endswith(".txt") and not n.endswith("/"))
+            names = sorted(n for n in zf.namelist() if n.lower().endswith(".txt") and not n.endswith("/"))
             if not names:
                 raise SourceError(f"{path}: archive holds no .txt files")
             yield from _documents(((f"{path}!{n}", lambda n=n: _zip_member(zf, path, n)) for n in names), on_bad_line)
@@ -568,7 +574,7 @@ def _text(row: dict, name: str, origin: str) -> str:
 
 
 def _reward(value, name: str, origin: str) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (isinstance(value, str) and "_" in value):  # float() reads "1_000"
         raise SourceError(f"{origin}: {name} must be a number, got {value!r}")
     try:
         value = float(value)
@@ -661,6 +667,9 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
             rewards.append(None if r is None else _reward(r, "reward", where))
             parts.append(Part(content, True, rtg=0.0))
         elif role in ("user", "system"):
+            if turn.get(f.reward) is not None:
+                raise SourceError(f"{where}: a {role} turn carries a {f.reward!r}; rewards belong to assistant turns "
+                                  f"(the reward-to-go conditions what the model says)")
             parts.append(Part(content, False))
         else:
             raise SourceError(f"{where}: role must be 'user', 'system' or 'assistant', got {role!r}")
@@ -743,7 +752,7 @@ def _check_inputs(inputs: list[str]) -> None:
         seen[key] = spec
     for spec in inputs:
         path = Path(spec).expanduser()
-        if path.is_dir() or path.suffix == ".txt":  # what a folder input reads
+        if path.is_dir() or path.suffix.lower() == ".txt":  # what a folder input reads
             inner = path.resolve()
             for folder, folder_spec in folders:
                 if folder in inner.parents:
@@ -790,6 +799,9 @@ class SourceReader:
             raise SourceError("no input given")
         if not 0.0 <= self.gamma <= 1.0:  # also refuses NaN
             raise SourceError(f"--gamma must be a discount in [0, 1], got {self.gamma!r}")
+        if self.gamma != 1.0 and self.format != "dialog":
+            raise SourceError(f"--gamma {self.gamma:g} discounts reward-to-go across dialog turns; format "
+                              f"{self.format!r} has one response per record, so it would change nothing")
         _check_inputs(self.inputs)
         _check_fields(self.format, self.fields, scored=self.scorer is not None)
         if self.scorer is not None and self.format == "text":

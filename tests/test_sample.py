@@ -378,10 +378,11 @@ def test_read_prompts(tmp_path):
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
     """A folder (even one named .txt) or a .zip is a preprocess input, not a prompts file; the
     accepted list names only what read_prompts reads; a 'prompt' that is no string says what it is."""
+    import gzip
     import zipfile
 
-    accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv, \.parquet \(optionally \.gz\) or a "
-                r"hub dataset id with a string field 'prompt' per row$")
+    accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv, \.parquet \(each optionally \.gz, "
+                r"\.bz2, \.xz, \.zst\) or a hub dataset id with a string field 'prompt' per row$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")
@@ -390,10 +391,12 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     with zipfile.ZipFile(tmp_path / "t.zip", "w") as zf:
         zf.writestr("a.txt", "w1\n")
     (tmp_path / "p.md").write_text("w1\n")
-    (tmp_path / "t.txt.gz").write_bytes(b"")
-    for name in ("t.zip", "p.md", "t.txt.gz"):
+    for name in ("t.zip", "p.md"):
         with pytest.raises(SourceError, match=rf"^{tmp_path / name}: not a prompts file type; expected {accepted}"):
             read_prompts(tmp_path / name)
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(b"first\n\nsecond\n"))  # compressed, one prompt per line
+    assert [(str(p), p.origin) for p in read_prompts(tmp_path / "t.txt.gz")] == [
+        ("first", f"{tmp_path / 't.txt.gz'}:1"), ("second", f"{tmp_path / 't.txt.gz'}:3")]
     write_jsonl(tmp_path / "int.jsonl", [{"prompt": 7, "id": 1}])
     with pytest.raises(SourceError, match=r"int.jsonl:1: field 'prompt' is int 7, expected a string$"):
         read_prompts(tmp_path / "int.jsonl")

@@ -348,6 +348,48 @@ def test_dialog_rewards_come_from_the_reward_field(tmp_path):
         list(SourceReader([str(src)], "dialog"))
 
 
+@pytest.mark.parametrize("fmt", ["scored", "pairs", "text"])
+def test_gamma_is_refused_where_it_would_change_nothing(fmt):
+    with pytest.raises(SourceError, match=rf"--gamma 0.9 discounts reward-to-go across dialog turns; format '{fmt}'"):
+        SourceReader(["x.jsonl"], fmt, gamma=0.9)
+    SourceReader(["x.jsonl"], fmt, gamma=1.0)  # the default
+
+
+def test_a_reward_on_a_user_turn_is_an_error_not_dropped(tmp_path):
+    turns = [{"role": "user", "content": "u", "reward": 1.0}, {"role": "assistant", "content": "a", "reward": 0.5}]
+    with pytest.raises(SourceError, match=r"in\.jsonl:1 turn 1: a user turn carries a 'reward'; rewards belong to "
+                                          r"assistant turns"):
+        read(tmp_path, "dialog", [{"turns": turns}])
+
+
+@pytest.mark.parametrize("reward,ok", [("1e3", True), (" 2.5 ", True), ("1_000", False), ("0x10", False)])
+def test_reward_text_is_a_plain_decimal_number(tmp_path, reward, ok):
+    path = tmp_path / "r.csv"
+    path.write_text(f"response,reward\nhi,{reward}\n")
+    reader = SourceReader([str(path)], "scored")
+    if ok:
+        assert [r.parts[0].rtg for r in reader] == [float(reward)]
+    else:
+        with pytest.raises(SourceError, match=rf"r\.csv:row 1: reward must be a number, got '{reward}'"):
+            list(reader)
+
+
+def test_suffixes_in_any_case_and_compressed_text(tmp_path):
+    import gzip
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "A.TXT").write_text("upper")
+    (folder / "b.txt").write_text("lower")
+    (folder / "c.md").write_text("not read")
+    assert [r.parts[0].text for r in SourceReader([str(folder)], "text")] == ["upper", "lower"]
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress("one whole document\n".encode()))
+    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "d.txt.gz")], "text")] == ["one whole document\n"]
+    (tmp_path / "E.JSONL.GZ").write_bytes(gzip.compress(b'{"text": "rows"}\n'))
+    reader = SourceReader([str(tmp_path / "E.JSONL.GZ")], "text")
+    assert [t for b in reader.batches() for t in b.texts] == ["rows"]
+
+
 @pytest.mark.parametrize("gamma", [float("nan"), float("inf"), -0.1, 1.5])
 def test_gamma_must_be_a_discount(gamma):
     with pytest.raises(SourceError, match=r"--gamma must be a discount in \[0, 1\]"):
