@@ -69,7 +69,9 @@ def add_preprocess(sub) -> None:
     p.add_argument("--binning", default="quantile", help="quantile | uniform | edges:a,b,...")
     p.add_argument("--block-size", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--uncond-fraction", type=float, default=0.05, help="share of records emitted unconditioned (off)")
-    p.add_argument("--score-with", default=None, help="vader | module:function — reward from a scorer")
+    p.add_argument("--score-with", default=None,
+                   help="vader | module:function — reward from a scorer, in place of the input's reward or score "
+                        "fields (those are not read)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
@@ -121,9 +123,12 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
              f"(packing efficiency {s.efficiency(block_size):.1%}; {s.trained_tokens:,.0f} trained)",
              f"  pieces         {s.pieces:,} from {s.documents:,} documents"
              + (f"; {s.truncated_tokens:,} tokens truncated" if s.truncated_tokens else ""),
-             f"  speed          {s.content_tokens / max(s.seconds, 1e-9):,.0f} tokens/s ({s.seconds:.1f} s)",
-             f"  bins ({scheme.binning})"]
-    for k in range(scheme.num_bins):
+             f"  speed          {s.content_tokens / max(s.seconds, 1e-9):,.0f} tokens/s ({s.seconds:.1f} s)"]
+    if not s.on_docs:
+        lines.append("  bins           none used: every record is 'off' mode, with no reward-to-go token")
+    else:
+        lines.append(f"  bins ({scheme.binning})")
+    for k in range(scheme.num_bins if s.on_docs else 0):
         lo, hi = scheme.bin_range(k)
         lines.append(f"    {scheme.rtg_token(k):<12} [{lo:>9.4g}, {hi:<9.4g})  {scheme.counts[k]:>9,}")
     empty = sum(1 for c in scheme.counts if c == 0)

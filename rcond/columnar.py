@@ -220,11 +220,9 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
         return None
     cs, rs = table.column(f.chosen_score), table.column(f.rejected_score)
     has_c, has_r = pc.is_valid(cs).to_numpy(zero_copy_only=False), pc.is_valid(rs).to_numpy(zero_copy_only=False)
-    if (has_c != has_r).any():
-        return None
     cs, rs = cs.to_numpy(zero_copy_only=False), rs.to_numpy(zero_copy_only=False)  # nulls -> NaN
-    if not (np.isfinite(cs[has_c]).all() and np.isfinite(rs[has_r]).all()):
-        return None
+    if needs_reward and ((has_c != has_r).any() or not (np.isfinite(cs[has_c]).all() and np.isfinite(rs[has_r]).all())):
+        return None  # the scores are read: the line path names what is wrong with them
     # record order: chosen then rejected per row; parts: prompt (carries the reward), response
     texts: list[str] = [""] * (4 * n)
     texts[0::4], texts[1::4], texts[2::4], texts[3::4] = prompts_c, chosen, prompts_r, rejected
@@ -243,6 +241,5 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
         fixed[0::4] = np.where(has_c, 0, FIXED_TOP)
         fixed[2::4] = np.where(has_r, 0, FIXED_BOTTOM)
     else:  # scoring skipped (texts for a tokenizer): placeholders, as the line path leaves them
-        rtg[0::4] = np.where(has_c, cs, 0.0)
-        rtg[2::4] = np.where(has_r, rs, 0.0)
+        rtg[0::4] = rtg[2::4] = 0.0
     return _layout(texts, [False, True], rtg, fixed, 2, on=True)

@@ -64,6 +64,7 @@ import gc
 import hashlib
 import io
 import itertools
+import os
 import queue
 import threading
 import time
@@ -650,6 +651,15 @@ def check_options(opts: PackOptions) -> None:
         raise CorpusError(f"--seed must be a non-negative integer, got {opts.seed}")
     if opts.workers < 1:
         raise CorpusError(f"--workers must be at least 1, got {opts.workers}")
+    cores = usable_cores()
+    if opts.workers > max(8, 4 * cores):
+        raise CorpusError(f"--workers {opts.workers} is more than 4 per core ({cores} cores here, at least 8 allowed); "
+                          f"each worker is a process with its own tokenizer, and beyond one per core they only wait")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def check_special_tokens(tokenizer, control_tokens: list[str]) -> None:

@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .corpus import (Conditioned, ConditionedStream, CorpusError, PackOptions, Pool, RecurringTexts, condition,
-                     encode_distinct, flat_ids, prefetched)
+                     encode_distinct, flat_ids, prefetched, usable_cores)
 from .sources import PartBatch
 
 IN_FLIGHT_PER_WORKER = 2
@@ -75,8 +75,7 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
     except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker
         raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
                           "use --workers 1") from None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
+    threads = max(1, usable_cores() // workers)
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                    initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first

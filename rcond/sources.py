@@ -598,7 +598,8 @@ def split_hh(dialogue: str, origin: str) -> tuple[str, str]:
     """HH-RLHF dialogue -> (prompt through the last '\\n\\nAssistant:', the final response)."""
     cut = dialogue.rfind(HH_ASSISTANT)
     if cut < 0:
-        raise SourceError(f"{origin}: no '\\n\\nAssistant:' turn in the dialogue; expected the HH-RLHF "
+        crlf = " (this one breaks lines with \\r\\n; convert them to \\n)" if "\r\n\r\nAssistant:" in dialogue else ""
+        raise SourceError(f"{origin}: no '\\n\\nAssistant:' turn in the dialogue{crlf}; expected the HH-RLHF "
                           f"convention or explicit 'prompt'/'chosen'/'rejected' fields")
     cut += len(HH_ASSISTANT)
     return dialogue[:cut], dialogue[cut:]
@@ -616,17 +617,20 @@ def pairs_records(row: dict, origin: str, f: FieldNames, scored: bool) -> list[R
         prompt_c = prompt_r = prompt
     _nonempty(chosen, "chosen response", origin)
     _nonempty(rejected, "rejected response", origin)
-    cs = _field(row, f.chosen_score, origin, optional=True)
-    rs = _field(row, f.rejected_score, origin, optional=True)
+    if scored:  # the scorer's rewards replace any scores: they are not read
+        cs = rs = None
+    else:
+        cs = _field(row, f.chosen_score, origin, optional=True)
+        rs = _field(row, f.rejected_score, origin, optional=True)
     if (cs is None) != (rs is None):
         raise SourceError(f"{origin}: give both {f.chosen_score!r} and {f.rejected_score!r} or neither")
     out = []
     for prompt_i, resp, score, side, name in ((prompt_c, chosen, cs, "top", f.chosen_score),
                                               (prompt_r, rejected, rs, "bottom", f.rejected_score)):
-        if score is not None:
-            head = Part(prompt_i, False, rtg=_reward(score, name, origin))
-        elif scored:
+        if scored:
             head = Part(prompt_i, False, rtg=0.0)  # placeholder: the scorer fills it in
+        elif score is not None:
+            head = Part(prompt_i, False, rtg=_reward(score, name, origin))
         else:
             head = Part(prompt_i, False, fixed_bin=side)
         out.append(Record([head, Part(resp, True)], "on", f"{origin} ({'chosen' if side == 'top' else 'rejected'})"))

@@ -155,6 +155,14 @@ def test_skip_reports(tmp_path, capsys):
     assert "skipped 2 bad" in out and "in.jsonl:2: malformed JSON" in out and "in.jsonl:3: reward" in out
 
 
+def test_a_text_corpus_summary_has_no_bin_table(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": "one document"}, {"text": "another"}])
+    assert main(["preprocess", str(src), "--format", "text", "--out", str(tmp_path / "c"), "--tokenizer", "train:300",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "bins           none used: every record is 'off' mode" in out and "<|rtg:" not in out
+
+
 def test_skip_with_every_record_bad_says_why(tmp_path, capsys):
     rows = ["{x", {"response": "b", "reward": "nan?"}]
     assert preprocess(tmp_path, rows, "--on-error", "skip") == 2

@@ -100,6 +100,16 @@ def test_scorer_applied_to_responses(tmp_path):
     assert fast.rtg[[0, 2]].tolist() == [3.0, 1.0] and (fast.fixed == 0).all()
 
 
+def test_a_scorer_replaces_pair_scores_which_are_not_read(tmp_path):
+    """With a scorer the pairs' own scores are not read: one score of two, or a NaN, is no error."""
+    rows = [{"prompt": "p", "chosen": "aaa", "rejected": "b", "chosen_score": 1},
+            '{"prompt": "p", "chosen": "cc", "rejected": "d", "chosen_score": NaN, "rejected_score": 2}']
+    path = write_lines(tmp_path / "p.jsonl", [r if isinstance(r, str) else json.dumps(r) for r in rows])
+    fast, lines = both_paths(path, "pairs", scorer=lambda texts: [float(len(t)) for t in texts])
+    same(fast, lines)
+    assert fast.rtg[0::2].tolist() == [3.0, 1.0, 2.0, 1.0]
+
+
 @pytest.mark.parametrize("fmt,rows,why", [
     ("scored", ['{"response": "a", "reward": 1}{"response": "b", "reward": 2}'], "two objects on one line"),
     ("scored", ['{"response": "a", "reward": 1', ], "malformed"),

@@ -72,10 +72,12 @@ def test_bad_line_with_workers_names_it_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_workers_must_be_positive(tmp_path):
+@pytest.mark.parametrize("workers,message", [(0, "--workers must be at least 1, got 0"),
+                                             (10_000, r"--workers 10000 is more than 4 per core \(\d+ cores here")])
+def test_workers_must_be_positive_and_not_absurd(tmp_path, workers, message):
     src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}])
-    with pytest.raises(CorpusError, match="--workers must be at least 1, got 0"):
-        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(), opts=PackOptions(workers=0),
+    with pytest.raises(CorpusError, match=message):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(), opts=PackOptions(workers=workers),
               progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -51,6 +51,14 @@ def test_hh_split_keeps_text():
     assert prompt.endswith("\n\nAssistant:") and resp == " ciao" and prompt + resp == d
 
 
+def test_hh_dialogue_with_crlf_line_breaks_gets_a_hint():
+    with pytest.raises(SourceError, match=r"^x: no '\\n\\nAssistant:' turn in the dialogue \(this one breaks lines "
+                                          r"with \\r\\n; convert them to \\n\)"):
+        split_hh("\r\n\r\nHuman: hi\r\n\r\nAssistant: hello", "x")
+    with pytest.raises(SourceError, match=r"dialogue; expected the HH-RLHF"):
+        split_hh("no turns at all", "x")
+
+
 def test_pairs_unscored_go_to_top_and_bottom(tmp_path):
     row = {"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"}
     recs, path = read(tmp_path, "pairs", [row])
