@@ -13,7 +13,7 @@ anything that path treats specially:
 - Arrow cannot parse it (bad JSON, not an object, a field of another type, a duplicate key, a
   number too big, invalid UTF-8), or it finds a different number of rows than there are
   non-blank lines (two objects on one line);
-- a required field is missing or null; a text that is empty or all whitespace;
+- a required field is missing or null; a text that is empty or all whitespace and invisible characters;
 - a reward or score that is not finite, a pair with only one of its two scores, a scorer that
   returns a non-finite value or the wrong number of values;
 - a ``pairs`` dialogue without a ``"\\n\\nAssistant:"`` turn; a ``scored`` chunk whose
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.json as paj
 
 from .scorers import score_values
-from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, split_hh
+from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, is_blank, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
 
@@ -112,7 +112,7 @@ def _strings(table: pa.Table, name: str) -> list[str] | None:
     if col.null_count:
         return None
     values = col.to_pylist()
-    if not all(v.strip() for v in values):
+    if any(map(is_blank, values)):
         return None
     return values
 
@@ -216,7 +216,7 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
             prompts_r[i], rejected[i] = split_hh(rejected[i], "")
     except SourceError:
         return None
-    if not all(r.strip() for r in chosen) or not all(r.strip() for r in rejected):
+    if any(map(is_blank, chosen)) or any(map(is_blank, rejected)):
         return None
     cs, rs = table.column(f.chosen_score), table.column(f.rejected_score)
     has_c, has_r = pc.is_valid(cs).to_numpy(zero_copy_only=False), pc.is_valid(rs).to_numpy(zero_copy_only=False)

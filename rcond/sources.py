@@ -587,9 +587,20 @@ def _reward(value, name: str, origin: str) -> float:
     return value
 
 
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"  # zero-width space/joiners, word joiner, BOM, soft hyphen
+
+
+def is_blank(text: str) -> bool:
+    """Nothing but whitespace and invisible characters: an empty text to a reader, and to the model."""
+    stripped = text.strip()
+    while stripped and (stripped[0] in INVISIBLE or stripped[-1] in INVISIBLE):
+        stripped = stripped.strip(INVISIBLE).strip()
+    return not stripped
+
+
 def _nonempty(text: str, what: str, origin: str) -> str:
-    if not text.strip():
-        raise SourceError(f"{origin}: empty {what}")
+    if is_blank(text):
+        raise SourceError(f"{origin}: empty {what}" + ("" if not text.strip() else " (only invisible characters)"))
     return text
 
 

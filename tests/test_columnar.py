@@ -129,6 +129,7 @@ def test_a_scorer_replaces_pair_scores_which_are_not_read(tmp_path):
     ("scored", [{"prompt": 3, "response": "a", "reward": 1}], "non-string prompt"),
     ("scored", ['{"response": "a", "response": "b", "reward": 1}'], "duplicate key"),
     ("text", [{"text": ""}], "empty document"),
+    ("text", [{"text": " \u200b\ufeff\n"}], "only invisible characters"),
     ("pairs", [{"chosen": "no assistant turn", "rejected": "\n\nAssistant: x"}], "no Assistant turn"),
     ("pairs", [{"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 1}], "one score of two"),
     ("pairs", [{"prompt": "p", "chosen": "\n\nAssistant:", "rejected": "r"}], "explicit prompt, response kept whole"),

@@ -51,6 +51,17 @@ def test_hh_split_keeps_text():
     assert prompt.endswith("\n\nAssistant:") and resp == " ciao" and prompt + resp == d
 
 
+@pytest.mark.parametrize("text,blank", [("", True), (" \n\t", True), ("\u200b", True), (" \u200b \u00ad\u2060 ", True),
+                                        ("\ufeff\u200bx\u200b", False), ("a\u200bb", False)])
+def test_text_of_only_invisible_characters_is_empty(tmp_path, text, blank):
+    from rcond.sources import is_blank
+
+    assert is_blank(text) == blank
+    if blank and text.strip():
+        with pytest.raises(SourceError, match=r"in\.jsonl:1: empty response \(only invisible characters\)"):
+            read(tmp_path, "scored", [{"response": text, "reward": 1}])
+
+
 def test_hh_dialogue_with_crlf_line_breaks_gets_a_hint():
     with pytest.raises(SourceError, match=r"^x: no '\\n\\nAssistant:' turn in the dialogue \(this one breaks lines "
                                           r"with \\r\\n; convert them to \\n\)"):
