@@ -80,6 +80,8 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
 
 def _object_lines(lines: list[bytes]) -> int | None:
     """The number of non-blank lines, or None if one of them does not open a JSON object."""
+    if [line[:1] for line in lines].count(b"{") == len(lines):  # the usual case: every line opens one
+        return len(lines)
     rows = 0
     for line in lines:
         head = line.lstrip()[:1]

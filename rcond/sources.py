@@ -592,6 +592,9 @@ INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"  # zero-width space/joiners, 
 
 def is_blank(text: str) -> bool:
     """Nothing but whitespace and invisible characters: an empty text to a reader, and to the model."""
+    head = text[:1]
+    if head and not head.isspace() and head not in INVISIBLE:  # the usual case, without copying the text
+        return False
     stripped = text.strip()
     while stripped and (stripped[0] in INVISIBLE or stripped[-1] in INVISIBLE):
         stripped = stripped.strip(INVISIBLE).strip()

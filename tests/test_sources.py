@@ -52,7 +52,8 @@ def test_hh_split_keeps_text():
 
 
 @pytest.mark.parametrize("text,blank", [("", True), (" \n\t", True), ("\u200b", True), (" \u200b \u00ad\u2060 ", True),
-                                        ("\ufeff\u200bx\u200b", False), ("a\u200bb", False)])
+                                        ("\ufeff\u200bx\u200b", False), ("a\u200bb", False),
+                                        ("x", False), ("x \u200b", False), (" \u200bx", False)])
 def test_text_of_only_invisible_characters_is_empty(tmp_path, text, blank):
     from rcond.sources import is_blank
 
