@@ -4,7 +4,8 @@ An interrupted or failed run leaves no directory at the target path (the temp di
 on exceptions, Ctrl-C and SIGTERM; after SIGKILL only a ``.name.tmp-*`` dir remains, which no
 loader accepts because the target path never appeared). A Ctrl-C whose KeyboardInterrupt Python
 had to drop (raised inside a ``__del__`` or another finalizer, which only prints "Exception
-ignored") is still noticed: the signal is recorded, and the output is not published.
+ignored") is still noticed: a command records signals from its start (:func:`recording_interrupts`),
+and no output of it is published after one (:func:`raise_if_interrupted`), nor training started.
 ``--overwrite`` replaces an existing target only after the new one is complete. The published
 directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
 would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
@@ -89,27 +90,51 @@ def as_created(path: str | Path) -> Path:
     return path
 
 
-class _Interrupts:
-    """Records SIGINT/SIGTERM while installed (then raises KeyboardInterrupt, as Python would)."""
+_recorded: list[int] = []  # SIGINT/SIGTERM that arrived while recording; the outermost recording starts it empty
+_depth = 0  # recordings open now
 
-    def __init__(self):
-        self.seen: list[int] = []
-        self.previous: dict[int, object] = {}
 
-    def handler(self, signum, frame):
-        self.seen.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
+def _record(signum, frame):
+    _recorded.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
 
-    def install(self) -> None:
-        if not _in_main_thread():  # signal handlers can only be set from the main thread
-            return
-        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-            if signal.getsignal(sig) is default:  # leave a handler someone else set alone
-                self.previous[sig] = signal.signal(sig, self.handler)
 
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
+@contextlib.contextmanager
+def recording_interrupts() -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM are recorded, then raised as KeyboardInterrupt as Python
+    raises a Ctrl-C (SIGTERM too: the work stops and cleans up the same way). A handler other than
+    the default (a training loop's) is left alone. Recordings nest and share one record: a command
+    opens one around all its work, and every output it publishes checks the record first
+    (:func:`raise_if_interrupted`), so a signal whose KeyboardInterrupt Python dropped is still
+    honoured."""
+    global _depth
+    if _depth == 0:
+        _recorded.clear()
+    _depth += 1
+    previous: dict[int, object] = {}
+    try:
+        if _in_main_thread():  # signal handlers can only be set from the main thread
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:
+                    previous[sig] = signal.signal(sig, _record)
+        yield
+    finally:
+        for sig, handler in previous.items():  # first: a second Ctrl-C during clean-up must not find ours
             signal.signal(sig, handler)
+        _depth -= 1
+
+
+def raise_if_interrupted() -> None:
+    """Before publishing an output or starting long work: a signal recorded by an open
+    :func:`recording_interrupts` whose KeyboardInterrupt Python had to drop (raised inside
+    ``__del__`` or another finalizer, which only prints "Exception ignored") is raised now."""
+    if interrupt_recorded():
+        raise KeyboardInterrupt(f"signal {_recorded[0]}")
+
+
+def interrupt_recorded() -> bool:
+    """A signal was recorded by the recordings open now (:func:`recording_interrupts`)."""
+    return bool(_recorded) and _depth > 0
 
 
 def _refuse(target: Path, overwrite: bool) -> None:
@@ -160,12 +185,10 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
     """
     target = check_output(target, overwrite, keep)
     tmp = temp_dir_beside(target)
-    interrupts = _Interrupts()
-    interrupts.install()
     try:
-        yield tmp
-        if interrupts.seen:  # an interrupt whose KeyboardInterrupt was dropped on the way
-            raise KeyboardInterrupt(f"signal {interrupts.seen[0]}")
+        with recording_interrupts():
+            yield tmp
+            raise_if_interrupted()
         _refuse(target, overwrite)
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -181,7 +204,6 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
         else:
             os.replace(tmp, target)
     finally:
-        interrupts.restore()  # first: a second Ctrl-C during the clean-up must not leave ours installed
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -357,11 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    from .atomic import raise_if_interrupted, recording_interrupts
 
-    hf_logging.disable_progress_bar()  # rcond draws its own bars; transformers' per-save bar is noise
     try:
-        return args.run(args)
+        with recording_interrupts():  # every signal counts, even one whose KeyboardInterrupt Python drops
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # rcond draws its own bars; transformers' per-save bar is noise
+            code = args.run(args)
+            raise_if_interrupted()
+            return code
     except KeyboardInterrupt:
         print("\ninterrupted; no output was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED

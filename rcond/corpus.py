@@ -76,7 +76,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, raise_if_interrupted
 from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader, file_sha256, fingerprint
 from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
@@ -807,6 +807,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
+                raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 values.append(parts.rtg[~np.isnan(parts.rtg)])
                 summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
@@ -970,6 +971,12 @@ def load(directory: str | Path, *, verify: bool = True):
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in scheme.control_tokens if t not in vocab]
+    if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
+        raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
+                          f"({d / TOKENIZER_DIR}), which holds the tokens the rows were conditioned with; the "
+                          f"scheme.json was edited or belongs to another corpus: preprocess the corpus again")
     dataset = Dataset.from_file(str(rows))
     check_scheme_fits_rows(d, scheme, dataset.data)
     return dataset, scheme, tokenizer

@@ -58,7 +58,7 @@ from transformers import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
-from rcond.atomic import temp_dir_beside
+from rcond.atomic import raise_if_interrupted, temp_dir_beside
 from rcond.tokenizer import TOKENIZER_FILES, TokenizerError, load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 
@@ -411,6 +411,7 @@ def save_pretrained_atomic(
         if extra is not None:
             extra(tmp)
         _fsync_tree(tmp)
+        raise_if_interrupted()
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}" if out.exists() else None
         if old is not None:
             os.rename(out, old)

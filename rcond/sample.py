@@ -95,7 +95,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import OutputExistsError, OutputPathError, as_created, creating, file_in_the_way
+from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way,
+                     raise_if_interrupted)
 from .corpus import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
@@ -419,6 +420,7 @@ class Sampler:
         with tqdm(total=len(jobs), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True,
                   leave=False) as bar:
             for at in range(0, len(jobs), batch_size):
+                raise_if_interrupted()  # a Ctrl-C Python dropped stops the sampling here, not at the end
                 batch = jobs[at:at + batch_size]
                 rows = [self.input_ids(c, e) for c, _, e in batch]
                 uncond = [off + e for _, _, e in batch] if guidance is not None else None
@@ -514,6 +516,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        raise_if_interrupted()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

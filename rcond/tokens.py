@@ -223,7 +223,10 @@ class ControlScheme:
         for tok in self.control_tokens:
             i = tokenizer.convert_tokens_to_ids(tok)
             if i is None or (unk is not None and i == unk):
-                raise SchemeError(f"control token {tok!r} is not in the tokenizer; call add_to_tokenizer first")
+                raise SchemeError(f"control token {tok!r} is not in the tokenizer, so the tokenizer does not belong "
+                                  f"to this scheme ({self.num_bins} bins, {self.control_tokens[0]} ... "
+                                  f"{self.control_tokens[-1]}); use the tokenizer saved with it (from Python, "
+                                  f"ControlScheme.add_to_tokenizer adds the tokens)")
             ids[tok] = int(i)
         return ids
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .atomic import creating, file_in_the_way
+from .atomic import creating, file_in_the_way, interrupt_recorded, recording_interrupts
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, load_spec_tokenizer, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import tokenizer_fingerprint
@@ -463,7 +463,7 @@ class _StopFlag:
     """SIGINT/SIGTERM -> finish the step, checkpoint, exit (a second signal aborts at once)."""
 
     def __init__(self):
-        self.set = False
+        self.set = interrupt_recorded()  # a signal recorded since set-up ended (its KeyboardInterrupt dropped)
         self.previous = {}
 
     def __enter__(self):
@@ -516,7 +516,8 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
                              f"nothing to continue (its model is in {out / MODEL_DIR})")
     d, device = init_distributed(cfg.device)
     try:
-        return _train(cfg, out, d, device, state, progress)
+        with recording_interrupts():  # a Ctrl-C that Python drops during set-up still stops the run
+            return _train(cfg, out, d, device, state, progress)
     finally:
         if d.world > 1:
             dist.destroy_process_group()
@@ -581,6 +582,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
             corpora[p].restore(s)
         for m, s in zip(mixtures, data["mixtures"]):
             m.restore(s)
+    # every rank stops here together if any saw a signal during set-up (its KeyboardInterrupt may have
+    # been dropped inside a finalizer): nothing is trained or written
+    if d.all_sum(torch.tensor([float(interrupt_recorded())], device=device)).item() > 0:
+        raise KeyboardInterrupt("a signal arrived while the run was being set up")
     if d.main:
         for warning in edge_differences(corpora, cfg.stages[-1].corpora[0]):
             print(f"warning: {warning}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """Atomic output directories: all or nothing, and the old output survives a failed replacement."""
 
 import os
+import signal
+import sys
 
 import pytest
 
@@ -161,3 +163,52 @@ def test_interrupt_dropped_in_a_finalizer_still_stops_publishing(tmp_path, monke
     assert dropped == [KeyboardInterrupt]
     assert not (tmp_path / "out").exists() and names(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+class DropsACtrlC:
+    """An object whose finalizer receives the Ctrl-C: Python drops the KeyboardInterrupt raised
+    there and prints "Exception ignored" (as it did inside the `regex` module's Group.__del__)."""
+
+    def __del__(self):
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+
+def test_a_ctrl_c_dropped_before_an_output_was_opened_stops_its_publishing(tmp_path, monkeypatch):
+    """A command records signals from its start: one dropped before any output was opened (while a
+    model loads) still keeps every output of the command from being published, files included."""
+    from rcond.atomic import interrupt_recorded, raise_if_interrupted, recording_interrupts
+    from rcond.sample import write_jsonl_atomic
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    with recording_interrupts():
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        DropsACtrlC()  # dropped: the work goes on
+        assert interrupt_recorded()
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_dir(tmp_path / "out") as d:  # nested: shares the command's record
+                (d / "f").write_text("x")
+        with pytest.raises(KeyboardInterrupt):
+            write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
+        with pytest.raises(KeyboardInterrupt, match="signal 2"):
+            raise_if_interrupted()
+    assert names(tmp_path) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupt_recorded()
+    with atomic_dir(tmp_path / "out") as d:  # the next command starts with an empty record
+        (d / "f").write_text("x")
+    assert names(tmp_path) == ["out"]
+
+
+def test_recording_leaves_a_handler_someone_else_set_alone():
+    from rcond.atomic import recording_interrupts
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with recording_interrupts():
+            assert signal.getsignal(signal.SIGTERM) is mine
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

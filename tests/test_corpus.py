@@ -283,6 +283,11 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
     with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: the rows hold bin id 3 but num_bins is 2; the "
                                           rf"scheme.json does not belong to these rows"):
         load(d)
+    d = edited("template", lambda s: s.update(rtg_template="<|bin:{k}|>"))  # the tokenizer is untouched
+    with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: control token '<\|bin:0\|>' is not in the corpus's "
+                                          rf"tokenizer \({d}/tokenizer\).*the scheme.json was edited or belongs to "
+                                          rf"another corpus"):
+        load(d)
     d = tmp_path / "notok"
     shutil.copytree(good, d)
     shutil.rmtree(d / "tokenizer")

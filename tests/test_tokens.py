@@ -90,7 +90,9 @@ def test_json_round_trip(tmp_path):
 def test_tokens_added_to_tokenizer(wtok):
     s = ControlScheme.fit([], binning="edges:0")
     assert s.control_tokens == ["<|rlhf:on|>", "<|rlhf:off|>", "<|rtg:0|>", "<|rtg:1|>"]
-    with pytest.raises(SchemeError, match="add_to_tokenizer"):
+    with pytest.raises(SchemeError, match=r"control token '<\|rlhf:on\|>' is not in the tokenizer, so the tokenizer "
+                                          r"does not belong to this scheme \(2 bins, <\|rlhf:on\|> \.\.\. <\|rtg:1\|>\); "
+                                          r"use the tokenizer saved with it"):
         s.token_ids(wtok)
     assert s.add_to_tokenizer(wtok) == 4
     assert s.add_to_tokenizer(wtok) == 0

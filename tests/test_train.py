@@ -137,6 +137,36 @@ def test_resume_gives_the_uninterrupted_curve(tmp_path, corpus, monkeypatch):
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")  # bit-identical on CPU
 
 
+def test_a_ctrl_c_dropped_during_set_up_stops_the_run_before_its_first_step(tmp_path, corpus, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer while the model is prepared (as
+    inside the `regex` module's Group.__del__) used to be lost: the run trained every step and
+    published its model. It is recorded, and the run stops before writing anything."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)  # the "Exception ignored" report
+    prepare = train_module.prepare_model
+
+    class DropsACtrlC:
+        def __del__(self):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    def prepare_then_ctrl_c(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        DropsACtrlC()
+        return prepared
+
+    monkeypatch.setattr(train_module, "prepare_model", prepare_then_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match="set up"):
+        train(cfg_for(corpus, steps=50), run, progress=False)
+    assert not run.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(train_module, "prepare_model", prepare)
+    r = train(cfg_for(corpus, steps=3), run, progress=False)  # the next run starts with an empty record
+    assert r.steps_done == 3 and not r.interrupted and (run / "model").is_dir()
+
+
 def test_accumulation_normalises_by_global_token_count(tmp_path, corpus, monkeypatch):
     """Two micro-batches of 2 rows must give the step of one batch of 4 rows (not a mean of means)."""
     small_model(monkeypatch)
