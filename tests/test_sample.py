@@ -348,6 +348,29 @@ def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
         list(sampler.sample(off, [Condition("off")], greedy(2)))
 
 
+def test_a_dropped_ctrl_c_stops_sampling_at_the_next_batch(sampler, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer is recorded; sampling stops
+    before the next batch instead of running every batch to the end."""
+    import signal
+    import sys
+
+    from rcond.atomic import recording_interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+
+    class DropsACtrlC:
+        def __del__(self):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+    got = []
+    with recording_interrupts(), pytest.raises(KeyboardInterrupt):
+        for sample in sampler.sample(PROMPTS, [Condition("off")], greedy(3), batch_size=2):
+            got.append(sample)
+            if len(got) == 1:
+                DropsACtrlC()  # dropped: the loop goes on to the end of this batch
+    assert len(got) == 2  # the first batch of 2, not the 5 prompts
+
+
 def test_same_seed_same_samples(sampler):
     conds = [Condition("on", 2)]
 
