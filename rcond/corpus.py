@@ -971,8 +971,7 @@ def load(directory: str | Path, *, verify: bool = True):
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in scheme.control_tokens if t not in vocab]
+    missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
                           f"({d / TOKENIZER_DIR}), which holds the tokens the rows were conditioned with; the "

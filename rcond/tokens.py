@@ -216,19 +216,21 @@ class ControlScheme:
         return tokenizer.add_special_tokens({"extra_special_tokens": self.control_tokens},
                                             replace_extra_special_tokens=False)
 
+    def missing_tokens(self, tokenizer) -> list[str]:
+        """The control tokens ``tokenizer`` does not hold (it has no id for them, or reads them as its unk)."""
+        unk = getattr(tokenizer, "unk_token_id", None)
+        ids = tokenizer.convert_tokens_to_ids(self.control_tokens)
+        return [tok for tok, i in zip(self.control_tokens, ids) if i is None or (unk is not None and i == unk)]
+
     def token_ids(self, tokenizer) -> dict[str, int]:
         """Map every control token to its id in ``tokenizer`` (error if one is missing)."""
-        ids = {}
-        unk = getattr(tokenizer, "unk_token_id", None)
-        for tok in self.control_tokens:
-            i = tokenizer.convert_tokens_to_ids(tok)
-            if i is None or (unk is not None and i == unk):
-                raise SchemeError(f"control token {tok!r} is not in the tokenizer, so the tokenizer does not belong "
-                                  f"to this scheme ({self.num_bins} bins, {self.control_tokens[0]} ... "
-                                  f"{self.control_tokens[-1]}); use the tokenizer saved with it (from Python, "
-                                  f"ControlScheme.add_to_tokenizer adds the tokens)")
-            ids[tok] = int(i)
-        return ids
+        missing = self.missing_tokens(tokenizer)
+        if missing:
+            raise SchemeError(f"control token {missing[0]!r} is not in the tokenizer, so the tokenizer does not "
+                              f"belong to this scheme ({self.num_bins} bins, {self.control_tokens[0]} ... "
+                              f"{self.control_tokens[-1]}); use the tokenizer saved with it (from Python, "
+                              f"ControlScheme.add_to_tokenizer adds the tokens)")
+        return dict(zip(self.control_tokens, map(int, tokenizer.convert_tokens_to_ids(self.control_tokens))))
 
     def rtg_ids(self, tokenizer) -> list[int]:
         ids = self.token_ids(tokenizer)
