@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import DropsACtrlC
 from rcond import atomic
 from rcond.atomic import OutputExistsError, OutputPathError, atomic_dir
 
@@ -144,33 +145,18 @@ def test_interrupt_dropped_in_a_finalizer_still_stops_publishing(tmp_path, monke
     """Python drops an exception raised inside __del__ ("Exception ignored in ..."), so a Ctrl-C
     landing there would let the work finish and publish. The SIGINT handler records the signal,
     and the output is not published."""
-    import signal
-    import sys
-
     dropped = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))  # "Exception ignored"
-
-    class Finalizer:
-        def __del__(self):
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the Ctrl-C arrives here
 
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(tmp_path / "out") as d:
             (d / "f").write_text("x")
-            f = Finalizer()
+            f = DropsACtrlC()
             del f  # KeyboardInterrupt raised and dropped inside __del__; the block goes on
             (d / "g").write_text("y")
     assert dropped == [KeyboardInterrupt]
     assert not (tmp_path / "out").exists() and names(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-
-
-class DropsACtrlC:
-    """An object whose finalizer receives the Ctrl-C: Python drops the KeyboardInterrupt raised
-    there and prints "Exception ignored" (as it did inside the `regex` module's Group.__del__)."""
-
-    def __del__(self):
-        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
 
 def test_a_ctrl_c_dropped_before_an_output_was_opened_stops_its_publishing(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from conftest import write_jsonl
+from conftest import DropsACtrlC, write_jsonl
 from rcond.atomic import OutputExistsError, OutputPathError
 from rcond.cli import main
 from rcond.corpus import ON_SLOT, RTG_SLOT, ConditionedStream, PackOptions, encodings, flat_ids
@@ -351,17 +351,11 @@ def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
 def test_a_dropped_ctrl_c_stops_sampling_at_the_next_batch(sampler, monkeypatch):
     """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer is recorded; sampling stops
     before the next batch instead of running every batch to the end."""
-    import signal
     import sys
 
     from rcond.atomic import recording_interrupts
 
     monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
-
-    class DropsACtrlC:
-        def __del__(self):
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-
     got = []
     with recording_interrupts(), pytest.raises(KeyboardInterrupt):
         for sample in sampler.sample(PROMPTS, [Condition("off")], greedy(3), batch_size=2):

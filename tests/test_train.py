@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import DropsACtrlC, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build, train_tokenizer
 from rcond.sources import SourceReader
 from rcond.train import Stage, TrainConfig, TrainError, load_config_file, lr_lambda, train
@@ -146,10 +146,6 @@ def test_a_ctrl_c_dropped_during_set_up_stops_the_run_before_its_first_step(tmp_
     small_model(monkeypatch)
     monkeypatch.setattr(sys, "unraisablehook", lambda u: None)  # the "Exception ignored" report
     prepare = train_module.prepare_model
-
-    class DropsACtrlC:
-        def __del__(self):
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
     def prepare_then_ctrl_c(*args, **kwargs):
         prepared = prepare(*args, **kwargs)
