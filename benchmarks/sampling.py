@@ -82,6 +82,8 @@ def main() -> None:
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
     cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: no CUDA device is available")
     if a.threads and not cuda:
         torch.set_num_threads(a.threads)
     preset = a.preset or ("small" if cuda else "tiny")
