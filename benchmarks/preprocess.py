@@ -10,7 +10,7 @@ tokenizer is printed for each.
 - **bare**: the texts (prompt and response of every record) already in memory, encoded with the
   tokenizer's own batch call (``backend_tokenizer.encode_batch_fast``, batches of 1,000);
 - **bare-paused**: the same loop with Python's cyclic garbage collector paused, as ``build``
-  pauses it (:func:`rcond.corpus.collector_paused`): the fair floor for rcond's own overhead;
+  pauses it (:func:`rcond.background.collector_paused`): the fair floor for rcond's own overhead;
 - **read+encode**: rcond's reader (JSONL -> part batches, in a background thread as in ``build``)
   feeding the bare loop's batch call, collector paused: what any pipeline from the file to token
   ids pays. rcond over this is the price of conditioning, packing and writing the corpus;
@@ -62,7 +62,7 @@ def timed_since(start: tuple[float, float, float]) -> dict:
 
 
 def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
-    from rcond.corpus import collector_paused
+    from rcond.background import collector_paused
     from rcond.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
@@ -83,7 +83,8 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
 def child_read_encode(input_path: str, tokenizer_dir: str) -> dict:
     import datasets.arrow_writer  # noqa: F401  -- the one-off imports child_rcond does (pandas, which the reader pulls in)
 
-    from rcond.corpus import PackOptions, collector_paused, prefetched
+    from rcond.background import collector_paused, prefetched
+    from rcond.corpus import PackOptions
     from rcond.sources import SourceReader
     from rcond.tokenizer import load_tokenizer
 
@@ -114,9 +115,10 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
 
 def sent_share(path: str, tokenizer_dir: str) -> float:
     """The share of a corpus's text (in characters) that rcond's encoder sends to the tokenizer:
-    per batch, the distinct texts not kept from earlier batches (:func:`rcond.corpus.encode_distinct`
+    per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encode_distinct`
     with a cache, as ``build`` runs it)."""
-    from rcond.corpus import PackOptions, RecurringTexts, encode_distinct
+    from rcond.conditioning import RecurringTexts, encode_distinct
+    from rcond.corpus import PackOptions
     from rcond.tokenizer import load_tokenizer
     from rcond.sources import SourceReader
 

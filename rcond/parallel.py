@@ -3,14 +3,14 @@
 In one process the build's Python-level work (turning encodings into id arrays, conditioning,
 packing) holds the GIL, so however many cores the tokenizer spreads over, that work runs one
 batch after another and bounds the build's speed. Here ``workers`` processes each take whole part
-batches: encode the distinct texts (:func:`rcond.corpus.encode_distinct`, each worker with a cache
+batches: encode the distinct texts (:func:`rcond.conditioning.encode_distinct`, each worker with a cache
 of recurring texts of its own), flatten the ids and build the batch's documents and pieces
-(:func:`rcond.corpus.condition`). This process keeps only what must follow record order: it
+(:func:`rcond.conditioning.condition`). This process keeps only what must follow record order: it
 reads, draws each batch's unconditional draws from the seeded stream before sending it, numbers
 the returned markers corpus-wide (``ConditionedStream.adopt``) and packs. Batches come back in the order they went out, so the corpus is byte-identical to the
 one-process build with the same options.
 
-Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.corpus`
+Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.parallel`
 preloaded: never a fork of this process, whose threads (reader, fingerprints) may hold locks. As
 with any spawned worker, each imports the calling script as ``__mp_main__``, so a script that
 builds with workers needs the ``if __name__ == "__main__":`` guard. Starting them costs a few
@@ -33,17 +33,23 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .corpus import (Conditioned, ConditionedStream, CorpusError, PackOptions, Pool, RecurringTexts, condition,
-                     encode_distinct, flat_ids, prefetched, usable_cores)
+from .background import prefetched
+from .conditioning import Conditioned, ConditionedStream, RecurringTexts, condition, encode_distinct, flat_ids
+from .packing import CorpusError, PackOptions, Pool
 from .sources import PartBatch
 
 IN_FLIGHT_PER_WORKER = 2
 _WORKER: dict = {}  # in a worker process: its tokenizer, cache, eos id and options (set by _start_worker)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:
     """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
-    text (as :func:`rcond.corpus.special_tokens_as_text` does for the one-process build), on
+    text (as :func:`rcond.conditioning.special_tokens_as_text` does for the one-process build), on
     ``threads`` threads; Ctrl-C is left to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first goes parallel
@@ -69,7 +75,7 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(["rcond.corpus", "rcond.parallel"])  # imported once, in the server
+        context.set_forkserver_preload(["rcond.parallel"])  # imported once, in the server
     try:
         tokenizer_json = tokenizer.backend_tokenizer.to_str()
     except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker

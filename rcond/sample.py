@@ -1,6 +1,6 @@
 """Sampling from a reward-conditioned model: chosen reward levels, on/off mode, guidance.
 
-Prompts are built exactly as the corpus builds training documents (``rcond.corpus``): the
+Prompts are built exactly as the corpus builds training documents (``rcond.conditioning``): the
 control-token ids, then the prompt encoded on its own with the backend tokenizer and
 ``add_special_tokens=False`` (no BOS), and the model continues from there:
 
@@ -97,7 +97,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way,
                      raise_if_interrupted)
-from .corpus import CONTROL_PREFIX, special_tokens_as_text
+from .conditioning import CONTROL_PREFIX, special_tokens_as_text
 from .tokens import ControlScheme, SchemeError
 
 # cache layers whose rows can be dropped when a sequence ends (others keep running with padding)

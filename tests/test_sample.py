@@ -14,7 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from conftest import DropsACtrlC, write_jsonl
 from rcond.atomic import OutputExistsError, OutputPathError
 from rcond.cli import main
-from rcond.corpus import ON_SLOT, RTG_SLOT, ConditionedStream, PackOptions, encodings, flat_ids
+from rcond.conditioning import ON_SLOT, RTG_SLOT, ConditionedStream, encodings, flat_ids
+from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, check_device, check_out_file, conditions,
                           read_prompts, resolve_model_dir, write_jsonl_atomic)

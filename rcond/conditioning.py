@@ -1,0 +1,349 @@
+"""Part batches -> token ids -> each document's control-token stream, cut into pieces (DESIGN §3).
+
+Encoding: one ``encode_batch_fast`` call per batch of parts (prompt, response, dialog turn). A
+text that recurs within a batch (the prompt a pair's two sides share, a templated prompt) is
+encoded once, and its ids are kept for later batches too (:class:`RecurringTexts`, bounded);
+tokenization is a pure function of the text, so its ids are simply reused. Content never
+encodes to a control or other special token, even with a tokenizer that already has them (one
+saved with an earlier corpus or model): the text is encoded with special-token strings read as
+plain text (:func:`special_tokens_as_text`), so a literal ``<|rtg:1|>`` or ``</s>`` in a review
+is trained as the characters it is.
+
+Conditioning (:func:`condition`): a whole batch of parts becomes documents with a handful of
+vectorised numpy operations (a :class:`~rcond.packing.Pool`): the mode token first, in ``on``
+mode an RTG token before every part that carries a reward-to-go (a *marker*), ``eos`` last; a
+seeded ``uncond_fraction`` of ``on`` records is emitted as ``off`` with no RTG token. Each token
+gets a *target weight*: 1 for response / assistant tokens and for the closing ``eos`` after
+them, 0 for prompt / user tokens (unless ``train_on_prompt``) and for control tokens. A document
+longer than ``block_size`` is split into pieces, each later piece starting with the control
+prefix ``mode [rtg-in-force]`` again (or truncated with ``truncate``). Control tokens are
+placeholder ids (the tokens join the tokenizer only once the scheme exists), and every token
+carries the index of the marker in force instead of a bin; :class:`ConditionedStream` numbers
+the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 2).
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .background import prefetched
+from .packing import CorpusError, PackOptions, Pool, index_within_runs
+from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch
+from .tokens import ControlScheme
+
+RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
+CONTROL_PREFIX = 2  # mode token + RTG token
+MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
+
+
+@contextmanager
+def special_tokens_as_text(tokenizer) -> Iterator[None]:
+    """Within: the backend tokenizer reads special-token strings in its input (``<|rtg:1|>``,
+    ``</s>``) as ordinary text, never as their ids; the setting is restored after. The setting
+    belongs to the tokenizer object, so hold it only around an encode call: another thread
+    encoding with the same tokenizer meanwhile would see it too."""
+    backend = tokenizer.backend_tokenizer
+    before = backend.encode_special_tokens
+    backend.encode_special_tokens = True
+    try:
+        yield
+    finally:
+        backend.encode_special_tokens = before
+
+
+def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | None" = None,
+              ) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
+    """Each PartBatch with an entry per *distinct* text (its encoding, or its ids from ``cache``)
+    and, per text, the index of its entry [P]: one tokenizer call per batch, and a text that
+    recurs in the batch (the prompt shared by a pair's two sides, a templated prompt) is encoded
+    once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text
+    (:func:`special_tokens_as_text`)."""
+    for b in batches:
+        with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
+            encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
+        yield b, encoded, inverse
+
+
+class RecurringTexts:
+    """The token ids of texts that recurred within a batch, kept for the batches after it (a
+    templated prompt, a system prompt, the prompt of many scored responses): such a text is then
+    encoded about once per build instead of once per batch. Bounded, so memory stays flat: at most
+    ``max_tokens`` ids are held, and the oldest entries leave first. A cache belongs to one
+    tokenizer in one setting (a build's, with special-token strings read as text)."""
+
+    def __init__(self, max_tokens: int = 1 << 18):
+        self.ids: dict[str, list[int]] = {}  # text -> its ids, oldest first
+        self.tokens, self.max_tokens = 0, max_tokens
+
+    def keep(self, text: str, ids: list[int]) -> None:
+        if len(ids) > self.max_tokens or text in self.ids:
+            return
+        while self.tokens + len(ids) > self.max_tokens:
+            self.tokens -= len(self.ids.pop(next(iter(self.ids))))
+        self.ids[text] = ids
+        self.tokens += len(ids)
+
+
+def encode_distinct(texts: list[str], backend, cache: RecurringTexts | None = None) -> tuple[list, np.ndarray]:
+    """One call of the backend tokenizer on the distinct ``texts``: (per distinct text, in order of
+    first appearance, its encoding; per text, the index of its entry [P]). With a ``cache``, a text
+    found there is not sent and its entry is its ids (a list), and a text that occurs more than
+    once in ``texts`` joins the cache (its entry too becomes its ids)."""
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    index: dict[str, int] = {}
+    inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))  # [P]
+    distinct = list(index)                                                            # [U]
+    if cache is None:
+        return encode(distinct, add_special_tokens=False), inverse
+    entries = [cache.ids.get(t) for t in distinct]                                    # [U] ids, or None: to encode
+    missing = [u for u, e in enumerate(entries) if e is None]
+    for u, e in zip(missing, encode([distinct[u] for u in missing], add_special_tokens=False)):
+        entries[u] = e
+    if len(distinct) < len(texts):
+        for u in np.flatnonzero(np.bincount(inverse, minlength=len(distinct)) > 1).tolist():
+            if type(entries[u]) is not list:
+                entries[u] = entries[u].ids
+                cache.keep(distinct[u], entries[u])
+    return entries, inverse
+
+
+def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of U distinct texts (encodings, or id lists) and the entry of each of P texts
+    [P] -> (offsets [P+1] int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
+    ids = [e if type(e) is list else e.ids for e in encoded]
+    ulens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))               # [U]
+    uflat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(ulens.sum()))
+    lens = ulens[inverse]                                                             # [P]
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)                                # [P+1]
+    np.cumsum(lens, out=offsets[1:])
+    if len(ids) == len(inverse):  # every text distinct, and encodings come in first-seen order
+        return offsets, uflat
+    ustart = np.cumsum(ulens) - ulens                                                 # [U]
+    return offsets, uflat[np.repeat(ustart[inverse], lens) + index_within_runs(lens)]  # [N]
+
+
+def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
+                        workers: int = 1) -> Iterator[tuple[PartBatch, Pool, int]]:
+    """Each part batch, in order, with its pool (markers numbered corpus-wide) and its content
+    tokens. One worker: read in one thread, encode in another, condition here; more: worker
+    processes encode and condition (:mod:`rcond.parallel`), with the same result."""
+    if workers > 1:
+        from .parallel import conditioned_in_workers
+
+        yield from conditioned_in_workers(batches, tokenizer, stream, workers)
+        return
+    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts())):
+        offsets, flat = flat_ids(encoded, inverse)
+        yield parts, stream.pool(parts, offsets, flat), len(flat)
+
+
+@dataclass
+class Conditioned:
+    """One part batch conditioned by :func:`condition`, its markers numbered from 0."""
+
+    pool: Pool
+    tokens: int  # content tokens: the tokenizer's output for the batch's parts
+    marker_rtg: np.ndarray  # [m] float64 reward-to-go of each marker
+    marker_fixed: np.ndarray  # [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
+    truncated: int  # tokens --truncate cut away
+    cut_markers: np.ndarray  # [c] markers whose RTG token --truncate cut away
+
+
+def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
+              opts: PackOptions) -> Conditioned:
+    """Build the streams of every document in a part batch at once, then cut the long ones.
+    ``offsets`` [P+1] and ``flat`` [N]: the parts' token ids (:func:`flat_ids`); ``draws`` [D]:
+    one uniform draw per document, which keeps an ``on`` document ``on`` when it is at least
+    ``uncond_fraction``. A pure function of its arguments, so a worker process can run it.
+
+    A document is ``mode [rtg] part [rtg] part ... eos``: the mode token first, an RTG token
+    before each part that carries a reward (in ``on`` mode), ``eos`` last.
+    """
+    lens = np.diff(offsets)                                                         # [P]
+    trainable, rtg, fixed = parts.trainable, parts.rtg, parts.fixed                 # [P] each
+    starts, on = parts.doc_start, parts.on                                          # [P] each
+    P = len(lens)
+    doc_of = np.cumsum(starts) - 1                                                  # [P] document index
+    first = np.flatnonzero(starts)                                                  # [D] first part of each doc
+    last = np.append(first[1:], P) - 1                                              # [D] last part of each doc
+    doc_on = on[first] & (draws >= opts.uncond_fraction)                            # [D]
+    marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                       # [P] RTG token emitted
+    rtg_parts = np.flatnonzero(marker)                                              # [m]
+    part_marker = np.full(P, -1, dtype=np.int32)                                    # [P] marker index in the batch
+    part_marker[rtg_parts] = np.arange(len(rtg_parts))
+    # marker in force: the document's latest marker, or its first one before it
+    force = _marker_in_force(part_marker, marker, first, doc_of)                    # [P]
+    ins = starts.astype(np.int64) + marker                                          # [P] tokens before content
+    is_last = np.zeros(P, dtype=bool)
+    is_last[last] = True
+    out_len = ins + lens + is_last                                                  # [P]
+    out_start = np.zeros(P + 1, dtype=np.int64)
+    np.cumsum(out_len, out=out_start[1:])
+    T = int(out_start[-1])
+    w = (trainable | opts.train_on_prompt).astype(np.float32)                       # [P]
+    ids = np.empty(T, dtype=np.int32)
+    tw = np.zeros(T, dtype=np.float32)
+    mk = np.empty(T, dtype=np.int32)
+    dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
+    ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
+    mode_at = out_start[first]                                                      # [D]
+    ids[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT)
+    mk[mode_at] = force[first]
+    rtg_at = out_start[rtg_parts] + starts[rtg_parts]                               # [m]
+    ids[rtg_at], mk[rtg_at] = RTG_SLOT, part_marker[rtg_parts]
+    eos_at = out_start[last] + ins[last] + lens[last]
+    ids[eos_at], tw[eos_at], mk[eos_at] = eos_id, w[last], force[last]
+    doc_start = np.append(out_start[first], T)                                      # [D+1]
+    (ids, tw, mk, start, length), truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1], np.diff(doc_start),
+                                                                 doc_on, opts)
+    pool = Pool(ids, _next_weights(tw, start, length), mk, start, length, doc_on)
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, cut_markers)
+
+
+def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Target weights [T] -> loss weights [T]: each token gets the target weight of the token
+    after it, and the last token of every piece gets 0 (a target never crosses a piece's end)."""
+    lw = np.empty_like(tw)
+    lw[:-1] = tw[1:]
+    if len(lw):
+        lw[-1] = 0
+    lw[start + length - 1] = 0
+    return lw
+
+
+def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, on: np.ndarray,
+         opts: PackOptions) -> tuple[tuple[np.ndarray, ...], int, np.ndarray]:
+    """Documents ([T] token columns, each document ``[start, start + length)``) longer than
+    block_size: truncate, or split so that each later piece re-opens with ``mode [RTG in force]``;
+    the extra pieces go to the end of the columns. Returns the pieces (ids, target weights,
+    markers, start, length), the tokens truncated, and the markers whose RTG token was truncated."""
+    B = opts.block_size
+    long = np.flatnonzero(length > B)
+    none = np.zeros(0, dtype=np.int64)
+    if not len(long):
+        return (ids, tw, mk, start, length), 0, none
+    cut_length = np.minimum(length, B)
+    if opts.truncate:
+        cut = length[long] - B                                                        # [L] tokens dropped
+        at = np.repeat(start[long] + B, cut) + index_within_runs(cut)                # [C] positions cut
+        cut_markers = mk[at[ids[at] == RTG_SLOT]].astype(np.int64)                    # markers of cut RTG tokens
+        return (ids, tw, mk, start, cut_length), int(cut.sum()), cut_markers
+    at, T = [], len(ids)
+    all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []
+    for d in long.tolist():
+        a, b = int(start[d]), int(start[d] + length[d])
+        for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B):
+            at.append(d + 1)
+            starts.append(T)
+            lens.append(len(piece_ids))
+            T += len(piece_ids)
+            all_ids.append(piece_ids), all_tw.append(piece_tw), all_mk.append(piece_mk)
+    return ((np.concatenate(all_ids), np.concatenate(all_tw), np.concatenate(all_mk),
+             np.insert(start, at, starts), np.insert(cut_length, at, lens)), 0, none)
+
+
+def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
+    """The pieces after the first of a document longer than ``B``."""
+    start = B
+    while start < len(ids):
+        if on:
+            m = int(mk[start - 1])
+            prefix_ids, prefix_mk = [ids[0], RTG_SLOT], [m, m]
+            if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own
+                prefix_ids, prefix_mk = prefix_ids[:1], prefix_mk[:1]
+        else:
+            prefix_ids, prefix_mk = [ids[0]], [-1]
+        end = min(start + B - len(prefix_ids), len(ids))
+        yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
+               np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
+               np.concatenate([prefix_mk, mk[start:end]]).astype(np.int32))
+        start = end
+
+
+class ConditionedStream:
+    """Part batches -> each document's control-token stream -> pieces of at most ``block_size``
+    (pass 1, with placeholders); then, once the scheme is fitted, placeholders -> ids and bins.
+
+    The stream owns what must follow record order: the seeded draws that make ``on`` documents
+    unconditional, and the corpus-wide numbering of markers. :func:`condition` does the rest, in
+    this process or in a worker (:func:`conditioned_batches`)."""
+
+    def __init__(self, eos_id: int, opts: PackOptions):
+        self.eos_id, self.opts = eos_id, opts
+        self.rng = np.random.default_rng(opts.seed)
+        self.marker_rtg: list[np.ndarray] = []  # per batch: [m] float64 reward-to-go of each marker
+        self.marker_fixed: list[np.ndarray] = []  # per batch: [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
+        self.markers = 0
+        self.truncated = 0
+        self.cut_markers: list[np.ndarray] = []  # markers whose RTG token --truncate cut away
+
+    def draw(self, parts: PartBatch) -> np.ndarray:
+        """The next batch's draws [D], one per document, in record order."""
+        return self.rng.random(parts.records)
+
+    def adopt(self, c: Conditioned) -> Pool:
+        """Number a conditioned batch's markers after those of the batches before it; its pool."""
+        mk = c.pool.marker
+        if self.markers + len(c.marker_rtg) > MAX_MARKERS:
+            raise CorpusError(f"more than {MAX_MARKERS:,} reward-to-go tokens in one corpus; split the input")
+        np.add(mk, self.markers, out=mk, where=mk >= 0)
+        self.marker_rtg.append(c.marker_rtg)
+        self.marker_fixed.append(c.marker_fixed)
+        if len(c.cut_markers):
+            self.cut_markers.append(c.cut_markers + self.markers)
+        self.truncated += c.truncated
+        self.markers += len(c.marker_rtg)
+        return c.pool
+
+    def pool(self, parts: PartBatch, offsets: np.ndarray, flat: np.ndarray) -> Pool:
+        """:func:`condition` and :meth:`adopt` a batch in this process."""
+        return self.adopt(condition(parts, offsets, flat, self.draw(parts), self.eos_id, self.opts))
+
+    # ------------------------------------------------------------------ pass 2
+    def bind(self, scheme: ControlScheme, tokenizer) -> None:
+        """Give every marker its bin under the fitted ``scheme`` (whose tokens are now in ``tokenizer``)."""
+        ids = scheme.token_ids(tokenizer)
+        self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
+        self.rtg_ids = np.array(scheme.rtg_ids(tokenizer), dtype=np.int32)                # [K]
+        K = scheme.num_bins
+        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)        # [M]
+        fixed = np.concatenate(self.marker_fixed) if self.marker_fixed else np.zeros(0, np.int8)
+        b = np.searchsorted(np.asarray(scheme.edges, dtype=np.float64), np.nan_to_num(rtg), side="right")
+        b = np.where(fixed == FIXED_TOP, K - 1, np.where(fixed == FIXED_BOTTOM, 0, b))
+        self.bin_of = np.append(b, -1).astype(np.int16)  # [M+1] bin of each marker; index -1 (no marker) -> -1
+        kept = np.ones(len(b), dtype=bool)
+        if self.cut_markers:
+            kept[np.concatenate(self.cut_markers)] = False
+        self.bin_counts = np.bincount(b[kept], minlength=K)  # markers per bin, less those --truncate cut
+        self.marker_rtg, self.marker_fixed = [], []
+
+    def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pass 1's rows -> final rows: real control-token ids (written into ``rows["input_ids"]``
+        in place), and ``bin_ids`` from the markers."""
+        ids, mk = rows["input_ids"], rows["marker"]                                       # [n]
+        bins = self.bin_of[mk]                                                            # [n]; marker -1 -> bin -1
+        at = np.flatnonzero(ids < 0)                                                      # control tokens
+        slot = ids[at]
+        ids[at] = np.where(slot == RTG_SLOT, self.rtg_ids[bins[at]], np.where(slot == ON_SLOT, self.on_id, self.off_id))
+        return {"input_ids": ids, "position_ids": rows["position_ids"], "segment_ids": rows["segment_ids"],
+                "loss_weight": rows["loss_weight"], "bin_ids": bins}
+
+
+def _marker_in_force(part_marker: np.ndarray, marker: np.ndarray, first: np.ndarray, doc_of: np.ndarray) -> np.ndarray:
+    """[P] per part: the latest marker at or before it in its document; parts before a document's
+    first marker take the first marker; documents without markers get -1."""
+    P = len(part_marker)
+    idx = np.where(marker, np.arange(P), -1)
+    latest = np.maximum.accumulate(idx)                                             # [P] last marker so far
+    latest = np.where(latest >= first[doc_of], latest, -1)                          # not from an earlier doc
+    nxt = np.where(marker, np.arange(P), P)
+    upcoming = np.minimum.accumulate(nxt[::-1])[::-1]                               # [P] next marker ahead
+    doc_end = np.append(first[1:], P)[doc_of]
+    upcoming = np.where(upcoming < doc_end, upcoming, -1)
+    pick = np.where(latest >= 0, latest, upcoming)
+    return np.where(pick >= 0, part_marker[np.maximum(pick, 0)], -1)
