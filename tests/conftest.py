@@ -1,9 +1,19 @@
 """Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, and the
-location of the real test data (tests that need it skip when ../shared/data is absent)."""
+location of the real test data (tests that need it skip when ../shared/data is absent).
 
+The tests of Ctrl-C send SIGINT to this process and to the rcond commands it starts. A shell
+starts a background job (``make test &``) with SIGINT ignored, and every process started from it
+inherits that, so rcond would rightly ignore those Ctrl-Cs; the suite gives itself Python's
+normal SIGINT handler first, which its children then start with as usual.
+"""
+
+import signal
 from pathlib import Path
 
 import pytest
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = ["<eos>", "a", "b", "c", "d", "e", "f", "g", "h"]
