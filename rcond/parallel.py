@@ -1,14 +1,15 @@
 """Pass 1 of the corpus build in worker processes: encode and condition batches in parallel.
 
 In one process the build's Python-level work (turning encodings into id arrays, conditioning,
-packing) holds the GIL, so however many cores the tokenizer spreads over, that work runs one
-batch after another and bounds the build's speed. Here ``workers`` processes each take whole part
-batches: encode the distinct texts (:func:`rcond.conditioning.encode_distinct`, each worker with a cache
-of recurring texts of its own), flatten the ids and build the batch's documents and pieces
+packing) holds the GIL, so however many cores the tokenizer spreads over, that work runs one batch
+after another and bounds the build's speed. Here ``workers`` processes each take whole part
+batches: encode the distinct texts (:func:`rcond.conditioning.encode_distinct`, each worker with a
+cache of recurring texts of its own), flatten the ids and build the batch's documents and pieces
 (:func:`rcond.conditioning.condition`). This process keeps only what must follow record order: it
 reads, draws each batch's unconditional draws from the seeded stream before sending it, numbers
-the returned markers corpus-wide (``ConditionedStream.adopt``) and packs. Batches come back in the order they went out, so the corpus is byte-identical to the
-one-process build with the same options.
+the returned markers corpus-wide (``ConditionedStream.adopt``) and packs. Batches come back in the
+order they went out, so the corpus is byte-identical to the one-process build with the same
+options.
 
 Workers start from a *forkserver* (``spawn`` where there is none) with :mod:`rcond.parallel`
 preloaded: never a fork of this process, whose threads (reader, fingerprints) may hold locks. As

@@ -18,15 +18,16 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
 The RTG token of a record precedes the part that carries ``rtg``: the prompt for single
 responses (``<on> <rtg> prompt response``), each assistant turn for dialogs.
 
-CSV, Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json``
-files are read with the standard library (:func:`_iter_json` says why). JSON Lines are read here, 1,000 lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once
-by Arrow's JSON reader and validated column by column (:mod:`rcond.columnar`); a chunk in which
-anything is off is decoded again line by line with the standard library, so a bad line is
-reported with its exact number and can be skipped alone. Both ways give the same records; the
-column-wise one is what keeps ``rcond preprocess`` near the tokenizer's own speed. Plain
-``.txt`` documents, folders of them and ``.zip`` archives of them are read with the standard
-library too: ``datasets``' text builder spends about 40 ms per small file (76 s for the 2,000
-movie reviews, measured here), far slower than the tokenizer.
+CSV, Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json`` files
+are read with the standard library (:func:`_iter_json` says why). JSON Lines are read here, 1,000
+lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once by Arrow's JSON reader and
+validated column by column (:mod:`rcond.columnar`); a chunk in which anything is off is decoded
+again line by line with the standard library, so a bad line is reported with its exact number and
+can be skipped alone. Both ways give the same records; the column-wise one is what keeps ``rcond
+preprocess`` near the tokenizer's own speed. Plain ``.txt`` documents, folders of them and
+``.zip`` archives of them are read with the standard library too: ``datasets``' text builder
+spends about 40 ms per small file (76 s for the 2,000 movie reviews, measured here), far slower
+than the tokenizer.
 
 Records reach :mod:`rcond.corpus` as :class:`PartBatch` es: the parts of many records in
 columns, one entry per part.
