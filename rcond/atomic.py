@@ -124,6 +124,30 @@ def recording_interrupts() -> Iterator[None]:
         _depth -= 1
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Inside, SIGINT and SIGTERM are held back and raised as KeyboardInterrupt on leaving (and
+    recorded, under :func:`recording_interrupts`): for a short step that must not stop half-way,
+    such as starting a worker process, whose half-started child nobody would then stop. A handler
+    other than the default or :func:`recording_interrupts`' is left alone; outside the main thread
+    (where no handler runs) this does nothing."""
+    held: list[int] = []
+    previous: dict[int, object] = {}
+    if _in_main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(sig) in (default, _record):
+                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        if _depth > 0:
+            _recorded.extend(held)
+        raise KeyboardInterrupt(f"signal {held[0]}")
+
+
 def raise_if_interrupted() -> None:
     """Before publishing an output or starting long work: a signal recorded by an open
     :func:`recording_interrupts` whose KeyboardInterrupt Python had to drop (raised inside

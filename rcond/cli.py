@@ -380,5 +380,22 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+def entry() -> None:
+    """The ``rcond`` command: :func:`main`, then exit with its code. After an interrupt, the exit
+    handlers run but Python's own shutdown does not: an interrupt can leave compiled code running
+    in other threads (the Rust tokenizer trainer and its worker threads, an encode call), and that
+    shutdown ends any of them that asks for the GIL with a forced unwind through Rust frames, which
+    aborts the process (SIGABRT, a core file) after the clean-up is done."""
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

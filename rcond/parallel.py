@@ -34,6 +34,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from .atomic import interrupts_deferred
 from .background import prefetched
 from .conditioning import Conditioned, ConditionedStream, RecurringTexts, condition, encode_distinct, flat_ids
 from .packing import CorpusError, PackOptions, Pool
@@ -97,7 +98,8 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
 
     try:
         for parts in prefetched(batches):
-            pending.append((parts, executor.submit(_condition_in_worker, parts, stream.draw(parts))))
+            with interrupts_deferred():  # a submit may start a worker: stopped half-way, it would outlive us
+                pending.append((parts, executor.submit(_condition_in_worker, parts, stream.draw(parts))))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 yield collect()
         while pending:

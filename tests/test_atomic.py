@@ -198,3 +198,40 @@ def test_recording_leaves_a_handler_someone_else_set_alone():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupts_deferred_holds_a_signal_until_the_step_is_done(sig):
+    """A signal inside a deferred step does not stop it half-way: it is raised as KeyboardInterrupt
+    on leaving, and recorded for the command's later checks; the handlers are restored."""
+    from rcond.atomic import interrupt_recorded, interrupts_deferred, recording_interrupts
+
+    steps = []
+    with recording_interrupts():
+        before = signal.getsignal(sig)
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                os.kill(os.getpid(), sig)
+                for _ in range(100):  # a handler would run here, between bytecodes
+                    steps.append(len(steps))
+                steps.append("finished")
+        assert steps[-1] == "finished"
+        assert interrupt_recorded()
+        assert signal.getsignal(sig) is before
+    with interrupts_deferred():  # nothing held: nothing raised
+        pass
+
+
+def test_interrupts_deferred_leaves_a_handler_someone_else_set_alone():
+    from rcond.atomic import interrupts_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                pass
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

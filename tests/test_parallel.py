@@ -111,3 +111,49 @@ def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeyp
         build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
               opts=PackOptions(workers=2, encode_batch=8), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_ctrl_c_while_a_worker_is_being_started_leaves_no_worker_behind(tmp_path, monkeypatch):
+    """The executor starts workers inside ``submit``; a Ctrl-C that lands after the child exists but
+    before the executor has recorded it used to leave that worker (and the forkserver with it)
+    waiting for work for ever. The Ctrl-C here arrives at that very moment, in every start."""
+    import multiprocessing.process
+    import os
+    import signal
+    import time
+
+    started = []
+    start = multiprocessing.process.BaseProcess.start
+
+    def start_then_ctrl_c(self):
+        start(self)
+        started.append(self.pid)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs now, before the executor records the worker
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_ctrl_c)
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(40)])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
+                  opts=PackOptions(workers=2, encode_batch=8), progress=False)
+        assert started, "no worker was started"
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in started) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in started if _alive(pid)], "a worker outlived the build"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+    finally:
+        for pid in started:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie its parent has not reaped yet counts as gone)."""
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
