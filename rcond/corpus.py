@@ -168,15 +168,17 @@ def check_options(opts: PackOptions) -> None:
                           f"each worker is a process with its own tokenizer, and beyond one per core they only wait")
 
 
-def check_special_tokens(tokenizer, control_tokens: list[str]) -> None:
+def check_special_tokens(tokenizer, control_tokens: list[str], where: Path | None = None) -> None:
     """The tokenizer's eos and pad must not be control tokens (a tokenizer saved with a corpus and
     edited, say): every document ends with eos and padding fills rows, so either one would put a
-    control token where the model learns to end a text or where nothing is."""
+    control token where the model learns to end a text or where nothing is. ``where``: the
+    tokenizer's folder, named in the error."""
     for role in ("eos", "pad"):
         token = getattr(tokenizer, f"{role}_token")
         if token in control_tokens:
-            raise CorpusError(f"the tokenizer's {role} token is {token!r}, one of rcond's control tokens; give it a "
-                              f"{role} token of its own ({role}_token in its tokenizer_config.json)")
+            raise CorpusError(f"{f'{where}: ' if where else ''}the tokenizer's {role} token is {token!r}, one of "
+                              f"rcond's control tokens; give it a {role} token of its own ({role}_token in its "
+                              f"tokenizer_config.json)")
 
 
 def _progress(total=None, desc="", unit="it", enabled=True):
@@ -337,6 +339,9 @@ def load(directory: str | Path, *, verify: bool = True):
     rows = d / ROWS_FILE
     if not rows.exists():
         raise CorpusError(f"{d}: missing {ROWS_FILE}")
+    if not rows.is_file():
+        raise CorpusError(f"{rows}: is not a file; expected the corpus's rows (an Arrow file written by rcond "
+                          f"preprocess)")
     if verify and file_sha256(rows) != scheme.options.get("rows_sha256"):
         raise CorpusError(f"{rows}: fingerprint mismatch — the rows changed after preprocessing; re-run rcond preprocess")
     if not (d / TOKENIZER_DIR).is_dir():
@@ -345,6 +350,7 @@ def load(directory: str | Path, *, verify: bool = True):
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
+    check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)
     missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "

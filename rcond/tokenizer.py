@@ -67,8 +67,12 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
         raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
                              f"`tokenizers` backend (a tokenizer.json)")
     if tokenizer.eos_token is None:
+        config = Path(path_or_id) / TOKENIZER_CONFIG_FILE
+        where = (f"Set `eos_token` in its {TOKENIZER_CONFIG_FILE}" if config.is_file() or not Path(path_or_id).is_dir()
+                 else f"There is no {config} to set it in: save the tokenizer with save_pretrained, or write that "
+                      f"file with an `eos_token`")
         raise TokenizerError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
-                             f"Set `eos_token` in its tokenizer_config.json.")
+                             f"{where}.")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -280,6 +280,8 @@ class ControlScheme:
             return cls.from_json(text)
         except json.JSONDecodeError as e:
             raise SchemeError(f"{path}: not a valid scheme file: {e}") from None
+        except RecursionError:
+            raise SchemeError(f"{path}: not a valid scheme file: nested too deeply to read") from None
         except SchemeError as e:
             raise SchemeError(f"{path}: {e}") from None
 

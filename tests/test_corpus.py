@@ -276,6 +276,23 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
     shutil.rmtree(d / "tokenizer")
     with pytest.raises(CorpusError, match=rf"^{d}: has no tokenizer/ folder"):
         load(d)
+    d = tmp_path / "eos"  # tokenizer_config.json is not in the fingerprint, which covers tokenizer.json
+    shutil.copytree(good, d)
+    config = json.loads((d / "tokenizer" / "tokenizer_config.json").read_text())
+    (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|rlhf:on|>"}))
+    with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: the tokenizer's eos token is '<\|rlhf:on\|>', one of "
+                                          rf"rcond's control tokens"):
+        load(d)
+    d = tmp_path / "rowsdir"
+    shutil.copytree(good, d)
+    (d / "rows.arrow").unlink()
+    (d / "rows.arrow").mkdir()
+    with pytest.raises(CorpusError, match=rf"^{d}/rows.arrow: is not a file"):
+        load(d)
+    d = edited("deep", lambda s: None)
+    (d / "scheme.json").write_text("[" * 100_000)
+    with pytest.raises(CorpusError, match="nested too deeply"):
+        load(d)
 
 
 @pytest.mark.parametrize("role", ["eos", "pad"])

@@ -42,6 +42,15 @@ def test_load_tokenizer_without_eos_is_an_error(tokenizer_dir):
         load_tokenizer(tokenizer_dir)
 
 
+def test_a_tokenizer_folder_without_its_config_says_so(tokenizer_dir):
+    """Without tokenizer_config.json there is no eos to find, and no file to set one in: the error
+    says the file is missing instead of asking to edit it."""
+    (tokenizer_dir / "tokenizer_config.json").unlink()
+    with pytest.raises(ValueError, match=rf"no eos token.*There is no {tokenizer_dir}/tokenizer_config.json to set "
+                                         rf"it in"):
+        load_tokenizer(str(tokenizer_dir))
+
+
 def test_a_tokenizer_that_cannot_be_loaded_says_why(tokenizer_dir, tmp_path, monkeypatch):
     """No traceback from deep in transformers: the error names the path or id and what is wrong."""
     (tmp_path / "empty").mkdir()
