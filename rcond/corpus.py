@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -253,6 +254,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         scheme.tokenizer_fingerprint = tokenizer_saved()
         scheme.source_fingerprints = source_fingerprints()
         scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=rows_sha256)
+        scheme.options["scheme_sha256"] = scheme_sha256(scheme)
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus
     return scheme, summary
@@ -323,6 +325,16 @@ class HashingWriter(io.RawIOBase):
         return "sha256:" + self.sha.hexdigest()
 
 
+def scheme_sha256(scheme: ControlScheme) -> str:
+    """``sha256:<hex>`` of the scheme's fields as canonical JSON, leaving out this fingerprint itself
+    (``options.scheme_sha256``): the rows' fingerprint does not cover the scheme, and an edit to it
+    (tokens swapped, edges moved, the format changed) would silently change what the rows mean."""
+    d = scheme.to_dict()
+    d["options"] = {k: v for k, v in d["options"].items() if k != "scheme_sha256"}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ---------------------------------------------------------------------------- loading
 def load(directory: str | Path, *, verify: bool = True):
     """Open a corpus: returns ``(dataset, scheme, tokenizer)``; checks it is complete and unaltered."""
@@ -358,6 +370,10 @@ def load(directory: str | Path, *, verify: bool = True):
                           f"scheme.json was edited or belongs to another corpus: preprocess the corpus again")
     dataset = Dataset.from_file(str(rows))
     check_scheme_fits_rows(d, scheme, dataset.data)
+    if verify and scheme.options.get("scheme_sha256") != scheme_sha256(scheme):
+        raise CorpusError(f"{d / SCHEME_FILE}: edited after preprocessing (its fields no longer match the fingerprint "
+                          f"they were written with, options.scheme_sha256); it records how the rows were built, so "
+                          f"preprocess the corpus again instead")
     return dataset, scheme, tokenizer
 
 

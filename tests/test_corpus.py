@@ -238,8 +238,8 @@ def test_load_checks_fingerprints(tmp_path):
 
 
 def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_path):
-    """A scheme.json edited by hand (its edits are not fingerprinted) or a lost tokenizer/ folder
-    is refused by load itself, naming the file and what the rows hold."""
+    """A scheme.json edited by hand, an edited tokenizer config or a lost tokenizer/ folder is
+    refused by load itself, naming the file and, where it can, what the rows hold."""
     import json
     import shutil
 
@@ -289,6 +289,14 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
     (d / "rows.arrow").mkdir()
     with pytest.raises(CorpusError, match=rf"^{d}/rows.arrow: is not a file"):
         load(d)
+    for name, edit in [("swapped", lambda s: s.update(on_token=s["off_token"], off_token=s["on_token"])),
+                       ("format", lambda s: s["options"].update(format="dialog")),
+                       ("edges", lambda s: s.update(edges=[2.5, 3.5, 5.5], binning="edges:2.5,3.5,5.5")),
+                       ("counts", lambda s: s["counts"].__setitem__(0, s["counts"][0] + 1))]:
+        d = edited(name, edit)  # what the other checks cannot see: the scheme's own fingerprint does
+        with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: edited after preprocessing"):
+            load(d)
+        load(d, verify=False)  # verify=False skips the fingerprints, as for the rows
     d = edited("deep", lambda s: None)
     (d / "scheme.json").write_text("[" * 100_000)
     with pytest.raises(CorpusError, match="nested too deeply"):

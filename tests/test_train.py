@@ -334,8 +334,8 @@ def test_resume_errors(tmp_path, corpus, monkeypatch):
 
 
 def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path, corpus, monkeypatch):
-    """Its rows are checked against its scheme.json when loaded; an edited scheme.json (new bin
-    edges: the same RTG token would mean another reward range after the resume) is caught here."""
+    """A corpus whose scheme changed since the run started (new bin edges: the same RTG token would
+    mean another reward range after the resume) is caught here, even with its fingerprints intact."""
     import shutil
 
     small_model(monkeypatch)
@@ -346,10 +346,14 @@ def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path, corpus,
     state = torch.load(state_file, weights_only=False)
     state["step"] = 1  # as if interrupted after step 1
     torch.save(state, state_file)
-    scheme = json.loads((mine / "scheme.json").read_text())
-    scheme["edges"][0] += 0.001
-    (mine / "scheme.json").write_text(json.dumps(scheme))
-    with pytest.raises(TrainError, match=rf"--resume: corpus {mine} changed since the run started \(edges in its"):
+    from rcond.corpus import scheme_sha256
+    from rcond.tokens import ControlScheme
+
+    scheme = ControlScheme.load(mine)
+    scheme.edges[0] += 0.001
+    scheme.options["scheme_sha256"] = scheme_sha256(scheme)  # fingerprinted again, or load would refuse it first
+    scheme.save(mine)
+    with pytest.raises(TrainError, match=rf"--resume: corpus {mine} changed since the run started \(edges, options in its"):
         train(None, tmp_path / "run", resume=True, progress=False)
 
 
