@@ -232,6 +232,10 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
         cut = length[long] - B                                                        # [L] tokens dropped
         at = np.repeat(start[long] + B, cut) + index_within_runs(cut)                # [C] positions cut
         cut_markers = mk[at[ids[at] == RTG_SLOT]].astype(np.int64)                    # markers of cut RTG tokens
+        if len(cut_markers):  # tokens before a dialog's first RTG token take its bin: none once it is cut away
+            kept = np.repeat(start[long], B) + np.tile(np.arange(B), len(long))          # [L*B] kept of long docs
+            kept = kept[np.isin(mk[kept], cut_markers)]
+            mk[kept] = -1
         return (ids, tw, mk, start, cut_length), int(cut.sum()), cut_markers
     at, T = [], len(ids)
     all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []

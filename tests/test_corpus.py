@@ -95,6 +95,18 @@ def test_truncated_rtg_tokens_are_not_counted(tmp_path):
     assert split.counts == [1, 1]  # split, not truncated: both RTG tokens are in the corpus
 
 
+def test_a_dialog_truncated_before_its_first_rtg_token_has_no_bin(tmp_path):
+    """Cut at 6 tokens, a dialog whose first user turn is longer keeps no RTG token at all: its
+    tokens carry bin -1 (not the bin of the RTG token that was cut), and the counts leave it out."""
+    turns = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
+    rows, scheme, s = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", truncate=True)
+    assert rows["input_ids"].tolist() == [[ON, 1, 1, 1, 1, 1]]
+    assert rows["bin_ids"].tolist() == [[-1] * 6]
+    assert scheme.counts == [0, 0]
+    _, split, _ = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", name="split")
+    assert split.counts == [0, 1]  # split, not truncated: the RTG token (bin 1) is in the corpus
+
+
 def test_special_token_strings_in_content_stay_text(tmp_path):
     """Reusing a tokenizer that already holds the control tokens (one saved beside an earlier
     corpus), a literal "<|rtg:1|>" or "<|rlhf:on|>" in a text is encoded as text: the only
