@@ -109,10 +109,10 @@ def trained_vocab_size(spec: str) -> int | None:
         raise CorpusError("--tokenizer is empty; expected a tokenizer directory, a hub id, or train:VOCAB_SIZE")
     if not spec.startswith("train:"):
         return None
-    try:
-        vocab = int(spec.split(":", 1)[1])
-    except ValueError:
-        raise CorpusError(f"--tokenizer {spec!r}: expected train:VOCAB_SIZE, e.g. train:4096") from None
+    digits = spec.split(":", 1)[1]
+    if not (digits.isascii() and digits.isdigit()):  # int() would also take ' 300', '+300', '3_00', full-width digits
+        raise CorpusError(f"--tokenizer {spec!r}: expected train:VOCAB_SIZE, e.g. train:4096")
+    vocab = int(digits)
     if not 260 <= vocab <= MAX_TRAINED_VOCAB:
         raise CorpusError(f"--tokenizer {spec!r}: a byte-level BPE needs a vocabulary of 260 to "
                           f"{MAX_TRAINED_VOCAB:,} tokens")

@@ -88,6 +88,8 @@ def test_summary_notes_uniform_and_explicit_bins_that_no_reward_reaches(tmp_path
     (["--tokenizer", "train:99999999"], "--tokenizer 'train:99999999': a byte-level BPE needs a vocabulary of 260 "
                                         "to 1,048,576 tokens"),
     (["--tokenizer", ""], "--tokenizer is empty; expected a tokenizer directory, a hub id, or train:VOCAB_SIZE"),
+    *[(["--tokenizer", spec], f"--tokenizer {spec!r}: expected train:VOCAB_SIZE, e.g. train:4096")
+      for spec in ("train:abc", "train: 300", "train:+300", "train:3_00", "train:\uff13\uff10\uff10", "train:")],
 ])
 def test_options_that_cannot_work_are_refused_before_the_input_is_read(tmp_path, capsys, options, message):
     """The input's second line is broken: an option error shows it was checked before reading."""
