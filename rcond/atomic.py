@@ -6,6 +6,8 @@ loader accepts because the target path never appeared). A Ctrl-C whose KeyboardI
 had to drop (raised inside a ``__del__`` or another finalizer, which only prints "Exception
 ignored") is still noticed: a command records signals from its start (:func:`recording_interrupts`),
 and no output of it is published after one (:func:`raise_if_interrupted`), nor training started.
+A short step that must not stop half-way (starting a worker process) holds signals back until it
+is done (:func:`interrupts_deferred`).
 ``--overwrite`` replaces an existing target only after the new one is complete. The published
 directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
 would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
