@@ -101,6 +101,18 @@ def _record(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _take_over(handler, also: tuple = ()) -> dict[int, object]:
+    """Install ``handler`` for SIGINT and SIGTERM where each has its default handler (or one of ``also``);
+    a handler someone else set is left alone. Returns the handlers replaced, to restore. Only the
+    main thread can set handlers: elsewhere nothing is installed."""
+    previous: dict[int, object] = {}
+    if _in_main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(sig) in (default, *also):
+                previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
 @contextlib.contextmanager
 def recording_interrupts() -> Iterator[None]:
     """While inside, SIGINT and SIGTERM are recorded, then raised as KeyboardInterrupt as Python
@@ -115,10 +127,7 @@ def recording_interrupts() -> Iterator[None]:
     _depth += 1
     previous: dict[int, object] = {}
     try:
-        if _in_main_thread():  # signal handlers can only be set from the main thread
-            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-                if signal.getsignal(sig) is default:
-                    previous[sig] = signal.signal(sig, _record)
+        previous = _take_over(_record)
         yield
     finally:
         for sig, handler in previous.items():  # first: a second Ctrl-C during clean-up must not find ours
@@ -134,11 +143,7 @@ def interrupts_deferred() -> Iterator[None]:
     other than the default or :func:`recording_interrupts`' is left alone; outside the main thread
     (where no handler runs) this does nothing."""
     held: list[int] = []
-    previous: dict[int, object] = {}
-    if _in_main_thread():
-        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-            if signal.getsignal(sig) in (default, _record):
-                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    previous = _take_over(lambda signum, frame: held.append(signum), also=(_record,))
     try:
         yield
     finally:

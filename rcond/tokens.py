@@ -216,21 +216,27 @@ class ControlScheme:
         return tokenizer.add_special_tokens({"extra_special_tokens": self.control_tokens},
                                             replace_extra_special_tokens=False)
 
-    def missing_tokens(self, tokenizer) -> list[str]:
-        """The control tokens ``tokenizer`` does not hold (it has no id for them, or reads them as its unk)."""
+    def _ids_or_none(self, tokenizer) -> dict[str, int | None]:
+        """Each control token's id in ``tokenizer``; None where it has no id or reads it as its unk."""
         unk = getattr(tokenizer, "unk_token_id", None)
         ids = tokenizer.convert_tokens_to_ids(self.control_tokens)
-        return [tok for tok, i in zip(self.control_tokens, ids) if i is None or (unk is not None and i == unk)]
+        return {tok: None if i is None or (unk is not None and i == unk) else int(i)
+                for tok, i in zip(self.control_tokens, ids)}
+
+    def missing_tokens(self, tokenizer) -> list[str]:
+        """The control tokens ``tokenizer`` does not hold (it has no id for them, or reads them as its unk)."""
+        return [tok for tok, i in self._ids_or_none(tokenizer).items() if i is None]
 
     def token_ids(self, tokenizer) -> dict[str, int]:
         """Map every control token to its id in ``tokenizer`` (error if one is missing)."""
-        missing = self.missing_tokens(tokenizer)
+        ids = self._ids_or_none(tokenizer)
+        missing = [tok for tok, i in ids.items() if i is None]
         if missing:
             raise SchemeError(f"control token {missing[0]!r} is not in the tokenizer, so the tokenizer does not "
                               f"belong to this scheme ({self.num_bins} bins, {self.control_tokens[0]} ... "
                               f"{self.control_tokens[-1]}); use the tokenizer saved with it (from Python, "
                               f"ControlScheme.add_to_tokenizer adds the tokens)")
-        return dict(zip(self.control_tokens, map(int, tokenizer.convert_tokens_to_ids(self.control_tokens))))
+        return ids
 
     def rtg_ids(self, tokenizer) -> list[int]:
         ids = self.token_ids(tokenizer)
