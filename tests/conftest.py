@@ -1,5 +1,6 @@
-"""Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, and the
-location of the real test data (tests that need it skip when ../shared/data is absent).
+"""Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, whether a process
+still runs, and the location of the real test data (tests that need it skip when ../shared/data is
+absent).
 
 The tests of Ctrl-C send SIGINT to this process and to the rcond commands it starts. A shell
 starts a background job (``make test &``) with SIGINT ignored, and every process started from it
@@ -58,3 +59,11 @@ def write_jsonl(path: Path, rows) -> Path:
 
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an exited process its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

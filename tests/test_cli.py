@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from conftest import running, write_jsonl
 from rcond.cli import main
 from rcond.corpus import CorpusError, load
 
@@ -191,13 +191,6 @@ def _process_tree(pid: int) -> dict[int, int]:
     return tree
 
 
-def _running(pid: int) -> bool:
-    """``pid`` exists and is not a zombie (an exited process its new parent has not reaped yet)."""
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    return False
-
-
 @pytest.mark.parametrize("sig,workers", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGKILL, 1),
                                          (signal.SIGINT, 2)])
 def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig, workers):
@@ -234,7 +227,7 @@ def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig, workers):
     if sig != signal.SIGKILL:  # cleaned up on catchable signals
         assert not list(tmp_path.glob(".c.tmp-*"))
     time.sleep(0.5)  # the forkserver and the resource tracker leave once their parent has
-    assert not [p for p in helpers if _running(p)], "processes of the build outlived it"
+    assert not [p for p in helpers if running(p)], "processes of the build outlived it"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import WORDS, word_tokenizer, write_jsonl
+from conftest import WORDS, running, word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build
 from rcond.sources import SourceError, SourceReader
 
@@ -139,21 +139,11 @@ def test_a_ctrl_c_while_a_worker_is_being_started_leaves_no_worker_behind(tmp_pa
                   opts=PackOptions(workers=2, encode_batch=8), progress=False)
         assert started, "no worker was started"
         deadline = time.time() + 10
-        while any(_alive(pid) for pid in started) and time.time() < deadline:
+        while any(running(pid) for pid in started) and time.time() < deadline:
             time.sleep(0.1)
-        assert not [pid for pid in started if _alive(pid)], "a worker outlived the build"
+        assert not [pid for pid in started if running(pid)], "a worker outlived the build"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
     finally:
         for pid in started:
-            if _alive(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """``pid`` runs (a zombie its parent has not reaped yet counts as gone)."""
-    from pathlib import Path
-
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
