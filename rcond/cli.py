@@ -47,7 +47,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 # ---------------------------------------------------------------------------- preprocess
 PREPROCESS_EXAMPLES = """\
 examples:
-  rcond preprocess hh.jsonl.gz --format pairs --out corpora/hh --tokenizer train:8192 --on-error skip
+  rcond preprocess hh.jsonl.gz --format pairs --bins 2 --out corpora/hh --tokenizer train:8192 --on-error skip
   rcond preprocess reviews.zip --format scored --score-with vader --out corpora/reviews --tokenizer gpt2
   rcond preprocess dialogs.jsonl --format dialog --bins 5 --binning uniform --out corpora/dlg
   rcond preprocess notes.txt --format text --out corpora/plain --tokenizer corpora/dlg/tokenizer
@@ -124,15 +124,23 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
              f"  pieces         {s.pieces:,} from {s.documents:,} documents"
              + (f"; {s.truncated_tokens:,} tokens truncated" if s.truncated_tokens else ""),
              f"  speed          {s.content_tokens / max(s.seconds, 1e-9):,.0f} tokens/s ({s.seconds:.1f} s)"]
+    unscored = s.on_docs and not s.rewards  # preference pairs without scores: chosen top, rejected bottom bin
     if not s.on_docs:
         lines.append("  bins           none used: every record is 'off' mode, with no reward-to-go token")
+    elif unscored and not scheme.binning.startswith("edges:"):
+        lines.append(f"  bins ({scheme.binning} over [-1, 1]: the pairs carry no scores, so each chosen response "
+                     f"takes the top bin and each rejected one the bottom bin)")
     else:
         lines.append(f"  bins ({scheme.binning})")
     for k in range(scheme.num_bins if s.on_docs else 0):
         lo, hi = scheme.bin_range(k)
         lines.append(f"    {scheme.rtg_token(k):<12} [{lo:>9.4g}, {hi:<9.4g})  {scheme.counts[k]:>9,}")
     empty = sum(1 for c in scheme.counts if c == 0)
-    if empty and any(scheme.counts):
+    if empty and unscored:
+        lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token (pairs without scores "
+                     f"fill only the top and bottom bins); nothing trains those levels. Use --bins 2, or give the "
+                     f"pairs scores (chosen_score / rejected_score fields, or --score-with)")
+    elif empty and any(scheme.counts):
         why, instead = {"quantile": ("rewards tie at the quantile edges, or there are too few of them",
                                      "fewer --bins, or --binning uniform / edges:..."),
                         "uniform": ("no reward falls in their equal-width ranges: the rewards are spread unevenly",

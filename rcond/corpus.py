@@ -82,6 +82,7 @@ class Summary:
     skipped_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
     content_tokens: int = 0  # tokenizer output, before control tokens
+    rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -240,7 +241,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                               + "; expected at least one record"
                               + "".join(f"\n  skipped: {m}" for m in summary.skipped_examples[:5]))
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
-        scheme = _fit_scheme(np.concatenate(values) if values else np.zeros(0), num_bins, binning, reader, opts)
+        values = np.concatenate(values) if values else np.zeros(0)
+        summary.rewards = len(values)
+        scheme = _fit_scheme(values, num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
         stream.bind(scheme, tokenizer)
         scheme.counts = stream.bin_counts.tolist()

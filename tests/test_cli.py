@@ -65,6 +65,27 @@ def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_summary_explains_bins_of_pairs_without_scores(tmp_path, capsys):
+    pairs = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: glad to help {i}",
+              "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away {i}"} for i in range(30)]
+    assert preprocess(tmp_path, pairs, "--bins", "4", "--uncond-fraction", "0", fmt="pairs") == 0
+    out = capsys.readouterr().out  # chosen -> bin 3, rejected -> bin 0 (DESIGN §3); bins 1 and 2 stay empty
+    assert ("bins (uniform over [-1, 1]: the pairs carry no scores, so each chosen response takes the top bin and "
+            "each rejected one the bottom bin)") in out
+    assert ("note: 2 of 4 bins hold no reward-to-go token (pairs without scores fill only the top and bottom bins); "
+            "nothing trains those levels. Use --bins 2, or give the pairs scores") in out
+    assert "--binning quantile" not in out  # the advice for rewards spread unevenly would not help here
+    _, scheme, _ = load(tmp_path / "c")
+    assert scheme.counts == [30, 0, 0, 30]
+    assert preprocess(tmp_path, pairs, "--bins", "2", "--uncond-fraction", "0", fmt="pairs", out="two") == 0
+    assert "note:" not in capsys.readouterr().out
+    assert load(tmp_path / "two")[1].counts == [30, 30]
+    scored = [dict(p, chosen_score=1.0 + i, rejected_score=-1.0 - i) for i, p in enumerate(pairs)]
+    assert preprocess(tmp_path, scored, "--bins", "4", fmt="pairs", out="scored") == 0
+    out = capsys.readouterr().out
+    assert "bins (quantile)" in out and "carry no scores" not in out
+
+
 def test_summary_notes_uniform_and_explicit_bins_that_no_reward_reaches(tmp_path, capsys):
     skewed = [{"response": f"reply {i}", "reward": 0.0 if i < 39 else 10.0} for i in range(40)]
     assert preprocess(tmp_path, skewed, "--bins", "4", "--binning", "uniform") == 0
