@@ -218,12 +218,54 @@ def _open_compressed(path: Path):
         import lzma
         return lzma.open(path, "rb")
     if suffix == ".zst":
-        try:
-            import zstandard
-        except ImportError:
-            raise SourceError(f"{path}: reading .zst needs the 'zstandard' package (pip install zstandard)") from None
-        return zstandard.open(path, "rb")
+        return io.BufferedReader(_ZstdReader(path))
     return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """A .zst file decompressed frame after frame. Unlike ``zstandard.open`` (which has no
+    ``readline`` and ends quietly where a cut file ends), a file cut inside a frame raises EOFError,
+    as gzip's reader does, and data that is not zstd raises OSError."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, path: Path):
+        import zstandard
+
+        self._error = zstandard.ZstdError
+        self._dctx = zstandard.ZstdDecompressor()
+        self._file = open(path, "rb")
+        self._frame = None  # the decompressor of the frame being read; None between frames
+        self._left = b""  # compressed bytes read past the end of the last frame
+        self._out = b""  # decompressed bytes not yet returned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            data = self._left or self._file.read(self.CHUNK)
+            self._left = b""
+            if not data:
+                if self._frame is not None and not self._frame.eof:
+                    raise EOFError("compressed file ended before the end of a zstd frame")
+                return 0
+            if self._frame is None or self._frame.eof:
+                self._frame = self._dctx.decompressobj()
+            try:
+                self._out = self._frame.decompress(data)
+            except self._error as e:
+                raise OSError(str(e)) from None
+            if self._frame.eof:
+                self._left = self._frame.unused_data
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _read_all(path: Path) -> bytes:

@@ -410,6 +410,47 @@ def test_suffixes_in_any_case_and_compressed_text(tmp_path):
     assert [t for b in reader.batches() for t in b.texts] == ["rows"]
 
 
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_every_compression_the_readme_names_reads_jsonl_and_csv(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+                ".zst": zstandard.ZstdCompressor().compress}[suffix]
+    (tmp_path / f"r.jsonl{suffix}").write_bytes(compress(b'{"response": "one", "reward": 0.5}\n'
+                                                        b'{"response": "two", "reward": -1}\n'))
+    (tmp_path / f"r.csv{suffix}").write_bytes(compress(b"response,reward\nthree,2\n"))
+    for name, texts, rewards in ((f"r.jsonl{suffix}", ["one", "two"], [0.5, -1.0]),
+                                 (f"r.csv{suffix}", ["three"], [2.0])):
+        records = list(SourceReader([str(tmp_path / name)], "scored"))
+        assert [r.parts[1].text for r in records] == texts
+        assert [r.parts[0].rtg for r in records] == rewards
+
+
+def test_zst_frames_are_read_in_turn_and_a_cut_or_foreign_file_is_an_error(tmp_path):
+    import zstandard
+
+    c = zstandard.ZstdCompressor()
+    rows = b"".join(b'{"response": "r%d", "reward": %d}\n' % (i, i) for i in range(3000))
+    whole = c.compress(rows)
+    (tmp_path / "two.jsonl.zst").write_bytes(whole + c.compress(b'{"response": "last", "reward": -1}\n'))
+    records = list(SourceReader([str(tmp_path / "two.jsonl.zst")], "scored"))
+    assert len(records) == 3001 and records[-1].parts[1].text == "last" and records[2999].parts[1].text == "r2999"
+    (tmp_path / "cut.jsonl.zst").write_bytes(whole[:len(whole) // 2])  # zstandard.open would end quietly here
+    with pytest.raises(SourceError, match=r"cut.jsonl.zst: cannot be read \(EOFError: compressed file ended before "
+                                          r"the end of a zstd frame\); expected a whole .zst file"):
+        list(SourceReader([str(tmp_path / "cut.jsonl.zst")], "scored").batches())
+    (tmp_path / "cut.txt.zst").write_bytes(c.compress(b"a document\n" * 100)[:-4])
+    with pytest.raises(SourceError, match=r"cut.txt.zst: cannot be read \(EOFError"):
+        list(SourceReader([str(tmp_path / "cut.txt.zst")], "text"))
+    (tmp_path / "foreign.jsonl.zst").write_bytes(b"not zstd at all")
+    with pytest.raises(SourceError, match=r"foreign.jsonl.zst: cannot be read \(OSError: .*Unknown frame descriptor"):
+        list(SourceReader([str(tmp_path / "foreign.jsonl.zst")], "scored").batches())
+
+
 @pytest.mark.parametrize("gamma", [float("nan"), float("inf"), -0.1, 1.5])
 def test_gamma_must_be_a_discount(gamma):
     with pytest.raises(SourceError, match=r"--gamma must be a discount in \[0, 1\]"):
