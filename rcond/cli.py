@@ -8,6 +8,7 @@ written atomically, so a failed or interrupted run leaves nothing half-written b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -48,7 +49,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 PREPROCESS_EXAMPLES = """\
 examples:
   rcond preprocess hh.jsonl.gz --format pairs --bins 2 --out corpora/hh --tokenizer train:8192 --on-error skip
-  rcond preprocess reviews.zip --format scored --score-with vader --out corpora/reviews --tokenizer gpt2
+  rcond preprocess reviews.zip --format scored --score-with vader --score-workers 4 --out corpora/reviews --tokenizer gpt2
   rcond preprocess dialogs.jsonl --format dialog --bins 5 --binning uniform --out corpora/dlg
   rcond preprocess notes.txt --format text --out corpora/plain --tokenizer corpora/dlg/tokenizer
 """
@@ -72,6 +73,9 @@ def add_preprocess(sub) -> None:
     p.add_argument("--score-with", default=None,
                    help="vader | module:function — reward from a scorer, in place of the input's reward or score "
                         "fields (those are not read)")
+    p.add_argument("--score-workers", type=int, default=1, metavar="N",
+                   help="processes that run the --score-with scorer side by side (each builds its own copy: keep 1 "
+                        "for a scorer that loads a large model)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
@@ -101,18 +105,45 @@ def run_preprocess(a) -> int:
     num_bins = resolve_bins(a.bins, a.binning)
     trained_vocab_size(a.tokenizer)
     check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
+    check_score_workers(a.score_workers, a.score_with)
     scorer = None
     if a.score_with:
         from .scorers import get_scorer
 
         scorer = get_scorer(a.score_with)
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
-    reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error)
-    tokenizer = resolve_tokenizer(a.tokenizer, reader)
-    scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
-                      overwrite=a.overwrite, progress=not a.no_progress)
+    with _scorer_processes(a.score_with, a.score_workers, scorer) as scorer:
+        reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error)
+        tokenizer = resolve_tokenizer(a.tokenizer, reader)
+        scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
+                          overwrite=a.overwrite, progress=not a.no_progress)
     print(format_preprocess_summary(a.out, scheme, s, opts.block_size))
     return 0
+
+
+def check_score_workers(workers: int, spec: str | None) -> None:
+    """``--score-workers``: at least 1, with a scorer to run, and at most 4 per core."""
+    from .parallel import usable_cores
+    from .sources import SourceError
+
+    if workers < 1:
+        raise SourceError(f"--score-workers must be at least 1, got {workers}")
+    if workers > 1 and not spec:
+        raise SourceError(f"--score-workers {workers} runs the scorer of --score-with in {workers} processes; "
+                          f"give --score-with too")
+    cores = usable_cores()
+    if workers > max(8, 4 * cores):
+        raise SourceError(f"--score-workers {workers} is more than 4 per core ({cores} cores here, at least 8 "
+                          f"allowed); beyond one per core the workers only wait")
+
+
+def _scorer_processes(spec: str | None, workers: int, scorer):
+    """A context giving the scorer to read with: ``scorer`` itself, or ``workers`` processes running it."""
+    if workers < 2:
+        return contextlib.nullcontext(scorer)
+    from .scorer_pool import ScorerPool
+
+    return ScorerPool(spec, workers)
 
 
 def format_preprocess_summary(out, scheme, s, block_size: int) -> str:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as paj
 
-from .scorers import score_values
+from .scorer_pool import scores_in_batches
 from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, is_blank, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
@@ -129,14 +129,10 @@ def _numbers(table: pa.Table, name: str) -> np.ndarray | None:
 
 
 def _score(texts: list[str], scorer: Scorer, score_batch: int) -> np.ndarray | None:
-    out = []
-    for i in range(0, len(texts), score_batch):
-        chunk = texts[i:i + score_batch]
-        scores = score_values(scorer, chunk)
-        if len(scores) != len(chunk):
-            return None
-        out.extend(scores)
-    values = np.array(out, dtype=np.float64)
+    scores = scores_in_batches(scorer, texts, score_batch)
+    if len(scores) != len(texts):
+        return None
+    values = np.array(scores, dtype=np.float64)
     return values if np.isfinite(values).all() else None
 
 

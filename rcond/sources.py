@@ -52,7 +52,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .scorers import score_values
+from .scorer_pool import scores_in_batches
 
 FORMATS = ("pairs", "scored", "dialog", "text")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -846,7 +846,7 @@ class SourceReader:
     inputs: list[str]
     format: str
     fields: FieldNames = field(default_factory=FieldNames)
-    scorer: Callable[[list[str]], list[float]] | None = None
+    scorer: Callable[[list[str]], list[float]] | None = None  # or a ScorerPool (rcond.scorer_pool), entered
     gamma: float = 1.0
     on_error: str = "fail"
     score_batch: int = 256
@@ -902,9 +902,10 @@ class SourceReader:
             yield from records
             return
         batch: list[Record] = []
+        per_round = self.score_batch * getattr(scorer, "workers", 1)  # a pool scores one batch per worker at once
         for rec in records:
             batch.append(rec)
-            if len(batch) >= self.score_batch:
+            if len(batch) >= per_round:
                 yield from self._score(batch)
                 batch = []
         if batch:
@@ -959,7 +960,7 @@ class SourceReader:
     def _score(self, batch: list[Record]) -> Iterable[Record]:
         targets = [score_targets(r) for r in batch]
         flat = [t for ts in targets for t in ts]
-        scores = score_values(self.scorer, flat)
+        scores = scores_in_batches(self.scorer, flat, self.score_batch)
         if len(scores) != len(flat):
             raise SourceError(f"scorer returned {len(scores)} scores for {len(flat)} texts")
         i = 0

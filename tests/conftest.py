@@ -67,3 +67,39 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.fixture
+def ctrl_c_after_each_process_start(monkeypatch):
+    """Every multiprocessing start sends this process a SIGINT the moment the child exists, before
+    the caller can record it; yields the pids started, and kills any still running afterwards."""
+    import multiprocessing.process
+    import os
+    import time
+
+    started: list[int] = []
+    start = multiprocessing.process.BaseProcess.start
+
+    def start_then_ctrl_c(self):
+        start(self)
+        started.append(self.pid)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs now, before the caller records the child
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_ctrl_c)
+    yield started
+    for pid in started:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def outlived(pids, seconds: float = 10.0) -> list[int]:
+    """The pids still running after up to ``seconds`` of waiting for them to exit."""
+    import time
+
+    deadline = time.time() + seconds
+    left = [pid for pid in pids if running(pid)]
+    while left and time.time() < deadline:
+        time.sleep(0.1)
+        left = [pid for pid in left if running(pid)]
+    return left

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import WORDS, running, word_tokenizer, write_jsonl
+from conftest import WORDS, outlived, word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build
 from rcond.sources import SourceError, SourceReader
 
@@ -113,37 +113,15 @@ def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
-def test_a_ctrl_c_while_a_worker_is_being_started_leaves_no_worker_behind(tmp_path, monkeypatch):
+def test_a_ctrl_c_while_a_worker_is_being_started_leaves_no_worker_behind(tmp_path, ctrl_c_after_each_process_start):
     """The executor starts workers inside ``submit``; a Ctrl-C that lands after the child exists but
     before the executor has recorded it used to leave that worker (and the forkserver with it)
     waiting for work for ever. The Ctrl-C here arrives at that very moment, in every start."""
-    import multiprocessing.process
-    import os
-    import signal
-    import time
-
-    started = []
-    start = multiprocessing.process.BaseProcess.start
-
-    def start_then_ctrl_c(self):
-        start(self)
-        started.append(self.pid)
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # the handler runs now, before the executor records the worker
-
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_then_ctrl_c)
+    started = ctrl_c_after_each_process_start
     src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(40)])
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
-                  opts=PackOptions(workers=2, encode_batch=8), progress=False)
-        assert started, "no worker was started"
-        deadline = time.time() + 10
-        while any(running(pid) for pid in started) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [pid for pid in started if running(pid)], "a worker outlived the build"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
-    finally:
-        for pid in started:
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
+    with pytest.raises(KeyboardInterrupt):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
+              opts=PackOptions(workers=2, encode_batch=8), progress=False)
+    assert started, "no worker was started"
+    assert not outlived(started), "a worker outlived the build"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

@@ -1,0 +1,134 @@
+"""A scorer run in worker processes (``rcond preprocess --score-with S --score-workers N``).
+
+Scorers are ordinary Python (VADER is pure Python, ~14 ms per 700-word review here), so while one
+scores, the GIL holds every other thread: a corpus scored on the way in is preprocessed at the
+scorer's speed, one core's worth, however many cores the machine has. :class:`ScorerPool` starts
+``workers`` processes that each build the scorer from its spec (:func:`rcond.scorers.get_scorer`)
+and score sub-batches side by side. :func:`scores_in_batches` is what the corpus readers call with
+either kind of scorer: with a plain one, batches of ``score_batch`` texts one after another; with
+a pool, the texts split into at least one contiguous sub-batch per worker (each at most
+``score_batch`` texts), all scored at once and joined in order. The scores are the same as with
+one process for any scorer whose score of a text does not depend on the other texts in its batch
+(VADER, and any per-text function); each worker holds its own copy of the scorer, so a scorer that
+loads a large model (on a GPU, say) wants one process.
+
+Workers start from a *forkserver* (``spawn`` where there is none), never a fork of this process,
+whose threads may hold locks; like :mod:`rcond.parallel`'s, a script that uses a pool needs the
+``if __name__ == "__main__":`` guard. All of them start when the pool is entered, in the calling
+thread with SIGINT/SIGTERM held back (:func:`rcond.atomic.interrupts_deferred`), so that a Ctrl-C
+never leaves a half-started worker behind, and the readers' background threads, which submit the
+work, never start one. A worker ignores Ctrl-C (the pool's owner stops it); one that dies
+(killed, out of memory) raises :class:`~rcond.scorers.ScorerError`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Sequence
+
+from .atomic import interrupts_deferred
+from .scorers import ScorerError, get_scorer, score_values
+
+START_TIMEOUT = 120.0  # seconds for every worker to start and build its scorer (VADER: ~0.3 s)
+_WORKER: dict = {}  # in a worker process: its scorer and the start barrier (set by _start_worker)
+
+
+def _start_worker(spec: str, barrier) -> None:
+    """A worker's initializer: its own scorer; Ctrl-C is left to the pool's owner."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER.update(scorer=get_scorer(spec), barrier=barrier)
+
+
+def _started() -> None:
+    """Returns once every worker has started: while all wait here, none is idle, so the executor
+    starts a new process for each of the ``workers`` tasks that call this."""
+    _WORKER["barrier"].wait(START_TIMEOUT)
+
+
+def _score_in_worker(texts: list[str]) -> list[float]:
+    return score_values(_WORKER["scorer"], texts)
+
+
+class ScorerPool:
+    """The scorer named by ``spec`` in ``workers`` processes; a context manager that starts them
+    all on entry and stops them on exit. ``name`` is the spec's, as a :class:`~rcond.scorers.Scorer`'s."""
+
+    def __init__(self, spec: str, workers: int):
+        if workers < 2:
+            raise ValueError(f"a scorer pool needs at least 2 workers, got {workers}")
+        self.name = get_scorer(spec).name  # a bad spec fails here, before any process starts
+        self.spec, self.workers = spec, workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"ScorerPool({self.name!r}, workers={self.workers})"
+
+    def __enter__(self) -> "ScorerPool":
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["rcond.parallel"])  # the server is shared; that imports this module too
+        barrier = context.Barrier(self.workers)
+        try:
+            with interrupts_deferred():  # a worker stopped half-way through its start would outlive us
+                self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
+                                                     initargs=(self.spec, barrier))
+                started = [self._executor.submit(_started) for _ in range(self.workers)]
+            for f in started:
+                f.result()
+        except BrokenProcessPool as e:
+            self.__exit__(None, None, None)
+            raise ScorerError(f"scorer {self.name!r}: a worker process failed to start ({e})") from None
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def submit(self, texts: list[str]) -> Future:
+        """Score ``texts`` in a worker: a future of their scores, NaN/infinite ones left in place
+        (:func:`~rcond.scorers.score_values`)."""
+        if self._executor is None:
+            raise RuntimeError("ScorerPool used outside its 'with' block")
+        return self._executor.submit(_score_in_worker, texts)
+
+    def values(self, texts: Sequence[str]) -> list[float]:
+        """As :meth:`rcond.scorers.Scorer.values`, in one worker."""
+        return _result(self.submit(list(texts)), self.name)
+
+
+def _result(future: Future, name: str) -> list[float]:
+    try:
+        return future.result()
+    except BrokenProcessPool as e:
+        raise ScorerError(f"scorer {name!r}: a worker process died ({e}); try fewer --score-workers") from None
+
+
+def scores_in_batches(scorer: "ScorerPool | Callable[[list[str]], Sequence[float]]", texts: list[str],
+                      score_batch: int) -> list[float]:
+    """Scores of ``texts`` [T], NaN/infinite ones left in place, with the scorer called on at most
+    ``score_batch`` texts at a time: one batch after another, or with a :class:`ScorerPool`, the
+    texts cut into ``max(workers, ceil(T / score_batch))`` near-equal contiguous sub-batches
+    scored side by side."""
+    if not texts:
+        return []
+    if not isinstance(scorer, ScorerPool):
+        out: list[float] = []
+        for i in range(0, len(texts), score_batch):
+            out.extend(score_values(scorer, texts[i:i + score_batch]))
+        return out
+    parts = min(len(texts), max(scorer.workers, math.ceil(len(texts) / score_batch)))
+    bounds = [len(texts) * k // parts for k in range(parts + 1)]                    # [parts+1] cut points
+    futures = [scorer.submit(texts[a:b]) for a, b in zip(bounds, bounds[1:])]
+    out = []
+    for f in futures:
+        out.extend(_result(f, scorer.name))
+    return out

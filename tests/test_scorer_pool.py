@@ -1,0 +1,218 @@
+"""A scorer in worker processes (rcond.scorer_pool) gives the scores, and the corpus, of one process."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import outlived, write_jsonl
+from rcond.cli import main
+from rcond.scorer_pool import ScorerPool, scores_in_batches
+from rcond.scorers import ScorerError, get_scorer
+
+SCORERS = '''
+import math, os, time
+
+def batch_size(texts):
+    return [float(len(texts))] * len(texts)
+
+def length(texts):
+    return [float(len(t)) for t in texts]
+
+def nan_for_bad(texts):
+    return [math.nan if "bad" in t else 1.0 for t in texts]
+
+def boom(texts):
+    raise RuntimeError("boom")
+
+def die(texts):
+    os._exit(3)
+
+def slow(texts):
+    time.sleep(0.2)
+    return [0.5] * len(texts)
+'''
+
+
+@pytest.fixture
+def scorers(tmp_path):
+    path = tmp_path / "scorers.py"
+    path.write_text(SCORERS)
+    return lambda name: f"{path}:{name}"
+
+
+def test_one_process_calls_the_scorer_on_batches_of_at_most_score_batch(scorers):
+    texts = [f"t{i}" for i in range(10)]
+    assert scores_in_batches(get_scorer(scorers("batch_size")), texts, 4) == [4.0] * 8 + [2.0] * 2
+    assert scores_in_batches(get_scorer(scorers("batch_size")), [], 4) == []
+
+
+def test_a_pool_splits_into_a_batch_per_worker_or_more_and_keeps_order(scorers):
+    texts = [f"text {i}" * (i + 1) for i in range(10)]
+    with ScorerPool(scorers("batch_size"), 2) as pool:
+        # max(2 workers, ceil(10 / 4)) = 3 near-equal contiguous parts: cut at 3 and 6
+        assert scores_in_batches(pool, texts, 4) == [3.0] * 6 + [4.0] * 4
+        assert scores_in_batches(pool, texts, 100) == [5.0] * 10  # one part per worker
+        assert scores_in_batches(pool, texts[:1], 4) == [1.0]  # never an empty part
+    with ScorerPool(scorers("length"), 3) as pool:
+        assert scores_in_batches(pool, texts, 4) == [float(len(t)) for t in texts]
+        assert pool.values(["ab", "abc"]) == [2.0, 3.0]
+
+
+def test_vader_in_a_pool_scores_as_in_one_process():
+    texts = ["I love this, it is wonderful!", "Terrible. I hate it.", "It is a chair.", "not bad at all"] * 5
+    with ScorerPool("vader", 2) as pool:
+        assert pool.name == "vader"
+        assert scores_in_batches(pool, texts, 3) == scores_in_batches(get_scorer("vader"), texts, 3)
+
+
+def test_non_finite_scores_come_back_in_place(scorers):
+    with ScorerPool(scorers("nan_for_bad"), 2) as pool:
+        got = scores_in_batches(pool, ["good", "bad", "fine", "also bad"], 256)
+    assert got[0] == 1.0 and np.isnan(got[1]) and got[2] == 1.0 and np.isnan(got[3])
+
+
+def test_a_scorer_error_in_a_worker_names_the_scorer_and_what_it_raised(scorers):
+    with ScorerPool(scorers("boom"), 2) as pool:
+        with pytest.raises(ScorerError, match=r"boom' failed on texts 0\.\.1: RuntimeError: boom"):
+            scores_in_batches(pool, ["a", "b", "c", "d"], 256)
+
+
+def test_a_worker_that_dies_is_a_scorer_error(scorers):
+    with ScorerPool(scorers("die"), 2) as pool:
+        with pytest.raises(ScorerError, match="a worker process died .*try fewer --score-workers"):
+            scores_in_batches(pool, ["a", "b"], 256)
+
+
+def test_a_bad_spec_fails_before_any_process_starts(tmp_path):
+    with pytest.raises(ScorerError, match="unknown scorer"):
+        ScorerPool("no such scorer", 2)
+    with pytest.raises(ValueError, match="at least 2 workers"):
+        ScorerPool("vader", 1)
+
+
+def test_a_ctrl_c_while_the_pool_starts_leaves_no_worker_behind(ctrl_c_after_each_process_start):
+    """The workers start inside ``__enter__``; a Ctrl-C right after each one exists is held until
+    all are recorded, then raised, and every worker is stopped."""
+    started = ctrl_c_after_each_process_start
+    with pytest.raises(KeyboardInterrupt):
+        with ScorerPool("vader", 2):
+            pytest.fail("the pool was entered")
+    assert started, "no worker was started"
+    assert not outlived(started), "a worker outlived the pool"
+
+
+def preprocess(tmp_path, src, out, *extra, fmt="scored"):
+    return main(["preprocess", str(src), "--format", fmt, "--out", str(tmp_path / out), "--tokenizer", "train:300",
+                 "--block-size", "64", "--no-progress", "--score-with", "vader", *extra])
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path
+def test_preprocess_with_score_workers_writes_the_same_corpus(tmp_path, capsys, suffix):
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "awful", "great", "chair", "lovely", "terrible", "fine", "not", "very"]
+    rows = [{"prompt": "Review:", "response": " ".join(rng.choice(words, size=8))} for _ in range(300)]
+    if suffix == "jsonl":
+        src = write_jsonl(tmp_path / "in.jsonl", rows)
+    else:
+        src = tmp_path / "in.csv"
+        src.write_text("prompt,response\n" + "".join(f"{r['prompt']},{r['response']}\n" for r in rows))
+    assert preprocess(tmp_path, src, "one") == 0
+    assert preprocess(tmp_path, src, "three", "--score-workers", "3") == 0
+    for name in ("rows.arrow", "scheme.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+
+
+def test_preprocess_pairs_scored_in_a_pool_match_one_process(tmp_path):
+    rows = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: I love helping, wonderful {i}",
+             "rejected": f"\n\nHuman: hi {i}\n\nAssistant: awful, go away {i}"} for i in range(200)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    assert preprocess(tmp_path, src, "one", fmt="pairs") == 0
+    assert preprocess(tmp_path, src, "two", "--score-workers", "2", fmt="pairs") == 0
+    assert (tmp_path / "one" / "rows.arrow").read_bytes() == (tmp_path / "two" / "rows.arrow").read_bytes()
+
+
+def test_records_a_pooled_scorer_gives_no_finite_score_are_skipped_as_in_one_process(tmp_path, capsys, scorers):
+    rows = [{"response": f"{'bad' if i % 7 == 0 else 'good'} text {i}"} for i in range(100)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    outs = []
+    for n in ("1", "2"):
+        assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / n), "--tokenizer",
+                     "train:300", "--block-size", "64", "--no-progress", "--on-error", "skip",
+                     "--score-with", scorers("nan_for_bad"), "--score-workers", n]) == 0
+        outs.append(capsys.readouterr().out)
+    assert "skipped 15 bad" in outs[0] and "in.jsonl:8: scorer returned a non-finite reward nan" in outs[0]
+    summaries = [[line for line in out.splitlines()[1:] if "speed" not in line] for out in outs]  # less path, time
+    assert summaries[0] == summaries[1]
+    assert (tmp_path / "1" / "rows.arrow").read_bytes() == (tmp_path / "2" / "rows.arrow").read_bytes()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--score-workers", "0"], "--score-workers must be at least 1, got 0"),
+    (["--score-workers", "100000"], "--score-workers 100000 is more than 4 per core"),
+])
+def test_score_workers_must_be_positive_and_not_absurd(tmp_path, capsys, extra, message):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good", "reward": 1}])
+    assert preprocess(tmp_path, src, "c", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_score_workers_without_a_scorer_is_an_error(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good", "reward": 1}])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"),
+                 "--score-workers", "2", "--no-progress"]) == 2
+    assert "give --score-with too" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, scorers):
+    """The command's process group gets SIGINT (as a terminal's Ctrl-C does) while the workers are
+    scoring: exit 130, no corpus, and no worker left running."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(4000)])
+    cmd = [sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored", "--out",
+           str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress", "--score-with", scorers("slow"),
+           "--score-workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=tmp_path)
+    children: set[int] = set()  # every descendant seen: forkserver, resource tracker, the workers
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            children |= _descendants(proc.pid)
+            if sum(_parent(pid) in children for pid in children) >= 2:  # the workers, forked by the server
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(1.0)  # scoring under way
+        children |= _descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        left = outlived(children)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the command's group
+    assert proc.returncode == 130, err
+    assert not (tmp_path / "c").exists()
+    assert not left, "a process outlived the command"
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {int(p): _parent(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
