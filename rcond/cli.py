@@ -76,6 +76,8 @@ def add_preprocess(sub) -> None:
     p.add_argument("--score-workers", type=int, default=1, metavar="N",
                    help="processes that run the --score-with scorer side by side (each builds its own copy: keep 1 "
                         "for a scorer that loads a large model)")
+    p.add_argument("--score-batch", type=int, default=256, metavar="N",
+                   help="texts per call of the --score-with scorer (a reward model's batch on its device)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
@@ -113,7 +115,8 @@ def run_preprocess(a) -> int:
         scorer = get_scorer(a.score_with)
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
     with _scorer_processes(a.score_with, a.score_workers, scorer) as scorer:
-        reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error)
+        reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error,
+                              score_batch=a.score_batch)
         tokenizer = resolve_tokenizer(a.tokenizer, reader)
         scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                           overwrite=a.overwrite, progress=not a.no_progress)

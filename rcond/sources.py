@@ -858,6 +858,8 @@ class SourceReader:
             raise SourceError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
         if not self.inputs:
             raise SourceError("no input given")
+        if self.score_batch < 1:
+            raise SourceError(f"--score-batch must be at least 1, got {self.score_batch}")
         if not 0.0 <= self.gamma <= 1.0:  # also refuses NaN
             raise SourceError(f"--gamma must be a discount in [0, 1], got {self.gamma!r}")
         if self.gamma != 1.0 and self.format != "dialog":

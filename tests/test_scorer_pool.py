@@ -12,6 +12,7 @@ import pytest
 
 from conftest import outlived, write_jsonl
 from rcond.cli import main
+from rcond.corpus import load
 from rcond.scorer_pool import ScorerPool, scores_in_batches
 from rcond.scorers import ScorerError, get_scorer
 
@@ -150,6 +151,32 @@ def test_records_a_pooled_scorer_gives_no_finite_score_are_skipped_as_in_one_pro
     summaries = [[line for line in out.splitlines()[1:] if "speed" not in line] for out in outs]  # less path, time
     assert summaries[0] == summaries[1]
     assert (tmp_path / "1" / "rows.arrow").read_bytes() == (tmp_path / "2" / "rows.arrow").read_bytes()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_score_batch_sets_the_texts_per_scorer_call(tmp_path, capsys, scorers, workers, suffix):
+    """The scorer returns its batch's size as every text's score; explicit edge 3.5 puts 4s in bin 1
+    and the rest in bin 0. 10 texts, --score-batch 4: in one process, calls of 4, 4, 2. Two workers:
+    a JSONL chunk (up to 1,000 lines) is one call cut into max(2, ceil(10 / 4)) = 3 near-equal parts,
+    3, 3, 4; the record path (CSV) reads 4 x 2 = 8 records per round: parts 4, 4, then 1, 1."""
+    rows = [{"response": f"text {i}"} for i in range(10)]
+    if suffix == "jsonl":
+        src = write_jsonl(tmp_path / "in.jsonl", rows)
+    else:
+        src = tmp_path / "in.csv"
+        src.write_text("response\n" + "".join(f"{r['response']}\n" for r in rows))
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--no-progress", "--uncond-fraction", "0", "--binning", "edges:3.5",
+                 "--score-with", scorers("batch_size"), "--score-batch", "4", "--score-workers", workers]) == 0
+    expected = {("1", "jsonl"): [2, 8], ("1", "csv"): [2, 8], ("2", "jsonl"): [6, 4], ("2", "csv"): [2, 8]}
+    assert load(tmp_path / "c")[1].counts == expected[workers, suffix]
+
+
+def test_score_batch_must_be_positive(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good"}])
+    assert preprocess(tmp_path, src, "c", "--score-batch", "0") == 2
+    assert "--score-batch must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("extra,message", [
