@@ -17,8 +17,10 @@ whose threads may hold locks; like :mod:`rcond.parallel`'s, a script that uses a
 ``if __name__ == "__main__":`` guard. All of them start when the pool is entered, in the calling
 thread with SIGINT/SIGTERM held back (:func:`rcond.atomic.interrupts_deferred`), so that a Ctrl-C
 never leaves a half-started worker behind, and the readers' background threads, which submit the
-work, never start one. A worker ignores Ctrl-C (the pool's owner stops it); one that dies
-(killed, out of memory) raises :class:`~rcond.scorers.ScorerError`.
+work, never start one. A worker ignores Ctrl-C: the pool's owner stops the workers, once they
+are idle when the work is done, and at once (terminated, mid-batch or mid-start) when an error or
+an interrupt leaves the pool. A worker that dies (killed, out of memory) raises
+:class:`~rcond.scorers.ScorerError`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import signal
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
@@ -33,7 +36,7 @@ from typing import Callable, Sequence
 from .atomic import interrupts_deferred
 from .scorers import ScorerError, get_scorer, score_values
 
-START_TIMEOUT = 120.0  # seconds for every worker to start and build its scorer (VADER: ~0.3 s)
+START_TIMEOUT = 600.0  # seconds for every worker to start and build its scorer (VADER: ~0.3 s)
 _WORKER: dict = {}  # in a worker process: its scorer and the start barrier (set by _start_worker)
 
 
@@ -80,18 +83,30 @@ class ScorerPool:
                 started = [self._executor.submit(_started) for _ in range(self.workers)]
             for f in started:
                 f.result()
-        except BrokenProcessPool as e:
-            self.__exit__(None, None, None)
-            raise ScorerError(f"scorer {self.name!r}: a worker process failed to start ({e})") from None
-        except BaseException:
-            self.__exit__(None, None, None)
+        except BaseException as e:
+            barrier.abort()
+            self._stop(now=True)
+            if isinstance(e, BrokenProcessPool):
+                raise ScorerError(f"scorer {self.name!r}: a worker process failed to start ({e})") from None
+            if isinstance(e, threading.BrokenBarrierError):
+                raise ScorerError(f"scorer {self.name!r}: its {self.workers} worker processes did not all start "
+                                  f"within {START_TIMEOUT:.0f} s; use fewer --score-workers") from None
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop(now=exc_type is not None)
+
+    def _stop(self, now: bool) -> None:
+        """Stop the workers: after the work, once they are idle; on an error or Ctrl-C, at once (a
+        scorer may be seconds into a batch, or minutes into loading a model, that nobody will use)."""
+        if self._executor is None:
+            return
+        if now:  # the executor has no public way to stop busy workers before Python 3.14
+            for process in list(getattr(self._executor, "_processes", {}).values()):
+                process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None
 
     def submit(self, texts: list[str]) -> Future:
         """Score ``texts`` in a worker: a future of their scores, NaN/infinite ones left in place

@@ -37,6 +37,10 @@ def die(texts):
 def slow(texts):
     time.sleep(0.2)
     return [0.5] * len(texts)
+
+def stuck(texts):
+    time.sleep(600)
+    return [0.5] * len(texts)
 '''
 
 
@@ -197,12 +201,19 @@ def test_score_workers_without_a_scorer_is_an_error(tmp_path, capsys):
     assert "give --score-with too" in capsys.readouterr().err
 
 
-def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, scorers):
+@pytest.mark.parametrize("scorer", ["slow", "stuck", "slow_start:score"])
+def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, scorers, scorer):
     """The command's process group gets SIGINT (as a terminal's Ctrl-C does) while the workers are
-    scoring: exit 130, no corpus, and no worker left running."""
+    scoring, stuck in a batch, or still loading the scorer: exit 130 within seconds, no corpus, and
+    no worker left running."""
     src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(4000)])
+    (tmp_path / "slow_start.py").write_text(  # slow to import in a worker only, as a model that loads
+        "import multiprocessing, time\n"
+        "if multiprocessing.parent_process() is not None:\n    time.sleep(600)\n"
+        "def score(texts):\n    return [0.5] * len(texts)\n")
+    spec = str(tmp_path / "slow_start.py:score") if scorer == "slow_start:score" else scorers(scorer)
     cmd = [sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored", "--out",
-           str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress", "--score-with", scorers("slow"),
+           str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress", "--score-with", spec,
            "--score-workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             cwd=tmp_path)
@@ -218,12 +229,15 @@ def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, 
         time.sleep(1.0)  # scoring under way
         children |= _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
+        interrupted = time.time()
         out, err = proc.communicate(timeout=60)
+        took = time.time() - interrupted
         left = outlived(children)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the command's group
     assert proc.returncode == 130, err
+    assert took < 20, f"exit took {took:.1f} s after the Ctrl-C"
     assert not (tmp_path / "c").exists()
     assert not left, "a process outlived the command"
 
