@@ -146,13 +146,22 @@ def interrupts_deferred() -> Iterator[None]:
     previous = _take_over(lambda signum, frame: held.append(signum), also=(_record,))
     try:
         yield
+    except BaseException as e:  # a failure inside while a signal was held (a child the signal also hit,
+        if held:                # say) is the interrupt's doing: the interrupt is what is raised
+            raise _held_interrupt(held) from e
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if held:
-        if _depth > 0:
-            _recorded.extend(held)
-        raise KeyboardInterrupt(f"signal {held[0]}")
+        raise _held_interrupt(held)
+
+
+def _held_interrupt(held: list[int]) -> KeyboardInterrupt:
+    """The KeyboardInterrupt for signals held back, recorded under :func:`recording_interrupts`."""
+    if _depth > 0:
+        _recorded.extend(held)
+    return KeyboardInterrupt(f"signal {held[0]}")
 
 
 def raise_if_interrupted() -> None:

@@ -76,8 +76,9 @@ def add_preprocess(sub) -> None:
     p.add_argument("--score-workers", type=int, default=1, metavar="N",
                    help="processes that run the --score-with scorer side by side (each builds its own copy: keep 1 "
                         "for a scorer that loads a large model)")
-    p.add_argument("--score-batch", type=int, default=256, metavar="N",
-                   help="texts per call of the --score-with scorer (a reward model's batch on its device)")
+    p.add_argument("--score-batch", type=int, default=None, metavar="N",
+                   help="texts per call of the --score-with scorer (a reward model's batch on its device; "
+                        "default: 256)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
@@ -107,7 +108,7 @@ def run_preprocess(a) -> int:
     num_bins = resolve_bins(a.bins, a.binning)
     trained_vocab_size(a.tokenizer)
     check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
-    check_score_workers(a.score_workers, a.score_with)
+    score_batch = check_scoring(a.score_with, a.score_workers, a.score_batch)
     scorer = None
     if a.score_with:
         from .scorers import get_scorer
@@ -116,7 +117,7 @@ def run_preprocess(a) -> int:
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
     with _scorer_processes(a.score_with, a.score_workers, scorer) as scorer:
         reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error,
-                              score_batch=a.score_batch)
+                              score_batch=score_batch)
         tokenizer = resolve_tokenizer(a.tokenizer, reader)
         scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                           overwrite=a.overwrite, progress=not a.no_progress)
@@ -124,20 +125,24 @@ def run_preprocess(a) -> int:
     return 0
 
 
-def check_score_workers(workers: int, spec: str | None) -> None:
-    """``--score-workers``: at least 1, with a scorer to run, and at most 4 per core."""
+def check_scoring(spec: str | None, workers: int, batch: int | None) -> int:
+    """``--score-workers`` (at least 1, at most 4 per core) and ``--score-batch`` (at least 1), each
+    only with a ``--score-with`` scorer to run, checked before any worker starts; the batch size."""
     from .parallel import usable_cores
     from .sources import SourceError
 
     if workers < 1:
         raise SourceError(f"--score-workers must be at least 1, got {workers}")
-    if workers > 1 and not spec:
-        raise SourceError(f"--score-workers {workers} runs the scorer of --score-with in {workers} processes; "
-                          f"give --score-with too")
+    if batch is not None and batch < 1:
+        raise SourceError(f"--score-batch must be at least 1, got {batch}")
+    for flag, given in (("--score-workers", workers > 1), ("--score-batch", batch is not None)):
+        if given and not spec:
+            raise SourceError(f"{flag} sets how the scorer of --score-with runs; give --score-with too")
     cores = usable_cores()
     if workers > max(8, 4 * cores):
         raise SourceError(f"--score-workers {workers} is more than 4 per core ({cores} cores here, at least 8 "
                           f"allowed); beyond one per core the workers only wait")
+    return 256 if batch is None else batch
 
 
 def _scorer_processes(spec: str | None, workers: int, scorer):

@@ -29,7 +29,7 @@ import math
 import multiprocessing
 import signal
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence
 
@@ -41,14 +41,24 @@ _WORKER: dict = {}  # in a worker process: its scorer and the start barrier (set
 
 
 def _start_worker(spec: str, barrier) -> None:
-    """A worker's initializer: its own scorer; Ctrl-C is left to the pool's owner."""
+    """A worker's initializer: its own scorer; Ctrl-C is left to the pool's owner. A scorer that
+    cannot be built here (a module that fails to import only in a worker: no device for it, say)
+    is kept as an error for :func:`_started` to raise, with its message, to the pool's owner; an
+    initializer's own exception would only end the process, the cause lost in a logged traceback."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER.update(scorer=get_scorer(spec), barrier=barrier)
+    _WORKER["barrier"] = barrier
+    try:
+        _WORKER["scorer"] = get_scorer(spec)
+    except (Exception, SystemExit) as e:
+        _WORKER["error"] = f"{e} (in a --score-workers process)" if isinstance(e, ScorerError) else (
+            f"scorer {spec!r} could not be built in a --score-workers process: {type(e).__name__}: {e}")
 
 
 def _started() -> None:
     """Returns once every worker has started: while all wait here, none is idle, so the executor
     starts a new process for each of the ``workers`` tasks that call this."""
+    if "error" in _WORKER:
+        raise ScorerError(_WORKER["error"])
     _WORKER["barrier"].wait(START_TIMEOUT)
 
 
@@ -81,13 +91,15 @@ class ScorerPool:
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
                                                      initargs=(self.spec, barrier))
                 started = [self._executor.submit(_started) for _ in range(self.workers)]
-            for f in started:
+            done, _ = wait(started, return_when=FIRST_EXCEPTION)  # a worker's error ends the wait at once
+            for f in done:
                 f.result()
         except BaseException as e:
             barrier.abort()
             self._stop(now=True)
-            if isinstance(e, BrokenProcessPool):
-                raise ScorerError(f"scorer {self.name!r}: a worker process failed to start ({e})") from None
+            if isinstance(e, (BrokenProcessPool, EOFError, ConnectionError)):
+                raise ScorerError(f"scorer {self.name!r}: a worker process failed to start "
+                                  f"({type(e).__name__}: {e})") from None
             if isinstance(e, threading.BrokenBarrierError):
                 raise ScorerError(f"scorer {self.name!r}: its {self.workers} worker processes did not all start "
                                   f"within {START_TIMEOUT:.0f} s; use fewer --score-workers") from None
@@ -113,7 +125,10 @@ class ScorerPool:
         (:func:`~rcond.scorers.score_values`)."""
         if self._executor is None:
             raise RuntimeError("ScorerPool used outside its 'with' block")
-        return self._executor.submit(_score_in_worker, texts)
+        try:
+            return self._executor.submit(_score_in_worker, texts)
+        except BrokenProcessPool as e:  # a worker died after the last batch
+            raise _died(self.name, e) from None
 
     def values(self, texts: Sequence[str]) -> list[float]:
         """As :meth:`rcond.scorers.Scorer.values`, in one worker."""
@@ -124,7 +139,12 @@ def _result(future: Future, name: str) -> list[float]:
     try:
         return future.result()
     except BrokenProcessPool as e:
-        raise ScorerError(f"scorer {name!r}: a worker process died ({e}); try fewer --score-workers") from None
+        raise _died(name, e) from None
+
+
+def _died(name: str, e: BrokenProcessPool) -> ScorerError:
+    return ScorerError(f"scorer {name!r}: a worker process died ({e}): killed, out of memory (then try fewer "
+                       f"--score-workers), or the scorer ended its process")
 
 
 def scores_in_batches(scorer: "ScorerPool | Callable[[list[str]], Sequence[float]]", texts: list[str],

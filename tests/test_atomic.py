@@ -222,6 +222,28 @@ def test_interrupts_deferred_holds_a_signal_until_the_step_is_done(sig):
         pass
 
 
+def test_a_step_that_fails_while_a_signal_is_held_raises_the_interrupt():
+    """A signal held during a step that then fails (a worker start whose child the same Ctrl-C hit:
+    EOFError from the forkserver) is not lost with the step's error: the KeyboardInterrupt is raised,
+    the error chained to it, and the signal recorded; an error with no signal held passes as it is."""
+    from rcond.atomic import interrupt_recorded, interrupts_deferred, recording_interrupts
+
+    with recording_interrupts():
+        with pytest.raises(KeyboardInterrupt) as caught:
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(100):
+                    pass
+                raise EOFError("unexpected EOF")
+        assert isinstance(caught.value.__cause__, EOFError)
+        assert interrupt_recorded()
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # recording's own is back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(EOFError):
+        with interrupts_deferred():
+            raise EOFError("no signal held")
+
+
 def test_interrupts_deferred_leaves_a_handler_someone_else_set_alone():
     from rcond.atomic import interrupts_deferred
 

@@ -94,6 +94,33 @@ def test_a_worker_that_dies_is_a_scorer_error(scorers):
             scores_in_batches(pool, ["a", "b"], 256)
 
 
+def test_a_worker_killed_between_batches_is_a_scorer_error_on_the_next_submit(scorers):
+    with ScorerPool(scorers("length"), 2) as pool:
+        assert scores_in_batches(pool, ["a", "bb"], 256) == [1.0, 2.0]
+        os.kill(next(iter(pool._executor._processes)), signal.SIGKILL)  # as the out-of-memory killer would
+        time.sleep(1.0)  # the executor notices, and refuses new work
+        with pytest.raises(ScorerError, match="a worker process died .*killed, out of memory"):
+            scores_in_batches(pool, ["a", "bb"], 256)
+
+
+def test_a_scorer_that_cannot_be_built_in_a_worker_is_one_line_with_its_cause(tmp_path, capsys):
+    """A module that imports in the command but fails in a worker (no device there, say): exit 2 with
+    the module's own error, not the executor's logged tracebacks."""
+    (tmp_path / "worker_only.py").write_text(
+        "import multiprocessing\n"
+        "if multiprocessing.parent_process() is not None:\n    raise RuntimeError('no GPU in worker')\n"
+        "def score(texts):\n    return [0.5] * len(texts)\n")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(20)])
+    cmd = [sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored", "--out",
+           str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress", "--score-with",
+           str(tmp_path / "worker_only.py:score"), "--score-workers", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "failed to import: RuntimeError: no GPU in worker (in a --score-workers process)" in done.stderr
+    assert "Traceback" not in done.stderr and "Exception in initializer" not in done.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_bad_spec_fails_before_any_process_starts(tmp_path):
     with pytest.raises(ScorerError, match="unknown scorer"):
         ScorerPool("no such scorer", 2)
@@ -194,11 +221,15 @@ def test_score_workers_must_be_positive_and_not_absurd(tmp_path, capsys, extra, 
     assert not (tmp_path / "c").exists()
 
 
-def test_score_workers_without_a_scorer_is_an_error(tmp_path, capsys):
+def test_score_workers_or_batch_without_a_scorer_is_an_error(tmp_path, capsys):
     src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good", "reward": 1}])
     assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"),
                  "--score-workers", "2", "--no-progress"]) == 2
-    assert "give --score-with too" in capsys.readouterr().err
+    assert "--score-workers sets how the scorer of --score-with runs; give --score-with too" in capsys.readouterr().err
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"),
+                 "--score-batch", "64", "--no-progress"]) == 2
+    assert "--score-batch sets how the scorer of --score-with runs; give --score-with too" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("scorer", ["slow", "stuck", "slow_start:score"])
