@@ -93,16 +93,24 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
         try:
             c = future.result()
         except BrokenProcessPool as e:
-            raise CorpusError(f"a worker process of the build died ({e}); try fewer --workers") from None
+            raise _died(e) from None
         return parts, stream.adopt(c), c.tokens
 
     try:
         for parts in prefetched(batches):
             with interrupts_deferred():  # a submit may start a worker: stopped half-way, it would outlive us
-                pending.append((parts, executor.submit(_condition_in_worker, parts, stream.draw(parts))))
+                try:
+                    future = executor.submit(_condition_in_worker, parts, stream.draw(parts))
+                except BrokenProcessPool as e:  # a worker died after the last batch was handed out
+                    raise _died(e) from None
+                pending.append((parts, future))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 yield collect()
         while pending:
             yield collect()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _died(e: BrokenProcessPool) -> CorpusError:
+    return CorpusError(f"a worker process of the build died ({e}); try fewer --workers")

@@ -1,5 +1,5 @@
 """Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, whether a process
-still runs, and the location of the real test data (tests that need it skip when ../shared/data is
+still runs (and the processes below one), and the location of the real test data (tests that need it skip when ../shared/data is
 absent).
 
 The tests of Ctrl-C send SIGINT to this process and to the rcond commands it starts. A shell
@@ -8,6 +8,7 @@ inherits that, so rcond would rightly ignore those Ctrl-Cs; the suite gives itse
 normal SIGINT handler first, which its children then start with as usual.
 """
 
+import os
 import signal
 from pathlib import Path
 
@@ -74,7 +75,6 @@ def ctrl_c_after_each_process_start(monkeypatch):
     """Every multiprocessing start sends this process a SIGINT the moment the child exists, before
     the caller can record it; yields the pids started, and kills any still running afterwards."""
     import multiprocessing.process
-    import os
     import time
 
     started: list[int] = []
@@ -103,3 +103,21 @@ def outlived(pids, seconds: float = 10.0) -> list[int]:
         time.sleep(0.1)
         left = [pid for pid in left if running(pid)]
     return left
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (children, their children, ...), from /proc."""
+    parents = {int(p): parent_of(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import WORDS, outlived, word_tokenizer, write_jsonl
+from conftest import WORDS, descendants, outlived, parent_of, word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build
 from rcond.sources import SourceError, SourceReader
 
@@ -110,6 +110,35 @@ def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeyp
     with pytest.raises(CorpusError, match="a worker process of the build died .*try fewer --workers"):
         build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
               opts=PackOptions(workers=2, encode_batch=8), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_worker_killed_between_batches_stops_the_build_with_a_clear_error(tmp_path):
+    """Killed after its last result came back (as by the out-of-memory killer), a worker breaks the
+    executor's next submit: a CorpusError too, not the executor's own BrokenProcessPool."""
+    import os
+    import signal
+    import time
+
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(40)])
+    reader = SourceReader([str(src)], "scored")
+    batches = reader.batches
+
+    def killing_after_two(size):
+        for i, batch in enumerate(batches(size)):
+            if i == 2:  # two batches handed out (fewer than the 4 kept in flight: none collected yet)
+                deadline = time.time() + 30
+                while not (workers := [pid for pid in descendants(os.getpid()) if parent_of(pid) != os.getpid()]):
+                    assert time.time() < deadline, "no worker started"
+                    time.sleep(0.05)  # the workers, forked by the forkserver, start with the first submits
+                for pid in workers:
+                    os.kill(pid, signal.SIGKILL)
+                time.sleep(1.0)
+            yield batch
+
+    reader.batches = killing_after_two
+    with pytest.raises(CorpusError, match="a worker process of the build died .*try fewer --workers"):
+        build(reader, tmp_path / "out", word_tokenizer(), opts=PackOptions(workers=2, encode_batch=8), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import outlived, write_jsonl
+from conftest import descendants, outlived, parent_of, write_jsonl
 from rcond.cli import main
 from rcond.corpus import load
 from rcond.scorer_pool import ScorerPool, scores_in_batches
@@ -252,13 +252,13 @@ def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, 
     try:
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
-            children |= _descendants(proc.pid)
-            if sum(_parent(pid) in children for pid in children) >= 2:  # the workers, forked by the server
+            children |= descendants(proc.pid)
+            if sum(parent_of(pid) in children for pid in children) >= 2:  # the workers, forked by the server
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         time.sleep(1.0)  # scoring under way
-        children |= _descendants(proc.pid)
+        children |= descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         interrupted = time.time()
         out, err = proc.communicate(timeout=60)
@@ -271,20 +271,3 @@ def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, 
     assert took < 20, f"exit took {took:.1f} s after the Ctrl-C"
     assert not (tmp_path / "c").exists()
     assert not left, "a process outlived the command"
-
-
-def _descendants(root: int) -> set[int]:
-    parents = {int(p): _parent(int(p)) for p in os.listdir("/proc") if p.isdigit()}
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _parent(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
