@@ -109,13 +109,8 @@ def run_preprocess(a) -> int:
     trained_vocab_size(a.tokenizer)
     check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
     score_batch = check_scoring(a.score_with, a.score_workers, a.score_batch)
-    scorer = None
-    if a.score_with:
-        from .scorers import get_scorer
-
-        scorer = get_scorer(a.score_with)
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
-    with _scorer_processes(a.score_with, a.score_workers, scorer) as scorer:
+    with _scorer(a.score_with, a.score_workers) as scorer:
         reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error,
                               score_batch=score_batch)
         tokenizer = resolve_tokenizer(a.tokenizer, reader)
@@ -128,7 +123,7 @@ def run_preprocess(a) -> int:
 def check_scoring(spec: str | None, workers: int, batch: int | None) -> int:
     """``--score-workers`` (at least 1, at most 4 per core) and ``--score-batch`` (at least 1), each
     only with a ``--score-with`` scorer to run, checked before any worker starts; the batch size."""
-    from .parallel import usable_cores
+    from .parallel import too_many_processes
     from .sources import SourceError
 
     if workers < 1:
@@ -138,17 +133,20 @@ def check_scoring(spec: str | None, workers: int, batch: int | None) -> int:
     for flag, given in (("--score-workers", workers > 1), ("--score-batch", batch is not None)):
         if given and not spec:
             raise SourceError(f"{flag} sets how the scorer of --score-with runs; give --score-with too")
-    cores = usable_cores()
-    if workers > max(8, 4 * cores):
-        raise SourceError(f"--score-workers {workers} is more than 4 per core ({cores} cores here, at least 8 "
-                          f"allowed); beyond one per core the workers only wait")
+    if too_many := too_many_processes("--score-workers", workers):
+        raise SourceError(f"{too_many}; beyond one per core the workers only wait")
     return 256 if batch is None else batch
 
 
-def _scorer_processes(spec: str | None, workers: int, scorer):
-    """A context giving the scorer to read with: ``scorer`` itself, or ``workers`` processes running it."""
+def _scorer(spec: str | None, workers: int):
+    """A context giving the scorer of ``--score-with`` to read with (None without one): built here,
+    or run in ``workers`` processes (the pool builds it once here too, to check the spec)."""
+    if not spec:
+        return contextlib.nullcontext(None)
     if workers < 2:
-        return contextlib.nullcontext(scorer)
+        from .scorers import get_scorer
+
+        return contextlib.nullcontext(get_scorer(spec))
     from .scorer_pool import ScorerPool
 
     return ScorerPool(spec, workers)

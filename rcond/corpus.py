@@ -55,7 +55,7 @@ from .atomic import atomic_dir, raise_if_interrupted
 from .background import collector_paused, in_background
 from .conditioning import CONTROL_PREFIX, ConditionedStream, conditioned_batches
 from .packing import BestFitPacker, CorpusError, PackOptions, Spill
-from .parallel import usable_cores
+from .parallel import too_many_processes
 from .sources import SourceReader, file_sha256, fingerprint
 from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
@@ -164,10 +164,9 @@ def check_options(opts: PackOptions) -> None:
         raise CorpusError(f"--seed must be a non-negative integer, got {opts.seed}")
     if opts.workers < 1:
         raise CorpusError(f"--workers must be at least 1, got {opts.workers}")
-    cores = usable_cores()
-    if opts.workers > max(8, 4 * cores):
-        raise CorpusError(f"--workers {opts.workers} is more than 4 per core ({cores} cores here, at least 8 allowed); "
-                          f"each worker is a process with its own tokenizer, and beyond one per core they only wait")
+    if too_many := too_many_processes("--workers", opts.workers):
+        raise CorpusError(f"{too_many}; each worker is a process with its own tokenizer, and beyond one per core "
+                          f"they only wait")
 
 
 def check_special_tokens(tokenizer, control_tokens: list[str], where: Path | None = None) -> None:

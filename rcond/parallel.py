@@ -49,6 +49,26 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def too_many_processes(flag: str, n: int) -> str | None:
+    """Why ``n`` worker processes asked for by ``flag`` are too many (more than 4 per core, at least 8
+    allowed), or None; the caller raises its own error, with its own reason."""
+    cores = usable_cores()
+    if n > max(8, 4 * cores):
+        return f"{flag} {n} is more than 4 per core ({cores} cores here, at least 8 allowed)"
+    return None
+
+
+def worker_context():
+    """The multiprocessing context every rcond worker pool starts from: a *forkserver* (``spawn``
+    where there is none) that has imported this module, and with it the corpus and scorer code,
+    once; never a fork of the caller, whose threads may hold locks."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["rcond.parallel"])
+    return context
+
+
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:
     """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
     text (as :func:`rcond.conditioning.special_tokens_as_text` does for the one-process build), on
@@ -74,17 +94,13 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
                            workers: int) -> Iterator[tuple[PartBatch, Pool, int]]:
     """Each part batch, in order, with its pool (markers numbered corpus-wide) and its content
     tokens, conditioned by ``workers`` processes."""
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload(["rcond.parallel"])  # imported once, in the server
     try:
         tokenizer_json = tokenizer.backend_tokenizer.to_str()
     except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker
         raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
                           "use --workers 1") from None
     threads = max(1, usable_cores() // workers)
-    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+    executor = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_worker,
                                    initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first
 

@@ -26,7 +26,6 @@ an interrupt leaves the pool. A worker that dies (killed, out of memory) raises
 from __future__ import annotations
 
 import math
-import multiprocessing
 import signal
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -81,10 +80,9 @@ class ScorerPool:
         return f"ScorerPool({self.name!r}, workers={self.workers})"
 
     def __enter__(self) -> "ScorerPool":
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["rcond.parallel"])  # the server is shared; that imports this module too
+        from .parallel import worker_context  # not at import: rcond.parallel imports the readers, which import this
+
+        context = worker_context()
         barrier = context.Barrier(self.workers)
         try:
             with interrupts_deferred():  # a worker stopped half-way through its start would outlive us
