@@ -18,7 +18,8 @@ builds with workers needs the ``if __name__ == "__main__":`` guard. Starting the
 tenths of a second (mostly imports), so they pay off on large corpora, not on small ones (2 cores,
 2 workers: slower at 20k reviews, on par at 80k). Each worker encodes on ``cores // workers``
 threads (the cores this process may run on); at most two batches per worker are in flight, so
-memory stays flat. A worker ignores Ctrl-C: the build stops it. A worker that dies (killed, out
+memory stays flat. A worker ignores Ctrl-C, and the forkserver is started deaf to it
+(:func:`worker_context`): the build stops them. A worker that dies (killed, out
 of memory) stops the build with a :class:`CorpusError`.
 """
 
@@ -66,7 +67,26 @@ def worker_context():
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(["rcond.parallel"])
+        _start_forkserver_deaf_to_ctrl_c()
     return context
+
+
+def _start_forkserver_deaf_to_ctrl_c() -> None:
+    """Start the forkserver, if it is not running, with SIGINT blocked in this thread: the server
+    inherits the blocked signal, so a Ctrl-C while it imports (the first second of a pooled build)
+    stays pending until it ignores SIGINT, which discards it, instead of ending the server with a
+    KeyboardInterrupt traceback printed over the build's own one-line message. Workers forked from
+    it inherit the block too; they ignore Ctrl-C anyway (the pool's owner stops them). This thread
+    still sees the signal: a signal sent to the process goes to a thread that does not block it,
+    and Python acts on it in the main thread once the block is lifted."""
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()  # first: starting it unblocks SIGINT in this thread
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:

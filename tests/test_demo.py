@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from rcond import demo
 from rcond.metrics import read_samples
 

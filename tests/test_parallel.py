@@ -154,3 +154,49 @@ def test_a_ctrl_c_while_a_worker_is_being_started_leaves_no_worker_behind(tmp_pa
     assert started, "no worker was started"
     assert not outlived(started), "a worker outlived the build"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+FORKSERVER_HIT_WHILE_IMPORTING = """
+import os, signal, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import forkserver
+sys.path.insert(0, sys.argv[1])
+from conftest import descendants, running
+from rcond.parallel import worker_context
+
+context = worker_context()
+forkserver.ensure_running()  # as a pool's first start does; nothing to do once worker_context started it
+def server():  # once the forked child has exec'd the server
+    for pid in descendants(os.getpid()):
+        try:
+            if b"multiprocessing.forkserver import main" in open(f"/proc/{pid}/cmdline", "rb").read():
+                return pid
+        except OSError:
+            pass
+deadline = time.time() + 10
+while server() is None and time.time() < deadline:
+    time.sleep(0.001)
+pid = server()
+os.kill(pid, signal.SIGINT)  # a Ctrl-C while the server imports rcond.parallel (~0.5 s)
+time.sleep(2)
+print("alive" if running(pid) else "dead")
+with ProcessPoolExecutor(1, mp_context=context) as pool:
+    print("worker", pool.submit(os.getpid).result() != os.getpid())
+"""
+
+
+@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(), reason="no forkserver")
+def test_a_ctrl_c_while_the_forkserver_imports_neither_kills_it_nor_prints_a_traceback():
+    """A Ctrl-C in the first second of a pooled build hits the whole process group, the forkserver
+    too, while it still imports: it used to die printing a KeyboardInterrupt traceback over the
+    build's one-line message. The server is now started with SIGINT blocked and goes on serving.
+    In a fresh interpreter, so that no forkserver is running yet."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = subprocess.run([sys.executable, "-c", FORKSERVER_HIT_WHILE_IMPORTING, str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["alive", "worker", "True"]
+    assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr

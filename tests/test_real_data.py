@@ -1,7 +1,6 @@
 """Preprocessing the real public data in ../shared/data (skipped when the folder is absent)."""
 
 import numpy as np
-import pytest
 
 from rcond.corpus import PackOptions, build, load, train_tokenizer
 from rcond.sources import SourceReader

@@ -1,4 +1,6 @@
-import json
+"""Readers (rcond.sources): canonical records from every format and file type, reward-to-go by
+hand, and each kind of bad input named by file, line and field."""
+
 import os
 import re
 
