@@ -81,7 +81,8 @@ def add_preprocess(sub) -> None:
                         "default: 256)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
-    p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them")
+    p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them (a document cut before its "
+                   "first trained token is left out)")
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the unconditional-fraction draw")
@@ -159,7 +160,9 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
              f"  tokens         {s.tokens:,} in {s.rows:,} rows of {block_size}  "
              f"(packing efficiency {s.efficiency(block_size):.1%}; {s.trained_tokens:,.0f} trained)",
              f"  pieces         {s.pieces:,} from {s.documents:,} documents"
-             + (f"; {s.truncated_tokens:,} tokens truncated" if s.truncated_tokens else ""),
+             + (f"; {s.truncated_tokens:,} tokens truncated" if s.truncated_tokens else "")
+             + (f"; {s.untrained_pieces:,} left out ({s.untrained_tokens:,} tokens of prompt or user text "
+                f"alone: nothing in them is trained)" if s.untrained_pieces else ""),
              f"  speed          {s.content_tokens / max(s.seconds, 1e-9):,.0f} tokens/s ({s.seconds:.1f} s)"]
     unscored = s.on_docs and not s.rewards  # preference pairs without scores: chosen top, rejected bottom bin
     if not s.on_docs:

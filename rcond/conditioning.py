@@ -16,7 +16,10 @@ seeded ``uncond_fraction`` of ``on`` records is emitted as ``off`` with no RTG t
 gets a *target weight*: 1 for response / assistant tokens and for the closing ``eos`` after
 them, 0 for prompt / user tokens (unless ``train_on_prompt``) and for control tokens. A document
 longer than ``block_size`` is split into pieces, each later piece starting with the control
-prefix ``mode [rtg-in-force]`` again (or truncated with ``truncate``). Control tokens are
+prefix ``mode [rtg-in-force]`` again (or truncated with ``truncate``). A piece in which no token
+is trained (a piece of a long prompt, or all ``truncate`` left of a dialog before its first
+assistant turn) is left out: it would fill rows and add nothing to the loss; an RTG token left
+only in such pieces is not counted in its bin. Control tokens are
 placeholder ids (the tokens join the tokenizer only once the scheme exists), and every token
 carries the index of the marker in force instead of a bin; :class:`ConditionedStream` numbers
 the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 2).
@@ -151,7 +154,8 @@ class Conditioned:
     marker_rtg: np.ndarray  # [m] float64 reward-to-go of each marker
     marker_fixed: np.ndarray  # [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
     truncated: int  # tokens --truncate cut away
-    cut_markers: np.ndarray  # [c] markers whose RTG token --truncate cut away
+    cut_markers: np.ndarray  # [c] markers with no RTG token left: --truncate cut it, or its piece trains nothing
+    untrained: np.ndarray  # [u] lengths of the pieces left out because no token in them is trained
 
 
 def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
@@ -201,8 +205,10 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     doc_start = np.append(out_start[first], T)                                      # [D+1]
     (ids, tw, mk, start, length), truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1], np.diff(doc_start),
                                                                  doc_on, opts)
-    pool = Pool(ids, _next_weights(tw, start, length), mk, start, length, doc_on)
-    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, cut_markers)
+    lw = _next_weights(tw, start, length)
+    start, length, untrained, missing = _trained_pieces(ids, lw, mk, start, length, len(rtg_parts), cut_markers)
+    pool = Pool(ids, lw, mk, start, length, doc_on)
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained)
 
 
 def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -214,6 +220,25 @@ def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.n
         lw[-1] = 0
     lw[start + length - 1] = 0
     return lw
+
+
+def _trained_pieces(ids: np.ndarray, lw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray,
+                    markers: int, cut_markers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces [Q] in which some token is trained (a nonzero loss weight): a piece of prompt or
+    user text alone (cut from a long prompt, or all --truncate left of a dialog) adds nothing to
+    the loss, only rows. Returns their start and length, the lengths of the pieces left out, and
+    the batch's markers with no RTG token left in any kept piece (``cut_markers``, those
+    --truncate cut, when none is left out)."""
+    trained = np.zeros(len(lw) + 1, dtype=np.int64)                                 # [T+1]
+    np.cumsum(lw != 0, out=trained[1:])
+    keep = trained[start + length] > trained[start]                                 # [Q]
+    if keep.all():
+        return start, length, length[:0], cut_markers
+    untrained, start, length = length[~keep], start[keep], length[keep]
+    at = np.repeat(start, length) + index_within_runs(length)                       # [T'] tokens of kept pieces
+    present = np.zeros(markers, dtype=bool)                                         # [m]
+    present[mk[at[ids[at] == RTG_SLOT]]] = True
+    return start, length, untrained, np.flatnonzero(~present)
 
 
 def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, on: np.ndarray,
@@ -284,7 +309,8 @@ class ConditionedStream:
         self.marker_fixed: list[np.ndarray] = []  # per batch: [m] int8 FIXED_TOP / FIXED_BOTTOM / 0
         self.markers = 0
         self.truncated = 0
-        self.cut_markers: list[np.ndarray] = []  # markers whose RTG token --truncate cut away
+        self.untrained_pieces = self.untrained_tokens = 0  # pieces left out: no token in them is trained
+        self.cut_markers: list[np.ndarray] = []  # markers with no RTG token left in the rows
 
     def draw(self, parts: PartBatch) -> np.ndarray:
         """The next batch's draws [D], one per document, in record order."""
@@ -301,6 +327,8 @@ class ConditionedStream:
         if len(c.cut_markers):
             self.cut_markers.append(c.cut_markers + self.markers)
         self.truncated += c.truncated
+        self.untrained_pieces += len(c.untrained)
+        self.untrained_tokens += int(c.untrained.sum())
         self.markers += len(c.marker_rtg)
         return c.pool
 

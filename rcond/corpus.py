@@ -8,7 +8,8 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    1,000 records each, of *parts*: prompt, response, dialog turn) are read and parsed in one
    background thread and tokenized in a second (:mod:`rcond.background`); in the main thread each
    batch becomes documents with their control tokens, cut into pieces of at most ``block_size``
-   (:mod:`rcond.conditioning`), and the pieces are packed into rows by streaming best fit
+   (:mod:`rcond.conditioning`; a piece in which no token is trained, prompt or user text alone,
+   is left out and counted), and the pieces are packed into rows by streaming best fit
    (:mod:`rcond.packing`). With ``workers`` > 1, worker processes encode and condition whole
    batches instead (:mod:`rcond.parallel`), and the corpus is byte-identical. Control tokens are
    placeholder ids (the tokens join the tokenizer only once the scheme exists), and every token
@@ -76,6 +77,8 @@ class Summary:
     tokens: int = 0  # non-padding tokens written
     trained_tokens: float = 0.0  # sum of loss weights
     truncated_tokens: int = 0
+    untrained_pieces: int = 0  # pieces left out: no token in them is trained (prompt or user text alone)
+    untrained_tokens: int = 0
     on_docs: int = 0
     off_docs: int = 0
     skipped: int = 0
@@ -233,12 +236,17 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         summary.records = summary.documents
         summary.off_docs = summary.documents - summary.on_docs
         summary.truncated_tokens = stream.truncated
+        summary.untrained_pieces, summary.untrained_tokens = stream.untrained_pieces, stream.untrained_tokens
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         if summary.documents == 0:
             raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
                               + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")
                               + "; expected at least one record"
                               + "".join(f"\n  skipped: {m}" for m in summary.skipped_examples[:5]))
+        if summary.rows == 0:
+            raise CorpusError(f"no token is left to train at --block-size {B}: --truncate cut every document "
+                              "before its first trained (response or assistant) token; raise --block-size, "
+                              "drop --truncate (long documents are then split), or add --train-on-prompt")
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         values = np.concatenate(values) if values else np.zeros(0)
         summary.rewards = len(values)

@@ -95,16 +95,54 @@ def test_truncated_rtg_tokens_are_not_counted(tmp_path):
     assert split.counts == [1, 1]  # split, not truncated: both RTG tokens are in the corpus
 
 
-def test_a_dialog_truncated_before_its_first_rtg_token_has_no_bin(tmp_path):
-    """Cut at 6 tokens, a dialog whose first user turn is longer keeps no RTG token at all: its
-    tokens carry bin -1 (not the bin of the RTG token that was cut), and the counts leave it out."""
-    turns = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
-    rows, scheme, s = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", truncate=True)
-    assert rows["input_ids"].tolist() == [[ON, 1, 1, 1, 1, 1]]
-    assert rows["bin_ids"].tolist() == [[-1] * 6]
-    assert scheme.counts == [0, 0]
-    _, split, _ = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", name="split")
+def test_a_dialog_truncated_before_its_first_rtg_token_is_left_out(tmp_path):
+    """Cut at 6 tokens, a dialog whose first user turn is longer keeps no RTG token and no trained
+    token, [on a a a a a]: it is left out (counted in the summary), and the counts leave out the
+    RTG token that was cut. The short dialog beside it stays: [on c r0 d eos]."""
+    long = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
+    short = [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": 1}]
+    rows, scheme, s = make(tmp_path, "dialog", [{"turns": long}, {"turns": short}], block_size=6,
+                           binning="edges:1.5", truncate=True)
+    assert rows["input_ids"].tolist() == [[ON, 3, R0, 4, 0, 0]]
+    assert rows["bin_ids"].tolist() == [[0, 0, 0, 0, 0, -1]]
+    assert scheme.counts == [1, 0]
+    assert (s.documents, s.pieces, s.untrained_pieces, s.untrained_tokens, s.truncated_tokens) == (2, 1, 1, 6, 5)
+    _, split, _ = make(tmp_path, "dialog", [{"turns": long}], block_size=6, binning="edges:1.5", name="split")
     assert split.counts == [0, 1]  # split, not truncated: the RTG token (bin 1) is in the corpus
+
+
+def test_a_truncated_dialog_with_trained_user_text_stays_without_a_bin(tmp_path):
+    """With --train-on-prompt the same cut dialog trains its user text: it stays, and its tokens
+    carry bin -1, not the bin of the RTG token that was cut."""
+    long = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
+    rows, scheme, s = make(tmp_path, "dialog", [{"turns": long}], block_size=6, binning="edges:1.5", truncate=True,
+                           train_on_prompt=True)
+    assert rows["input_ids"].tolist() == [[ON, 1, 1, 1, 1, 1]]
+    assert rows["loss_weight"].tolist() == [[1, 1, 1, 1, 1, 0]]
+    assert rows["bin_ids"].tolist() == [[-1] * 6]
+    assert scheme.counts == [0, 0] and s.untrained_pieces == 0
+
+
+def test_a_piece_of_prompt_alone_is_left_out(tmp_path):
+    """Split at 6, [on r1 a a a a a a b eos] gives [on r1 a a a a], which trains nothing (prompt
+    targets weigh 0), and [on r1 a a b eos]: only the second is packed. With --train-on-prompt
+    both are."""
+    doc = [{"prompt": "a a a a a a", "response": "b", "reward": 1}]
+    rows, scheme, s = make(tmp_path, "scored", doc, block_size=6)
+    assert rows["input_ids"].tolist() == [[ON, R1, 1, 1, 2, 0]]
+    assert rows["loss_weight"].tolist() == [[0, 0, 0, 1, 1, 0]]
+    assert (s.pieces, s.untrained_pieces, s.untrained_tokens, s.rows) == (1, 1, 6, 1)
+    assert scheme.counts == [0, 1]
+    rows, _, s = make(tmp_path, "scored", doc, block_size=6, train_on_prompt=True, name="all")
+    assert sorted(rows["input_ids"].tolist()) == [[ON, R1, 1, 1, 1, 1], [ON, R1, 1, 1, 2, 0]]
+    assert (s.pieces, s.untrained_pieces) == (2, 0)
+
+
+def test_nothing_left_to_train_is_an_error(tmp_path):
+    long = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
+    with pytest.raises(CorpusError, match="no token is left to train at --block-size 6: --truncate cut every"):
+        make(tmp_path, "dialog", [{"turns": long}], block_size=6, binning="edges:1.5", truncate=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
 
 
 def test_special_token_strings_in_content_stay_text(tmp_path):

@@ -45,13 +45,14 @@ def test_scored_records_give_the_same_corpus(tmp_path, kw):
 
 
 def test_dialogs_give_the_same_corpus(tmp_path):
-    """Several markers per document, numbered across batches that different workers conditioned."""
+    """Several markers per document, numbered across batches that different workers conditioned,
+    and long user turns, whose pieces of user text alone are left out."""
     rng = np.random.default_rng(1)
     rows = []
     for _ in range(60):
         turns = []
         for t in range(int(rng.integers(1, 4))):
-            turns += [{"role": "user", "content": words(rng, int(rng.integers(1, 5)))},
+            turns += [{"role": "user", "content": words(rng, int(rng.integers(1, 20)))},
                       {"role": "assistant", "content": words(rng, int(rng.integers(1, 8))),
                        "reward": float(rng.normal())}]
         rows.append({"turns": turns})
@@ -60,6 +61,7 @@ def test_dialogs_give_the_same_corpus(tmp_path):
     assert s1 == s3
     scheme = json.loads(three["scheme.json"])
     assert sum(scheme["counts"]) > len(rows)  # more than one RTG token per dialog on average
+    assert s1.untrained_pieces > 0  # pieces of user text alone, left out alike
 
 
 def test_bad_line_with_workers_names_it_and_leaves_nothing(tmp_path):
