@@ -114,7 +114,7 @@ def run_preprocess(a) -> int:
     with _scorer(a.score_with, a.score_workers) as scorer:
         reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error,
                               score_batch=score_batch)
-        tokenizer = resolve_tokenizer(a.tokenizer, reader)
+        tokenizer = resolve_tokenizer(a.tokenizer, reader, progress=not a.no_progress)
         scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                           overwrite=a.overwrite, progress=not a.no_progress)
     print(format_preprocess_summary(a.out, scheme, s, opts.block_size))

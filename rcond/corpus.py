@@ -47,7 +47,7 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -92,17 +92,29 @@ class Summary:
 
 
 # ---------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Train a byte-level BPE on ``texts``; returns a PreTrainedTokenizerFast with eos = pad."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, progress: bool = False):
+    """Train a byte-level BPE on ``texts``; returns a PreTrainedTokenizerFast with eos = pad. With
+    ``progress``, a bar counts the texts read, then says the merges are being learnt."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
 
     eos = "<|endoftext|>"
     bpe = ByteLevelBPETokenizer()
+    bar = _progress(desc="tokenizer: reading", unit="text", enabled=progress)
+
+    def counted() -> Iterator[str]:
+        for text in texts:
+            bar.update()
+            yield text
+        bar.set_description_str(f"tokenizer: learning the merges (vocabulary {vocab_size:,})")
+
     # in a thread of its own: the Rust trainer waits for the texts without checking for signals,
     # so Ctrl-C is noticed only while this thread waits on it (an input that never ends, a fifo)
-    in_background(lambda: bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                                                  special_tokens=[eos], show_progress=False))()
+    try:
+        in_background(lambda: bpe.train_from_iterator(counted(), vocab_size=vocab_size, min_frequency=2,
+                                                      special_tokens=[eos], show_progress=False))()
+    finally:
+        bar.close()
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, pad_token=eos)
 
 
@@ -123,11 +135,11 @@ def trained_vocab_size(spec: str) -> int | None:
     return vocab
 
 
-def resolve_tokenizer(spec: str, reader: SourceReader):
+def resolve_tokenizer(spec: str, reader: SourceReader, *, progress: bool = False):
     """``PATH_OR_ID`` loads a tokenizer; ``train:VOCAB`` trains a byte-level BPE on the inputs."""
     vocab = trained_vocab_size(spec)
     if vocab is not None:
-        return train_tokenizer(reader.texts(), vocab)
+        return train_tokenizer(reader.texts(), vocab, progress=progress)
     from .tokenizer import load_tokenizer
 
     return load_tokenizer(spec)

@@ -158,3 +158,15 @@ def test_preprocess_never_imports_torch(tokenizer_dir, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "torch loaded: False" in out.stdout
+
+
+def test_training_with_a_progress_bar_counts_the_texts_and_learns_the_same_tokenizer(capsys):
+    from rcond.corpus import train_tokenizer
+
+    texts = [f"review {i}: the lamp was bright and the fan was loud" for i in range(300)]
+    quiet = train_tokenizer(texts, 300)
+    assert capsys.readouterr().err == ""
+    shown = train_tokenizer(iter(texts), 300, progress=True)
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "tokenizer: reading" in err and "tokenizer: learning the merges (vocabulary 300): 300text" in err
+    assert shown.get_vocab() == quiet.get_vocab()
