@@ -283,8 +283,8 @@ def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
         if on:
             m = int(mk[start - 1])
             prefix_ids, prefix_mk = [ids[0], RTG_SLOT], [m, m]
-            if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own
-                prefix_ids, prefix_mk = prefix_ids[:1], prefix_mk[:1]
+            if ids[start] == RTG_SLOT:  # the piece opens with an RTG token of its own, in force from its mode token
+                prefix_ids, prefix_mk = prefix_ids[:1], [int(mk[start])]
         else:
             prefix_ids, prefix_mk = [ids[0]], [-1]
         end = min(start + B - len(prefix_ids), len(ids))
