@@ -16,6 +16,7 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -433,8 +434,17 @@ def entry() -> None:
     handlers run but Python's own shutdown does not: an interrupt can leave compiled code running
     in other threads (the Rust tokenizer trainer and its worker threads, an encode call), and that
     shutdown ends any of them that asks for the GIL with a forced unwind through Rust frames, which
-    aborts the process (SIGABRT, a core file) after the clean-up is done."""
-    code = main()
+    aborts the process (SIGABRT, a core file) after the clean-up is done.
+
+    A reader that stops reading (``rcond preprocess ... | head``) ends the command quietly with
+    the exit status of a process killed by SIGPIPE, as other command-line tools do: what the
+    command wrote is complete or absent as after any other stop."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would fail again
+        sys.exit(EXIT_BROKEN_PIPE)
     if code == EXIT_INTERRUPTED:
         import atexit
 

@@ -436,6 +436,9 @@ def _builder_errors_quiet(kind: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
+CSV_FIELD_LIMIT = 2 ** 31 - 1  # characters in one CSV cell: pandas, which reads the rows, has no limit
+
+
 def _csv_as_text(path: Path) -> dict:
     """Check a CSV before pandas reads it, and the options that make pandas read it as written.
 
@@ -456,6 +459,7 @@ def _csv_as_text(path: Path) -> dict:
             except UnicodeDecodeError as e:
                 raise SourceError(f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected a "
                                   f"UTF-8 CSV") from None
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # the module's default, 128 KiB, refuses long texts
     with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next((row for row in reader if "".join(row).strip()), None)
@@ -492,12 +496,12 @@ def _parquet_rows(path: Path) -> int | None:
 
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
     name, _, split = spec.partition(":")
-    i = -1
+    i = 0
     try:
-        for i, row in enumerate(_load_streaming(name, split=split or "train")):
+        for i, row in enumerate(_load_streaming(name, split=split or "train"), start=1):  # rows from 1, as in a file
             yield f"{spec}:row {i}", row
     except (ConnectionError, OSError, ValueError) as e:  # offline, unknown repo or split, a broken stream
-        if i >= 0:
+        if i > 0:
             raise SourceError(f"{spec}: reading the hub dataset failed after row {i} "
                               f"({type(e).__name__}: {e})") from None
         raise SourceError(f"{spec}: not a file or folder here, and not readable as a hub dataset "
@@ -511,7 +515,7 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
     for origin, read in sources:
         data = read()
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no text to train on
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             byte = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
@@ -617,7 +621,8 @@ def _text(row: dict, name: str, origin: str) -> str:
 
 
 def _reward(value, name: str, origin: str) -> float:
-    if isinstance(value, bool) or (isinstance(value, str) and "_" in value):  # float() reads "1_000"
+    if isinstance(value, bool) or (isinstance(value, str) and ("_" in value or not value.isascii())):
+        # float() also reads "1_000" and other scripts' digits ("１２", "١٢")
         raise SourceError(f"{origin}: {name} must be a number, got {value!r}")
     try:
         value = float(value)

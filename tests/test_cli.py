@@ -370,3 +370,18 @@ def test_ctrl_c_while_a_tokenizer_is_trained_exits_130_not_abort(tmp_path):
         assert proc.returncode == 130, (sig, delay, err[-400:])
         assert "FATAL" not in err and "interrupted" in err
         assert not (tmp_path / "c").exists()
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
+    """``rcond preprocess ... | head -0``: the summary meets a closed pipe. No traceback: the exit
+    status of a process SIGPIPE ended (141), and the corpus, written before the summary, is whole."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"reply {i}", "reward": i} for i in range(20)])
+    read, write = os.pipe()
+    os.close(read)  # nobody will read what the command prints
+    with os.fdopen(write, "wb") as stdout:
+        run = subprocess.run([sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored",
+                              "--out", str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress"],
+                             stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 141
+    assert run.stderr == ""
+    load(tmp_path / "c")

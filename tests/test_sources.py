@@ -345,7 +345,7 @@ def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
         raise ConnectionError("connection reset")
 
     monkeypatch.setattr(sources, "_load_streaming", breaks_after_two_rows)
-    with pytest.raises(SourceError, match=r"someone/data: reading the hub dataset failed after row 1 \(ConnectionError"):
+    with pytest.raises(SourceError, match=r"someone/data: reading the hub dataset failed after row 2 \(ConnectionError"):
         list(SourceReader(["someone/data"], "text"))
 
 
@@ -384,10 +384,11 @@ def test_a_reward_on_a_user_turn_is_an_error_not_dropped(tmp_path):
         read(tmp_path, "dialog", [{"turns": turns}])
 
 
-@pytest.mark.parametrize("reward,ok", [("1e3", True), (" 2.5 ", True), ("1_000", False), ("0x10", False)])
+@pytest.mark.parametrize("reward,ok", [("1e3", True), (" 2.5 ", True), ("1_000", False), ("0x10", False),
+                                       ("\uff11\uff12", False), ("\u0661\u0662", False)])  # fullwidth, Arabic-Indic 12
 def test_reward_text_is_a_plain_decimal_number(tmp_path, reward, ok):
     path = tmp_path / "r.csv"
-    path.write_text(f"response,reward\nhi,{reward}\n")
+    path.write_text(f"response,reward\nhi,{reward}\n", encoding="utf-8")
     reader = SourceReader([str(path)], "scored")
     if ok:
         assert [r.parts[0].rtg for r in reader] == [float(reward)]
@@ -468,3 +469,37 @@ def test_huge_integer_reward_is_a_source_error(tmp_path):
     skipping = SourceReader([str(src)], "scored", on_error="skip")
     assert list(skipping) == [] and skipping.skipped.count == 1
     assert sum(b.records for b in skipping.batches()) == 0 and skipping.skipped.count == 1
+
+
+def test_a_byte_order_mark_opening_a_text_document_is_not_text(tmp_path):
+    """A .txt that opens with a UTF-8 byte-order mark (as some editors save) is read without it,
+    as a file, in a folder and in a zip; a bad byte later is still named on its own line."""
+    import zipfile
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_bytes(b"\xef\xbb\xbfHello world\n")
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as zf:
+        zf.writestr("a.txt", b"\xef\xbb\xbfHello world\n")
+    for spec in (tmp_path / "docs" / "a.txt", tmp_path / "docs", tmp_path / "docs.zip"):
+        assert [r.parts[0].text for r in SourceReader([str(spec)], "text")] == ["Hello world\n"]
+    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbfab\xff\n")
+    with pytest.raises(SourceError, match=r"b\.txt:1: not valid UTF-8 \(byte 6 of the line\)"):
+        list(SourceReader([str(tmp_path / "b.txt")], "text"))
+
+
+def test_hub_rows_are_numbered_from_1_as_file_rows_are(monkeypatch):
+    from rcond import sources
+
+    rows = [{"response": "a", "reward": 1}, {"response": "b", "reward": "x"}]
+    monkeypatch.setattr(sources, "_load_streaming", lambda name, split="train": iter(rows))
+    with pytest.raises(SourceError, match=r"^owner/name:row 2: reward must be a number"):
+        list(SourceReader(["owner/name"], "scored"))
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    """Python's csv module refuses a cell over 128 KiB by default; the header check must not, in
+    the first data row or any other."""
+    long = "word " * 30000  # 150,000 characters
+    path = tmp_path / "long.csv"
+    path.write_text(f'prompt,response,reward\na,"{long}",1\nb,ok,2\n')
+    assert [r.parts[1].text for r in SourceReader([str(path)], "scored")] == [long, "ok"]
