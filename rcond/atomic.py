@@ -8,7 +8,9 @@ ignored") is still noticed: a command records signals from its start (:func:`rec
 and no output of it is published after one (:func:`raise_if_interrupted`), nor training started.
 A short step that must not stop half-way (starting a worker process) holds signals back until it
 is done (:func:`interrupts_deferred`).
-``--overwrite`` replaces an existing target only after the new one is complete. The published
+``--overwrite`` replaces an existing target only after the new one is complete, and only an
+earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report), never a
+file or a folder of something else. Parent folders a failed run created are removed again. The published
 directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
 would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
 entries with.
@@ -21,12 +23,25 @@ import os
 import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 
 class OutputExistsError(FileExistsError):
     pass
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes, told by ``markers``, entries that every such output directory
+    holds: ``--overwrite`` replaces only a directory of this kind (or an empty one)."""
+
+    name: str  # for messages: "an rcond corpus"
+    markers: tuple[str, ...]
+
+    def holds(self, path: Path) -> bool:
+        return path.is_dir() and all((path / m).exists() for m in self.markers)
 
 
 class OutputPathError(OSError):
@@ -60,7 +75,31 @@ def temp_dir_beside(target: Path) -> Path:
     the mode ``mkdir`` would give it: where an output is built before it is renamed into place."""
     with creating(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        return as_created(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        return as_created(tempfile.mkdtemp(prefix=f".{_short(target.name)}.tmp-", dir=target.parent))
+
+
+def _short(name: str) -> str:
+    """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX``) stays within
+    the 255 bytes a file name may have."""
+    return name.encode()[:200].decode(errors="ignore")
+
+
+def _missing_folders(target: Path) -> list[Path]:
+    """The folders above ``target`` that do not exist yet, nearest first: those a run creates."""
+    missing, folder = [], target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created, nearest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def _umask_by_setting() -> int:
@@ -177,8 +216,20 @@ def interrupt_recorded() -> bool:
     return bool(_recorded) and _depth > 0
 
 
-def _refuse(target: Path, overwrite: bool) -> None:
-    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+def _refuse(target: Path, overwrite: bool, kind: OutputKind | None) -> None:
+    """Refuse a target that exists and is not an empty folder: always a file, a folder that is
+    not of ``kind`` (None: any folder may be replaced), and without ``overwrite`` anything."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    if not target.is_dir():
+        raise OutputExistsError(f"{target} is a file, not a directory; give a directory to write the output into")
+    if kind is not None and not kind.holds(target):
+        raise OutputExistsError(f"{target} already exists and is not {kind.name} (it has no "
+                                f"{', '.join(kind.markers)}); --overwrite replaces only an earlier output of "
+                                f"this kind: choose another directory, or empty this one yourself")
+    if not overwrite:
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
 
 
@@ -206,32 +257,42 @@ def check_target(target: str | Path, keep: tuple[str | Path, ...] = ()) -> Path:
     return target
 
 
-def check_output(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = ()) -> Path:
+def check_output(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = (),
+                 kind: OutputKind | None = None) -> Path:
     """What :func:`atomic_dir` refuses, checked on its own: a command calls it before long work
     (reading the input, training a tokenizer) so that a bad ``--out`` costs nothing."""
     target = check_target(target, keep)
-    _refuse(target, overwrite)
+    _refuse(target, overwrite, kind)
     return target
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = ()) -> Iterator[Path]:
+def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Path, ...] = (),
+               kind: OutputKind | None = None) -> Iterator[Path]:
     """Yield a temp dir; on clean exit it becomes ``target``.
 
     A target that must not be replaced is refused first (:func:`check_target`; ``keep``: the
-    inputs). An existing non-empty target is refused unless ``overwrite``, before the work and
-    again before publishing (something may have appeared there meanwhile). When replacing, the
-    old target is moved aside first and moved back if the new one cannot take its place.
+    inputs). An existing non-empty target is refused unless ``overwrite`` and, with a ``kind``,
+    unless it is an output of that kind; a file always. Checked before the work and again before
+    publishing (something may have appeared there meanwhile). When replacing, the old target is
+    moved aside first and moved back if the new one cannot take its place. Folders above the
+    target that the run created are removed again when it fails.
     """
-    target = check_output(target, overwrite, keep)
-    tmp = temp_dir_beside(target)
+    target = check_output(target, overwrite, keep, kind)
+    made = _missing_folders(target)
+    published = False
+    try:
+        tmp = temp_dir_beside(target)
+    except BaseException:
+        _remove_if_empty(made)
+        raise
     try:
         with recording_interrupts():
             yield tmp
             raise_if_interrupted()
-        _refuse(target, overwrite)
+        _refuse(target, overwrite, kind)
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.old-", dir=target.parent))
             try:
                 os.replace(target, trash / "old")
                 try:
@@ -243,9 +304,12 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
                 shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        published = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not published:
+            _remove_if_empty(made)
 
 
 def _in_main_thread() -> bool:

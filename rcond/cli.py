@@ -85,7 +85,7 @@ def add_preprocess(sub) -> None:
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them (a document cut before its "
                    "first trained token is left out)")
     p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier corpus")
     p.add_argument("--seed", type=int, default=0, help="seed of the unconditional-fraction draw")
     p.add_argument("--workers", type=int, default=1,
                    help="processes that encode and condition batches (the corpus is the same for any number); "
@@ -100,7 +100,7 @@ def add_preprocess(sub) -> None:
 
 def run_preprocess(a) -> int:
     from .atomic import check_output
-    from .corpus import PackOptions, build, check_options, resolve_tokenizer, trained_vocab_size
+    from .corpus import CORPUS, PackOptions, build, check_options, resolve_tokenizer, trained_vocab_size
     from .sources import FieldNames, SourceReader
     from .tokens import resolve_bins
 
@@ -109,7 +109,7 @@ def run_preprocess(a) -> int:
     check_options(opts)
     num_bins = resolve_bins(a.bins, a.binning)
     trained_vocab_size(a.tokenizer)
-    check_output(a.out, a.overwrite, keep=tuple(a.inputs))  # before the input is read or a tokenizer trained
+    check_output(a.out, a.overwrite, keep=tuple(a.inputs), kind=CORPUS)  # before the input is read or a tokenizer trained
     score_batch = check_scoring(a.score_with, a.score_workers, a.score_batch)
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
     with _scorer(a.score_with, a.score_workers) as scorer:
@@ -297,7 +297,7 @@ def add_toyworld(sub) -> None:
     p.add_argument("--reviews", type=int, default=20000, help="scored reviews (prompt, response, VADER reward)")
     p.add_argument("--dialogs", type=int, default=2000, help="multi-turn dialogs with a reward per assistant turn")
     p.add_argument("--texts", type=int, default=2000, help="plain descriptions (text format)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier toy world")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_toyworld)
 

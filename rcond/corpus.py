@@ -52,7 +52,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from .atomic import atomic_dir, raise_if_interrupted
+from .atomic import OutputKind, atomic_dir, raise_if_interrupted
 from .background import collector_paused, in_background
 from .conditioning import CONTROL_PREFIX, ConditionedStream, conditioned_batches
 from .packing import BestFitPacker, CorpusError, PackOptions, Spill
@@ -61,6 +61,7 @@ from .sources import SourceReader, file_sha256, fingerprint
 from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
 ROWS_FILE = "rows.arrow"
+CORPUS = OutputKind("an rcond corpus", (SCHEME_FILE,))  # what --overwrite may replace
 TOKENIZER_DIR = "tokenizer"
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
 TABLE_TOKENS = 512 * 1024  # tokens of packed rows written to the Arrow file at a time (at least one row)
@@ -215,7 +216,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs)) as tmp, collector_paused():
+    with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused():
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
         values: list[np.ndarray] = []

@@ -41,12 +41,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import atomic_dir
+from .atomic import OutputKind, atomic_dir
 from .metrics import (Calibration, MetricsError, ScoreSummary, calibration, check_sample, diversity, iter_jsonl,
                       requested_level)
 from .tokens import ControlScheme, SchemeError
 
 REPORT_FILE = "report.md"
+REPORT = OutputKind("an rcond report", (REPORT_FILE,))  # what overwrite may replace
 METRICS_FILE = "metrics.json"
 CALIBRATION_PNG = "calibration.png"
 LOSS_PNG = "loss.png"
@@ -74,7 +75,7 @@ def write_report(out_dir: str | Path, *, scheme: ControlScheme, on_samples: Samp
     are grouped by their ``guidance`` value. ``facts`` (e.g. model
     size, tokens trained, wall time, device) are shown as given, in order. ``reward_label``
     names the reward on the axes, e.g. "VADER compound (−1…1)". An existing ``out_dir`` is an
-    error unless ``overwrite``.
+    error unless ``overwrite`` and it holds an earlier report.
     """
     on = _load(on_samples, "on", scheme)
     off = _load(off_samples, "off", scheme)
@@ -94,7 +95,7 @@ def write_report(out_dir: str | Path, *, scheme: ControlScheme, on_samples: Samp
         div[_guided_name(g)] = diversity([r["text"] for r in recs])
     log = _read_log(Path(train_log)) if train_log is not None else None
 
-    with atomic_dir(out_dir, overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite, kind=REPORT) as tmp:
         _plot_calibration(tmp / CALIBRATION_PNG, scheme, cal_on, cal_guided, off_summary, on + off + guided_records,
                           reward_label)
         if log is not None:

@@ -47,11 +47,12 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from rcond.atomic import OutputExistsError, atomic_dir
+from rcond.atomic import OutputExistsError, OutputKind, atomic_dir
 from rcond.scorers import get_scorer
 
 GENERATOR_VERSION = 1
 FILES = {"reviews": "reviews.jsonl", "dialogs": "dialogs.jsonl", "text": "text.jsonl", "meta": "meta.json"}
+WORLD = OutputKind("a toy world", (FILES["meta"],))  # what overwrite may replace
 ENTITIES_PER_TOPIC = 24
 LABELS = (
     (-0.6, "very negative"), (-0.2, "negative"), (0.2, "neutral"), (0.6, "positive"), (math.inf, "very positive"),
@@ -740,7 +741,7 @@ def generate(out_dir: str | Path, *, seed: int = 0, n_reviews: int = 20000, n_di
     _check_counts(seed=seed, n_reviews=n_reviews, n_dialogs=n_dialogs, n_text=n_text)
     out = Path(out_dir)
     _prepare_target(out, overwrite)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind=WORLD) as tmp:
         meta = _generate_into(tmp, seed, n_reviews, n_dialogs, n_text, progress)
         with open(tmp / FILES["meta"], "w", encoding="utf-8", newline="\n") as f:
             f.write(json.dumps(meta, sort_keys=True, indent=2) + "\n")

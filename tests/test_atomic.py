@@ -257,3 +257,48 @@ def test_interrupts_deferred_leaves_a_handler_someone_else_set_alone():
         assert seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
+    """--overwrite on a folder of something else (a project's source) or on a file is refused and
+    leaves it as it was; an earlier output of the kind, or an empty folder, is replaced."""
+    from rcond.atomic import OutputKind
+
+    kind = OutputKind("a widget", ("widget.json",))
+    (tmp_path / "proj" / "src").mkdir(parents=True)
+    (tmp_path / "proj" / "src" / "main.py").write_text("code")
+    (tmp_path / "notes.txt").write_text("notes")
+    for target, message in ((tmp_path / "proj", r"is not a widget \(it has no widget.json\)"),
+                            (tmp_path / "notes.txt", "is a file, not a directory")):
+        with pytest.raises(OutputExistsError, match=message):
+            with atomic_dir(target, overwrite=True, kind=kind) as tmp:
+                (tmp / "widget.json").write_text("{}")
+    assert (tmp_path / "proj" / "src" / "main.py").read_text() == "code"
+    assert (tmp_path / "notes.txt").read_text() == "notes"
+    (tmp_path / "empty").mkdir()
+    for target in (tmp_path / "empty", tmp_path / "empty"):  # empty, then an earlier widget
+        with atomic_dir(target, overwrite=True, kind=kind) as tmp:
+            (tmp / "widget.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["widget.json"]
+
+
+def test_a_failed_run_removes_the_folders_it_created_and_only_those(tmp_path):
+    (tmp_path / "there").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "there" / "new" / "sub" / "out"):
+            raise RuntimeError("the work failed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["there"]
+    with atomic_dir(tmp_path / "there" / "new" / "out") as tmp:  # a run that succeeds keeps them
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "there" / "new" / "out" / "f").read_text() == "x"
+
+
+def test_a_long_output_name_is_not_refused_for_its_temp_sibling(tmp_path):
+    """A 250-character name is a valid one; the hidden temp and trash siblings, named after it,
+    must stay within the 255 bytes a name may have."""
+    target = tmp_path / ("n" * 250)
+    for overwrite in (False, True):  # written, then replaced
+        with atomic_dir(target, overwrite=overwrite) as tmp:
+            (tmp / "f").write_text(str(overwrite))
+    assert (target / "f").read_text() == "True"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]

@@ -171,6 +171,19 @@ def test_overwrite(tmp_path, capsys):
     load(tmp_path / "c")
 
 
+def test_overwrite_replaces_only_an_earlier_output_of_the_command(tmp_path, capsys):
+    """--overwrite on a folder that is no corpus (a project) is exit 2 before any work, and the
+    folder is kept; so for rcond toyworld and a folder that is no toy world."""
+    rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
+    (tmp_path / "c" / "src").mkdir(parents=True)
+    (tmp_path / "c" / "src" / "main.py").write_text("code")
+    assert preprocess(tmp_path, rows, "--overwrite") == 2
+    assert "is not an rcond corpus (it has no scheme.json)" in capsys.readouterr().err
+    assert main(["toyworld", "--out", str(tmp_path / "c"), "--reviews", "3", "--no-progress", "--overwrite"]) == 2
+    assert "is not a toy world (it has no meta.json)" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "c").rglob("*")] == ["src", "main.py"]
+
+
 def test_skip_reports(tmp_path, capsys):
     rows = [{"response": "a", "reward": 1}, "{x", {"response": "b", "reward": "nan?"}, {"response": "c", "reward": 2}]
     assert preprocess(tmp_path, rows, "--on-error", "skip") == 0
