@@ -729,11 +729,11 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
         role = _field(turn, "role", where)
         content = _nonempty(_text(turn, "content", where), "content", where)
         if role == "assistant":
-            r = turn.get(f.reward)
-            rewards.append(None if r is None else _reward(r, "reward", where))
+            r = None if scored else turn.get(f.reward)  # the scorer's rewards replace the turns' own: not read
+            rewards.append(None if r is None else _reward(r, f.reward, where))
             parts.append(Part(content, True, rtg=0.0))
         elif role in ("user", "system"):
-            if turn.get(f.reward) is not None:
+            if not scored and turn.get(f.reward) is not None:
                 raise SourceError(f"{where}: a {role} turn carries a {f.reward!r}; rewards belong to assistant turns "
                                   f"(the reward-to-go conditions what the model says)")
             parts.append(Part(content, False))
@@ -826,14 +826,31 @@ def _check_inputs(inputs: list[str]) -> None:
                                       f"read twice")
 
 
+READ_FIELDS = {"text": ["text"], "scored": ["prompt", "response", "text", "reward"],
+               "pairs": ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"],
+               "dialog": ["turns", "reward"]}  # the fields each format reads (dialog: a turn's reward key)
+SCORE_FIELDS = ("reward", "chosen_score", "rejected_score")  # replaced by --score-with, so not read
+
+
 def _check_fields(fmt: str, f: FieldNames, scored: bool) -> None:
-    """The fields a format reads must have distinct names: one column cannot be both the prompt
-    and the reward. (``response`` and ``text`` are alternatives for one role in ``scored``.)"""
-    roles = {"text": ["text"], "dialog": ["turns"], "pairs": ["prompt", "chosen", "rejected"]}.get(fmt, [])
-    if fmt == "pairs":
-        roles += ["chosen_score", "rejected_score"]
-    if fmt == "scored":
-        roles = ["prompt", "response", "text"] + ([] if scored else ["reward"])
+    """A field option must name a field the format reads (``--chosen-field`` means nothing to
+    ``scored``, ``--reward-field`` nothing beside ``--score-with``), and the fields read must have
+    distinct names: one column cannot be both the prompt and the reward. (``response`` and
+    ``text`` are alternatives for one role in ``scored``.) A dialog turn's reward key cannot be
+    ``role`` or ``content``, the keys every turn has."""
+    read = [r for r in READ_FIELDS[fmt] if not (scored and r in SCORE_FIELDS)]
+    for role in FieldNames.__dataclass_fields__:
+        if getattr(f, role) != role and role not in read:
+            flag = f"--{role.replace('_', '-')}-field"
+            if scored and role in SCORE_FIELDS and role in READ_FIELDS[fmt]:
+                raise SourceError(f"{flag}: with --score-with the scorer's rewards replace that field, so it is "
+                                  f"not read; drop one of the two")
+            raise SourceError(f"{flag}: format {fmt!r} reads no such field (it reads "
+                              f"{', '.join(repr(r) for r in read)}); drop the option or change --format")
+    if fmt == "dialog" and not scored and f.reward in ("role", "content"):
+        raise SourceError(f"--reward-field {f.reward!r}: every turn's {f.reward!r} key holds its "
+                          f"{f.reward}; a turn's reward needs a key of its own")
+    roles = [r for r in read if not (fmt == "dialog" and r == "reward")]  # a turn's key, not a record's field
     names: dict[str, str] = {}
     for role in roles:
         name = getattr(f, role)

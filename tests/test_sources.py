@@ -503,3 +503,35 @@ def test_a_csv_cell_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
     path = tmp_path / "long.csv"
     path.write_text(f'prompt,response,reward\na,"{long}",1\nb,ok,2\n')
     assert [r.parts[1].text for r in SourceReader([str(path)], "scored")] == [long, "ok"]
+
+
+@pytest.mark.parametrize("fmt,fields,scored,message", [
+    ("scored", {"chosen": "x"}, False, r"--chosen-field: format 'scored' reads no such field \(it reads 'prompt', "
+                                       r"'response', 'text', 'reward'\)"),
+    ("text", {"prompt": "q"}, False, r"--prompt-field: format 'text' reads no such field"),
+    ("dialog", {"turns": "t", "prompt": "q"}, False, r"--prompt-field: format 'dialog' reads no such field"),
+    ("scored", {"reward": "nope"}, True, r"--reward-field: with --score-with the scorer's rewards replace that field"),
+    ("pairs", {"chosen_score": "cs"}, True, r"--chosen-score-field: with --score-with"),
+    ("dialog", {"reward": "content"}, False, r"--reward-field 'content': every turn's 'content' key holds its content"),
+    ("dialog", {"reward": "role"}, False, r"--reward-field 'role': every turn's 'role' key"),
+])
+def test_a_field_option_the_format_does_not_read_is_refused(fmt, fields, scored, message):
+    """As --gamma outside dialogs: an option that would change nothing is a mistake to report."""
+    with pytest.raises(SourceError, match=message):
+        SourceReader(["x.jsonl"], fmt, fields=FieldNames(**fields), scorer=(lambda ts: [0.0] * len(ts)) if scored else None)
+
+
+def test_with_a_scorer_a_dialogs_own_reward_keys_are_not_read(tmp_path):
+    """--score-with replaces the turns' rewards: a reward that is not a number, or one on a user
+    turn, is not read (as the scored and pairs formats ignore their reward fields)."""
+    turns = [{"role": "user", "content": "hi", "reward": 3}, {"role": "assistant", "content": "great day", "reward": "n/a"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}])
+    recs = list(SourceReader([str(path)], "dialog", scorer=lambda ts: [0.5] * len(ts)))
+    assert [p.rtg for p in recs[0].parts] == [None, 0.5]
+
+
+def test_a_dialog_reward_error_names_the_configured_key(tmp_path):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "score": "x"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}])
+    with pytest.raises(SourceError, match=r"d\.jsonl:1 turn 2: score must be a number, got 'x'"):
+        list(SourceReader([str(path)], "dialog", fields=FieldNames(reward="score")))
