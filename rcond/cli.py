@@ -62,7 +62,7 @@ def add_preprocess(sub) -> None:
                                    "control tokens (mode, reward-to-go bins); pack into fixed-size rows.",
                        epilog=PREPROCESS_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="files (.jsonl/.json/.csv/.parquet, optionally .gz; .txt; .zip or folder of .txt) or hub ids")
+                   help="files (.jsonl/.json/.csv/.txt, optionally .gz/.bz2/.xz/.zst; .parquet; .zip or folder of .txt) or hub ids")
     p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"])
     p.add_argument("--out", required=True, help="output corpus directory")
     p.add_argument("--tokenizer", default="train:8192", help="PATH_OR_ID, or train:VOCAB to train a byte-level BPE")
@@ -190,6 +190,10 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
                                                "quantile"))
         lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token ({why}); nothing "
                      f"trains those levels. Use {instead}")
+    if s.ignored_files:
+        names = ", ".join(s.ignored_examples[:3]) + (", ..." if s.ignored_files > 3 else "")
+        lines.append(f"  note: {s.ignored_files:,} file(s) in the input folders or archives are no .txt documents "
+                     f"and were not read: {names}")
     for ex in s.skipped_examples[:5]:
         lines.append(f"  skipped: {ex}")
     if s.skipped > 5:

@@ -84,6 +84,8 @@ class Summary:
     off_docs: int = 0
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    ignored_files: int = 0  # files of folder or zip inputs that are no .txt documents, not read
+    ignored_examples: list[str] = field(default_factory=list)
     seconds: float = 0.0
     content_tokens: int = 0  # tokenizer output, before control tokens
     rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
@@ -251,6 +253,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         summary.truncated_tokens = stream.truncated
         summary.untrained_pieces, summary.untrained_tokens = stream.untrained_pieces, stream.untrained_tokens
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
+        summary.ignored_files, summary.ignored_examples = reader.ignored.count, list(reader.ignored.examples)
         if summary.documents == 0:
             raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
                               + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")

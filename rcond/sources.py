@@ -166,14 +166,17 @@ def data_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> Iterator[tuple[str, object]]:
+def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
+              on_ignored: Callable[[str], None] | None = None) -> Iterator[tuple[str, object]]:
     """Yield ``(origin, row)`` for every row of one input; ``row`` is a dict, or a str for documents.
 
     ``on_bad_line(message)`` receives malformed JSON lines when given; otherwise they raise.
+    ``on_ignored(name)`` receives each file of a folder or zip that is no text document (not
+    ``.txt``, compressed or not; hidden files are not named).
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        yield from _iter_text_files(path, on_bad_line)
+        yield from _iter_text_files(path, on_bad_line, on_ignored)
         return
     if not path.exists():
         if _is_hub_id(spec):
@@ -181,15 +184,15 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None) -> It
             return
         raise SourceError(f"{spec}: no such file or directory")
     if path.suffix.lower() == ".zip":
-        yield from _iter_zip(path, on_bad_line)
+        yield from _iter_zip(path, on_bad_line, on_ignored)
         return
     if data_suffix(path) == ".txt":  # one document, maybe compressed
         yield from _documents([(str(path), lambda: _read_all(path))], on_bad_line)
         return
     kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind is None:
-        raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .parquet, .txt (optionally "
-                          f".gz, .bz2, .xz, .zst), a .zip of .txt files, a folder of .txt files, or a hub dataset id")
+        raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .txt (optionally .gz, .bz2, "
+                          f".xz, .zst), .parquet, a .zip of .txt files, a folder of .txt files, or a hub dataset id")
     if kind == "jsonl":
         yield from _iter_jsonl(path, on_bad_line)
     elif kind == "json":
@@ -527,23 +530,42 @@ def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) 
         yield origin, text
 
 
-def _text_files(folder: Path) -> list[Path]:
-    """The documents of a folder: its .txt files (any case: .TXT too) at any depth (not folders
-    named so, not broken links)."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".txt" and p.is_file())
+def _text_files(folder: Path, on_ignored: Callable[[str], None] | None = None) -> list[Path]:
+    """The documents of a folder: its .txt files (any case: .TXT too; compressed too: .txt.gz) at
+    any depth (not folders named so, not broken links, not hidden ones). Every other file that is
+    not hidden goes to ``on_ignored``."""
+    files = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or _hidden(p.relative_to(folder).as_posix()):
+            continue
+        if data_suffix(p) == ".txt":
+            files.append(p)
+        elif on_ignored is not None:
+            on_ignored(str(p))
+    return files
 
 
-def _iter_text_files(folder: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
-    files = _text_files(folder)
+def _hidden(name: str) -> bool:
+    """A name no one means as a document: hidden (``.DS_Store``, an editor's ``.~lock.a.txt#``) or
+    below a hidden folder, or the resource forks a macOS zip carries (``__MACOSX/``)."""
+    return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
+
+
+def _iter_text_files(folder: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[str, str]]:
+    files = _text_files(folder, on_ignored)
     if not files:
         raise SourceError(f"{folder}: folder holds no .txt files")
-    yield from _documents(((str(p), p.read_bytes) for p in files), on_bad_line)
+    yield from _documents(((str(p), lambda p=p: _read_all(p)) for p in files), on_bad_line)
 
 
-def _iter_zip(path: Path, on_bad_line=None) -> Iterator[tuple[str, str]]:
+def _iter_zip(path: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[str, str]]:
     try:
         with zipfile.ZipFile(path) as zf:
-            names = sorted(n for n in zf.namelist() if n.lower().endswith(".txt") and not n.endswith("/"))
+            members = sorted(n for n in zf.namelist() if not n.endswith("/") and not _hidden(n))
+            names = [n for n in members if n.lower().endswith(".txt")]
+            for n in members:
+                if on_ignored is not None and not n.lower().endswith(".txt"):
+                    on_ignored(f"{path}!{n}")
             if not names:
                 raise SourceError(f"{path}: archive holds no .txt files")
             yield from _documents(((f"{path}!{n}", lambda n=n: _zip_member(zf, path, n)) for n in names), on_bad_line)
@@ -806,6 +828,9 @@ def _check_inputs(inputs: list[str]) -> None:
         if not spec.strip():
             raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
         path = Path(spec).expanduser()
+        if data_suffix(path) == ".parquet" and path.suffix.lower() != ".parquet":
+            raise SourceError(f"{spec}: a compressed Parquet file is not read (Parquet compresses its own "
+                              f"columns); decompress it first, e.g. with gunzip / unxz / unzstd")
         if not path.exists():  # a hub id, or a missing file reported when it is read
             key: object = spec
         else:
@@ -818,7 +843,7 @@ def _check_inputs(inputs: list[str]) -> None:
         seen[key] = spec
     for spec in inputs:
         path = Path(spec).expanduser()
-        if path.is_dir() or path.suffix.lower() == ".txt":  # what a folder input reads
+        if path.is_dir() or data_suffix(path) == ".txt":  # what a folder input reads
             inner = path.resolve()
             for folder, folder_spec in folders:
                 if folder in inner.parents:
@@ -893,6 +918,7 @@ class SourceReader:
             raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "
                               "mode and carry no reward; use --format scored to score them")
         self.skipped = SkipLog()
+        self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
 
     def _convert(self, origin: str, row) -> list[Record]:
         f, scored = self.fields, self.scorer is not None
@@ -945,7 +971,7 @@ class SourceReader:
         the scorer (rewards are then placeholders): for reading texts only."""
         from .columnar import parse_chunk
 
-        self.skipped = SkipLog()
+        self.skipped, self.ignored = SkipLog(), SkipLog()
         scorer = self._scorer(score)
         for spec in self.inputs:
             if self._is_jsonl(spec):
@@ -960,7 +986,7 @@ class SourceReader:
                         yield batch
                 continue
             recs: list[Record] = []
-            for rec in self._scored(self._records(iter_rows(spec, self._bad_line())), scorer):
+            for rec in self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer):
                 recs.append(rec)
                 if len(recs) >= size:
                     yield PartBatch.from_records(recs)
@@ -976,10 +1002,10 @@ class SourceReader:
     def __iter__(self) -> Iterator[Record]:
         """Records in input order, one at a time (the line-by-line path; :meth:`batches` is the
         fast one). Iterating again re-reads the inputs and resets the skip log."""
-        self.skipped = SkipLog()
+        self.skipped, self.ignored = SkipLog(), SkipLog()
         scorer = self._scorer(True)
         for spec in self.inputs:
-            yield from self._scored(self._records(iter_rows(spec, self._bad_line())), scorer)
+            yield from self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer)
 
     def _score(self, batch: list[Record]) -> Iterable[Record]:
         targets = [score_targets(r) for r in batch]

@@ -535,3 +535,40 @@ def test_a_dialog_reward_error_names_the_configured_key(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}])
     with pytest.raises(SourceError, match=r"d\.jsonl:1 turn 2: score must be a number, got 'x'"):
         list(SourceReader([str(path)], "dialog", fields=FieldNames(reward="score")))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+def test_a_compressed_parquet_file_is_refused_up_front(tmp_path, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"p.parquet{suffix}"
+    pq.write_table(pa.table({"response": ["x"], "reward": [1.0]}), path)  # the bytes do not matter: never read
+    with pytest.raises(SourceError, match=r"p\.parquet\.\w+: a compressed Parquet file is not read"):
+        SourceReader([str(path)], "scored")
+
+
+def test_folders_and_zips_read_compressed_text_and_name_the_files_they_do_not_read(tmp_path):
+    """A folder reads .txt.gz as a .txt given alone is read; files that are no text documents are
+    not read, but named (hidden ones and a macOS zip's __MACOSX/ are not), so nothing is dropped
+    unseen."""
+    import gzip
+    import zipfile
+
+    docs = tmp_path / "docs"
+    (docs / ".git").mkdir(parents=True)
+    (docs / "a.txt").write_text("first")
+    (docs / "b.txt.gz").write_bytes(gzip.compress(b"second"))
+    (docs / "notes.md").write_text("not a document")
+    (docs / ".DS_Store").write_bytes(b"\0")
+    (docs / ".git" / "HEAD").write_text("ref")
+    reader = SourceReader([str(docs)], "text")
+    assert [r.parts[0].text for r in reader] == ["first", "second"]
+    assert (reader.ignored.count, reader.ignored.examples) == (1, [str(docs / "notes.md")])
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        zf.writestr("d/a.txt", "first")
+        zf.writestr("d/rt-polarity.pos", "a line")
+        zf.writestr("__MACOSX/d/._a.txt", "fork")
+    reader = SourceReader([str(tmp_path / "d.zip")], "text")
+    assert [r.parts[0].text for r in reader] == ["first"]
+    assert reader.ignored.examples == [f"{tmp_path / 'd.zip'}!d/rt-polarity.pos"]
