@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.json as paj
 
 from .scorer_pool import scores_in_batches
+from .scorers import ScorerError
 from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, is_blank, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
@@ -129,7 +130,10 @@ def _numbers(table: pa.Table, name: str) -> np.ndarray | None:
 
 
 def _score(texts: list[str], scorer: Scorer, score_batch: int) -> np.ndarray | None:
-    scores = scores_in_batches(scorer, texts, score_batch)
+    try:
+        scores = scores_in_batches(scorer, texts, score_batch)
+    except ScorerError:  # the line-by-line path scores the chunk again and names the records it is about
+        return None
     if len(scores) != len(texts):
         return None
     values = np.array(scores, dtype=np.float64)

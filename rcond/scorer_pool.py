@@ -150,18 +150,24 @@ def scores_in_batches(scorer: "ScorerPool | Callable[[list[str]], Sequence[float
     """Scores of ``texts`` [T], NaN/infinite ones left in place, with the scorer called on at most
     ``score_batch`` texts at a time: one batch after another, or with a :class:`ScorerPool`, the
     texts cut into ``max(workers, ceil(T / score_batch))`` near-equal contiguous sub-batches
-    scored side by side."""
+    scored side by side. A :class:`ScorerError` about some texts counts their positions in ``texts``."""
     if not texts:
         return []
     if not isinstance(scorer, ScorerPool):
         out: list[float] = []
         for i in range(0, len(texts), score_batch):
-            out.extend(score_values(scorer, texts[i:i + score_batch]))
+            try:
+                out.extend(score_values(scorer, texts[i:i + score_batch]))
+            except ScorerError as e:
+                raise e.shifted(i) from e.__cause__
         return out
     parts = min(len(texts), max(scorer.workers, math.ceil(len(texts) / score_batch)))
     bounds = [len(texts) * k // parts for k in range(parts + 1)]                    # [parts+1] cut points
-    futures = [scorer.submit(texts[a:b]) for a, b in zip(bounds, bounds[1:])]
+    futures = [(a, scorer.submit(texts[a:b])) for a, b in zip(bounds, bounds[1:])]
     out = []
-    for f in futures:
-        out.extend(_result(f, scorer.name))
+    for a, f in futures:
+        try:
+            out.extend(_result(f, scorer.name))
+        except ScorerError as e:
+            raise e.shifted(a) from e.__cause__
     return out

@@ -44,7 +44,35 @@ USER_CODE_FAILURES = (Exception, SystemExit)  # what a scorer's own code may rai
 
 
 class ScorerError(ValueError):
-    """A scorer spec cannot be resolved, or a scorer returned unusable scores."""
+    """A scorer spec cannot be resolved, or a scorer returned unusable scores. When it is about
+    some of the texts scored: ``texts``, their (first, last) positions in the scorer call, and
+    ``reason``, the message without those positions, for a caller that names the records instead."""
+
+    def __init__(self, message: str, texts: tuple[int, int] | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.texts, self.reason = texts, reason
+
+    def shifted(self, by: int) -> "ScorerError":
+        """The same error with its positions counted ``by`` texts further (a sub-batch's)."""
+        return self if self.texts is None else ScorerError(str(self), (self.texts[0] + by, self.texts[1] + by),
+                                                           self.reason)
+
+
+def _number(v: object, finite: bool) -> tuple[float, str | None]:
+    """A score as a float, or why it is not one (the end of a sentence about it)."""
+    if isinstance(v, (str, bytes)):
+        return math.nan, f"is not a number: {v!r}"
+    if _is_bool(v):
+        return math.nan, f"is not a number: {v!r} (a bool); return 1.0 or 0.0 instead"
+    try:
+        x = float(v)
+    except OverflowError:
+        return math.nan, f"is an integer too large for a float: {v!r:.40}"
+    except (TypeError, ValueError):
+        return math.nan, f"is not a number: {v!r} ({type(v).__name__})"
+    if finite and not math.isfinite(x):
+        return x, f"is {x}; scores must be finite"
+    return x, None
 
 
 def _preview(text: str, limit: int = 60) -> str:
@@ -100,41 +128,37 @@ class Scorer:
         except USER_CODE_FAILURES as e:
             raise ScorerError(
                 f"scorer {self.name!r} failed on texts {offset}..{offset + len(texts) - 1}: "
-                f"{type(e).__name__}: {e}"
+                f"{type(e).__name__}: {e}", (0, len(texts) - 1),
+                f"scorer {self.name!r} failed on the texts of these records: {type(e).__name__}: {e}"
             ) from e
         return self._validate(raw, texts, offset, finite)
 
     def _validate(self, raw: object, texts: list[str], offset: int, finite: bool) -> list[float]:
+        every = (0, len(texts) - 1)
         if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__"):
             raise ScorerError(
                 f"scorer {self.name!r} returned a {type(raw).__name__} for texts "
-                f"{offset}..{offset + len(texts) - 1}; expected a sequence of {len(texts)} numbers"
-            )
+                f"{offset}..{offset + len(texts) - 1}; expected a sequence of {len(texts)} numbers", every,
+                f"scorer {self.name!r} returned a {type(raw).__name__} for the texts of these records; expected "
+                f"a sequence of {len(texts)} numbers")
         if getattr(raw, "ndim", 1) != 1:
             raise ScorerError(
                 f"scorer {self.name!r} returned an array of shape {tuple(raw.shape)} for "
-                f"{len(texts)} texts (starting at text {offset}); expected one number per text"
-            )
+                f"{len(texts)} texts (starting at text {offset}); expected one number per text", every,
+                f"scorer {self.name!r} returned an array of shape {tuple(raw.shape)} for the {len(texts)} texts "
+                f"of these records; expected one number per text")
         if len(raw) != len(texts):
             raise ScorerError(
                 f"scorer {self.name!r} returned {len(raw)} scores for {len(texts)} texts "
-                f"(texts {offset}..{offset + len(texts) - 1}); expected one score per text"
-            )
+                f"(texts {offset}..{offset + len(texts) - 1}); expected one score per text", every,
+                f"scorer {self.name!r} returned {len(raw)} scores for the {len(texts)} texts of these records; "
+                f"expected one score per text")
         out = []
         for i, v in enumerate(raw):
-            where = f"scorer {self.name!r}: score for text {offset + i} ({_preview(texts[i])})"
-            if isinstance(v, (str, bytes)):
-                raise ScorerError(f"{where} is not a number: {v!r}")
-            if _is_bool(v):
-                raise ScorerError(f"{where} is not a number: {v!r} (a bool); return 1.0 or 0.0 instead")
-            try:
-                x = float(v)
-            except OverflowError:
-                raise ScorerError(f"{where} is an integer too large for a float: {v!r:.40}") from None
-            except (TypeError, ValueError) as e:
-                raise ScorerError(f"{where} is not a number: {v!r} ({type(v).__name__})") from e
-            if finite and not math.isfinite(x):
-                raise ScorerError(f"{where} is {x}; scores must be finite")
+            x, why = _number(v, finite)
+            if why is not None:
+                raise ScorerError(f"scorer {self.name!r}: score for text {offset + i} ({_preview(texts[i])}) {why}",
+                                  (i, i), f"scorer {self.name!r}: its score for {_preview(texts[i])} {why}")
             out.append(x)
         return out
 

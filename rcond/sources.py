@@ -35,6 +35,7 @@ columns, one entry per part.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import hashlib
@@ -53,6 +54,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .scorer_pool import scores_in_batches
+from .scorers import ScorerError
 
 FORMATS = ("pairs", "scored", "dialog", "text")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -770,6 +772,17 @@ def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: fl
     return Record(parts, "on", origin)
 
 
+def _at_records(e: ScorerError, batch: list[Record], texts_per_record: list[int]) -> ScorerError:
+    """A scorer's error about some of the texts of ``batch``, named by the records they came from
+    (``in.jsonl:2500``, or ``in.jsonl:2305 to in.jsonl:2560`` for a failed call) instead of by the
+    texts' positions in the scorer call."""
+    if e.texts is None:
+        return e
+    ends = list(itertools.accumulate(texts_per_record))  # [R] texts up to and including each record
+    first, last = (batch[bisect.bisect_right(ends, t)].origin for t in e.texts)
+    return ScorerError(f"{first if first == last else f'{first} to {last}'}: {e.reason}")
+
+
 def reward_to_go(rewards: list[float], gamma: float) -> list[float]:
     """R_t = r_t + gamma * R_{t+1}, computed right to left."""
     out, acc = [0.0] * len(rewards), 0.0
@@ -1010,7 +1023,10 @@ class SourceReader:
     def _score(self, batch: list[Record]) -> Iterable[Record]:
         targets = [score_targets(r) for r in batch]
         flat = [t for ts in targets for t in ts]
-        scores = scores_in_batches(self.scorer, flat, self.score_batch)
+        try:
+            scores = scores_in_batches(self.scorer, flat, self.score_batch)
+        except ScorerError as e:
+            raise _at_records(e, batch, [len(ts) for ts in targets]) from e.__cause__
         if len(scores) != len(flat):
             raise SourceError(f"scorer returned {len(scores)} scores for {len(flat)} texts")
         i = 0

@@ -31,6 +31,14 @@ def nan_for_bad(texts):
 def boom(texts):
     raise RuntimeError("boom")
 
+def word_for_bad(texts):
+    return ["oops" if "bad" in t else 1.0 for t in texts]
+
+def boom_on_bad(texts):
+    if any("bad" in t for t in texts):
+        raise ValueError("cannot score that")
+    return [1.0] * len(texts)
+
 def die(texts):
     os._exit(3)
 
@@ -271,3 +279,32 @@ def test_ctrl_c_during_pooled_scoring_exits_130_and_leaves_no_process(tmp_path, 
     assert took < 20, f"exit took {took:.1f} s after the Ctrl-C"
     assert not (tmp_path / "c").exists()
     assert not left, "a process outlived the command"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])
+def test_a_scorer_error_names_the_records_not_positions_in_a_call(tmp_path, capsys, scorers, workers, suffix):
+    """Record 250 of 300 holds 'bad'. A score that is no number names its line; a scorer that
+    raises names the lines of the records its failed call scored (--score-batch 100: one process
+    calls on records 201-300; two workers on 201-250, for the record path reads rounds of 2 x 100
+    records and cuts each into 2 calls, and a JSONL chunk whose scoring failed is scored again on
+    that path to name its records)."""
+    rows = [{"response": f"{'bad' if i == 250 else 'good'} text {i}"} for i in range(1, 301)]
+    if suffix == "jsonl":
+        src = write_jsonl(tmp_path / "in.jsonl", rows)
+    else:
+        src = tmp_path / "in.csv"
+        src.write_text("response\n" + "".join(f"{r['response']}\n" for r in rows))
+    place = "row" if suffix == "csv" else ""
+    args = ["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer", "train:300",
+            "--no-progress", "--score-batch", "100", "--score-workers", workers]
+    assert main([*args, "--score-with", scorers("word_for_bad")]) == 2
+    at = f"{src}:{place + ' ' if place else ''}250"
+    assert f"{at}: scorer '{scorers('word_for_bad')}': its score for 'bad text 250' is not a number: 'oops'" in \
+        capsys.readouterr().err
+    assert main([*args, "--score-with", scorers("boom_on_bad")]) == 2
+    err = capsys.readouterr().err
+    last = 300 if workers == "1" else 250
+    assert f"{at.replace('250', '201')} to {at.replace('250', str(last))}: scorer '{scorers('boom_on_bad')}' failed on " \
+           f"the texts of these records: ValueError: cannot score that" in err
+    assert not (tmp_path / "c").exists()

@@ -268,3 +268,27 @@ def test_bool_score_is_not_a_number(output, shown):
     with pytest.raises(ScorerError, match=rf"^scorer 'yes_no': score for text 0 \('x'\) is not a number: {shown} "
                                           r"\(a bool\); return 1.0 or 0.0 instead$"):
         Scorer("yes_no", output)(["x", "y"])
+
+
+def test_a_scorer_error_about_texts_says_which_counted_across_batches():
+    """``texts`` holds the (first, last) positions the error is about, counted from the start of
+    the texts scores_in_batches was given, whatever the batch that failed; ``reason`` says what
+    went wrong without positions."""
+    from rcond.scorer_pool import scores_in_batches
+
+    texts = ["a", "b", "c", "bad", "e"]
+    word = Scorer("word", lambda ts: ["oops" if t == "bad" else 0.0 for t in ts])
+    with pytest.raises(ScorerError) as e:
+        scores_in_batches(word, texts, 2)  # calls on [a b], [c bad], [e]: 'bad' is text 1 of the second
+    assert e.value.texts == (3, 3)
+    assert e.value.reason == "scorer 'word': its score for 'bad' is not a number: 'oops'"
+
+    def boom(ts):
+        if "bad" in ts:
+            raise ValueError("no")
+        return [0.0] * len(ts)
+
+    with pytest.raises(ScorerError) as e:
+        scores_in_batches(Scorer("boom", boom), texts, 2)
+    assert e.value.texts == (2, 3)
+    assert e.value.reason == "scorer 'boom' failed on the texts of these records: ValueError: no"
