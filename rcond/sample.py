@@ -106,8 +106,8 @@ TEMPERATURE_RANGE = (1e-4, 1e4)   # see the module docstring for the reasons of 
 GUIDANCE_LIMIT = 100.0
 SEED_MAX = 2**63 - 1
 MAX_NEW_TOKENS = 2**20
-PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv, .parquet (each optionally .gz, .bz2, .xz, "
-                ".zst) or a hub dataset id with a string field 'prompt' per row")
+PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv (each optionally .gz, .bz2, .xz, .zst), "
+                ".parquet or a hub dataset id with a string field 'prompt' per row")
 
 
 class SampleError(ValueError):
@@ -447,7 +447,7 @@ class Prompt(str):
 
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
     """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; ``.jsonl``, ``.json``,
-    ``.csv``, ``.parquet`` (optionally .gz) or a hub dataset id -> the ``prompt`` field of every row.
+    ``.csv`` (optionally compressed), ``.parquet`` or a hub dataset id -> the ``prompt`` field of every row.
     Every prompt read is a :class:`Prompt`. A folder or a ``.zip`` (inputs of ``preprocess``, not
     prompts) and any other file type are refused, with the list of what is accepted."""
     from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows
@@ -464,7 +464,7 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
             raise SourceError(f"{p}: no such prompts file")
         # one prompt per line; iter_rows reads the file as a plain-text document (bad UTF-8 named by line)
         [(_, text)] = iter_rows(str(p))
-        lines = text.removeprefix("\ufeff").split("\n")
+        lines = text.split("\n")  # a byte-order mark is already gone
         prompts = [Prompt(line.rstrip("\r"), f"{p}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
     else:
         prompts = [Prompt(_prompt_field(origin, row), origin) for origin, row in iter_rows(str(p))]

@@ -18,8 +18,11 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
 The RTG token of a record precedes the part that carries ``rtg``: the prompt for single
 responses (``<on> <rtg> prompt response``), each assistant turn for dialogs.
 
-CSV, Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json`` files
-are read with the standard library (:func:`_iter_json` says why). JSON Lines are read here, 1,000
+Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json`` files are
+read with the standard library (:func:`_iter_json` says why), and so is CSV (:func:`_iter_csv`):
+through ``datasets`` (pandas) a row with one field too many, or one line that is not UTF-8, failed
+the whole file with a line number that miscounts quoted line breaks, and could not be skipped
+alone. JSON Lines are read here, 1,000
 lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once by Arrow's JSON reader and
 validated column by column (:mod:`rcond.columnar`); a chunk in which anything is off is decoded
 again line by line with the standard library, so a bad line is reported with its exact number and
@@ -191,6 +194,7 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
     if data_suffix(path) == ".txt":  # one document, maybe compressed
         yield from _documents([(str(path), lambda: _read_all(path))], on_bad_line)
         return
+    _refuse_compressed_parquet(path)
     kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind is None:
         raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .txt (optionally .gz, .bz2, "
@@ -199,6 +203,8 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
         yield from _iter_jsonl(path, on_bad_line)
     elif kind == "json":
         yield from _iter_json(path, on_bad_line)
+    elif kind == "csv":
+        yield from _iter_csv(path, on_bad_line)
     else:
         yield from _iter_datasets(kind, path)
 
@@ -410,17 +416,19 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
         on_bad_line(msg)
 
 
+def _refuse_compressed_parquet(path: Path) -> None:
+    if data_suffix(path) == ".parquet" and path.suffix.lower() != ".parquet":
+        raise SourceError(f"{path}: a compressed Parquet file is not read (Parquet compresses its own "
+                          f"columns); decompress it first, e.g. with gunzip / unxz / unzstd")
+
+
 def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
-    # rows by number, from 1 (CSV: the header not counted; a quoted cell may span several lines,
-    # so a row number is not a line number)
-    options = {}
-    if path.stat().st_size == 0 or (kind == "parquet" and _parquet_rows(path) == 0):
-        return  # nothing to read (the readers fail on it with no word of why, Arrow's on Parquet without rows)
-    if kind == "csv":
-        options = _csv_as_text(path)
+    """Rows of a Parquet file by number, from 1, through ``datasets``."""
+    if path.stat().st_size == 0 or _parquet_rows(path) == 0:
+        return  # nothing to read (the reader fails on it with no word of why, Arrow on Parquet without rows)
     try:
         with _builder_errors_quiet(kind):
-            for i, row in enumerate(_load_streaming(kind, data_files=str(path), **options), start=1):
+            for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
                 yield f"{path}:row {i}", row
     except SourceError:
         raise
@@ -441,52 +449,83 @@ def _builder_errors_quiet(kind: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-CSV_FIELD_LIMIT = 2 ** 31 - 1  # characters in one CSV cell: pandas, which reads the rows, has no limit
+CSV_FIELD_LIMIT = 2 ** 31 - 1  # characters in one CSV cell (the csv module's default, 128 KiB, refuses long texts)
 
 
-def _csv_as_text(path: Path) -> dict:
-    """Check a CSV before pandas reads it, and the options that make pandas read it as written.
+def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> Iterator[tuple[str, dict]]:
+    """Rows of a CSV (standard dialect: comma, double quotes) as ``{column: text or None}``.
 
-    - Every line must be UTF-8 (pandas' error names no line).
-    - The first row may not have more fields than the header: pandas would silently take the
-      first column as the row index and shift every field one place.
-    - Every column is read as text, and only an empty cell is missing: pandas would otherwise
-      turn the strings ``NA``, ``None``, ``null``, ``nan``... into missing values, and a column
-      of digits into numbers. Rewards are converted from their text like any other reward.
-    - The header (the first line that is not blank; a UTF-8 byte-order mark is dropped) must name
-      every column, each once: pandas would rename a second ``text`` to ``text.1`` and read the
-      first silently. Blank lines (also those of spaces only) are no rows, as pandas reads them.
+    - The header is the first row that is not blank (a UTF-8 byte-order mark is dropped); it must
+      name every column, each once. Blank rows (empty, or spaces only) are no rows.
+    - Data rows are numbered from 1 (``row K``): a quoted cell may span lines, so a row number is
+      not a line number, and errors about a row give both.
+    - Every cell is its text as written (no guessing of ``NA`` or numbers: a reward is converted
+      from its text like any other); an empty cell is None, a field that is there but null. A row
+      with fewer fields than the header lacks the last columns (the field error names them).
+    - A row with more fields than the header, or with bytes that are not UTF-8, is a bad row:
+      raised, or given to ``on_bad_line`` and skipped alone.
     """
-    with _open_compressed(path) as raw, _unreadable(path):
-        for i, line in enumerate(raw, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected a "
-                                  f"UTF-8 CSV") from None
-    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))  # the module's default, 128 KiB, refuses long texts
-    with _open_compressed(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    header: list[str] | None = None
+    header_line = row = 0
+    with _open_compressed(path) as raw, _unreadable(path), \
+            io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
-        header = next((row for row in reader if "".join(row).strip()), None)
-        header_line = reader.line_num
-        first = next(reader, None)
-    if header is None:
-        return {}
+        start = 1  # the line the next record starts on
+        while True:
+            try:
+                fields = next(reader, None)
+            except csv.Error as e:  # a NUL byte, or the file ends inside a quoted cell
+                raise SourceError(f"{path}:{start}: not readable as CSV ({e})") from None
+            if fields is None:
+                return
+            line, start = start, reader.line_num + 1
+            if not "".join(fields).strip():
+                continue
+            if header is None:
+                header, header_line = fields, line
+                _check_csv_header(path, header, header_line)
+                continue
+            row += 1
+            problem = _bad_csv_row(fields, header, header_line)
+            if problem is None:
+                yield f"{path}:row {row}", {k: v or None for k, v in zip(header, fields)}
+                continue
+            message = f"{path}:row {row} (line {line}): {problem}"
+            if on_bad_line is None:
+                raise SourceError(message)
+            on_bad_line(message)
+
+
+def _check_csv_header(path: Path, header: list[str], line: int) -> None:
     for j, name in enumerate(header, start=1):
+        if _undecodable(name):
+            raise SourceError(f"{path}:{line}: the header is not valid UTF-8; expected a UTF-8 CSV")
         if not name.strip():
-            raise SourceError(f"{path}:{header_line}: header column {j} has no name; expected a name for every "
+            raise SourceError(f"{path}:{line}: header column {j} has no name; expected a name for every "
                               f"column (a trailing comma adds an unnamed one)")
         if j > 1 and name in header[:j - 1]:
-            raise SourceError(f"{path}:{header_line}: header names {name!r} twice (columns {header.index(name) + 1} "
+            raise SourceError(f"{path}:{line}: header names {name!r} twice (columns {header.index(name) + 1} "
                               f"and {j}); expected each column named once")
-    if first is not None and len(first) > len(header):
-        raise SourceError(f"{path}:{reader.line_num}: {len(first)} fields, but the header (line {header_line}) names "
-                          f"{len(header)}; expected every row to have one field per header name (a trailing comma "
-                          f"adds an empty field)")
-    from datasets import Features, Value
 
-    return {"features": Features({name: Value("string") for name in header}), "keep_default_na": False,
-            "na_values": [""], "encoding": "utf-8-sig"}
+
+def _bad_csv_row(fields: list[str], header: list[str], header_line: int) -> str | None:
+    """What makes a CSV row unreadable, or None."""
+    if len(fields) > len(header):
+        return (f"{len(fields)} fields, but the header (line {header_line}) names {len(header)}; expected one "
+                f"field per header name (a trailing comma adds an empty field)")
+    if any(map(_undecodable, fields)):
+        return "not valid UTF-8; expected a UTF-8 CSV"
+    return None
+
+
+def _undecodable(text: str) -> bool:
+    """``text`` holds bytes that were not UTF-8 (read with ``errors="surrogateescape"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _parquet_rows(path: Path) -> int | None:
@@ -841,9 +880,7 @@ def _check_inputs(inputs: list[str]) -> None:
         if not spec.strip():
             raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
         path = Path(spec).expanduser()
-        if data_suffix(path) == ".parquet" and path.suffix.lower() != ".parquet":
-            raise SourceError(f"{spec}: a compressed Parquet file is not read (Parquet compresses its own "
-                              f"columns); decompress it first, e.g. with gunzip / unxz / unzstd")
+        _refuse_compressed_parquet(path)
         if not path.exists():  # a hub id, or a missing file reported when it is read
             key: object = spec
         else:

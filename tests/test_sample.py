@@ -399,8 +399,8 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     import gzip
     import zipfile
 
-    accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv, \.parquet \(each optionally \.gz, "
-                r"\.bz2, \.xz, \.zst\) or a hub dataset id with a string field 'prompt' per row$")
+    accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv \(each optionally \.gz, \.bz2, \.xz, "
+                r"\.zst\), \.parquet or a hub dataset id with a string field 'prompt' per row$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")

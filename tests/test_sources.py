@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import write_jsonl
-from rcond.sources import FieldNames, SourceError, SourceReader, reward_to_go, split_hh
+from rcond.sources import FieldNames, SourceError, SourceReader, iter_rows, reward_to_go, split_hh
 
 
 def read(tmp_path, fmt, rows, **kw):
@@ -262,16 +262,40 @@ def test_csv_header_must_name_each_column_once(tmp_path, header, message):
         list(SourceReader([str(path)], "text"))
 
 
-def test_csv_rows_wider_than_the_header_are_refused_not_shifted(tmp_path, capfd):
-    # pandas would take the first column as the index and read 'there' as the prompt
+def test_csv_rows_wider_than_the_header_are_refused_not_shifted(tmp_path):
     (tmp_path / "w.csv").write_text("prompt,response,reward\nhi,there,0.5,\nyo,ok,0.1,\n")
-    with pytest.raises(SourceError, match=r"w.csv:2: 4 fields, but the header \(line 1\) names 3"):
+    with pytest.raises(SourceError, match=r"w.csv:row 1 \(line 2\): 4 fields, but the header \(line 1\) names 3"):
         list(SourceReader([str(tmp_path / "w.csv")], "scored"))
-    # only a later row wider: pandas' own error, named by file, and not logged a second time
-    (tmp_path / "l.csv").write_text("prompt,response,reward\nhi,there,0.5\nyo,ok,0.1,x\n")
-    with pytest.raises(SourceError, match=r"l.csv: could not be read as csv: .*Expected 3 fields in line 3, saw 4"):
-        list(SourceReader([str(tmp_path / "l.csv")], "scored"))
-    assert "Failed to read" not in capfd.readouterr().err
+
+
+def test_a_bad_csv_row_is_named_by_row_and_line_and_skipped_alone(tmp_path):
+    """Quoted line breaks in row 1 put row 3 on line 6; a row with a field too many and one with a
+    byte that is not UTF-8 are each named, or skipped alone under --on-error skip, the rows after
+    them keeping their numbers."""
+    path = tmp_path / "q.csv"
+    path.write_bytes(b'prompt,response,reward\na,"multi\nline\nresp",1\nb,ok,2\nc,toomany,3,4\nd,caf\xe9,4\ne,ok,5\n')
+    with pytest.raises(SourceError, match=r"q\.csv:row 3 \(line 6\): 4 fields, but the header \(line 1\) names 3"):
+        list(SourceReader([str(path)], "scored"))
+    skipping = SourceReader([str(path)], "scored", on_error="skip")
+    assert [(r.origin, r.parts[1].text) for r in skipping] == [
+        (f"{path}:row 1", "multi\nline\nresp"), (f"{path}:row 2", "ok"), (f"{path}:row 5", "ok")]
+    assert skipping.skipped.count == 2
+    assert skipping.skipped.examples[1] == f"{path}:row 4 (line 7): not valid UTF-8; expected a UTF-8 CSV"
+
+
+def test_csv_cells_are_text_as_written_and_a_short_row_lacks_its_last_fields(tmp_path):
+    """No NA guessing ('NA', 'null' and 'nan' are texts), leading zeros and spaces kept; an empty
+    cell is null; a row with fewer fields than the header is missing the last ones."""
+    path = tmp_path / "t.csv"
+    path.write_text('prompt,response,reward\nNA,null,1\n" 007 ",nan,2\nx,,3\ny\n')
+    rows = [row for _, row in iter_rows(str(path))]
+    assert rows == [{"prompt": "NA", "response": "null", "reward": "1"},
+                    {"prompt": " 007 ", "response": "nan", "reward": "2"},
+                    {"prompt": "x", "response": None, "reward": "3"}, {"prompt": "y"}]
+    skipping = SourceReader([str(path)], "scored", on_error="skip")
+    assert [r.origin for r in skipping] == [f"{path}:row 1", f"{path}:row 2"]
+    assert skipping.skipped.examples == [f"{path}:row 3: field 'response' is null; expected a value",
+                                         f"{path}:row 4: missing field 'response' (or 'text'); fields present: ['prompt']"]
 
 
 def test_parquet_through_datasets(tmp_path):
