@@ -190,6 +190,10 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
                                                "quantile"))
         lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token ({why}); nothing "
                      f"trains those levels. Use {instead}")
+    if s.rewards and s.unscored_sides:
+        lines.append(f"  note: {s.unscored_sides:,} pair sides carry no score beside {s.rewards:,} that do: the "
+                     f"unscored take the top and bottom bins of the scale the scored set; give every pair scores, "
+                     f"or none")
     if s.ignored_files:
         names = ", ".join(s.ignored_examples[:3]) + (", ..." if s.ignored_files > 3 else "")
         lines.append(f"  note: {s.ignored_files:,} file(s) in the input folders or archives are no .txt documents "

@@ -89,6 +89,7 @@ class Summary:
     seconds: float = 0.0
     content_tokens: int = 0  # tokenizer output, before control tokens
     rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
+    unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -239,6 +240,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                                                            opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 values.append(parts.rtg[~np.isnan(parts.rtg)])
+                summary.unscored_sides += int(np.count_nonzero(parts.fixed))
                 summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
                 summary.on_docs += int(np.count_nonzero(pool.on))

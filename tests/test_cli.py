@@ -398,3 +398,12 @@ def test_a_reader_that_stops_reading_ends_the_command_quietly(tmp_path):
     assert run.returncode == 141
     assert run.stderr == ""
     load(tmp_path / "c")
+
+
+def test_summary_notes_pairs_scored_and_unscored_side_by_side(tmp_path, capsys):
+    rows = [{"prompt": "q", "chosen": "good", "rejected": "bad", "chosen_score": 2, "rejected_score": 1},
+            {"prompt": "q", "chosen": "fine", "rejected": "poor"}]
+    assert preprocess(tmp_path, rows, "--bins", "2", fmt="pairs") == 0
+    assert "note: 2 pair sides carry no score beside 2 that do" in capsys.readouterr().out
+    assert preprocess(tmp_path, rows[1:], "--bins", "2", fmt="pairs", out="d") == 0
+    assert "beside" not in capsys.readouterr().out
