@@ -194,6 +194,10 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
         lines.append(f"  note: {s.unscored_sides:,} pair sides carry no score beside {s.rewards:,} that do: the "
                      f"unscored take the top and bottom bins of the scale the scored set; give every pair scores, "
                      f"or none")
+    if s.same_pairs:
+        lines.append(f"  note: {s.same_pairs:,} preference pairs have the same chosen and rejected text: each trains "
+                     f"that response at the level of both sides (no preference); drop them from the input, or give "
+                     f"them equal scores")
     if s.ignored_files:
         names = ", ".join(s.ignored_examples[:3]) + (", ..." if s.ignored_files > 3 else "")
         lines.append(f"  note: {s.ignored_files:,} file(s) in the input folders or archives are no .txt documents "

@@ -244,4 +244,6 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
         fixed[2::4] = np.where(has_r, 0, FIXED_BOTTOM)
     else:  # scoring skipped (texts for a tokenizer): placeholders, as the line path leaves them
         rtg[0::4] = rtg[2::4] = 0.0
-    return _layout(texts, [False, True], rtg, fixed, 2, on=True)
+    batch = _layout(texts, [False, True], rtg, fixed, 2, on=True)
+    batch.same_pairs = sum(c == r and p == q for c, r, p, q in zip(chosen, rejected, prompts_c, prompts_r))
+    return batch

@@ -90,6 +90,7 @@ class Summary:
     content_tokens: int = 0  # tokenizer output, before control tokens
     rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
     unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
+    same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -256,6 +257,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         summary.untrained_pieces, summary.untrained_tokens = stream.untrained_pieces, stream.untrained_tokens
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         summary.ignored_files, summary.ignored_examples = reader.ignored.count, list(reader.ignored.examples)
+        summary.same_pairs = reader.same_pairs
         if summary.documents == 0:
             raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
                               + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")

@@ -107,6 +107,7 @@ class PartBatch:
     fixed: np.ndarray  # [P] int8: FIXED_TOP / FIXED_BOTTOM for unscored pairs, else 0
     doc_start: np.ndarray  # [P] bool: first part of its record
     on: np.ndarray  # [P] bool: the record's mode is on
+    same_pairs: int = 0  # preference pairs whose two sides are the same text (prompt and response)
 
     @property
     def records(self) -> int:
@@ -969,6 +970,7 @@ class SourceReader:
                               "mode and carry no reward; use --format scored to score them")
         self.skipped = SkipLog()
         self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
+        self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text
 
     def _convert(self, origin: str, row) -> list[Record]:
         f, scored = self.fields, self.scorer is not None
@@ -979,7 +981,9 @@ class SourceReader:
         if isinstance(row, str):
             raise SourceError(f"{origin}: format {self.format!r} needs JSON/CSV/Parquet rows, not plain text")
         if self.format == "pairs":
-            return pairs_records(row, origin, f, scored)
+            recs = pairs_records(row, origin, f, scored)
+            self.same_pairs += [p.text for p in recs[0].parts] == [p.text for p in recs[1].parts]
+            return recs
         return [dialog_record(row, origin, f, scored, self.gamma)]
 
     def _bad_line(self):
@@ -1021,7 +1025,7 @@ class SourceReader:
         the scorer (rewards are then placeholders): for reading texts only."""
         from .columnar import parse_chunk
 
-        self.skipped, self.ignored = SkipLog(), SkipLog()
+        self.skipped, self.ignored, self.same_pairs = SkipLog(), SkipLog(), 0
         scorer = self._scorer(score)
         for spec in self.inputs:
             if self._is_jsonl(spec):
@@ -1032,6 +1036,8 @@ class SourceReader:
                     if batch is None:  # the chunk needs the line-by-line path: exact lines, skips
                         rows = decode_lines(path, first, lines, self._bad_line())
                         batch = PartBatch.from_records(list(self._scored(self._records(rows), scorer)))
+                    else:
+                        self.same_pairs += batch.same_pairs
                     if batch.records:
                         yield batch
                 continue
@@ -1052,7 +1058,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[Record]:
         """Records in input order, one at a time (the line-by-line path; :meth:`batches` is the
         fast one). Iterating again re-reads the inputs and resets the skip log."""
-        self.skipped, self.ignored = SkipLog(), SkipLog()
+        self.skipped, self.ignored, self.same_pairs = SkipLog(), SkipLog(), 0
         scorer = self._scorer(True)
         for spec in self.inputs:
             yield from self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer)

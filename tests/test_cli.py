@@ -407,3 +407,20 @@ def test_summary_notes_pairs_scored_and_unscored_side_by_side(tmp_path, capsys):
     assert "note: 2 pair sides carry no score beside 2 that do" in capsys.readouterr().out
     assert preprocess(tmp_path, rows[1:], "--bins", "2", fmt="pairs", out="d") == 0
     assert "beside" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path
+def test_summary_notes_pairs_whose_two_sides_are_the_same(tmp_path, capsys, suffix):
+    rows = [{"prompt": "q", "chosen": "same", "rejected": "same"}, {"prompt": "q", "chosen": "good", "rejected": "bad"},
+            {"prompt": "q", "chosen": "x y", "rejected": "x y"}]
+    if suffix == "jsonl":
+        src = write_jsonl(tmp_path / "in.jsonl", rows)
+    else:
+        src = tmp_path / "in.csv"
+        src.write_text("prompt,chosen,rejected\n" + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\n"
+                                                             for r in rows))
+    assert main(["preprocess", str(src), "--format", "pairs", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--bins", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 2 preference pairs have the same chosen and rejected text" in out
+    assert "records        6" in out  # kept: a note, not a skip
