@@ -45,7 +45,7 @@ import io
 import json
 import time
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -299,7 +299,9 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
     scheme.uncond_fraction = opts.uncond_fraction
     scheme.options = {"format": reader.format, "block_size": opts.block_size, "train_on_prompt": opts.train_on_prompt,
                       "truncate": opts.truncate, "seed": opts.seed,
-                      "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None}
+                      "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None,
+                      "fields": asdict(reader.fields), "on_error": reader.on_error,
+                      "skipped": reader.skipped.count}
     return scheme
 
 
@@ -366,6 +368,9 @@ def scheme_sha256(scheme: ControlScheme) -> str:
 
 
 # ---------------------------------------------------------------------------- loading
+_SCHEME_EDITED = ("{scheme_file}: edited after preprocessing (its fields no longer match the fingerprint they were "
+                  "written with, options.scheme_sha256); it records how the rows were built, so preprocess the "
+                  "corpus again instead")
 def load(directory: str | Path, *, verify: bool = True):
     """Open a corpus: returns ``(dataset, scheme, tokenizer)``; checks it is complete and unaltered."""
     from datasets import Dataset
@@ -373,7 +378,7 @@ def load(directory: str | Path, *, verify: bool = True):
 
     d = Path(directory)
     if not d.is_dir():
-        raise CorpusError(f"{d}: no such corpus directory")
+        raise CorpusError(f"{d}: is a file, not a corpus directory" if d.exists() else f"{d}: no such corpus directory")
     try:
         scheme = ControlScheme.load(d)
     except SchemeError as e:
@@ -385,14 +390,17 @@ def load(directory: str | Path, *, verify: bool = True):
         raise CorpusError(f"{rows}: is not a file; expected the corpus's rows (an Arrow file written by rcond "
                           f"preprocess)")
     if verify and file_sha256(rows) != scheme.options.get("rows_sha256"):
-        raise CorpusError(f"{rows}: fingerprint mismatch — the rows changed after preprocessing; re-run rcond preprocess")
+        if scheme.options.get("scheme_sha256") != scheme_sha256(scheme):  # the rows' fingerprint is in the scheme
+            raise CorpusError(_SCHEME_EDITED.format(scheme_file=d / SCHEME_FILE))
+        raise CorpusError(f"{rows}: fingerprint mismatch — the rows changed after preprocessing, or the scheme.json "
+                          f"is another corpus's; re-run rcond preprocess")
     if not (d / TOKENIZER_DIR).is_dir():
         raise CorpusError(f"{d}: has no {TOKENIZER_DIR}/ folder (the tokenizer its rows were encoded with, saved by "
                           f"rcond preprocess); restore it or preprocess the corpus again")
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
+    check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)  # before: it says more
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
-    check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)
     missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
@@ -401,9 +409,7 @@ def load(directory: str | Path, *, verify: bool = True):
     dataset = Dataset.from_file(str(rows))
     check_scheme_fits_rows(d, scheme, dataset.data)
     if verify and scheme.options.get("scheme_sha256") != scheme_sha256(scheme):
-        raise CorpusError(f"{d / SCHEME_FILE}: edited after preprocessing (its fields no longer match the fingerprint "
-                          f"they were written with, options.scheme_sha256); it records how the rows were built, so "
-                          f"preprocess the corpus again instead")
+        raise CorpusError(_SCHEME_EDITED.format(scheme_file=d / SCHEME_FILE))
     return dataset, scheme, tokenizer
 
 

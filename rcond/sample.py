@@ -85,6 +85,7 @@ import inspect
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,14 @@ class Sample:
 
 
 # ---------------------------------------------------------------------------- the sampler
+def _other_rtg_ids(tokenizer, scheme: ControlScheme) -> list[int]:
+    """Ids of RTG tokens the tokenizer holds beyond the scheme's levels (one reused from a corpus
+    with more bins): control tokens too, banned like the scheme's own."""
+    shaped = re.compile(re.escape(scheme.rtg_template).replace(re.escape("{k}"), r"\d+"))
+    own = set(scheme.rtg_tokens)
+    return [i for tok, i in tokenizer.get_added_vocab().items() if shaped.fullmatch(tok) and tok not in own]
+
+
 class Sampler:
     """Batched, KV-cached generation from a control-token model (see the module docstring)."""
 
@@ -242,6 +251,7 @@ class Sampler:
             raise SchemeError(f"eos {tokenizer.eos_token!r} is also a control token")
         banned = torch.zeros(vocab, dtype=torch.bool)                  # [V]
         banned[list(ids.values())] = True
+        banned[_other_rtg_ids(tokenizer, scheme)] = True
         banned[len(tokenizer):] = True                                 # embedding rows past the tokenizer
         self.banned = banned.to(self.device)
         self._encode = tokenizer.backend_tokenizer.encode_batch

@@ -59,9 +59,10 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
             from transformers import AutoTokenizer  # imports torch
 
             tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, AttributeError, TypeError, KeyError) as e:
-        # transformers: OSError for a bad path, id or download; ValueError for a bad file; the others
-        # for settings of the wrong type (a class name that is a number, an eos token that is an id)
+    except Exception as e:
+        # transformers: OSError for a bad path, id or download; ValueError for a bad file; others for
+        # settings of the wrong type (a class name that is a number, an eos token that is an id), and
+        # tokenizers' own plain Exception for a tokenizer.json that is JSON but no tokenizer
         raise TokenizerError(_cannot_load(str(path_or_id), e)) from e
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
@@ -111,14 +112,22 @@ def _cannot_load(spec: str, e: Exception) -> str:
     return f"{spec}: not a local directory, and loading it as a hub id failed: {why}"
 
 
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
-    """sha256 of the backend tokenizer's canonical JSON: vocabulary, merges, added tokens, pipeline.
+FINGERPRINTED_SETTINGS = ("special_tokens_map", "extra_special_tokens", "split_special_tokens", "add_bos_token",
+                          "add_eos_token", "model_max_length", "padding_side", "truncation_side", "chat_template",
+                          "clean_up_tokenization_spaces")  # tokenizer_config.json's settings that change what it does
 
-    The ``padding`` and ``truncation`` entries are left out: they are call-time state that the
-    tokenizer rewrites whenever it is called with ``padding=``/``truncation=``.
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
+    """sha256 of the backend tokenizer's canonical JSON (vocabulary, merges, added tokens, pipeline)
+    and of the settings ``tokenizer_config.json`` gives it (:data:`FINGERPRINTED_SETTINGS`: which
+    tokens are special, whether they are split, bos/eos added, lengths, sides, chat template).
+
+    The backend's ``padding`` and ``truncation`` entries are left out: they are call-time state
+    that the tokenizer rewrites whenever it is called with ``padding=``/``truncation=``.
     """
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     state.pop("padding", None)
     state.pop("truncation", None)
-    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    state["settings"] = {name: getattr(tokenizer, name, None) for name in FINGERPRINTED_SETTINGS}
+    canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=repr)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -142,14 +142,14 @@ class ControlScheme:
     version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num_bins <= MAX_BINS:
-            raise SchemeError(f"num_bins must be between 1 and {MAX_BINS}, got {self.num_bins}")
-        if self.edges and len(self.edges) != self.num_bins - 1:
-            raise SchemeError(f"{self.num_bins} bins need {self.num_bins - 1} edges, got {len(self.edges)}")
-        if any(b < a for a, b in zip(self.edges, self.edges[1:])):
-            raise SchemeError(f"bin edges must be non-decreasing: {self.edges}")
-        if "{k}" not in self.rtg_template:
-            raise SchemeError(f"rtg_template must contain '{{k}}': {self.rtg_template!r}")
+        """The checks of a stored scheme (:func:`check_scheme_fields`) that apply before fitting:
+        edges may still be missing, and then so may counts."""
+        if not _is_count(self.num_bins) or not 1 <= self.num_bins <= MAX_BINS:
+            raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {self.num_bins!r}")
+        if self.edges:
+            _check_edges(self.edges, self.num_bins)
+            _check_binning(self.binning, self.edges)
+        _check_tokens(self.on_token, self.off_token, self.rtg_template, self.num_bins)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
@@ -169,10 +169,12 @@ class ControlScheme:
     # ------------------------------------------------------------------ mapping
     def bin_of(self, value: float) -> int:
         """The bin of a reward value: the number of edges <= value."""
+        if isinstance(value, (bool, str, bytes)):  # float() reads True as 1 and "0.5" as 0.5
+            raise SchemeError(f"reward {value!r} is not a number")
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise SchemeError(f"reward {value!r} is not a finite number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise SchemeError(f"reward {value!r:.40} is not a finite number") from None
         if not math.isfinite(value):
             raise SchemeError(f"reward {value!r} is not a finite number")
         if len(self.edges) != self.num_bins - 1:
@@ -255,10 +257,12 @@ class ControlScheme:
         if not isinstance(d, dict):
             raise SchemeError(f"expected a JSON object of scheme fields, got {type(d).__name__}")
         known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
+        unknown, missing = set(d) - known, known - set(d)
         if unknown:
             raise SchemeError(f"unknown scheme fields {sorted(unknown)}; known: {sorted(known)}")
-        check_scheme_fields({**cls().to_dict(), **d})
+        if missing:  # a default would stand in for what the corpus was built with, and pass its fingerprint
+            raise SchemeError(f"missing scheme fields {sorted(missing)}; a scheme file holds every field")
+        check_scheme_fields(d)
         return cls(**d)
 
     @classmethod

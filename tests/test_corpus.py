@@ -6,7 +6,7 @@ import pytest
 
 from conftest import word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build, load
-from rcond.sources import SourceReader
+from rcond.sources import FieldNames, SourceReader
 
 ON, OFF, R0, R1 = 9, 10, 11, 12
 
@@ -326,13 +326,22 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
     shutil.rmtree(d / "tokenizer")
     with pytest.raises(CorpusError, match=rf"^{d}: has no tokenizer/ folder"):
         load(d)
-    d = tmp_path / "eos"  # tokenizer_config.json is not in the fingerprint, which covers tokenizer.json
+    d = tmp_path / "eos"  # tokenizer_config.json's settings are in the fingerprint, beside tokenizer.json
     shutil.copytree(good, d)
     config = json.loads((d / "tokenizer" / "tokenizer_config.json").read_text())
     (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|rlhf:on|>"}))
     with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: the tokenizer's eos token is '<\|rlhf:on\|>', one of "
                                           rf"rcond's control tokens"):
         load(d)
+    for setting in ({"split_special_tokens": True}, {"model_max_length": 8}):  # edits only the fingerprint sees
+        (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, **setting}))
+        with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: tokenizer fingerprint does not match scheme.json"):
+            load(d)  # split_special_tokens would encode '<|rlhf:on|>' in a prompt as its characters
+    d = edited("rowsfp", lambda s: s["options"].update(rows_sha256="sha256:0"))  # the rows are untouched
+    with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: edited after preprocessing"):
+        load(d)
+    with pytest.raises(CorpusError, match=rf"^{d}/rows.arrow: is a file, not a corpus directory"):
+        load(d / "rows.arrow")
     d = tmp_path / "rowsdir"
     shutil.copytree(good, d)
     (d / "rows.arrow").unlink()
@@ -404,3 +413,15 @@ def test_failure_while_writing_rows_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}])
     assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
+
+
+def test_scheme_options_record_how_the_records_were_read(tmp_path):
+    """Field names and --on-error change what the rows hold from the same input: scheme.json says
+    which were used, and how many records were skipped."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"answer": "a b", "score": 1}, {"answer": "c", "score": "x"}])
+    reader = SourceReader([str(src)], "scored", fields=FieldNames(response="answer", reward="score"), on_error="skip")
+    scheme, _ = build(reader, tmp_path / "c", word_tokenizer(), binning="edges:0", progress=False,
+                      opts=PackOptions(block_size=16))
+    options = load(tmp_path / "c")[1].options
+    assert options["fields"]["response"] == "answer" and options["fields"]["reward"] == "score"
+    assert (options["on_error"], options["skipped"]) == ("skip", 1)

@@ -617,3 +617,14 @@ def test_cli_passes_trust_remote_code_to_the_loader(tmp_path, run_dir, monkeypat
     args = ["sample", "--model", str(run_dir), "--level", "1", "--max-new-tokens", "2",
             "--out", str(tmp_path / "s.jsonl"), "--no-progress"] + (["--trust-remote-code"] if flag else [])
     assert main(args) == 0 and seen == [flag]
+
+
+def test_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
+    """A tokenizer reused from a corpus with more bins still holds <|rtg:4|> and <|rtg:5|>: control
+    tokens the scheme (4 levels) does not name, never to be generated either."""
+    tok = make_tokenizer()
+    ControlScheme(num_bins=6, edges=[-1.0, -0.5, 0.0, 0.5, 1.0]).add_to_tokenizer(tok)
+    s = Sampler(make_model(tok, scheme), tok, scheme)
+    extra = [tok.convert_tokens_to_ids(t) for t in ("<|rtg:4|>", "<|rtg:5|>")]
+    assert s.banned[extra].all()
+    assert s.banned.sum() == len(scheme.control_tokens) + 2 + (len(s.banned) - len(tok))

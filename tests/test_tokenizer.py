@@ -170,3 +170,16 @@ def test_training_with_a_progress_bar_counts_the_texts_and_learns_the_same_token
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "tokenizer: reading" in err and "tokenizer: learning the merges (vocabulary 300): 300text" in err
     assert shown.get_vocab() == quiet.get_vocab()
+
+
+def test_a_tokenizer_json_that_is_json_but_no_tokenizer_says_so(tokenizer_dir, tmp_path):
+    """tokenizers raises a plain Exception for a tokenizer.json that is JSON but no tokenizer (an
+    unknown model type, merges of tokens the vocabulary lacks): a TokenizerError naming the
+    directory, not a traceback."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tokenizer_dir, broken)
+    state = json.loads((broken / "tokenizer.json").read_text())
+    state["model"]["type"] = "Nope"
+    (broken / "tokenizer.json").write_text(json.dumps(state))
+    with pytest.raises(TokenizerError, match=rf"^{broken}: cannot load a tokenizer from this directory"):
+        load_tokenizer(broken)

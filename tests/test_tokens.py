@@ -187,6 +187,34 @@ def test_load_names_the_file(tmp_path):
 
 def test_bin_of_rejects_a_non_number():
     s = ControlScheme.fit([], binning="edges:0")
-    for value in ("x", None, [1]):
+    for value in (None, [1]):
         with pytest.raises(SchemeError, match=rf"^reward {re.escape(repr(value))} is not a finite number$"):
             s.bin_of(value)
+    for value in ("x", "0.5", True):  # float() would read the last two as 0.5 and 1
+        with pytest.raises(SchemeError, match=rf"^reward {re.escape(repr(value))} is not a number$"):
+            s.bin_of(value)
+    with pytest.raises(SchemeError, match=r"^reward 1000000000000000000000000000000000000000 is not a finite number$"):
+        s.bin_of(10 ** 400)  # beyond float range: float() raises OverflowError
+
+
+def test_a_scheme_is_checked_when_made_not_only_when_loaded():
+    """The constructor refuses what a stored scheme.json may not hold: NaN or unsorted edges, edges
+    that differ from binning's explicit ones, a bin count that is no integer, clashing tokens."""
+    for kw, message in [(dict(num_bins=3, edges=[0.0, float("nan")]), "edges: expected finite numbers"),
+                        (dict(num_bins=3, edges=[1.0, 0.0]), "edges: expected non-decreasing"),
+                        (dict(num_bins=3, edges=[0.0, 1.0], binning="edges:5,6"), r"differ from those of binning"),
+                        (dict(num_bins=3.0), "num_bins must be an integer"), (dict(num_bins=True), "num_bins must"),
+                        (dict(on_token="<a>", off_token="<a>"), "must all differ")]:
+        with pytest.raises(SchemeError, match=message):
+            ControlScheme(**kw)
+
+
+def test_a_stored_scheme_missing_a_field_is_refused(tmp_path):
+    """A field deleted from scheme.json is not filled with its default: the default would stand in
+    for what the corpus was built with and pass the scheme's own fingerprint."""
+    import json
+
+    d = ControlScheme.fit([0.0, 1.0, 2.0], num_bins=2).to_dict()
+    del d["gamma"], d["version"]
+    with pytest.raises(SchemeError, match=r"missing scheme fields \['gamma', 'version'\]"):
+        ControlScheme.from_json(json.dumps(d))
