@@ -400,7 +400,9 @@ def load(directory: str | Path, *, verify: bool = True):
     tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
     check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)  # before: it says more
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
-        raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json")
+        raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json (the tokenizer was "
+                          f"edited, or the corpus was built by an rcond before 2026-12-02's fourth session, whose "
+                          f"fingerprint left out tokenizer_config.json); preprocess the corpus again")
     missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
