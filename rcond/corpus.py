@@ -371,6 +371,8 @@ def scheme_sha256(scheme: ControlScheme) -> str:
 _SCHEME_EDITED = ("{scheme_file}: edited after preprocessing (its fields no longer match the fingerprint they were "
                   "written with, options.scheme_sha256); it records how the rows were built, so preprocess the "
                   "corpus again instead")
+
+
 def load(directory: str | Path, *, verify: bool = True):
     """Open a corpus: returns ``(dataset, scheme, tokenizer)``; checks it is complete and unaltered."""
     from datasets import Dataset
@@ -401,8 +403,8 @@ def load(directory: str | Path, *, verify: bool = True):
     check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)  # before: it says more
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json (the tokenizer was "
-                          f"edited, or the corpus was built by an rcond before 2026-12-02's fourth session, whose "
-                          f"fingerprint left out tokenizer_config.json); preprocess the corpus again")
+                          f"edited, or the corpus was built by an older rcond, whose fingerprint left out "
+                          f"tokenizer_config.json); preprocess the corpus again")
     missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "

@@ -494,7 +494,7 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
                 continue
             message = f"{path}:row {row} (line {line}): {problem}"
             if on_bad_line is None:
-                raise SourceError(message)
+                raise RecordError(message)  # as the other readers' bad records: skippable, and the CLI says so
             on_bad_line(message)
 
 
