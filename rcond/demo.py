@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import OutputKind
+
 
 @dataclass
 class DemoSize:
@@ -43,6 +45,8 @@ FULL = DemoSize(reviews=20000, vocab=4096, block_size=256, steps=300, batch_size
 QUICK = DemoSize(reviews=20000, vocab=2048, block_size=128, steps=300, batch_size=32, prompts=8, n=3, guided_n=1,
                  max_new_tokens=48, lr=3e-3, model="micro")
 GUIDANCE = 2.0
+# what an earlier demo leaves, so that re-running it replaces that output with no flag
+DEMO = OutputKind("an rcond demo", ("report.md", "corpus", "run", "samples"))
 
 
 def add_parser(sub, formatter) -> None:
@@ -65,18 +69,12 @@ def run(a) -> int:
 
     size = QUICK if a.quick else FULL
     t0 = time.perf_counter()
-    with atomic_dir(a.out, overwrite=a.overwrite or _is_demo_output(Path(a.out))) as tmp:
+    with atomic_dir(a.out, overwrite=a.overwrite or DEMO.holds(Path(a.out))) as tmp:
         result = run_demo(tmp, size, seed=a.seed, progress=not a.no_progress)
     report = Path(a.out) / "report.md"
     print(f"demo finished in {time.perf_counter() - t0:.0f} s: Spearman rho (level vs achieved reward, over "
           f"levels) = {result['spearman_levels']:.2f}\nreport: {report}")
     return 0
-
-
-def _is_demo_output(path: Path) -> bool:
-    """What an earlier ``rcond demo`` left (so that re-running it needs no flag): its report and
-    the corpus, run and samples folders."""
-    return (path / "report.md").is_file() and all((path / d).is_dir() for d in ("corpus", "run", "samples"))
 
 
 def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True) -> dict:

@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from rcond.atomic import OutputExistsError, OutputKind, atomic_dir
+from rcond.atomic import OutputKind, atomic_dir
 from rcond.scorers import get_scorer
 
 GENERATOR_VERSION = 1
@@ -720,27 +720,17 @@ def _check_counts(**counts: int) -> None:
             raise ToyWorldError(f"{name} must be a non-negative integer, got {n!r}")
 
 
-def _prepare_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"toyworld output {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"toyworld output directory {str(out)!r} already exists and is not empty; "
-            f"choose another directory or pass --overwrite (overwrite=True)"
-        )
-
-
 def generate(out_dir: str | Path, *, seed: int = 0, n_reviews: int = 20000, n_dialogs: int = 2000,
              n_text: int = 2000, progress: bool = True, overwrite: bool = False) -> dict[str, Path]:
     """Generate the toy-world corpus into ``out_dir``; return the file paths by name.
 
     Writes ``reviews.jsonl``, ``dialogs.jsonl``, ``text.jsonl`` and ``meta.json`` (seed,
     counts, generator version, reward statistics). The directory appears only when complete;
-    an existing non-empty ``out_dir`` is refused unless ``overwrite=True``.
+    an existing non-empty ``out_dir`` is refused unless it is an earlier toy world and
+    ``overwrite=True``; a file there always.
     """
     _check_counts(seed=seed, n_reviews=n_reviews, n_dialogs=n_dialogs, n_text=n_text)
     out = Path(out_dir)
-    _prepare_target(out, overwrite)
     with atomic_dir(out, overwrite=overwrite, kind=WORLD) as tmp:
         meta = _generate_into(tmp, seed, n_reviews, n_dialogs, n_text, progress)
         with open(tmp / FILES["meta"], "w", encoding="utf-8", newline="\n") as f:

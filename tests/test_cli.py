@@ -154,7 +154,7 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     assert main(["toyworld", "--out", str(tmp_path / "full"), "--reviews", "3", "--no-progress"]) == 2
-    assert "already exists and is not empty; choose another directory or pass --overwrite" in capsys.readouterr().err
+    assert "is not a toy world (it has no meta.json); --overwrite replaces only" in capsys.readouterr().err
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     assert main(["toyworld", "--out", str(tmp_path / "neg"), "--reviews", "-5", "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -130,14 +130,24 @@ def test_reward_spread_and_relation_to_the_latent(tmp_path):
     assert min(turn_rewards) < -0.5 and max(turn_rewards) > 0.7
 
 
-def test_existing_non_empty_directory_is_refused(tmp_path):
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_that_is_no_toy_world_is_refused_even_with_overwrite(tmp_path, overwrite):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty.*overwrite=True"):
-        toyworld.generate(out, **SMALL)
+    with pytest.raises(FileExistsError, match="is not a toy world .*meta.json.*--overwrite replaces only"):
+        toyworld.generate(out, overwrite=overwrite, **SMALL)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_earlier_toy_world_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    toyworld.generate(out, n_reviews=5, n_dialogs=2, n_text=2, progress=False)
+    before = file_bytes({p.name: p for p in out.iterdir()})
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        toyworld.generate(out, n_reviews=7, n_dialogs=2, n_text=2, progress=False)
+    assert file_bytes({p.name: p for p in out.iterdir()}) == before
 
 
 def test_empty_directory_is_used_and_overwrite_replaces(tmp_path):
