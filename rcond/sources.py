@@ -48,11 +48,12 @@ import json
 import logging
 import lzma
 import math
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -219,34 +220,37 @@ def _load_streaming(*args, **kwargs):
 
 def _open_compressed(path: Path):
     """A binary file object over ``path``, decompressing .gz/.bz2/.xz/.zst by suffix."""
-    suffix = path.suffix.lower()
-    if suffix == ".gz":
-        import gzip
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        import bz2
-        return bz2.open(path, "rb")
-    if suffix == ".xz":
-        import lzma
-        return lzma.open(path, "rb")
-    if suffix == ".zst":
-        return io.BufferedReader(_ZstdReader(path))
-    return open(path, "rb")
+    return _decompressing(path, path.suffix)
+
+
+def _decompressing(source: str | os.PathLike | BinaryIO, suffix: str):
+    """A binary file object reading ``source`` (a path, or a file object such as a zip member's
+    bytes in memory, which closing the result does not close) through the decompressor that
+    ``suffix`` names, if any."""
+    import bz2
+    import gzip
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(suffix.lower())
+    if opener is not None:
+        return opener(source, "rb")
+    raw = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+    return io.BufferedReader(_ZstdReader(raw)) if suffix.lower() == ".zst" else raw
 
 
 class _ZstdReader(io.RawIOBase):
-    """A .zst file decompressed frame after frame. Unlike ``zstandard.open`` (which has no
-    ``readline`` and ends quietly where a cut file ends), a file cut inside a frame raises EOFError,
-    as gzip's reader does, and data that is not zstd raises OSError."""
+    """A .zst stream (a binary file object, closed with the reader) decompressed frame after frame.
+    Unlike ``zstandard.open`` (which has no ``readline`` and ends quietly where a cut file ends), a
+    file cut inside a frame raises EOFError, as gzip's reader does, and data that is not zstd raises
+    OSError."""
 
     CHUNK = 1 << 16
 
-    def __init__(self, path: Path):
+    def __init__(self, raw: BinaryIO):
         import zstandard
 
         self._error = zstandard.ZstdError
         self._dctx = zstandard.ZstdDecompressor()
-        self._file = open(path, "rb")
+        self._file = raw
         self._frame = None  # the decompressor of the frame being read; None between frames
         self._left = b""  # compressed bytes read past the end of the last frame
         self._out = b""  # decompressed bytes not yet returned
@@ -313,6 +317,15 @@ def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[b
             first += len(lines)
 
 
+def json_error(e: json.JSONDecodeError) -> str:
+    """What went wrong and where in the line: "Expecting ',' delimiter at column 45", and a note
+    when the text ends inside the value (a line or file cut short)."""
+    where = f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+    if not e.doc[e.pos:].strip() or e.msg.startswith("Unterminated string"):
+        where += ": the text ends before the JSON value does (cut short?)"
+    return where
+
+
 def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Iterator[tuple[str, dict]]:
     """One JSON object per non-blank line -> ``(origin "file:line", row)``; bad lines raise or go to
     ``on_bad_line(message)``."""
@@ -325,7 +338,7 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
         except UnicodeDecodeError as e:
             msg = f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines"
         except json.JSONDecodeError as e:
-            msg = f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno}); expected one JSON object per line"
+            msg = f"{path}:{i}: malformed JSON ({json_error(e)}); expected one JSON object per line"
         except RecursionError:
             msg = f"{path}:{i}: JSON nested too deeply to read; expected one flat JSON object per line"
         else:
@@ -398,7 +411,7 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
         line = data.count(b"\n", 0, e.start) + 1
         raise SourceError(f"{path}:{line}: not valid UTF-8; expected a UTF-8 JSON file") from None
     except json.JSONDecodeError as e:
-        raise SourceError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); expected a JSON array "
+        raise SourceError(f"{path}:{e.lineno}: malformed JSON ({json_error(e)}); expected a JSON array "
                           f"of objects") from None
     except RecursionError:
         raise SourceError(f"{path}: JSON nested too deeply to read; expected an array of flat objects") from None
@@ -604,9 +617,9 @@ def _iter_zip(path: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[s
     try:
         with zipfile.ZipFile(path) as zf:
             members = sorted(n for n in zf.namelist() if not n.endswith("/") and not _hidden(n))
-            names = [n for n in members if n.lower().endswith(".txt")]
+            names = [n for n in members if data_suffix(PurePosixPath(n)) == ".txt"]
             for n in members:
-                if on_ignored is not None and not n.lower().endswith(".txt"):
+                if on_ignored is not None and data_suffix(PurePosixPath(n)) != ".txt":
                     on_ignored(f"{path}!{n}")
             if not names:
                 raise SourceError(f"{path}: archive holds no .txt files")
@@ -616,13 +629,17 @@ def _iter_zip(path: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[s
 
 
 def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
-    """One member's bytes; an encrypted member, or one compressed by a method the standard library
-    cannot undo (Deflate64, say), is an error naming it."""
+    """One member's bytes, decompressed if its name says so (``a.txt.gz``); an encrypted member,
+    or one compressed by a method the standard library cannot undo (Deflate64, say), is an error
+    naming it."""
     try:
-        return zf.read(name)
+        data = zf.read(name)
     except (RuntimeError, NotImplementedError, zlib.error, EOFError, lzma.LZMAError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None
+    member = Path(f"{path}!{name}")
+    with _decompressing(io.BytesIO(data), member.suffix) as f, _unreadable(member):  # a .txt.gz member
+        return f.read()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -596,3 +596,47 @@ def test_folders_and_zips_read_compressed_text_and_name_the_files_they_do_not_re
     reader = SourceReader([str(tmp_path / "d.zip")], "text")
     assert [r.parts[0].text for r in reader] == ["first"]
     assert reader.ignored.examples == [f"{tmp_path / 'd.zip'}!d/rt-polarity.pos"]
+
+
+def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
+    """Members named .txt.gz / .bz2 / .xz / .zst are documents, decompressed (the same names a
+    folder reads); one whose bytes are not what its name says is an error naming it."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    import zstandard
+
+    packers = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
+               ".zst": zstandard.ZstdCompressor().compress}
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a.txt", "plain")
+        for suffix, pack in packers.items():
+            zf.writestr(f"b{suffix[1:]}.TXT{suffix.upper()}", pack(f"packed by {suffix}".encode()))
+    reader = SourceReader([str(archive)], "text")
+    assert [r.parts[0].text for r in reader] == ["plain", "packed by .bz2", "packed by .gz", "packed by .xz",
+                                                 "packed by .zst"]
+    assert reader.ignored.count == 0
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("c.txt.gz", gzip.compress(b"a document")[:-6])  # cut short
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(bad))}!c\.txt\.gz: cannot be read .*expected a whole "
+                                          r"\.gz file"):
+        list(SourceReader([str(bad)], "text"))
+
+
+@pytest.mark.parametrize("last,detail", [
+    ('{"response": "b", "rew', r"Unterminated string starting at column 19: the text ends before the JSON value "
+                               r"does \(cut short\?\)\)"),
+    ('{"response": "b", "reward": 1', r"Expecting ',' delimiter at column 30: the text ends before the JSON value "
+                                      r"does \(cut short\?\)\)"),
+    ('{"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 18\)"),
+])
+def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail):
+    """The column is the decoder's (1-based); a line that stops inside its object says so."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"response": "a", "reward": 1}\n' + last)
+    with pytest.raises(SourceError, match=rf"in\.jsonl:2: malformed JSON \({detail}; expected one JSON object"):
+        list(SourceReader([str(path)], "scored"))
