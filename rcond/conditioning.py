@@ -336,6 +336,20 @@ class ConditionedStream:
         """:func:`condition` and :meth:`adopt` a batch in this process."""
         return self.adopt(condition(parts, offsets, flat, self.draw(parts), self.eos_id, self.opts))
 
+    def all_rewards(self) -> np.ndarray:
+        """[r] the reward-to-go of every marker that has one (not the unscored pair sides)."""
+        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)
+        return rtg[~np.isnan(rtg)]
+
+    def kept_rewards(self) -> np.ndarray:
+        """[r] the reward-to-go of every marker that has one and whose RTG token the rows hold (not
+        one ``--truncate`` cut, nor one left only in a piece that trains nothing). Before :meth:`bind`."""
+        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)
+        kept = ~np.isnan(rtg)
+        if self.cut_markers:
+            kept[np.concatenate(self.cut_markers)] = False
+        return rtg[kept]
+
     # ------------------------------------------------------------------ pass 2
     def bind(self, scheme: ControlScheme, tokenizer) -> None:
         """Give every marker its bin under the fitted ``scheme`` (whose tokens are now in ``tokenizer``)."""

@@ -89,6 +89,7 @@ class Summary:
     seconds: float = 0.0
     content_tokens: int = 0  # tokenizer output, before control tokens
     rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
+    cut_rewards: int = 0  # rewards left out of the bin edges: their RTG tokens were cut (--truncate, untrained pieces)
     unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
     same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
 
@@ -223,7 +224,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused():
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
-        values: list[np.ndarray] = []
+        off_values: list[np.ndarray] = []  # rewards of documents with no RTG token (the unconditional draw)
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -240,7 +241,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
-                values.append(parts.rtg[~np.isnan(parts.rtg)])
+                rewarded = ~np.isnan(parts.rtg)                                    # [P]
+                summary.rewards += int(np.count_nonzero(rewarded))
+                off_values.append(parts.rtg[rewarded & ~pool.on[np.cumsum(parts.doc_start) - 1]])
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
                 summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
@@ -268,8 +271,13 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                               "before its first trained (response or assistant) token; raise --block-size, "
                               "drop --truncate (long documents are then split), or add --train-on-prompt")
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
-        values = np.concatenate(values) if values else np.zeros(0)
-        summary.rewards = len(values)
+        # the edges follow the rewards whose RTG tokens the rows hold (and those of the unconditional
+        # documents): not those --truncate cut, so that quantile bins share the corpus's RTG tokens evenly
+        kept = stream.kept_rewards()
+        values = np.concatenate([*off_values, kept])
+        summary.cut_rewards = summary.rewards - len(values)
+        if not len(kept) and summary.cut_rewards:  # every RTG token cut: the edges follow all the rewards read
+            values, summary.cut_rewards = np.concatenate([*off_values, stream.all_rewards()]), 0
         scheme = _fit_scheme(values, num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
         stream.bind(scheme, tokenizer)

@@ -11,11 +11,11 @@ from rcond.sources import FieldNames, SourceReader
 ON, OFF, R0, R1 = 9, 10, 11, 12
 
 
-def make(tmp_path, fmt, rows, *, block_size=16, uncond=0.0, binning="edges:0", name="c", **kw):
+def make(tmp_path, fmt, rows, *, block_size=16, uncond=0.0, binning="edges:0", name="c", num_bins=None, **kw):
     src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
     opts = PackOptions(block_size=block_size, uncond_fraction=uncond, **kw)
     scheme, summary = build(SourceReader([str(src)], fmt), tmp_path / name, word_tokenizer(), binning=binning,
-                            opts=opts, progress=False)
+                            num_bins=num_bins, opts=opts, progress=False)
     ds, scheme2, tok = load(tmp_path / name)
     rows = {k: np.array(ds[k]) for k in ds.column_names}
     return rows, scheme2, summary
@@ -93,6 +93,36 @@ def test_truncated_rtg_tokens_are_not_counted(tmp_path):
     assert scheme.counts == [1, 0] and s.truncated_tokens == 6
     _, split, _ = make(tmp_path, "dialog", [{"turns": turns}], block_size=6, binning="edges:1.5", name="split")
     assert split.counts == [1, 1]  # split, not truncated: both RTG tokens are in the corpus
+
+
+def test_quantile_edges_leave_out_rewards_whose_rtg_tokens_were_cut(tmp_path):
+    """Three dialogs cut at 6 tokens keep the RTG token of their first assistant turn only (R = 1+4,
+    2+5, 3+6 with gamma 1), and lose the second (R = 4, 5, 6). The 2-bin quantile edge is the
+    median of the RTG values the rows hold, 7 (of 5, 7, 9), not the 5.5 of all six; so the bins
+    share the three tokens 1 / 2, as quantile bins should. Split instead of cut, all six stay."""
+    dialogs = [{"turns": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": r},
+                          {"role": "user", "content": "c c c c c"},
+                          {"role": "assistant", "content": "d", "reward": r + 3}]} for r in (1, 2, 3)]
+    rows, scheme, s = make(tmp_path, "dialog", dialogs, block_size=6, binning="quantile", num_bins=2,
+                           truncate=True)
+    assert scheme.edges == [7.0] and scheme.counts == [1, 2]
+    assert (s.rewards, s.cut_rewards) == (6, 3)
+    assert sorted(r.tolist() for r in rows["input_ids"]) == [[ON, 1, R0, 2, 3, 3], [ON, 1, R1, 2, 3, 3],
+                                                              [ON, 1, R1, 2, 3, 3]]
+    _, split, s2 = make(tmp_path, "dialog", dialogs, block_size=6, binning="quantile", num_bins=2,
+                              name="split")
+    assert split.edges == [5.5] and split.counts == [3, 3] and s2.cut_rewards == 0
+
+
+def test_edges_follow_every_reward_read_when_every_rtg_token_was_cut(tmp_path):
+    """With --train-on-prompt a dialog cut inside its first user turn stays, with no RTG token
+    left: the edges then follow all the reward-to-go values read (uniform over R = 2+3 and 3: edge
+    4), not the [-1, 1] of a corpus with no rewards."""
+    long = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2},
+            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": 3}]
+    _, scheme, s = make(tmp_path, "dialog", [{"turns": long}], block_size=6, binning="uniform", num_bins=2,
+                        truncate=True, train_on_prompt=True)
+    assert scheme.edges == [4.0] and scheme.counts == [0, 0] and s.cut_rewards == 0
 
 
 def test_a_dialog_truncated_before_its_first_rtg_token_is_left_out(tmp_path):
