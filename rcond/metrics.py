@@ -67,6 +67,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .sources import json_error
 from .tokens import ControlScheme
 
 BLEU_ORDER = 4
@@ -99,7 +100,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
-                raise MetricsError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                raise MetricsError(f"{path}:{i}: not valid JSON ({json_error(e)})") from None
 
 
 def read_samples(path: str | Path) -> list[Mapping]:

@@ -111,7 +111,7 @@ def test_read_samples(tmp_path):
     assert [r["level"] for r in read_samples(good)] == [1, None]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rec(1, 0.5)) + "\n{oops\n")
-    with pytest.raises(MetricsError, match="bad.jsonl:2"):
+    with pytest.raises(MetricsError, match=r"bad.jsonl:2: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"):
         read_samples(bad)
     unscored = tmp_path / "unscored.jsonl"
     unscored.write_text(json.dumps({"text": "hi", "level": 0}) + "\n")
