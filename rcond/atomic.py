@@ -9,8 +9,8 @@ and no output of it is published after one (:func:`raise_if_interrupted`), nor t
 A short step that must not stop half-way (starting a worker process) holds signals back until it
 is done (:func:`interrupts_deferred`).
 ``--overwrite`` replaces an existing target only after the new one is complete, and only an
-earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report), never a
-file or a folder of something else. Parent folders a failed run created are removed again. The published
+earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report, a demo),
+never a file or a folder of something else. Parent folders a failed run created are removed again. The published
 directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
 would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
 entries with.
@@ -35,13 +35,15 @@ class OutputExistsError(FileExistsError):
 @dataclass(frozen=True)
 class OutputKind:
     """What a command writes, told by ``markers``, entries that every such output directory
-    holds: ``--overwrite`` replaces only a directory of this kind (or an empty one)."""
+    holds (a file, or a folder where the name ends with ``/``): ``--overwrite`` replaces only a
+    directory of this kind (or an empty one)."""
 
     name: str  # for messages: "an rcond corpus"
     markers: tuple[str, ...]
 
     def holds(self, path: Path) -> bool:
-        return path.is_dir() and all((path / m).exists() for m in self.markers)
+        return path.is_dir() and all((path / m).is_dir() if m.endswith("/") else (path / m).is_file()
+                                     for m in self.markers)
 
 
 class OutputPathError(OSError):
@@ -226,9 +228,9 @@ def _refuse(target: Path, overwrite: bool, kind: OutputKind | None) -> None:
     if not target.is_dir():
         raise OutputExistsError(f"{target} is a file, not a directory; give a directory to write the output into")
     if kind is not None and not kind.holds(target):
-        raise OutputExistsError(f"{target} already exists and is not {kind.name} (it has no "
-                                f"{', '.join(kind.markers)}); --overwrite replaces only an earlier output of "
-                                f"this kind: choose another directory, or empty this one yourself")
+        raise OutputExistsError(f"{target} already exists and is not {kind.name} (which holds "
+                                f"{', '.join(kind.markers)}); only an earlier output of this kind is replaced: "
+                                f"choose another directory, or empty this one yourself")
     if not overwrite:
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
 

@@ -61,8 +61,8 @@ from .sources import SourceReader, file_sha256, fingerprint
 from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
 ROWS_FILE = "rows.arrow"
-CORPUS = OutputKind("an rcond corpus", (SCHEME_FILE,))  # what --overwrite may replace
 TOKENIZER_DIR = "tokenizer"
+CORPUS = OutputKind("an rcond corpus", (SCHEME_FILE, ROWS_FILE, TOKENIZER_DIR + "/"))  # what --overwrite may replace
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
 TABLE_TOKENS = 512 * 1024  # tokens of packed rows written to the Arrow file at a time (at least one row)
 MAX_BLOCK_SIZE = 2 ** 20  # tokens per row; rows this long already hold ~20 MB of columns each

@@ -52,7 +52,7 @@ from rcond.scorers import get_scorer
 
 GENERATOR_VERSION = 1
 FILES = {"reviews": "reviews.jsonl", "dialogs": "dialogs.jsonl", "text": "text.jsonl", "meta": "meta.json"}
-WORLD = OutputKind("a toy world", (FILES["meta"],))  # what overwrite may replace
+WORLD = OutputKind("a toy world", tuple(FILES.values()))  # what overwrite may replace
 ENTITIES_PER_TOPIC = 24
 LABELS = (
     (-0.6, "very negative"), (-0.2, "negative"), (0.2, "neutral"), (0.6, "positive"), (math.inf, "very positive"),

@@ -268,7 +268,7 @@ def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
     (tmp_path / "proj" / "src").mkdir(parents=True)
     (tmp_path / "proj" / "src" / "main.py").write_text("code")
     (tmp_path / "notes.txt").write_text("notes")
-    for target, message in ((tmp_path / "proj", r"is not a widget \(it has no widget.json\)"),
+    for target, message in ((tmp_path / "proj", r"is not a widget \(which holds widget.json\)"),
                             (tmp_path / "notes.txt", "is a file, not a directory")):
         with pytest.raises(OutputExistsError, match=message):
             with atomic_dir(target, overwrite=True, kind=kind) as tmp:
@@ -280,6 +280,25 @@ def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
         with atomic_dir(target, overwrite=True, kind=kind) as tmp:
             (tmp / "widget.json").write_text("{}")
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["widget.json"]
+
+
+def test_an_output_kind_needs_its_files_as_files_and_its_folders_as_folders(tmp_path):
+    """A marker is a file unless its name ends with '/': a folder named like the marker file, or a
+    file named like the marker folder, does not make a folder of that kind (which --overwrite
+    could then delete)."""
+    from rcond.atomic import OutputKind
+
+    kind = OutputKind("a widget", ("widget.json", "parts/"))
+    cases = {"right": (("widget.json", "file"), ("parts", "dir")), "marker file is a dir": (("widget.json", "dir"),
+             ("parts", "dir")), "marker dir is a file": (("widget.json", "file"), ("parts", "file")),
+             "marker missing": (("widget.json", "file"),)}
+    for name, entries in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry, what in entries:
+            (folder / entry).mkdir() if what == "dir" else (folder / entry).write_text("x")
+        assert kind.holds(folder) == (name == "right"), name
+    assert not kind.holds(tmp_path / "right" / "widget.json")
 
 
 def test_a_failed_run_removes_the_folders_it_created_and_only_those(tmp_path):

@@ -154,7 +154,8 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
     assert main(["toyworld", "--out", str(tmp_path / "full"), "--reviews", "3", "--no-progress"]) == 2
-    assert "is not a toy world (it has no meta.json); --overwrite replaces only" in capsys.readouterr().err
+    assert "is not a toy world (which holds reviews.jsonl, dialogs.jsonl, text.jsonl, meta.json); only an earlier " \
+           "output of this kind is replaced" in capsys.readouterr().err
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     assert main(["toyworld", "--out", str(tmp_path / "neg"), "--reviews", "-5", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -178,9 +179,9 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_command(tmp_path, caps
     (tmp_path / "c" / "src").mkdir(parents=True)
     (tmp_path / "c" / "src" / "main.py").write_text("code")
     assert preprocess(tmp_path, rows, "--overwrite") == 2
-    assert "is not an rcond corpus (it has no scheme.json)" in capsys.readouterr().err
+    assert "is not an rcond corpus (which holds scheme.json, rows.arrow, tokenizer/)" in capsys.readouterr().err
     assert main(["toyworld", "--out", str(tmp_path / "c"), "--reviews", "3", "--no-progress", "--overwrite"]) == 2
-    assert "is not a toy world (it has no meta.json)" in capsys.readouterr().err
+    assert "is not a toy world (which holds reviews.jsonl" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "c").rglob("*")] == ["src", "main.py"]
 
 

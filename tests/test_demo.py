@@ -51,7 +51,7 @@ def test_demo_model_is_steerable(tmp_path):
 
 def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
     """Re-running the demo replaces its own output; any other non-empty folder is refused (exit 2,
-    left as it was) unless --overwrite."""
+    left as it was), even one that holds a report.md and a file named like one of its folders."""
     from rcond.cli import main
 
     monkeypatch.setattr(demo, "QUICK", TINY_RUN)
@@ -61,8 +61,12 @@ def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
+    (other / "report.md").write_text("mine")
+    (other / "corpus").mkdir()
+    (other / "run").mkdir()
+    (other / "samples").write_text("a file, not the demo's folder")
+    before = sorted(p.name for p in other.iterdir())
     assert main(["demo", "--quick", "--out", str(other), "--no-progress"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    assert main(["demo", "--quick", "--out", str(other), "--no-progress", "--overwrite"]) == 0
-    assert (other / "report.md").is_file() and not (other / "notes.txt").exists()
+    err = capsys.readouterr().err
+    assert "is not an rcond demo (which holds report.md, corpus/, run/, samples/)" in err and "Traceback" not in err
+    assert sorted(p.name for p in other.iterdir()) == before and (other / "notes.txt").read_text() == "keep me"

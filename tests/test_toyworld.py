@@ -135,7 +135,7 @@ def test_a_folder_that_is_no_toy_world_is_refused_even_with_overwrite(tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="is not a toy world .*meta.json.*--overwrite replaces only"):
+    with pytest.raises(FileExistsError, match="is not a toy world .*meta.json.*only an earlier output of this kind"):
         toyworld.generate(out, overwrite=overwrite, **SMALL)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
