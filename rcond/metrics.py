@@ -98,7 +98,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield i, json.loads(line)
+                yield i, json.loads(line.rstrip("\r\n"))  # an error's column then stays on the line
             except json.JSONDecodeError as e:
                 raise MetricsError(f"{path}:{i}: not valid JSON ({json_error(e)})") from None
 

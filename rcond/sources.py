@@ -225,8 +225,9 @@ def _open_compressed(path: Path):
 
 def _decompressing(source: str | os.PathLike | BinaryIO, suffix: str):
     """A binary file object reading ``source`` (a path, or a file object such as a zip member's
-    bytes in memory, which closing the result does not close) through the decompressor that
-    ``suffix`` names, if any."""
+    bytes in an ``io.BytesIO``) through the decompressor that ``suffix`` names, if any. Closing
+    the result closes a file object given with a .zst suffix or none, not one read through gzip,
+    bz2 or lzma: give one whose closing does not matter."""
     import bz2
     import gzip
 
@@ -334,7 +335,7 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
             line = raw.decode("utf-8")
             if not line.strip():
                 continue
-            obj = json.loads(line)
+            obj = json.loads(line.rstrip("\r\n"))  # without its line break, an error's column is on the line
         except UnicodeDecodeError as e:
             msg = f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines"
         except json.JSONDecodeError as e:

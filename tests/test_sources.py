@@ -634,9 +634,11 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
                                       r"does \(cut short\?\)\)"),
     ('{"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 18\)"),
 ])
-def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail):
-    """The column is the decoder's (1-based); a line that stops inside its object says so."""
+@pytest.mark.parametrize("after", ["", "\n", "\r\n", '\n{"response": "c", "reward": 1}\n'])
+def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail, after):
+    """The column is the decoder's (1-based), on the line, whether the bad line ends the file or
+    not; a line that stops inside its object says so."""
     path = tmp_path / "in.jsonl"
-    path.write_text('{"response": "a", "reward": 1}\n' + last)
+    path.write_bytes(('{"response": "a", "reward": 1}\n' + last + after).encode())
     with pytest.raises(SourceError, match=rf"in\.jsonl:2: malformed JSON \({detail}; expected one JSON object"):
         list(SourceReader([str(path)], "scored"))
