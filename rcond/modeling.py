@@ -58,6 +58,7 @@ from transformers import (
 )
 from transformers.utils.generic import is_flash_attention_requested
 
+from rcond import hub
 from rcond.atomic import raise_if_interrupted, temp_dir_beside
 from rcond.tokenizer import TOKENIZER_FILES, TokenizerError, load_tokenizer
 from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
@@ -194,7 +195,8 @@ def _from_pretrained(spec: str | os.PathLike, **kwargs) -> tuple[PreTrainedModel
     logger.addFilter(quiet)
     try:
         return AutoModelForCausalLM.from_pretrained(spec, use_safetensors=True, output_loading_info=True,
-                                                    ignore_mismatched_sizes=True, **kwargs)
+                                                    ignore_mismatched_sizes=True,
+                                                    **hub.pretrained_kwargs(spec, "config.json"), **kwargs)
     finally:
         logger.removeFilter(quiet)
 

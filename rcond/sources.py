@@ -57,6 +57,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
+from . import hub
 from .scorer_pool import scores_in_batches
 from .scorers import ScorerError
 
@@ -553,31 +554,9 @@ def _parquet_rows(path: Path) -> int | None:
         return None
 
 
-def hub_unreachable() -> str | None:
-    """Why the hub cannot be reached from here, when its host name does not resolve (no network,
-    no DNS), or None. A streamed hub dataset is read from the network only, so this is known at
-    once instead of after the hub client's half-minute of retries. Not checked (None) behind a
-    proxy, which may resolve names this machine cannot, or with HF_HUB_OFFLINE set, where the hub
-    client fails at once by itself."""
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    host = urlparse(endpoint).hostname
-    if not host:
-        return None
-    try:
-        socket.getaddrinfo(host, 443)
-    except socket.gaierror as e:
-        return f"{host} does not resolve: {e.strerror or e}"
-    return None
-
-
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
     name, _, split = spec.partition(":")
-    unreachable = hub_unreachable()
+    unreachable = hub.unreachable()
     if unreachable:
         raise SourceError(f"{spec}: not a file or folder here, and the hub, where it would be a dataset, cannot be "
                           f"reached ({unreachable}); check the path, or the network")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
+from . import hub
+
 GENERIC_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")  # what AutoTokenizer resolves them to: one class
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE = "tokenizer.json", "tokenizer_config.json"
 TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE)  # what save_pretrained writes for a Rust-backed tokenizer
@@ -58,7 +60,8 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
         else:
             from transformers import AutoTokenizer  # imports torch
 
-            tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code,
+                                                      **hub.pretrained_kwargs(path_or_id, *TOKENIZER_FILES))
     except Exception as e:
         # transformers: OSError for a bad path, id or download; ValueError for a bad file; others for
         # settings of the wrong type (a class name that is a number, an eos token that is an id), and

@@ -358,7 +358,7 @@ def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
     def offline(*a, **kw):
         raise ConnectionError("Couldn't reach 'someone/nothing' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)  # as if the hub's name resolved here
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)  # as if the hub's name resolved here
     monkeypatch.setattr(sources, "_load_streaming", offline)  # a hub id that cannot be read: named, exit 2
     with pytest.raises(SourceError, match=r"someone/nothing: not a file or folder here, and not readable as a hub "
                                           r"dataset \(ConnectionError"):
@@ -516,7 +516,7 @@ def test_hub_rows_are_numbered_from_1_as_file_rows_are(monkeypatch):
     from rcond import sources
 
     rows = [{"response": "a", "reward": 1}, {"response": "b", "reward": "x"}]
-    monkeypatch.setattr(sources, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
     monkeypatch.setattr(sources, "_load_streaming", lambda name, split="train": iter(rows))
     with pytest.raises(SourceError, match=r"^owner/name:row 2: reward must be a number"):
         list(SourceReader(["owner/name"], "scored"))
@@ -647,23 +647,19 @@ def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, de
 
 
 def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(monkeypatch):
-    """When the hub's host name does not resolve, a hub id is refused before the hub client (and
-    its half-minute of retries) is called; HF_ENDPOINT names the host; behind a proxy, or with
-    HF_HUB_OFFLINE, nothing is checked here."""
+    """When the hub's host name does not resolve (rcond.hub), a hub dataset id is refused before
+    the hub client, and its half-minute of retries, is called."""
     import socket
 
-    from rcond import sources
-
-    asked = []
+    from rcond import hub, sources
 
     def no_dns(host, port, *a, **kw):
-        asked.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     def must_not_stream(*a, **kw):
         raise AssertionError("the hub client was called")
 
-    for v in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(sources, "_load_streaming", must_not_stream)
@@ -671,11 +667,3 @@ def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(monkeypatch):
                                           r"a dataset, cannot be reached \(huggingface.co does not resolve: Name or "
                                           r"service not known\); check the path, or the network"):
         list(SourceReader(["someone/data"], "text"))
-    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443")
-    assert sources.hub_unreachable() == "hub.example.org does not resolve: Name or service not known"
-    assert asked == ["huggingface.co", "hub.example.org"]
-    for v in ("HTTPS_PROXY", "HF_HUB_OFFLINE"):
-        monkeypatch.setenv(v, "1")
-        assert sources.hub_unreachable() is None
-        monkeypatch.delenv(v)
-    assert len(asked) == 2

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import DropsACtrlC, write_jsonl
+from rcond import hub
 from rcond.corpus import CorpusError, PackOptions, build, train_tokenizer
 from rcond.sources import SourceReader
 from rcond.train import Stage, TrainConfig, TrainError, load_config_file, lr_lambda, train
@@ -542,6 +543,7 @@ def test_a_mistyped_preset_or_unreachable_model_names_the_presets(tmp_path, corp
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", unreachable)
+    monkeypatch.setattr(hub, "unreachable", lambda: None)  # the hub's name resolves, the fetch fails (rcond.hub: offline)
     with pytest.raises(ModelSpecError, match=r"^huge: not a local directory, and loading it as a hub id failed: We "
                                              r"couldn't connect .* files; expected a preset \(micro, tiny, small\), "
                                              r"a model directory or a hub id$"):

@@ -1,0 +1,87 @@
+"""rcond.hub: a hub id fails at once where the hub's host name does not resolve, and a tokenizer
+or model in the local hub cache still loads there. Name lookups are replaced by stand-ins, so the
+tests say the same with or without a network."""
+
+import socket
+
+import pytest
+
+from conftest import word_tokenizer
+from rcond import hub
+from rcond.tokenizer import TokenizerError, load_tokenizer
+
+
+@pytest.fixture
+def no_dns(monkeypatch):
+    """Every name lookup fails as it does on a machine without a network; returns the hosts asked."""
+    asked = []
+
+    def lookup(host, port, *a, **kw):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return asked
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty local hub cache; returns a function that puts a tokenizer into it as owner/name, as
+    a download leaves it: a snapshot named by the commit ``refs/main`` holds, and the model
+    ``config.json`` the repo lacks marked missing under ``.no_exist``."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def put(repo_id: str):
+        folder = cache / ("models--" + repo_id.replace("/", "--"))
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("0" * 40)
+        word_tokenizer().save_pretrained(folder / "snapshots" / ("0" * 40))
+        (folder / ".no_exist" / ("0" * 40)).mkdir(parents=True)
+        (folder / ".no_exist" / ("0" * 40) / "config.json").touch()
+
+    return put
+
+
+def test_unreachable_names_the_host_and_is_not_asked_behind_a_proxy_or_offline(no_dns, monkeypatch):
+    assert hub.unreachable() == "huggingface.co does not resolve: Name or service not known"
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443/")
+    assert hub.unreachable() == "hub.example.org does not resolve: Name or service not known"
+    for v in hub.NO_CHECK:
+        monkeypatch.setenv(v, "1")
+        assert hub.unreachable() is None
+        monkeypatch.delenv(v)
+    assert no_dns == ["huggingface.co", "hub.example.org"]
+
+
+def test_a_host_that_resolves_is_reachable(monkeypatch):
+    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **kw: [(socket.AF_INET, 1, 6, "", ("10.0.0.1", 443))])
+    assert hub.unreachable() is None
+    assert hub.pretrained_kwargs("owner/name", "config.json") == {}
+
+
+def test_pretrained_kwargs_local_path_cached_and_missing(no_dns, hub_cache, tmp_path):
+    (tmp_path / "here").mkdir()
+    assert hub.pretrained_kwargs(tmp_path / "here", "config.json") == {} and no_dns == []  # a local path: no lookup
+    hub_cache("owner/cached")
+    assert hub.pretrained_kwargs("owner/cached", "config.json", "tokenizer.json") == {"local_files_only": True}
+    with pytest.raises(hub.HubUnreachable, match=r"^the hub cannot be reached \(huggingface.co does not resolve: "
+                                                 r".*\) and owner/other is not in the local hub cache$"):
+        hub.pretrained_kwargs("owner/other", "tokenizer.json")
+    with pytest.raises(hub.HubUnreachable):
+        hub.pretrained_kwargs("not a repo id!", "tokenizer.json")
+
+
+def test_a_tokenizer_hub_id_offline_fails_at_once_or_loads_from_the_cache(no_dns, hub_cache):
+    with pytest.raises(TokenizerError, match=r"^owner/tok: not a local directory, and loading it as a hub id "
+                                             r"failed: the hub cannot be reached \(huggingface.co does not resolve"):
+        load_tokenizer("owner/tok")
+    hub_cache("owner/tok")
+    tok = load_tokenizer("owner/tok")
+    assert tok.encode("a b", add_special_tokens=False) == word_tokenizer().encode("a b", add_special_tokens=False)
