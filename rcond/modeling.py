@@ -196,7 +196,7 @@ def _from_pretrained(spec: str | os.PathLike, **kwargs) -> tuple[PreTrainedModel
     try:
         return AutoModelForCausalLM.from_pretrained(spec, use_safetensors=True, output_loading_info=True,
                                                     ignore_mismatched_sizes=True,
-                                                    **hub.pretrained_kwargs(spec, "config.json"), **kwargs)
+                                                    **{**hub.pretrained_kwargs(spec), **kwargs})
     finally:
         logger.removeFilter(quiet)
 

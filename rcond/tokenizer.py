@@ -61,7 +61,7 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
             from transformers import AutoTokenizer  # imports torch
 
             tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code,
-                                                      **hub.pretrained_kwargs(path_or_id, *TOKENIZER_FILES))
+                                                      **hub.pretrained_kwargs(path_or_id))
     except Exception as e:
         # transformers: OSError for a bad path, id or download; ValueError for a bad file; others for
         # settings of the wrong type (a class name that is a number, an eos token that is an id), and

@@ -3,6 +3,7 @@ or model in the local hub cache still loads there. Name lookups are replaced by 
 tests say the same with or without a network."""
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,11 @@ def no_dns(monkeypatch):
         asked.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
+    import huggingface_hub.constants
+
+    for v in (*hub.PROXIES, "HF_ENDPOINT"):
         monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
     return asked
 
@@ -48,34 +52,71 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def test_unreachable_names_the_host_and_is_not_asked_behind_a_proxy_or_offline(no_dns, monkeypatch):
+    import huggingface_hub.constants
+
     assert hub.unreachable() == "huggingface.co does not resolve: Name or service not known"
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org:8443/")
     assert hub.unreachable() == "hub.example.org does not resolve: Name or service not known"
-    for v in hub.NO_CHECK:
-        monkeypatch.setenv(v, "1")
+    for v in hub.PROXIES:
+        monkeypatch.setenv(v, "http://proxy:3128")
         assert hub.unreachable() is None
         monkeypatch.delenv(v)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1, as the client reads it
+    assert hub.unreachable() is None
     assert no_dns == ["huggingface.co", "hub.example.org"]
 
 
-def test_a_host_that_resolves_is_reachable(monkeypatch):
-    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
+@pytest.mark.parametrize("endpoint", ["https://[::1", "https://a..b", "hub.example.org"])
+def test_an_endpoint_the_lookup_cannot_take_is_left_to_the_hub_client(monkeypatch, endpoint):
+    """No host (no scheme), or one the lookup refuses before any network (an empty label, a broken
+    address): not a verdict on the network, so not checked; the real lookup runs, and asks no one."""
+    import huggingface_hub.constants
+
+    for v in hub.PROXIES:
         monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    assert hub.unreachable() is None
+
+
+def test_a_host_that_resolves_is_reachable(monkeypatch):
+    import huggingface_hub.constants
+
+    for v in (*hub.PROXIES, "HF_ENDPOINT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **kw: [(socket.AF_INET, 1, 6, "", ("10.0.0.1", 443))])
     assert hub.unreachable() is None
-    assert hub.pretrained_kwargs("owner/name", "config.json") == {}
+    assert hub.pretrained_kwargs("owner/name") == {}
 
 
 def test_pretrained_kwargs_local_path_cached_and_missing(no_dns, hub_cache, tmp_path):
     (tmp_path / "here").mkdir()
-    assert hub.pretrained_kwargs(tmp_path / "here", "config.json") == {} and no_dns == []  # a local path: no lookup
+    for spec in (tmp_path / "here", "./typo_model", "~/nowhere", "C:\\models\\tok", "a/b/c"):  # not hub ids
+        assert hub.pretrained_kwargs(spec) == {}
+    assert no_dns == []
     hub_cache("owner/cached")
-    assert hub.pretrained_kwargs("owner/cached", "config.json", "tokenizer.json") == {"local_files_only": True}
+    assert hub.pretrained_kwargs("owner/cached") == {"local_files_only": True}
     with pytest.raises(hub.HubUnreachable, match=r"^the hub cannot be reached \(huggingface.co does not resolve: "
                                                  r".*\) and owner/other is not in the local hub cache$"):
-        hub.pretrained_kwargs("owner/other", "tokenizer.json")
+        hub.pretrained_kwargs("owner/other")
+
+
+def test_any_cached_snapshot_counts_whatever_files_it_holds(no_dns, hub_cache, tmp_path):
+    """A repo cached with a slow tokenizer's files only (config.json, vocab.json, merges.txt) is in
+    the cache as much as one with tokenizer.json: the snapshot its main branch names is there."""
+    import huggingface_hub.constants
+
+    folder = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--owner--slow"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("1" * 40 + "\n")
+    (folder / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        (folder / "snapshots" / ("1" * 40) / name).write_text("{}")
+    assert hub.pretrained_kwargs("owner/slow") == {"local_files_only": True}
+    (folder / "refs" / "main").write_text("2" * 40)  # a ref whose snapshot is gone: not cached
     with pytest.raises(hub.HubUnreachable):
-        hub.pretrained_kwargs("not a repo id!", "tokenizer.json")
+        hub.pretrained_kwargs("owner/slow")
 
 
 def test_a_tokenizer_hub_id_offline_fails_at_once_or_loads_from_the_cache(no_dns, hub_cache):

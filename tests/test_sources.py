@@ -659,8 +659,11 @@ def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(monkeypatch):
     def must_not_stream(*a, **kw):
         raise AssertionError("the hub client was called")
 
-    for v in (*hub.NO_CHECK, "HF_ENDPOINT"):
+    import huggingface_hub.constants
+
+    for v in (*hub.PROXIES, "HF_ENDPOINT"):
         monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(sources, "_load_streaming", must_not_stream)
     with pytest.raises(SourceError, match=r"^someone/data: not a file or folder here, and the hub, where it would be "
