@@ -327,6 +327,8 @@ def test_json_shapes(tmp_path, content, origins):
     ('[{"text": "a"}, 5]', r"c\.json:item 2: expected a JSON object, got a number \(5\)"),
     ("[null]", r"c\.json:item 1: expected a JSON object, got null$"),
     ('[{"text": "a"},\n {"text": "b",}]', r"c\.json:2: malformed JSON \(Expecting property name"),
+    ('[{"text": "a"},\n {"text": "b"', r"c\.json:2: malformed JSON \(Expecting ',' delimiter at column 14: the text ends "
+                                     r"before the JSON value does \(cut short\?\)\); expected a JSON array"),
     ('{"text": "a"}\n{"text": 5}\n', r"c\.json:2: field 'text' must be a string, got a number \(5\)"),
 ])
 def test_json_bad_shapes_name_the_item_or_line(tmp_path, content, message):
