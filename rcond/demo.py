@@ -56,8 +56,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--out", default="demo", help="output directory; an earlier demo's output there is replaced, "
                                                  "any other non-empty folder is refused")
     p.add_argument("--quick", action="store_true",
-                   help="a fast look at the pipeline (micro model, ~2.5 min on 2 cores); at that size the model is "
-                        "only weakly steerable (Spearman rho 0.62 measured) — the full demo reaches 0.98")
+                   help="a fast look at the pipeline (micro model, ~1.5-2.5 min on 2 cores); at that size the model "
+                        "is only weakly steerable (Spearman rho 0.53-0.62 measured) — the full demo reaches 0.98")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
