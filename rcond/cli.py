@@ -172,8 +172,9 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
         lines.append(f"  bins ({scheme.binning} over [-1, 1]: the pairs carry no scores, so each chosen response "
                      f"takes the top bin and each rejected one the bottom bin)")
     elif s.cut_rewards and not scheme.binning.startswith("edges:"):
-        lines.append(f"  bins ({scheme.binning}; fitted on {s.rewards - s.cut_rewards:,} rewards, leaving out the "
-                     f"{s.cut_rewards:,} whose RTG tokens were cut)")
+        lines.append(f"  bins ({scheme.binning}; fitted on {s.rewards - s.cut_rewards:,} rewards, those of the RTG "
+                     f"tokens below and of the unconditional records, leaving out the {s.cut_rewards:,} whose RTG "
+                     f"tokens were cut)")
     else:
         lines.append(f"  bins ({scheme.binning})")
     for k in range(scheme.num_bins if s.on_docs else 0):

@@ -150,6 +150,21 @@ def test_a_tokenizer_that_cannot_be_loaded_is_exit_2_without_traceback(tmp_path,
     assert not (tmp_path / "c").exists()
 
 
+def test_summary_says_how_many_rewards_the_edges_leave_out(tmp_path, capsys):
+    """Dialogs cut by --truncate lose the RTG token of their last turn: the summary says the edges
+    were fitted without those rewards, and how many; the counts per bin hold only the kept tokens."""
+    long = {"role": "user", "content": "tell me about the weather today " * 8}
+    dialogs = [{"turns": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "fine", "reward": i},
+                          long, {"role": "assistant", "content": "sunny", "reward": -i}]} for i in range(12)]
+    assert preprocess(tmp_path, dialogs, "--truncate", "--bins", "2", "--uncond-fraction", "0", "--block-size", "24",
+                      fmt="dialog") == 0
+    out = capsys.readouterr().out
+    _, scheme, _ = load(tmp_path / "c")
+    assert sum(scheme.counts) == 12
+    assert "bins (quantile; fitted on 12 rewards, those of the RTG tokens below and of the unconditional records, " \
+           "leaving out the 12 whose RTG tokens were cut)" in out, out
+
+
 def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
