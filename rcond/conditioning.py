@@ -156,6 +156,7 @@ class Conditioned:
     truncated: int  # tokens --truncate cut away
     cut_markers: np.ndarray  # [c] markers with no RTG token left: --truncate cut it, or its piece trains nothing
     untrained: np.ndarray  # [u] lengths of the pieces left out because no token in them is trained
+    off_rewards: np.ndarray  # [o] float64 rewards of the batch's documents that carry no RTG token (off after the draw)
 
 
 def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
@@ -208,7 +209,8 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     lw = _next_weights(tw, start, length)
     start, length, untrained, missing = _trained_pieces(ids, lw, mk, start, length, len(rtg_parts), cut_markers)
     pool = Pool(ids, lw, mk, start, length, doc_on)
-    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained)
+    off_rewards = rtg[~np.isnan(rtg) & ~doc_on[doc_of]]                               # [o]
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, off_rewards)
 
 
 def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -311,6 +313,7 @@ class ConditionedStream:
         self.truncated = 0
         self.untrained_pieces = self.untrained_tokens = 0  # pieces left out: no token in them is trained
         self.cut_markers: list[np.ndarray] = []  # markers with no RTG token left in the rows
+        self.off_rewards: list[np.ndarray] = []  # per batch: rewards of documents without an RTG token
 
     def draw(self, parts: PartBatch) -> np.ndarray:
         """The next batch's draws [D], one per document, in record order."""
@@ -324,6 +327,7 @@ class ConditionedStream:
         np.add(mk, self.markers, out=mk, where=mk >= 0)
         self.marker_rtg.append(c.marker_rtg)
         self.marker_fixed.append(c.marker_fixed)
+        self.off_rewards.append(c.off_rewards)
         if len(c.cut_markers):
             self.cut_markers.append(c.cut_markers + self.markers)
         self.truncated += c.truncated
@@ -336,19 +340,21 @@ class ConditionedStream:
         """:func:`condition` and :meth:`adopt` a batch in this process."""
         return self.adopt(condition(parts, offsets, flat, self.draw(parts), self.eos_id, self.opts))
 
-    def all_rewards(self) -> np.ndarray:
-        """[r] the reward-to-go of every marker that has one (not the unscored pair sides)."""
-        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)
-        return rtg[~np.isnan(rtg)]
-
-    def kept_rewards(self) -> np.ndarray:
-        """[r] the reward-to-go of every marker that has one and whose RTG token the rows hold (not
-        one ``--truncate`` cut, nor one left only in a piece that trains nothing). Before :meth:`bind`."""
-        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)
-        kept = ~np.isnan(rtg)
+    def fit_rewards(self) -> tuple[np.ndarray, int]:
+        """What the bin edges are fitted on, before :meth:`bind`: the rewards of the documents
+        without an RTG token (the unconditional draw) and the reward-to-go of every marker whose
+        RTG token the rows hold (not one ``--truncate`` cut, nor one left only in a piece that
+        trains nothing); and how many markers' rewards were left out so. When every marker's was,
+        all of them are fitted (and none counts as left out): the edges then still follow the data."""
+        off = np.concatenate(self.off_rewards) if self.off_rewards else np.zeros(0)
+        rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)  # [M]; NaN: an unscored side
+        scored = ~np.isnan(rtg)
+        kept = scored.copy()
         if self.cut_markers:
             kept[np.concatenate(self.cut_markers)] = False
-        return rtg[kept]
+        if not kept.any():
+            kept = scored
+        return np.concatenate([off, rtg[kept]]), int(np.count_nonzero(scored & ~kept))
 
     # ------------------------------------------------------------------ pass 2
     def bind(self, scheme: ControlScheme, tokenizer) -> None:
@@ -366,7 +372,7 @@ class ConditionedStream:
         if self.cut_markers:
             kept[np.concatenate(self.cut_markers)] = False
         self.bin_counts = np.bincount(b[kept], minlength=K)  # markers per bin, less those --truncate cut
-        self.marker_rtg, self.marker_fixed = [], []
+        self.marker_rtg, self.marker_fixed, self.off_rewards = [], [], []
 
     def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Pass 1's rows -> final rows: real control-token ids (written into ``rows["input_ids"]``

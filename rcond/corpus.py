@@ -224,7 +224,6 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused():
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
         # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
-        off_values: list[np.ndarray] = []  # rewards of documents with no RTG token (the unconditional draw)
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -241,9 +240,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
-                rewarded = ~np.isnan(parts.rtg)                                    # [P]
-                summary.rewards += int(np.count_nonzero(rewarded))
-                off_values.append(parts.rtg[rewarded & ~pool.on[np.cumsum(parts.doc_start) - 1]])
+                summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
                 summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
@@ -273,11 +270,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         # the edges follow the rewards whose RTG tokens the rows hold (and those of the unconditional
         # documents): not those --truncate cut, so that quantile bins share the corpus's RTG tokens evenly
-        kept = stream.kept_rewards()
-        values = np.concatenate([*off_values, kept])
-        summary.cut_rewards = summary.rewards - len(values)
-        if not len(kept) and summary.cut_rewards:  # every RTG token cut: the edges follow all the rewards read
-            values, summary.cut_rewards = np.concatenate([*off_values, stream.all_rewards()]), 0
+        values, summary.cut_rewards = stream.fit_rewards()
         scheme = _fit_scheme(values, num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)
         stream.bind(scheme, tokenizer)
