@@ -67,7 +67,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .sources import json_error
+from .json_errors import json_error
 from .tokens import ControlScheme
 
 BLEU_ORDER = 4

@@ -58,6 +58,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 
 from . import hub
+from .json_errors import json_error
 from .scorer_pool import scores_in_batches
 from .scorers import ScorerError
 
@@ -167,10 +168,13 @@ def _is_hub_id(spec: str) -> bool:
             and data_suffix(Path(spec.partition(":")[0])) not in (*ROW_SUFFIXES, ".txt", ".zip"))
 
 
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")  # suffixes of the compressions every reader undoes
+
+
 def data_suffix(path: Path) -> str:
     """The suffix that names a file's format, past any compression suffix (``a.jsonl.gz`` -> ``.jsonl``),
     in lower case (``A.JSONL.GZ`` -> ``.jsonl``)."""
-    suffixes = [s.lower() for s in path.suffixes if s.lower() not in (".gz", ".bz2", ".xz", ".zst")]
+    suffixes = [s.lower() for s in path.suffixes if s.lower() not in COMPRESSED]
     return suffixes[-1] if suffixes else ""
 
 
@@ -317,15 +321,6 @@ def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[b
                 lines[0] = lines[0][3:]
             yield first, lines
             first += len(lines)
-
-
-def json_error(e: json.JSONDecodeError) -> str:
-    """What went wrong and where in the line: "Expecting ',' delimiter at column 45", and a note
-    when the text ends inside the value (a line or file cut short)."""
-    where = f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
-    if not e.doc[e.pos:].strip() or e.msg.startswith("Unterminated string"):
-        where += ": the text ends before the JSON value does (cut short?)"
-    return where
 
 
 def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Iterator[tuple[str, dict]]:
@@ -644,6 +639,8 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None
     member = Path(f"{path}!{name}")
+    if member.suffix.lower() not in COMPRESSED:
+        return data
     with _decompressing(io.BytesIO(data), member.suffix) as f, _unreadable(member):  # a .txt.gz member
         return f.read()
 
