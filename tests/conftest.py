@@ -55,6 +55,34 @@ class DropsACtrlC:
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
 
+@pytest.fixture
+def hub_online(monkeypatch):
+    """The hub client as on a plain machine: no proxy, no HF_ENDPOINT, not in offline mode
+    (whatever the environment running the tests sets), so rcond.hub asks its name lookup."""
+    import huggingface_hub.constants
+
+    from rcond import hub
+
+    for v in (*hub.PROXIES, "HF_ENDPOINT"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
+def no_dns(hub_online, monkeypatch):
+    """Every name lookup fails as it does on a machine without a network; returns the hosts asked."""
+    import socket
+
+    asked = []
+
+    def lookup(host, port, *a, **kw):
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    return asked
+
+
 def write_jsonl(path: Path, rows) -> Path:
     import json
 

@@ -13,24 +13,6 @@ from rcond.tokenizer import TokenizerError, load_tokenizer
 
 
 @pytest.fixture
-def no_dns(monkeypatch):
-    """Every name lookup fails as it does on a machine without a network; returns the hosts asked."""
-    asked = []
-
-    def lookup(host, port, *a, **kw):
-        asked.append(host)
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    import huggingface_hub.constants
-
-    for v in (*hub.PROXIES, "HF_ENDPOINT"):
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    return asked
-
-
-@pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty local hub cache; returns a function that puts a tokenizer into it as owner/name, as
     a download leaves it: a snapshot named by the commit ``refs/main`` holds, and the model
@@ -67,24 +49,14 @@ def test_unreachable_names_the_host_and_is_not_asked_behind_a_proxy_or_offline(n
 
 
 @pytest.mark.parametrize("endpoint", ["https://[::1", "https://a..b", "hub.example.org"])
-def test_an_endpoint_the_lookup_cannot_take_is_left_to_the_hub_client(monkeypatch, endpoint):
+def test_an_endpoint_the_lookup_cannot_take_is_left_to_the_hub_client(hub_online, monkeypatch, endpoint):
     """No host (no scheme), or one the lookup refuses before any network (an empty label, a broken
     address): not a verdict on the network, so not checked; the real lookup runs, and asks no one."""
-    import huggingface_hub.constants
-
-    for v in hub.PROXIES:
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     assert hub.unreachable() is None
 
 
-def test_a_host_that_resolves_is_reachable(monkeypatch):
-    import huggingface_hub.constants
-
-    for v in (*hub.PROXIES, "HF_ENDPOINT"):
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+def test_a_host_that_resolves_is_reachable(hub_online, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, *a, **kw: [(socket.AF_INET, 1, 6, "", ("10.0.0.1", 443))])
     assert hub.unreachable() is None
     assert hub.pretrained_kwargs("owner/name") == {}

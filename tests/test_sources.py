@@ -648,25 +648,14 @@ def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, de
         list(SourceReader([str(path)], "scored"))
 
 
-def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(monkeypatch):
+def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(no_dns, monkeypatch):
     """When the hub's host name does not resolve (rcond.hub), a hub dataset id is refused before
     the hub client, and its half-minute of retries, is called."""
-    import socket
-
-    from rcond import hub, sources
-
-    def no_dns(host, port, *a, **kw):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    from rcond import sources
 
     def must_not_stream(*a, **kw):
         raise AssertionError("the hub client was called")
 
-    import huggingface_hub.constants
-
-    for v in (*hub.PROXIES, "HF_ENDPOINT"):
-        monkeypatch.delenv(v, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     monkeypatch.setattr(sources, "_load_streaming", must_not_stream)
     with pytest.raises(SourceError, match=r"^someone/data: not a file or folder here, and the hub, where it would be "
                                           r"a dataset, cannot be reached \(huggingface.co does not resolve: Name or "
