@@ -20,7 +20,10 @@ tenths of a second (mostly imports), so they pay off on large corpora, not on sm
 threads (the cores this process may run on); at most two batches per worker are in flight, so
 memory stays flat. A worker ignores Ctrl-C, and the forkserver is started deaf to it
 (:func:`worker_context`): the build stops them. A worker that dies (killed, out
-of memory) stops the build with a :class:`CorpusError`.
+of memory) stops the build with a :class:`CorpusError`. All workers are started before the first
+batch goes out (:func:`_all_started`): the executor otherwise starts them one at a time inside
+``submit``, and one it starts while it is tearing itself down after a worker died is never
+stopped, so its shutdown waits for it forever (seen with CPython 3.11's ProcessPoolExecutor).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .packing import CorpusError, PackOptions, Pool
 from .sources import PartBatch
 
 IN_FLIGHT_PER_WORKER = 2
-_WORKER: dict = {}  # in a worker process: its tokenizer, cache, eos id and options (set by _start_worker)
+_WORKER: dict = {}  # in a worker process: its tokenizer, cache, eos id, options and start barrier (_start_worker)
+STARTUP_TIMEOUT = 300  # seconds a worker waits for the others to start before the build gives up
 
 
 def usable_cores() -> int:
@@ -89,7 +93,7 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int) -> None:
+def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int, started) -> None:
     """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
     text (as :func:`rcond.conditioning.special_tokens_as_text` does for the one-process build), on
     ``threads`` threads; Ctrl-C is left to the parent."""
@@ -101,7 +105,14 @@ def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: 
 
     backend = Tokenizer.from_str(tokenizer_json)
     backend.encode_special_tokens = True
-    _WORKER.update(backend=backend, cache=RecurringTexts(), eos_id=eos_id, opts=opts)
+    _WORKER.update(backend=backend, cache=RecurringTexts(), eos_id=eos_id, opts=opts, started=started)
+
+
+def _all_started() -> None:
+    """A worker's first task: wait until every worker of the pool runs one (``started``, a barrier
+    of the pool's size). Its task held, a worker is not idle, so each of these submits makes the
+    executor start one more worker."""
+    _WORKER["started"].wait(timeout=STARTUP_TIMEOUT)
 
 
 def _condition_in_worker(parts: PartBatch, draws: np.ndarray) -> Conditioned:
@@ -120,8 +131,10 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
         raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
                           "use --workers 1") from None
     threads = max(1, usable_cores() // workers)
-    executor = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_worker,
-                                   initargs=(tokenizer_json, stream.eos_id, stream.opts, threads))
+    context = worker_context()
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                   initargs=(tokenizer_json, stream.eos_id, stream.opts, threads,
+                                             context.Barrier(workers)))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first
 
     def collect() -> tuple[PartBatch, Pool, int]:
@@ -133,6 +146,13 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
         return parts, stream.adopt(c), c.tokens
 
     try:
+        with interrupts_deferred():  # as for every submit below: a worker stopped half-way would outlive us
+            started = [executor.submit(_all_started) for _ in range(workers)]
+        for future in started:
+            try:
+                future.result()
+            except BrokenProcessPool as e:
+                raise _died(e) from None
         for parts in prefetched(batches):
             with interrupts_deferred():  # a submit may start a worker: stopped half-way, it would outlive us
                 try:
