@@ -32,7 +32,8 @@ import collections
 import multiprocessing
 import os
 import signal
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterable, Iterator
 
@@ -146,26 +147,34 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
         return parts, stream.adopt(c), c.tokens
 
     try:
-        with interrupts_deferred():  # as for every submit below: a worker stopped half-way would outlive us
+        with interrupts_deferred():  # each submit here starts a worker: stopped half-way, it would outlive us
             started = [executor.submit(_all_started) for _ in range(workers)]
-        for future in started:
-            try:
-                future.result()
-            except BrokenProcessPool as e:
-                raise _died(e) from None
+        wait_started(started)
         for parts in prefetched(batches):
-            with interrupts_deferred():  # a submit may start a worker: stopped half-way, it would outlive us
-                try:
-                    future = executor.submit(_condition_in_worker, parts, stream.draw(parts))
-                except BrokenProcessPool as e:  # a worker died after the last batch was handed out
-                    raise _died(e) from None
-                pending.append((parts, future))
+            try:  # every worker runs already, so a submit starts none
+                future = executor.submit(_condition_in_worker, parts, stream.draw(parts))
+            except BrokenProcessPool as e:  # a worker died after the last batch was handed out
+                raise _died(e) from None
+            pending.append((parts, future))
             if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 yield collect()
         while pending:
             yield collect()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_started(started: list[Future]) -> None:
+    """Wait for every worker's :func:`_all_started`; a worker that died, or a pool whose workers
+    did not all start within ``STARTUP_TIMEOUT`` (the barrier broke), is a :class:`CorpusError`."""
+    for future in started:
+        try:
+            future.result()
+        except BrokenProcessPool as e:
+            raise _died(e) from None
+        except threading.BrokenBarrierError:
+            raise CorpusError(f"the {len(started)} worker processes of the build did not all start within "
+                              f"{STARTUP_TIMEOUT} s (a machine short of memory or cores?); try fewer --workers") from None
 
 
 def _died(e: BrokenProcessPool) -> CorpusError:

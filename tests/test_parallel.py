@@ -202,3 +202,20 @@ def test_a_ctrl_c_while_the_forkserver_imports_neither_kills_it_nor_prints_a_tra
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["alive", "worker", "True"]
     assert "Traceback" not in run.stderr and "KeyboardInterrupt" not in run.stderr
+
+
+def test_workers_that_do_not_all_start_in_time_are_a_clear_error():
+    """A start barrier that broke (one worker not started within STARTUP_TIMEOUT) is a CorpusError
+    naming the pool's size and the remedy, not a raw BrokenBarrierError."""
+    import threading
+    from concurrent.futures import Future
+
+    from rcond.parallel import STARTUP_TIMEOUT, wait_started
+
+    ok, broke = Future(), Future()
+    ok.set_result(None)
+    broke.set_exception(threading.BrokenBarrierError())
+    with pytest.raises(CorpusError, match=rf"the 2 worker processes of the build did not all start within "
+                                          rf"{STARTUP_TIMEOUT} s .*try fewer --workers"):
+        wait_started([ok, broke])
+    wait_started([ok, ok])  # all started: returns
