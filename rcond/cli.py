@@ -174,7 +174,7 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
     elif s.cut_rewards and not scheme.binning.startswith("edges:"):
         lines.append(f"  bins ({scheme.binning}; fitted on {s.rewards - s.cut_rewards:,} rewards, those of the RTG "
                      f"tokens below and of the unconditional records, leaving out the {s.cut_rewards:,} whose RTG "
-                     f"tokens were cut)")
+                     f"tokens or records were cut)")
     else:
         lines.append(f"  bins ({scheme.binning})")
     for k in range(scheme.num_bins if s.on_docs else 0):

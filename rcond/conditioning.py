@@ -157,6 +157,7 @@ class Conditioned:
     cut_markers: np.ndarray  # [c] markers with no RTG token left: --truncate cut it, or its piece trains nothing
     untrained: np.ndarray  # [u] lengths of the pieces left out because no token in them is trained
     off_rewards: np.ndarray  # [o] float64 rewards of the batch's documents that carry no RTG token (off after the draw)
+    off_cut: int  # rewards of such documents left out with them: --truncate left nothing of theirs to train
 
 
 def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
@@ -204,13 +205,18 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     eos_at = out_start[last] + ins[last] + lens[last]
     ids[eos_at], tw[eos_at], mk[eos_at] = eos_id, w[last], force[last]
     doc_start = np.append(out_start[first], T)                                      # [D+1]
-    (ids, tw, mk, start, length), truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1], np.diff(doc_start),
-                                                                 doc_on, opts)
+    (ids, tw, mk, start, length), piece_doc, truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1],
+                                                                            np.diff(doc_start), doc_on, opts)
     lw = _next_weights(tw, start, length)
-    start, length, untrained, missing = _trained_pieces(ids, lw, mk, start, length, len(rtg_parts), cut_markers)
+    keep = _trained(lw, start, length)                                              # [Q]
+    start, length, untrained, missing = _trained_pieces(ids, mk, start, length, keep, len(rtg_parts), cut_markers)
     pool = Pool(ids, lw, mk, start, length, doc_on)
-    off_rewards = rtg[~np.isnan(rtg) & ~doc_on[doc_of]]                               # [o]
-    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, off_rewards)
+    off = ~np.isnan(rtg) & ~doc_on[doc_of]                                          # [P] rewards of off documents
+    in_rows = np.zeros(len(first), dtype=bool)                                      # [D] some piece kept
+    in_rows[piece_doc[keep]] = True
+    off_rewards = rtg[off & in_rows[doc_of]]                                        # [o]
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, off_rewards,
+                       int(np.count_nonzero(off & ~in_rows[doc_of])))
 
 
 def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -224,16 +230,20 @@ def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.n
     return lw
 
 
-def _trained_pieces(ids: np.ndarray, lw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray,
-                    markers: int, cut_markers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The pieces [Q] in which some token is trained (a nonzero loss weight): a piece of prompt or
-    user text alone (cut from a long prompt, or all --truncate left of a dialog) adds nothing to
-    the loss, only rows. Returns their start and length, the lengths of the pieces left out, and
-    the batch's markers with no RTG token left in any kept piece (``cut_markers``, those
-    --truncate cut, when none is left out)."""
+def _trained(lw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """[Q] whether some token of each piece is trained (a nonzero loss weight): a piece of prompt or
+    user text alone (cut from a long prompt, or all --truncate left of a document) adds nothing to
+    the loss, only rows."""
     trained = np.zeros(len(lw) + 1, dtype=np.int64)                                 # [T+1]
     np.cumsum(lw != 0, out=trained[1:])
-    keep = trained[start + length] > trained[start]                                 # [Q]
+    return trained[start + length] > trained[start]
+
+
+def _trained_pieces(ids: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, keep: np.ndarray,
+                    markers: int, cut_markers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pieces [Q] to ``keep`` (:func:`_trained`). Returns their start and length, the lengths
+    of the pieces left out, and the batch's markers with no RTG token left in any kept piece
+    (``cut_markers``, those --truncate cut, when none is left out)."""
     if keep.all():
         return start, length, length[:0], cut_markers
     untrained, start, length = length[~keep], start[keep], length[keep]
@@ -244,16 +254,18 @@ def _trained_pieces(ids: np.ndarray, lw: np.ndarray, mk: np.ndarray, start: np.n
 
 
 def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, on: np.ndarray,
-         opts: PackOptions) -> tuple[tuple[np.ndarray, ...], int, np.ndarray]:
+         opts: PackOptions) -> tuple[tuple[np.ndarray, ...], np.ndarray, int, np.ndarray]:
     """Documents ([T] token columns, each document ``[start, start + length)``) longer than
     block_size: truncate, or split so that each later piece re-opens with ``mode [RTG in force]``;
-    the extra pieces go to the end of the columns. Returns the pieces (ids, target weights,
-    markers, start, length), the tokens truncated, and the markers whose RTG token was truncated."""
+    the extra pieces' tokens go to the end of the columns, and the pieces [Q] stay in document
+    order. Returns the pieces (ids, target weights, markers, start, length), each piece's document
+    [Q], the tokens truncated, and the markers whose RTG token was truncated."""
     B = opts.block_size
     long = np.flatnonzero(length > B)
     none = np.zeros(0, dtype=np.int64)
+    docs = np.arange(len(start))                                                    # [D]
     if not len(long):
-        return (ids, tw, mk, start, length), 0, none
+        return (ids, tw, mk, start, length), docs, 0, none
     cut_length = np.minimum(length, B)
     if opts.truncate:
         cut = length[long] - B                                                        # [L] tokens dropped
@@ -263,19 +275,20 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
             kept = np.repeat(start[long], B) + np.tile(np.arange(B), len(long))          # [L*B] kept of long docs
             kept = kept[np.isin(mk[kept], cut_markers)]
             mk[kept] = -1
-        return (ids, tw, mk, start, cut_length), int(cut.sum()), cut_markers
-    at, T = [], len(ids)
+        return (ids, tw, mk, start, cut_length), docs, int(cut.sum()), cut_markers
+    at, of, T = [], [], len(ids)
     all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []
     for d in long.tolist():
         a, b = int(start[d]), int(start[d] + length[d])
         for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B):
             at.append(d + 1)
+            of.append(d)
             starts.append(T)
             lens.append(len(piece_ids))
             T += len(piece_ids)
             all_ids.append(piece_ids), all_tw.append(piece_tw), all_mk.append(piece_mk)
     return ((np.concatenate(all_ids), np.concatenate(all_tw), np.concatenate(all_mk),
-             np.insert(start, at, starts), np.insert(cut_length, at, lens)), 0, none)
+             np.insert(start, at, starts), np.insert(cut_length, at, lens)), np.insert(docs, at, of), 0, none)
 
 
 def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
@@ -314,6 +327,7 @@ class ConditionedStream:
         self.untrained_pieces = self.untrained_tokens = 0  # pieces left out: no token in them is trained
         self.cut_markers: list[np.ndarray] = []  # markers with no RTG token left in the rows
         self.off_rewards: list[np.ndarray] = []  # per batch: rewards of documents without an RTG token
+        self.off_cut = 0  # rewards of such documents that --truncate left out with them
 
     def draw(self, parts: PartBatch) -> np.ndarray:
         """The next batch's draws [D], one per document, in record order."""
@@ -328,6 +342,7 @@ class ConditionedStream:
         self.marker_rtg.append(c.marker_rtg)
         self.marker_fixed.append(c.marker_fixed)
         self.off_rewards.append(c.off_rewards)
+        self.off_cut += c.off_cut
         if len(c.cut_markers):
             self.cut_markers.append(c.cut_markers + self.markers)
         self.truncated += c.truncated
@@ -342,10 +357,10 @@ class ConditionedStream:
 
     def fit_rewards(self) -> tuple[np.ndarray, int]:
         """What the bin edges are fitted on, before :meth:`bind`: the rewards of the documents
-        without an RTG token (the unconditional draw) and the reward-to-go of every marker whose
-        RTG token the rows hold (not one ``--truncate`` cut, nor one left only in a piece that
-        trains nothing); and how many markers' rewards were left out so. When every marker's was,
-        all of them are fitted (and none counts as left out): the edges then still follow the data."""
+        without an RTG token (the unconditional draw) that the rows hold, and the reward-to-go of
+        every marker whose RTG token the rows hold (not one ``--truncate`` cut, nor one left only in
+        a piece that trains nothing); and how many rewards were left out so. When every marker's
+        was, all of them are fitted (and none counts as left out): the edges then still follow the data."""
         off = np.concatenate(self.off_rewards) if self.off_rewards else np.zeros(0)
         rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)  # [M]; NaN: an unscored side
         scored = ~np.isnan(rtg)
@@ -354,7 +369,7 @@ class ConditionedStream:
             kept[np.concatenate(self.cut_markers)] = False
         if not kept.any():
             kept = scored
-        return np.concatenate([off, rtg[kept]]), int(np.count_nonzero(scored & ~kept))
+        return np.concatenate([off, rtg[kept]]), self.off_cut + int(np.count_nonzero(scored & ~kept))
 
     # ------------------------------------------------------------------ pass 2
     def bind(self, scheme: ControlScheme, tokenizer) -> None:

@@ -89,7 +89,7 @@ class Summary:
     seconds: float = 0.0
     content_tokens: int = 0  # tokenizer output, before control tokens
     rewards: int = 0  # reward values read or scored; 0 for preference pairs without scores (top / bottom bins)
-    cut_rewards: int = 0  # rewards left out of the bin edges: their RTG tokens were cut (--truncate, untrained pieces)
+    cut_rewards: int = 0  # rewards left out of the bin edges: their RTG tokens, or their unconditional records, were cut
     unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
     same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
 
@@ -269,7 +269,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                               "drop --truncate (long documents are then split), or add --train-on-prompt")
         # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
         # the edges follow the rewards whose RTG tokens the rows hold (and those of the unconditional
-        # documents): not those --truncate cut, so that quantile bins share the corpus's RTG tokens evenly
+        # documents the rows hold): not those --truncate cut, so that quantile bins share the corpus's
+        # RTG tokens evenly
         values, summary.cut_rewards = stream.fit_rewards()
         scheme = _fit_scheme(values, num_bins, binning, reader, opts)
         scheme.add_to_tokenizer(tokenizer)

@@ -162,7 +162,7 @@ def test_summary_says_how_many_rewards_the_edges_leave_out(tmp_path, capsys):
     _, scheme, _ = load(tmp_path / "c")
     assert sum(scheme.counts) == 12
     assert "bins (quantile; fitted on 12 rewards, those of the RTG tokens below and of the unconditional records, " \
-           "leaving out the 12 whose RTG tokens were cut)" in out, out
+           "leaving out the 12 whose RTG tokens or records were cut)" in out, out
 
 
 def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):

@@ -114,6 +114,25 @@ def test_quantile_edges_leave_out_rewards_whose_rtg_tokens_were_cut(tmp_path):
     assert split.edges == [5.5] and split.counts == [3, 3] and s2.cut_rewards == 0
 
 
+def test_edges_leave_out_the_reward_of_an_unconditional_record_truncated_to_nothing_trained(tmp_path):
+    """All three records drawn unconditional (no RTG token), cut at 6 tokens. The first, whose
+    prompt fills the block, keeps [off a a a a a] and no trained token: it is left out of the rows,
+    and so is its reward (100) from the edges. Uniform 2-bin edges over the rewards of the two
+    records the rows hold (0 and 4): 2, not the 50 of all three. Split instead of cut, its second
+    piece [off a b eos] trains the response: it stays, and its reward counts (edge 50)."""
+    docs = [{"prompt": "a a a a a a", "response": "b", "reward": 100.0},  # [off a a a a a a b eos]
+            {"prompt": "c", "response": "d", "reward": 0.0},              # [off c d eos]
+            {"response": "e", "reward": 4.0}]                             # [off e eos]
+    rows, scheme, s = make(tmp_path, "scored", docs, block_size=6, uncond=1.0, binning="uniform", num_bins=2,
+                           truncate=True)
+    assert scheme.edges == [2.0]
+    assert (s.rewards, s.cut_rewards, s.untrained_pieces, s.off_docs) == (3, 1, 1, 3)
+    assert sorted(rows["input_ids"].tolist()) == [[OFF, 3, 4, 0, 0, 0], [OFF, 5, 0, 0, 0, 0]]
+    _, split, s2 = make(tmp_path, "scored", docs, block_size=6, uncond=1.0, binning="uniform", num_bins=2,
+                        name="split")
+    assert split.edges == [50.0] and s2.cut_rewards == 0
+
+
 def test_edges_follow_every_reward_read_when_every_rtg_token_was_cut(tmp_path):
     """With --train-on-prompt a dialog cut inside its first user turn stays, with no RTG token
     left: the edges then follow all the reward-to-go values read (uniform over R = 2+3 and 3: edge
