@@ -45,7 +45,7 @@ def unreachable() -> str | None:
     return None
 
 
-def _looks_like_hub_id(spec: str) -> bool:
+def looks_like_hub_id(spec: str) -> bool:
     """``name`` or ``owner/name``: not a path (absolute, relative to here or home, Windows-style)."""
     return (not spec.startswith(("/", ".", "~")) and "\\" not in spec and ":" not in spec
             and 0 < len(spec) and spec.count("/") <= 1)
@@ -70,7 +70,7 @@ def pretrained_kwargs(spec: str | os.PathLike) -> dict:
     no hub id, or when the hub can be reached; ``local_files_only`` when it cannot but the local
     hub cache holds ``spec``. Raises :class:`HubUnreachable` when it can be neither fetched nor
     found in the cache."""
-    if Path(spec).expanduser().exists() or not _looks_like_hub_id(str(spec)):
+    if Path(spec).expanduser().exists() or not looks_like_hub_id(str(spec)):
         return {}
     why = unreachable()
     if why is None:

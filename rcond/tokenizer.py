@@ -110,7 +110,7 @@ def _cannot_load(spec: str, e: Exception) -> str:
         return f"{spec}: cannot load a tokenizer from this directory ({type(e).__name__}: {why}); {EXPECTED}"
     if path.exists():
         return f"{spec}: is a file; give the directory that holds {TOKENIZER_FILE} and {TOKENIZER_CONFIG_FILE}"
-    if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+    if not hub.looks_like_hub_id(spec):
         return f"{spec}: no such directory (and not a hub id of the form 'name' or 'owner/name')"
     return f"{spec}: not a local directory, and loading it as a hub id failed: {why}"
 
