@@ -42,6 +42,7 @@ import bisect
 import contextlib
 import csv
 import hashlib
+import functools
 import io
 import itertools
 import json
@@ -66,6 +67,7 @@ FORMATS = ("pairs", "scored", "dialog", "text")
 HH_ASSISTANT = "\n\nAssistant:"
 ROW_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 JSONL_CHUNK = 1000  # lines read, parsed and validated together
+MAX_LINE_BYTES = 32 << 20  # a longer JSON Lines line is not a record (a JSON array, a binary file): refused unread
 
 
 class SourceError(ValueError):
@@ -309,14 +311,21 @@ def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[b
     """``(number of the chunk's first line, its raw lines)`` for a JSON Lines file, in order.
 
     Lines are split on ``\\n`` only (a U+2028 inside a string is not a line break); a UTF-8
-    byte-order mark at the start of the file is dropped.
+    byte-order mark at the start of the file is dropped. A line longer than ``MAX_LINE_BYTES``
+    is a SourceError, raised once that much of it is read: a file that is one huge line (a JSON
+    array, or no text at all) would otherwise be read whole into memory, without end for a device.
     """
     with _open_compressed(path) as f, _unreadable(path):
         first = 1
+        read_line = iter(functools.partial(f.readline, MAX_LINE_BYTES + 1), b"")
         while True:
-            lines = list(itertools.islice(f, lines_per_chunk))
+            lines = list(itertools.islice(read_line, lines_per_chunk))
             if not lines:
                 return
+            if max(map(len, lines)) > MAX_LINE_BYTES:
+                at = first + next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
+                raise SourceError(f"{path}:{at}: a line longer than {MAX_LINE_BYTES >> 20} MiB; expected one JSON "
+                                  f"record per line (a JSON array goes in a .json file)")
             if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
                 lines[0] = lines[0][3:]
             yield first, lines

@@ -106,6 +106,28 @@ def test_malformed_json_names_file_and_line(tmp_path):
         list(SourceReader([str(path)], "text"))
 
 
+def test_a_line_over_the_limit_is_refused_before_it_is_read_whole(tmp_path, monkeypatch):
+    """A line of more than MAX_LINE_BYTES (here 1 MiB, the line break counted) is an error naming
+    its line, read line by line and in batches, and with --on-error skip too: the file is not JSON
+    Lines (a JSON array on one line, say), and a longer line would be read whole into memory. A
+    line of exactly the limit is a record."""
+    import rcond.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1 << 20)
+    def line(size):  # one JSON record of ``size`` bytes with its line break
+        return '{"text": "' + "a" * (size - len('{"text": ""}\n')) + '"}\n'
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"text": "b"}\n' + line(1 << 20))
+    assert [len(r.parts[0].text) for r in SourceReader([str(ok)], "text")] == [1, (1 << 20) - 13]
+    big = tmp_path / "big.jsonl"
+    big.write_text('{"text": "b"}\n' + line((1 << 20) + 1) + '{"text": "c"}\n')
+    for read_all in (list, lambda r: list(r.batches())):
+        for on_error in ("fail", "skip"):
+            with pytest.raises(SourceError, match=rf"^{re.escape(str(big))}:2: a line longer than 1 MiB; expected one "
+                                                  r"JSON record per line \(a JSON array goes in a .json file\)$"):
+                read_all(SourceReader([str(big)], "text", on_error=on_error))
+
+
 def test_missing_field_names_field_and_present(tmp_path):
     with pytest.raises(SourceError, match=r"in.jsonl:1: missing field 'reward'; fields present: \['prompt', 'response'\]"):
         read(tmp_path, "scored", [{"prompt": "p", "response": "r"}])
