@@ -482,34 +482,47 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
     - Every cell is its text as written (no guessing of ``NA`` or numbers: a reward is converted
       from its text like any other); an empty cell is None, a field that is there but null. A row
       with fewer fields than the header lacks the last columns (the field error names them).
-    - A row with more fields than the header, or with bytes that are not UTF-8, is a bad row:
-      raised, or given to ``on_bad_line`` and skipped alone.
+    - A row with more fields than the header, with bytes that are not UTF-8, or with a quote out
+      of place (``"a"b``: text after a closing quote) is a bad row: raised, or given to
+      ``on_bad_line`` and skipped alone.
+    - A file that ends inside a quoted cell is a SourceError naming the line its row starts on:
+      everything after an unclosed quote would be one cell, so no row after it can be trusted.
     """
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     header: list[str] | None = None
     header_line = row = 0
     with _open_compressed(path) as raw, _unreadable(path), \
             io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)
         start = 1  # the line the next record starts on
         while True:
+            line = start
             try:
                 fields = next(reader, None)
-            except csv.Error as e:  # a NUL byte, or the file ends inside a quoted cell
-                raise SourceError(f"{path}:{start}: not readable as CSV ({e})") from None
-            if fields is None:
-                return
-            line, start = start, reader.line_num + 1
-            if not "".join(fields).strip():
+            except csv.Error as e:
+                start = reader.line_num + 1
+                if "end of data" in str(e):
+                    raise SourceError(f"{path}:{line}: the file ends inside a quoted cell of the row that starts "
+                                      f"on this line; expected every opening \" to be closed (a quote inside a "
+                                      f"quoted cell is written \"\")") from None
+                fields, problem = None, f"not readable as CSV ({e}); expected a quoted cell to end at a comma " \
+                                        f"or the end of the line (a quote inside a quoted cell is written \"\")"
+            else:
+                if fields is None:
+                    return
+                start, problem = reader.line_num + 1, None
+            if fields is not None and not "".join(fields).strip():
                 continue
             if header is None:
+                if fields is None:
+                    raise SourceError(f"{path}:{line}: the header is {problem}")
                 header, header_line = fields, line
                 _check_csv_header(path, header, header_line)
                 continue
             row += 1
-            problem = _bad_csv_row(fields, header, header_line)
+            problem = problem or _bad_csv_row(fields, header, header_line)
             if problem is None:
-                yield f"{path}:row {row}", {k: v or None for k, v in zip(header, fields)}
+                yield f"{path}:row {row} (line {line})", {k: v or None for k, v in zip(header, fields)}
                 continue
             message = f"{path}:row {row} (line {line}): {problem}"
             if on_bad_line is None:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import write_jsonl
-from rcond.sources import FieldNames, SourceError, SourceReader, iter_rows, reward_to_go, split_hh
+from rcond.sources import FieldNames, RecordError, SourceError, SourceReader, iter_rows, reward_to_go, split_hh
 
 
 def read(tmp_path, fmt, rows, **kw):
@@ -142,7 +142,7 @@ def test_null_field_is_called_null_not_missing(tmp_path):
     csv.write_text("response,reward\nok,1\nr,\n")
     for p in (path, csv):
         for read_all in (list, lambda r: list(r.batches())):
-            with pytest.raises(SourceError, match=rf"{p}:(row )?\d+: field 'reward' is null; expected a value"):
+            with pytest.raises(SourceError, match=rf"{p}:(row \d+ \(line \d+\)|\d+): field 'reward' is null; expected a value"):
                 read_all(SourceReader([str(p)], "scored"))
 
 
@@ -234,11 +234,11 @@ def test_skip_reports_count_and_which(tmp_path):
 
 def test_csv_through_datasets(tmp_path):
     (tmp_path / "a.csv").write_text("prompt,response,reward\np,r,0.5\nq,s,oops\n")
-    with pytest.raises(SourceError, match=r"a.csv:row 2: reward must be a number"):
+    with pytest.raises(SourceError, match=r"a.csv:row 2 \(line 3\): reward must be a number"):
         list(SourceReader([str(tmp_path / "a.csv")], "scored"))
     # a quoted cell over several lines (as HH dialogues are): rows, not lines, are counted
     (tmp_path / "m.csv").write_text('prompt,response,reward\n"a\n\nHuman: b",r,0.5\nq,s,oops\n')
-    with pytest.raises(SourceError, match=r"m.csv:row 2: reward must be a number"):
+    with pytest.raises(SourceError, match=r"m.csv:row 2 \(line 5\): reward must be a number"):
         list(SourceReader([str(tmp_path / "m.csv")], "scored"))
     # a quoted first row keeps its multi-line cell whole, and is as wide as the header: read
     assert [r.parts[1].text for r in SourceReader([str(tmp_path / "m.csv")], "scored", on_error="skip")] == ["r"]
@@ -270,7 +270,7 @@ def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
     assert [r.parts[0].rtg for r in SourceReader([str(path)], "scored")] == [0.5]
     path.write_text("\n  \ntext\nhello\n\nworld\n")  # blank lines are no rows, before the header too
     assert [(r.origin, r.parts[0].text) for r in SourceReader([str(path)], "text")] == [
-        (f"{path}:row 1", "hello"), (f"{path}:row 2", "world")]
+        (f"{path}:row 1 (line 4)", "hello"), (f"{path}:row 2 (line 6)", "world")]
 
 
 @pytest.mark.parametrize("header,message", [
@@ -300,9 +300,43 @@ def test_a_bad_csv_row_is_named_by_row_and_line_and_skipped_alone(tmp_path):
         list(SourceReader([str(path)], "scored"))
     skipping = SourceReader([str(path)], "scored", on_error="skip")
     assert [(r.origin, r.parts[1].text) for r in skipping] == [
-        (f"{path}:row 1", "multi\nline\nresp"), (f"{path}:row 2", "ok"), (f"{path}:row 5", "ok")]
+        (f"{path}:row 1 (line 2)", "multi\nline\nresp"), (f"{path}:row 2 (line 5)", "ok"),
+        (f"{path}:row 5 (line 8)", "ok")]
     assert skipping.skipped.count == 2
     assert skipping.skipped.examples[1] == f"{path}:row 4 (line 7): not valid UTF-8; expected a UTF-8 CSV"
+
+
+def test_a_csv_file_that_ends_inside_a_quoted_cell_is_refused_not_read_as_one_cell(tmp_path):
+    """An unclosed quote would make the rest of the file one cell: refused, naming the line its row
+    starts on, under --on-error skip too (no row after it can be trusted)."""
+    path = tmp_path / "u.csv"
+    path.write_text('response,reward\nok,1\n"never closed,2\nthree,3\nfour,4\n')
+    message = r'u\.csv:3: the file ends inside a quoted cell of the row that starts on this line; expected every opening " to be closed'
+    for on_error in ("fail", "skip"):
+        with pytest.raises(SourceError, match=message) as caught:
+            list(SourceReader([str(path)], "scored", on_error=on_error))
+        assert not isinstance(caught.value, RecordError)
+    path.write_text('"response,reward\nok,1\n')  # in the header
+    with pytest.raises(SourceError, match=r"u\.csv:1: the file ends inside a quoted cell"):
+        list(SourceReader([str(path)], "scored"))
+
+
+def test_a_csv_row_with_text_after_a_closing_quote_is_a_bad_row_skipped_alone(tmp_path):
+    """``"a"b`` is not CSV: the row is named by row and line, or skipped alone, and the rows after it
+    keep their numbers; a quote error in the header is a SourceError."""
+    path = tmp_path / "q.csv"
+    path.write_text('response,reward\nok,1\n"bad"tail,2\nfine,3\n')
+    with pytest.raises(RecordError, match=r"q\.csv:row 2 \(line 3\): not readable as CSV \(.*\); expected a "
+                                          r"quoted cell to end at a comma"):
+        list(SourceReader([str(path)], "scored"))
+    skipping = SourceReader([str(path)], "scored", on_error="skip")
+    assert [(r.origin, r.parts[-1].text) for r in skipping] == [(f"{path}:row 1 (line 2)", "ok"),
+                                                               (f"{path}:row 3 (line 4)", "fine")]
+    assert skipping.skipped.count == 1
+    path.write_text('"response"x,reward\nok,1\n')
+    with pytest.raises(SourceError, match=r"q\.csv:1: the header is not readable as CSV") as caught:
+        list(SourceReader([str(path)], "scored", on_error="skip"))
+    assert not isinstance(caught.value, RecordError)
 
 
 def test_csv_cells_are_text_as_written_and_a_short_row_lacks_its_last_fields(tmp_path):
@@ -315,9 +349,9 @@ def test_csv_cells_are_text_as_written_and_a_short_row_lacks_its_last_fields(tmp
                     {"prompt": " 007 ", "response": "nan", "reward": "2"},
                     {"prompt": "x", "response": None, "reward": "3"}, {"prompt": "y"}]
     skipping = SourceReader([str(path)], "scored", on_error="skip")
-    assert [r.origin for r in skipping] == [f"{path}:row 1", f"{path}:row 2"]
-    assert skipping.skipped.examples == [f"{path}:row 3: field 'response' is null; expected a value",
-                                         f"{path}:row 4: missing field 'response' (or 'text'); fields present: ['prompt']"]
+    assert [r.origin for r in skipping] == [f"{path}:row 1 (line 2)", f"{path}:row 2 (line 3)"]
+    assert skipping.skipped.examples == [f"{path}:row 3 (line 4): field 'response' is null; expected a value",
+                                         f"{path}:row 4 (line 5): missing field 'response' (or 'text'); fields present: ['prompt']"]
 
 
 def test_parquet_through_datasets(tmp_path):
@@ -442,7 +476,7 @@ def test_reward_text_is_a_plain_decimal_number(tmp_path, reward, ok):
     if ok:
         assert [r.parts[0].rtg for r in reader] == [float(reward)]
     else:
-        with pytest.raises(SourceError, match=rf"r\.csv:row 1: reward must be a number, got '{reward}'"):
+        with pytest.raises(SourceError, match=rf"r\.csv:row 1 \(line 2\): reward must be a number, got '{reward}'"):
             list(reader)
 
 
