@@ -359,15 +359,16 @@ class ConditionedStream:
         """What the bin edges are fitted on, before :meth:`bind`: the rewards of the documents
         without an RTG token (the unconditional draw) that the rows hold, and the reward-to-go of
         every marker whose RTG token the rows hold (not one ``--truncate`` cut, nor one left only in
-        a piece that trains nothing); and how many rewards were left out so. When every marker's
-        was, all of them are fitted (and none counts as left out): the edges then still follow the data."""
+        a piece that trains nothing); and how many rewards were left out so. When nothing is left
+        to fit (every marker's was left out and no unconditional document's reward is in the rows),
+        all markers are fitted (and none counts as left out): the edges then still follow the data."""
         off = np.concatenate(self.off_rewards) if self.off_rewards else np.zeros(0)
         rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)  # [M]; NaN: an unscored side
         scored = ~np.isnan(rtg)
         kept = scored.copy()
         if self.cut_markers:
             kept[np.concatenate(self.cut_markers)] = False
-        if not kept.any():
+        if not kept.any() and not len(off):
             kept = scored
         return np.concatenate([off, rtg[kept]]), self.off_cut + int(np.count_nonzero(scored & ~kept))
 

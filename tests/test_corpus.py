@@ -133,6 +133,20 @@ def test_edges_leave_out_the_reward_of_an_unconditional_record_truncated_to_noth
     assert split.edges == [50.0] and s2.cut_rewards == 0
 
 
+def test_edges_leave_out_a_cut_rtg_token_when_only_unconditional_rewards_remain(tmp_path):
+    """Seed 0 draws the first record conditioned and the three short ones unconditional. Cut at 4
+    tokens, the first keeps [on r a b] and trains nothing: left out, with its reward (100). The
+    2-bin quantile edge is then the median of the rewards the rows hold (0, 1, 2): 1, not the 1.5
+    of all four; the fallback to every marker is for a corpus with nothing else to fit."""
+    docs = [{"prompt": "a b c d e", "response": "f", "reward": 100}, {"response": "a", "reward": 0},
+            {"response": "b", "reward": 1}, {"response": "c", "reward": 2}]
+    rows, scheme, s = make(tmp_path, "scored", docs, block_size=4, uncond=0.5, binning="quantile", num_bins=2,
+                           truncate=True, seed=0)
+    assert rows["input_ids"].tolist() == [[OFF, 1, 0, 0], [OFF, 2, 0, 0], [OFF, 3, 0, 0]]
+    assert scheme.edges == [1.0]
+    assert (s.rewards, s.cut_rewards, s.untrained_pieces, s.off_docs) == (4, 1, 1, 3)
+
+
 def test_edges_follow_every_reward_read_when_every_rtg_token_was_cut(tmp_path):
     """With --train-on-prompt a dialog cut inside its first user turn stays, with no RTG token
     left: the edges then follow all the reward-to-go values read (uniform over R = 2+3 and 3: edge
