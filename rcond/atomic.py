@@ -9,8 +9,9 @@ and no output of it is published after one (:func:`raise_if_interrupted`), nor t
 A short step that must not stop half-way (starting a worker process) holds signals back until it
 is done (:func:`interrupts_deferred`).
 ``--overwrite`` replaces an existing target only after the new one is complete, and only an
-earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report, a demo),
-never a file or a folder of something else. Parent folders a failed run created are removed again. The published
+earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report, a demo)
+holding nothing but what that kind writes, never a file, a folder of something else, or an
+output with a user's files (or another output) inside it. Parent folders a failed run created are removed again. The published
 directory (or file, through :func:`as_created`) gets the permissions a plain ``mkdir`` / ``open``
 would give under the process's umask, not the owner-only ones ``tempfile`` creates its temp
 entries with.
@@ -19,6 +20,7 @@ entries with.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import signal
@@ -35,15 +37,24 @@ class OutputExistsError(FileExistsError):
 @dataclass(frozen=True)
 class OutputKind:
     """What a command writes, told by ``markers``, entries that every such output directory
-    holds (a file, or a folder where the name ends with ``/``): ``--overwrite`` replaces only a
-    directory of this kind (or an empty one)."""
+    holds (a file, or a folder where the name ends with ``/``), and ``extras``, the names (glob
+    patterns) of the other entries it may write: ``--overwrite`` replaces only a directory of this
+    kind (or an empty one) that holds nothing else, so that no file a user put there, nor another
+    output written inside it, is deleted with it."""
 
     name: str  # for messages: "an rcond corpus"
     markers: tuple[str, ...]
+    extras: tuple[str, ...] = ()
 
     def holds(self, path: Path) -> bool:
         return path.is_dir() and all((path / m).is_dir() if m.endswith("/") else (path / m).is_file()
                                      for m in self.markers)
+
+    def foreign(self, path: Path) -> list[str]:
+        """The entries of the directory ``path`` that an output of this kind does not write, sorted."""
+        ours = {m.rstrip("/") for m in self.markers}
+        return sorted(e.name for e in path.iterdir()
+                      if e.name not in ours and not any(fnmatch.fnmatchcase(e.name, x) for x in self.extras))
 
 
 class OutputPathError(OSError):
@@ -231,6 +242,11 @@ def _refuse(target: Path, overwrite: bool, kind: OutputKind | None) -> None:
         raise OutputExistsError(f"{target} already exists and is not {kind.name} (which holds "
                                 f"{', '.join(kind.markers)}); only an earlier output of this kind is replaced: "
                                 f"choose another directory, or empty this one yourself")
+    foreign = kind.foreign(target) if kind is not None else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(f"{target} holds {kind.name} and also {shown}, which {kind.name} does not hold; "
+                                f"replacing it would delete them: move them out, or choose another directory")
     if not overwrite:
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
 

@@ -45,8 +45,15 @@ FULL = DemoSize(reviews=20000, vocab=4096, block_size=256, steps=300, batch_size
 QUICK = DemoSize(reviews=20000, vocab=2048, block_size=128, steps=300, batch_size=32, prompts=8, n=3, guided_n=1,
                  max_new_tokens=48, lr=3e-3, model="micro")
 GUIDANCE = 2.0
-# what an earlier demo leaves, so that re-running it replaces that output with no flag
-DEMO = OutputKind("an rcond demo", ("report.md", "corpus/", "run/", "samples/"))
+DEMO_MARKERS = ("report.md", "corpus/", "run/", "samples/")
+
+
+def demo_kind() -> OutputKind:
+    """What an earlier demo leaves (its steps' folders, the report's files beside them), so that
+    re-running it replaces that output with no flag. Built on call: rcond.report loads matplotlib."""
+    from .report import REPORT
+
+    return OutputKind("an rcond demo", DEMO_MARKERS, extras=("world",) + REPORT.extras)
 
 
 def add_parser(sub, formatter) -> None:
@@ -68,7 +75,7 @@ def run(a) -> int:
 
     size = QUICK if a.quick else FULL
     t0 = time.perf_counter()
-    with atomic_dir(a.out, overwrite=True, kind=DEMO) as tmp:
+    with atomic_dir(a.out, overwrite=True, kind=demo_kind()) as tmp:
         result = run_demo(tmp, size, seed=a.seed, progress=not a.no_progress)
     report = Path(a.out) / "report.md"
     print(f"demo finished in {time.perf_counter() - t0:.0f} s: Spearman rho (level vs achieved reward, over "

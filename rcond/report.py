@@ -47,11 +47,12 @@ from .metrics import (Calibration, MetricsError, ScoreSummary, calibration, chec
 from .tokens import ControlScheme, SchemeError
 
 REPORT_FILE = "report.md"
-REPORT = OutputKind("an rcond report", (REPORT_FILE,))  # what overwrite may replace
 METRICS_FILE = "metrics.json"
 CALIBRATION_PNG = "calibration.png"
 LOSS_PNG = "loss.png"
 SCORES_PNG = "scores.png"
+REPORT = OutputKind("an rcond report", (REPORT_FILE,),  # what overwrite may replace
+                    extras=(METRICS_FILE, CALIBRATION_PNG, LOSS_PNG, SCORES_PNG))
 EXAMPLES_PER_GROUP = 3
 EXAMPLE_CHARS = 240
 DPI = 120

@@ -282,6 +282,44 @@ def test_overwrite_replaces_only_an_output_of_the_same_kind(tmp_path):
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["widget.json"]
 
 
+def test_overwrite_refuses_an_earlier_output_that_holds_anything_else(tmp_path):
+    """An earlier widget with a user's file (or another output) inside is refused, even with
+    --overwrite, and kept whole: replacing it would delete them. The kind's extras (glob
+    patterns) are its own: a widget holding them is replaced."""
+    from rcond.atomic import OutputKind
+
+    kind = OutputKind("a widget", ("widget.json", "parts/"), extras=("*.png", "log.txt"))
+    old = tmp_path / "w"
+    (old / "parts").mkdir(parents=True)
+    for name in ("widget.json", "a.png", "log.txt", "notes.md", "zz.txt"):
+        (old / name).write_text(name)
+    (old / "nested").mkdir()
+    (old / "nested" / "widget.json").write_text("{}")
+    before = sorted(str(p.relative_to(old)) for p in old.rglob("*"))
+    with pytest.raises(OutputExistsError, match=r"w holds a widget and also nested, notes\.md, zz\.txt, which a "
+                                                r"widget does not hold; replacing it would delete them"):
+        with atomic_dir(old, overwrite=True, kind=kind) as tmp:
+            (tmp / "widget.json").write_text("new")
+    assert sorted(str(p.relative_to(old)) for p in old.rglob("*")) == before
+    assert kind.foreign(old) == ["nested", "notes.md", "zz.txt"]
+    for name in ("notes.md", "zz.txt"):
+        (old / name).unlink()
+    (old / "nested" / "widget.json").unlink()
+    (old / "nested").rmdir()
+    with atomic_dir(old, overwrite=True, kind=kind) as tmp:
+        (tmp / "widget.json").write_text("new")
+        (tmp / "parts").mkdir()
+    assert (old / "widget.json").read_text() == "new" and not (old / "a.png").exists()
+    many = tmp_path / "many"
+    (many / "parts").mkdir(parents=True)
+    (many / "widget.json").write_text("{}")
+    for i in range(7):
+        (many / f"u{i}").write_text("x")
+    with pytest.raises(OutputExistsError, match=r"also u0, u1, u2, u3, u4 and 2 more, which"):
+        with atomic_dir(many, overwrite=True, kind=kind):
+            pass
+
+
 def test_an_output_kind_needs_its_files_as_files_and_its_folders_as_folders(tmp_path):
     """A marker is a file unless its name ends with '/': a folder named like the marker file, or a
     file named like the marker folder, does not make a folder of that kind (which --overwrite

@@ -200,6 +200,23 @@ def test_overwrite_replaces_only_an_earlier_output_of_the_command(tmp_path, caps
     assert [p.name for p in (tmp_path / "c").rglob("*")] == ["src", "main.py"]
 
 
+def test_overwrite_keeps_an_earlier_corpus_that_holds_a_users_files_or_another_corpus(tmp_path, capsys):
+    """A corpus written inside an earlier one, or a user's notes beside its files, make
+    --overwrite of the outer one exit 2 before any work, deleting nothing."""
+    rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
+    assert preprocess(tmp_path, rows) == 0
+    src = write_jsonl(tmp_path / "in2.jsonl", rows)
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c" / "sub"),
+                 "--tokenizer", "train:300", "--no-progress"]) == 0
+    (tmp_path / "c" / "notes.md").write_text("mine")
+    capsys.readouterr()
+    assert preprocess(tmp_path, rows, "--overwrite") == 2
+    assert "holds an rcond corpus and also notes.md, sub, which an rcond corpus does not hold" in capsys.readouterr().err
+    load(tmp_path / "c" / "sub")
+    assert (tmp_path / "c" / "notes.md").read_text() == "mine"
+    load(tmp_path / "c")
+
+
 def test_skip_reports(tmp_path, capsys):
     rows = [{"response": "a", "reward": 1}, "{x", {"response": "b", "reward": "nan?"}, {"response": "c", "reward": 2}]
     assert preprocess(tmp_path, rows, "--on-error", "skip") == 0

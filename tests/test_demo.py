@@ -50,14 +50,20 @@ def test_demo_model_is_steerable(tmp_path):
 
 
 def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
-    """Re-running the demo replaces its own output; any other non-empty folder is refused (exit 2,
-    left as it was), even one that holds a report.md and a file named like one of its folders."""
+    """Re-running the demo replaces its own output, unless a user's file is in it; any other
+    non-empty folder is refused (exit 2, left as it was), even one that holds a report.md and a
+    file named like one of its folders."""
     from rcond.cli import main
 
     monkeypatch.setattr(demo, "QUICK", TINY_RUN)
     out = tmp_path / "d"
     args = ["demo", "--quick", "--out", str(out), "--no-progress"]
     assert main(args) == 0 and main(args) == 0
+    (out / "mine.txt").write_text("keep me")  # an earlier demo with a user's file in it is kept whole
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "holds an rcond demo and also mine.txt, which an rcond demo does not hold" in capsys.readouterr().err
+    assert (out / "mine.txt").read_text() == "keep me" and (out / "report.md").is_file()
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")

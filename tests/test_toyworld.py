@@ -154,9 +154,12 @@ def test_empty_directory_is_used_and_overwrite_replaces(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     toyworld.generate(out, n_reviews=5, n_dialogs=2, n_text=2, progress=False)
-    (out / "stale.txt").write_text("old")
+    (out / "notes.txt").write_text("a user's file")  # a toy world with it is kept whole, not replaced
+    with pytest.raises(FileExistsError, match=r"holds a toy world and also notes\.txt, which a toy world does not hold"):
+        toyworld.generate(out, n_reviews=7, n_dialogs=2, n_text=2, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "a user's file" and len(read_jsonl(out / "reviews.jsonl")) == 5
+    (out / "notes.txt").unlink()
     toyworld.generate(out, n_reviews=7, n_dialogs=2, n_text=2, progress=False, overwrite=True)
-    assert not (out / "stale.txt").exists()
     assert len(read_jsonl(out / "reviews.jsonl")) == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
