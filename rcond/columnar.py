@@ -10,6 +10,9 @@ anything that path treats specially:
 - a non-blank line that does not start with ``{`` (Arrow's reader crashes the process on a
   chunk that opens with ``null``: pyarrow 26, a segmentation fault, so such a chunk never
   reaches it);
+- a line that may nest deeper than Python's JSON decoder can follow (more ``{`` and ``[`` than
+  half the recursion limit): Arrow reads any depth, even in a field no format reads, but the line
+  path calls such a line nested too deeply, and both must say the same;
 - Arrow cannot parse it (bad JSON, not an object, a field of another type, a duplicate key, a
   number too big, invalid UTF-8), or it finds a different number of rows than there are
   non-blank lines (two objects on one line);
@@ -26,6 +29,7 @@ The caller then decodes that chunk line by line, which raises or skips with the 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Callable
 
 import numpy as np
@@ -38,6 +42,7 @@ from .scorers import ScorerError
 from .sources import FIXED_BOTTOM, FIXED_TOP, FieldNames, PartBatch, SourceError, is_blank, split_hh
 
 Scorer = Callable[[list[str]], list[float]]
+NESTING_CHECKED = sys.getrecursionlimit() // 2  # brackets per line past which the line path must decide
 
 
 def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_reward: bool,
@@ -57,6 +62,8 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
         return _empty()
     schema = pa.schema([(name, pa.float64() if kind == "number" else pa.string()) for name, kind in names.items()])
     data = b"".join(lines)
+    if _may_nest_deeply(data, lines, rows):
+        return None
     try:  # the line path rejects invalid UTF-8 anywhere in a line; Arrow checks only the fields it reads
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -91,6 +98,15 @@ def _object_lines(lines: list[bytes]) -> int | None:
                 return None
             rows += 1
     return rows
+
+
+def _may_nest_deeply(data: bytes, lines: list[bytes], rows: int) -> bool:
+    """Whether a line holds more than ``NESTING_CHECKED`` brackets (``{`` or ``[``, in strings too),
+    so that its depth may be past what :func:`json.loads` follows. Counted over the whole chunk
+    first (each row opens one object): one pass over the bytes when no line comes close."""
+    if data.count(b"{") + data.count(b"[") - rows <= NESTING_CHECKED:
+        return False
+    return any(line.count(b"{") + line.count(b"[") > NESTING_CHECKED for line in lines)
 
 
 def _columns(fmt: str, f: FieldNames, needs_reward: bool) -> dict[str, str]:

@@ -223,3 +223,23 @@ def test_scorer_nan_is_skipped_by_record_with_its_line(tmp_path):
     skipping = SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")
     assert sum(b.records for b in skipping.batches(2)) == 2 and skipping.skipped.count == 1
     assert [r.parts[1].text for r in SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")] == ["a", "c"]
+
+
+@pytest.mark.parametrize("fmt,head", [("text", '{"text": "doc"'), ("scored", '{"text": "do\\u0063", "reward": 1')])
+def test_a_line_nested_too_deeply_for_the_line_path_is_refused_whatever_its_neighbours(tmp_path, fmt, head):
+    """A field no format reads, nested 5,000 deep: Arrow reads it, Python's decoder cannot. The
+    fast path declines the chunk, so the line is refused as nested too deeply (skipped alone under
+    --on-error skip) with or without a bad line beside it; with a backslash in a scored chunk
+    (where the response/text choice parses lines) no RecursionError escapes. Many brackets in a
+    string only send a chunk down the line path, which reads it."""
+    line = head + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    wide = head + ', "x": "' + "{[" * 400 + '"}'
+    assert chunk([line, {"text": "two", "reward": 2}], fmt) is None
+    assert chunk([wide], fmt) is None and chunk([head + "}"], fmt) is not None
+    for neighbour, kept in (('{"text": "fine", "reward": 2}', ["fine", "doc"]), ('{"text": "", "reward": 2}', ["doc"])):
+        path = write_lines(tmp_path / "d.jsonl", [line, neighbour, wide])
+        with pytest.raises(SourceError, match=r"d\.jsonl:1: JSON nested too deeply to read"):
+            list(SourceReader([str(path)], fmt).batches(8))
+        reader = SourceReader([str(path)], fmt, on_error="skip")
+        assert [t for b in reader.batches(8) for t in b.texts if t] == kept
+        assert reader.skipped.examples[0].startswith(f"{path}:1: JSON nested too deeply to read")
