@@ -257,14 +257,32 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def name_max(path: str | bytes | os.PathLike) -> int:
+    """The longest file name (in bytes) the file system at ``path``, or at the nearest folder
+    above it that exists, allows; 255 where the system does not say."""
+    folder = Path(os.fsdecode(path)).absolute()
+    while not os.path.isdir(folder) and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_target(target: str | Path, keep: tuple[str | Path, ...] = ()) -> Path:
     """The output path, refused when publishing it would replace what must survive: an empty
     path, the current directory or a folder holding it (a rename cannot move them, and replacing
     them would pull the ground from under the command), or one of ``keep`` (the command's
-    inputs) or a folder holding one, which ``--overwrite`` would delete."""
+    inputs) or a folder holding one, which ``--overwrite`` would delete; and refused when a name
+    in it is longer than the file system allows (before any folder of it is made)."""
     if not str(target).strip():
         raise OutputPathError("the output path is empty; give a new directory to write into")
     target = Path(target)
+    limit = name_max(target)
+    long = next((part for part in target.parts if len(os.fsencode(part)) > limit), None)
+    if long is not None:
+        raise OutputPathError(f"{target}: the name {long[:24]}... has {len(os.fsencode(long))} bytes; expected at "
+                              f"most {limit} per name on this file system")
     if _within(Path.cwd(), target):
         raise OutputPathError(f"{target}: is the current directory or holds it; give a new directory to write into")
     for item in keep:

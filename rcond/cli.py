@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import textwrap
@@ -443,6 +444,15 @@ def main(argv: list[str] | None = None) -> int:
             hint = "\n(to skip bad records and report them instead, pass --on-error skip)"
         print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # a path given on the command line that no file system can hold, wherever it is first looked at
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        from .atomic import name_max
+
+        print(f"error: {e.filename}: file name too long; expected a path whose every name has at most "
+              f"{name_max(e.filename)} bytes", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
 
 
 def entry() -> None:

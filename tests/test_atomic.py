@@ -359,3 +359,19 @@ def test_a_long_output_name_is_not_refused_for_its_temp_sibling(tmp_path):
             (tmp / "f").write_text(str(overwrite))
     assert (target / "f").read_text() == "True"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_a_name_too_long_for_the_file_system_is_refused_before_any_folder_is_made(tmp_path):
+    """A 300-byte name (Linux file systems allow 255) is an OutputPathError naming its length and
+    the limit, raised before the folders above it are made: nothing is left behind."""
+    limit = atomic.name_max(tmp_path)
+    long = "n" * (limit + 45)
+    for target in (tmp_path / long, tmp_path / "made" / long / "c"):
+        with pytest.raises(OutputPathError, match=rf"the name n{{24}}\.\.\. has {limit + 45} bytes; expected at "
+                                                  rf"most {limit} per name on this file system"):
+            with atomic_dir(target):
+                pass
+    assert list(tmp_path.iterdir()) == []
+    with atomic_dir(tmp_path / ("n" * limit)) as tmp:  # at the limit: written
+        (tmp / "f").write_text("x")
+    assert (tmp_path / ("n" * limit) / "f").read_text() == "x"
