@@ -242,6 +242,12 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
+                if num_bins == 1 and summary.unscored_sides:
+                    raise CorpusError(f"{', '.join(reader.inputs)}: preference pairs without scores put the chosen "
+                                      "response in the top bin and the rejected one in the bottom bin, which --bins 1 "
+                                      "makes the same bin: the corpus could not tell them apart; expected --bins 2 or "
+                                      "more (or scores for every pair: --chosen-score-field/--rejected-score-field, "
+                                      "--score-with)")
                 summary.content_tokens += tokens + len(pool.on)  # + one eos each
                 summary.documents += len(pool.on)
                 summary.on_docs += int(np.count_nonzero(pool.on))

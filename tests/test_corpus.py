@@ -488,3 +488,15 @@ def test_scheme_options_record_how_the_records_were_read(tmp_path):
     options = load(tmp_path / "c")[1].options
     assert options["fields"]["response"] == "answer" and options["fields"]["reward"] == "score"
     assert (options["on_error"], options["skipped"]) == ("skip", 1)
+
+
+def test_unscored_pairs_with_one_bin_are_refused(tmp_path):
+    """Unscored pairs go to the top and bottom bins: with --bins 1 that is one bin, and chosen and
+    rejected would carry the same RTG token. Refused, nothing written; scored pairs are read."""
+    pair = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    with pytest.raises(CorpusError, match=r"preference pairs without scores .* which --bins 1 makes the same bin"):
+        make(tmp_path, "pairs", [pair], binning="quantile", num_bins=1)
+    assert not (tmp_path / "c").exists()
+    _, scheme, _ = make(tmp_path, "pairs", [{**pair, "chosen_score": 1, "rejected_score": 0}], binning="quantile",
+                        num_bins=1, name="scored")
+    assert scheme.counts == [2]
