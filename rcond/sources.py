@@ -50,6 +50,7 @@ import logging
 import lzma
 import math
 import os
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -592,9 +593,16 @@ def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
 def _documents(sources: Iterable[tuple[str, Callable[[], bytes]]], on_bad_line) -> Iterator[tuple[str, str]]:
     """(origin, read its bytes) per plain-text document -> (origin, text). A document that is not
     UTF-8 is named with the line and byte where it breaks, and raised, or given to ``on_bad_line``
-    (it is one record, as a JSON line is)."""
+    (it is one record, as a JSON line is); so is one that cannot be read (a damaged ``.txt.gz``, a
+    zip member whose CRC does not match)."""
     for origin, read in sources:
-        data = read()
+        try:
+            data = read()
+        except SourceError as e:
+            if on_bad_line is None:
+                raise RecordError(str(e)) from None
+            on_bad_line(str(e))
+            continue
         try:
             text = data.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no text to train on
         except UnicodeDecodeError as e:
@@ -657,6 +665,9 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
     naming it."""
     try:
         data = zf.read(name)
+    except zipfile.BadZipFile as e:
+        raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an intact member (the archive is "
+                          f"damaged)") from None
     except (RuntimeError, NotImplementedError, zlib.error, EOFError, lzma.LZMAError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None
@@ -731,14 +742,19 @@ def _reward(value, name: str, origin: str) -> float:
         # float() also reads "1_000" and other scripts' digits ("１２", "١٢")
         raise SourceError(f"{origin}: {name} must be a number, got {value!r}")
     try:
-        value = float(value)
+        number = float(value)
     except OverflowError:  # an integer beyond float range
         raise SourceError(f"{origin}: {name} must be a finite number, got an integer too large for a float") from None
     except (TypeError, ValueError):
         raise SourceError(f"{origin}: {name} must be a number, got {value!r}") from None
-    if not math.isfinite(value):
-        raise SourceError(f"{origin}: {name} must be a finite number, got {value!r}")
-    return value
+    if not math.isfinite(number):
+        beyond = f"beyond the float range, +-{sys.float_info.max:.4g}"
+        if isinstance(value, str):  # as written: '1e400' is read as inf
+            why = f" ({beyond})" if math.isinf(number) and "inf" not in value.lower() else ""
+        else:  # a JSON reader gives inf for Infinity and for 1e400 alike
+            why = f" (Infinity, or a number {beyond})" if math.isinf(number) else ""
+        raise SourceError(f"{origin}: {name} must be a finite number, got {value!r}{why}")
+    return number
 
 
 INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"  # zero-width space/joiners, word joiner, BOM, soft hyphen

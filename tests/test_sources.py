@@ -206,6 +206,23 @@ def test_bad_reward_names_record(tmp_path, bad):
         list(SourceReader([str(path)], "scored"))
 
 
+@pytest.mark.parametrize("written,got", [
+    ("1e400", r"got '1e400' \(beyond the float range, \+-1\.798e\+308\)"), ("-inf", r"got '-inf'$"),
+    ("nan", r"got 'nan'$")])
+def test_a_reward_beyond_the_float_range_is_named_as_written(tmp_path, written, got):
+    """A CSV cell is text: '1e400' (read as inf) is named as written and why it is refused; a
+    JSON reader turns Infinity and 1e400 alike into inf, and says both may be meant."""
+    path = tmp_path / "r.csv"
+    path.write_text(f"response,reward\nhi,{written}\n")
+    with pytest.raises(SourceError, match=rf"r\.csv:row 1 \(line 2\): reward must be a finite number, {got}"):
+        list(SourceReader([str(path)], "scored"))
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"response": "hi", "reward": 1e400}\n')
+    with pytest.raises(SourceError, match=r"r\.jsonl:1: reward must be a finite number, got inf \(Infinity, or a "
+                                          r"number beyond the float range"):
+        list(SourceReader([str(jsonl)], "scored"))
+
+
 def test_empty_response(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:1: empty response"):
         read(tmp_path, "scored", [{"response": "  ", "reward": 1}])
@@ -656,6 +673,35 @@ def test_folders_and_zips_read_compressed_text_and_name_the_files_they_do_not_re
     reader = SourceReader([str(tmp_path / "d.zip")], "text")
     assert [r.parts[0].text for r in reader] == ["first"]
     assert reader.ignored.examples == [f"{tmp_path / 'd.zip'}!d/rt-polarity.pos"]
+
+
+def test_a_damaged_document_in_a_folder_or_zip_is_named_and_skipped_alone(tmp_path):
+    """A .txt.gz cut short in a folder, or a zip member whose bytes no longer match its CRC, is
+    one bad record: named (an error a bare run stops on, with the --on-error hint) or skipped
+    alone, the other documents read."""
+    import gzip
+    import zipfile
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("first")
+    (docs / "b.txt.gz").write_bytes(gzip.compress(b"second document")[:-6])
+    (docs / "c.txt").write_text("third")
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", "first")
+        zf.writestr("b.txt", "second document")
+        zf.writestr("c.txt", "third")
+    data = archive.read_bytes()
+    archive.write_bytes(data.replace(b"second document", b"SECOND document"))  # the stored bytes, not the CRC
+    for spec, bad, message in ((docs, f"{docs / 'b.txt.gz'}", r"cannot be read \(EOFError"),
+                               (archive, f"{archive}!b.txt", r"cannot be extracted \(Bad CRC-32 for file 'b\.txt'\); "
+                                                              r"expected an intact member")):
+        with pytest.raises(RecordError, match=rf"^{re.escape(bad)}: {message}"):
+            list(SourceReader([str(spec)], "text"))
+        reader = SourceReader([str(spec)], "text", on_error="skip")
+        assert [r.parts[0].text for r in reader] == ["first", "third"]
+        assert reader.skipped.count == 1 and reader.skipped.examples[0].startswith(f"{bad}: ")
 
 
 def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
