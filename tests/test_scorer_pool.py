@@ -295,16 +295,17 @@ def test_a_scorer_error_names_the_records_not_positions_in_a_call(tmp_path, caps
     else:
         src = tmp_path / "in.csv"
         src.write_text("response\n" + "".join(f"{r['response']}\n" for r in rows))
-    place = "row" if suffix == "csv" else ""
+    def at(record: int) -> str:  # a CSV row is named with its line too (the header is line 1)
+        return f"{src}:row {record} (line {record + 1})" if suffix == "csv" else f"{src}:{record}"
+
     args = ["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer", "train:300",
             "--no-progress", "--score-batch", "100", "--score-workers", workers]
     assert main([*args, "--score-with", scorers("word_for_bad")]) == 2
-    at = f"{src}:{place + ' ' if place else ''}250"
-    assert f"{at}: scorer '{scorers('word_for_bad')}': its score for 'bad text 250' is not a number: 'oops'" in \
+    assert f"{at(250)}: scorer '{scorers('word_for_bad')}': its score for 'bad text 250' is not a number: 'oops'" in \
         capsys.readouterr().err
     assert main([*args, "--score-with", scorers("boom_on_bad")]) == 2
     err = capsys.readouterr().err
     last = 300 if workers == "1" else 250
-    assert f"{at.replace('250', '201')} to {at.replace('250', str(last))}: scorer '{scorers('boom_on_bad')}' failed on " \
+    assert f"{at(201)} to {at(last)}: scorer '{scorers('boom_on_bad')}' failed on " \
            f"the texts of these records: ValueError: cannot score that" in err
     assert not (tmp_path / "c").exists()
