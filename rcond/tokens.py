@@ -11,9 +11,19 @@ k = #{j : e_j <= v}, so bin 0 is (-inf, e_1), bin k is [e_k, e_{k+1}) and bin K-
 [e_{K-1}, inf). Edges are fitted on the training rewards:
 
 - ``quantile`` (default): e_j = the j/K quantile (linear interpolation) of the rewards, so
-  bins hold about equal counts. Tied rewards can make neighbouring quantiles equal; duplicate
-  edges are kept (the bins between them are simply empty) so K and the token set stay fixed.
+  bins hold about equal counts. Where e_j falls on a reward value v that several rewards
+  share, the ties at v all go one way: up, as the rule above sends them, unless sending them
+  down puts the count of rewards below the edge strictly nearer to j/K of them; then e_j is
+  moved to midway between v and the next larger reward. (Plain interpolation sends ties up always: with rewards 0, 0, 0, 1 and
+  K = 2 the median edge is 0 and both 0 and 1 land in bin 1, so binary feedback with more
+  negatives than positives lost its whole signal; the edge is 0.5 here.) Tied rewards can still
+  make neighbouring edges equal; duplicate edges are kept (the bins between them are simply
+  empty) so K and the token set stay fixed.
 - ``uniform``: K equal-width bins between the minimum and maximum reward.
+
+Interpolated edges are computed exactly (in rationals) and rounded once, so an edge that is a
+round number is that number: uniform edges over [-1, 1] with K = 10 include 0.6 itself, the
+float a reward of 0.6 is, not 0.6000000000000001 (which put that reward one bin low).
 - ``edges:a,b,...``: explicit, strictly increasing edges (K = len + 1).
 
 Unlike the Decision Transformer, which feeds the raw return as a continuous input, the return
@@ -25,7 +35,9 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -50,11 +62,12 @@ def parse_binning(spec: str) -> tuple[str, list[float] | None]:
         return spec, None
     if spec.startswith("edges:"):
         try:
-            edges = [float(x) for x in spec[len("edges:"):].split(",") if x.strip()]
+            items = spec[len("edges:"):].split(",")
+            if not "".join(items).strip():
+                raise SchemeError(f"--binning {spec!r}: give at least one edge, e.g. edges:-0.5,0,0.5")
+            edges = [float(x) for x in items]  # an empty item ("1,,2", "1,") is no number
         except ValueError as e:
             raise SchemeError(f"--binning {spec!r}: edges must be numbers separated by commas") from e
-        if not edges:
-            raise SchemeError(f"--binning {spec!r}: give at least one edge, e.g. edges:-0.5,0,0.5")
         if any(not math.isfinite(x) for x in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
             raise SchemeError(f"--binning {spec!r}: edges must be finite and strictly increasing")
         return "edges", edges
@@ -89,11 +102,22 @@ def quantile_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[
     n = len(xs)
     edges = []
     for j in range(1, num_bins):
-        pos = (n - 1) * j / num_bins
+        pos = Fraction((n - 1) * j, num_bins)
         lo = math.floor(pos)
         hi = min(lo + 1, n - 1)
-        edges.append(_between(float(xs[lo]), float(xs[hi]), pos - lo))
+        edges.append(_ties_placed(xs, _between(float(xs[lo]), float(xs[hi]), pos - lo), n * j / num_bins))
     return _non_decreasing(edges)
+
+
+def _ties_placed(xs: np.ndarray, edge: float, target: float) -> float:
+    """``edge``, or where it falls on a reward value v that several of the sorted ``xs`` share
+    and sending those ties below it brings the count below it strictly nearer to ``target``, the
+    midpoint between v and the next larger value."""
+    up = int(np.searchsorted(xs, edge, side="left"))    # rewards below the edge as it is: ties go up
+    down = int(np.searchsorted(xs, edge, side="right"))  # rewards at or below it
+    if down - up < 2 or down == len(xs) or abs(down - target) >= abs(up - target):
+        return edge
+    return _between(edge, float(xs[down]), Fraction(1, 2))
 
 
 def uniform_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[float]:
@@ -104,18 +128,18 @@ def uniform_edges(values: Sequence[float] | np.ndarray, num_bins: int) -> list[f
     lo, hi = float(xs.min()), float(xs.max())
     if hi == lo:
         hi = lo + 1.0
-    return _non_decreasing([_between(lo, hi, j / num_bins) for j in range(1, num_bins)])
+    return _non_decreasing([_between(lo, hi, Fraction(j, num_bins)) for j in range(1, num_bins)])
 
 
-def _between(a: float, b: float, t: float) -> float:
-    """a + (b - a) t for a <= b and t in [0, 1], finite even where b - a overflows (a = -1e308, b = 1e308)."""
-    if math.isfinite(b - a):
-        return a + (b - a) * t
-    return a * (1.0 - t) + b * t
+def _between(a: float, b: float, t: Fraction | int) -> float:
+    """a + (b - a) t for a <= b and t in [0, 1], computed exactly and rounded once to the nearest
+    float (finite wherever a and b are: no overflow of b - a)."""
+    return float(Fraction(a) + (Fraction(b) - Fraction(a)) * t)
 
 
 def _non_decreasing(edges: list[float]) -> list[float]:
-    """Edges with rounding's one-ulp dips between neighbours taken out."""
+    """Edges made non-decreasing: an edge moved up past ties (:func:`_ties_placed`) lifts those
+    after it that it passed (no reward lies between them)."""
     return np.maximum.accumulate(np.asarray(edges, dtype=np.float64)).tolist() if edges else []
 
 
@@ -153,12 +177,19 @@ class ControlScheme:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, rewards: Iterable[float], num_bins: int = 10, binning: str = "quantile", **kw) -> "ControlScheme":
-        """Fit bin edges to training rewards with the given binning spec."""
+    def fit(cls, rewards: Iterable[float], num_bins: int | None = None, binning: str = "quantile",
+            **kw) -> "ControlScheme":
+        """Fit bin edges to training rewards with the given binning spec. ``num_bins`` None: as
+        many as explicit edges make, else DEFAULT_BINS; one that contradicts the edges is refused."""
         kind, explicit = parse_binning(binning)
+        if num_bins is None:
+            num_bins = DEFAULT_BINS if explicit is None else len(explicit) + 1
         if kind == "edges":
             assert explicit is not None
-            return cls(num_bins=len(explicit) + 1, edges=list(explicit), binning=binning, **kw)
+            if num_bins != len(explicit) + 1:
+                raise SchemeError(f"num_bins {num_bins} contradicts binning {binning!r}: {len(explicit)} edges make "
+                                  f"{len(explicit) + 1} bins")
+            return cls(num_bins=num_bins, edges=list(explicit), binning=binning, **kw)
         values = np.asarray(rewards if isinstance(rewards, np.ndarray) else list(rewards), dtype=np.float64)
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
@@ -189,9 +220,12 @@ class ControlScheme:
         return lo, hi
 
     def check_level(self, k: int) -> int:
-        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < self.num_bins:
-            raise SchemeError(f"level {k!r} does not exist: this scheme has levels 0..{self.num_bins - 1}")
-        return k
+        """``k`` as an int if it names a level (any integer type: a numpy one too), else SchemeError."""
+        if not isinstance(k, numbers.Integral) or isinstance(k, (bool, np.bool_)):
+            raise SchemeError(f"level {k!r} is not an integer: this scheme has levels 0..{self.num_bins - 1}")
+        if not 0 <= k < self.num_bins:
+            raise SchemeError(f"level {int(k)} does not exist: this scheme has levels 0..{self.num_bins - 1}")
+        return int(k)
 
     # ------------------------------------------------------------------ tokens
     def rtg_token(self, k: int) -> str:

@@ -58,8 +58,11 @@ def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
     assert preprocess(tmp_path, tied, "--bins", "4") == 0
     out = capsys.readouterr().out
     assert "note: 2 of 4 bins hold no reward-to-go token" in out
-    _, scheme, _ = load(tmp_path / "c")  # edges 0.5, 0.5, 0.5625: a 0.5 passes two edges (bin 2), the rest three
-    assert scheme.edges[:2] == [0.5, 0.5] and scheme.counts[:2] == [0, 0] and all(scheme.counts[2:])
+    # quantiles 0.5, 0.5, 0.5625; the second edge sends the thirty 0.5s down (30 below it is nearer its
+    # target 20 than 0), to 0.625, which lifts the third: a 0.5 passes one edge (bin 1), the rest three
+    _, scheme, _ = load(tmp_path / "c")
+    assert scheme.edges == [0.5, 0.625, 0.625]
+    assert scheme.counts[0] == scheme.counts[2] == 0 and scheme.counts[1] and scheme.counts[3]
     assert preprocess(tmp_path, [{"response": f"r {i}", "reward": i} for i in range(40)], "--bins", "4",
                       out="spread") == 0
     assert "note:" not in capsys.readouterr().out

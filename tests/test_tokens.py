@@ -30,6 +30,39 @@ def test_uniform_edges():
     assert uniform_edges([-1.0, 1.0, 0.3], 4) == pytest.approx([-0.5, 0.0, 0.5])
 
 
+def test_uniform_edges_are_the_round_numbers_they_should_be():
+    """K = 10 over [-1, 1]: the edges are -0.8, -0.6, ..., 0.8 as the floats those decimals are
+    (-1 + 2 * 0.4 in floats is -0.19999999999999996), so a reward of 0.6 is in bin 8, [0.6, 0.8),
+    and -0.2 in bin 4, as the summary prints them."""
+    edges = uniform_edges([-1.0, 1.0], 10)
+    assert edges == [-0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8]
+    s = ControlScheme(num_bins=10, edges=edges)
+    assert [s.bin_of(v) for v in (-0.2, 0.6, 0.5999999999999999)] == [4, 8, 7]
+
+
+@pytest.mark.parametrize("rewards,k,edges,bins", [
+    ([0.0, 0.0, 0.0, 1.0], 2, [0.5], [0, 1]),             # median 0 sent both 0 and 1 to bin 1
+    ([0.0, 0.0, 1.0], 2, [0.5], [0, 1]),
+    ([0.0] * 6 + [1.0] * 4, 2, [0.5], [0, 1]),
+    ([0.0, 1.0, 1.0], 2, [1.0], [0, 1]),                  # ties already sent up, where they belong
+    ([0.0] * 8 + [1.0, 2.0], 4, [0.0, 0.5, 0.5], [1, 3]),  # 8 zeros: below edge 1 (target 2.5) 0 beats 8
+])
+def test_quantile_edges_send_ties_to_the_side_nearer_the_target(rewards, k, edges, bins):
+    """An edge on a value several rewards share sends them all one way: up unless down puts the
+    count below it strictly nearer to j/K of the rewards (then the edge is midway to the next
+    value). Hand-computed: [0, 0, 0, 1], K = 2, median position 1.5 is 0; below 0 lie 0 rewards,
+    below 0.5 lie 3, and the target is 2."""
+    assert quantile_edges(rewards, k) == edges
+    s = ControlScheme.fit(rewards, num_bins=k)
+    assert [s.bin_of(0.0), s.bin_of(1.0)] == bins
+
+
+def test_quantile_edges_on_distinct_values_are_plain_interpolation():
+    """A single value at an edge is no tie: 1..9, K = 4 keeps 7 (6 below it; 7.5 would have 7,
+    nearer the target 6.75)."""
+    assert quantile_edges(list(range(1, 10)), 4) == [3.0, 5.0, 7.0]
+
+
 @pytest.mark.parametrize("binning", ["quantile", "uniform"])
 def test_edges_stay_finite_where_the_reward_range_overflows(binning):
     """max - min of rewards near +-1.8e308 is inf; the edges must still be the exact rational
@@ -71,7 +104,26 @@ def test_tied_quantiles_keep_k_bins():
     assert s.bin_of(0.0) in range(4) and s.bin_of(1.0) == 3
 
 
-@pytest.mark.parametrize("spec", ["edges:", "edges:1,1", "edges:2,1", "edges:a", "median"])
+def test_fit_with_explicit_edges_takes_their_k_and_refuses_another():
+    assert ControlScheme.fit([], binning="edges:0").num_bins == 2
+    assert ControlScheme.fit([], num_bins=2, binning="edges:0").edges == [0.0]
+    with pytest.raises(SchemeError, match=r"num_bins 5 contradicts binning 'edges:0': 1 edges make 2 bins"):
+        ControlScheme.fit([], num_bins=5, binning="edges:0")
+    assert ControlScheme.fit([0.0, 1.0]).num_bins == 10
+
+
+def test_levels_may_be_any_integer_type_and_nothing_else():
+    s = ControlScheme.fit([], binning="edges:0,1")
+    assert s.rtg_token(np.int64(1)) == "<|rtg:1|>" and type(s.check_level(np.int16(2))) is int
+    for bad in (1.0, True, np.bool_(True), "1"):
+        with pytest.raises(SchemeError, match=r"is not an integer: this scheme has levels 0\.\.2"):
+            s.check_level(bad)
+    with pytest.raises(SchemeError, match=r"level 3 does not exist"):
+        s.check_level(np.int64(3))
+
+
+@pytest.mark.parametrize("spec", ["edges:", "edges:1,1", "edges:2,1", "edges:a", "median", "edges:1,,2", "edges:1,",
+                                  "edges: , "])
 def test_bad_binning(spec):
     with pytest.raises(SchemeError):
         parse_binning(spec)
