@@ -19,8 +19,8 @@ anything that path treats specially:
 - a required field is missing or null; a text that is empty or all whitespace and invisible characters;
 - a reward or score that is not finite, a pair with only one of its two scores, a scorer that
   returns a non-finite value or the wrong number of values;
-- a ``pairs`` dialogue without a ``"\\n\\nAssistant:"`` turn; a ``scored`` chunk whose
-  response/text choice differs between rows.
+- a ``pairs`` dialogue without a ``"\\n\\nAssistant:"`` turn; a ``scored`` row with neither a
+  response nor a text.
 
 The caller then decodes that chunk line by line, which raises or skips with the exact line.
 ``dialog`` records (nested turns) always take the line-by-line path.
@@ -80,7 +80,7 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
         if fmt == "text":
             return _text(table, fields)
         if fmt == "scored":
-            return _scored(table, lines, fields, needs_reward, scorer, score_batch)
+            return _scored(table, fields, needs_reward, scorer, score_batch)
         return _pairs(table, fields, needs_reward, scorer, score_batch)
     except UnicodeDecodeError:
         return None
@@ -125,9 +125,8 @@ def _empty() -> PartBatch:
     return PartBatch([], np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool), np.zeros(0, bool))
 
 
-def _strings(table: pa.Table, name: str) -> list[str] | None:
+def _strings(col: pa.ChunkedArray) -> list[str] | None:
     """A required, non-empty string column as a list; None if any value is null or blank."""
-    col = table.column(name)
     if col.null_count:
         return None
     values = col.to_pylist()
@@ -169,23 +168,17 @@ def _layout(texts: list[str], trainable: list[bool], rtg: np.ndarray, fixed: np.
 
 
 def _text(table: pa.Table, f: FieldNames) -> PartBatch | None:
-    texts = _strings(table, f.text)
+    texts = _strings(table.column(f.text))
     if texts is None:
         return None
     P = len(texts)
     return _layout(texts, [True], np.full(P, np.nan), np.zeros(P, np.int8), 1, on=False)
 
 
-def _scored(table: pa.Table, lines: list[bytes], f: FieldNames, needs_reward: bool, scorer: Scorer | None,
+def _scored(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | None,
             score_batch: int) -> PartBatch | None:
-    # the line path reads `response` where the row has that key (even if null), else `text`
-    if table.column(f.response).null_count == 0:
-        name = f.response
-    elif table.column(f.response).null_count == table.num_rows and not _key_anywhere(lines, f.response):
-        name = f.text
-    else:
-        return None
-    responses = _strings(table, name)
+    # as the line path: `response` where it is there and not null, else `text`
+    responses = _strings(pc.coalesce(table.column(f.response), table.column(f.text)))
     if responses is None:
         return None
     prompts = table.column(f.prompt).fill_null("").to_pylist()
@@ -203,20 +196,6 @@ def _scored(table: pa.Table, lines: list[bytes], f: FieldNames, needs_reward: bo
     rtg = np.full(2 * n, np.nan)
     rtg[0::2] = reward
     return _layout(texts, [False, True], rtg, np.zeros(2 * n, np.int8), 2, on=True)
-
-
-def _key_anywhere(lines: list[bytes], key: str) -> bool:
-    """Whether any row has ``key`` (null or not). A key is written as its raw UTF-8 or its
-    ASCII-escaped JSON string; any other spelling needs an escape (``\\u``, ``\\/``), and lines with
-    a backslash are parsed to look. A string *value* equal to the key counts too: a false alarm only
-    declines the chunk."""
-    raw, escaped = json.dumps(key, ensure_ascii=False).encode(), json.dumps(key).encode()
-    for line in lines:
-        if raw in line or escaped in line:
-            return True
-        if b"\\" in line and key in json.loads(line):
-            return True
-    return False
 
 
 def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | None,

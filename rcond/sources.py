@@ -827,6 +827,8 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
             raise SourceError(f"{origin}: a plain text document has no reward; use --score-with or --format text")
         return Record([Part("", False, rtg=0.0), Part(_nonempty(row, "document", origin), True)], "on", origin)
     name = f.response if f.response in row else f.text
+    if row.get(f.response) is None and row.get(f.text) is not None:  # "response" null (an empty CSV cell), "text" given
+        name = f.text
     if name not in row:
         raise SourceError(f"{origin}: missing field {f.response!r} (or {f.text!r}); fields present: {sorted(row)}")
     response = _nonempty(_text(row, name, origin), "response", origin)

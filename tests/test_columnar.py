@@ -121,11 +121,9 @@ def test_a_scorer_replaces_pair_scores_which_are_not_read(tmp_path):
     ('scored', ['{"response": "a", "reward": NaN}'], "NaN reward"),
     ("scored", [{"response": "  ", "reward": 1}], "blank response"),
     ("scored", [{"response": 5, "reward": 1}], "non-string response"),
-    ("scored", [{"response": None, "text": "t", "reward": 1}], "response key present but null"),
-    ("scored", ['{"respons\\u0065": null, "text": "t", "reward": 1}'], "response key spelt with an escape, null"),
-    ("scored", ['{"response": null, "text": "a\\nb", "reward": 1}'], "null response key on a line with escapes"),
+    ("scored", [{"response": None, "reward": 1}], "null response, no text"),
+    ("scored", [{"response": None, "text": None, "reward": 1}], "null response, null text"),
     ("text", [b'{"text": "a", "meta": "\xff"}'], "invalid UTF-8 in a field no format reads"),
-    ("scored", [{"response": "a", "reward": 1}, {"text": "b", "reward": 1}], "response/text differs by row"),
     ("scored", [{"prompt": 3, "response": "a", "reward": 1}], "non-string prompt"),
     ("scored", ['{"response": "a", "response": "b", "reward": 1}'], "duplicate key"),
     ("text", [{"text": ""}], "empty document"),
@@ -189,17 +187,27 @@ def test_invalid_utf8_names_the_line(tmp_path):
         list(SourceReader([str(path)], "scored").batches())
 
 
-def test_non_ascii_response_field_present_but_null_declines():
-    """`--response-field réponse`: the key may be written raw (UTF-8) or escaped; either way a
-    null there goes to the line path (an error: the field is null), never a silent fall back to `text`."""
-    fields = FieldNames(response="r\u00e9ponse")
-    raw = '{"r\u00e9ponse": null, "text": "t", "reward": 1}'                # the key as UTF-8 bytes
-    escaped = json.dumps({"r\u00e9ponse": None, "text": "t", "reward": 1})  # the key as \\u00e9
-    for row in (raw, escaped):
-        assert chunk([row], "scored", fields) is None
-    assert chunk([{"text": "t", "reward": 1}], "scored", fields) is not None  # no such key: text it is
-    slashed = FieldNames(response="x/y")  # JSON may also write "/" as "\\/"
-    assert chunk(['{"x\\/y": null, "text": "t", "reward": 1}'], "scored", slashed) is None
+def test_scored_reads_the_response_where_it_is_not_null_else_the_text_on_both_paths(tmp_path):
+    """README: a scored record has "response" or "text". Row by row, a response that is there and
+    not null is read, else the text (a CSV with both columns fills one per row; JSON may write the
+    key escaped or hold a null); neither is an error naming the response field, on both paths."""
+    rows = ['{"response": "r1", "text": "ignored", "reward": 1}', '{"response": null, "text": "t2", "reward": 2}',
+            '{"text": "t3", "reward": 3}', '{"respons\\u0065": null, "text": "a\\nb", "reward": 4}',
+            '{"r\u00e9ponse": "raw", "reward": 5}']
+    path = write_lines(tmp_path / "s.jsonl", rows[:4])
+    fast, lines = both_paths(path, "scored")
+    same(fast, lines)
+    assert fast.texts[1::2] == ["r1", "t2", "t3", "a\nb"]
+    assert chunk(rows[:4], "scored") is not None  # read column-wise, no decline
+    accented = FieldNames(response="r\u00e9ponse")
+    assert chunk([rows[4], rows[2]], "scored", accented).texts[1::2] == ["raw", "t3"]
+    path = write_lines(tmp_path / "n.jsonl", [rows[0], '{"response": null, "reward": 9}'])
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(SourceError, match=r"n\.jsonl:2: field 'response' is null; expected a value"):
+            read(SourceReader([str(path)], "scored"))
+    csv = tmp_path / "both.csv"
+    csv.write_text("response,text,reward\nr1,,1\n,t2,2\n")
+    assert [r.parts[1].text for r in SourceReader([str(csv)], "scored")] == ["r1", "t2"]
 
 
 def test_invalid_utf8_anywhere_in_a_line_is_refused_by_both_paths(tmp_path):
@@ -229,9 +237,8 @@ def test_scorer_nan_is_skipped_by_record_with_its_line(tmp_path):
 def test_a_line_nested_too_deeply_for_the_line_path_is_refused_whatever_its_neighbours(tmp_path, fmt, head):
     """A field no format reads, nested 5,000 deep: Arrow reads it, Python's decoder cannot. The
     fast path declines the chunk, so the line is refused as nested too deeply (skipped alone under
-    --on-error skip) with or without a bad line beside it; with a backslash in a scored chunk
-    (where the response/text choice parses lines) no RecursionError escapes. Many brackets in a
-    string only send a chunk down the line path, which reads it."""
+    --on-error skip) with or without a bad line beside it, and no RecursionError escapes. Many
+    brackets in a string only send a chunk down the line path, which reads it."""
     line = head + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
     wide = head + ', "x": "' + "{[" * 400 + '"}'
     assert chunk([line, {"text": "two", "reward": 2}], fmt) is None
