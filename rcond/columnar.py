@@ -28,7 +28,6 @@ The caller then decodes that chunk line by line, which raises or skips with the 
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Callable
 
