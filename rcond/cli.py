@@ -120,6 +120,9 @@ def run_preprocess(a) -> int:
         scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                           overwrite=a.overwrite, progress=not a.no_progress)
     print(format_preprocess_summary(a.out, scheme, s, opts.block_size))
+    if a.format == "scored" and a.prompt_field != "prompt" and not s.prompts:
+        print(f"  note: no record has a {a.prompt_field!r} field with text (--prompt-field): every response was read "
+              f"without a prompt; check the field's name")
     return 0
 
 
@@ -203,6 +206,10 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
         lines.append(f"  note: {s.same_pairs:,} preference pairs have the same chosen and rejected text: each trains "
                      f"that response at the level of both sides (no preference); drop them from the input, or give "
                      f"them equal scores")
+    if s.split_prompts:
+        lines.append(f"  note: {s.split_prompts:,} preference pairs split into different prompts for their two sides "
+                     f"(the dialogues differ before their last '\\n\\nAssistant:' turn, or a response holds one): each "
+                     f"side trains only what follows its own last Assistant turn; give such pairs a prompt field")
     if s.ignored_files:
         names = ", ".join(s.ignored_examples[:3]) + (", ..." if s.ignored_files > 3 else "")
         lines.append(f"  note: {s.ignored_files:,} file(s) in the input folders or archives are no .txt documents "

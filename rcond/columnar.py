@@ -240,4 +240,5 @@ def _pairs(table: pa.Table, f: FieldNames, needs_reward: bool, scorer: Scorer | 
         rtg[0::4] = rtg[2::4] = 0.0
     batch = _layout(texts, [False, True], rtg, fixed, 2, on=True)
     batch.same_pairs = sum(c == r and p == q for c, r, p, q in zip(chosen, rejected, prompts_c, prompts_r))
+    batch.split_prompts = sum(p != q for p, q in zip(prompts_c, prompts_r))
     return batch

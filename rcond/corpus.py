@@ -92,6 +92,8 @@ class Summary:
     cut_rewards: int = 0  # rewards left out of the bin edges: their RTG tokens, or their unconditional records, were cut
     unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
     same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
+    split_prompts: int = 0  # preference pairs whose two HH dialogues split into different prompts
+    prompts: int = 0  # records whose first part is a prompt with text (scored, pairs)
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -242,6 +244,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
+                summary.prompts += sum(1 for i in np.flatnonzero(parts.doc_start & ~parts.trainable).tolist()
+                                       if parts.texts[i])
                 if num_bins == 1 and summary.unscored_sides:
                     raise CorpusError(f"{', '.join(reader.inputs)}: preference pairs without scores put the chosen "
                                       "response in the top bin and the rejected one in the bottom bin, which --bins 1 "
@@ -263,7 +267,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         summary.untrained_pieces, summary.untrained_tokens = stream.untrained_pieces, stream.untrained_tokens
         summary.skipped, summary.skipped_examples = reader.skipped.count, list(reader.skipped.examples)
         summary.ignored_files, summary.ignored_examples = reader.ignored.count, list(reader.ignored.examples)
-        summary.same_pairs = reader.same_pairs
+        summary.same_pairs, summary.split_prompts = reader.same_pairs, reader.split_prompts
         if summary.documents == 0:
             raise CorpusError(f"no records were read from {', '.join(reader.inputs)}"
                               + (f" ({summary.skipped} skipped as bad)" if summary.skipped else "")

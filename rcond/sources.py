@@ -114,6 +114,7 @@ class PartBatch:
     doc_start: np.ndarray  # [P] bool: first part of its record
     on: np.ndarray  # [P] bool: the record's mode is on
     same_pairs: int = 0  # preference pairs whose two sides are the same text (prompt and response)
+    split_prompts: int = 0  # preference pairs whose two HH dialogues split into different prompts
 
     @property
     def records(self) -> int:
@@ -778,13 +779,14 @@ def _nonempty(text: str, what: str, origin: str) -> str:
 
 
 # ---------------------------------------------------------------------------- converters
-def split_hh(dialogue: str, origin: str) -> tuple[str, str]:
-    """HH-RLHF dialogue -> (prompt through the last '\\n\\nAssistant:', the final response)."""
+def split_hh(dialogue: str, origin: str, prompt_field: str = "prompt") -> tuple[str, str]:
+    """HH-RLHF dialogue -> (prompt through the last '\\n\\nAssistant:', the final response).
+    ``prompt_field``: the field that would have given the prompt instead, for the error."""
     cut = dialogue.rfind(HH_ASSISTANT)
     if cut < 0:
         crlf = " (this one breaks lines with \\r\\n; convert them to \\n)" if "\r\n\r\nAssistant:" in dialogue else ""
-        raise SourceError(f"{origin}: no '\\n\\nAssistant:' turn in the dialogue{crlf}; expected the HH-RLHF "
-                          f"convention or explicit 'prompt'/'chosen'/'rejected' fields")
+        raise SourceError(f"{origin}: no '\\n\\nAssistant:' turn in the dialogue{crlf}, and no {prompt_field!r} "
+                          f"field; expected the HH-RLHF convention or the prompt in {prompt_field!r}")
     cut += len(HH_ASSISTANT)
     return dialogue[:cut], dialogue[cut:]
 
@@ -793,8 +795,8 @@ def pairs_records(row: dict, origin: str, f: FieldNames, scored: bool) -> list[R
     chosen, rejected = _text(row, f.chosen, origin), _text(row, f.rejected, origin)
     prompt = _field(row, f.prompt, origin, optional=True)
     if prompt is None:
-        prompt_c, chosen = split_hh(chosen, origin + " (chosen)")
-        prompt_r, rejected = split_hh(rejected, origin + " (rejected)")
+        prompt_c, chosen = split_hh(chosen, origin + " (chosen)", f.prompt)
+        prompt_r, rejected = split_hh(rejected, origin + " (rejected)", f.prompt)
     else:
         if not isinstance(prompt, str):
             raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}")
@@ -1031,6 +1033,7 @@ class SourceReader:
         self.skipped = SkipLog()
         self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
         self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text
+        self.split_prompts = 0  # pairs read whose two sides' HH dialogues split into different prompts
 
     def _convert(self, origin: str, row) -> list[Record]:
         f, scored = self.fields, self.scorer is not None
@@ -1043,6 +1046,7 @@ class SourceReader:
         if self.format == "pairs":
             recs = pairs_records(row, origin, f, scored)
             self.same_pairs += [p.text for p in recs[0].parts] == [p.text for p in recs[1].parts]
+            self.split_prompts += recs[0].parts[0].text != recs[1].parts[0].text
             return recs
         return [dialog_record(row, origin, f, scored, self.gamma)]
 
@@ -1085,7 +1089,7 @@ class SourceReader:
         the scorer (rewards are then placeholders): for reading texts only."""
         from .columnar import parse_chunk
 
-        self.skipped, self.ignored, self.same_pairs = SkipLog(), SkipLog(), 0
+        self.skipped, self.ignored, self.same_pairs, self.split_prompts = SkipLog(), SkipLog(), 0, 0
         scorer = self._scorer(score)
         for spec in self.inputs:
             if self._is_jsonl(spec):
@@ -1098,6 +1102,7 @@ class SourceReader:
                         batch = PartBatch.from_records(list(self._scored(self._records(rows), scorer)))
                     else:
                         self.same_pairs += batch.same_pairs
+                        self.split_prompts += batch.split_prompts
                     if batch.records:
                         yield batch
                 continue
@@ -1118,7 +1123,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[Record]:
         """Records in input order, one at a time (the line-by-line path; :meth:`batches` is the
         fast one). Iterating again re-reads the inputs and resets the skip log."""
-        self.skipped, self.ignored, self.same_pairs = SkipLog(), SkipLog(), 0
+        self.skipped, self.ignored, self.same_pairs, self.split_prompts = SkipLog(), SkipLog(), 0, 0
         scorer = self._scorer(True)
         for spec in self.inputs:
             yield from self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer)

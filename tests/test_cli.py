@@ -181,6 +181,37 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "neg").exists()
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path
+def test_summary_notes_pairs_whose_two_sides_split_into_different_prompts(tmp_path, capsys, suffix):
+    """An '\\n\\nAssistant:' inside the chosen response moves the split: its prompt holds 'step one.',
+    the rejected side's does not. Counted in a note; pairs with one prompt are not."""
+    rows = [{"chosen": "\n\nHuman: how?\n\nAssistant: step one.\n\nAssistant: step two.",
+             "rejected": "\n\nHuman: how?\n\nAssistant: no idea."},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}]
+    if suffix == "jsonl":
+        src = write_jsonl(tmp_path / "in.jsonl", rows)
+    else:
+        import csv
+
+        src = tmp_path / "in.csv"
+        with open(src, "w", newline="") as f:
+            csv.writer(f).writerows([["chosen", "rejected"]] + [[r["chosen"], r["rejected"]] for r in rows])
+    assert main(["preprocess", str(src), "--format", "pairs", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--bins", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 1 preference pairs split into different prompts for their two sides" in out
+
+
+def test_a_prompt_field_no_record_has_is_noted(tmp_path, capsys):
+    """--prompt-field mistyped: the responses are read without prompts, and the summary says so;
+    the right name gives prompts and no note."""
+    rows = [{"question": f"q {i}", "response": f"r {i}", "reward": i} for i in range(4)]
+    assert preprocess(tmp_path, rows, "--prompt-field", "qestion") == 0
+    assert "note: no record has a 'qestion' field with text (--prompt-field)" in capsys.readouterr().out
+    assert preprocess(tmp_path, rows, "--prompt-field", "question", out="right") == 0
+    assert "--prompt-field" not in capsys.readouterr().out
+
+
 def test_overwrite(tmp_path, capsys):
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     assert preprocess(tmp_path, rows) == 0

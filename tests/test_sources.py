@@ -69,8 +69,18 @@ def test_hh_dialogue_with_crlf_line_breaks_gets_a_hint():
     with pytest.raises(SourceError, match=r"^x: no '\\n\\nAssistant:' turn in the dialogue \(this one breaks lines "
                                           r"with \\r\\n; convert them to \\n\)"):
         split_hh("\r\n\r\nHuman: hi\r\n\r\nAssistant: hello", "x")
-    with pytest.raises(SourceError, match=r"dialogue; expected the HH-RLHF"):
+    with pytest.raises(SourceError, match=r"dialogue, and no 'prompt' field; expected the HH-RLHF convention or "
+                                          r"the prompt in 'prompt'"):
         split_hh("no turns at all", "x")
+
+
+def test_a_pair_without_assistant_turn_names_the_configured_prompt_field(tmp_path):
+    rows = [{"question": "q", "good": "yes", "bad": "no"}]
+    fields = FieldNames(prompt="qestion", chosen="good", rejected="bad")  # the prompt field mistyped
+    with pytest.raises(SourceError, match=r"in\.jsonl:1 \(chosen\): no '\\n\\nAssistant:' turn in the dialogue, "
+                                          r"and no 'qestion' field; expected the HH-RLHF convention or the prompt in "
+                                          r"'qestion'"):
+        list(SourceReader([str(write_jsonl(tmp_path / "in.jsonl", rows))], "pairs", fields=fields))
 
 
 def test_pairs_unscored_go_to_top_and_bottom(tmp_path):
