@@ -94,7 +94,7 @@ def temp_dir_beside(target: Path) -> Path:
 def _short(name: str) -> str:
     """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX``) stays within
     the 255 bytes a file name may have."""
-    return name.encode()[:200].decode(errors="ignore")
+    return os.fsdecode(os.fsencode(name)[:200])  # a name's bytes as the file system has them (not UTF-8, maybe)
 
 
 def _missing_folders(target: Path) -> list[Path]:
@@ -274,9 +274,16 @@ def check_target(target: str | Path, keep: tuple[str | Path, ...] = ()) -> Path:
     path, the current directory or a folder holding it (a rename cannot move them, and replacing
     them would pull the ground from under the command), or one of ``keep`` (the command's
     inputs) or a folder holding one, which ``--overwrite`` would delete; and refused when a name
-    in it is longer than the file system allows (before any folder of it is made)."""
+    in it is longer than the file system allows (before any folder of it is made), or when it is
+    not UTF-8 (the tokenizer library writes only to paths it can hold as UTF-8 text)."""
     if not str(target).strip():
         raise OutputPathError("the output path is empty; give a new directory to write into")
+    try:
+        str(target).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(target).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise OutputPathError(f"{shown}: the output path is not valid UTF-8 (a byte of another encoding in a name); "
+                              f"give a path in UTF-8") from None
     target = Path(target)
     limit = name_max(target)
     long = next((part for part in target.parts if len(os.fsencode(part)) > limit), None)

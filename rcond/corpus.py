@@ -376,7 +376,8 @@ def scheme_sha256(scheme: ControlScheme) -> str:
     d = scheme.to_dict()
     d["options"] = {k: v for k, v in d["options"].items() if k != "scheme_sha256"}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # surrogatepass: a path that is not UTF-8 (a source fingerprint's key) is held with surrogates
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # ---------------------------------------------------------------------------- loading

@@ -697,7 +697,7 @@ def fingerprint(spec: str) -> str:
         return f"hub:{spec}"
     h = hashlib.sha256()
     for p in _text_files(path):
-        h.update(str(p.relative_to(path)).encode())
+        h.update(os.fsencode(p.relative_to(path)))  # the name's bytes, UTF-8 or not
         h.update(p.read_bytes())
     return "sha256:" + h.hexdigest()
 
@@ -978,6 +978,9 @@ def _check_fields(fmt: str, f: FieldNames, scored: bool) -> None:
     ``role`` or ``content``, the keys every turn has."""
     read = [r for r in READ_FIELDS[fmt] if not (scored and r in SCORE_FIELDS)]
     for role in FieldNames.__dataclass_fields__:
+        if _undecodable(getattr(f, role)):
+            raise SourceError(f"--{role.replace('_', '-')}-field {getattr(f, role)!r}: not valid UTF-8; expected a "
+                              f"field name as the input spells it (in UTF-8)")
         if getattr(f, role) != role and role not in read:
             flag = f"--{role.replace('_', '-')}-field"
             if scored and role in SCORE_FIELDS and role in READ_FIELDS[fmt]:

@@ -375,3 +375,13 @@ def test_a_name_too_long_for_the_file_system_is_refused_before_any_folder_is_mad
     with atomic_dir(tmp_path / ("n" * limit)) as tmp:  # at the limit: written
         (tmp / "f").write_text("x")
     assert (tmp_path / ("n" * limit) / "f").read_text() == "x"
+
+
+def test_an_output_path_that_is_not_utf8_is_refused_before_anything_is_made(tmp_path):
+    """A Latin-1 byte in --out reaches Python as a surrogate; the tokenizer library cannot write
+    there, so the path is refused up front, shown with the byte as written."""
+    target = os.fsdecode(os.fsencode(tmp_path) + b"/out\xe9/c")
+    with pytest.raises(OutputPathError, match=r"out\\xe9/c: the output path is not valid UTF-8"):
+        with atomic_dir(target):
+            pass
+    assert list(tmp_path.iterdir()) == []

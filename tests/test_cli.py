@@ -212,6 +212,28 @@ def test_a_prompt_field_no_record_has_is_noted(tmp_path, capsys):
     assert "--prompt-field" not in capsys.readouterr().out
 
 
+def test_input_names_and_field_names_that_are_not_utf8(tmp_path, capsys, monkeypatch):
+    """A file named in Latin-1 (caf\\xe9.jsonl), or such a .txt in an input folder, is read and
+    fingerprinted (the corpus loads); a field name with such a byte is exit 2 naming the option."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
+    latin = os.fsdecode(b"caf\xe9.jsonl")
+    write_jsonl(tmp_path / latin, rows)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one document")
+    (docs / os.fsdecode(b"b\xe9.txt")).write_text("another")
+    for src, fmt in ((latin, "scored"), ("docs", "text")):
+        assert main(["preprocess", src, "--format", fmt, "--out", f"c_{fmt}", "--tokenizer", "train:300",
+                     "--no-progress"]) == 0
+        _, scheme, _ = load(tmp_path / f"c_{fmt}")
+        assert list(scheme.source_fingerprints) == [src]
+    capsys.readouterr()
+    assert main(["preprocess", latin, "--format", "scored", "--out", "c", "--tokenizer", "train:300", "--no-progress",
+                 "--reward-field", os.fsdecode(b"r\xe9ward")]) == 2
+    assert "error: --reward-field 'r\\udce9ward': not valid UTF-8" in capsys.readouterr().err
+
+
 def test_overwrite(tmp_path, capsys):
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     assert preprocess(tmp_path, rows) == 0
