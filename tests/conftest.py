@@ -10,6 +10,7 @@ normal SIGINT handler first, which its children then start with as usual.
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,10 @@ def parent_of(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+@pytest.fixture(autouse=True)
+def import_path_restored(monkeypatch):
+    """A scorer file puts its folder on sys.path (and a dotted scorer the current directory); each
+    test gets the path back as it found it, so no test's folder shadows a module in another."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
