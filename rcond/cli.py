@@ -102,7 +102,7 @@ def add_preprocess(sub) -> None:
 def run_preprocess(a) -> int:
     from .atomic import check_output
     from .corpus import CORPUS, PackOptions, build, check_options, resolve_tokenizer, trained_vocab_size
-    from .sources import FieldNames, SourceReader
+    from .sources import FieldNames, SourceReader, check_reading
     from .tokens import resolve_bins
 
     opts = PackOptions(block_size=a.block_size, uncond_fraction=a.uncond_fraction, train_on_prompt=a.train_on_prompt,
@@ -113,6 +113,8 @@ def run_preprocess(a) -> int:
     check_output(a.out, a.overwrite, keep=tuple(a.inputs), kind=CORPUS)  # before the input is read or a tokenizer trained
     score_batch = check_scoring(a.score_with, a.score_workers, a.score_batch)
     fields = FieldNames(**{k: getattr(a, f"{k}_field") for k in FieldNames.__dataclass_fields__})
+    check_reading(a.inputs, a.format, fields, scored=bool(a.score_with), gamma=a.gamma, on_error=a.on_error,
+                  score_batch=score_batch)  # before a scorer is built (a model, in --score-workers processes)
     with _scorer(a.score_with, a.score_workers) as scorer:
         reader = SourceReader(a.inputs, a.format, fields=fields, scorer=scorer, gamma=a.gamma, on_error=a.on_error,
                               score_batch=score_batch)

@@ -1002,6 +1002,30 @@ def _check_fields(fmt: str, f: FieldNames, scored: bool) -> None:
         names.setdefault(name, role)
 
 
+def check_reading(inputs: list[str], fmt: str, fields: FieldNames, *, scored: bool, gamma: float = 1.0,
+                  on_error: str = "fail", score_batch: int = 256) -> None:
+    """What a :class:`SourceReader` refuses, checked on its own: the CLI calls it before it builds
+    a scorer (``scored``: one is asked for), which may load a model in several processes."""
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if on_error not in ("fail", "skip"):
+        raise SourceError(f"--on-error must be 'fail' or 'skip', got {on_error!r}")
+    if not inputs:
+        raise SourceError("no input given")
+    if score_batch < 1:
+        raise SourceError(f"--score-batch must be at least 1, got {score_batch}")
+    if not 0.0 <= gamma <= 1.0:  # also refuses NaN
+        raise SourceError(f"--gamma must be a discount in [0, 1], got {gamma!r}")
+    if gamma != 1.0 and fmt != "dialog":
+        raise SourceError(f"--gamma {gamma:g} discounts reward-to-go across dialog turns; format "
+                          f"{fmt!r} has one response per record, so it would change nothing")
+    _check_inputs(inputs)
+    _check_fields(fmt, fields, scored=scored)
+    if scored and fmt == "text":
+        raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "
+                          "mode and carry no reward; use --format scored to score them")
+
+
 @dataclass
 class SourceReader:
     """Reads inputs of one format into records; optional scorer applied in batches."""
@@ -1015,24 +1039,8 @@ class SourceReader:
     score_batch: int = 256
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise SourceError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
-        if self.on_error not in ("fail", "skip"):
-            raise SourceError(f"--on-error must be 'fail' or 'skip', got {self.on_error!r}")
-        if not self.inputs:
-            raise SourceError("no input given")
-        if self.score_batch < 1:
-            raise SourceError(f"--score-batch must be at least 1, got {self.score_batch}")
-        if not 0.0 <= self.gamma <= 1.0:  # also refuses NaN
-            raise SourceError(f"--gamma must be a discount in [0, 1], got {self.gamma!r}")
-        if self.gamma != 1.0 and self.format != "dialog":
-            raise SourceError(f"--gamma {self.gamma:g} discounts reward-to-go across dialog turns; format "
-                              f"{self.format!r} has one response per record, so it would change nothing")
-        _check_inputs(self.inputs)
-        _check_fields(self.format, self.fields, scored=self.scorer is not None)
-        if self.scorer is not None and self.format == "text":
-            raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "
-                              "mode and carry no reward; use --format scored to score them")
+        check_reading(self.inputs, self.format, self.fields, scored=self.scorer is not None, gamma=self.gamma,
+                      on_error=self.on_error, score_batch=self.score_batch)
         self.skipped = SkipLog()
         self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
         self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text

@@ -234,6 +234,21 @@ def test_input_names_and_field_names_that_are_not_utf8(tmp_path, capsys, monkeyp
     assert "error: --reward-field 'r\\udce9ward': not valid UTF-8" in capsys.readouterr().err
 
 
+def test_options_a_reader_refuses_are_refused_before_the_scorer_is_built(tmp_path, capsys):
+    """--score-with on text, or --gamma on scored, is exit 2 before the scorer module is imported
+    (a reward model would be loaded, in every --score-workers process, only to be refused)."""
+    scorer = tmp_path / "heavy.py"
+    scorer.write_text(f"open({str(tmp_path / 'imported')!r}, 'w').close()\n\ndef score(texts):\n"
+                      f"    return [0.0] * len(texts)\n")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a b", "response": "a b"}])
+    for extra, message in ((["--format", "text"], "--score-with does not apply to --format text"),
+                           (["--format", "scored", "--gamma", "0.5"], "--gamma 0.5 discounts reward-to-go")):
+        assert main(["preprocess", str(src), *extra, "--out", str(tmp_path / "c"), "--tokenizer", "train:300",
+                     "--score-with", f"{scorer}:score", "--score-workers", "2", "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "imported").exists()
+
+
 def test_overwrite(tmp_path, capsys):
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     assert preprocess(tmp_path, rows) == 0
