@@ -389,15 +389,21 @@ _SCHEME_EDITED = ("{scheme_file}: edited after preprocessing (its fields no long
 def load(directory: str | Path, *, verify: bool = True):
     """Open a corpus: returns ``(dataset, scheme, tokenizer)``; checks it is complete and unaltered."""
     from datasets import Dataset
-    from .tokenizer import load_tokenizer, tokenizer_fingerprint
+    from .tokenizer import TokenizerError, load_tokenizer, tokenizer_fingerprint
 
     d = Path(directory)
     if not d.is_dir():
         raise CorpusError(f"{d}: is a file, not a corpus directory" if d.exists() else f"{d}: no such corpus directory")
+    if not (d / SCHEME_FILE).exists():
+        if not (d / ROWS_FILE).exists() and not (d / TOKENIZER_DIR).exists():
+            raise CorpusError(f"{d}: not an rcond corpus (a corpus holds {SCHEME_FILE}, {ROWS_FILE} and "
+                              f"{TOKENIZER_DIR}/, as rcond preprocess writes them)")
+        raise CorpusError(f"{d}: not a complete rcond corpus: it has no {SCHEME_FILE} (the file a build writes last); "
+                          f"preprocess the corpus again")
     try:
         scheme = ControlScheme.load(d)
-    except SchemeError as e:
-        raise CorpusError(f"{d}: not a complete rcond corpus ({e})") from None
+    except SchemeError as e:  # names the file and what is wrong in it
+        raise CorpusError(str(e)) from None
     rows = d / ROWS_FILE
     if not rows.exists():
         raise CorpusError(f"{d}: missing {ROWS_FILE}")
@@ -412,7 +418,14 @@ def load(directory: str | Path, *, verify: bool = True):
     if not (d / TOKENIZER_DIR).is_dir():
         raise CorpusError(f"{d}: has no {TOKENIZER_DIR}/ folder (the tokenizer its rows were encoded with, saved by "
                           f"rcond preprocess); restore it or preprocess the corpus again")
-    tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # both written by save_pretrained, both fingerprinted
+        if not (d / TOKENIZER_DIR / name).is_file():
+            raise CorpusError(f"{d / TOKENIZER_DIR}: has no {name} (rcond preprocess saved it with the tokenizer the "
+                              f"rows were encoded with); restore it or preprocess the corpus again")
+    try:
+        tokenizer = load_tokenizer(str(d / TOKENIZER_DIR))
+    except TokenizerError as e:
+        raise CorpusError(f"the corpus's tokenizer cannot be loaded: {e}") from None
     check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)  # before: it says more
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json (the tokenizer was "
@@ -423,7 +436,11 @@ def load(directory: str | Path, *, verify: bool = True):
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
                           f"({d / TOKENIZER_DIR}), which holds the tokens the rows were conditioned with; the "
                           f"scheme.json was edited or belongs to another corpus: preprocess the corpus again")
-    dataset = Dataset.from_file(str(rows))
+    try:
+        dataset = Dataset.from_file(str(rows))
+    except (OSError, pa.ArrowInvalid) as e:  # verify=False skipped the fingerprint that would have caught it
+        raise CorpusError(f"{rows}: not readable as the corpus's rows ({e}); the file is damaged: preprocess the "
+                          f"corpus again") from None
     check_scheme_fits_rows(d, scheme, dataset.data)
     if verify and scheme.options.get("scheme_sha256") != scheme_sha256(scheme):
         raise CorpusError(_SCHEME_EDITED.format(scheme_file=d / SCHEME_FILE))

@@ -352,7 +352,8 @@ def check_scheme_fields(d: dict) -> None:
     if not _is_count(version) or version < 1:
         raise SchemeError(f"version: expected a positive integer, got {_json(version)}")
     if version > FORMAT_VERSION:
-        raise SchemeError(f"scheme version {version} is newer than this rcond ({FORMAT_VERSION})")
+        raise SchemeError(f"scheme version {version} is newer than this rcond reads ({FORMAT_VERSION}): it was "
+                          f"written by a newer rcond; upgrade rcond to read it")
     num_bins = d["num_bins"]
     if not _is_count(num_bins) or not 1 <= num_bins <= MAX_BINS:
         raise SchemeError(f"num_bins: expected an integer from 1 to {MAX_BINS}, got {_json(num_bins)}")

@@ -350,6 +350,42 @@ def test_load_checks_fingerprints(tmp_path):
         load(tmp_path / "c")
 
 
+def test_load_says_what_a_folder_is_when_it_is_no_usable_corpus(tmp_path):
+    """A folder of something else, a newer rcond's corpus, a tokenizer folder missing a file, and
+    (with verify=False, which skips the fingerprint) damaged rows: each a CorpusError saying so."""
+    import json
+    import shutil
+
+    make(tmp_path, "scored", [{"response": "a", "reward": 1}])
+    good = tmp_path / "c"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(CorpusError, match=r"other: not an rcond corpus \(a corpus holds scheme\.json, rows\.arrow and "
+                                          r"tokenizer/"):
+        load(tmp_path / "other")
+    newer = tmp_path / "newer"
+    shutil.copytree(good, newer)
+    scheme = json.loads((newer / "scheme.json").read_text())
+    (newer / "scheme.json").write_text(json.dumps({**scheme, "version": 2}))
+    with pytest.raises(CorpusError, match=r"newer/scheme\.json: scheme version 2 is newer than this rcond reads \(1\): "
+                                          r"it was written by a newer rcond; upgrade rcond"):
+        load(newer)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        lost = tmp_path / f"lost_{name}"
+        shutil.copytree(good, lost)
+        (lost / "tokenizer" / name).unlink()
+        with pytest.raises(CorpusError, match=rf"tokenizer: has no {name} \(rcond preprocess saved it .*\); restore "
+                                              rf"it or preprocess the corpus again"):
+            load(lost)
+    for cut in (0, 100):
+        damaged = tmp_path / f"damaged{cut}"
+        shutil.copytree(good, damaged)
+        (damaged / "rows.arrow").write_bytes((good / "rows.arrow").read_bytes()[:cut])
+        with pytest.raises(CorpusError, match=r"rows\.arrow: not readable as the corpus's rows \(.*\); the file is "
+                                              r"damaged"):
+            load(damaged, verify=False)
+
+
 def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_path):
     """A scheme.json edited by hand, an edited tokenizer config or a lost tokenizer/ folder is
     refused by load itself, naming the file and, where it can, what the rows hold."""

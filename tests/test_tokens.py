@@ -199,7 +199,7 @@ def stored(**changes):
     (dict(options=None), "options: expected an object, got null"),
     (dict(options=[1]), "options: expected an object, got [1]"),
     (dict(version="1"), 'version: expected a positive integer, got "1"'),
-    (dict(version=2), "scheme version 2 is newer than this rcond (1)"),
+    (dict(version=2), "scheme version 2 is newer than this rcond reads (1): it was written by a newer rcond; upgrade rcond to read it"),
 ])
 def test_from_dict_checks_every_field(changes, message):
     with pytest.raises(SchemeError) as e:
