@@ -191,6 +191,9 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
         lines.append(f"  note: {empty} of {scheme.num_bins} bins hold no reward-to-go token (pairs without scores "
                      f"fill only the top and bottom bins); nothing trains those levels. Use --bins 2, or give the "
                      f"pairs scores (chosen_score / rejected_score fields, or --score-with)")
+    elif sum(1 for c in scheme.counts if c) == 1 and scheme.num_bins > 1 and scheme.binning in ("quantile", "uniform"):
+        lines.append(f"  note: every reward-to-go token is in one bin: the rewards the edges were fitted on are all "
+                     f"the same, so the tokens tell the model nothing; check the reward field or the scorer")
     elif empty and any(scheme.counts):
         why, instead = {"quantile": ("rewards tie at the quantile edges, or there are too few of them",
                                      "fewer --bins, or --binning uniform / edges:..."),
@@ -329,8 +332,9 @@ def add_toyworld(sub) -> None:
 
 
 def run_toyworld(a) -> int:
-    from .toyworld import generate
+    from .toyworld import check_counts, generate
 
+    check_counts({"--seed": a.seed, "--reviews": a.reviews, "--dialogs": a.dialogs, "--texts": a.texts})
     paths = generate(a.out, seed=a.seed, n_reviews=a.reviews, n_dialogs=a.dialogs, n_text=a.texts,
                      progress=not a.no_progress, overwrite=a.overwrite)
     print(f"toy world written to {a.out}")

@@ -714,7 +714,8 @@ class ToyWorldError(ValueError):
     """Generator settings that cannot work (a negative count or seed)."""
 
 
-def _check_counts(**counts: int) -> None:
+def check_counts(counts: dict[str, int]) -> None:
+    """Each count (and the seed) a non-negative integer; errors use the names given (the CLI's flags)."""
     for name, n in counts.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ToyWorldError(f"{name} must be a non-negative integer, got {n!r}")
@@ -729,7 +730,7 @@ def generate(out_dir: str | Path, *, seed: int = 0, n_reviews: int = 20000, n_di
     an existing non-empty ``out_dir`` is refused unless it is an earlier toy world and
     ``overwrite=True``; a file there always.
     """
-    _check_counts(seed=seed, n_reviews=n_reviews, n_dialogs=n_dialogs, n_text=n_text)
+    check_counts({"seed": seed, "n_reviews": n_reviews, "n_dialogs": n_dialogs, "n_text": n_text})
     out = Path(out_dir)
     with atomic_dir(out, overwrite=overwrite, kind=WORLD) as tmp:
         meta = _generate_into(tmp, seed, n_reviews, n_dialogs, n_text, progress)

@@ -68,6 +68,17 @@ def test_summary_notes_quantile_bins_left_empty_by_ties(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("binning", ["quantile", "uniform"])
+def test_summary_notes_rewards_that_are_all_the_same(tmp_path, capsys, binning):
+    """Equal rewards fill one bin (the top under quantile, the bottom under uniform): the note says
+    the rewards are the same, not that they are spread unevenly."""
+    rows = [{"response": f"reply {i}", "reward": 0.5} for i in range(20)]
+    assert preprocess(tmp_path, rows, "--bins", "4", "--binning", binning) == 0
+    out = capsys.readouterr().out
+    assert "note: every reward-to-go token is in one bin: the rewards the edges were fitted on are all the same" in out
+    assert "spread unevenly" not in out and "tie at the quantile edges" not in out
+
+
 def test_summary_explains_bins_of_pairs_without_scores(tmp_path, capsys):
     pairs = [{"chosen": f"\n\nHuman: hi {i}\n\nAssistant: glad to help {i}",
               "rejected": f"\n\nHuman: hi {i}\n\nAssistant: go away {i}"} for i in range(30)]
@@ -177,8 +188,10 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     assert (tmp_path / "full" / "x").read_text() == "keep me"
     assert main(["toyworld", "--out", str(tmp_path / "neg"), "--reviews", "-5", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "n_reviews must be a non-negative integer, got -5" in err and "Traceback" not in err
+    assert "error: --reviews must be a non-negative integer, got -5" in err and "Traceback" not in err
     assert not (tmp_path / "neg").exists()
+    assert main(["toyworld", "--out", str(tmp_path / "neg"), "--texts", "-3", "--no-progress"]) == 2
+    assert "error: --texts must be a non-negative integer, got -3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path

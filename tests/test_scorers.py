@@ -32,6 +32,16 @@ HELPERS = textwrap.dedent(
     def one_short(texts):
         return [0.0] * (len(texts) - 1)
 
+    def consumes(texts):  # pops its input while scoring: the caller's count must not follow it
+        out = []
+        while texts:
+            out.append(float(len(texts.pop())))
+        return out[:-1]
+
+    def edits(texts):
+        texts[0] = "changed"
+        return [float(len(t)) for t in texts]
+
     def nan_for_bad(texts):
         return [math.nan if "bad" in t else 1.0 for t in texts]
 
@@ -151,6 +161,21 @@ def test_a_scorer_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
 def test_wrong_length_names_scorer_and_counts(helpers):
     with pytest.raises(ScorerError, match=r"one_short' returned 3 scores for 4 texts"):
         get_scorer(f"{helpers}:one_short")(TEXTS)
+
+
+def test_a_reward_model_spec_says_it_is_not_part_of_rcond_yet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ScorerError, match=r"scorer 'rm:models/my-rm': a reward model as a scorer \(rm:DIR in "
+                                          r"DESIGN\.md\) is not part of rcond yet"):
+        get_scorer("rm:models/my-rm")
+
+
+def test_a_scorer_that_empties_or_edits_its_list_is_judged_on_what_it_was_given(helpers):
+    texts = list(TEXTS)
+    with pytest.raises(ScorerError, match=r"consumes' returned 3 scores for 4 texts"):
+        get_scorer(f"{helpers}:consumes")(texts)
+    assert texts == TEXTS
+    assert get_scorer(f"{helpers}:edits")(texts)[0] == float(len("changed")) and texts == TEXTS
 
 
 @pytest.mark.parametrize("fn, what", [("nan_for_bad", "nan"), ("inf_for_bad", "-inf")])
