@@ -192,8 +192,8 @@ def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
                      f"fill only the top and bottom bins); nothing trains those levels. Use --bins 2, or give the "
                      f"pairs scores (chosen_score / rejected_score fields, or --score-with)")
     elif sum(1 for c in scheme.counts if c) == 1 and scheme.num_bins > 1 and scheme.binning in ("quantile", "uniform"):
-        lines.append(f"  note: every reward-to-go token is in one bin: the rewards the edges were fitted on are all "
-                     f"the same, so the tokens tell the model nothing; check the reward field or the scorer")
+        lines.append("  note: every reward-to-go token is in one bin: the rewards the edges were fitted on are all "
+                     "the same, so the tokens tell the model nothing; check the reward field or the scorer")
     elif empty and any(scheme.counts):
         why, instead = {"quantile": ("rewards tie at the quantile edges, or there are too few of them",
                                      "fewer --bins, or --binning uniform / edges:..."),
