@@ -157,7 +157,7 @@ class Conditioned:
     cut_markers: np.ndarray  # [c] markers with no RTG token left: --truncate cut it, or its piece trains nothing
     untrained: np.ndarray  # [u] lengths of the pieces left out because no token in them is trained
     off_rewards: np.ndarray  # [o] float64 rewards of the batch's documents that carry no RTG token (off after the draw)
-    off_cut: int  # rewards of such documents left out with them: --truncate left nothing of theirs to train
+    off_cut: int  # rewards of such documents left out: --truncate cut where their RTG token would be, or all they train
 
 
 def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np.ndarray, eos_id: int,
@@ -214,9 +214,11 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     off = ~np.isnan(rtg) & ~doc_on[doc_of]                                          # [P] rewards of off documents
     in_rows = np.zeros(len(first), dtype=bool)                                      # [D] some piece kept
     in_rows[piece_doc[keep]] = True
-    off_rewards = rtg[off & in_rows[doc_of]]                                        # [o]
-    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, off_rewards,
-                       int(np.count_nonzero(off & ~in_rows[doc_of])))
+    kept = off & in_rows[doc_of]                                                    # [P]
+    if opts.truncate:  # as a cut RTG token: a part whose RTG token would sit past the block is cut
+        kept &= out_start[:-1] + starts - out_start[first][doc_of] < opts.block_size
+    return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, rtg[kept],
+                       int(np.count_nonzero(off & ~kept)))
 
 
 def _next_weights(tw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:

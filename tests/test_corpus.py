@@ -114,6 +114,20 @@ def test_quantile_edges_leave_out_rewards_whose_rtg_tokens_were_cut(tmp_path):
     assert split.edges == [5.5] and split.counts == [3, 3] and s2.cut_rewards == 0
 
 
+def test_edges_leave_out_the_rewards_of_unconditional_dialog_turns_that_truncate_cut(tmp_path):
+    """The three dialogs of the test above, all drawn unconditional: [off a b c c c c c d eos] cut
+    at 6 keeps [off a b c c c]. The first turn's RTG token would sit at 2 (kept), the second's at 8
+    (cut): the edges follow R = 5, 7, 9 only, as they do for conditioned dialogs (uniform: 7, not the
+    6.5 of all six), and the three cut rewards are counted."""
+    dialogs = [{"turns": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": r},
+                          {"role": "user", "content": "c c c c c"},
+                          {"role": "assistant", "content": "d", "reward": r + 3}]} for r in (1, 2, 3)]
+    rows, scheme, s = make(tmp_path, "dialog", dialogs, block_size=6, binning="uniform", num_bins=2, truncate=True,
+                           uncond=1.0)
+    assert rows["input_ids"].tolist() == [[OFF, 1, 2, 3, 3, 3]] * 3
+    assert scheme.edges == [7.0] and (s.rewards, s.cut_rewards) == (6, 3)
+
+
 def test_edges_leave_out_the_reward_of_an_unconditional_record_truncated_to_nothing_trained(tmp_path):
     """All three records drawn unconditional (no RTG token), cut at 6 tokens. The first, whose
     prompt fills the block, keeps [off a a a a a] and no trained token: it is left out of the rows,
