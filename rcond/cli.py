@@ -121,7 +121,7 @@ def run_preprocess(a) -> int:
         tokenizer = resolve_tokenizer(a.tokenizer, reader, progress=not a.no_progress)
         scheme, s = build(reader, a.out, tokenizer, num_bins=num_bins, binning=a.binning, opts=opts,
                           overwrite=a.overwrite, progress=not a.no_progress)
-    print(format_preprocess_summary(a.out, scheme, s, opts.block_size))
+    print(format_preprocess_summary(a.out, scheme, s, opts.block_size, pairs=a.format == "pairs"))
     if a.format == "scored" and a.prompt_field != "prompt" and not s.prompts:
         print(f"  note: no record has a {a.prompt_field!r} field with text (--prompt-field): every response was read "
               f"without a prompt; check the field's name")
@@ -160,10 +160,12 @@ def _scorer(spec: str | None, workers: int):
     return ScorerPool(spec, workers)
 
 
-def format_preprocess_summary(out, scheme, s, block_size: int) -> str:
+def format_preprocess_summary(out, scheme, s, block_size: int, pairs: bool = False) -> str:
+    """The summary a build prints; ``pairs``: its input rows were preference pairs, two records each."""
     lines = [f"corpus written to {out}",
-             f"  records        {s.records:,}  ({s.on_docs:,} on, {s.off_docs:,} off)"
-             + (f"; skipped {s.skipped:,} bad" if s.skipped else ""),
+             f"  records        {s.records:,}  ({s.on_docs:,} on, {s.off_docs:,} off"
+             + (f"; the two sides of {s.records // 2:,} preference pairs" if pairs else "") + ")"
+             + (f"; skipped {s.skipped:,} bad" + (" pairs" if pairs else "") if s.skipped else ""),
              f"  tokens         {s.tokens:,} in {s.rows:,} rows of {block_size}  "
              f"(packing efficiency {s.efficiency(block_size):.1%}; {s.trained_tokens:,.0f} trained)",
              f"  pieces         {s.pieces:,} from {s.documents:,} documents"

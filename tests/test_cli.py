@@ -316,6 +316,13 @@ def test_an_input_or_tokenizer_name_too_long_for_the_file_system_is_a_clear_erro
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_a_pairs_summary_counts_skips_in_pairs(tmp_path, capsys):
+    rows = [{"prompt": "q", "chosen": "good", "rejected": "bad"}, "{x", {"prompt": "q", "chosen": "", "rejected": "b"}]
+    assert preprocess(tmp_path, rows, "--on-error", "skip", "--bins", "2", fmt="pairs") == 0
+    assert "records        2  (2 on, 0 off; the two sides of 1 preference pairs); skipped 2 bad pairs" in \
+        capsys.readouterr().out
+
+
 def test_skip_reports(tmp_path, capsys):
     rows = [{"response": "a", "reward": 1}, "{x", {"response": "b", "reward": "nan?"}, {"response": "c", "reward": 2}]
     assert preprocess(tmp_path, rows, "--on-error", "skip") == 0
@@ -555,4 +562,4 @@ def test_summary_notes_pairs_whose_two_sides_are_the_same(tmp_path, capsys, suff
                  "train:300", "--bins", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "note: 2 preference pairs have the same chosen and rejected text" in out
-    assert "records        6" in out  # kept: a note, not a skip
+    assert "records        6" in out and "the two sides of 3 preference pairs)" in out  # kept: a note, not a skip
