@@ -278,11 +278,12 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
             kept = kept[np.isin(mk[kept], cut_markers)]
             mk[kept] = -1
         return (ids, tw, mk, start, cut_length), docs, int(cut.sum()), cut_markers
+    cut_length[long[length[long] == B + 1]] = B - 1  # a second piece of the eos alone would train eos after the prefix
     at, of, T = [], [], len(ids)
     all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []
     for d in long.tolist():
         a, b = int(start[d]), int(start[d] + length[d])
-        for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B):
+        for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B, int(cut_length[d])):
             at.append(d + 1)
             of.append(d)
             starts.append(T)
@@ -293,9 +294,11 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
              np.insert(start, at, starts), np.insert(cut_length, at, lens)), np.insert(docs, at, of), 0, none)
 
 
-def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
-    """The pieces after the first of a document longer than ``B``."""
-    start = B
+def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int, first: int):
+    """The pieces after the first (``ids[:first]``) of a document longer than ``B``. A piece ends
+    one token early where what is left after it would be the eos alone: a piece ``[mode rtg eos]``
+    would train the model to end a text right after its control prefix."""
+    start = first
     while start < len(ids):
         if on:
             m = int(mk[start - 1])
@@ -305,6 +308,8 @@ def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int):
         else:
             prefix_ids, prefix_mk = [ids[0]], [-1]
         end = min(start + B - len(prefix_ids), len(ids))
+        if len(ids) - end == 1 and end - start > 1:
+            end -= 1
         yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
                np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
                np.concatenate([prefix_mk, mk[start:end]]).astype(np.int32))

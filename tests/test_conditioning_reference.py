@@ -156,8 +156,8 @@ class Reference:
             self.truncated += len(tokens) - B
             tokens, weights = tokens[:B], weights[:B]  # the document as it survives
         force = self.in_force(tokens)
-        pieces = [(tokens[:B], weights[:B], force[:B])]
-        at = B
+        at = B - 1 if len(tokens) == B + 1 else B  # no piece of the eos alone after a prefix: one token stays with it
+        pieces = [(tokens[:at], weights[:at], force[:at])]
         while at < len(tokens):
             m = force[at - 1]  # the RTG in force at the cut
             if not doc.on:
@@ -171,6 +171,8 @@ class Reference:
                 if m not in [t[1] for t in tokens[:at] if t[0] == "rtg"]:
                     self.prefix_rtg_ahead += 1
             take = B - len(prefix)
+            if len(tokens) - (at + take) == 1 and take > 1:
+                take -= 1
             pieces.append((prefix + tokens[at:at + take], [0.0] * len(prefix) + weights[at:at + take],
                            [m] * len(prefix) + force[at:at + take]))
             at += take

@@ -215,6 +215,19 @@ def test_a_piece_of_prompt_alone_is_left_out(tmp_path):
     assert (s.pieces, s.untrained_pieces) == (2, 0)
 
 
+@pytest.mark.parametrize("response,pieces", [
+    ("b c d", [[ON, R1, 1, 2, 3], [ON, R1, 4, 0]]),                                    # 7 tokens: B + 1
+    ("b c d e f g h", [[ON, R1, 1, 2, 3, 4], [ON, R1, 5, 6, 7], [ON, R1, 8, 0]]),       # the second split
+])
+def test_no_piece_holds_the_eos_alone_after_its_prefix(tmp_path, response, pieces):
+    """Split at 6, [on r1 a b c d eos] would leave [on r1 eos], a piece teaching the model to end a
+    text right after its control prefix: the piece before it ends a token early, and its last
+    token goes with the eos (at the first split or a later one)."""
+    rows, _, s = make(tmp_path, "scored", [{"prompt": "a", "response": response, "reward": 1}], block_size=6)
+    assert sorted(rows["input_ids"].tolist()) == sorted(p + [0] * (6 - len(p)) for p in pieces)
+    assert s.pieces == len(pieces)
+
+
 def test_nothing_left_to_train_is_an_error(tmp_path):
     long = [{"role": "user", "content": "a a a a a a a"}, {"role": "assistant", "content": "b", "reward": 2}]
     with pytest.raises(CorpusError, match="no token is left to train at --block-size 6: --truncate cut every"):
