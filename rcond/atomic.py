@@ -34,6 +34,9 @@ class OutputExistsError(FileExistsError):
     pass
 
 
+BROWSER_LITTER = (".DS_Store", "._*", "Thumbs.db", "desktop.ini")  # what opening a folder may leave in it
+
+
 @dataclass(frozen=True)
 class OutputKind:
     """What a command writes, told by ``markers``, entries that every such output directory
@@ -51,10 +54,11 @@ class OutputKind:
                                      for m in self.markers)
 
     def foreign(self, path: Path) -> list[str]:
-        """The entries of the directory ``path`` that an output of this kind does not write, sorted."""
+        """The entries of the directory ``path`` that an output of this kind does not write, sorted;
+        a file browser's litter (``.DS_Store``, ``Thumbs.db``...) is not counted."""
         ours = {m.rstrip("/") for m in self.markers}
-        return sorted(e.name for e in path.iterdir()
-                      if e.name not in ours and not any(fnmatch.fnmatchcase(e.name, x) for x in self.extras))
+        return sorted(e.name for e in path.iterdir() if e.name not in ours
+                      and not any(fnmatch.fnmatchcase(e.name, x) for x in self.extras + BROWSER_LITTER))
 
 
 class OutputPathError(OSError):

@@ -306,6 +306,8 @@ def test_overwrite_refuses_an_earlier_output_that_holds_anything_else(tmp_path):
         (old / name).unlink()
     (old / "nested" / "widget.json").unlink()
     (old / "nested").rmdir()
+    (old / ".DS_Store").write_bytes(b"\0")  # a file browser's litter is no user file
+    (old / "Thumbs.db").write_bytes(b"\0")
     with atomic_dir(old, overwrite=True, kind=kind) as tmp:
         (tmp / "widget.json").write_text("new")
         (tmp / "parts").mkdir()
