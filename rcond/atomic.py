@@ -98,7 +98,7 @@ def temp_dir_beside(target: Path) -> Path:
 def _short(name: str) -> str:
     """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX``) stays within
     the 255 bytes a file name may have."""
-    return os.fsdecode(os.fsencode(name)[:200])  # a name's bytes as the file system has them (not UTF-8, maybe)
+    return name.encode()[:200].decode(errors="ignore")  # UTF-8 (check_target refuses other names), cut at a character
 
 
 def _missing_folders(target: Path) -> list[Path]:

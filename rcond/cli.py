@@ -464,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .atomic import name_max
 
-        print(f"error: {e.filename}: file name too long; expected a path whose every name has at most "
-              f"{name_max(e.filename)} bytes", file=sys.stderr)
+        limit = f"{name_max(e.filename)} bytes" if e.filename is not None else "the system's limit"
+        print(f"error: {e.filename}: file name too long; expected a path whose every name has at most {limit}, "
+              f"and a shorter path as a whole", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -216,7 +216,9 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     in_rows[piece_doc[keep]] = True
     kept = off & in_rows[doc_of]                                                    # [P]
     if opts.truncate:  # as a cut RTG token: a part whose RTG token would sit past the block is cut
-        kept &= out_start[:-1] + starts - out_start[first][doc_of] < opts.block_size
+        would = np.cumsum(~np.isnan(rtg) | (fixed != 0))                            # [P] RTG tokens, conditioned,
+        before = would - would[first][doc_of]                                       # [P] before each part's own
+        kept &= out_start[:-1] + starts + before - out_start[first][doc_of] < opts.block_size
     return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, rtg[kept],
                        int(np.count_nonzero(off & ~kept)))
 

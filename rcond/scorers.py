@@ -200,13 +200,14 @@ def _import_failed(spec: str, what: str, e: BaseException) -> ScorerError:
 
 
 def _import_file(path: Path, spec: str):
-    """The module of a .py file, imported as ``python FILE`` would run it: with its folder first on
-    ``sys.path``, so that it can import the modules beside it."""
+    """The module of a .py file, with its folder on ``sys.path`` (last, as the current directory is
+    for a dotted scorer), so that it can import the modules beside it without a file there named
+    like a library (``datasets.py``) shadowing what rcond imports later."""
     if not path.is_file():
         raise ScorerError(f"scorer {spec!r}: no such file {str(path)!r}")
     folder = str(path.resolve().parent)
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)
     name = f"rcond_user_scorer_{path.stem}"
     loader_spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(loader_spec)

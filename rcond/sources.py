@@ -484,9 +484,10 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
     - Every cell is its text as written (no guessing of ``NA`` or numbers: a reward is converted
       from its text like any other); an empty cell is None, a field that is there but null. A row
       with fewer fields than the header lacks the last columns (the field error names them).
-    - A row with more fields than the header, with bytes that are not UTF-8, or with a quote out
-      of place (``"a"b``: text after a closing quote) is a bad row: raised, or given to
-      ``on_bad_line`` and skipped alone.
+    - A row with more fields than the header, or with bytes that are not UTF-8, is a bad row:
+      raised, or given to ``on_bad_line`` and skipped alone. Text after a closing quote
+      (``"a"b``) is kept as written around the quotes (``ab``), as spreadsheet programs read it:
+      refusing it would lose the line's place in a quoted cell that goes on over later lines.
     - A file that ends inside a quoted cell is a SourceError naming the line its row starts on:
       everything after an unclosed quote would be one cell, so no row after it can be trusted.
     """
@@ -495,34 +496,27 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
     header_line = row = 0
     with _open_compressed(path) as raw, _unreadable(path), \
             io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        reader = csv.reader(f, strict=True)
+        lines = _Lines(f)
+        reader = csv.reader(lines)
         start = 1  # the line the next record starts on
         while True:
             line = start
-            try:
-                fields = next(reader, None)
-            except csv.Error as e:
-                start = reader.line_num + 1
-                if "end of data" in str(e):
-                    raise SourceError(f"{path}:{line}: the file ends inside a quoted cell of the row that starts "
-                                      f"on this line; expected every opening \" to be closed (a quote inside a "
-                                      f"quoted cell is written \"\")") from None
-                fields, problem = None, f"not readable as CSV ({e}); expected a quoted cell to end at a comma " \
-                                        f"or the end of the line (a quote inside a quoted cell is written \"\")"
-            else:
-                if fields is None:
-                    return
-                start, problem = reader.line_num + 1, None
-            if fields is not None and not "".join(fields).strip():
+            fields = next(reader, None)
+            if fields is None:
+                return
+            if lines.ended:  # the reader asked for more lines inside this row: a quote never closed
+                raise SourceError(f"{path}:{line}: the file ends inside a quoted cell of the row that starts on this "
+                                  f"line; expected every opening \" to be closed (a quote inside a quoted cell is "
+                                  f"written \"\")")
+            start = reader.line_num + 1
+            if not "".join(fields).strip():
                 continue
             if header is None:
-                if fields is None:
-                    raise SourceError(f"{path}:{line}: the header is {problem}")
                 header, header_line = fields, line
                 _check_csv_header(path, header, header_line)
                 continue
             row += 1
-            problem = problem or _bad_csv_row(fields, header, header_line)
+            problem = _bad_csv_row(fields, header, header_line)
             if problem is None:
                 yield f"{path}:row {row} (line {line})", {k: v or None for k, v in zip(header, fields)}
                 continue
@@ -530,6 +524,24 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
             if on_bad_line is None:
                 raise RecordError(message)  # as the other readers' bad records: skippable, and the CLI says so
             on_bad_line(message)
+
+
+class _Lines:
+    """The lines of a text file for ``csv.reader``, noting when they run out (``ended``): the
+    reader asks past the last line only while a quoted cell is still open."""
+
+    def __init__(self, f):
+        self.lines, self.ended = iter(f), False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self.lines)
+        except StopIteration:
+            self.ended = True
+            raise
 
 
 def _check_csv_header(path: Path, header: list[str], line: int) -> None:
@@ -786,7 +798,7 @@ def split_hh(dialogue: str, origin: str, prompt_field: str = "prompt") -> tuple[
     if cut < 0:
         crlf = " (this one breaks lines with \\r\\n; convert them to \\n)" if "\r\n\r\nAssistant:" in dialogue else ""
         raise SourceError(f"{origin}: no '\\n\\nAssistant:' turn in the dialogue{crlf}, and no {prompt_field!r} "
-                          f"field; expected the HH-RLHF convention or the prompt in {prompt_field!r}")
+                          f"field (or a null one); expected the HH-RLHF convention or the prompt in {prompt_field!r}")
     cut += len(HH_ASSISTANT)
     return dialogue[:cut], dialogue[cut:]
 

@@ -14,17 +14,17 @@ k = #{j : e_j <= v}, so bin 0 is (-inf, e_1), bin k is [e_k, e_{k+1}) and bin K-
   bins hold about equal counts. Where e_j falls on a reward value v that several rewards
   share, the ties at v all go one way: up, as the rule above sends them, unless sending them
   down puts the count of rewards below the edge strictly nearer to j/K of them; then e_j is
-  moved to midway between v and the next larger reward. (Plain interpolation sends ties up always: with rewards 0, 0, 0, 1 and
-  K = 2 the median edge is 0 and both 0 and 1 land in bin 1, so binary feedback with more
-  negatives than positives lost its whole signal; the edge is 0.5 here.) Tied rewards can still
-  make neighbouring edges equal; duplicate edges are kept (the bins between them are simply
-  empty) so K and the token set stay fixed.
+  moved to midway between v and the next larger reward. (Plain interpolation sends ties up
+  always: with rewards 0, 0, 0, 1 and K = 2 the median edge is 0 and both 0 and 1 land in bin
+  1, so binary feedback with more negatives than positives lost its whole signal; the edge is
+  0.5 here.) Tied rewards can still make neighbouring edges equal; duplicate edges are kept
+  (the bins between them are simply empty) so K and the token set stay fixed.
 - ``uniform``: K equal-width bins between the minimum and maximum reward.
+- ``edges:a,b,...``: explicit, strictly increasing edges (K = len + 1).
 
 Interpolated edges are computed exactly (in rationals) and rounded once, so an edge that is a
 round number is that number: uniform edges over [-1, 1] with K = 10 include 0.6 itself, the
 float a reward of 0.6 is, not 0.6000000000000001 (which put that reward one bin low).
-- ``edges:a,b,...``: explicit, strictly increasing edges (K = len + 1).
 
 Unlike the Decision Transformer, which feeds the raw return as a continuous input, the return
 here is a token; a raw reward requested at sampling time is mapped through the stored edges.

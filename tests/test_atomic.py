@@ -387,3 +387,16 @@ def test_an_output_path_that_is_not_utf8_is_refused_before_anything_is_made(tmp_
         with atomic_dir(target):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_utf8_name_gets_a_temp_sibling_cut_at_a_character(tmp_path):
+    """A 241-byte name of two-byte characters: its temp sibling's name is cut to 200 bytes at a
+    character boundary, still UTF-8 (a byte cut through 'é' made a name the tokenizer library
+    could not write into)."""
+    target = tmp_path / ("a" + "\u00e9" * 120)
+    tmp = atomic.temp_dir_beside(target)
+    tmp.name.encode("utf-8")
+    tmp.rmdir()
+    with atomic_dir(target) as out:
+        (out / "f").write_text("x")
+    assert (target / "f").read_text() == "x"

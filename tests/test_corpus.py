@@ -126,6 +126,14 @@ def test_edges_leave_out_the_rewards_of_unconditional_dialog_turns_that_truncate
                            uncond=1.0)
     assert rows["input_ids"].tolist() == [[OFF, 1, 2, 3, 3, 3]] * 3
     assert scheme.edges == [7.0] and (s.rewards, s.cut_rewards) == (6, 3)
+    # one user word: [off a b c d eos] at 5 keeps d (position 4), but conditioned the second RTG token
+    # sits at 5, after the first one, and is cut: the unconditional turn is cut too, both ways edge 7
+    short = [{"turns": [{**t, "content": "c"} if t["content"].startswith("c") else t for t in d["turns"]]}
+             for d in dialogs]
+    for uncond in (0.0, 1.0):
+        _, scheme, s = make(tmp_path, "dialog", short, block_size=5, binning="uniform", num_bins=2, truncate=True,
+                            uncond=uncond, name=f"short{uncond}")
+        assert scheme.edges == [7.0] and s.cut_rewards == 3, uncond
 
 
 def test_edges_leave_out_the_reward_of_an_unconditional_record_truncated_to_nothing_trained(tmp_path):

@@ -142,20 +142,24 @@ def test_module_in_current_directory_is_found(tmp_path, monkeypatch):
 
 
 def test_a_scorer_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
-    """``--score-with pkg/rewards.py:score`` runs as ``python pkg/rewards.py`` would: its folder is
-    on the import path, so ``from rcond_sibling_helper import f`` finds the helper beside it,
-    from any current directory (it said the helper 'is not installed')."""
+    """``--score-with pkg/rewards.py:score``: its folder is on the import path (last), so ``from
+    rcond_sibling_helper import f`` finds the helper beside it from any current directory (it said
+    the helper 'is not installed'), and a datasets.py beside it does not shadow the library."""
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "rcond_sibling_helper.py").write_text("def f(t):\n    return float(len(t.split()))\n")
     (pkg / "rcond_sibling_rewards.py").write_text(
         "from rcond_sibling_helper import f\n\ndef score(texts):\n    return [f(t) for t in texts]\n")
+    (pkg / "datasets.py").write_text("raise ImportError('the user file, not the library')\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(pkg))])
     try:
         assert get_scorer("pkg/rcond_sibling_rewards.py:score")(["a b c"]) == [3.0]
     finally:
         sys.modules.pop("rcond_sibling_helper", None)
+    import importlib.util
+
+    assert "site-packages" in importlib.util.find_spec("datasets").origin  # a file named like a library shadows nothing
 
 
 def test_wrong_length_names_scorer_and_counts(helpers):

@@ -69,7 +69,7 @@ def test_hh_dialogue_with_crlf_line_breaks_gets_a_hint():
     with pytest.raises(SourceError, match=r"^x: no '\\n\\nAssistant:' turn in the dialogue \(this one breaks lines "
                                           r"with \\r\\n; convert them to \\n\)"):
         split_hh("\r\n\r\nHuman: hi\r\n\r\nAssistant: hello", "x")
-    with pytest.raises(SourceError, match=r"dialogue, and no 'prompt' field; expected the HH-RLHF convention or "
+    with pytest.raises(SourceError, match=r"dialogue, and no 'prompt' field \(or a null one\); expected the HH-RLHF convention or "
                                           r"the prompt in 'prompt'"):
         split_hh("no turns at all", "x")
 
@@ -78,7 +78,7 @@ def test_a_pair_without_assistant_turn_names_the_configured_prompt_field(tmp_pat
     rows = [{"question": "q", "good": "yes", "bad": "no"}]
     fields = FieldNames(prompt="qestion", chosen="good", rejected="bad")  # the prompt field mistyped
     with pytest.raises(SourceError, match=r"in\.jsonl:1 \(chosen\): no '\\n\\nAssistant:' turn in the dialogue, "
-                                          r"and no 'qestion' field; expected the HH-RLHF convention or the prompt in "
+                                          r"and no 'qestion' field \(or a null one\); expected the HH-RLHF convention or the prompt in "
                                           r"'qestion'"):
         list(SourceReader([str(write_jsonl(tmp_path / "in.jsonl", rows))], "pairs", fields=fields))
 
@@ -348,22 +348,19 @@ def test_a_csv_file_that_ends_inside_a_quoted_cell_is_refused_not_read_as_one_ce
         list(SourceReader([str(path)], "scored"))
 
 
-def test_a_csv_row_with_text_after_a_closing_quote_is_a_bad_row_skipped_alone(tmp_path):
-    """``"a"b`` is not CSV: the row is named by row and line, or skipped alone, and the rows after it
-    keep their numbers; a quote error in the header is a SourceError."""
+def test_text_after_a_closing_quote_is_kept_and_the_quoted_cell_after_it_stays_whole(tmp_path):
+    """``"Q1"x`` is read as spreadsheet programs read it (Q1x); the quoted cell after it, over three
+    lines with commas inside, stays one cell and the next row keeps its number. (A reader that
+    refused the row dropped the rest of its first line, and read the cell's later lines as rows.)"""
     path = tmp_path / "q.csv"
-    path.write_text('response,reward\nok,1\n"bad"tail,2\nfine,3\n')
-    with pytest.raises(RecordError, match=r"q\.csv:row 2 \(line 3\): not readable as CSV \(.*\); expected a "
-                                          r"quoted cell to end at a comma"):
-        list(SourceReader([str(path)], "scored"))
-    skipping = SourceReader([str(path)], "scored", on_error="skip")
-    assert [(r.origin, r.parts[-1].text) for r in skipping] == [(f"{path}:row 1 (line 2)", "ok"),
-                                                               (f"{path}:row 3 (line 4)", "fine")]
-    assert skipping.skipped.count == 1
-    path.write_text('"response"x,reward\nok,1\n')
-    with pytest.raises(SourceError, match=r"q\.csv:1: the header is not readable as CSV") as caught:
-        list(SourceReader([str(path)], "scored", on_error="skip"))
-    assert not isinstance(caught.value, RecordError)
+    path.write_text('prompt,response,reward\n"Q1"x,"Here is a list:\n1, 2, 3\ndone",0.5\nQ2,R2,1.0\n')
+    reader = SourceReader([str(path)], "scored", on_error="skip")
+    assert [(r.origin, [p.text for p in r.parts]) for r in reader] == [
+        (f"{path}:row 1 (line 2)", ["Q1x", "Here is a list:\n1, 2, 3\ndone"]),
+        (f"{path}:row 2 (line 5)", ["Q2", "R2"])]
+    assert reader.skipped.count == 0
+    path.write_text('response,reward\nok,1\n"q""uoted\nend",2')  # closed on the last line, no line break after
+    assert [r.parts[1].text for r in SourceReader([str(path)], "scored")] == ["ok", 'q"uoted\nend']
 
 
 def test_csv_cells_are_text_as_written_and_a_short_row_lacks_its_last_fields(tmp_path):
