@@ -178,7 +178,8 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     first = np.flatnonzero(starts)                                                  # [D] first part of each doc
     last = np.append(first[1:], P) - 1                                              # [D] last part of each doc
     doc_on = on[first] & (draws >= opts.uncond_fraction)                            # [D]
-    marker = (~np.isnan(rtg) | (fixed != 0)) & doc_on[doc_of]                       # [P] RTG token emitted
+    carries = ~np.isnan(rtg) | (fixed != 0)                                         # [P] an RTG token in on mode
+    marker = carries & doc_on[doc_of]                                               # [P] RTG token emitted
     rtg_parts = np.flatnonzero(marker)                                              # [m]
     part_marker = np.full(P, -1, dtype=np.int32)                                    # [P] marker index in the batch
     part_marker[rtg_parts] = np.arange(len(rtg_parts))
@@ -216,7 +217,7 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     in_rows[piece_doc[keep]] = True
     kept = off & in_rows[doc_of]                                                    # [P]
     if opts.truncate:  # as a cut RTG token: a part whose RTG token would sit past the block is cut
-        would = np.cumsum(~np.isnan(rtg) | (fixed != 0))                            # [P] RTG tokens, conditioned,
+        would = np.cumsum(carries)                                                  # [P] RTG tokens, conditioned,
         before = would - would[first][doc_of]                                       # [P] before each part's own
         kept &= out_start[:-1] + starts + before - out_start[first][doc_of] < opts.block_size
     return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, rtg[kept],
@@ -280,11 +281,11 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
             kept = kept[np.isin(mk[kept], cut_markers)]
             mk[kept] = -1
         return (ids, tw, mk, start, cut_length), docs, int(cut.sum()), cut_markers
-    cut_length[long[length[long] == B + 1]] = B - 1  # a second piece of the eos alone would train eos after the prefix
     at, of, T = [], [], len(ids)
     all_ids, all_tw, all_mk, starts, lens = [ids], [tw], [mk], [], []
     for d in long.tolist():
         a, b = int(start[d]), int(start[d] + length[d])
+        cut_length[d] = _piece_end(0, B, b - a)
         for piece_ids, piece_tw, piece_mk in _split(ids[a:b], tw[a:b], mk[a:b], bool(on[d]), B, int(cut_length[d])):
             at.append(d + 1)
             of.append(d)
@@ -296,10 +297,18 @@ def _cut(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, start: np.ndarray, len
              np.insert(start, at, starts), np.insert(cut_length, at, lens)), np.insert(docs, at, of), 0, none)
 
 
+def _piece_end(start: int, room: int, n: int) -> int:
+    """Where a piece of a document of ``n`` tokens that starts at ``start`` with ``room`` tokens
+    for them ends: as far as it fits, but one token early where what is left after it would be the
+    eos alone (a next piece ``[mode rtg eos]`` would train the model to end a text right after its
+    control prefix)."""
+    end = min(start + room, n)
+    return end - 1 if n - end == 1 and end - start > 1 else end
+
+
 def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int, first: int):
-    """The pieces after the first (``ids[:first]``) of a document longer than ``B``. A piece ends
-    one token early where what is left after it would be the eos alone: a piece ``[mode rtg eos]``
-    would train the model to end a text right after its control prefix."""
+    """The pieces after the first (``ids[:first]``) of a document longer than ``B``, each ending
+    at :func:`_piece_end`."""
     start = first
     while start < len(ids):
         if on:
@@ -309,9 +318,7 @@ def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int, fi
                 prefix_ids, prefix_mk = prefix_ids[:1], [int(mk[start])]
         else:
             prefix_ids, prefix_mk = [ids[0]], [-1]
-        end = min(start + B - len(prefix_ids), len(ids))
-        if len(ids) - end == 1 and end - start > 1:
-            end -= 1
+        end = _piece_end(start, B - len(prefix_ids), len(ids))
         yield (np.concatenate([prefix_ids, ids[start:end]]).astype(np.int32),
                np.concatenate([np.zeros(len(prefix_ids)), tw[start:end]]).astype(np.float32),
                np.concatenate([prefix_mk, mk[start:end]]).astype(np.int32))

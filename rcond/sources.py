@@ -501,7 +501,10 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
         start = 1  # the line the next record starts on
         while True:
             line = start
-            fields = next(reader, None)
+            try:
+                fields = next(reader, None)
+            except csv.Error as e:  # a cell past the csv module's field limit
+                raise SourceError(f"{path}:{line}: not readable as CSV ({e})") from None
             if fields is None:
                 return
             if lines.ended:  # the reader asked for more lines inside this row: a quote never closed
@@ -1053,6 +1056,10 @@ class SourceReader:
     def __post_init__(self) -> None:
         check_reading(self.inputs, self.format, self.fields, scored=self.scorer is not None, gamma=self.gamma,
                       on_error=self.on_error, score_batch=self.score_batch)
+        self._reset_logs()
+
+    def _reset_logs(self) -> None:
+        """What a read reports, cleared at the start of each read."""
         self.skipped = SkipLog()
         self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
         self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text
@@ -1112,7 +1119,7 @@ class SourceReader:
         the scorer (rewards are then placeholders): for reading texts only."""
         from .columnar import parse_chunk
 
-        self.skipped, self.ignored, self.same_pairs, self.split_prompts = SkipLog(), SkipLog(), 0, 0
+        self._reset_logs()
         scorer = self._scorer(score)
         for spec in self.inputs:
             if self._is_jsonl(spec):
@@ -1146,7 +1153,7 @@ class SourceReader:
     def __iter__(self) -> Iterator[Record]:
         """Records in input order, one at a time (the line-by-line path; :meth:`batches` is the
         fast one). Iterating again re-reads the inputs and resets the skip log."""
-        self.skipped, self.ignored, self.same_pairs, self.split_prompts = SkipLog(), SkipLog(), 0, 0
+        self._reset_logs()
         scorer = self._scorer(True)
         for spec in self.inputs:
             yield from self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer)
