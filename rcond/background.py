@@ -45,11 +45,11 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
     def produce() -> None:
         try:
             for item in items:
-                if not put((None, item)):
+                if not put([None, item]):
                     return
-            put((None, done))
+            put([None, done])
         except BaseException as e:  # handed to the consumer, which raises it
-            put((e, None))
+            put([e, None])
         finally:  # a generator (another prefetched stage) stops its own thread now
             close = getattr(items, "close", None)
             if close is not None:
@@ -59,12 +59,12 @@ def prefetched(items: Iterable[Item], depth: int = 2) -> Iterator[Item]:
     worker.start()
     try:
         while True:
-            error, item = q.get()
-            if error is not None:
-                raise error
-            if item is done:
+            entry = q.get()
+            if entry[0] is not None:
+                raise entry[0]
+            if entry[1] is done:
                 return
-            yield item
+            yield entry.pop()  # no reference kept here: the consumer alone decides where the item is freed
     finally:
         stop.set()
         worker.join(ABANDON_AFTER)

@@ -27,6 +27,7 @@ the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 
 
 from __future__ import annotations
 
+import collections
 import itertools
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,16 +61,25 @@ def special_tokens_as_text(tokenizer) -> Iterator[None]:
 
 
 def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | None" = None,
-              ) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
+              spent: "collections.deque | None" = None) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
     """Each PartBatch with an entry per *distinct* text (its encoding, or its ids from ``cache``)
     and, per text, the index of its entry [P]: one tokenizer call per batch, and a text that
     recurs in the batch (the prompt shared by a pair's two sides, a templated prompt) is encoded
     once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text
-    (:func:`special_tokens_as_text`)."""
+    (:func:`special_tokens_as_text`).
+
+    ``spent``: where the consumer puts the entries it is done with; they are freed here, before
+    the next tokenizer call. Freeing a batch of encodings (a few allocations per token) while the
+    tokenizer's threads allocate the next batch's costs 2-3x the CPU time of freeing it between
+    calls (0.27-0.37 s against 0.11-0.13 s for 80k reviews, 2.8M tokens, on 2 cores), so a
+    consumer in another thread hands them back instead of dropping them."""
     for b in batches:
+        if spent is not None:
+            spent.clear()
         with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
             encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
         yield b, encoded, inverse
+        del encoded  # the consumer's reference, or ``spent``'s, is the last
 
 
 class RecurringTexts:
@@ -140,8 +150,11 @@ def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "Condit
 
         yield from conditioned_in_workers(batches, tokenizer, stream, workers)
         return
-    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts())):
+    spent: collections.deque = collections.deque()  # encodings done with, freed by the encoding thread
+    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts(), spent)):
         offsets, flat = flat_ids(encoded, inverse)
+        spent.append(encoded)
+        del encoded
         yield parts, stream.pool(parts, offsets, flat), len(flat)
 
 
