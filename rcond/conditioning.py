@@ -79,7 +79,7 @@ def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | 
         with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
             encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
         yield b, encoded, inverse
-        del encoded  # the consumer's reference, or ``spent``'s, is the last
+        del encoded  # this generator holds no batch of encodings through its next call
 
 
 class RecurringTexts:
