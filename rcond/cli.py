@@ -63,7 +63,8 @@ def add_preprocess(sub) -> None:
                                    "control tokens (mode, reward-to-go bins); pack into fixed-size rows.",
                        epilog=PREPROCESS_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="files (.jsonl/.json/.csv/.txt, optionally .gz/.bz2/.xz/.zst; .parquet; .zip or folder of .txt) or hub ids")
+                   help="files (.jsonl/.json/.csv/.txt, optionally .gz/.bz2/.xz/.zst; .parquet; .arrow; .zip or folder of .txt), "
+                        "datasets saved by datasets' save_to_disk (DIR, or DIR:SPLIT of a DatasetDict), or hub ids")
     p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"])
     p.add_argument("--out", required=True, help="output corpus directory")
     p.add_argument("--tokenizer", default="train:8192", help="PATH_OR_ID, or train:VOCAB to train a byte-level BPE")
@@ -371,7 +372,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="classifier-free guidance weight: 1 = the conditioned model, 0 = off mode, >1 = stronger "
                         "conditioning; None = no unconditioned branch")
-    p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line) or .jsonl with a 'prompt' field; "
+    p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field "
+                                                     "(.jsonl/.json/.csv/.parquet/.arrow, a saved dataset, a hub id); "
                                                      "None = one empty prompt")
     p.add_argument("--n", type=int, default=1, help="samples per prompt and level")
     p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file (written atomically)")

@@ -1,4 +1,4 @@
-"""A chunk of JSON Lines -> a :class:`~rcond.sources.PartBatch`, column by column.
+"""A chunk of JSON Lines, or a batch of Arrow rows -> a :class:`~rcond.sources.PartBatch`, column by column.
 
 The fast path of :mod:`rcond.sources`. The chunk is parsed in one call by Arrow's JSON reader
 against an explicit schema of the fields the format reads (any other field is ignored, whatever
@@ -24,6 +24,10 @@ anything that path treats specially:
 
 The caller then decodes that chunk line by line, which raises or skips with the exact line.
 ``dialog`` records (nested turns) always take the line-by-line path.
+
+A batch of rows from a Parquet or Arrow file (:func:`parse_table`) is already a table: it is cast
+to the same columns and validated the same way, declined as well where a column's type is one the
+row-by-row path reads differently, and then read row by row.
 """
 
 from __future__ import annotations
@@ -75,6 +79,41 @@ def parse_chunk(lines: list[bytes], fmt: str, fields: FieldNames, *, needs_rewar
         return None
     if table.num_rows != rows:
         return None
+    return _records(table, fmt, fields, needs_reward, scorer, score_batch)
+
+
+def parse_table(table: pa.Table, fmt: str, fields: FieldNames, *, needs_reward: bool,
+                scorer: Scorer | None = None, score_batch: int = 256) -> PartBatch | None:
+    """Records of a table of rows (a batch of a Parquet or Arrow file) as a PartBatch, or None
+    where the row-by-row path must decide: for the reasons :func:`parse_chunk` declines a chunk,
+    and also when a column the format reads holds a type that path reads otherwise than as a
+    string or a number (a reward in strings or booleans, a text in bytes, a decimal, a column
+    named twice) or an integer that a float64 cannot hold exactly. A column that is absent is null
+    in every row, as a JSON field that is absent."""
+    if fmt not in ("scored", "text", "pairs"):
+        return None
+    columns = {}
+    for name, kind in _columns(fmt, fields, needs_reward).items():
+        target = pa.float64() if kind == "number" else pa.string()
+        found = table.schema.get_all_field_indices(name)
+        if not found:
+            columns[name] = pa.nulls(table.num_rows, target)
+            continue
+        t = table.schema.field(found[0]).type
+        fits = pa.types.is_floating(t) or pa.types.is_integer(t) if kind == "number" else \
+            pa.types.is_string(t) or pa.types.is_large_string(t)
+        if len(found) > 1 or not (fits or pa.types.is_null(t)):
+            return None
+        try:
+            columns[name] = table.column(found[0]).cast(target)  # safe: an integer past 2**53 refuses
+        except pa.ArrowInvalid:
+            return None
+    return _records(pa.table(columns), fmt, fields, needs_reward, scorer, score_batch)
+
+
+def _records(table: pa.Table, fmt: str, fields: FieldNames, needs_reward: bool, scorer: Scorer | None,
+             score_batch: int) -> PartBatch | None:
+    """A table with a string or float64 column for every field the format reads -> its records."""
     try:  # Arrow checks UTF-8 only when a string is read out
         if fmt == "text":
             return _text(table, fields)

@@ -108,7 +108,8 @@ GUIDANCE_LIMIT = 100.0
 SEED_MAX = 2**63 - 1
 MAX_NEW_TOKENS = 2**20
 PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv (each optionally .gz, .bz2, .xz, .zst), "
-                ".parquet or a hub dataset id with a string field 'prompt' per row")
+                ".parquet, .arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a string "
+                "field 'prompt' per row")
 
 
 class SampleError(ValueError):
@@ -457,15 +458,16 @@ class Prompt(str):
 
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
     """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; ``.jsonl``, ``.json``,
-    ``.csv`` (optionally compressed), ``.parquet`` or a hub dataset id -> the ``prompt`` field of every row.
-    Every prompt read is a :class:`Prompt`. A folder or a ``.zip`` (inputs of ``preprocess``, not
+    ``.csv`` (optionally compressed), ``.parquet``, ``.arrow``, a dataset saved by ``save_to_disk``
+    (``DIR`` or ``DIR:SPLIT``) or a hub dataset id -> the ``prompt`` field of every row. Every
+    prompt read is a :class:`Prompt`. Any other folder or a ``.zip`` (inputs of ``preprocess``, not
     prompts) and any other file type are refused, with the list of what is accepted."""
-    from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows
+    from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows, saved_dataset
 
     if path is None:
         return [""]
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and saved_dataset(str(p)) is None:
         raise SourceError(f"{p}: is a folder; --prompts takes one file: {PROMPT_FILES}")
     if p.is_file() and data_suffix(p) != ".txt" and data_suffix(p) not in ROW_SUFFIXES:
         raise SourceError(f"{p}: not a prompts file type; expected {PROMPT_FILES}")

@@ -18,7 +18,13 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
 The RTG token of a record precedes the part that carries ``rtg``: the prompt for single
 responses (``<on> <rtg> prompt response``), each assistant turn for dialogs.
 
-Parquet and hub dataset ids are read through ``datasets`` in streaming mode. ``.json`` files are
+Hub dataset ids are read through ``datasets`` in streaming mode. Parquet files, datasets saved
+with ``save_to_disk`` (a folder; ``DIR:SPLIT`` for a split of a DatasetDict: :func:`saved_dataset`)
+and single ``.arrow`` files are read by pyarrow in batches (:func:`arrow_batches`; Arrow files
+memory-mapped), each validated column by column where it can be, like a JSON Lines chunk (below),
+else row by row: ``datasets``' streaming reader spends ~90 us per row on Parquet, 17x pyarrow's
+time (``benchmarks/readers.py``), and its ``load_from_disk`` imports torch for a dataset saved with
+a torch format. ``.json`` files are
 read with the standard library (:func:`_iter_json` says why), and so is CSV (:func:`_iter_csv`):
 through ``datasets`` (pandas) a row with one field too many, or one line that is not UTF-8, failed
 the whole file with a line number that miscounts quoted line breaks, and could not be skipped
@@ -46,7 +52,6 @@ import functools
 import io
 import itertools
 import json
-import logging
 import lzma
 import math
 import os
@@ -66,7 +71,10 @@ from .scorers import ScorerError
 
 FORMATS = ("pairs", "scored", "dialog", "text")
 HH_ASSISTANT = "\n\nAssistant:"
-ROW_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+ROW_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+UNCOMPRESSED = {".parquet": "a compressed Parquet file is not read (Parquet compresses its own columns)",
+                ".arrow": "a compressed Arrow file is not read (it is memory-mapped as it is)"}
+ARROW_BATCH = 1000  # rows of a Parquet, .arrow or saved dataset turned into Python values at a time
 JSONL_CHUNK = 1000  # lines read, parsed and validated together
 MAX_LINE_BYTES = 32 << 20  # a longer JSON Lines line is not a record (a JSON array, a binary file): refused unread
 
@@ -190,6 +198,11 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
     ``on_ignored(name)`` receives each file of a folder or zip that is no text document (not
     ``.txt``, compressed or not; hidden files are not named).
     """
+    batches = arrow_batches(spec)
+    if batches is not None:
+        for where, first, batch in batches:
+            yield from arrow_rows(where, first, batch, on_bad_line)
+        return
     path = Path(spec).expanduser()
     if path.is_dir():
         yield from _iter_text_files(path, on_bad_line, on_ignored)
@@ -205,19 +218,18 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
     if data_suffix(path) == ".txt":  # one document, maybe compressed
         yield from _documents([(str(path), lambda: _read_all(path))], on_bad_line)
         return
-    _refuse_compressed_parquet(path)
+    _refuse_compressed_columnar(path)
     kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind is None:
         raise SourceError(f"{path}: unknown file type; expected .jsonl, .json, .csv, .txt (optionally .gz, .bz2, "
-                          f".xz, .zst), .parquet, a .zip of .txt files, a folder of .txt files, or a hub dataset id")
+                          f".xz, .zst), .parquet, .arrow, a .zip of .txt files, a folder of .txt files, a dataset "
+                          f"saved by datasets' save_to_disk, or a hub dataset id")
     if kind == "jsonl":
         yield from _iter_jsonl(path, on_bad_line)
     elif kind == "json":
         yield from _iter_json(path, on_bad_line)
-    elif kind == "csv":
-        yield from _iter_csv(path, on_bad_line)
     else:
-        yield from _iter_datasets(kind, path)
+        yield from _iter_csv(path, on_bad_line)  # Parquet and Arrow files were read above (arrow_batches)
 
 
 def _load_streaming(*args, **kwargs):
@@ -438,37 +450,23 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
         on_bad_line(msg)
 
 
-def _refuse_compressed_parquet(path: Path) -> None:
-    if data_suffix(path) == ".parquet" and path.suffix.lower() != ".parquet":
-        raise SourceError(f"{path}: a compressed Parquet file is not read (Parquet compresses its own "
-                          f"columns); decompress it first, e.g. with gunzip / unxz / unzstd")
+def _refuse_compressed_columnar(path: Path) -> None:
+    suffix = data_suffix(path)
+    if suffix in UNCOMPRESSED and path.suffix.lower() != suffix:
+        raise SourceError(f"{path}: {UNCOMPRESSED[suffix]}; decompress it first, e.g. with gunzip / unxz / unzstd")
 
 
-def _iter_datasets(kind: str, path: Path) -> Iterator[tuple[str, dict]]:
-    """Rows of a Parquet file by number, from 1, through ``datasets``."""
-    if path.stat().st_size == 0 or _parquet_rows(path) == 0:
-        return  # nothing to read (the reader fails on it with no word of why, Arrow on Parquet without rows)
+def _parquet_batches(path: Path, size: int) -> Iterator:
+    """Record batches of a Parquet file, ``size`` rows at most, read by pyarrow. Not through
+    ``datasets``: its streaming reader spends ~90 us per row (``benchmarks/readers.py``)."""
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        return iter(())  # nothing to read, as for an empty file of any other format
     try:
-        with _builder_errors_quiet(kind):
-            for i, row in enumerate(_load_streaming(kind, data_files=str(path)), start=1):
-                yield f"{path}:row {i}", row
-    except SourceError:
-        raise
-    except Exception as e:  # pyarrow/datasets parse errors carry no line; name the file and the cause
-        raise SourceError(f"{path}: could not be read as {kind}: {str(e) or type(e).__name__}") from None
-
-
-@contextlib.contextmanager
-def _builder_errors_quiet(kind: str) -> Iterator[None]:
-    """``datasets``' builder for ``kind`` logs a read error before raising it; the error raised
-    here already names the file and the cause, so that log line is only a duplicate."""
-    logger = logging.getLogger(f"datasets.packaged_modules.{kind}.{kind}")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+        return pq.ParquetFile(path).iter_batches(batch_size=size)
+    except Exception as e:  # not Parquet, a broken footer: Arrow's message names the cause, not the file
+        raise SourceError(f"{path}: could not be read as Parquet ({type(e).__name__}: {e})") from None
 
 
 CSV_FIELD_LIMIT = 2 ** 31 - 1  # characters in one CSV cell (the csv module's default, 128 KiB, refuses long texts)
@@ -578,16 +576,6 @@ def _undecodable(text: str) -> bool:
     return False
 
 
-def _parquet_rows(path: Path) -> int | None:
-    """Rows in a Parquet file by its footer; None when there is no readable footer (the reader reports it)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # a broken file is reported, with its cause, by the read that follows
-        return None
-
-
 def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
     name, _, split = spec.partition(":")
     unreachable = hub.unreachable()
@@ -603,6 +591,152 @@ def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
             raise SourceError(f"{spec}: reading the hub dataset failed after row {i} "
                               f"({type(e).__name__}: {e})") from None
         raise SourceError(f"{spec}: not a file or folder here, and not readable as a hub dataset "
+                          f"({type(e).__name__}: {e})") from None
+
+
+SAVED_DATASET, SAVED_DICT = "state.json", "dataset_dict.json"  # what datasets' save_to_disk leaves in a folder
+
+
+def saved_dataset(spec: str) -> tuple[Path, str | None] | None:
+    """``(folder, split)`` when ``spec`` names a dataset saved by ``datasets``' ``save_to_disk``:
+    a folder holding one ``Dataset`` (``split`` None), or a ``DatasetDict``, either whole
+    (``DIR``: ``split`` None, its ``train`` split is read, as for a hub id) or one split of it
+    (``DIR:SPLIT``). None for anything else."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return (path, None) if (path / SAVED_DATASET).is_file() or (path / SAVED_DICT).is_file() else None
+    folder, colon, split = spec.rpartition(":")
+    folder_path = Path(folder).expanduser()
+    if colon and split and not path.exists() and folder_path.is_dir() and (
+            (folder_path / SAVED_DICT).is_file() or (folder_path / SAVED_DATASET).is_file()):
+        return folder_path, split
+    return None
+
+
+def arrow_batches(spec: str, size: int = ARROW_BATCH) -> "Iterator[tuple[str, int, object]] | None":
+    """For an input held in Arrow (a Parquet file, an ``.arrow`` file, a dataset saved by
+    ``save_to_disk``): ``(where, number of its first row, pyarrow RecordBatch of at most size
+    rows)`` for each batch, rows numbered from 1 (across the shards of a saved dataset; its rows
+    are named ``DIR:row N``, or ``DIR:SPLIT:row N`` for a split of a DatasetDict). None for any
+    other input. Arrow files are memory-mapped; nothing is copied or held beyond a batch."""
+    saved = saved_dataset(spec)
+    if saved is not None:
+        return _saved_batches(*saved, spec, size)
+    path = Path(spec).expanduser()
+    kind = ROW_SUFFIXES.get(data_suffix(path))
+    if kind not in ("parquet", "arrow") or not path.is_file() or path.suffix.lower() != data_suffix(path):
+        return None  # a compressed one is refused by the caller
+    opened = (lambda: _parquet_batches(path, size)) if kind == "parquet" else (lambda: _arrow_file_batches(path))
+    return _numbered(opened, str(path), str(path), 1, size)
+
+
+def arrow_rows(where: str, first: int, batch, on_bad_line: Callable[[str], None] | None = None
+               ) -> Iterator[tuple[str, dict]]:
+    """``(origin, row)`` for each row of a batch from :func:`arrow_batches`, as plain Python values
+    (a list of structs -> a list of dicts). A row with a string that is not UTF-8 (Arrow checks
+    only when it is read out) is a bad row named by its field: raised, or given to ``on_bad_line``
+    and skipped alone, as a JSON line that is not UTF-8."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = None
+    for j in range(batch.num_rows):
+        origin = f"{where}:row {first + j}"
+        if rows is not None:
+            yield origin, rows[j]
+            continue
+        row = {}
+        for name, column in zip(batch.schema.names, batch.columns):
+            try:
+                row[name] = column[j].as_py()
+            except UnicodeDecodeError as e:
+                message = f"{origin}: field {name!r} is not valid UTF-8 (byte {e.start}); expected UTF-8 text"
+                if on_bad_line is None:
+                    raise RecordError(message) from None
+                on_bad_line(message)
+                break
+        else:
+            yield origin, row
+
+
+def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first: int, size: int) -> Iterator:
+    """``(where, first row number, batch)`` for the batches ``open_batches()`` gives, each cut to
+    ``size`` rows; an error while reading them is a SourceError naming ``file``."""
+    import pyarrow as pa
+
+    i = first - 1
+    try:
+        for batch in open_batches():
+            for start in range(0, batch.num_rows, size):
+                piece = batch.slice(start, size)
+                yield where, i + 1, piece
+                i += piece.num_rows
+    except SourceError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as e:  # a file damaged past its header
+        raise SourceError(f"{file}: reading failed after row {i - first + 1} ({type(e).__name__}: {e})") from None
+
+
+def _saved_batches(folder: Path, split: str | None, spec: str, size: int) -> Iterator:
+    """The batches of a dataset saved by ``save_to_disk`` (:func:`saved_dataset`): those of the
+    Arrow shards its ``state.json`` lists, in order (:func:`_arrow_file_batches`). Read so rather
+    than with ``datasets.load_from_disk``, which restores the format the dataset was saved with
+    and so imports torch for one saved with ``set_format("torch")``."""
+    where = spec
+    if (folder / SAVED_DICT).is_file():
+        splits = _saved_json(folder / SAVED_DICT, "splits", spec)
+        name = split or "train"
+        if name not in splits:
+            how = f"no split {name!r}" if split else f"a saved DatasetDict without a 'train' split; name one as {folder}:SPLIT"
+            raise SourceError(f"{spec}: {how}; its splits: {', '.join(map(str, splits))}")
+        folder, where = folder / name, f"{folder}:{name}"
+    elif split is not None:
+        raise SourceError(f"{spec}: {folder} holds one saved dataset, not a DatasetDict with splits; give it as {folder}")
+    files = _saved_json(folder / SAVED_DATASET, "_data_files", spec)
+    try:
+        shards = [folder / f["filename"] for f in files]
+    except (TypeError, KeyError):
+        raise SourceError(f"{folder / SAVED_DATASET}: '_data_files' is not a list of {{\"filename\": ...}}; expected "
+                          f"the state.json of datasets' save_to_disk") from None
+    rows = 0
+    for shard in shards:
+        if not shard.is_file():
+            raise SourceError(f"{shard}: missing; {folder / SAVED_DATASET} lists it as a shard of the saved dataset")
+        for entry in _numbered(lambda shard=shard: _arrow_file_batches(shard), where, str(shard), rows + 1, size):
+            rows += entry[2].num_rows
+            yield entry
+
+
+def _saved_json(path: Path, key: str, spec: str) -> list:
+    """The list under ``key`` in a JSON file ``save_to_disk`` wrote, or a SourceError naming it."""
+    try:
+        value = json.loads(path.read_bytes()).get(key)
+    except (ValueError, AttributeError, OSError) as e:
+        raise SourceError(f"{path}: not readable as the JSON datasets' save_to_disk writes ({e})") from None
+    if not isinstance(value, list):
+        raise SourceError(f"{path}: no list {key!r}; expected the JSON datasets' save_to_disk writes (given as {spec})")
+    return value
+
+
+def _arrow_file_batches(path: Path) -> Iterator:
+    """Record batches of one Arrow IPC file as it holds them, memory-mapped: the streaming format
+    ``datasets`` writes (a ``save_to_disk`` shard, a cache file), or the file format (Feather v2)."""
+    import pyarrow as pa
+
+    if path.stat().st_size == 0:
+        return iter(())
+    try:
+        source = pa.memory_map(str(path))
+        try:
+            return pa.ipc.open_stream(source)
+        except pa.ArrowInvalid as stream_error:
+            try:
+                whole = pa.ipc.open_file(source)
+            except pa.ArrowInvalid:
+                raise stream_error from None  # the format datasets writes: its complaint is the one to show
+            return (whole.get_batch(i) for i in range(whole.num_record_batches))
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise SourceError(f"{path}: could not be read as an Arrow file (the IPC format datasets writes) "
                           f"({type(e).__name__}: {e})") from None
 
 
@@ -656,7 +790,8 @@ def _hidden(name: str) -> bool:
 def _iter_text_files(folder: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[str, str]]:
     files = _text_files(folder, on_ignored)
     if not files:
-        raise SourceError(f"{folder}: folder holds no .txt files")
+        raise SourceError(f"{folder}: folder holds no .txt files, and is no dataset saved by datasets' save_to_disk "
+                          f"(it has no {SAVED_DATASET} or {SAVED_DICT})")
     yield from _documents(((str(p), lambda p=p: _read_all(p)) for p in files), on_bad_line)
 
 
@@ -696,24 +831,41 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
 
 def file_sha256(path: str | Path) -> str:
     """``sha256:<hex>`` of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+    return "sha256:" + _hashed(hashlib.sha256(), path).hexdigest()
+
+
+def _hashed(h, path: str | Path):
+    """``h`` updated with a file's bytes, read in 1 MiB chunks."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return h
 
 
 def fingerprint(spec: str) -> str:
-    """sha256 of a file's bytes (or of a folder's .txt files); hub ids are fingerprinted by name."""
+    """sha256 of a file's bytes, of a folder's .txt files, or of the files of a saved dataset (the
+    split read, for a DatasetDict); hub ids are fingerprinted by name."""
+    saved = saved_dataset(spec)
     path = Path(spec).expanduser()
+    if saved is not None:
+        folder, split = saved
+        if (folder / SAVED_DICT).is_file():
+            folder = folder / (split or "train")
+        return _files_sha256(folder, [p for p in sorted(folder.rglob("*"))
+                                      if p.is_file() and not _hidden(p.relative_to(folder).as_posix())])
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
         return f"hub:{spec}"
+    return _files_sha256(path, _text_files(path))
+
+
+def _files_sha256(folder: Path, files: list[Path]) -> str:
+    """``sha256:<hex>`` of files below ``folder``: each one's name relative to it, then its bytes."""
     h = hashlib.sha256()
-    for p in _text_files(path):
-        h.update(os.fsencode(p.relative_to(path)))  # the name's bytes, UTF-8 or not
-        h.update(p.read_bytes())
+    for p in files:
+        h.update(os.fsencode(p.relative_to(folder)))  # the name's bytes, UTF-8 or not
+        _hashed(h, p)
     return "sha256:" + h.hexdigest()
 
 
@@ -950,33 +1102,38 @@ def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
 # ---------------------------------------------------------------------------- the reader
 def _check_inputs(inputs: list[str]) -> None:
     """Refuse an empty input path (it would read the current directory) and inputs whose records
-    would be read twice: one file given twice (by another path, a link, a hard link), or a file or
-    folder of documents inside a folder that is given too."""
+    would be read twice: one file given twice (by another path, a link, a hard link), one split of a
+    saved dataset given twice (``DIR`` and ``DIR:train``), a file or folder of documents inside a
+    folder that is given too, or a ``.arrow`` shard of a saved dataset that is given too."""
     seen: dict[object, str] = {}
-    folders: list[tuple[Path, str]] = []
+    folders: dict[str, list[tuple[Path, str]]] = {"documents": [], "rows": []}  # text folders, saved datasets' rows
     for spec in inputs:
         if not spec.strip():
             raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
         path = Path(spec).expanduser()
-        _refuse_compressed_parquet(path)
+        _refuse_compressed_columnar(path)
+        saved = saved_dataset(spec)
+        if saved is not None:  # the folder its rows are read from
+            folder, split = saved
+            path = folder / (split or "train") if (folder / SAVED_DICT).is_file() else folder
         if not path.exists():  # a hub id, or a missing file reported when it is read
             key: object = spec
         else:
             st = path.stat()
             key = (st.st_dev, st.st_ino)
             if path.is_dir():
-                folders.append((path.resolve(), spec))
+                folders["rows" if saved else "documents"].append((path.resolve(), spec))
         if key in seen:
             raise SourceError(f"{spec}: the same input as {seen[key]}, also given; its records would be read twice")
         seen[key] = spec
     for spec in inputs:
         path = Path(spec).expanduser()
-        if path.is_dir() or data_suffix(path) == ".txt":  # what a folder input reads
-            inner = path.resolve()
-            for folder, folder_spec in folders:
-                if folder in inner.parents:
-                    raise SourceError(f"{spec}: inside the folder {folder_spec}, also given; its documents would be "
-                                      f"read twice")
+        what = (None if saved_dataset(spec) else "rows" if data_suffix(path) == ".arrow" else
+                "documents" if path.is_dir() or data_suffix(path) == ".txt" else None)  # what a folder input reads
+        inner = path.resolve()
+        for folder, folder_spec in folders.get(what, []):
+            if folder in inner.parents:
+                raise SourceError(f"{spec}: inside the folder {folder_spec}, also given; its {what} would be read twice")
 
 
 READ_FIELDS = {"text": ["text"], "scored": ["prompt", "response", "text", "reward"],
@@ -1116,25 +1273,31 @@ class SourceReader:
     def batches(self, size: int = JSONL_CHUNK, *, score: bool = True) -> Iterator[PartBatch]:
         """Records in input order as PartBatches of up to ``size`` records (a pairs row gives
         two). Iterating again re-reads the inputs and resets the skip log. ``score=False`` skips
-        the scorer (rewards are then placeholders): for reading texts only."""
-        from .columnar import parse_chunk
+        the scorer (rewards are then placeholders): for reading texts only.
+
+        JSON Lines chunks and batches of Arrow rows (Parquet, ``.arrow``, saved datasets) are read
+        column-wise (:mod:`rcond.columnar`) where they can be, else row by row; other inputs row
+        by row."""
+        import pyarrow as pa
+
+        from .columnar import parse_chunk, parse_table
 
         self._reset_logs()
         scorer = self._scorer(score)
+        read = dict(needs_reward=self.scorer is None, scorer=scorer, score_batch=self.score_batch)
         for spec in self.inputs:
             if self._is_jsonl(spec):
                 path = Path(spec).expanduser()
                 for first, lines in jsonl_chunks(path, size):
-                    batch = parse_chunk(lines, self.format, self.fields, needs_reward=self.scorer is None,
-                                        scorer=scorer, score_batch=self.score_batch)
-                    if batch is None:  # the chunk needs the line-by-line path: exact lines, skips
-                        rows = decode_lines(path, first, lines, self._bad_line())
-                        batch = PartBatch.from_records(list(self._scored(self._records(rows), scorer)))
-                    else:
-                        self.same_pairs += batch.same_pairs
-                        self.split_prompts += batch.split_prompts
-                    if batch.records:
-                        yield batch
+                    yield from self._nonempty(parse_chunk(lines, self.format, self.fields, **read), scorer,
+                                              lambda: decode_lines(path, first, lines, self._bad_line()))
+                continue
+            arrow = arrow_batches(spec, size)
+            if arrow is not None:
+                for where, first, rows in arrow:
+                    yield from self._nonempty(
+                        parse_table(pa.Table.from_batches([rows]), self.format, self.fields, **read), scorer,
+                        lambda: arrow_rows(where, first, rows, self._bad_line()))
                 continue
             recs: list[Record] = []
             for rec in self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer):
@@ -1144,6 +1307,18 @@ class SourceReader:
                     recs = []
             if recs:
                 yield PartBatch.from_records(recs)
+
+    def _nonempty(self, fast: PartBatch | None, scorer, rows: Callable[[], Iterable[tuple[str, object]]]):
+        """The batch the column-wise path read, or, where it declined (None), the records of
+        ``rows()`` read one by one (exact origins, skips); yielded unless it holds no record."""
+        if fast is None:
+            batch = PartBatch.from_records(list(self._scored(self._records(rows()), scorer)))
+        else:
+            batch = fast
+            self.same_pairs += batch.same_pairs
+            self.split_prompts += batch.split_prompts
+        if batch.records:
+            yield batch
 
     def texts(self) -> Iterator[str]:
         """Every part's text, unscored (for training a tokenizer on the inputs)."""

@@ -400,7 +400,8 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     import zipfile
 
     accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv \(each optionally \.gz, \.bz2, \.xz, "
-                r"\.zst\), \.parquet or a hub dataset id with a string field 'prompt' per row$")
+                r"\.zst\), \.parquet, \.arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a "
+                r"string field 'prompt' per row$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")
@@ -415,6 +416,11 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     (tmp_path / "t.txt.gz").write_bytes(gzip.compress(b"first\n\nsecond\n"))  # compressed, one prompt per line
     assert [(str(p), p.origin) for p in read_prompts(tmp_path / "t.txt.gz")] == [
         ("first", f"{tmp_path / 't.txt.gz'}:1"), ("second", f"{tmp_path / 't.txt.gz'}:3")]
+    import datasets
+
+    datasets.Dataset.from_list([{"prompt": "s1"}, {"prompt": "s2"}]).save_to_disk(str(tmp_path / "saved"))
+    assert [(str(p), p.origin) for p in read_prompts(tmp_path / "saved")] == [
+        ("s1", f"{tmp_path / 'saved'}:row 1"), ("s2", f"{tmp_path / 'saved'}:row 2")]  # a saved dataset is a rows file
     write_jsonl(tmp_path / "int.jsonl", [{"prompt": 7, "id": 1}])
     with pytest.raises(SourceError, match=r"int.jsonl:1: field 'prompt' is int 7, expected a string$"):
         read_prompts(tmp_path / "int.jsonl")

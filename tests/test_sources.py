@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import write_jsonl
-from rcond.sources import FieldNames, RecordError, SourceError, SourceReader, iter_rows, reward_to_go, split_hh
+from rcond.sources import FieldNames, Record, RecordError, SourceError, SourceReader, iter_rows, reward_to_go, split_hh
 
 
 def read(tmp_path, fmt, rows, **kw):
@@ -291,6 +291,25 @@ def test_an_input_given_twice_is_refused(tmp_path):
     assert len(list(SourceReader([str(docs), str(docs / "rows.jsonl")], "text"))) == 2
 
 
+def test_a_saved_dataset_given_twice_is_refused(tmp_path, monkeypatch):
+    """``DIR`` of a saved DatasetDict reads its train split, so ``DIR`` and ``DIR:train`` are one
+    input; a shard of a saved dataset given beside it is inside it. Other splits, and a saved
+    dataset inside a folder of documents (which reads only .txt files), are read once each."""
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    rows = datasets.Dataset.from_list([{"text": "x"}, {"text": "y"}])
+    datasets.DatasetDict({"train": rows, "test": rows}).save_to_disk("dd")
+    rows.save_to_disk("docs/one")
+    (tmp_path / "docs" / "d.txt").write_text("a document")
+    [shard] = (tmp_path / "docs" / "one").glob("*.arrow")
+    for inputs, message in [(["dd", "./dd:train"], r"^\./dd:train: the same input as dd, also given"),
+                            (["docs/one", str(shard)], r"\.arrow: inside the folder docs/one, also given; its rows")]:
+        with pytest.raises(SourceError, match=message):
+            SourceReader(inputs, "text")
+    assert len(list(SourceReader(["dd", "dd:test", "docs", "docs/one"], "text"))) == 2 + 2 + 1 + 2
+
+
 def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
     path = tmp_path / "h.csv"
     path.write_bytes(b"\xef\xbb\xbfresponse,reward\nhi,0.5\n")  # the mark was read into the first name
@@ -378,12 +397,166 @@ def test_csv_cells_are_text_as_written_and_a_short_row_lacks_its_last_fields(tmp
                                          f"{path}:row 4 (line 5): missing field 'response' (or 'text'); fields present: ['prompt']"]
 
 
-def test_parquet_through_datasets(tmp_path):
+def test_parquet_and_arrow_files_read_as_their_jsonl_would_be(tmp_path, monkeypatch):
+    """Parquet (several row groups) and Arrow IPC files, stream format as datasets writes it and
+    file format (Feather v2), give the records the same rows give as JSON Lines, dialogs' lists of
+    turns included; rows are numbered across batches; a file without rows, or an empty file, gives
+    none; a file that is not what its name says is an error naming it."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    from rcond import sources
+
+    monkeypatch.setattr(sources, "ARROW_BATCH", 3)  # rows cross batch and row-group boundaries
+    table = pa.Table.from_pylist(DIALOGS)
+    pq.write_table(table, tmp_path / "d.parquet", row_group_size=4)
+    with pa.OSFile(str(tmp_path / "d.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table, max_chunksize=5)
+    feather.write_feather(table, tmp_path / "f.arrow", chunksize=2)
+    reference = _same(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", DIALOGS))], "dialog"))
+    for name in ("d.parquet", "d.arrow", "f.arrow"):
+        recs = list(SourceReader([str(tmp_path / name)], "dialog"))
+        assert _same(recs) == reference, name
+        assert [r.origin for r in recs] == [f"{tmp_path / name}:row {i}" for i in range(1, 8)]
+    pq.write_table(table.slice(0, 0), tmp_path / "none.parquet")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    assert list(iter_rows(str(tmp_path / "none.parquet"))) == list(iter_rows(str(tmp_path / "empty.parquet"))) == []
+    (tmp_path / "not.parquet").write_text('{"text": "x"}\n')
+    with pytest.raises(SourceError, match=r"not\.parquet: could not be read as Parquet \(ArrowInvalid: "):
+        list(SourceReader([str(tmp_path / "not.parquet")], "text"))
+
+
+def _same(records) -> list:
+    return [(r.mode, [(p.text, p.trainable, p.rtg, p.fixed_bin) for p in r.parts]) for r in records]
+
+
+DIALOGS = [{"turns": [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"a{i}", "reward": i / 2},
+                      {"role": "user", "content": "more"}, {"role": "assistant", "content": "b", "reward": -1.0}]}
+           for i in range(7)]
+
+
+def test_datasets_saved_to_disk_read_as_their_jsonl_would_be(tmp_path, monkeypatch):
+    """A folder written by save_to_disk (Dataset; DatasetDict whole -> its train split, or DIR:SPLIT),
+    its .arrow shard alone, and a DatasetDict split named by a relative path (not a hub id) give the
+    records the same rows give as JSON Lines; rows are numbered across shards; a format the dataset
+    was saved with (numpy) does not change the values."""
+    import datasets
+
+    scored = [{"prompt": f"p{i}", "response": f"r{i}", "reward": float(i % 3)} for i in range(25)]
+    ds = datasets.Dataset.from_list(scored)
+    ds.save_to_disk(str(tmp_path / "one"), num_shards=3)
+    reference = list(SourceReader([str(write_jsonl(tmp_path / "s.jsonl", scored))], "scored"))
+    recs = list(SourceReader([str(tmp_path / "one")], "scored"))
+    assert _same(recs) == _same(reference)
+    assert [r.origin for r in recs][::12] == [f"{tmp_path / 'one'}:row {i}" for i in (1, 13, 25)]
+    shards = sorted((tmp_path / "one").glob("*.arrow"))
+    assert len(shards) == 3
+    assert _same(SourceReader([str(s) for s in shards], "scored")) == _same(reference)
+    assert next(iter_rows(str(shards[1])))[0] == f"{shards[1]}:row 1"
+
+    dialogs = datasets.Dataset.from_list(DIALOGS)
+    dialogs.set_format("numpy")
+    datasets.DatasetDict({"train": dialogs, "test": dialogs.select([2, 3])}).save_to_disk(str(tmp_path / "dd"))
+    reference = list(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", DIALOGS))], "dialog"))
+    assert reference[2].parts[1].rtg == 1.0 - 1.0  # a1 0.5*2 + (-1) after it
+    whole = list(SourceReader([str(tmp_path / "dd")], "dialog"))
+    assert _same(whole) == _same(reference) and whole[0].origin == f"{tmp_path / 'dd'}:train:row 1"
+    monkeypatch.chdir(tmp_path)
+    assert _same(SourceReader(["dd:test"], "dialog")) == _same(reference[2:4])
+    assert _same(SourceReader(["./dd:train"], "dialog")) == _same(reference)
+
+
+def test_a_string_that_is_not_utf8_in_parquet_or_arrow_is_one_bad_row(tmp_path):
+    """Arrow checks UTF-8 only when a string is read out: such a row is a bad row naming its field,
+    raised, or skipped alone under --on-error skip, on the column-wise and the row-by-row path."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"text": ["x", "y"]}), tmp_path / "b.parquet")
-    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "b.parquet")], "text")] == ["x", "y"]
+    offsets = pa.array([0, 2, 4, 5], pa.int32()).buffers()[1]
+    text = pa.Array.from_buffers(pa.string(), 3, [None, offsets, pa.py_buffer(b"ok\xff\xfex")])  # not validated
+    table = pa.table({"text": text, "reward": [1.0, 2.0, 3.0]})
+    pq.write_table(table, tmp_path / "u.parquet")
+    with pa.OSFile(str(tmp_path / "u.arrow"), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+    for name in ("u.parquet", "u.arrow"):
+        path = str(tmp_path / name)
+        message = f"{path}:row 2: field 'text' is not valid UTF-8 (byte 0); expected UTF-8 text"
+        for read in (lambda r: list(r), lambda r: list(r.batches())):
+            with pytest.raises(RecordError, match=re.escape(message)):
+                read(SourceReader([path], "scored"))
+            skipping = SourceReader([path], "scored", on_error="skip")
+            got = read(skipping)
+            texts = [p.text for r in got for p in r.parts] if isinstance(got[0], Record) else got[0].texts
+            assert texts == ["", "ok", "", "x"] and skipping.skipped.examples == [message]
+
+
+def test_saved_dataset_errors_name_the_folder_split_or_shard(tmp_path):
+    import datasets
+
+    rows = [{"text": "a", "reward": 1.0}, {"text": "b", "reward": float("nan")}, {"text": "c", "reward": 2.0}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"dev": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    one, dd = tmp_path / "one", tmp_path / "dd"
+    with pytest.raises(SourceError, match=rf"^{one}:row 2: reward must be a finite number, got nan"):
+        list(SourceReader([str(one)], "scored"))
+    skipping = SourceReader([str(one)], "scored", on_error="skip")
+    assert [r.origin for r in skipping] == [f"{one}:row 1", f"{one}:row 3"] and skipping.skipped.count == 1
+    with pytest.raises(SourceError, match=rf"^{dd}: a saved DatasetDict without a 'train' split; name one as "
+                                          rf"{dd}:SPLIT; its splits: dev$"):
+        list(SourceReader([str(dd)], "scored"))
+    with pytest.raises(SourceError, match=rf"^{dd}:test: no split 'test'; its splits: dev$"):
+        list(SourceReader([f"{dd}:test"], "scored"))
+    with pytest.raises(SourceError, match=rf"^{one}:dev: {one} holds one saved dataset, not a DatasetDict"):
+        list(SourceReader([f"{one}:dev"], "scored"))
+    [shard] = one.glob("*.arrow")
+    data = shard.read_bytes()
+    for cut, message in [(40, r"could not be read as an Arrow file \(the IPC format datasets writes\)"),
+                         (len(data) - 30, r"reading failed after row 0 \(")]:  # in the schema; in the rows
+        shard.write_bytes(data[:cut])
+        with pytest.raises(SourceError, match=rf"^{shard}: {message}"):
+            list(SourceReader([str(one)], "scored"))
+    shard.unlink()
+    with pytest.raises(SourceError, match=rf"^{shard}: missing; {one / 'state.json'} lists it as a shard"):
+        list(SourceReader([str(one)], "scored"))
+    (one / "state.json").write_text("{not json")
+    with pytest.raises(SourceError, match=rf"^{one / 'state.json'}: not readable as the JSON datasets' save_to_disk"):
+        list(SourceReader([str(one)], "scored"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match=r"empty: folder holds no \.txt files, and is no dataset saved by datasets' "
+                                          r"save_to_disk \(it has no state\.json or dataset_dict\.json\)$"):
+        list(SourceReader([str(tmp_path / "empty")], "scored"))
+    (tmp_path / "x.arrow").write_text("not arrow")
+    with pytest.raises(SourceError, match=r"x\.arrow: could not be read as an Arrow file \(the IPC format"):
+        list(SourceReader([str(tmp_path / "x.arrow")], "scored"))
+    (tmp_path / "x.arrow.gz").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"x\.arrow\.gz: a compressed Arrow file is not read"):
+        SourceReader([str(tmp_path / "x.arrow.gz")], "scored")
+
+
+def test_saved_dataset_fingerprint_is_its_files_and_the_split_read(tmp_path):
+    import hashlib
+
+    import datasets
+
+    from rcond.sources import fingerprint
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}]),
+                          "test": datasets.Dataset.from_list([{"text": "b"}])}).save_to_disk(str(tmp_path / "dd"))
+    split = tmp_path / "dd" / "test"
+    h = hashlib.sha256()
+    for p in sorted(split.rglob("*")):  # each file's name within the split's folder, then its bytes
+        h.update(str(p.relative_to(split)).encode()), h.update(p.read_bytes())
+    assert fingerprint(f"{tmp_path / 'dd'}:test") == "sha256:" + h.hexdigest()
+    assert fingerprint(str(tmp_path / "dd")) == fingerprint(f"{tmp_path / 'dd'}:train") != fingerprint(f"{tmp_path / 'dd'}:test")
+    from rcond.cli import main
+    from rcond.corpus import load
+
+    out = tmp_path / "corpus"
+    assert main(["preprocess", f"{tmp_path / 'dd'}:test", "--format", "text", "--out", str(out), "--tokenizer",
+                 "train:300", "--no-progress"]) == 0
+    _, scheme, _ = load(out)
+    assert scheme.source_fingerprints == {f"{tmp_path / 'dd'}:test": "sha256:" + h.hexdigest()}
 
 
 @pytest.mark.parametrize("content,origins", [

@@ -149,14 +149,22 @@ def test_only_a_lone_tokenizer_of_the_generic_class_takes_the_direct_path(tokeni
 
 def test_preprocess_never_imports_torch(tokenizer_dir, tmp_path):
     """``rcond preprocess`` with a trained tokenizer and with a tokenizer directory, in a fresh
-    interpreter: torch (2–3 s to import) must not be loaded."""
+    interpreter: torch (2–3 s to import) must not be loaded, not even for a dataset saved with
+    ``set_format("torch")``."""
+    import datasets
+
     data = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"a b c {w} d"} for w in "efgh" * 20])
+    saved = datasets.Dataset.from_list([{"text": f"a b c {w} d"} for w in "efgh" * 20])
+    saved.set_format("torch")
+    saved.save_to_disk(str(tmp_path / "saved"))
     code = (
         "import sys\nfrom rcond.cli import main\n"
         f"assert main(['preprocess', {str(data)!r}, '--format', 'text', '--out', {str(tmp_path / 'c1')!r}, "
         "'--tokenizer', 'train:300', '--no-progress']) == 0\n"
         f"assert main(['preprocess', {str(data)!r}, '--format', 'text', '--out', {str(tmp_path / 'c2')!r}, "
         f"'--tokenizer', {str(tokenizer_dir)!r}, '--no-progress']) == 0\n"
+        f"assert main(['preprocess', {str(tmp_path / 'saved')!r}, '--format', 'text', '--out', "
+        f"{str(tmp_path / 'c3')!r}, '--tokenizer', {str(tokenizer_dir)!r}, '--no-progress']) == 0\n"
         "from rcond.corpus import load\nload(" + repr(str(tmp_path / "c2")) + ")\n"
         "print('torch loaded:', 'torch' in sys.modules)\n"
     )
