@@ -100,6 +100,8 @@ def parse_table(table: pa.Table, fmt: str, fields: FieldNames, *, needs_reward: 
             columns[name] = pa.nulls(table.num_rows, target)
             continue
         t = table.schema.field(found[0]).type
+        if pa.types.is_dictionary(t):  # a categorical column (pandas writes one so): its values decide
+            t = t.value_type
         fits = pa.types.is_floating(t) or pa.types.is_integer(t) if kind == "number" else \
             pa.types.is_string(t) or pa.types.is_large_string(t)
         if len(found) > 1 or not (fits or pa.types.is_null(t)):

@@ -263,8 +263,8 @@ def arrow_file(path, table):
 def test_arrow_tables_same_as_row_path(tmp_path):
     """Parquet batches read column-wise give the records the row-by-row path gives, across batch
     and row-group boundaries: integer and float32 rewards, null and empty prompts, large strings,
-    a response column that is null where the text is there, HH and explicit pairs with and
-    without scores."""
+    categorical (dictionary) strings, a response column that is null where the text is there, HH
+    and explicit pairs with and without scores."""
     import pyarrow as pa
 
     from rcond.columnar import parse_table
@@ -275,7 +275,7 @@ def test_arrow_tables_same_as_row_path(tmp_path):
                        "reward": pa.array([1, -2, 3, 4, 5, 6, 2 ** 40], pa.int64()),
                        "other": [[1], None, [2], [], [3], [4], [5]]})
     floats = scored.set_column(3, "reward", pa.array([0.5, -1.25, 3e-5, 1e30, 0, -0.0, 7], pa.float32()))
-    texts = pa.table({"text": ["a", "b c", "d\u2028e", "f", "g", "h"]})
+    texts = pa.table({"text": pa.array(["a", "b c", "a", "f", "d\u2028e", "a"]).dictionary_encode()})  # categorical
     pairs = pa.table({"chosen": ["\n\nHuman: hi\n\nAssistant: yo", "c2", "c3", "c4", "c5", "c6"],
                       "rejected": ["\n\nHuman: hi\n\nAssistant: no", "r2", "r3", "r4", "r5", "r6"],
                       "prompt": [None, "p2", "p3", "p4", "p5", "p6"],
