@@ -22,6 +22,31 @@ def test_hh_rlhf_pairs(tmp_path, shared_data):
     assert s.efficiency(512) > 0.9
 
 
+def test_hh_rlhf_pairs_from_parquet_and_a_saved_dataset_make_the_same_corpus(tmp_path, shared_data):
+    """The HH test pairs as JSON Lines, as Parquet (row groups of 500) and as a save_to_disk folder
+    (3 shards): byte-identical rows, the same 4 rows skipped, by row number."""
+    import gzip
+    import json
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = shared_data / "hh_rlhf_harmless_test.jsonl.gz"
+    table = pa.Table.from_pylist([json.loads(line) for line in gzip.open(source, "rt")])
+    pq.write_table(table, tmp_path / "hh.parquet", row_group_size=500)
+    datasets.Dataset(table).save_to_disk(str(tmp_path / "saved"), num_shards=3)
+    tok = train_tokenizer(SourceReader([str(source)], "pairs", on_error="skip").texts(), 1024)
+    rows, skipped = {}, {}
+    for name, spec in (("jsonl", source), ("parquet", tmp_path / "hh.parquet"), ("saved", tmp_path / "saved")):
+        scheme, s = build(SourceReader([str(spec)], "pairs", on_error="skip"), tmp_path / f"corpus_{name}", tok,
+                          opts=PackOptions(block_size=512), progress=False)
+        rows[name] = scheme.options["rows_sha256"]
+        skipped[name] = [e.split(": ")[0].rsplit(":", 1)[1].removeprefix("row ") for e in s.skipped_examples]
+    assert rows["parquet"] == rows["saved"] == rows["jsonl"]
+    assert skipped["parquet"] == skipped["saved"] == skipped["jsonl"] == ["87", "517", "926", "1104"]
+
+
 def test_movie_reviews_as_text(tmp_path, shared_data):
     reader = SourceReader([str(shared_data / "movie_reviews.zip")], "text")
     tok = train_tokenizer(reader.texts(), 2048)
