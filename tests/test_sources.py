@@ -459,7 +459,7 @@ def test_datasets_saved_to_disk_read_as_their_jsonl_would_be(tmp_path, monkeypat
     dialogs.set_format("numpy")
     datasets.DatasetDict({"train": dialogs, "test": dialogs.select([2, 3])}).save_to_disk(str(tmp_path / "dd"))
     reference = list(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", DIALOGS))], "dialog"))
-    assert reference[2].parts[1].rtg == 1.0 - 1.0  # a1 0.5*2 + (-1) after it
+    assert reference[2].parts[1].rtg == 0.0  # dialog 2: rewards 1.0 then -1.0, so its first turn's reward-to-go is 0
     whole = list(SourceReader([str(tmp_path / "dd")], "dialog"))
     assert _same(whole) == _same(reference) and whole[0].origin == f"{tmp_path / 'dd'}:train:row 1"
     monkeypatch.chdir(tmp_path)
