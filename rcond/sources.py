@@ -613,6 +613,16 @@ def saved_dataset(spec: str) -> tuple[Path, str | None] | None:
     return None
 
 
+def _saved_rows(folder: Path, split: str | None) -> tuple[Path, str | None]:
+    """The folder of a saved dataset (:func:`saved_dataset`) that its rows are read from, and the
+    split read: a DatasetDict's split folder (its ``train`` split when none is named), or the
+    folder itself (split None) for a single Dataset."""
+    if (folder / SAVED_DICT).is_file():
+        name = split or "train"
+        return folder / name, name
+    return folder, None
+
+
 def arrow_batches(spec: str, size: int = ARROW_BATCH) -> "Iterator[tuple[str, int, object]] | None":
     """For an input held in Arrow (a Parquet file, an ``.arrow`` file, a dataset saved by
     ``save_to_disk``): ``(where, number of its first row, pyarrow RecordBatch of at most size
@@ -682,26 +692,26 @@ def _saved_batches(folder: Path, split: str | None, spec: str, size: int) -> Ite
     Arrow shards its ``state.json`` lists, in order (:func:`_arrow_file_batches`). Read so rather
     than with ``datasets.load_from_disk``, which restores the format the dataset was saved with
     and so imports torch for one saved with ``set_format("torch")``."""
-    where = spec
-    if (folder / SAVED_DICT).is_file():
+    rows_folder, name = _saved_rows(folder, split)
+    if name is not None:
         splits = _saved_json(folder / SAVED_DICT, "splits", spec)
-        name = split or "train"
         if name not in splits:
             how = f"no split {name!r}" if split else f"a saved DatasetDict without a 'train' split; name one as {folder}:SPLIT"
             raise SourceError(f"{spec}: {how}; its splits: {', '.join(map(str, splits))}")
-        folder, where = folder / name, f"{folder}:{name}"
     elif split is not None:
         raise SourceError(f"{spec}: {folder} holds one saved dataset, not a DatasetDict with splits; give it as {folder}")
-    files = _saved_json(folder / SAVED_DATASET, "_data_files", spec)
+    where = spec if name is None else f"{folder}:{name}"
+    state = rows_folder / SAVED_DATASET
+    files = _saved_json(state, "_data_files", spec)
     try:
-        shards = [folder / f["filename"] for f in files]
+        shards = [rows_folder / f["filename"] for f in files]
     except (TypeError, KeyError):
-        raise SourceError(f"{folder / SAVED_DATASET}: '_data_files' is not a list of {{\"filename\": ...}}; expected "
+        raise SourceError(f"{state}: '_data_files' is not a list of {{\"filename\": ...}}; expected "
                           f"the state.json of datasets' save_to_disk") from None
     rows = 0
     for shard in shards:
         if not shard.is_file():
-            raise SourceError(f"{shard}: missing; {folder / SAVED_DATASET} lists it as a shard of the saved dataset")
+            raise SourceError(f"{shard}: missing; {state} lists it as a shard of the saved dataset")
         for entry in _numbered(lambda shard=shard: _arrow_file_batches(shard), where, str(shard), rows + 1, size):
             rows += entry[2].num_rows
             yield entry
@@ -848,9 +858,7 @@ def fingerprint(spec: str) -> str:
     saved = saved_dataset(spec)
     path = Path(spec).expanduser()
     if saved is not None:
-        folder, split = saved
-        if (folder / SAVED_DICT).is_file():
-            folder = folder / (split or "train")
+        folder, _ = _saved_rows(*saved)
         return _files_sha256(folder, [p for p in sorted(folder.rglob("*"))
                                       if p.is_file() and not _hidden(p.relative_to(folder).as_posix())])
     if path.is_file():
@@ -1107,6 +1115,7 @@ def _check_inputs(inputs: list[str]) -> None:
     folder that is given too, or a ``.arrow`` shard of a saved dataset that is given too."""
     seen: dict[object, str] = {}
     folders: dict[str, list[tuple[Path, str]]] = {"documents": [], "rows": []}  # text folders, saved datasets' rows
+    saved_specs: set[str] = set()
     for spec in inputs:
         if not spec.strip():
             raise SourceError("an input path is empty; give a file, a folder or a hub dataset id")
@@ -1114,8 +1123,8 @@ def _check_inputs(inputs: list[str]) -> None:
         _refuse_compressed_columnar(path)
         saved = saved_dataset(spec)
         if saved is not None:  # the folder its rows are read from
-            folder, split = saved
-            path = folder / (split or "train") if (folder / SAVED_DICT).is_file() else folder
+            path, _ = _saved_rows(*saved)
+            saved_specs.add(spec)
         if not path.exists():  # a hub id, or a missing file reported when it is read
             key: object = spec
         else:
@@ -1128,7 +1137,7 @@ def _check_inputs(inputs: list[str]) -> None:
         seen[key] = spec
     for spec in inputs:
         path = Path(spec).expanduser()
-        what = (None if saved_dataset(spec) else "rows" if data_suffix(path) == ".arrow" else
+        what = (None if spec in saved_specs else "rows" if data_suffix(path) == ".arrow" else
                 "documents" if path.is_dir() or data_suffix(path) == ".txt" else None)  # what a folder input reads
         inner = path.resolve()
         for folder, folder_spec in folders.get(what, []):
