@@ -6,8 +6,8 @@ encoded once, and its ids are kept for later batches too (:class:`RecurringTexts
 tokenization is a pure function of the text, so its ids are simply reused. Content never
 encodes to a control or other special token, even with a tokenizer that already has them (one
 saved with an earlier corpus or model): the text is encoded with special-token strings read as
-plain text (:func:`special_tokens_as_text`), so a literal ``<|rtg:1|>`` or ``</s>`` in a review
-is trained as the characters it is.
+plain text, so a literal ``<|rtg:1|>`` or ``</s>`` in a review is trained as the characters it
+is; and never truncated or padded by settings the tokenizer carries (:func:`content_as_is`).
 
 Conditioning (:func:`condition`): a whole batch of parts becomes documents with a handful of
 vectorised numpy operations (a :class:`~rcond.packing.Pool`): the mode token first, in ``on``
@@ -46,18 +46,29 @@ MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int3
 
 
 @contextmanager
-def special_tokens_as_text(tokenizer) -> Iterator[None]:
-    """Within: the backend tokenizer reads special-token strings in its input (``<|rtg:1|>``,
-    ``</s>``) as ordinary text, never as their ids; the setting is restored after. The setting
-    belongs to the tokenizer object, so hold it only around an encode call: another thread
-    encoding with the same tokenizer meanwhile would see it too."""
+def content_as_is(tokenizer) -> Iterator[None]:
+    """Within: the backend tokenizer encodes content as it is. Special-token strings in the input
+    (``<|rtg:1|>``, ``</s>``) are read as ordinary text, never as their ids; and no truncation or
+    padding is applied, whatever the tokenizer holds: a ``tokenizer.json`` saved with
+    ``"truncation": {"max_length": 512}``, or a tokenizer last called with ``truncation=True`` or
+    ``padding=True`` (transformers leaves that state on the backend), would otherwise cut every text
+    at 512 tokens or pad it with pad ids, silently. The settings are restored after. They belong
+    to the tokenizer object, so hold this only around an encode call: another thread encoding with
+    the same tokenizer meanwhile would see them too."""
     backend = tokenizer.backend_tokenizer
-    before = backend.encode_special_tokens
+    before = backend.encode_special_tokens, backend.truncation, backend.padding
     backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
     try:
         yield
     finally:
-        backend.encode_special_tokens = before
+        special, truncation, padding = before
+        backend.encode_special_tokens = special
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
 
 
 def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | None" = None,
@@ -65,8 +76,8 @@ def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | 
     """Each PartBatch with an entry per *distinct* text (its encoding, or its ids from ``cache``)
     and, per text, the index of its entry [P]: one tokenizer call per batch, and a text that
     recurs in the batch (the prompt shared by a pair's two sides, a templated prompt) is encoded
-    once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text
-    (:func:`special_tokens_as_text`).
+    once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text, with no
+    truncation or padding (:func:`content_as_is`).
 
     ``spent``: where the consumer puts the entries it is done with; they are freed here, before
     the next tokenizer call. Freeing a batch of encodings (a few allocations per token) while the
@@ -76,7 +87,7 @@ def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | 
     for b in batches:
         if spent is not None:
             spent.clear()
-        with special_tokens_as_text(tokenizer):  # only around the call: never left set by an error
+        with content_as_is(tokenizer):  # only around the call: never left set by an error
             encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
         yield b, encoded, inverse
         del encoded  # this generator holds no batch of encodings through its next call

@@ -96,8 +96,8 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
 
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int, started) -> None:
     """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
-    text (as :func:`rcond.conditioning.special_tokens_as_text` does for the one-process build), on
-    ``threads`` threads; Ctrl-C is left to the parent."""
+    text, with no truncation or padding (as :func:`rcond.conditioning.content_as_is` does for the
+    one-process build), on ``threads`` threads; Ctrl-C is left to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first goes parallel
     if threads == 1:
@@ -106,6 +106,8 @@ def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: 
 
     backend = Tokenizer.from_str(tokenizer_json)
     backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
     _WORKER.update(backend=backend, cache=RecurringTexts(), eos_id=eos_id, opts=opts, started=started)
 
 

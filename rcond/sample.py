@@ -98,7 +98,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way,
                      raise_if_interrupted)
-from .conditioning import CONTROL_PREFIX, special_tokens_as_text
+from .conditioning import CONTROL_PREFIX, content_as_is
 from .tokens import ControlScheme, SchemeError
 
 # cache layers whose rows can be dropped when a sequence ends (others keep running with padding)
@@ -283,10 +283,11 @@ class Sampler:
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens added,
-        and a special-token string typed in a prompt is text, never a control token)."""
+        a special-token string typed in a prompt is text, never a control token, and no truncation or
+        padding the tokenizer carries is applied)."""
         if not prompts:
             return []
-        with special_tokens_as_text(self.tokenizer):
+        with content_as_is(self.tokenizer):
             return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)]
 
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:

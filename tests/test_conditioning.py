@@ -119,6 +119,9 @@ def test_encodings_are_freed_between_tokenizer_calls_not_during_them(tmp_path):
         def __init__(self, real):
             self.real, self.encode_special_tokens = real, False
 
+        def __getattr__(self, name):  # truncation, padding and their switches: the real backend's
+            return getattr(self.real, name)
+
         def encode_batch_fast(self, texts, add_special_tokens):
             calling.set()
             try:

@@ -259,6 +259,23 @@ def test_special_token_strings_in_content_stay_text(tmp_path):
     assert not any(lw[i] > 0 and ids[i + 1] in control for i in range(len(ids) - 1))
 
 
+def test_truncation_and_padding_the_tokenizer_carries_are_not_applied(tmp_path):
+    """A tokenizer saved with truncation on (as some hub tokenizers are), or last called with
+    ``truncation=True``/``padding=True`` (transformers leaves that state on the backend), must not
+    cut or pad the content: the rows hold every word, and the tokenizer's settings are as before."""
+    tok = word_tokenizer()
+    backend = tok.backend_tokenizer
+    backend.enable_truncation(max_length=2)
+    backend.enable_padding(pad_id=0, pad_token="<eos>", length=9)
+    src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a b c", "response": "d e f g", "reward": 1}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, binning="edges:0",
+          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
+    ds, _, _ = load(tmp_path / "c")
+    assert ds["input_ids"][0] == [ON, R1, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0]  # [on r1 a b c d e f g eos] + padding
+    assert backend.truncation["max_length"] == 2 and backend.padding["length"] == 9
+    assert backend.encode_special_tokens is False
+
+
 def test_dialog_bins_follow_the_rtg_in_force(tmp_path):
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": -1},
              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": 2}]

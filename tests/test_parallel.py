@@ -64,6 +64,23 @@ def test_dialogs_give_the_same_corpus(tmp_path):
     assert s1.untrained_pieces > 0  # pieces of user text alone, left out alike
 
 
+def test_workers_apply_no_truncation_the_tokenizer_carries(tmp_path):
+    """A worker's copy of the tokenizer comes from its JSON, which holds the truncation and padding
+    settings: the workers must drop them as the one-process build does."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a b c d e f", "reward": float(i)} for i in range(6)])
+    got = []
+    for workers in (1, 2):
+        tok = word_tokenizer()
+        tok.backend_tokenizer.enable_truncation(max_length=2)
+        tok.backend_tokenizer.enable_padding(pad_id=0, pad_token="<eos>", length=9)
+        out = tmp_path / f"w{workers}"
+        _, summary = build(SourceReader([str(src)], "scored"), out, tok, binning="quantile",
+                           opts=PackOptions(workers=workers, encode_batch=2), progress=False)
+        assert summary.content_tokens == 6 * (6 + 1)  # six words and eos, each record
+        got.append(corpus_files(out))
+    assert got[0] == got[1]
+
+
 def test_bad_line_with_workers_names_it_and_leaves_nothing(tmp_path):
     lines = [json.dumps({"response": "a b", "reward": i}) for i in range(30)]
     lines[17] = '{"response": "a", "reward": '

@@ -132,6 +132,18 @@ def test_control_token_strings_in_a_prompt_are_text(sampler, scheme):
     assert sampler.tokenizer.backend_tokenizer.encode_special_tokens is False  # restored after
 
 
+def test_a_prompt_is_not_truncated_or_padded_by_settings_the_tokenizer_carries(sampler, scheme):
+    backend = sampler.tokenizer.backend_tokenizer
+    backend.enable_truncation(max_length=1)
+    backend.enable_padding(pad_id=0, pad_token="<eos>", length=6)
+    try:
+        assert sampler.encode(["w1 w2 w3", "w4"]) == [[3, 4, 5], [6]]
+        assert backend.truncation["max_length"] == 1 and backend.padding["length"] == 6  # restored after
+    finally:
+        backend.no_truncation()
+        backend.no_padding()
+
+
 def test_conditions_from_levels_rewards_and_modes(scheme):
     assert conditions(scheme, level="all") == [Condition("on", k) for k in range(4)]
     assert conditions(scheme, level="2") == conditions(scheme, level=2) == [Condition("on", 2)]
