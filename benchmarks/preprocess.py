@@ -118,23 +118,23 @@ def sent_share(path: str, tokenizer_dir: str) -> float:
     per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encode_distinct`
     with a cache, as ``build`` runs it)."""
     from rcond.conditioning import RecurringTexts, encode_distinct
+    from rcond.content_encoder import ContentEncoder
     from rcond.corpus import PackOptions
     from rcond.tokenizer import load_tokenizer
     from rcond.sources import SourceReader
 
-    class Counting:  # the backend tokenizer, counting the characters it is asked to encode
-        def __init__(self, backend):
-            self.backend, self.chars = backend, 0
+    class Counting(ContentEncoder):  # the build's encoder, counting the characters it is asked to encode
+        chars = 0
 
-        def encode_batch_fast(self, texts, add_special_tokens):
+        def __call__(self, texts):
             self.chars += sum(map(len, texts))
-            return self.backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+            return super().__call__(texts)
 
-    backend, cache, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), RecurringTexts(), 0
+    encoder, cache, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), RecurringTexts(), 0
     for batch in SourceReader([path], "scored").batches(PackOptions().encode_batch):
-        encode_distinct(batch.texts, backend, cache)
+        encode_distinct(batch.texts, encoder, cache)
         total += sum(map(len, batch.texts))
-    return backend.chars / total
+    return encoder.chars / total
 
 
 def run_child(*args: str) -> dict:

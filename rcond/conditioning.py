@@ -1,13 +1,15 @@
 """Part batches -> token ids -> each document's control-token stream, cut into pieces (DESIGN §3).
 
-Encoding: one ``encode_batch_fast`` call per batch of parts (prompt, response, dialog turn). A
+Encoding: one tokenizer call per batch of parts (prompt, response, dialog turn), several short
+texts per tokenizer input where that gives the same ids (:mod:`rcond.content_encoder`). A
 text that recurs within a batch (the prompt a pair's two sides share, a templated prompt) is
 encoded once, and its ids are kept for later batches too (:class:`RecurringTexts`, bounded);
 tokenization is a pure function of the text, so its ids are simply reused. Content never
 encodes to a control or other special token, even with a tokenizer that already has them (one
 saved with an earlier corpus or model): the text is encoded with special-token strings read as
 plain text, so a literal ``<|rtg:1|>`` or ``</s>`` in a review is trained as the characters it
-is; and never truncated or padded by settings the tokenizer carries (:func:`content_as_is`).
+is; and never truncated or padded by settings the tokenizer carries
+(:func:`rcond.content_encoder.content_as_is`).
 
 Conditioning (:func:`condition`): a whole batch of parts becomes documents with a handful of
 vectorised numpy operations (a :class:`~rcond.packing.Pool`): the mode token first, in ``on``
@@ -27,15 +29,13 @@ the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 
 
 from __future__ import annotations
 
-import collections
-import itertools
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from .background import prefetched
+from .content_encoder import ContentEncoder
 from .packing import CorpusError, PackOptions, Pool, index_within_runs
 from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch
 from .tokens import ControlScheme
@@ -45,52 +45,19 @@ CONTROL_PREFIX = 2  # mode token + RTG token
 MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
 
 
-@contextmanager
-def content_as_is(tokenizer) -> Iterator[None]:
-    """Within: the backend tokenizer encodes content as it is. Special-token strings in the input
-    (``<|rtg:1|>``, ``</s>``) are read as ordinary text, never as their ids; and no truncation or
-    padding is applied, whatever the tokenizer holds: a ``tokenizer.json`` saved with
-    ``"truncation": {"max_length": 512}``, or a tokenizer last called with ``truncation=True`` or
-    ``padding=True`` (transformers leaves that state on the backend), would otherwise cut every text
-    at 512 tokens or pad it with pad ids, silently. The settings are restored after. They belong
-    to the tokenizer object, so hold this only around an encode call: another thread encoding with
-    the same tokenizer meanwhile would see them too."""
-    backend = tokenizer.backend_tokenizer
-    before = backend.encode_special_tokens, backend.truncation, backend.padding
-    backend.encode_special_tokens = True
-    backend.no_truncation()
-    backend.no_padding()
-    try:
-        yield
-    finally:
-        special, truncation, padding = before
-        backend.encode_special_tokens = special
-        if truncation is not None:
-            backend.enable_truncation(**truncation)
-        if padding is not None:
-            backend.enable_padding(**padding)
-
-
-def encodings(batches: Iterable[PartBatch], tokenizer, cache: "RecurringTexts | None" = None,
-              spent: "collections.deque | None" = None) -> Iterator[tuple[PartBatch, list, np.ndarray]]:
-    """Each PartBatch with an entry per *distinct* text (its encoding, or its ids from ``cache``)
-    and, per text, the index of its entry [P]: one tokenizer call per batch, and a text that
-    recurs in the batch (the prompt shared by a pair's two sides, a templated prompt) is encoded
-    once (:func:`encode_distinct`). Special-token strings in the texts are encoded as text, with no
-    truncation or padding (:func:`content_as_is`).
-
-    ``spent``: where the consumer puts the entries it is done with; they are freed here, before
-    the next tokenizer call. Freeing a batch of encodings (a few allocations per token) while the
-    tokenizer's threads allocate the next batch's costs 2-3x the CPU time of freeing it between
-    calls (0.27-0.37 s against 0.11-0.13 s for 80k reviews, 2.8M tokens, on 2 cores), so a
-    consumer in another thread hands them back instead of dropping them."""
+def encodings(batches: Iterable[PartBatch], tokenizer,
+              cache: "RecurringTexts | None" = None) -> Iterator[tuple[PartBatch, np.ndarray, np.ndarray]]:
+    """Each PartBatch with the token ids of its texts, (offsets [P+1] int64, flat ids [N] int32):
+    text p is ``flat[offsets[p]:offsets[p+1]]``. One tokenizer call per batch on its distinct
+    texts (:func:`encode_distinct`), by a :class:`~rcond.content_encoder.ContentEncoder`: several
+    texts per tokenizer input where that gives the same ids, special-token strings read as text,
+    no truncation or padding. The encodings are turned into arrays and freed here, in the thread
+    that calls the tokenizer, between its calls: freeing a batch of encodings (a few allocations
+    per token) while the tokenizer's threads allocate the next batch's cost 2-3x the CPU time
+    (0.27-0.37 s against 0.11-0.13 s for 80k reviews, 2.8M tokens, on 2 cores)."""
+    encoder = ContentEncoder(tokenizer.backend_tokenizer)
     for b in batches:
-        if spent is not None:
-            spent.clear()
-        with content_as_is(tokenizer):  # only around the call: never left set by an error
-            encoded, inverse = encode_distinct(b.texts, tokenizer.backend_tokenizer, cache)
-        yield b, encoded, inverse
-        del encoded  # this generator holds no batch of encodings through its next call
+        yield (b, *encode_distinct(b.texts, encoder, cache))
 
 
 class RecurringTexts:
@@ -98,13 +65,13 @@ class RecurringTexts:
     templated prompt, a system prompt, the prompt of many scored responses): such a text is then
     encoded about once per build instead of once per batch. Bounded, so memory stays flat: at most
     ``max_tokens`` ids are held, and the oldest entries leave first. A cache belongs to one
-    tokenizer in one setting (a build's, with special-token strings read as text)."""
+    tokenizer in one setting (a build's: special-token strings read as text)."""
 
     def __init__(self, max_tokens: int = 1 << 18):
-        self.ids: dict[str, list[int]] = {}  # text -> its ids, oldest first
+        self.ids: dict[str, np.ndarray] = {}  # text -> its ids [n] int32, oldest first
         self.tokens, self.max_tokens = 0, max_tokens
 
-    def keep(self, text: str, ids: list[int]) -> None:
+    def keep(self, text: str, ids: np.ndarray) -> None:
         if len(ids) > self.max_tokens or text in self.ids:
             return
         while self.tokens + len(ids) > self.max_tokens:
@@ -113,42 +80,40 @@ class RecurringTexts:
         self.tokens += len(ids)
 
 
-def encode_distinct(texts: list[str], backend, cache: RecurringTexts | None = None) -> tuple[list, np.ndarray]:
-    """One call of the backend tokenizer on the distinct ``texts``: (per distinct text, in order of
-    first appearance, its encoding; per text, the index of its entry [P]). With a ``cache``, a text
-    found there is not sent and its entry is its ids (a list), and a text that occurs more than
-    once in ``texts`` joins the cache (its entry too becomes its ids)."""
-    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+def encode_distinct(texts: list[str], encoder: ContentEncoder,
+                    cache: RecurringTexts | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ids of P ``texts`` (offsets [P+1] int64, flat ids [N] int32) from one encoder call on
+    the distinct texts. With a ``cache``, a text found there is not sent, and a text that occurs
+    more than once in ``texts`` joins the cache."""
     index: dict[str, int] = {}
     inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))  # [P]
     distinct = list(index)                                                            # [U]
-    if cache is None:
-        return encode(distinct, add_special_tokens=False), inverse
-    entries = [cache.ids.get(t) for t in distinct]                                    # [U] ids, or None: to encode
-    missing = [u for u, e in enumerate(entries) if e is None]
-    for u, e in zip(missing, encode([distinct[u] for u in missing], add_special_tokens=False)):
-        entries[u] = e
-    if len(distinct) < len(texts):
+    kept = [None] * len(distinct) if cache is None else [cache.ids.get(t) for t in distinct]  # [U] ids, or None
+    hits = [u for u, k in enumerate(kept) if k is not None]
+    if not hits:
+        uoff, uflat = encoder(distinct)                                               # [U+1], [M]
+    else:
+        missing = [u for u, k in enumerate(kept) if k is None]
+        moff, mflat = encoder([distinct[u] for u in missing])
+        ulens = np.empty(len(distinct), dtype=np.int64)                               # [U]
+        ulens[missing] = np.diff(moff)
+        ulens[hits] = [len(kept[u]) for u in hits]
+        uoff = np.zeros(len(distinct) + 1, dtype=np.int64)                            # [U+1]
+        np.cumsum(ulens, out=uoff[1:])
+        uflat = np.empty(int(uoff[-1]), dtype=np.int32)                               # [M]
+        for group, ids in ((missing, mflat), (hits, np.concatenate([kept[u] for u in hits]))):
+            lens = ulens[group]
+            uflat[np.repeat(uoff[group], lens) + index_within_runs(lens)] = ids
+    if cache is not None and len(distinct) < len(texts):
         for u in np.flatnonzero(np.bincount(inverse, minlength=len(distinct)) > 1).tolist():
-            if type(entries[u]) is not list:
-                entries[u] = entries[u].ids
-                cache.keep(distinct[u], entries[u])
-    return entries, inverse
-
-
-def flat_ids(encoded: list, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of U distinct texts (encodings, or id lists) and the entry of each of P texts
-    [P] -> (offsets [P+1] int64, flat ids [N] int32): text p is ``flat[offsets[p]:offsets[p+1]]``."""
-    ids = [e if type(e) is list else e.ids for e in encoded]
-    ulens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))               # [U]
-    uflat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(ulens.sum()))
-    lens = ulens[inverse]                                                             # [P]
-    offsets = np.zeros(len(lens) + 1, dtype=np.int64)                                # [P+1]
+            if kept[u] is None:
+                cache.keep(distinct[u], uflat[uoff[u]:uoff[u + 1]].copy())
+    if len(distinct) == len(texts):  # every text distinct, in first-seen order
+        return uoff, uflat
+    lens = np.diff(uoff)[inverse]                                                     # [P]
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)                               # [P+1]
     np.cumsum(lens, out=offsets[1:])
-    if len(ids) == len(inverse):  # every text distinct, and encodings come in first-seen order
-        return offsets, uflat
-    ustart = np.cumsum(ulens) - ulens                                                 # [U]
-    return offsets, uflat[np.repeat(ustart[inverse], lens) + index_within_runs(lens)]  # [N]
+    return offsets, uflat[np.repeat(uoff[:-1][inverse], lens) + index_within_runs(lens)]  # [N]
 
 
 def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
@@ -161,11 +126,7 @@ def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "Condit
 
         yield from conditioned_in_workers(batches, tokenizer, stream, workers)
         return
-    spent: collections.deque = collections.deque()  # encodings done with, freed by the encoding thread
-    for parts, encoded, inverse in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts(), spent)):
-        offsets, flat = flat_ids(encoded, inverse)
-        spent.append(encoded)
-        del encoded
+    for parts, offsets, flat in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts())):
         yield parts, stream.pool(parts, offsets, flat), len(flat)
 
 

@@ -41,7 +41,8 @@ import numpy as np
 
 from .atomic import interrupts_deferred
 from .background import prefetched
-from .conditioning import Conditioned, ConditionedStream, RecurringTexts, condition, encode_distinct, flat_ids
+from .conditioning import Conditioned, ConditionedStream, RecurringTexts, condition, encode_distinct
+from .content_encoder import ContentEncoder
 from .packing import CorpusError, PackOptions, Pool
 from .sources import PartBatch
 
@@ -95,20 +96,17 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
 
 
 def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int, started) -> None:
-    """A worker's initializer: its own copy of the tokenizer, reading special-token strings as
-    text, with no truncation or padding (as :func:`rcond.conditioning.content_as_is` does for the
-    one-process build), on ``threads`` threads; Ctrl-C is left to the parent."""
+    """A worker's initializer: its own copy of the tokenizer and an encoder of it, as the
+    one-process build has (:func:`rcond.conditioning.encodings`), on ``threads`` threads; Ctrl-C is
+    left to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first goes parallel
     if threads == 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer_json)
-    backend.encode_special_tokens = True
-    backend.no_truncation()
-    backend.no_padding()
-    _WORKER.update(backend=backend, cache=RecurringTexts(), eos_id=eos_id, opts=opts, started=started)
+    encoder = ContentEncoder(Tokenizer.from_str(tokenizer_json))
+    _WORKER.update(encoder=encoder, cache=RecurringTexts(), eos_id=eos_id, opts=opts, started=started)
 
 
 def _all_started() -> None:
@@ -119,8 +117,7 @@ def _all_started() -> None:
 
 
 def _condition_in_worker(parts: PartBatch, draws: np.ndarray) -> Conditioned:
-    encoded, inverse = encode_distinct(parts.texts, _WORKER["backend"], _WORKER["cache"])
-    offsets, flat = flat_ids(encoded, inverse)
+    offsets, flat = encode_distinct(parts.texts, _WORKER["encoder"], _WORKER["cache"])
     return condition(parts, offsets, flat, draws, _WORKER["eos_id"], _WORKER["opts"])
 
 

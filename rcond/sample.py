@@ -98,7 +98,8 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way,
                      raise_if_interrupted)
-from .conditioning import CONTROL_PREFIX, content_as_is
+from .conditioning import CONTROL_PREFIX
+from .content_encoder import ContentEncoder
 from .tokens import ControlScheme, SchemeError
 
 # cache layers whose rows can be dropped when a sequence ends (others keep running with padding)
@@ -255,7 +256,7 @@ class Sampler:
         banned[_other_rtg_ids(tokenizer, scheme)] = True
         banned[len(tokenizer):] = True                                 # embedding rows past the tokenizer
         self.banned = banned.to(self.device)
-        self._encode = tokenizer.backend_tokenizer.encode_batch
+        self._encoder = ContentEncoder(tokenizer.backend_tokenizer)
         self._keep_last = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     @property
@@ -287,8 +288,8 @@ class Sampler:
         padding the tokenizer carries is applied)."""
         if not prompts:
             return []
-        with content_as_is(self.tokenizer):
-            return [e.ids for e in self._encode(list(prompts), add_special_tokens=False)]
+        offsets, flat = self._encoder(list(prompts))
+        return [flat[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
         """The full model input of one prompt under ``cond``: control ids and prompt ids."""

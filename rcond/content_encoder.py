@@ -1,0 +1,169 @@
+"""Texts -> token ids as flat arrays, with several texts in each tokenizer input.
+
+The tokenizer's batch call makes one ``Encoding`` per text (a Rust object with a vector of ids,
+type ids, token strings, masks), and reading its ids makes one Python list per text. For short
+texts (reviews, dialog turns: ~35 tokens each) making, reading and freeing those objects costs
+rcond about a tenth of the tokenizer's CPU (80k reviews, 2.8M tokens, 2 cores: 5.3-6.0 s of CPU
+per text against 5.7-6.6 s; ``benchmarks/PREPROCESS_NOTES.md``). :class:`ContentEncoder` instead
+joins a run of consecutive texts with a separator, added as an ordinary (non-special) token to a
+private copy of the tokenizer, encodes each run as one input, and cuts the ids at the separators.
+
+Why the ids are the same: the tokenizer first splits its input at added tokens, then normalises,
+pre-tokenises and runs the model on each piece by itself; a text between two separators is one
+such piece, exactly as when it is encoded alone. The exception is a step that looks at where a
+piece starts in the whole input: in ``tokenizers`` that is ``Metaspace`` with
+``prepend_scheme="first"`` (a ``▁`` only on the piece at offset 0, as Llama and Mistral
+tokenizers do). So runs are used only when every normaliser, pre-tokeniser and the model are of
+the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a check of that
+reasoning on the real tokenizer and texts, the first call's texts are encoded both ways and must
+agree. A text that holds the separator's string sends its batch through the per-text path; so does
+a run whose separator count is not what was joined. Anything else (a tokenizer that cannot be
+copied, a component not listed, a check that fails) encodes text by text, the tokenizer's own
+way, for the whole build.
+
+Both ways encode content as it is (:func:`content_as_is`): special-token strings as text, and no
+truncation or padding the tokenizer carries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+
+SEPARATOR = "\ue000rcond:sep\ue001"  # private-use characters around a name: absent from real text
+RUN_CHARS = 2048  # characters per joined input: short enough for many runs per batch (one thread each)
+CHECKED_TEXTS = 64  # texts of the first call encoded both ways
+PIECEWISE = {  # component types whose result on a piece does not depend on the rest of the input
+    "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "Precompiled", "Prepend",
+                   "Replace", "Strip", "StripAccents", "ByteLevel", "Sequence"},
+    "pre_tokenizer": {"BertPreTokenizer", "ByteLevel", "CharDelimiterSplit", "Digits", "Metaspace", "Punctuation",
+                      "Sequence", "Split", "UnicodeScripts", "Whitespace", "WhitespaceSplit"},
+    "model": {"BPE", "Unigram", "WordLevel", "WordPiece"},
+}
+
+
+@contextmanager
+def content_as_is(backend) -> Iterator[None]:
+    """Within: the backend tokenizer encodes content as it is. Special-token strings in the input
+    (``<|rtg:1|>``, ``</s>``) are read as ordinary text, never as their ids; and no truncation or
+    padding is applied, whatever the tokenizer holds: a ``tokenizer.json`` saved with
+    ``"truncation": {"max_length": 512}``, or a tokenizer last called with ``truncation=True`` or
+    ``padding=True`` (transformers leaves that state on the backend), would otherwise cut every text
+    at 512 tokens or pad it with pad ids, silently. The settings are restored after. They belong
+    to the tokenizer object, so hold this only around an encode call: another thread encoding with
+    the same tokenizer meanwhile would see them too."""
+    before = backend.encode_special_tokens, backend.truncation, backend.padding
+    backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
+    try:
+        yield
+    finally:
+        special, truncation, padding = before
+        backend.encode_special_tokens = special
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+        if padding is not None:
+            backend.enable_padding(**padding)
+
+
+def _components(state: dict) -> Iterator[tuple[str, dict]]:
+    """(kind, component) for the normaliser, pre-tokeniser and model of a tokenizer's JSON state,
+    the members of a ``Sequence`` included."""
+    for kind in PIECEWISE:
+        stack = [state.get(kind)]
+        while stack:
+            c = stack.pop()
+            if c is None:
+                continue
+            yield kind, c
+            stack += c.get("normalizers") or c.get("pretokenizers") or []
+
+
+def piecewise(state: dict) -> bool:
+    """Whether every component of the tokenizer (its JSON state) is of a kind listed in
+    :data:`PIECEWISE`, and no ``Metaspace`` prepends only at the start of the input."""
+    for kind, c in _components(state):
+        if not isinstance(c, dict) or c.get("type") not in PIECEWISE[kind]:
+            return False
+        if c["type"] == "Metaspace" and c.get("prepend_scheme") == "first":
+            return False
+    return True
+
+
+class ContentEncoder:
+    """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
+    ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
+    special tokens added). Runs of texts joined by a separator where that is exact (module
+    docstring), else text by text. Not thread-safe on the per-text path (it switches settings of
+    the backend it was given around each call)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.joined = self.sep_id = None  # a private copy with the separator, when runs are exact
+        self._unchecked = True  # the first call compares both ways
+        try:
+            state = json.loads(backend.to_str())
+        except Exception:  # a custom (Python) component: the tokenizer cannot be copied
+            return
+        if not piecewise(state):
+            return
+        from tokenizers import AddedToken, Tokenizer
+
+        joined = Tokenizer.from_str(json.dumps(state))
+        joined.encode_special_tokens = True
+        joined.no_truncation()
+        joined.no_padding()
+        joined.add_tokens([AddedToken(SEPARATOR, normalized=False, special=False)])
+        self.joined, self.sep_id = joined, joined.token_to_id(SEPARATOR)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.joined is not None and self._unchecked and texts:
+            self._unchecked = False
+            sample = texts[:CHECKED_TEXTS]
+            got, want = self._in_runs(sample), self._per_text(sample)
+            if got is None or not all(np.array_equal(a, b) for a, b in zip(got, want)):
+                self.joined = None  # the reasoning does not hold for this tokenizer: text by text
+        if self.joined is not None and not any(SEPARATOR in t for t in texts):
+            out = self._in_runs(texts)
+            if out is not None:
+                return out
+        return self._per_text(texts)
+
+    def _in_runs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Runs of consecutive texts of about :data:`RUN_CHARS` characters, joined by the separator,
+        one input each; None if a run's separator count is not what was joined."""
+        T = len(texts)
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=T) + len(SEPARATOR)   # [T]
+        run_of = np.cumsum(chars) // RUN_CHARS                                             # [T] nondecreasing
+        starts = np.flatnonzero(np.diff(run_of, prepend=-1)).tolist() + [T]                # [runs + 1]
+        runs = [SEPARATOR.join(texts[a:b]) for a, b in zip(starts, starts[1:])]
+        encode = getattr(self.joined, "encode_batch_fast", None) or self.joined.encode_batch
+        lists = [e.ids for e in encode(runs, add_special_tokens=False)]
+        for ids in lists:
+            ids.append(self.sep_id)  # a separator after every text, the last of each run too
+        ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
+                          count=sum(map(len, lists)))                                      # [N + T]
+        is_sep = ids == self.sep_id
+        ends = np.flatnonzero(is_sep)                                                      # [T] each text's separator
+        if len(ends) != T:
+            return None
+        offsets = np.zeros(T + 1, dtype=np.int64)                                         # [T+1]
+        offsets[1:] = ends - np.arange(T)  # ids before text t's separator, separators left out
+        return offsets, ids[~is_sep]
+
+    def _per_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The backend's batch call, one encoding per text, as the tokenizer does it."""
+        encode = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
+        with content_as_is(self.backend):  # only around the call: never left set by an error
+            encodings = encode(texts, add_special_tokens=False)
+        lists = [e.ids for e in encodings]
+        del encodings  # freed here, between tokenizer calls
+        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))             # [T]
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)                                # [T+1]
+        np.cumsum(lens, out=offsets[1:])
+        return offsets, np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))

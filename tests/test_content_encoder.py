@@ -1,0 +1,172 @@
+"""rcond.content_encoder: texts joined into runs get exactly the ids each text gets alone, on
+tokenizers of every common kind; where that would not hold, the encoder goes text by text."""
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from conftest import word_tokenizer
+from rcond import content_encoder
+from rcond.content_encoder import SEPARATOR, ContentEncoder, piecewise
+
+CORPUS = ["The battery lasts all week, honestly.", "  Leading spaces and trailing ones  ", "Ünïcödé façade — naïve café",
+          "日本語のテキストも少し", "numbers 12345 and 3.14159", "tabs\tand\nnewlines\n\n", "<|rtg:1|> typed by a user </s>",
+          "a", "", " ", "emoji 🙂🙃 and CAPITALS", "don't can't won't", "x" * 300]
+
+
+def texts():
+    """Short and long, empty and blank, non-ASCII, special-token strings, in an order that puts
+    each kind first in a run and last in one."""
+    rng = np.random.default_rng(0)
+    return [CORPUS[i] for i in rng.integers(0, len(CORPUS), size=400)] + CORPUS
+
+
+def trained(model, trainer, normalizer, pre_tokenizer, decoder=None):
+    tok = Tokenizer(model)
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    if decoder is not None:
+        tok.decoder = decoder
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    tok.add_special_tokens(["</s>", "<|rtg:1|>"])
+    return tok
+
+
+def byte_level_bpe():  # GPT-2 style
+    return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                   None, pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+
+
+def bert_wordpiece():  # BERT style: normaliser that lowercases and strips accents, punctuation split
+    return trained(models.WordPiece(unk_token="[UNK]"),
+                   trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"], show_progress=False),
+                   normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer())
+
+
+def metaspace_unigram(scheme):  # SentencePiece style
+    return trained(models.Unigram(), trainers.UnigramTrainer(vocab_size=120, unk_token="<unk>", special_tokens=["<unk>"],
+                                                             show_progress=False),
+                   normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")]),
+                   pre_tokenizers.Metaspace(prepend_scheme=scheme))
+
+
+def metaspace_bpe(scheme):  # Llama style: a BPE over ▁-joined words, prefix per scheme
+    return trained(models.BPE(unk_token="<unk>"), trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"],
+                                                                       show_progress=False),
+                   normalizers.Strip(), pre_tokenizers.Metaspace(prepend_scheme=scheme, split=False))
+
+
+def alone(backend, batch):
+    """The reference: each text encoded by itself, special-token strings as text."""
+    backend.encode_special_tokens = True
+    try:
+        return [backend.encode(t, add_special_tokens=False).ids for t in batch]
+    finally:
+        backend.encode_special_tokens = False
+
+
+def split(offsets, flat):
+    return [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+TOKENIZERS = {"byte-level BPE": byte_level_bpe, "BERT WordPiece": bert_wordpiece,
+              "Unigram, Metaspace always": lambda: metaspace_unigram("always"),
+              "BPE, Metaspace never": lambda: metaspace_bpe("never"),
+              "word level": lambda: word_tokenizer().backend_tokenizer}
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_runs_give_each_text_its_own_ids(name, monkeypatch):
+    backend = TOKENIZERS[name]()
+    monkeypatch.setattr(content_encoder, "RUN_CHARS", 64)  # many runs, a text longer than one by itself
+    encoder = ContentEncoder(backend)
+    batch = texts()
+    offsets, flat = encoder(batch)
+    assert encoder.joined is not None, "this tokenizer should take the joined path"
+    assert split(offsets, flat) == alone(backend, batch)
+    assert flat.dtype == np.int32 and offsets[0] == 0 and offsets[-1] == len(flat)
+    assert split(*encoder(batch[::-1])) == alone(backend, batch[::-1])  # a second call, after the check
+
+
+def test_runs_of_the_default_size_on_a_batch_of_the_builds_size():
+    backend = byte_level_bpe()
+    batch = texts() * 3
+    assert split(*ContentEncoder(backend)(batch)) == alone(backend, batch)
+
+
+def test_metaspace_prepending_only_at_the_start_is_encoded_text_by_text():
+    """Llama and Mistral tokenizers prepend ▁ only to the piece at offset 0 of the input: joined,
+    every text but a run's first would lose it. Such a tokenizer is never joined, and gets its
+    per-text ids."""
+    backend = metaspace_bpe("first")
+    joined = Tokenizer.from_str(backend.to_str())
+    joined.add_tokens([SEPARATOR])
+    two = joined.encode("hello" + SEPARATOR + "hello", add_special_tokens=False).ids
+    assert two[:len(two) // 2] != two[len(two) // 2 + 1:]  # the reason: the second "hello" has no ▁
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is None
+    assert split(*encoder(texts())) == alone(backend, texts())
+
+
+def test_the_first_call_check_catches_a_tokenizer_the_list_lets_through(monkeypatch):
+    """Were the list of piecewise components wrong (here: it lets the Metaspace 'first' tokenizer
+    through), the first call, encoded both ways, disagrees and the encoder goes text by text."""
+    monkeypatch.setattr(content_encoder, "piecewise", lambda state: True)
+    backend = metaspace_bpe("first")
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None
+    batch = texts()
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is None
+
+
+def test_a_text_holding_the_separator_sends_its_batch_text_by_text():
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    encoder(["warm up the check"])
+    batch = ["before", f"a {SEPARATOR} inside", "after"]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is not None  # only that batch: later ones are joined again
+
+
+def test_a_tokenizer_that_cannot_be_copied_is_encoded_text_by_text():
+    class Shout:  # a custom (Python) pre-tokenizer: the tokenizer cannot be serialised
+        def pre_tokenize(self, pretok):
+            pretok.split(lambda i, s: s.split(" ", "removed"))
+
+    backend = word_tokenizer().backend_tokenizer
+    backend.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(Shout())
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is None
+    assert split(*encoder(["a b", "c d e", ""])) == [[1, 2], [3, 4, 5], []]
+
+
+def test_the_component_list():
+    assert piecewise({"normalizer": None, "pre_tokenizer": None, "model": {"type": "BPE"}})
+    sequence = {"type": "Sequence", "pretokenizers": [{"type": "Digits"}, {"type": "Metaspace", "prepend_scheme": "first"}]}
+    assert not piecewise({"pre_tokenizer": sequence, "model": {"type": "BPE"}})
+    assert not piecewise({"normalizer": {"type": "SomethingNew"}, "model": {"type": "BPE"}})
+    assert piecewise({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]},
+                      "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always"}, "model": {"type": "Unigram"}})
+
+
+@pytest.mark.parametrize("name", ["byte-level BPE", "word level"])
+@pytest.mark.parametrize("copyable", [True, False])
+def test_truncation_and_padding_are_not_applied_and_are_left_as_they_were(name, copyable, monkeypatch):
+    backend = TOKENIZERS[name]()
+    batch = texts()[:50]
+    want = alone(backend, batch)
+    backend.enable_truncation(max_length=2)
+    backend.enable_padding(pad_id=0, pad_token="</s>", length=40)
+    if not copyable:
+        monkeypatch.setattr(content_encoder, "piecewise", lambda state: False)
+    encoder = ContentEncoder(backend)
+    assert (encoder.joined is not None) == copyable
+    assert split(*encoder(batch)) == want
+    assert backend.truncation["max_length"] == 2 and backend.padding["length"] == 40
+    assert backend.encode_special_tokens is False
+
+
+def test_no_texts():
+    offsets, flat = ContentEncoder(byte_level_bpe())([])
+    assert offsets.tolist() == [0] and flat.tolist() == []
