@@ -107,14 +107,14 @@ class ContentEncoder:
         self.joined = self.sep_id = None  # a private copy with the separator, when runs are exact
         self._unchecked = True  # the first call compares both ways
         try:
-            state = json.loads(backend.to_str())
+            text = backend.to_str()
         except Exception:  # a custom (Python) component: the tokenizer cannot be copied
             return
-        if not piecewise(state):
+        if not piecewise(json.loads(text)):
             return
         from tokenizers import AddedToken, Tokenizer
 
-        joined = Tokenizer.from_str(json.dumps(state))
+        joined = Tokenizer.from_str(text)
         joined.encode_special_tokens = True
         joined.no_truncation()
         joined.no_padding()
