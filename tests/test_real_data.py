@@ -1,5 +1,7 @@
 """Preprocessing the real public data in ../shared/data (skipped when the folder is absent)."""
 
+import json
+
 import numpy as np
 
 from rcond.corpus import PackOptions, build, load, train_tokenizer
@@ -26,7 +28,6 @@ def test_hh_rlhf_pairs_from_parquet_and_a_saved_dataset_make_the_same_corpus(tmp
     """The HH test pairs as JSON Lines, as Parquet (row groups of 500) and as a save_to_disk folder
     (3 shards): byte-identical rows, the same 4 rows skipped, by row number."""
     import gzip
-    import json
 
     import datasets
     import pyarrow as pa
@@ -83,3 +84,29 @@ def test_movie_reviews_scored_by_vader(tmp_path, shared_data):
     texts = [p.read_text() for p in sorted(folder.rglob("*.txt"))]
     expected = [scheme.bin_of(v) for v in vader(texts)]
     assert np.bincount(expected, minlength=5).tolist() == scheme.counts
+
+
+def test_hh_rlhf_pairs_encoded_in_runs_and_text_by_text_make_the_same_corpus(tmp_path, shared_data, monkeypatch):
+    """The HH dialogs (Human/Assistant turns, some thousands of characters) joined several to a
+    tokenizer input, and encoded one text per encoding as the tokenizer's own batch call does:
+    byte-identical rows."""
+    from rcond import content_encoder
+
+    source = str(shared_data / "hh_rlhf_harmless_test.jsonl.gz")
+    tok = train_tokenizer(SourceReader([source], "pairs", on_error="skip").texts(), 1024)
+    assert content_encoder.piecewise(json.loads(tok.backend_tokenizer.to_str()))  # the joined path
+    per_text_calls = []
+    real_per_text = content_encoder.ContentEncoder._per_text
+    monkeypatch.setattr(content_encoder.ContentEncoder, "_per_text",
+                        lambda self, texts: per_text_calls.append(len(texts)) or real_per_text(self, texts))
+    rows = []
+    for name in ("joined", "per_text"):
+        if name == "per_text":
+            monkeypatch.setattr(content_encoder, "piecewise", lambda state: False)
+        scheme, _ = build(SourceReader([source], "pairs", on_error="skip"), tmp_path / name, tok,
+                          opts=PackOptions(block_size=512), progress=False)
+        rows.append(scheme.options["rows_sha256"])
+        if name == "joined":  # text by text only for the first call's check
+            assert per_text_calls == [content_encoder.CHECKED_TEXTS]
+    assert len(per_text_calls) > 1  # then every batch of the per-text build
+    assert rows[0] == rows[1]
