@@ -3,8 +3,8 @@
 The tokenizer's batch call makes one ``Encoding`` per text (a Rust object with a vector of ids,
 type ids, token strings, masks), and reading its ids makes one Python list per text. For short
 texts (reviews, dialog turns: ~35 tokens each) making, reading and freeing those objects costs
-rcond about a tenth of the tokenizer's CPU (80k reviews, 2.8M tokens, 2 cores: 5.3-6.0 s of CPU
-per text against 5.7-6.6 s; ``benchmarks/PREPROCESS_NOTES.md``). :class:`ContentEncoder` instead
+about a tenth of the tokenizer's CPU (``benchmarks/content_encoder.py``, 80k toy reviews, 2.75M
+tokens, 2 cores: 6.51 s of CPU one encoding per text, 5.85 s joined). :class:`ContentEncoder` instead
 joins a run of consecutive texts with a separator, added as an ordinary (non-special) token to a
 private copy of the tokenizer, encodes each run as one input, and cuts the ids at the separators.
 

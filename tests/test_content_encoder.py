@@ -23,7 +23,9 @@ def texts():
 
 def trained(model, trainer, normalizer, pre_tokenizer, decoder=None):
     tok = Tokenizer(model)
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.normalizer = normalizer
+    if pre_tokenizer is not None:
+        tok.pre_tokenizer = pre_tokenizer
     if decoder is not None:
         tok.decoder = decoder
     tok.train_from_iterator(CORPUS * 3, trainer)
@@ -56,6 +58,12 @@ def metaspace_bpe(scheme):  # Llama style: a BPE over ▁-joined words, prefix p
                    normalizers.Strip(), pre_tokenizers.Metaspace(prepend_scheme=scheme, split=False))
 
 
+def prepend_bpe():  # Llama-2 style: the ▁ prefix and spaces made by the normaliser, no pre-tokeniser
+    return trained(models.BPE(unk_token="<unk>", byte_fallback=True),
+                   trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"], show_progress=False),
+                   normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]), None)
+
+
 def alone(backend, batch):
     """The reference: each text encoded by itself, special-token strings as text."""
     backend.encode_special_tokens = True
@@ -72,6 +80,7 @@ def split(offsets, flat):
 TOKENIZERS = {"byte-level BPE": byte_level_bpe, "BERT WordPiece": bert_wordpiece,
               "Unigram, Metaspace always": lambda: metaspace_unigram("always"),
               "BPE, Metaspace never": lambda: metaspace_bpe("never"),
+              "BPE, Prepend normaliser": prepend_bpe,
               "word level": lambda: word_tokenizer().backend_tokenizer}
 
 
