@@ -94,7 +94,8 @@ def encode_distinct(texts: list[str], encoder: ContentEncoder,
         uoff, uflat = encoder(distinct)                                               # [U+1], [M]
     else:
         missing = [u for u, k in enumerate(kept) if k is None]
-        moff, mflat = encoder([distinct[u] for u in missing])
+        moff, mflat = (encoder([distinct[u] for u in missing]) if missing  # all kept: no tokenizer call
+                       else (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32)))
         ulens = np.empty(len(distinct), dtype=np.int64)                               # [U]
         ulens[missing] = np.diff(moff)
         ulens[hits] = [len(kept[u]) for u in hits]

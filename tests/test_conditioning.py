@@ -69,12 +69,13 @@ def test_a_text_that_recurs_in_a_batch_is_not_encoded_again_in_later_batches():
 
     tok = word_tokenizer()
     encoder, cache = Recording(tok.backend_tokenizer), RecurringTexts()
-    batches = [["e f", "a", "e f", "b"], ["e f", "c", "a", "c"], ["a", "c", "e f", "a b"]]
+    batches = [["e f", "a", "e f", "b"], ["e f", "c", "a", "c"], ["a", "c", "e f", "a b"], ["c", "e f", "c"]]
     for texts in batches:
         offsets, flat = encode_distinct(texts, encoder, cache)
         want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
         assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
-    # "e f" recurred in batch 1, "c" in batch 2; "a" never recurred within a batch, so it is sent each time
+    # "e f" recurred in batch 1, "c" in batch 2; "a" never recurred within a batch, so it is sent each
+    # time; batch 4 is all kept texts: no call
     assert encoder.sent == [["e f", "a", "b"], ["c", "a"], ["a", "a b"]]
     assert {t: ids.tolist() for t, ids in cache.ids.items()} == {"e f": [5, 6], "c": [3]} and cache.tokens == 3
 
