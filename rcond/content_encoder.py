@@ -57,9 +57,7 @@ def content_as_is(backend) -> Iterator[None]:
     to the tokenizer object, so hold this only around an encode call: another thread encoding with
     the same tokenizer meanwhile would see them too."""
     before = backend.encode_special_tokens, backend.truncation, backend.padding
-    backend.encode_special_tokens = True
-    backend.no_truncation()
-    backend.no_padding()
+    _as_is(backend)
     try:
         yield
     finally:
@@ -69,6 +67,13 @@ def content_as_is(backend) -> Iterator[None]:
             backend.enable_truncation(**truncation)
         if padding is not None:
             backend.enable_padding(**padding)
+
+
+def _as_is(backend) -> None:
+    """Set ``backend`` to read special-token strings as text and to neither truncate nor pad."""
+    backend.encode_special_tokens = True
+    backend.no_truncation()
+    backend.no_padding()
 
 
 def _components(state: dict) -> Iterator[tuple[str, dict]]:
@@ -115,9 +120,7 @@ class ContentEncoder:
         from tokenizers import AddedToken, Tokenizer
 
         joined = Tokenizer.from_str(text)
-        joined.encode_special_tokens = True
-        joined.no_truncation()
-        joined.no_padding()
+        _as_is(joined)  # for good: the copy is this encoder's own
         joined.add_tokens([AddedToken(SEPARATOR, normalized=False, special=False)])
         self.joined, self.sep_id = joined, joined.token_to_id(SEPARATOR)
 
@@ -142,8 +145,7 @@ class ContentEncoder:
         run_of = np.cumsum(chars) // RUN_CHARS                                             # [T] nondecreasing
         starts = np.flatnonzero(np.diff(run_of, prepend=-1)).tolist() + [T]                # [runs + 1]
         runs = [SEPARATOR.join(texts[a:b]) for a, b in zip(starts, starts[1:])]
-        encode = getattr(self.joined, "encode_batch_fast", None) or self.joined.encode_batch
-        lists = [e.ids for e in encode(runs, add_special_tokens=False)]
+        lists = [e.ids for e in self.joined.encode_batch_fast(runs, add_special_tokens=False)]
         for ids in lists:
             ids.append(self.sep_id)  # a separator after every text, the last of each run too
         ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
@@ -158,9 +160,8 @@ class ContentEncoder:
 
     def _per_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The backend's batch call, one encoding per text, as the tokenizer does it."""
-        encode = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
         with content_as_is(self.backend):  # only around the call: never left set by an error
-            encodings = encode(texts, add_special_tokens=False)
+            encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
         lists = [e.ids for e in encodings]
         del encodings  # freed here, between tokenizer calls
         lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))             # [T]
