@@ -232,7 +232,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         def emit(rows: dict[str, np.ndarray]) -> None:
             """A table of packed rows -> the spill file (the packer reuses the arrays after)."""
             summary.rows += len(rows["input_ids"]) // B
-            summary.tokens += int(np.count_nonzero(rows["segment_ids"] >= 0))
+            summary.tokens += int(rows["lengths"].sum())
             summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
             spill.write(rows)
 

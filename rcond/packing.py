@@ -4,9 +4,15 @@
 fits it (a new row if none does); a row leaves when full, or, when more than ``open_rows`` rows
 are open, the fullest leaves. Only the fitting looks at one piece at a time, and only at its
 length; the rows that leave are assembled from their pools' tokens with a few gathers, in place,
-into one reused table of rows. Unfilled slots are padding (``pad_id``, position ids from 0,
-segment −1, weight 0, no marker). Full tables go to a :class:`Spill`, a raw temporary file that
-pass 2 of :func:`rcond.corpus.build` reads back to resolve the control tokens.
+into one reused table of rows. Unfilled slots are padding (``pad_id``, weight 0, no marker).
+
+A table holds three columns per token (ids, loss weights, markers) and the rows' *layout*: how
+many pieces each row holds and each piece's length. Position ids (from 0 in every piece and in
+the padding run) and segment ids (0, 1, ... per piece, −1 for padding) follow from the layout
+alone, so they are not gathered in pass 1 nor kept on disk: full tables go to a :class:`Spill`, a
+raw temporary file of 12 bytes per token (20 with the two columns), which pass 2 of
+:func:`rcond.corpus.build` reads back, rebuilding both columns (:func:`fill_layout`), to resolve
+the control tokens.
 
 Also here, shared by every stage of a build: its options (:class:`PackOptions`) and its error
 (:class:`CorpusError`).
@@ -22,9 +28,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-PACKED_DTYPES = {"input_ids": np.int32, "position_ids": np.int32, "segment_ids": np.int32,
-                 "loss_weight": np.float32, "marker": np.int32}  # pass 1's rows: flat, [R * B] per table
+PACKED_DTYPES = {"input_ids": np.int32, "loss_weight": np.float32, "marker": np.int32}  # per token: [R * B] a table
 PACKED_COLUMNS = tuple(PACKED_DTYPES)
+LAYOUT_COLUMNS = ("pieces", "lengths")  # int32: pieces in each row [R], each piece's length, row after row [M]
 KEY_BITS = 40  # the packer's open rows are ints: free slots << KEY_BITS | row key (keys below 2**40)
 KEY_MASK = (1 << KEY_BITS) - 1
 
@@ -63,6 +69,29 @@ def index_within_runs(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
+def fill_layout(pieces: np.ndarray, lengths: np.ndarray, block_size: int, position_ids: np.ndarray,
+                segment_ids: np.ndarray) -> None:
+    """A table's layout -> its ``position_ids`` and ``segment_ids`` (written into the two
+    ``[R * B]`` int32 arrays given). ``pieces`` [R]: pieces in each row; ``lengths`` [M]: each
+    piece's length, row after row. Each row is its pieces, then a padding run of the slots left:
+    positions count from 0 in every run, segments are 0, 1, ... per piece and −1 for padding."""
+    R, B = len(pieces), block_size
+    damaged = CorpusError("a table's layout does not match its rows (the temporary file of packed rows is damaged)")
+    end = np.cumsum(pieces)                                                          # [R] one past each row's last piece
+    if len(position_ids) != R * B or (end[-1] if R else 0) != len(lengths):
+        raise damaged
+    filled = np.concatenate(([0], np.cumsum(lengths)))                               # [M + 1]
+    pad = B - (filled[end] - filled[end - pieces])                                   # [R] padding slots per row
+    if (pad < 0).any():
+        raise damaged
+    run_len = np.insert(lengths, end, pad).astype(np.int32)                          # [M + R] pieces, then padding
+    segment = np.arange(len(lengths), dtype=np.int32) - np.repeat(end - pieces, pieces).astype(np.int32)  # [M]
+    run_seg = np.insert(segment, end, -1)                                            # [M + R]
+    segment_ids[:] = np.repeat(run_seg, run_len)                                     # [R * B]
+    run_start = (np.cumsum(run_len, dtype=np.int64) - run_len).astype(np.int32)      # [M + R]
+    np.subtract(np.arange(R * B, dtype=np.int32), np.repeat(run_start, run_len), out=position_ids)  # [R * B]
+
+
 class BestFitPacker:
     """Streaming best-fit bin packing of pieces into rows of ``block_size`` tokens.
 
@@ -71,8 +100,9 @@ class BestFitPacker:
     fullest leaves). Only lengths are handled one piece at a time; the rows that leave are
     assembled from their pools' tokens with a few gathers (:meth:`_assemble`), in place, into a
     table of ``table_rows`` rows that is reused: each time it is full it goes to ``emit`` as
-    ``{column: [table_rows * B] array}`` (the last one, from :meth:`flush`, may be shorter).
-    ``emit`` must be done with the arrays when it returns.
+    ``{column: [table_rows * B] array}`` for ``PACKED_COLUMNS`` and the layout's ``pieces`` [R]
+    and ``lengths`` [M] (the last table, from :meth:`flush`, may be shorter). ``emit`` must be
+    done with the arrays when it returns.
     """
 
     def __init__(self, block_size: int, pad_id: int, open_rows: int, table_rows: int,
@@ -88,6 +118,7 @@ class BestFitPacker:
         self.table_rows, self.emit, self.filled = table_rows, emit, 0
         self.table = {k: np.empty(table_rows * block_size, dtype)
                       for k, dtype in PACKED_DTYPES.items()}  # [table_rows * B] each, reused
+        self.layout: list[tuple[np.ndarray, np.ndarray]] = []  # the table's rows so far: (pieces [r], lengths [m])
 
     def add(self, pool: Pool) -> None:
         """Place every piece of ``pool``; the rows that leave go into the table."""
@@ -124,8 +155,7 @@ class BestFitPacker:
         self._place([self.rows.pop(key) for key in sorted(slot & KEY_MASK for slot in self.free)])
         self.free = []
         if self.filled:
-            self.emit({k: v[:self.filled * self.B] for k, v in self.table.items()})
-            self.filled = 0
+            self._emit({k: v[:self.filled * self.B] for k, v in self.table.items()})
 
     def _place(self, done: list[list[int]]) -> None:
         """Rows into the table, as many as fit; a full table goes out and is refilled."""
@@ -136,12 +166,17 @@ class BestFitPacker:
             self._assemble(head, {k: v[a:b] for k, v in self.table.items()})
             self.filled += len(head)
             if self.filled == self.table_rows:
-                self.emit(self.table)
-                self.filled = 0
+                self._emit(self.table)
+
+    def _emit(self, columns: dict[str, np.ndarray]) -> None:
+        pieces, lengths = (np.concatenate(parts) for parts in zip(*self.layout))
+        self.emit({**columns, "pieces": pieces, "lengths": lengths})
+        self.filled, self.layout = 0, []
 
     def _assemble(self, done: list[list[int]], out: dict[str, np.ndarray]) -> None:
         """Rows (lists of global piece numbers) -> padded rows written into ``out`` (flat
-        ``[R * B]`` views, row after row); drops pools no row still uses."""
+        ``[R * B]`` views, row after row) and their layout onto ``self.layout``; drops pools no
+        row still uses."""
         R, B = len(done), self.B
         counts = np.fromiter(map(len, done), dtype=np.int64, count=R)               # [R] pieces per row
         number = np.fromiter(itertools.chain.from_iterable(done), dtype=np.int64, count=int(counts.sum()))  # [M]
@@ -155,35 +190,36 @@ class BestFitPacker:
             length[sel] = self.pools[p].length[piece[sel]]
         row = np.repeat(np.arange(R), counts)                                         # [M]
         row_first = np.cumsum(counts) - counts                                        # [R] first piece of each row
-        seg = np.arange(len(piece)) - row_first[row]                                  # [M] segment within its row
         end = np.cumsum(length)                                                       # [M]
         offset = end - length - (end - length)[row_first][row]                        # [M] where it sits in the row
-        ids, pos, seg_ids, lw, mk = (out[k] for k in PACKED_COLUMNS)                  # [R * B] each
+        ids, lw, mk = (out[k] for k in PACKED_COLUMNS)                                # [R * B] each
         for p, sel in used:  # the tokens of each pool's pieces, gathered in one go
             pool = self.pools[p]
             n = length[sel]                                                           # [m]
             k = index_within_runs(n)                                                 # [s] index within its piece
             dst = np.repeat(row[sel] * B + offset[sel], n) + k                        # [s] into the [R*B] rows
             src = np.repeat(pool.start[piece[sel]], n) + k                            # [s] into the pool
-            ids[dst], lw[dst], mk[dst], pos[dst], seg_ids[dst] = (pool.ids[src], pool.lw[src], pool.marker[src], k,
-                                                                   np.repeat(seg[sel], n))
+            ids[dst], lw[dst], mk[dst] = pool.ids[src], pool.lw[src], pool.marker[src]
             self.live[p] -= len(n)
             if not self.live[p]:
                 del self.pools[p], self.first[p], self.live[p]
         pad = B - np.bincount(row, weights=length, minlength=R).astype(np.int64)     # [R] free slots per row
         k = index_within_runs(pad)                                                   # [f] index within the padding
         dst = np.repeat(np.arange(R) * B + B - pad, pad) + k                          # [f] the padding slots
-        ids[dst], pos[dst], seg_ids[dst], lw[dst], mk[dst] = self.pad_id, k, -1, 0, -1  # padding runs from 0
+        ids[dst], lw[dst], mk[dst] = self.pad_id, 0, -1
+        self.layout.append((counts.astype(np.int32), length.astype(np.int32)))
 
 
 class Spill:
     """Pass 1's tables of packed rows in a temporary file of the build's own, raw: each table's
-    columns one after another (``PACKED_DTYPES`` order, ``rows * B`` values each). Pass 2 reads
-    the tables back into one reused set of buffers: nothing to decode, no fresh memory per table."""
+    per-token columns one after another (``PACKED_DTYPES`` order, ``rows * B`` values each), then
+    its layout (``pieces``, ``lengths``). Pass 2 reads the tables back into one reused set of
+    buffers, with ``position_ids`` and ``segment_ids`` rebuilt from the layout: nothing to
+    decode, no fresh memory per table."""
 
     def __init__(self, path: Path, block_size: int):
         self.path, self.B = path, block_size
-        self.table_rows: list[int] = []  # rows in each table, in file order
+        self.sizes: list[tuple[int, int]] = []  # (rows, pieces) of each table, in file order
         self.f = open(path, "wb")
 
     def __enter__(self) -> "Spill":
@@ -192,20 +228,27 @@ class Spill:
     def __exit__(self, *exc) -> None:
         self.f.close()
 
-    def write(self, rows: dict[str, np.ndarray]) -> None:
-        """Append a table ``{column: [R * B] array}``."""
-        for k in PACKED_COLUMNS:
-            self.f.write(rows[k])
-        self.table_rows.append(len(rows["input_ids"]) // self.B)
+    def write(self, table: dict[str, np.ndarray]) -> None:
+        """Append a table: ``{column: [R * B] array}`` for ``PACKED_COLUMNS``, and its layout."""
+        for k in PACKED_COLUMNS + LAYOUT_COLUMNS:
+            self.f.write(table[k])
+        self.sizes.append((len(table["pieces"]), len(table["lengths"])))
 
     def tables(self) -> Iterator[dict[str, np.ndarray]]:
-        """Each table back, as views into buffers that the next table overwrites."""
-        most = max(self.table_rows, default=0)
-        buffers = {k: np.empty(most * self.B, dtype) for k, dtype in PACKED_DTYPES.items()}
+        """Each table back as ``{column: [R * B] array}`` for ``PACKED_COLUMNS``, ``position_ids``
+        and ``segment_ids``: views into buffers that the next table overwrites."""
+        rows = max((r for r, _ in self.sizes), default=0)
+        pieces = max((m for _, m in self.sizes), default=0)
+        buffers = {k: np.empty(rows * self.B, dtype) for k, dtype in PACKED_DTYPES.items()}
+        buffers.update(position_ids=np.empty(rows * self.B, np.int32), segment_ids=np.empty(rows * self.B, np.int32))
+        layout = {"pieces": np.empty(rows, np.int32), "lengths": np.empty(pieces, np.int32)}
         with open(self.path, "rb") as f:
-            for n in self.table_rows:
-                table = {k: b[:n * self.B] for k, b in buffers.items()}
-                for k, column in table.items():
+            for r, m in self.sizes:
+                table = {k: b[:r * self.B] for k, b in buffers.items()}
+                read = {**{k: table[k] for k in PACKED_COLUMNS}, "pieces": layout["pieces"][:r],
+                        "lengths": layout["lengths"][:m]}
+                for column in read.values():
                     if f.readinto(column) != column.nbytes:
                         raise CorpusError(f"{self.path}: the temporary file of packed rows ended early")
+                fill_layout(read["pieces"], read["lengths"], self.B, table["position_ids"], table["segment_ids"])
                 yield table

@@ -1,4 +1,5 @@
-"""rcond.packing: streaming best fit against a brute-force reference placement, and the spill file."""
+"""rcond.packing: streaming best fit against a brute-force reference placement, positions and
+segments from a table's layout, and the spill file."""
 
 import numpy as np
 import pytest
@@ -53,45 +54,78 @@ def test_packer_matches_reference_across_pools():
     packer.flush()
     assert [len(e["input_ids"]) // B for e in emitted[:-1]] == [4] * (len(emitted) - 1)
     assert 1 <= len(emitted[-1]["input_ids"]) // B <= 4
-    got = {k: np.concatenate([e[k] for e in emitted]).reshape(-1, B) for k in emitted[-1]}
+    for e in emitted:  # the layout describes the table's own rows
+        assert len(e["pieces"]) == len(e["input_ids"]) // B and e["pieces"].sum() == len(e["lengths"])
+    got = {k: np.concatenate([e[k] for e in emitted]).reshape(-1, B) for k in ("input_ids", "loss_weight", "marker")}
     want = reference_best_fit(lengths, B, 3)
     assert len(got["input_ids"]) == len(want)
+    assert np.concatenate([e["pieces"] for e in emitted]).tolist() == [len(pieces) for pieces in want]
+    assert np.concatenate([e["lengths"] for e in emitted]).tolist() == [lengths[g] for pieces in want for g in pieces]
     for r, pieces in enumerate(want):
-        ids, pos, seg, lw, markers = [], [], [], [], []
-        for s, g in enumerate(pieces):
+        ids, lw, markers = [], [], []
+        for g in pieces:
             pool, tw, q = pools[g]
             a, n = int(pool.start[q]), int(pool.length[q])
             ids += pool.ids[a:a + n].tolist()
-            pos += list(range(n))
-            seg += [s] * n
             lw += tw[a + 1:a + n].tolist() + [0.0]
             markers += pool.marker[a:a + n].tolist()
         pad = B - len(ids)
         assert got["input_ids"][r].tolist() == ids + [0] * pad
-        assert got["position_ids"][r].tolist() == pos + list(range(pad))
-        assert got["segment_ids"][r].tolist() == seg + [-1] * pad
         np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
         assert got["marker"][r].tolist() == markers + [-1] * pad
     assert not packer.pools and not packer.first  # every pool released once its pieces are written
 
 
+def test_positions_and_segments_from_a_layout_by_hand():
+    """Rows of 6 slots holding pieces [2, 3], [6] and [1]: positions restart at 0 in every piece
+    and in the padding run, segments count the pieces of a row and padding is -1."""
+    from rcond.packing import fill_layout
+
+    pos, seg = np.full(18, 99, np.int32), np.full(18, 99, np.int32)
+    fill_layout(np.array([2, 1, 1], np.int32), np.array([2, 3, 6, 1], np.int32), 6, pos, seg)
+    assert pos.tolist() == [0, 1, 0, 1, 2, 0] + [0, 1, 2, 3, 4, 5] + [0, 0, 1, 2, 3, 4]
+    assert seg.tolist() == [0, 0, 1, 1, 1, -1] + [0] * 6 + [0, -1, -1, -1, -1, -1]
+
+
+@pytest.mark.parametrize("pieces, lengths", [([2, 1], [4, 3, 2]),  # row 0 holds 7 tokens in 6 slots
+                                             ([2, 2], [1, 2, 3]),  # one piece length missing
+                                             ([1], [2, 1])])       # one too many
+def test_a_layout_that_does_not_fit_its_rows_is_an_error(pieces, lengths):
+    from rcond.packing import CorpusError, fill_layout
+
+    n = 6 * len(pieces)
+    with pytest.raises(CorpusError, match="layout does not match"):
+        fill_layout(np.array(pieces, np.int32), np.array(lengths, np.int32), 6, np.empty(n, np.int32),
+                    np.empty(n, np.int32))
+
+
 def test_spill_round_trip_and_a_truncated_file(tmp_path):
     """Pass 1's tables come back from the spill file column for column, in order, with their
-    dtypes, whatever their row counts; a file cut short is an error, not a short table."""
+    dtypes, whatever their row counts, and with the positions and segments of their layout; a
+    file cut short is an error, not a short table."""
     from rcond.packing import PACKED_DTYPES, CorpusError, Spill
 
     B = 4
-    tables = [{k: (np.arange(rows * B) * (j + 1) - j).astype(dtype) for j, (k, dtype) in enumerate(PACKED_DTYPES.items())}
-              for rows in (3, 1, 2)]
+    layouts = [([1, 2, 1], [4, 1, 2, 3]), ([2], [2, 2]), ([1, 3], [1, 1, 1, 1])]  # (pieces per row, lengths)
+    tables = [{k: (np.arange(len(pieces) * B) * (j + 1) - j).astype(dtype)
+               for j, (k, dtype) in enumerate(PACKED_DTYPES.items())}
+              | {"pieces": np.array(pieces, np.int32), "lengths": np.array(lengths, np.int32)}
+              for pieces, lengths in layouts]
+    positions = [[0, 1, 2, 3, 0, 0, 1, 0, 0, 1, 2, 0], [0, 1, 0, 1], [0, 0, 1, 2, 0, 0, 0, 0]]
+    segments = [[0, 0, 0, 0, 0, 1, 1, -1, 0, 0, 0, -1], [0, 0, 1, 1], [0, -1, -1, -1, 0, 1, 2, -1]]
     with Spill(tmp_path / "s.bin", B) as spill:
         for t in tables:
             spill.write(t)
+    assert (tmp_path / "s.bin").stat().st_size == sum(12 * len(t["input_ids"]) + 4 * (len(p) + len(n))
+                                                      for t, (p, n) in zip(tables, layouts))
     got = [{k: v.copy() for k, v in t.items()} for t in spill.tables()]  # copies: the buffers are reused
     assert len(got) == len(tables)
-    for g, want in zip(got, tables):
+    for g, want, pos, seg in zip(got, tables, positions, segments):
         for k in PACKED_DTYPES:
             assert g[k].dtype == want[k].dtype
             np.testing.assert_array_equal(g[k], want[k])
+        assert g["position_ids"].dtype == g["segment_ids"].dtype == np.int32
+        assert g["position_ids"].tolist() == pos and g["segment_ids"].tolist() == seg
     (tmp_path / "s.bin").write_bytes((tmp_path / "s.bin").read_bytes()[:-1])
     with pytest.raises(CorpusError, match="ended early"):
         list(spill.tables())
