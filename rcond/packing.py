@@ -84,12 +84,10 @@ def fill_layout(pieces: np.ndarray, lengths: np.ndarray, block_size: int, positi
     pad = B - (filled[end] - filled[end - pieces])                                   # [R] padding slots per row
     if (pad < 0).any():
         raise damaged
-    run_len = np.insert(lengths, end, pad).astype(np.int32)                          # [M + R] pieces, then padding
-    segment = np.arange(len(lengths), dtype=np.int32) - np.repeat(end - pieces, pieces).astype(np.int32)  # [M]
-    run_seg = np.insert(segment, end, -1)                                            # [M + R]
+    run_len = np.insert(lengths, end, pad)                                           # [M + R] pieces, then padding
+    run_seg = np.insert(index_within_runs(pieces), end, -1)                          # [M + R] piece within its row
     segment_ids[:] = np.repeat(run_seg, run_len)                                     # [R * B]
-    run_start = (np.cumsum(run_len, dtype=np.int64) - run_len).astype(np.int32)      # [M + R]
-    np.subtract(np.arange(R * B, dtype=np.int32), np.repeat(run_start, run_len), out=position_ids)  # [R * B]
+    position_ids[:] = index_within_runs(run_len)                                     # [R * B]
 
 
 class BestFitPacker:
