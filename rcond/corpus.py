@@ -288,7 +288,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         scheme.counts = stream.bin_counts.tolist()
         tokenizer_saved = in_background(lambda: _save_tokenizer(tokenizer, tmp / TOKENIZER_DIR))  # beside pass 2
         try:
-            rows_sha256 = _resolve_rows(spill, tmp / ROWS_FILE, stream, B)
+            rows_sha256 = _resolve_rows(spill, tmp / ROWS_FILE, stream, B, packer.table)
         except BaseException:  # let the saving thread finish before the temp dir is removed
             with suppress(BaseException):
                 tokenizer_saved()
@@ -317,15 +317,17 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
     return scheme
 
 
-def _resolve_rows(spill: Spill, rows_path: Path, stream: ConditionedStream, block_size: int) -> str:
+def _resolve_rows(spill: Spill, rows_path: Path, stream: ConditionedStream, block_size: int,
+                  into: dict[str, np.ndarray]) -> str:
     """Pass 2: pass 1's spilled tables -> the final ``rows.arrow`` (then the spill file goes);
-    returns the rows file's sha256, hashed as it is written."""
+    returns the rows file's sha256, hashed as it is written. The tables are read back into
+    ``into``, the packer's table (:meth:`~rcond.packing.Spill.tables`)."""
     from datasets.arrow_writer import ArrowWriter
 
     rows_file = HashingWriter(open(rows_path, "wb"))
     writer = ArrowWriter(features=_features(block_size), stream=rows_file)
     try:
-        for rows in spill.tables():
+        for rows in spill.tables(into):
             writer.write_table(_rows_table(stream.resolve(rows), block_size))
         writer.finalize()
     finally:

@@ -87,9 +87,41 @@ def test_positions_and_segments_from_a_layout_by_hand():
     assert seg.tolist() == [0, 0, 1, 1, 1, -1] + [0] * 6 + [0, -1, -1, -1, -1, -1]
 
 
+def test_positions_and_segments_of_random_layouts_against_a_loop():
+    """Random tables, full rows (no padding run) and rows of one piece among them: every slot's
+    position and segment as a plain loop over the rows gives them."""
+    from rcond.packing import fill_layout
+
+    rng = np.random.default_rng(1)
+    B = 8
+    for _ in range(200):
+        pieces, lengths = [], []
+        for _ in range(int(rng.integers(0, 6))):
+            cuts = sorted(rng.choice(np.arange(1, B + 1), size=int(rng.integers(1, 5)), replace=False).tolist())
+            if rng.random() < 0.3:
+                cuts[-1] = B  # a full row
+            row = np.diff([0] + cuts).tolist()
+            pieces.append(len(row))
+            lengths += row
+        pos, seg = [], []
+        at = 0
+        for n in pieces:
+            row = lengths[at:at + n]
+            at += n
+            for s, length in enumerate(row):
+                pos += list(range(length))
+                seg += [s] * length
+            pos += list(range(B - sum(row)))
+            seg += [-1] * (B - sum(row))
+        got_pos, got_seg = np.full(len(pieces) * B, 99, np.int32), np.full(len(pieces) * B, 99, np.int32)
+        fill_layout(np.array(pieces, np.int32), np.array(lengths, np.int32), B, got_pos, got_seg)
+        assert got_pos.tolist() == pos and got_seg.tolist() == seg
+
+
 @pytest.mark.parametrize("pieces, lengths", [([2, 1], [4, 3, 2]),  # row 0 holds 7 tokens in 6 slots
                                              ([2, 2], [1, 2, 3]),  # one piece length missing
-                                             ([1], [2, 1])])       # one too many
+                                             ([1], [2, 1]),        # one too many
+                                             ([2], [-1, 4])])      # a negative length
 def test_a_layout_that_does_not_fit_its_rows_is_an_error(pieces, lengths):
     from rcond.packing import CorpusError, fill_layout
 
@@ -101,8 +133,8 @@ def test_a_layout_that_does_not_fit_its_rows_is_an_error(pieces, lengths):
 
 def test_spill_round_trip_and_a_truncated_file(tmp_path):
     """Pass 1's tables come back from the spill file column for column, in order, with their
-    dtypes, whatever their row counts, and with the positions and segments of their layout; a
-    file cut short is an error, not a short table."""
+    dtypes, whatever their row counts, and with the positions and segments of their layout, into
+    fresh buffers or into arrays given; a file cut short is an error, not a short table."""
     from rcond.packing import PACKED_DTYPES, CorpusError, Spill
 
     B = 4
@@ -126,6 +158,15 @@ def test_spill_round_trip_and_a_truncated_file(tmp_path):
             np.testing.assert_array_equal(g[k], want[k])
         assert g["position_ids"].dtype == g["segment_ids"].dtype == np.int32
         assert g["position_ids"].tolist() == pos and g["segment_ids"].tolist() == seg
+    into = {k: np.full(5 * B, 7, dtype) for k, dtype in PACKED_DTYPES.items()}  # longer than the largest table
+    again = [{k: v.copy() for k, v in t.items()} for t in spill.tables(into)]
+    for g, a in zip(got, again):
+        assert g.keys() == a.keys() and all(np.array_equal(g[k], a[k]) and g[k].dtype == a[k].dtype for k in g)
+    assert np.array_equal(into["input_ids"][:2 * B], tables[2]["input_ids"])  # read into the arrays given
+    with pytest.raises(ValueError, match="arrays to read into"):
+        next(spill.tables({**into, "marker": into["marker"].astype(np.int64)}))
+    with pytest.raises(ValueError, match="arrays to read into"):
+        next(spill.tables({k: v[:2 * B] for k, v in into.items()}))  # shorter than the largest table (3 rows)
     (tmp_path / "s.bin").write_bytes((tmp_path / "s.bin").read_bytes()[:-1])
     with pytest.raises(CorpusError, match="ended early"):
         list(spill.tables())
