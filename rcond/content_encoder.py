@@ -15,11 +15,11 @@ piece starts in the whole input: in ``tokenizers`` that is ``Metaspace`` with
 ``prepend_scheme="first"`` (a ``▁`` only on the piece at offset 0, as Llama and Mistral
 tokenizers do). So runs are used only when every normaliser, pre-tokeniser and the model are of
 the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a check of that
-reasoning on the real tokenizer and texts, the first call's texts are encoded both ways and must
-agree. A text that holds the separator's string sends its batch through the per-text path; so does
-a run whose separator count is not what was joined. Anything else (a tokenizer that cannot be
-copied, a component not listed, a check that fails) encodes text by text, the tokenizer's own
-way, for the whole build.
+reasoning on the real tokenizer and texts, the first texts of the first joined call are also
+encoded one by one and must get the same ids. A text that holds the separator's string sends its
+batch through the per-text path; so does a run whose separator count is not what was joined.
+Anything else (a tokenizer that cannot be copied, a component not listed, a check that fails)
+encodes text by text, the tokenizer's own way, for the whole build.
 
 Both ways encode content as it is (:func:`content_as_is`): special-token strings as text, and no
 truncation or padding the tokenizer carries.
@@ -36,7 +36,7 @@ import numpy as np
 
 SEPARATOR = "\ue000rcond:sep\ue001"  # private-use characters around a name: absent from real text
 RUN_CHARS = 2048  # characters per joined input: short enough for many runs per batch (one thread each)
-CHECKED_TEXTS = 64  # texts of the first call encoded both ways
+CHECKED_TEXTS = 64  # texts of the first joined call also encoded one by one
 PIECEWISE = {  # component types whose result on a piece does not depend on the rest of the input
     "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "Precompiled", "Prepend",
                    "Replace", "Strip", "StripAccents", "ByteLevel", "Sequence"},
@@ -110,7 +110,7 @@ class ContentEncoder:
     def __init__(self, backend):
         self.backend = backend
         self.joined = self.sep_id = None  # a private copy with the separator, when runs are exact
-        self._unchecked = True  # the first call compares both ways
+        self._unchecked = True  # the first joined call is checked against the texts one by one
         try:
             text = backend.to_str()
         except Exception:  # a custom (Python) component: the tokenizer cannot be copied
@@ -125,17 +125,21 @@ class ContentEncoder:
         self.joined, self.sep_id = joined, joined.token_to_id(SEPARATOR)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.joined is not None and self._unchecked and texts:
-            self._unchecked = False
-            sample = texts[:CHECKED_TEXTS]
-            got, want = self._in_runs(sample), self._per_text(sample)
-            if got is None or not all(np.array_equal(a, b) for a, b in zip(got, want)):
-                self.joined = None  # the reasoning does not hold for this tokenizer: text by text
-        if self.joined is not None and not any(SEPARATOR in t for t in texts):
+        if self.joined is not None and texts and not any(SEPARATOR in t for t in texts):
             out = self._in_runs(texts)
+            if self._unchecked:  # the first joined call: its first texts encoded one by one must agree
+                self._unchecked = False
+                if out is None or not self._agrees(texts[:CHECKED_TEXTS], out):
+                    self.joined = out = None  # the reasoning does not hold for this tokenizer: text by text
             if out is not None:
                 return out
         return self._per_text(texts)
+
+    def _agrees(self, sample: list[str], joined: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether the ids of the first texts of a joined call are those of ``sample`` (those
+        texts) encoded one by one."""
+        offsets, flat = self._per_text(sample)                                             # [S+1], [n]
+        return np.array_equal(joined[0][:len(offsets)], offsets) and np.array_equal(joined[1][:offsets[-1]], flat)
 
     def _in_runs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """Runs of consecutive texts of about :data:`RUN_CHARS` characters, joined by the separator,

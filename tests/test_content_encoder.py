@@ -119,7 +119,8 @@ def test_metaspace_prepending_only_at_the_start_is_encoded_text_by_text():
 
 def test_the_first_call_check_catches_a_tokenizer_the_list_lets_through(monkeypatch):
     """Were the list of piecewise components wrong (here: it lets the Metaspace 'first' tokenizer
-    through), the first call, encoded both ways, disagrees and the encoder goes text by text."""
+    through), the first joined call disagrees with its texts encoded one by one, and the encoder
+    goes text by text, that call included."""
     monkeypatch.setattr(content_encoder, "piecewise", lambda state: True)
     backend = metaspace_bpe("first")
     encoder = ContentEncoder(backend)
@@ -136,6 +137,20 @@ def test_a_text_holding_the_separator_sends_its_batch_text_by_text():
     batch = ["before", f"a {SEPARATOR} inside", "after"]
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined is not None  # only that batch: later ones are joined again
+
+
+def test_the_check_waits_for_the_first_joined_call(monkeypatch):
+    """A first batch sent text by text (it holds the separator) is not the check: the next batch,
+    joined, is; with a tokenizer the check rejects, that batch gets its per-text ids too."""
+    monkeypatch.setattr(content_encoder, "piecewise", lambda state: True)
+    backend = metaspace_bpe("first")
+    encoder = ContentEncoder(backend)
+    first = ["hello", f"a {SEPARATOR} inside"]
+    assert split(*encoder(first)) == alone(backend, first)
+    assert encoder.joined is not None and encoder._unchecked
+    batch = texts()
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is None
 
 
 def test_a_tokenizer_that_cannot_be_copied_is_encoded_text_by_text():
