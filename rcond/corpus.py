@@ -31,7 +31,10 @@ Row columns (all ``block_size`` long):
   token ``i+1``, and 0 at the last position of every piece: a target never crosses a document
   boundary. Control tokens have target weight 0, so no position is trained to emit them;
 - ``bin_ids``: the RTG bin in force for each token (the latest RTG token of its document; tokens
-  before a dialog's first RTG take the first one), −1 for ``off`` documents and padding.
+  before a dialog's first RTG take the first one), −1 for ``off`` documents and padding, and for
+  what ``truncate`` keeps of an ``on`` dialog cut before its first RTG token: no token of the
+  rows then conditions it, and the per-bin counts leave that bin out (only ``train_on_prompt``
+  keeps such a piece; otherwise it trains nothing and is left out).
 
 The directory holds ``rows.arrow`` (a ``datasets`` Arrow file), ``tokenizer/`` and
 ``scheme.json``; ``scheme.json`` is written last and records the sha256 of ``rows.arrow`` and
