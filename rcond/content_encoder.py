@@ -16,10 +16,13 @@ piece starts in the whole input: in ``tokenizers`` that is ``Metaspace`` with
 tokenizers do). So runs are used only when every normaliser, pre-tokeniser and the model are of
 the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a check of that
 reasoning on the real tokenizer and texts, the first texts of the first joined call are also
-encoded one by one and must get the same ids. A text that holds the separator's string sends its
-batch through the per-text path; so does a run whose separator count is not what was joined.
-Anything else (a tokenizer that cannot be copied, a component not listed, a check that fails)
-encodes text by text, the tokenizer's own way, for the whole build.
+encoded one by one and must get the same ids. The copy itself is checked when it is made
+(:func:`faithful_copy`): it is read back from the tokenizer's JSON, which does not always hold what
+the tokenizer in memory does, and a difference there could show on any later text. A text that
+holds the separator's string sends its batch through the per-text path; so does a run whose
+separator count is not what was joined. Anything else (a tokenizer that cannot be copied or whose
+copy differs, a component not listed, a separator id the model already gives, a check that
+fails) encodes text by text, the tokenizer's own way, for the whole build.
 
 Both ways encode content as it is (:func:`content_as_is`): special-token strings as text, and no
 truncation or padding the tokenizer carries.
@@ -100,6 +103,37 @@ def piecewise(state: dict) -> bool:
     return True
 
 
+def faithful_copy(backend, text: str | None = None):
+    """A copy of ``backend`` (a ``tokenizers.Tokenizer``) read back from its JSON (``text``, its
+    ``to_str()`` if not given), or None where that copy would not encode as ``backend`` does. The
+    JSON does not always hold what the tokenizer in memory holds: Unigram scores set from Python
+    floats come back a unit in the last place away (ties between segmentations then break the
+    other way), an added token whose id a model trained after it reuses gets another id, and a
+    special token added again as an ordinary one is written as ordinary but still read as
+    special in memory. So the copy's own JSON must be ``text``, and every added token must encode
+    alike in both (content as is), alone and between other characters. None too where there is
+    no copy: a component only Python holds, or JSON the tokenizer writes but cannot read (a score
+    of -inf, written as null)."""
+    from tokenizers import Tokenizer
+
+    try:
+        text = backend.to_str() if text is None else text
+        copy = Tokenizer.from_str(text)
+        if copy.to_str() != text:
+            return None
+    except Exception:
+        return None
+    added = [t.content for t in backend.get_added_tokens_decoder().values()]
+    probes = [p for c in added for p in (c, f"a{c}a", f" {c} ")]
+    if probes:
+        with content_as_is(backend), content_as_is(copy):
+            want = [e.ids for e in backend.encode_batch_fast(probes, add_special_tokens=False)]
+            got = [e.ids for e in copy.encode_batch_fast(probes, add_special_tokens=False)]
+        if got != want:
+            return None
+    return copy
+
+
 class ContentEncoder:
     """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
     ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
@@ -117,12 +151,17 @@ class ContentEncoder:
             return
         if not piecewise(json.loads(text)):
             return
-        from tokenizers import AddedToken, Tokenizer
+        joined = faithful_copy(backend, text)
+        if joined is None:
+            return
+        from tokenizers import AddedToken
 
-        joined = Tokenizer.from_str(text)
         _as_is(joined)  # for good: the copy is this encoder's own
         joined.add_tokens([AddedToken(SEPARATOR, normalized=False, special=False)])
-        self.joined, self.sep_id = joined, joined.token_to_id(SEPARATOR)
+        sep_id = joined.token_to_id(SEPARATOR)
+        if backend.id_to_token(sep_id) is not None:  # a vocabulary with gaps: the new id is one the model gives
+            return
+        self.joined, self.sep_id = joined, sep_id
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.joined is not None and texts and not any(SEPARATOR in t for t in texts):

@@ -42,7 +42,7 @@ import numpy as np
 from .atomic import interrupts_deferred
 from .background import prefetched
 from .conditioning import Conditioned, ConditionedStream, RecurringTexts, condition, encode_distinct
-from .content_encoder import ContentEncoder
+from .content_encoder import ContentEncoder, faithful_copy
 from .packing import CorpusError, PackOptions, Pool
 from .sources import PartBatch
 
@@ -130,6 +130,11 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
     except Exception as e:  # a custom (Python) normalizer or pre-tokenizer cannot be sent to a worker
         raise CorpusError(f"--workers {workers}: the tokenizer cannot be serialised for worker processes ({e}); "
                           "use --workers 1") from None
+    if faithful_copy(tokenizer.backend_tokenizer, tokenizer_json) is None:
+        raise CorpusError(f"--workers {workers}: each worker reads the tokenizer back from its JSON, and this "
+                          "tokenizer cannot be read back so, or would then encode otherwise (a tokenizer built in "
+                          "memory: Unigram scores set from Python floats, a special token added again as an "
+                          "ordinary one); save it and give its folder as --tokenizer, or use --workers 1") from None
     threads = max(1, usable_cores() // workers)
     context = worker_context()
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,

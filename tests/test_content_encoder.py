@@ -3,7 +3,7 @@ tokenizers of every common kind; where that would not hold, the encoder goes tex
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from conftest import word_tokenizer
 from rcond import content_encoder
@@ -151,6 +151,55 @@ def test_the_check_waits_for_the_first_joined_call(monkeypatch):
     batch = texts()
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined is None
+
+
+def unigram_of_python_floats():  # scores its JSON gives back a unit in the last place away
+    return Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -3.5684621702802533), ("aa", -6.8993620384915015),
+                                     ("aaa", -9.284521101038655)], unk_id=0))
+
+
+def special_added_again_as_ordinary():  # written as ordinary, still read as special in memory
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2, "<x>": 3}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<x>"])
+    tok.add_tokens([AddedToken("<x>", special=False)])
+    return tok
+
+
+def added_before_training():  # the added token's id 0 is given again to a learnt token
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_tokens(["<x>"])
+    tok.train_from_iterator(["hello world foo bar"] * 50, trainers.BpeTrainer(vocab_size=40, show_progress=False))
+    return tok
+
+
+@pytest.mark.parametrize("make, odd", [(unigram_of_python_floats, "a" * 10), (special_added_again_as_ordinary,
+                                       "hello<x>world"), (added_before_training, "a <x> b")])
+def test_a_copy_that_encodes_otherwise_than_the_tokenizer_is_not_used(make, odd):
+    """The copy is made from the tokenizer's JSON, which does not always hold what the tokenizer in
+    memory holds. Here the copy encodes one text otherwise; the first 64 texts agree, so the
+    first-call check alone would keep the joined path, and that text would get other ids."""
+    backend = make()
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.encode_special_tokens = True
+    assert copy.encode(odd, add_special_tokens=False).ids != alone(backend, [odd])[0]  # the reason
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is None
+    batch = ["hello world"] * 64 + [odd]
+    assert split(*encoder(batch)) == alone(backend, batch)
+
+
+def test_a_copy_that_cannot_be_read_back_or_a_separator_id_the_model_gives_is_text_by_text():
+    """A score of -inf is written as null, which the JSON reader refuses: no copy, and no crash. A
+    vocabulary with a gap gives the separator an id the model already gives a token."""
+    no_copy = Tokenizer(models.Unigram([("<unk>", 0.0), ("a", -1.0), ("b", float("-inf"))], unk_id=0))
+    gap = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 3}, unk_token="[UNK]"))
+    gap.pre_tokenizer = pre_tokenizers.Whitespace()
+    for backend, batch in ((no_copy, ["ab", "ba", "a"] * 30), (gap, ["a b", "b", "a"] * 30)):
+        encoder = ContentEncoder(backend)
+        assert encoder.joined is None
+        assert split(*encoder(batch)) == alone(backend, batch)
 
 
 def test_a_tokenizer_that_cannot_be_copied_is_encoded_text_by_text():

@@ -117,6 +117,21 @@ def test_a_tokenizer_that_cannot_be_serialised_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tokenizer_whose_json_encodes_otherwise_is_a_clear_error(tmp_path):
+    """Workers get the tokenizer read back from its JSON. A special token added again as an
+    ordinary one is written as ordinary but read as special in memory: read back, it would encode
+    otherwise, and the corpus would depend on --workers. The build refuses, and says what to do."""
+    from tokenizers import AddedToken
+
+    tok = word_tokenizer()
+    tok.backend_tokenizer.add_special_tokens(["<x>"])
+    tok.backend_tokenizer.add_tokens([AddedToken("<x>", special=False)])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a <x> b", "reward": 1}])
+    with pytest.raises(CorpusError, match="reads the tokenizer back from its JSON.*--tokenizer, or use --workers 1"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "out", tok, opts=PackOptions(workers=2), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeypatch):
     """A worker killed mid-build (here: it exits while unpickling its batch, as if killed or out
     of memory) is a CorpusError that suggests fewer workers, and nothing is left behind."""
