@@ -9,7 +9,8 @@ anything that path treats specially:
 
 - a non-blank line that does not start with ``{`` (Arrow's reader crashes the process on a
   chunk that opens with ``null``: pyarrow 26, a segmentation fault, so such a chunk never
-  reaches it);
+  reaches it) or does not end with ``}`` (Arrow reads an object across line breaks; see
+  :func:`_object_lines`);
 - a line that may nest deeper than Python's JSON decoder can follow (more ``{`` and ``[`` than
   half the recursion limit): Arrow reads any depth, even in a field no format reads, but the line
   path calls such a line nested too deeply, and both must say the same;
@@ -127,14 +128,22 @@ def _records(table: pa.Table, fmt: str, fields: FieldNames, needs_reward: bool, 
 
 
 def _object_lines(lines: list[bytes]) -> int | None:
-    """The number of non-blank lines, or None if one of them does not open a JSON object."""
-    if [line[:1] for line in lines].count(b"{") == len(lines):  # the usual case: every line opens one
-        return len(lines)
+    """The number of non-blank lines, or None if one of them does not open a JSON object with its
+    first character and close one with its last (whitespace aside).
+
+    Arrow's reader reads the chunk as one stream of objects, across line breaks. With every line
+    so, an object that Arrow finds cannot run on into the next line: a ``}`` and then a ``{`` are
+    valid JSON only between two top-level objects (and a line break inside a string is refused).
+    So each line holds one object or more, and as many rows as lines means one object per line:
+    an object broken over two lines beside a line holding two is not read as three rows."""
+    n = len(lines)
+    if [line[:1] for line in lines].count(b"{") == n and [line[-2:] for line in lines].count(b"}\n") == n:
+        return n  # the usual case: every line opens an object and closes one just before its line break
     rows = 0
     for line in lines:
-        head = line.lstrip()[:1]
-        if head:
-            if head != b"{":
+        line = line.strip()
+        if line:
+            if line[:1] != b"{" or line[-1:] != b"}":
                 return None
             rows += 1
     return rows

@@ -113,6 +113,10 @@ def test_a_scorer_replaces_pair_scores_which_are_not_read(tmp_path):
 @pytest.mark.parametrize("fmt,rows,why", [
     ("scored", ['{"response": "a", "reward": 1}{"response": "b", "reward": 2}'], "two objects on one line"),
     ("scored", ['{"response": "a", "reward": 1', ], "malformed"),
+    ("text", ['{"text": "a", "x":', '{"q": 1}}', '{"text": "b"} {"text": "c"}'],
+     "an object broken over two lines beside a line of two: as many rows as lines"),
+    ("text", ['{"text": "a"} ', ' {"text": "b", "x":', '{"q": 1}} ', '{"text": "c"} {"text": "d"}'],
+     "the same with spaces around the lines"),
     ("scored", ['[1, 2]'], "not an object"),
     ("scored", [{"response": "a"}], "missing reward"),
     ("scored", [{"response": "a", "reward": None}], "null reward"),
@@ -167,6 +171,18 @@ def test_bad_line_in_a_chunk_reported_exactly(tmp_path):
     batches = list(reader.batches(4))
     assert sum(b.records for b in batches) == 9 and reader.skipped.count == 1
     assert [t for b in batches for t in b.texts[1::2]] == [f"r{i}" for i in range(9)]
+
+
+def test_an_object_broken_over_lines_is_refused_whatever_its_neighbours(tmp_path):
+    """Arrow reads objects across line breaks: a line cut inside an object, its rest on the next
+    line, beside a line of two objects, gave as many rows as lines, and the chunk was read as
+    three records. Both paths now give the line path's errors."""
+    rows = ['{"text": "alpha", "x":', '{"q": 1}}', '{"text": "beta"} {"text": "gamma"}', '{"text": "delta"}']
+    path = write_lines(tmp_path / "s.jsonl", rows)
+    with pytest.raises(SourceError, match=r"s\.jsonl:1: malformed JSON"):
+        list(SourceReader([str(path)], "text").batches(10))
+    reader = SourceReader([str(path)], "text", on_error="skip")
+    assert [t for b in reader.batches(10) for t in b.texts] == ["delta"] and reader.skipped.count == 3
 
 
 def test_bom_crlf_and_gzip(tmp_path):
