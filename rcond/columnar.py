@@ -89,9 +89,15 @@ def parse_table(table: pa.Table, fmt: str, fields: FieldNames, *, needs_reward: 
     where the row-by-row path must decide: for the reasons :func:`parse_chunk` declines a chunk,
     and also when a column the format reads holds a type that path reads otherwise than as a
     string or a number (a reward in strings or booleans, a text in bytes, a decimal, a column
-    named twice) or an integer that a float64 cannot hold exactly. A column that is absent is null
-    in every row, as a JSON field that is absent."""
+    named twice) or an integer that a float64 cannot hold exactly, or when a string in any column,
+    read or not, is not UTF-8: the row path refuses that row, as a JSON line with invalid UTF-8
+    anywhere is refused (Arrow checks only when a string is read out). A column that is absent is
+    null in every row, as a JSON field that is absent."""
     if fmt not in ("scored", "text", "pairs"):
+        return None
+    try:
+        table.validate(full=True)  # UTF-8 of every string, at several GB/s
+    except pa.ArrowInvalid:
         return None
     columns = {}
     for name, kind in _columns(fmt, fields, needs_reward).items():

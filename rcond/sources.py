@@ -660,7 +660,7 @@ def arrow_rows(where: str, first: int, batch, on_bad_line: Callable[[str], None]
             try:
                 row[name] = column[j].as_py()
             except UnicodeDecodeError as e:
-                message = f"{origin}: field {name!r} is not valid UTF-8 (byte {e.start}); expected UTF-8 text"
+                message = f"{origin}: field {name!r} is not valid UTF-8 (byte {e.start + 1} of the value); expected UTF-8 text"
                 if on_bad_line is None:
                     raise RecordError(message) from None
                 on_bad_line(message)

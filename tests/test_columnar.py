@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rcond.columnar import parse_chunk
-from rcond.sources import FieldNames, PartBatch, SourceError, SourceReader
+from rcond.sources import FieldNames, PartBatch, RecordError, SourceError, SourceReader
 
 
 def write_lines(path, lines):
@@ -324,6 +324,26 @@ def test_parse_table_declines_types_the_row_path_reads_otherwise(column, why):
     table = pa.table({"response": ["r1", "r2"], "reward": [1.0, 2.0]})
     table = table.set_column(table.schema.get_field_index(name), name, make(pa))
     assert parse_table(table, "scored", FieldNames(), needs_reward=True) is None, why
+
+
+def test_invalid_utf8_in_a_column_no_format_reads_is_a_bad_row_whatever_its_neighbours(tmp_path):
+    """A string that is not UTF-8 in a column the format does not read: the row path refuses its
+    row (as a JSON line with invalid UTF-8 anywhere), so the column-wise path declines the batch
+    instead of keeping the row; it was kept in a clean batch and refused beside another bad row."""
+    import pyarrow as pa
+
+    from rcond.columnar import parse_table
+
+    meta = pa.array([b"ok", b"caf\xe9", b"x"]).view(pa.string())  # not validated on the way in
+    for rewards, skipped in (([1.0, 2.0, 3.0], 1), ([1.0, 2.0, float("nan")], 2)):
+        table = pa.table({"response": ["r1", "r2", "r3"], "reward": rewards, "meta": meta})
+        assert parse_table(table, "scored", FieldNames(), needs_reward=True) is None
+        path = str(arrow_file(tmp_path / f"m{skipped}.parquet", table))
+        with pytest.raises(RecordError, match=r"row 2: field 'meta' is not valid UTF-8 \(byte 4 of the value\)"):
+            list(SourceReader([path], "scored").batches(3))
+        reader = SourceReader([path], "scored", on_error="skip")
+        assert [t for b in reader.batches(3) for t in b.texts[1::2]] == ["r1", "r3"][:3 - skipped]
+        assert reader.skipped.count == skipped
 
 
 def test_parse_table_declines_a_column_named_twice():

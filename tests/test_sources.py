@@ -481,7 +481,7 @@ def test_a_string_that_is_not_utf8_in_parquet_or_arrow_is_one_bad_row(tmp_path):
         w.write_table(table)
     for name in ("u.parquet", "u.arrow"):
         path = str(tmp_path / name)
-        message = f"{path}:row 2: field 'text' is not valid UTF-8 (byte 0); expected UTF-8 text"
+        message = f"{path}:row 2: field 'text' is not valid UTF-8 (byte 1 of the value); expected UTF-8 text"
         for read in (lambda r: list(r), lambda r: list(r.batches())):
             with pytest.raises(RecordError, match=re.escape(message)):
                 read(SourceReader([path], "scored"))
