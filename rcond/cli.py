@@ -225,7 +225,11 @@ def format_preprocess_summary(out, scheme, s, block_size: int, pairs: bool = Fal
     for ex in s.skipped_examples[:5]:
         lines.append(f"  skipped: {ex}")
     if s.skipped > 5:
-        lines.append(f"  ... and {s.skipped - 5} more skipped")
+        lines.append(f"  ... and {s.skipped - 5:,} more skipped")
+    if s.skipped:
+        from .corpus import SKIPPED_FILE
+
+        lines.append(f"  every skipped record, with why: {Path(out) / SKIPPED_FILE}")
     return "\n".join(lines)
 
 

@@ -38,7 +38,8 @@ Row columns (all ``block_size`` long):
 
 The directory holds ``rows.arrow`` (a ``datasets`` Arrow file), ``tokenizer/`` and
 ``scheme.json``; ``scheme.json`` is written last and records the sha256 of ``rows.arrow`` and
-the tokenizer fingerprint, both checked by :func:`load`.
+the tokenizer fingerprint, both checked by :func:`load`. A build that skipped bad records
+(``on_error="skip"``) also leaves ``skipped.txt``, every one with its reason, a line each.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import hashlib
 import io
 import json
 import time
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -65,7 +66,9 @@ from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
 
 ROWS_FILE = "rows.arrow"
 TOKENIZER_DIR = "tokenizer"
-CORPUS = OutputKind("an rcond corpus", (SCHEME_FILE, ROWS_FILE, TOKENIZER_DIR + "/"))  # what --overwrite may replace
+SKIPPED_FILE = "skipped.txt"  # with --on-error skip: every skipped record's reason, one per line
+CORPUS = OutputKind("an rcond corpus", (SCHEME_FILE, ROWS_FILE, TOKENIZER_DIR + "/"),
+                    (SKIPPED_FILE,))  # what --overwrite may replace
 COLUMNS = ("input_ids", "position_ids", "segment_ids", "loss_weight", "bin_ids")
 TABLE_TOKENS = 512 * 1024  # tokens of packed rows written to the Arrow file at a time (at least one row)
 MAX_BLOCK_SIZE = 2 ** 20  # tokens per row; rows this long already hold ~20 MB of columns each
@@ -240,7 +243,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             spill.write(rows)
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
-        with Spill(tmp / "packed.bin", B) as spill:
+        if reader.on_error == "skip":
+            reader.skips_to = tmp / SKIPPED_FILE
+        with Spill(tmp / "packed.bin", B) as spill, _skip_file_closed(reader):
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
@@ -303,6 +308,17 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus
     return scheme, summary
+
+
+@contextmanager
+def _skip_file_closed(reader: SourceReader) -> Iterator[None]:
+    """Within: pass 1, the reader writing skipped records to its ``skips_to``; after, that file is
+    closed and the reader writes none again (it is the caller's, and may read again elsewhere)."""
+    try:
+        yield
+    finally:
+        reader.skipped.close()
+        reader.skips_to = None
 
 
 def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceReader, opts: PackOptions) -> ControlScheme:

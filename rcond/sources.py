@@ -60,7 +60,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
@@ -159,16 +159,28 @@ class FieldNames:
 
 @dataclass
 class SkipLog:
-    """Bad records skipped under ``--on-error skip``: how many, and the first few reasons."""
+    """Bad records skipped under ``--on-error skip``: how many, the first few reasons, and, with a
+    ``path``, every reason, one per line, written to that file as they come (created at the first;
+    memory stays flat however many there are)."""
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
     keep: int = 20
+    path: Path | None = None
+    _file: TextIO | None = None
 
     def add(self, message: str) -> None:
         self.count += 1
         if len(self.examples) < self.keep:
             self.examples.append(message)
+        if self.path is not None:
+            if self._file is None:
+                self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace")
+            self._file.write(message.replace("\n", "\\n") + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 # ---------------------------------------------------------------------------- raw rows
@@ -1218,6 +1230,7 @@ class SourceReader:
     gamma: float = 1.0
     on_error: str = "fail"
     score_batch: int = 256
+    skips_to: Path | None = None  # with --on-error skip: a file for every skipped record's reason (a build's own)
 
     def __post_init__(self) -> None:
         check_reading(self.inputs, self.format, self.fields, scored=self.scorer is not None, gamma=self.gamma,
@@ -1225,8 +1238,11 @@ class SourceReader:
         self._reset_logs()
 
     def _reset_logs(self) -> None:
-        """What a read reports, cleared at the start of each read."""
-        self.skipped = SkipLog()
+        """What a read reports, cleared at the start of each read (every skipped record's reason
+        also goes to the file ``skips_to`` names, when it is set)."""
+        if getattr(self, "skipped", None) is not None:
+            self.skipped.close()
+        self.skipped = SkipLog(path=self.skips_to)
         self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
         self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text
         self.split_prompts = 0  # pairs read whose two sides' HH dialogues split into different prompts

@@ -330,6 +330,23 @@ def test_skip_reports(tmp_path, capsys):
     assert "skipped 2 bad" in out and "in.jsonl:2: malformed JSON" in out and "in.jsonl:3: reward" in out
 
 
+def test_every_skipped_record_is_listed_in_the_corpus(tmp_path, capsys):
+    """The summary names the first five; skipped.txt in the corpus names all of them, one per line,
+    in input order, read once though train:VOCAB reads the input twice. A build that skips nothing
+    writes no such file, and --overwrite replaces a corpus that holds one."""
+    rows = [{"response": f"r{i}", "reward": i} if i % 4 else {"bad": i} for i in range(1, 121)]  # 30 bad
+    assert preprocess(tmp_path, rows, "--on-error", "skip") == 0
+    out = capsys.readouterr().out
+    listed = (tmp_path / "c" / "skipped.txt").read_text().splitlines()
+    assert listed == [f"{tmp_path / 'in.jsonl'}:{i}: missing field 'response' (or 'text'); fields present: ['bad']"
+                      for i in range(4, 121, 4)]
+    assert "skipped 30 bad" in out and "... and 25 more skipped" in out
+    assert f"every skipped record, with why: {tmp_path / 'c' / 'skipped.txt'}" in out
+    ds, _, _ = load(tmp_path / "c")
+    assert preprocess(tmp_path, rows[:3], "--on-error", "skip", "--overwrite") == 0
+    assert not (tmp_path / "c" / "skipped.txt").exists() and "every skipped record" not in capsys.readouterr().out
+
+
 def test_a_text_corpus_summary_has_no_bin_table(tmp_path, capsys):
     src = write_jsonl(tmp_path / "t.jsonl", [{"text": "one document"}, {"text": "another"}])
     assert main(["preprocess", str(src), "--format", "text", "--out", str(tmp_path / "c"), "--tokenizer", "train:300",

@@ -576,6 +576,8 @@ def test_scheme_options_record_how_the_records_were_read(tmp_path):
     options = load(tmp_path / "c")[1].options
     assert options["fields"]["response"] == "answer" and options["fields"]["reward"] == "score"
     assert (options["on_error"], options["skipped"]) == ("skip", 1)
+    assert (tmp_path / "c" / "skipped.txt").read_text() == f"{src}:2: score must be a number, got 'x'\n"
+    assert reader.skips_to is None  # the reader is the caller's: a later read writes no file of this build's
 
 
 def test_unscored_pairs_with_one_bin_are_refused(tmp_path):
