@@ -351,7 +351,8 @@ def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[b
             if max(map(len, lines)) > MAX_LINE_BYTES:
                 at = first + next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
                 raise SourceError(f"{path}:{at}: a line longer than {MAX_LINE_BYTES >> 20} MiB; expected one JSON "
-                                  f"record per line (a JSON array goes in a .json file)")
+                                  f"record per line (a JSON array goes in a .json file); --on-error skip does not "
+                                  f"skip it, since finding where it ends would mean reading it whole")
             if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
                 lines[0] = lines[0][3:]
             yield first, lines
@@ -1019,7 +1020,8 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
     if row.get(f.response) is None and row.get(f.text) is not None:  # "response" null (an empty CSV cell), "text" given
         name = f.text
     if name not in row:
-        raise SourceError(f"{origin}: missing field {f.response!r} (or {f.text!r}); fields present: {sorted(row)}")
+        either = f"{f.response!r}" + (f" (or {f.text!r})" if f.text != f.response else "")
+        raise SourceError(f"{origin}: missing field {either}; fields present: {sorted(row)}")
     response = _nonempty(_text(row, name, origin), "response", origin)
     prompt = _field(row, f.prompt, origin, optional=True)
     prompt = "" if prompt is None else prompt
@@ -1032,7 +1034,8 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
 def dialog_record(row: dict, origin: str, f: FieldNames, scored: bool, gamma: float) -> Record:
     turns = _field(row, f.turns, origin)
     if not isinstance(turns, list) or not turns:
-        raise SourceError(f"{origin}: field {f.turns!r} must be a non-empty list of turns")
+        got = "an empty list" if isinstance(turns, list) else kind_of(turns)
+        raise SourceError(f"{origin}: field {f.turns!r} must be a non-empty list of turns, got {got}")
     parts: list[Part] = []
     rewards: list[float | None] = []
     for j, turn in enumerate(turns, start=1):

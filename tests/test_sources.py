@@ -134,7 +134,9 @@ def test_a_line_over_the_limit_is_refused_before_it_is_read_whole(tmp_path, monk
     for read_all in (list, lambda r: list(r.batches())):
         for on_error in ("fail", "skip"):
             with pytest.raises(SourceError, match=rf"^{re.escape(str(big))}:2: a line longer than 1 MiB; expected one "
-                                                  r"JSON record per line \(a JSON array goes in a .json file\)$"):
+                                                  r"JSON record per line \(a JSON array goes in a .json file\); "
+                                                  r"--on-error skip does not skip it, since finding where it ends "
+                                                  r"would mean reading it whole$"):
                 read_all(SourceReader([str(big)], "text", on_error=on_error))
 
 
@@ -236,6 +238,20 @@ def test_a_reward_beyond_the_float_range_is_named_as_written(tmp_path, written, 
 def test_empty_response(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:1: empty response"):
         read(tmp_path, "scored", [{"response": "  ", "reward": 1}])
+
+
+@pytest.mark.parametrize("turns, got", [("p1500", "a string ('p1500')"), ([], "an empty list"), (3, "a number (3)")])
+def test_turns_that_are_not_a_list_say_what_they_are(tmp_path, turns, got):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"turns": turns}])
+    with pytest.raises(SourceError, match=re.escape(f"in.jsonl:1: field 'turns' must be a non-empty list of turns, "
+                                                    f"got {got}")):
+        list(SourceReader([str(src)], "dialog"))
+
+
+def test_a_response_field_named_text_is_named_once_when_missing(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"answer": "a", "reward": 1}])
+    with pytest.raises(SourceError, match=re.escape("in.jsonl:1: missing field 'text'; fields present: ['answer', ")):
+        list(SourceReader([str(src)], "scored", fields=FieldNames(response="text")))
 
 
 def test_dialog_without_assistant_turn(tmp_path):
