@@ -2,7 +2,12 @@
 
 An interrupted or failed run leaves no directory at the target path (the temp dir is removed
 on exceptions, Ctrl-C and SIGTERM; after SIGKILL only a ``.name.tmp-*`` dir remains, which no
-loader accepts because the target path never appeared). A Ctrl-C whose KeyboardInterrupt Python
+loader accepts because the target path never appeared). Such a leftover is removed by the next
+run for the same target on the same machine: a run holds a lock (``flock``) on a file beside its
+temp dir, which the system lets go of however the process ends, so a temp dir whose lock nobody
+holds belongs to no live run (:func:`remove_leftovers`; where there is no ``flock``, on Windows,
+nothing is removed, and a lock file written on another machine is never taken for free, since
+a network file system may lock per machine). A Ctrl-C whose KeyboardInterrupt Python
 had to drop (raised inside a ``__del__`` or another finalizer, which only prints "Exception
 ignored") is still noticed: a command records signals from its start (:func:`recording_interrupts`),
 and no output of it is published after one (:func:`raise_if_interrupted`), nor training started.
@@ -95,9 +100,90 @@ def temp_dir_beside(target: Path) -> Path:
         return as_created(tempfile.mkdtemp(prefix=f".{_short(target.name)}.tmp-", dir=target.parent))
 
 
+LOCK_SUFFIX = ".lock"  # beside a temp dir ``.NAME.tmp-XXXXXXXX``: its lock file, held while its run lives
+
+
+def _locked_beside(tmp: Path):
+    """Lock ``tmp``'s lock file for this process and return its open descriptor (closing it lets
+    the lock go), or None where the system has no ``flock``. The file is made and locked under a
+    staging name, then renamed into place: no other run ever sees it unlocked. It holds this
+    machine's name, so that only runs on this machine judge whether its lock is held."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fd, staging = tempfile.mkstemp(prefix=f"{tmp.name}.lk-", dir=tmp.parent)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{_machine()}\n{os.getpid()}\n".encode())
+        os.replace(staging, tmp.with_name(tmp.name + LOCK_SUFFIX))
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    return fd
+
+
+def _machine() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _let_go(tmp: Path, fd) -> None:
+    """Remove ``tmp``'s lock file and let its lock go (``fd`` from :func:`_locked_beside`)."""
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(tmp.with_name(tmp.name + LOCK_SUFFIX))
+    os.close(fd)
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove the temp dirs that runs for ``target`` killed on this machine left beside it (a
+    SIGKILL cannot be caught): each ``.NAME.tmp-*`` dir whose lock file was written here and is
+    held by no process, with that file. A live run's lock is held; a temp dir without a lock
+    file (an older rcond's, or one whose run died before locking) is kept. Returns the dirs
+    removed."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    prefix, removed = f".{_short(target.name)}.tmp-", []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(LOCK_SUFFIX)):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if os.read(fd, 4096).decode(errors="replace").split("\n")[0] != _machine():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: a live run's
+                continue
+            tmp = Path(entry.path[:-len(LOCK_SUFFIX)])
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not tmp.exists():
+                os.unlink(entry.path)
+                removed.append(tmp)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _short(name: str) -> str:
-    """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX``) stays within
-    the 255 bytes a file name may have."""
+    """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX.lock``, and its
+    staging name) stays within the 255 bytes a file name may have."""
     return name.encode()[:200].decode(errors="ignore")  # UTF-8 (check_target refuses other names), cut at a character
 
 
@@ -328,9 +414,16 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
     target = check_output(target, overwrite, keep, kind)
     made = _missing_folders(target)
     published = False
+    remove_leftovers(target)
     try:
         tmp = temp_dir_beside(target)
     except BaseException:
+        _remove_if_empty(made)
+        raise
+    try:
+        lock = _locked_beside(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         _remove_if_empty(made)
         raise
     try:
@@ -355,6 +448,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        _let_go(tmp, lock)
         if not published:
             _remove_if_empty(made)
 

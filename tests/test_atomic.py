@@ -400,3 +400,56 @@ def test_a_long_utf8_name_gets_a_temp_sibling_cut_at_a_character(tmp_path):
     with atomic_dir(target) as out:
         (out / "f").write_text("x")
     assert (target / "f").read_text() == "x"
+
+
+def test_a_run_holds_a_lock_beside_its_temp_dir_and_leaves_none(tmp_path):
+    """While a run lives, a lock file beside its temp dir names this machine and is held; after
+    it, neither is left."""
+    import fcntl
+
+    with atomic_dir(tmp_path / "out") as tmp:
+        lock = tmp.with_name(tmp.name + ".lock")
+        assert lock.read_text().split("\n")[:2] == [atomic._machine(), str(os.getpid())]
+        with open(lock) as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert names(tmp_path) == ["out"]
+
+
+def test_a_killed_runs_temp_dir_is_removed_by_the_next_run(tmp_path):
+    """SIGKILL cannot be caught: the killed run's temp dir and lock file stay. Its lock went with
+    the process, so the next run for the same output removes them, and only them."""
+    import subprocess
+
+    code = ("import sys, time; from rcond.atomic import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    (tmp / 'half.bin').write_bytes(b'x' * 1000); print(tmp, flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], stdout=subprocess.PIPE, text=True)
+    left = child.stdout.readline().strip()
+    (tmp_path / ".other.tmp-keep").mkdir()  # another output's: not this one's to remove
+    child.kill()
+    child.wait()
+    assert sorted(names(tmp_path)) == sorted([os.path.basename(left), os.path.basename(left) + ".lock",
+                                              ".other.tmp-keep"])
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert names(tmp_path) == [".other.tmp-keep", "out"]
+
+
+def test_a_temp_dir_whose_lock_is_held_or_from_another_machine_is_kept(tmp_path):
+    """A lock someone holds is a live run's; a lock file another machine wrote may be held there
+    (a network file system may lock per machine); a temp dir without a lock file may be an older
+    rcond's run: all three are kept."""
+    import fcntl
+
+    def leftover(name, machine):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.lock").write_text(f"{machine}\n1\n")
+
+    leftover(".out.tmp-held", atomic._machine())
+    leftover(".out.tmp-there", "another-machine")
+    (tmp_path / ".out.tmp-nolock").mkdir()
+    with open(tmp_path / ".out.tmp-held.lock") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert atomic.remove_leftovers(tmp_path / "out") == []
+    assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-held"]  # let go: removed now
+    assert names(tmp_path) == [".out.tmp-nolock", ".out.tmp-there", ".out.tmp-there.lock"]

@@ -416,6 +416,10 @@ def test_interrupted_run_leaves_nothing_loadable(tmp_path, sig, workers):
         load(out)
     if sig != signal.SIGKILL:  # cleaned up on catchable signals
         assert not list(tmp_path.glob(".c.tmp-*"))
+    else:  # what SIGKILL left goes with the next run for the same output
+        from rcond.atomic import remove_leftovers
+
+        assert len(remove_leftovers(out)) == 1 and not list(tmp_path.glob(".c.tmp-*"))
     time.sleep(0.5)  # the forkserver and the resource tracker leave once their parent has
     assert not [p for p in helpers if running(p)], "processes of the build outlived it"
 
