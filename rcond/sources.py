@@ -167,7 +167,7 @@ class SkipLog:
     examples: list[str] = field(default_factory=list)
     keep: int = 20
     path: Path | None = None
-    _file: TextIO | None = None
+    _file: TextIO | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(self, message: str) -> None:
         self.count += 1
@@ -673,7 +673,8 @@ def arrow_rows(where: str, first: int, batch, on_bad_line: Callable[[str], None]
             try:
                 row[name] = column[j].as_py()
             except UnicodeDecodeError as e:
-                message = f"{origin}: field {name!r} is not valid UTF-8 (byte {e.start + 1} of the value); expected UTF-8 text"
+                message = (f"{origin}: field {name!r} is not valid UTF-8 (byte {e.start + 1} of the value); "
+                           f"expected UTF-8 text")
                 if on_bad_line is None:
                     raise RecordError(message) from None
                 on_bad_line(message)
