@@ -443,7 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "preprocess":  # inputs may follow the options (a shell glob at the end), in command-line order
+        args.inputs += [x for x in extra if not x.startswith("-")]
+        extra = [x for x in extra if x.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2
     from .atomic import raise_if_interrupted, recording_interrupts
 
     try:

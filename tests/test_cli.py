@@ -32,6 +32,21 @@ def test_preprocess_happy_path_and_summary(tmp_path, capsys):
     assert scheme.num_bins == 4 and sum(scheme.counts) > 0 and len(ds) > 0
 
 
+def test_inputs_may_also_follow_the_options(tmp_path, capsys):
+    """`rcond preprocess a.jsonl --format ... --out X b.jsonl` (a shell glob at the end) reads both, in
+    command-line order; an option nobody knows is still argparse's error."""
+    a = write_jsonl(tmp_path / "a.jsonl", [{"response": "first", "reward": 1}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"response": "second", "reward": 2}, {"response": "third", "reward": 3}])
+    common = ["--format", "scored", "--tokenizer", "train:300", "--no-progress", "--block-size", "64"]
+    assert main(["preprocess", str(a), *common, "--out", str(tmp_path / "c"), str(b)]) == 0
+    assert "records        3" in capsys.readouterr().out
+    assert list(load(tmp_path / "c")[1].source_fingerprints) == [str(a), str(b)]
+    with pytest.raises(SystemExit) as e:
+        main(["preprocess", str(a), *common, "--out", str(tmp_path / "d"), str(b), "--no-such-option"])
+    assert e.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.parametrize("rows,message", [
     ([{"response": "a", "reward": 1}, "{not json"], r"in.jsonl:2: malformed JSON"),
     ([{"response": "a"}], r"in.jsonl:1: missing field 'reward'; fields present: \['response'\]"),
