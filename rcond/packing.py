@@ -251,8 +251,8 @@ class Spill:
         and ``segment_ids``: views into buffers that the next table overwrites. ``into``: arrays
         to read the ``PACKED_COLUMNS`` into, of their dtypes and at least the largest table long
         (the packer's own table, done with by then): memory already touched, where fresh buffers
-        cost a page fault per 4 KB on first use (on the 2-core CI machine ~3 us each, ~5 ms for a
-        table of 512K tokens)."""
+        cost a page fault per 4 KB on first use (on the 2-core CI machine up to ~10 us each while
+        its memory is cold: ~15 ms for a table of 512K tokens)."""
         rows = max((r for r, _ in self.sizes), default=0)
         pieces = max((m for _, m in self.sizes), default=0)
         buffers = {k: np.empty(rows * self.B, dtype) if into is None else into[k][:rows * self.B]

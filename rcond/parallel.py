@@ -134,7 +134,7 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
         raise CorpusError(f"--workers {workers}: each worker reads the tokenizer back from its JSON, and this "
                           "tokenizer cannot be read back so, or would then encode otherwise (a tokenizer built in "
                           "memory: Unigram scores set from Python floats, a special token added again as an "
-                          "ordinary one); save it and give its folder as --tokenizer, or use --workers 1") from None
+                          "ordinary one); save it and give its folder as --tokenizer, or use --workers 1")
     threads = max(1, usable_cores() // workers)
     context = worker_context()
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
