@@ -199,13 +199,14 @@ def check_options(opts: PackOptions) -> None:
 
 
 def check_special_tokens(tokenizer, control_tokens: list[str], where: Path | None = None) -> None:
-    """The tokenizer's eos and pad must not be control tokens (a tokenizer saved with a corpus and
-    edited, say): every document ends with eos and padding fills rows, so either one would put a
-    control token where the model learns to end a text or where nothing is. ``where``: the
-    tokenizer's folder, named in the error."""
-    for role in ("eos", "pad"):
-        token = getattr(tokenizer, f"{role}_token")
-        if token in control_tokens:
+    """The tokenizer's eos, pad and unk must not be control tokens (a tokenizer saved with a corpus
+    and edited, say): every document ends with eos and padding fills rows, so either one would put
+    a control token where the model learns to end a text or where nothing is; and a piece of text
+    the tokenizer does not know would read as that control token. ``where``: the tokenizer's
+    folder, named in the error."""
+    for role in ("eos", "pad", "unk"):
+        token = getattr(tokenizer, f"{role}_token", None)
+        if token is not None and token in control_tokens:
             raise CorpusError(f"{f'{where}: ' if where else ''}the tokenizer's {role} token is {token!r}, one of "
                               f"rcond's control tokens; give it a {role} token of its own ({role}_token in its "
                               f"tokenizer_config.json)")
@@ -449,9 +450,11 @@ def load(directory: str | Path, *, verify: bool = True):
         raise CorpusError(f"the corpus's tokenizer cannot be loaded: {e}") from None
     check_special_tokens(tokenizer, scheme.control_tokens, where=d / TOKENIZER_DIR)  # before: it says more
     if tokenizer_fingerprint(tokenizer) != scheme.tokenizer_fingerprint:
+        if verify and scheme.options.get("scheme_sha256") != scheme_sha256(scheme):  # the fingerprint is in the scheme
+            raise CorpusError(_SCHEME_EDITED.format(scheme_file=d / SCHEME_FILE))
         raise CorpusError(f"{d / TOKENIZER_DIR}: tokenizer fingerprint does not match scheme.json (the tokenizer was "
-                          f"edited, or the corpus was built by an older rcond, whose fingerprint left out "
-                          f"tokenizer_config.json); preprocess the corpus again")
+                          f"edited or is another corpus's, or the corpus was built by an older rcond, whose "
+                          f"fingerprint left out tokenizer_config.json); preprocess the corpus again")
     missing = scheme.missing_tokens(tokenizer)
     if missing:  # the fingerprint covers the tokenizer, not the scheme's token names
         raise CorpusError(f"{d / SCHEME_FILE}: control token {missing[0]!r} is not in the corpus's tokenizer "
@@ -459,7 +462,8 @@ def load(directory: str | Path, *, verify: bool = True):
                           f"scheme.json was edited or belongs to another corpus: preprocess the corpus again")
     try:
         dataset = Dataset.from_file(str(rows))
-    except (OSError, pa.ArrowInvalid) as e:  # verify=False skipped the fingerprint that would have caught it
+    except (OSError, ValueError) as e:  # verify=False skipped the fingerprint that would have caught it (Arrow's
+        # errors are ValueErrors; so is the JSON error of damaged schema metadata)
         raise CorpusError(f"{rows}: not readable as the corpus's rows ({e}); the file is damaged: preprocess the "
                           f"corpus again") from None
     check_scheme_fits_rows(d, scheme, dataset.data)

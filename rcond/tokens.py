@@ -61,10 +61,10 @@ def parse_binning(spec: str) -> tuple[str, list[float] | None]:
     if spec in ("quantile", "uniform"):
         return spec, None
     if spec.startswith("edges:"):
+        items = spec[len("edges:"):].split(",")
+        if not "".join(items).strip():
+            raise SchemeError(f"--binning {spec!r}: give at least one edge, e.g. edges:-0.5,0,0.5")
         try:
-            items = spec[len("edges:"):].split(",")
-            if not "".join(items).strip():
-                raise SchemeError(f"--binning {spec!r}: give at least one edge, e.g. edges:-0.5,0,0.5")
             edges = [float(x) for x in items]  # an empty item ("1,,2", "1,") is no number
         except ValueError as e:
             raise SchemeError(f"--binning {spec!r}: edges must be numbers separated by commas") from e
@@ -83,6 +83,10 @@ def resolve_bins(num_bins: int | None, binning: str) -> int:
         raise SchemeError(f"--bins must be an integer, got {num_bins!r}")
     if edges is not None:
         if num_bins is not None and num_bins != len(edges) + 1:
+            if not 2 <= num_bins <= MAX_BINS:  # no list of edges makes these: say what --bins takes
+                raise SchemeError(f"--bins {num_bins} contradicts --binning {binning!r}: {len(edges)} edges make "
+                                  f"{len(edges) + 1} bins; leave out --bins"
+                                  + (" (one bin needs no edges: use --binning quantile)" if num_bins == 1 else ""))
             raise SchemeError(f"--bins {num_bins} contradicts --binning {binning!r}: {len(edges)} edges make "
                               f"{len(edges) + 1} bins; leave out --bins, or give {num_bins - 1} edges")
         num_bins = len(edges) + 1
@@ -377,10 +381,18 @@ def check_scheme_fields(d: dict) -> None:
 def _check_edges(edges: object, num_bins: int) -> None:
     if not isinstance(edges, list) or len(edges) != num_bins - 1:
         raise SchemeError(f"edges: {num_bins} bins need a list of {num_bins - 1} edges, got {_json(edges)}")
-    if not all(_is_number(e) and math.isfinite(e) for e in edges):
+    if not all(_is_number(e) and _finite(e) for e in edges):
         raise SchemeError(f"edges: expected finite numbers, got {_json(edges)}")
     if any(b < a for a, b in zip(edges, edges[1:])):
         raise SchemeError(f"edges: expected non-decreasing numbers, got {_json(edges)}")
+
+
+def _finite(x) -> bool:
+    """Whether a number from JSON is finite as a float64 (an integer of 400 digits is not one)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _check_binning(binning: object, edges: list) -> None:
@@ -411,7 +423,7 @@ def _check_tokens(on_token: object, off_token: object, rtg_template: object, num
         raise bad_template
     try:
         rtg = [rtg_template.format(k=k) for k in range(num_bins)]
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):  # '{x}', '{0}', '{k', '{k.a}', '{k[0]}'
         raise bad_template from None
     if len({on_token, off_token, *rtg}) != num_bins + 2:
         raise SchemeError(f"on_token {_json(on_token)}, off_token {_json(off_token)} and the {num_bins} tokens of "

@@ -488,6 +488,17 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
         (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, **setting}))
         with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: tokenizer fingerprint does not match scheme.json"):
             load(d)  # split_special_tokens would encode '<|rlhf:on|>' in a prompt as its characters
+    d = edited("tokfp", lambda s: s.update(tokenizer_fingerprint="sha256:0"))  # the tokenizer is untouched
+    with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: edited after preprocessing"):
+        load(d)
+    d = tmp_path / "meta"  # damaged schema metadata that only the fingerprint would have caught
+    shutil.copytree(good, d)
+    data = bytearray((d / "rows.arrow").read_bytes())
+    at = data.index(b'{"info"')
+    data[at:at + 1] = b"!"
+    (d / "rows.arrow").write_bytes(bytes(data))
+    with pytest.raises(CorpusError, match=rf"^{d}/rows.arrow: not readable as the corpus's rows"):
+        load(d, verify=False)
     d = edited("rowsfp", lambda s: s["options"].update(rows_sha256="sha256:0"))  # the rows are untouched
     with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: edited after preprocessing"):
         load(d)
@@ -513,8 +524,8 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
         load(d)
 
 
-@pytest.mark.parametrize("role", ["eos", "pad"])
-def test_an_eos_or_pad_token_that_is_a_control_token_is_refused(tmp_path, role):
+@pytest.mark.parametrize("role", ["eos", "pad", "unk"])
+def test_an_eos_pad_or_unk_token_that_is_a_control_token_is_refused(tmp_path, role):
     tok = word_tokenizer()
     tok.add_special_tokens({f"{role}_token": "<|rtg:1|>"})
     src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}])

@@ -129,6 +129,24 @@ def test_bad_binning(spec):
         parse_binning(spec)
 
 
+@pytest.mark.parametrize("spec", ["edges:", "edges: ", "edges: , "])
+def test_no_edges_at_all_says_to_give_one(spec):
+    with pytest.raises(SchemeError, match=r"give at least one edge, e\.g\. edges:-0\.5,0,0\.5"):
+        parse_binning(spec)
+
+
+@pytest.mark.parametrize("bins, message", [
+    (0, r"--bins 0 contradicts --binning 'edges:0': 1 edges make 2 bins; leave out --bins$"),
+    (1, r"1 edges make 2 bins; leave out --bins \(one bin needs no edges: use --binning quantile\)$"),
+    (4, r"1 edges make 2 bins; leave out --bins, or give 3 edges$"),
+])
+def test_bins_that_contradict_explicit_edges_suggest_only_what_can_be_given(bins, message):
+    from rcond.tokens import resolve_bins
+
+    with pytest.raises(SchemeError, match=message):
+        resolve_bins(bins, "edges:0")
+
+
 def test_json_round_trip(tmp_path):
     s = ControlScheme.fit([0.1, 0.4, 0.9, 0.3], num_bins=3, gamma=0.9)
     s.counts = [1, 2, 1]
@@ -189,6 +207,11 @@ def stored(**changes):
                                    'got "<|rtg|>"'),
     (dict(rtg_template="<|rtg:{k}{j}|>"), 'rtg_template: expected a string with the field {k} for the bin number, '
                                           'got "<|rtg:{k}{j}|>"'),
+    (dict(rtg_template="<{k}{k.foo}>"), 'rtg_template: expected a string with the field {k} for the bin number, '
+                                        'got "<{k}{k.foo}>"'),
+    (dict(rtg_template="<{k}{k[0]}>"), 'rtg_template: expected a string with the field {k} for the bin number, '
+                                       'got "<{k}{k[0]}>"'),
+    (dict(edges=[-0.5, 10 ** 400, 1e300]), "edges: expected finite numbers, got [-0.5, " + "1" + "0" * 400 + ", 1e+300]"),
     (dict(on_token="<|rtg:2|>"), 'on_token "<|rtg:2|>", off_token "<|rlhf:off|>" and the 4 tokens of rtg_template '
                                  '"<|rtg:{k}|>" must all differ'),
     (dict(gamma=1.5), "gamma: expected a number in [0, 1], got 1.5"),
