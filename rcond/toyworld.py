@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import random
+import re
 import statistics
 from dataclasses import dataclass
 from importlib import metadata, resources
@@ -81,6 +82,19 @@ def _cap(s: str) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+_A_BEFORE_A_VOWEL_SOUND = re.compile(  # an apple, an 8-hour, an 11-inch; a useless, a one-off
+    r"\b([Aa]) (?=(?![Uu]s[eiu]|[Oo]ne\b|[Aa]\b)[AEIOUaeiou]|8|1[18](?:\b|\d\d\b))")
+
+
+def _articles(text: str) -> str:
+    """``a`` made ``an`` before a word that starts with a vowel, or a number said with one (8..., 11,
+    18, 11xx, 18xx): templates put ``a`` before a slot ("a {genre} film", "A {Noun} in {Adj}",
+    "a {v}-hour battery") that the vocabulary fills with "animated", "Orchard" or 81. Of the
+    vocabulary's words that start with a vowel letter, only "use..." and "one" start with a
+    consonant sound, and keep ``a``."""
+    return _A_BEFORE_A_VOWEL_SOUND.sub(r"\1n ", text)
 
 
 def _join_and(items: list[str]) -> str:
@@ -193,10 +207,10 @@ def build_world(seed: int, assets: dict | None = None) -> World:
     def film_title() -> str:
         nouns = names["title_nouns"]
         noun = rng.choice(nouns)
-        return rng.choice(names["title_patterns"]).format(
+        return _articles(rng.choice(names["title_patterns"]).format(
             Adj=rng.choice(names["title_adjectives"]), Noun=noun,
             Noun2=rng.choice([n for n in nouns if n != noun]),
-        )
+        ))
 
     entities: list[Entity] = []
     by_topic: dict[str, list[Entity]] = {}
@@ -222,7 +236,7 @@ def build_world(seed: int, assets: dict | None = None) -> World:
                 facts = {
                     "director": director, "actor": actor, "actor2": actor2, "role": role,
                     "role2": rng.choice(names["supporting_roles"]),
-                    "premise": rng.choice(topic["premises"]).format(occupation=role),
+                    "premise": _articles(rng.choice(topic["premises"]).format(occupation=role)),
                 }
                 for p in (director, actor, actor2):
                     people[p]["titles"].append(name)
@@ -337,7 +351,7 @@ class _ReviewWriter(_Writer):
         if r.random() < 0.45:
             plan.append("verdict")
         sentences = [getattr(self, "_" + kind)() for kind in plan]
-        text = " ".join(sentences)
+        text = _articles(" ".join(sentences))
         if abs(s) > 0.4 and r.random() < 0.05:
             text += " " + r.choice(self.s["emoticons"]["positive" if s > 0 else "negative"])
         return {
@@ -509,8 +523,8 @@ class _DialogWriter(_Writer):
                         user = r.choice(d["reactions"][mood]) + " " + user
             h = round(_clip(disposition + r.gauss(0.0, 0.3)), 3)
             style = next(name for upper, name in STYLES if h < upper)
-            turns.append({"role": "user", "content": user})
-            turns.append({"role": "assistant", "content": self._answer(kind, style)})
+            turns.append({"role": "user", "content": _articles(user)})
+            turns.append({"role": "assistant", "content": _articles(self._answer(kind, style))})
             styles.append(style)
             helpfulness.append(h)
         return {
@@ -607,7 +621,9 @@ class _TextWriter:
 
     def doc(self) -> dict:
         kind = self.rng.choices(("entity", "brand", "person", "guide"), weights=(6, 1, 1, 2))[0]
-        return getattr(self, "_" + kind)()
+        doc = getattr(self, "_" + kind)()
+        doc["text"] = _articles(doc["text"])
+        return doc
 
     def _pick(self, key: str, **fields) -> str:
         return _cap(self.rng.choice(self.t[key]).format(**fields))
