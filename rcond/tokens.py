@@ -171,7 +171,12 @@ class ControlScheme:
 
     def __post_init__(self) -> None:
         """The checks of a stored scheme (:func:`check_scheme_fields`) that apply before fitting:
-        edges may still be missing, and then so may counts."""
+        edges may still be missing, and then so may counts. A numpy integer for ``num_bins`` and a
+        tuple or numpy array of edges are taken as the int and the list they hold."""
+        if isinstance(self.num_bins, np.integer):
+            self.num_bins = int(self.num_bins)
+        if isinstance(self.edges, (tuple, np.ndarray)):
+            self.edges = np.asarray(self.edges).tolist() if isinstance(self.edges, np.ndarray) else list(self.edges)
         if not _is_count(self.num_bins) or not 1 <= self.num_bins <= MAX_BINS:
             raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {self.num_bins!r}")
         if self.edges:
@@ -188,13 +193,17 @@ class ControlScheme:
         kind, explicit = parse_binning(binning)
         if num_bins is None:
             num_bins = DEFAULT_BINS if explicit is None else len(explicit) + 1
+        if isinstance(num_bins, np.integer):
+            num_bins = int(num_bins)
+        if not _is_count(num_bins) or not 1 <= num_bins <= MAX_BINS:  # before the work of fitting
+            raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {num_bins!r}")
         if kind == "edges":
             assert explicit is not None
             if num_bins != len(explicit) + 1:
                 raise SchemeError(f"num_bins {num_bins} contradicts binning {binning!r}: {len(explicit)} edges make "
                                   f"{len(explicit) + 1} bins")
             return cls(num_bins=num_bins, edges=list(explicit), binning=binning, **kw)
-        values = np.asarray(rewards if isinstance(rewards, np.ndarray) else list(rewards), dtype=np.float64)
+        values = _reward_values(rewards)
         bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise SchemeError(f"cannot fit bin edges: {bad} non-finite rewards")
@@ -252,9 +261,11 @@ class ControlScheme:
         return [self.on_token, self.off_token, *self.rtg_tokens]
 
     def add_to_tokenizer(self, tokenizer) -> int:
-        """Register the control tokens as special tokens; returns how many were new."""
-        return tokenizer.add_special_tokens({"extra_special_tokens": self.control_tokens},
-                                            replace_extra_special_tokens=False)
+        """Register the control tokens as special tokens; returns how many were new to its vocabulary
+        (one it held as an ordinary added token becomes special, and is not counted)."""
+        before = len(tokenizer)
+        tokenizer.add_special_tokens({"extra_special_tokens": self.control_tokens}, replace_extra_special_tokens=False)
+        return len(tokenizer) - before
 
     def _ids_or_none(self, tokenizer) -> dict[str, int | None]:
         """Each control token's id in ``tokenizer``; None where it has no id or reads it as its unk."""
@@ -385,6 +396,23 @@ def _check_edges(edges: object, num_bins: int) -> None:
         raise SchemeError(f"edges: expected finite numbers, got {_json(edges)}")
     if any(b < a for a, b in zip(edges, edges[1:])):
         raise SchemeError(f"edges: expected non-decreasing numbers, got {_json(edges)}")
+
+
+def _reward_values(rewards) -> np.ndarray:
+    """Rewards to fit edges on as float64 [n]; what :meth:`ControlScheme.bin_of` would refuse as no
+    number (a string, a boolean, None) is refused here too, not read as 0.5, 1 or NaN."""
+    if isinstance(rewards, np.ndarray) and rewards.dtype.kind in "iuf":
+        return rewards.astype(np.float64)
+    if isinstance(rewards, np.ndarray) and rewards.dtype.kind != "O":
+        raise SchemeError(f"cannot fit bin edges: rewards must be numbers, got an array of {rewards.dtype}")
+    values = list(rewards)
+    odd = [v for v in values if v is None or isinstance(v, (bool, np.bool_, str, bytes))]
+    if odd:
+        raise SchemeError(f"cannot fit bin edges: reward {odd[0]!r:.40} is not a number")
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SchemeError(f"cannot fit bin edges: rewards must be finite numbers ({e})") from None
 
 
 def _finite(x) -> bool:

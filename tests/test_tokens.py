@@ -293,3 +293,32 @@ def test_a_stored_scheme_missing_a_field_is_refused(tmp_path):
     del d["gamma"], d["version"]
     with pytest.raises(SchemeError, match=r"missing scheme fields \['gamma', 'version'\]"):
         ControlScheme.from_json(json.dumps(d))
+
+
+@pytest.mark.parametrize("rewards, message", [
+    (["0.5", "1"], "reward '0.5' is not a number"),
+    ([True, False, False], "reward True is not a number"),
+    ([None, 1.0], "reward None is not a number"),
+    (np.array([True, False]), "rewards must be numbers, got an array of bool"),
+    ([1, 10 ** 400], "rewards must be finite numbers"),
+])
+def test_fit_refuses_what_bin_of_refuses(rewards, message):
+    """A string, a boolean or None is no reward for bin_of; fit took them as 0.5, 1 or NaN."""
+    with pytest.raises(SchemeError, match=re.escape(message)):
+        ControlScheme.fit(rewards, num_bins=2)
+
+
+def test_numpy_integers_and_sequences_of_edges_are_taken_and_num_bins_is_checked_before_fitting():
+    assert ControlScheme.fit([1, 2, 3], num_bins=np.int64(3)).num_bins == 3
+    assert ControlScheme(num_bins=np.int64(3), edges=(0.1, 0.2)).edges == [0.1, 0.2]
+    assert ControlScheme(num_bins=3, edges=np.array([0.1, 0.2])).edges == [0.1, 0.2]
+    assert ControlScheme.fit(np.array([1, 2, 3]), num_bins=2).edges == [2.0]
+    with pytest.raises(SchemeError, match="num_bins must be an integer between 1 and 1024, got 2000000"):
+        ControlScheme.fit(np.arange(10), num_bins=2_000_000, binning="uniform")  # no edges computed first
+
+
+def test_add_to_tokenizer_counts_only_tokens_new_to_the_vocabulary(wtok):
+    before = len(wtok)
+    wtok.add_tokens(["<|rtg:0|>", "<|rlhf:on|>"])  # two of a 3-bin scheme's tokens, as ordinary added tokens
+    assert ControlScheme(num_bins=3).add_to_tokenizer(wtok) == 3
+    assert len(wtok) == before + 5 and ControlScheme(num_bins=3).add_to_tokenizer(wtok) == 0
