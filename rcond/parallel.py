@@ -57,11 +57,11 @@ def usable_cores() -> int:
 
 
 def too_many_processes(flag: str, n: int) -> str | None:
-    """Why ``n`` worker processes asked for by ``flag`` are too many (more than 4 per core, at least 8
-    allowed), or None; the caller raises its own error, with its own reason."""
+    """Why ``n`` worker processes asked for by ``flag`` are too many (more than 4 per core, and more
+    than 8 however few the cores), or None; the caller raises its own error, with its own reason."""
     cores = usable_cores()
     if n > max(8, 4 * cores):
-        return f"{flag} {n} is more than 4 per core ({cores} cores here, at least 8 allowed)"
+        return f"{flag} {n} is more than 4 per core ({cores} cores here: at most {max(8, 4 * cores)})"
     return None
 
 

@@ -67,7 +67,9 @@ def _number(v: object, finite: bool) -> tuple[float, str | None]:
     try:
         x = float(v)
     except OverflowError:
-        return math.nan, f"is an integer too large for a float: {v!r:.40}"
+        bits = getattr(v, "bit_length", None)
+        return math.nan, ("is an integer too large for a float" + (f" ({bits():,} bits)" if bits else "")
+                          + f": {str(v)[:20]}...")
     except (TypeError, ValueError):
         return math.nan, f"is not a number: {v!r} ({type(v).__name__})"
     if finite and not math.isfinite(x):
@@ -117,7 +119,7 @@ class Scorer:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(
-                    f"scorer {self.name!r}: text {offset + i} is a {type(t).__name__}, expected str"
+                    f"scorer {self.name!r}: text {offset + i} is {_a(type(t).__name__)}, expected str"
                 )
         if not texts:
             return []
@@ -257,8 +259,13 @@ def _load_function(spec: str) -> Callable[[list[str]], Sequence[float]]:
         except AttributeError as e:
             raise ScorerError(f"scorer {spec!r}: {module!r} has no attribute {attr!r}") from e
     if not callable(obj):
-        raise ScorerError(f"scorer {spec!r}: {attr!r} is a {type(obj).__name__}, not a function")
+        raise ScorerError(f"scorer {spec!r}: {attr!r} is {_a(type(obj).__name__)}, not a function")
     return obj
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: 'an int', 'a list'."""
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
 
 
 def get_scorer(spec: str) -> Scorer:
@@ -269,10 +276,10 @@ def get_scorer(spec: str) -> Scorer:
     if spec == "vader":
         _vader_analyzer()
         return Scorer("vader", vader_compound)
+    if spec.startswith("rm:"):  # DESIGN's name for a reward model, before any module named rm is tried
+        raise ScorerError(f"scorer {spec!r}: a reward model as a scorer (rm:DIR in DESIGN.md) is not part of rcond "
+                          f"yet; wrap the model in a module:function scorer for now")
     module, sep, attr = spec.rpartition(":")
     if sep and module and attr and all(p.isidentifier() for p in attr.split(".")):
         return Scorer(spec, _load_function(spec))
-    if spec.startswith("rm:"):
-        raise ScorerError(f"scorer {spec!r}: a reward model as a scorer (rm:DIR in DESIGN.md) is not part of rcond "
-                          f"yet; wrap the model in a module:function scorer for now")
     raise ScorerError(f"unknown scorer {spec!r}: expected {ACCEPTED}")

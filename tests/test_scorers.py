@@ -172,6 +172,9 @@ def test_a_reward_model_spec_says_it_is_not_part_of_rcond_yet(tmp_path, monkeypa
     with pytest.raises(ScorerError, match=r"scorer 'rm:models/my-rm': a reward model as a scorer \(rm:DIR in "
                                           r"DESIGN\.md\) is not part of rcond yet"):
         get_scorer("rm:models/my-rm")
+    with pytest.raises(ScorerError, match=r"scorer 'rm:x': a reward model as a scorer"):
+        get_scorer("rm:x")  # a name that would also read as module:function
+
 
 
 def test_a_scorer_that_empties_or_edits_its_list_is_judged_on_what_it_was_given(helpers):
@@ -200,7 +203,7 @@ def test_non_numeric_score_is_an_error(helpers, fn):
 
 def test_integer_beyond_float_range_is_an_error():
     with pytest.raises(ScorerError, match=r"^scorer 'huge': score for text 1 \('y'\) is an integer too large for a "
-                                          r"float: 1000000000"):
+                                          r"float \(1,329 bits\): 10000000000000000000\.\.\.$"):  # not cut to look small
         Scorer("huge", lambda texts: [1, 10**400])(["x", "y"])
 
 
@@ -217,7 +220,7 @@ def test_exception_in_function_is_reported_with_the_batch(helpers):
 
 
 def test_non_string_text_is_rejected():
-    with pytest.raises(TypeError, match="text 1 is a int"):
+    with pytest.raises(TypeError, match="text 1 is an int"):
         get_scorer("vader")(["fine", 3])
 
 
@@ -232,7 +235,7 @@ def test_unimportable_module_missing_attribute_and_non_callable(helpers, tmp_pat
         get_scorer("rcond_no_such_module:score")
     with pytest.raises(ScorerError, match="has no attribute 'missing'"):
         get_scorer(f"{helpers}:missing")
-    with pytest.raises(ScorerError, match="'NOT_A_FUNCTION' is a int, not a function"):
+    with pytest.raises(ScorerError, match="'NOT_A_FUNCTION' is an int, not a function"):
         get_scorer(f"{helpers}:NOT_A_FUNCTION")
     with pytest.raises(ScorerError, match="no such file"):
         get_scorer(f"{tmp_path / 'absent.py'}:score")
