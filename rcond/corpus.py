@@ -244,9 +244,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             spill.write(rows)
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
-        if reader.on_error == "skip":
-            reader.skips_to = tmp / SKIPPED_FILE
-        with Spill(tmp / "packed.bin", B) as spill, _skip_file_closed(reader):
+        skipped_file = tmp / SKIPPED_FILE if reader.on_error == "skip" else None
+        with Spill(tmp / "packed.bin", B) as spill, _skips_written_to(reader, skipped_file):
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
             for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
                                                            opts.workers):
@@ -312,9 +311,11 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
 
 
 @contextmanager
-def _skip_file_closed(reader: SourceReader) -> Iterator[None]:
-    """Within: pass 1, the reader writing skipped records to its ``skips_to``; after, that file is
-    closed and the reader writes none again (it is the caller's, and may read again elsewhere)."""
+def _skips_written_to(reader: SourceReader, path: Path | None) -> Iterator[None]:
+    """Within: pass 1, the reader writing every skipped record to ``path`` (its ``skips_to``; None:
+    to no file); after, that file is closed and the reader writes none again (it is the caller's,
+    and may read again elsewhere)."""
+    reader.skips_to = path
     try:
         yield
     finally:

@@ -173,12 +173,9 @@ class ControlScheme:
         """The checks of a stored scheme (:func:`check_scheme_fields`) that apply before fitting:
         edges may still be missing, and then so may counts. A numpy integer for ``num_bins`` and a
         tuple or numpy array of edges are taken as the int and the list they hold."""
-        if isinstance(self.num_bins, np.integer):
-            self.num_bins = int(self.num_bins)
+        self.num_bins = _checked_bins(self.num_bins)
         if isinstance(self.edges, (tuple, np.ndarray)):
-            self.edges = np.asarray(self.edges).tolist() if isinstance(self.edges, np.ndarray) else list(self.edges)
-        if not _is_count(self.num_bins) or not 1 <= self.num_bins <= MAX_BINS:
-            raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {self.num_bins!r}")
+            self.edges = self.edges.tolist() if isinstance(self.edges, np.ndarray) else list(self.edges)
         if self.edges:
             _check_edges(self.edges, self.num_bins)
             _check_binning(self.binning, self.edges)
@@ -193,10 +190,7 @@ class ControlScheme:
         kind, explicit = parse_binning(binning)
         if num_bins is None:
             num_bins = DEFAULT_BINS if explicit is None else len(explicit) + 1
-        if isinstance(num_bins, np.integer):
-            num_bins = int(num_bins)
-        if not _is_count(num_bins) or not 1 <= num_bins <= MAX_BINS:  # before the work of fitting
-            raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {num_bins!r}")
+        num_bins = _checked_bins(num_bins)  # before the work of fitting
         if kind == "edges":
             assert explicit is not None
             if num_bins != len(explicit) + 1:
@@ -396,6 +390,15 @@ def _check_edges(edges: object, num_bins: int) -> None:
         raise SchemeError(f"edges: expected finite numbers, got {_json(edges)}")
     if any(b < a for a, b in zip(edges, edges[1:])):
         raise SchemeError(f"edges: expected non-decreasing numbers, got {_json(edges)}")
+
+
+def _checked_bins(num_bins) -> int:
+    """``num_bins`` as an int in [1, MAX_BINS] (a numpy integer taken as the int it holds), else an error."""
+    if isinstance(num_bins, np.integer):
+        num_bins = int(num_bins)
+    if not _is_count(num_bins) or not 1 <= num_bins <= MAX_BINS:
+        raise SchemeError(f"num_bins must be an integer between 1 and {MAX_BINS}, got {num_bins!r}")
+    return num_bins
 
 
 def _reward_values(rewards) -> np.ndarray:
