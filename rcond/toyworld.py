@@ -84,6 +84,17 @@ def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+def _with_article(adj: str) -> str:
+    """``adj`` with ``a``/``an`` before it, for a slot before a noun ("gives {a_adj} performance").
+    A hedge that is itself an article phrase ("a bit", "a little") becomes "a bit of a ...": "a bit
+    of an awkward performance", not "an a bit awkward performance"."""
+    for hedge, of in (("a bit ", "a bit of"), ("a little ", "a little bit of")):
+        if adj.startswith(hedge):
+            rest = adj[len(hedge):]
+            return f"{of} {_article(rest)} {rest}"
+    return f"{_article(adj)} {adj}"
+
+
 _A_BEFORE_A_VOWEL_SOUND = re.compile(  # an apple, an 8-hour, an 11-inch; a useless, a one-off
     r"\b([Aa]) (?=(?![Uu]s[eiu]|[Oo]ne\b|[Aa]\b)[AEIOUaeiou]|8|1[18](?:\b|\d\d\b))")
 
@@ -445,7 +456,7 @@ class _ReviewWriter(_Writer):
             adj = self.adjective(t)
             template = self.rng.choice(templates["actor"])
             actor, role = (f["actor"], f["role"]) if self.rng.random() < 0.7 else (f["actor2"], f["role2"])
-            sentence = template.format(actor=actor, role=role, adjp=adj, a_adj=_article(adj) + " " + adj)
+            sentence = template.format(actor=actor, role=role, adjp=adj, a_adj=_with_article(adj))
         else:
             t = self.tier(self._aspect_v(self.e.quality))
             sentence = self.rng.choice(templates["director"]).format(director=f["director"], adjp=self.adjp(t))
