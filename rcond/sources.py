@@ -691,6 +691,11 @@ def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first
     i = first - 1
     try:
         for batch in open_batches():
+            names = batch.schema.names
+            if len(set(names)) < len(names):  # a row read out as a dict would keep the last of them
+                twice = next(n for n in names if names.count(n) > 1)
+                raise SourceError(f"{file}: column {twice!r} appears {names.count(twice)} times; expected each "
+                                  f"column name once (rows are read by column name); rename or drop the others")
             for start in range(0, batch.num_rows, size):
                 piece = batch.slice(start, size)
                 yield where, i + 1, piece
@@ -1116,6 +1121,14 @@ def score_targets(record: Record) -> list[str]:
     return [p.text for p in record.parts if p.trainable]
 
 
+def _scored_text_at(record: Record, k: int) -> str:
+    """Where the ``k``-th of a record's :func:`score_targets` is: the record, or for a dialog the
+    record and its turn (numbered from 1, as :func:`set_dialog_rtg` numbers them)."""
+    if _single_response(record):
+        return record.origin
+    return f"{record.origin} turn {[j for j, p in enumerate(record.parts, start=1) if p.trainable][k]}"
+
+
 def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
     if _single_response(record):
         record.parts[0].rtg, record.parts[0].fixed_bin = float(scores[0]), None
@@ -1375,10 +1388,11 @@ class SourceReader:
         for rec, ts in zip(batch, targets):
             chunk = scores[i:i + len(ts)]
             i += len(ts)
-            bad = [s for s in chunk if not math.isfinite(s)]
+            bad = [k for k, s in enumerate(chunk) if not math.isfinite(s)]
             try:
                 if bad:
-                    raise SourceError(f"{rec.origin}: scorer returned a non-finite reward {bad[0]!r}")
+                    raise SourceError(f"{_scored_text_at(rec, bad[0])}: scorer returned a non-finite reward "
+                                      f"{chunk[bad[0]]!r}")
                 apply_scores(rec, chunk, self.gamma)
             except SourceError as e:
                 if self.on_error == "fail":

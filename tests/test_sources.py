@@ -265,6 +265,14 @@ def test_non_finite_score_from_scorer(tmp_path):
              scorer=lambda ts: [1.0 if t == "a" else float("nan") for t in ts])
 
 
+def test_non_finite_score_of_a_dialog_turn_names_the_turn(tmp_path):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "fine"},
+             {"role": "user", "content": "and?"}, {"role": "assistant", "content": "bad"}]
+    with pytest.raises(SourceError, match="in.jsonl:1 turn 4: scorer returned a non-finite reward inf"):
+        read(tmp_path, "dialog", [{"turns": turns}],
+             scorer=lambda ts: [float("inf") if t == "bad" else 0.5 for t in ts])
+
+
 def test_skip_reports_count_and_which(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}, "{oops", {"response": "b"},
                                                {"response": "c", "reward": 2}])
@@ -441,6 +449,26 @@ def test_parquet_and_arrow_files_read_as_their_jsonl_would_be(tmp_path, monkeypa
     (tmp_path / "not.parquet").write_text('{"text": "x"}\n')
     with pytest.raises(SourceError, match=r"not\.parquet: could not be read as Parquet \(ArrowInvalid: "):
         list(SourceReader([str(tmp_path / "not.parquet")], "text"))
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "arrow"])
+def test_a_column_name_given_twice_is_refused(tmp_path, suffix):
+    """Read out row by row, a row keeps the last of two same-named columns: a second 'reward' column
+    would replace the first silently."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_arrays([pa.array(["good", "bad"]), pa.array([1.0, 2.0]), pa.array([-1.0, -2.0])],
+                                 names=["response", "reward", "reward"])
+    path = tmp_path / f"d.{suffix}"
+    (pq.write_table if suffix == "parquet" else feather.write_feather)(table, path)
+    for on_error in ("fail", "skip"):
+        with pytest.raises(SourceError, match=re.escape(f"{path}: column 'reward' appears 2 times; expected each "
+                                                        f"column name once")):
+            list(SourceReader([str(path)], "scored", on_error=on_error))
+        with pytest.raises(SourceError, match="column 'reward' appears 2 times"):
+            list(SourceReader([str(path)], "scored", on_error=on_error).batches(100))
 
 
 def _same(records) -> list:
