@@ -23,7 +23,9 @@ anything that path treats specially:
 - a ``pairs`` dialogue without a ``"\\n\\nAssistant:"`` turn; a ``scored`` row with neither a
   response nor a text.
 
-The caller then decodes that chunk line by line, which raises or skips with the exact line.
+The caller then decodes that chunk line by line, which raises or skips with the exact line. A
+chunk declined for what its scorer returned is scored again on that path, so a slow scorer pays
+twice for such a chunk (and only for it): the price of naming the records exactly.
 ``dialog`` records (nested turns) always take the line-by-line path.
 
 A batch of rows from a Parquet or Arrow file (:func:`parse_table`) is already a table: it is cast
