@@ -33,6 +33,7 @@ PACKED_COLUMNS = tuple(PACKED_DTYPES)
 LAYOUT_COLUMNS = ("pieces", "lengths")  # int32: pieces in each row [R], each piece's length, row after row [M]
 KEY_BITS = 40  # the packer's open rows are ints: free slots << KEY_BITS | row key (keys below 2**40)
 KEY_MASK = (1 << KEY_BITS) - 1
+COMPACT_TOKENS = 1 << 18  # a pool of more tokens keeps only those of its pieces left waiting in open rows
 
 
 class CorpusError(ValueError):
@@ -114,7 +115,8 @@ class BestFitPacker:
     table of ``table_rows`` rows that is reused: each time it is full it goes to ``emit`` as
     ``{column: [table_rows * B] array}`` for ``PACKED_COLUMNS`` and the layout's ``pieces`` [R]
     and ``lengths`` [M] (the last table, from :meth:`flush`, may be shorter). ``emit`` must be
-    done with the arrays when it returns.
+    done with the arrays when it returns. A pool is held until its last piece is written; a large
+    one keeps only the tokens of its pieces still waiting in open rows (:meth:`_compact`).
     """
 
     def __init__(self, block_size: int, pad_id: int, open_rows: int, table_rows: int,
@@ -161,6 +163,24 @@ class BestFitPacker:
                 done.append(rows.pop(free.pop(0) & KEY_MASK))
         self.next_piece = g
         self._place(done)
+        if pid in self.pools and len(pool.ids) > COMPACT_TOKENS:
+            self._compact(pid)
+
+    def _compact(self, pid: int) -> None:
+        """Pool ``pid`` (the one just added) -> a copy holding only the tokens of its pieces that
+        wait in open rows, where those are less than half of it. Without this, each of up to
+        ``open_rows`` rows could hold a whole batch's pool for one short piece (the end of a long
+        document): memory ``open_rows`` times a batch's tokens."""
+        pool, first = self.pools[pid], self.first[pid]
+        waiting = np.array(sorted(g - first for row in self.rows.values() for g in row if g >= first),
+                           dtype=np.int64)                                                 # [w] pieces within the pool
+        n = pool.length[waiting]                                                          # [w]
+        if 2 * int(n.sum()) > len(pool.ids):
+            return
+        src = np.repeat(pool.start[waiting], n) + index_within_runs(n)                    # [s] their tokens
+        start = np.zeros_like(pool.start)                                                 # [Q]; pieces written: unused
+        start[waiting] = np.cumsum(n) - n
+        self.pools[pid] = Pool(pool.ids[src], pool.lw[src], pool.marker[src], start, pool.length, pool.on)
 
     def flush(self) -> None:
         """Every open row leaves, in the order they were opened; the table goes out as it is."""

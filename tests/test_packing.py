@@ -27,11 +27,17 @@ def reference_best_fit(lengths, block_size, open_rows):
     return out
 
 
-def test_packer_matches_reference_across_pools():
+@pytest.mark.parametrize("compact", [False, True])
+def test_packer_matches_reference_across_pools(compact, monkeypatch):
     """Pieces of many pools, few open rows (so rows hold pieces of older pools), after an empty
-    pool: every row equals the one built by hand from the reference placement."""
+    pool: every row equals the one built by hand from the reference placement; the same when
+    every pool is compacted to its waiting pieces."""
+    from rcond import packing
     from rcond.conditioning import _next_weights
     from rcond.packing import BestFitPacker, Pool
+
+    if compact:
+        monkeypatch.setattr(packing, "COMPACT_TOKENS", 0)
 
     rng = np.random.default_rng(0)
     B, pools, lengths = 16, [], []
@@ -74,6 +80,35 @@ def test_packer_matches_reference_across_pools():
         np.testing.assert_array_equal(got["loss_weight"][r], np.array(lw + [0.0] * pad, np.float32))
         assert got["marker"][r].tolist() == markers + [-1] * pad
     assert not packer.pools and not packer.first  # every pool released once its pieces are written
+
+
+def test_a_large_pool_keeps_only_the_tokens_of_its_waiting_pieces(monkeypatch):
+    """A pool of three full rows and a piece of 3 tokens: the rows are written at once, and the
+    packer holds the 3 tokens only (not the pool's 51); the piece is written from them when its
+    row fills."""
+    from rcond import packing
+    from rcond.packing import BestFitPacker, Pool
+
+    monkeypatch.setattr(packing, "COMPACT_TOKENS", 8)
+    B, emitted = 16, []
+    packer = BestFitPacker(B, pad_id=0, open_rows=4, table_rows=8,
+                           emit=lambda t: emitted.append({k: v.copy() for k, v in t.items()}))
+    n = np.array([16, 16, 16, 3])
+    start = np.array([0, 16, 32, 48])
+    big = Pool(np.arange(1, 52, dtype=np.int32), np.ones(51, np.float32), np.full(51, 7, np.int32), start, n,
+               np.ones(1, bool))
+    packer.add(big)
+    [held] = packer.pools.values()
+    assert held.ids.tolist() == [49, 50, 51] and held.marker.tolist() == [7, 7, 7] and len(held.lw) == 3
+    assert packer.filled == 3  # the full rows are in the table already
+    small = Pool(np.arange(100, 113, dtype=np.int32), np.ones(13, np.float32), np.full(13, 2, np.int32),
+                 np.array([0]), np.array([13]), np.ones(1, bool))
+    packer.add(small)
+    packer.flush()
+    rows = emitted[0]["input_ids"].reshape(-1, B)
+    assert rows[3].tolist() == [49, 50, 51] + list(range(100, 113))
+    assert emitted[0]["marker"].reshape(-1, B)[3].tolist() == [7] * 3 + [2] * 13
+    assert not packer.pools
 
 
 def test_positions_and_segments_from_a_layout_by_hand():
