@@ -76,6 +76,7 @@ UNCOMPRESSED = {".parquet": "a compressed Parquet file is not read (Parquet comp
                 ".arrow": "a compressed Arrow file is not read (it is memory-mapped as it is)"}
 ARROW_BATCH = 1000  # rows of a Parquet, .arrow or saved dataset turned into Python values at a time
 JSONL_CHUNK = 1000  # lines read, parsed and validated together
+BATCH_BYTES = 4 << 20  # input read into one batch at most, about (at least one row): long documents come fewer a batch
 MAX_LINE_BYTES = 32 << 20  # a longer JSON Lines line is not a record (a JSON array, a binary file): refused unread
 
 
@@ -333,8 +334,11 @@ def _unreadable(path: Path) -> Iterator[None]:
                           f"{path.suffix or 'plain'} file") from None
 
 
-def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[bytes]]]:
-    """``(number of the chunk's first line, its raw lines)`` for a JSON Lines file, in order.
+def jsonl_chunks(path: Path, lines_per_chunk: int, max_bytes: int = BATCH_BYTES) -> Iterator[tuple[int, list[bytes]]]:
+    """``(number of the chunk's first line, its raw lines)`` for a JSON Lines file, in order: up to
+    ``lines_per_chunk`` lines, fewer where they pass ``max_bytes``, so that a chunk of long
+    documents holds a bounded amount of text. About: lines are read in steps that at most double
+    the chunk and take no more lines of the chunk's mean length so far than still fit.
 
     Lines are split on ``\\n`` only (a U+2028 inside a string is not a line break); a UTF-8
     byte-order mark at the start of the file is dropped. A line longer than ``MAX_LINE_BYTES``
@@ -345,7 +349,15 @@ def jsonl_chunks(path: Path, lines_per_chunk: int) -> Iterator[tuple[int, list[b
         first = 1
         read_line = iter(functools.partial(f.readline, MAX_LINE_BYTES + 1), b"")
         while True:
-            lines = list(itertools.islice(read_line, lines_per_chunk))
+            lines = list(itertools.islice(read_line, 1))
+            size = sum(map(len, lines))
+            while 0 < len(lines) < lines_per_chunk and size < max_bytes:
+                fit = (max_bytes - size) * len(lines) // size  # lines of the mean length so far that still fit
+                more = list(itertools.islice(read_line, max(1, min(lines_per_chunk - len(lines), len(lines), fit))))
+                if not more:
+                    break
+                lines += more
+                size += sum(map(len, more))
             if not lines:
                 return
             if max(map(len, lines)) > MAX_LINE_BYTES:
@@ -469,15 +481,19 @@ def _refuse_compressed_columnar(path: Path) -> None:
         raise SourceError(f"{path}: {UNCOMPRESSED[suffix]}; decompress it first, e.g. with gunzip / unxz / unzstd")
 
 
-def _parquet_batches(path: Path, size: int) -> Iterator:
-    """Record batches of a Parquet file, ``size`` rows at most, read by pyarrow. Not through
+def _parquet_batches(path: Path, size: int, max_bytes: int = BATCH_BYTES) -> Iterator:
+    """Record batches of a Parquet file, ``size`` rows at most, fewer where the file's mean row
+    (uncompressed, by its metadata) says they would pass ``max_bytes``, read by pyarrow. Not through
     ``datasets``: its streaming reader spends ~90 us per row (``benchmarks/readers.py``)."""
     import pyarrow.parquet as pq
 
     if path.stat().st_size == 0:
         return iter(())  # nothing to read, as for an empty file of any other format
     try:
-        return pq.ParquetFile(path).iter_batches(batch_size=size)
+        f = pq.ParquetFile(path)
+        meta = f.metadata
+        data = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        return f.iter_batches(batch_size=max(1, min(size, max_bytes * meta.num_rows // max(1, data))))
     except Exception as e:  # not Parquet, a broken footer: Arrow's message names the cause, not the file
         raise SourceError(f"{path}: could not be read as Parquet ({type(e).__name__}: {e})") from None
 
@@ -636,21 +652,24 @@ def _saved_rows(folder: Path, split: str | None) -> tuple[Path, str | None]:
     return folder, None
 
 
-def arrow_batches(spec: str, size: int = ARROW_BATCH) -> "Iterator[tuple[str, int, object]] | None":
+def arrow_batches(spec: str, size: int = ARROW_BATCH, max_bytes: int = BATCH_BYTES
+                  ) -> "Iterator[tuple[str, int, object]] | None":
     """For an input held in Arrow (a Parquet file, an ``.arrow`` file, a dataset saved by
     ``save_to_disk``): ``(where, number of its first row, pyarrow RecordBatch of at most size
-    rows)`` for each batch, rows numbered from 1 (across the shards of a saved dataset; its rows
-    are named ``DIR:row N``, or ``DIR:SPLIT:row N`` for a split of a DatasetDict). None for any
-    other input. Arrow files are memory-mapped; nothing is copied or held beyond a batch."""
+    rows, fewer where their mean size passes max_bytes)`` for each batch, rows numbered from 1
+    (across the shards of a saved dataset; its rows are named ``DIR:row N``, or ``DIR:SPLIT:row N``
+    for a split of a DatasetDict). None for any other input. Arrow files are memory-mapped;
+    nothing is copied or held beyond a batch."""
     saved = saved_dataset(spec)
     if saved is not None:
-        return _saved_batches(*saved, spec, size)
+        return _saved_batches(*saved, spec, size, max_bytes)
     path = Path(spec).expanduser()
     kind = ROW_SUFFIXES.get(data_suffix(path))
     if kind not in ("parquet", "arrow") or not path.is_file() or path.suffix.lower() != data_suffix(path):
         return None  # a compressed one is refused by the caller
-    opened = (lambda: _parquet_batches(path, size)) if kind == "parquet" else (lambda: _arrow_file_batches(path))
-    return _numbered(opened, str(path), str(path), 1, size)
+    if kind == "parquet":
+        return _numbered(lambda: _parquet_batches(path, size, max_bytes), str(path), str(path), 1, size, max_bytes)
+    return _numbered(lambda: _arrow_file_batches(path), str(path), str(path), 1, size, max_bytes)
 
 
 def arrow_rows(where: str, first: int, batch, on_bad_line: Callable[[str], None] | None = None
@@ -683,9 +702,11 @@ def arrow_rows(where: str, first: int, batch, on_bad_line: Callable[[str], None]
             yield origin, row
 
 
-def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first: int, size: int) -> Iterator:
+def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first: int, size: int,
+             max_bytes: int = BATCH_BYTES) -> Iterator:
     """``(where, first row number, batch)`` for the batches ``open_batches()`` gives, each cut to
-    ``size`` rows; an error while reading them is a SourceError naming ``file``."""
+    ``size`` rows, or fewer where their mean size passes ``max_bytes``; an error while reading them
+    is a SourceError naming ``file``."""
     import pyarrow as pa
 
     i = first - 1
@@ -696,8 +717,9 @@ def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first
                 twice = next(n for n in names if names.count(n) > 1)
                 raise SourceError(f"{file}: column {twice!r} appears {names.count(twice)} times; expected each "
                                   f"column name once (rows are read by column name); rename or drop the others")
-            for start in range(0, batch.num_rows, size):
-                piece = batch.slice(start, size)
+            rows = max(1, min(size, max_bytes * batch.num_rows // max(1, batch.nbytes)))
+            for start in range(0, batch.num_rows, rows):
+                piece = batch.slice(start, rows)
                 yield where, i + 1, piece
                 i += piece.num_rows
     except SourceError:
@@ -706,7 +728,7 @@ def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first
         raise SourceError(f"{file}: reading failed after row {i - first + 1} ({type(e).__name__}: {e})") from None
 
 
-def _saved_batches(folder: Path, split: str | None, spec: str, size: int) -> Iterator:
+def _saved_batches(folder: Path, split: str | None, spec: str, size: int, max_bytes: int) -> Iterator:
     """The batches of a dataset saved by ``save_to_disk`` (:func:`saved_dataset`): those of the
     Arrow shards its ``state.json`` lists, in order (:func:`_arrow_file_batches`). Read so rather
     than with ``datasets.load_from_disk``, which restores the format the dataset was saved with
@@ -731,7 +753,8 @@ def _saved_batches(folder: Path, split: str | None, spec: str, size: int) -> Ite
     for shard in shards:
         if not shard.is_file():
             raise SourceError(f"{shard}: missing; {state} lists it as a shard of the saved dataset")
-        for entry in _numbered(lambda shard=shard: _arrow_file_batches(shard), where, str(shard), rows + 1, size):
+        for entry in _numbered(lambda shard=shard: _arrow_file_batches(shard), where, str(shard), rows + 1, size,
+                               max_bytes):
             rows += entry[2].num_rows
             yield entry
 
@@ -1312,10 +1335,15 @@ class SourceReader:
         path = Path(spec).expanduser()
         return path.is_file() and ROW_SUFFIXES.get(data_suffix(path)) == "jsonl"
 
-    def batches(self, size: int = JSONL_CHUNK, *, score: bool = True) -> Iterator[PartBatch]:
+    def batches(self, size: int = JSONL_CHUNK, *, score: bool = True, max_bytes: int | None = None
+                ) -> Iterator[PartBatch]:
         """Records in input order as PartBatches of up to ``size`` records (a pairs row gives
-        two). Iterating again re-reads the inputs and resets the skip log. ``score=False`` skips
-        the scorer (rewards are then placeholders): for reading texts only.
+        two), fewer where they hold more than about ``max_bytes`` of input (of text, where records
+        are read one by one): long documents come fewer to a batch, so that what a batch holds, and
+        its encodings, stay bounded however long the documents are (None: ``BATCH_BYTES``,
+        4 MiB). Iterating again re-reads the
+        inputs and resets the skip log. ``score=False`` skips the scorer (rewards are then
+        placeholders): for reading texts only.
 
         JSON Lines chunks and batches of Arrow rows (Parquet, ``.arrow``, saved datasets) are read
         column-wise (:mod:`rcond.columnar`) where they can be, else row by row; other inputs row
@@ -1326,15 +1354,16 @@ class SourceReader:
 
         self._reset_logs()
         scorer = self._scorer(score)
+        max_bytes = BATCH_BYTES if max_bytes is None else max_bytes
         read = dict(needs_reward=self.scorer is None, scorer=scorer, score_batch=self.score_batch)
         for spec in self.inputs:
             if self._is_jsonl(spec):
                 path = Path(spec).expanduser()
-                for first, lines in jsonl_chunks(path, size):
+                for first, lines in jsonl_chunks(path, size, max_bytes):
                     yield from self._nonempty(parse_chunk(lines, self.format, self.fields, **read), scorer,
                                               lambda: decode_lines(path, first, lines, self._bad_line()))
                 continue
-            arrow = arrow_batches(spec, size)
+            arrow = arrow_batches(spec, size, max_bytes)
             if arrow is not None:
                 for where, first, rows in arrow:
                     yield from self._nonempty(
@@ -1342,11 +1371,13 @@ class SourceReader:
                         lambda: arrow_rows(where, first, rows, self._bad_line()))
                 continue
             recs: list[Record] = []
+            chars = 0
             for rec in self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer):
                 recs.append(rec)
-                if len(recs) >= size:
+                chars += sum(len(p.text) for p in rec.parts)
+                if len(recs) >= size or chars >= max_bytes:
                     yield PartBatch.from_records(recs)
-                    recs = []
+                    recs, chars = [], 0
             if recs:
                 yield PartBatch.from_records(recs)
 

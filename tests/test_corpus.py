@@ -551,6 +551,34 @@ def test_rows_do_not_depend_on_how_many_go_to_the_file_at_a_time(tmp_path, monke
         np.testing.assert_array_equal(whole[k], split[k])
 
 
+@pytest.mark.parametrize("fmt", ["scored", "dialog"])
+def test_rows_do_not_depend_on_how_many_bytes_a_batch_holds_or_on_compacted_pools(tmp_path, monkeypatch, fmt):
+    """Batches cut at ~200 bytes of input instead of 1,000 records, and every pool compacted to its
+    pieces waiting in open rows: the same rows, bins and summary (long documents split over rows,
+    seeded unconditional draws, markers numbered across batches)."""
+    import rcond.packing
+    import rcond.sources
+
+    def doc(i):
+        words = " ".join(["w"] * (i * 7 % 40 + 1))
+        if fmt == "scored":
+            return {"prompt": f"p {i}", "response": words, "reward": i % 5}
+        return {"turns": [{"role": "user", "content": f"p {i}"}, {"role": "assistant", "content": words, "reward": i % 3},
+                          {"role": "user", "content": "w w"}, {"role": "assistant", "content": "w", "reward": 1}]}
+
+    docs = [doc(i) for i in range(60)]
+    whole, scheme, summary = make(tmp_path, fmt, docs, name="whole", uncond=0.3, binning="quantile", num_bins=3)
+    monkeypatch.setattr(rcond.sources, "BATCH_BYTES", 200)
+    monkeypatch.setattr(rcond.packing, "COMPACT_TOKENS", 0)
+    cut, scheme2, summary2 = make(tmp_path, fmt, docs, name="cut", uncond=0.3, binning="quantile", num_bins=3)
+    assert len(whole["input_ids"]) > 5 and summary.pieces > summary.documents  # documents were split
+    assert len(list(SourceReader([str(tmp_path / "cut.jsonl")], fmt).batches(1000))) >= 15
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], cut[k])
+    assert scheme.edges == scheme2.edges and scheme.counts == scheme2.counts
+    assert (summary.records, summary.tokens, summary.pieces) == (summary2.records, summary2.tokens, summary2.pieces)
+
+
 def test_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}, "{bad"])

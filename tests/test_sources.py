@@ -1,6 +1,7 @@
 """Readers (rcond.sources): canonical records from every format and file type, reward-to-go by
 hand, and each kind of bad input named by file, line and field."""
 
+import json
 import os
 import re
 
@@ -987,3 +988,45 @@ def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(no_dns, monkeypatch):
                                           r"a dataset, cannot be reached \(huggingface.co does not resolve: Name or "
                                           r"service not known\); check the path, or the network"):
         list(SourceReader(["someone/data"], "text"))
+
+
+def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
+    """Lines of 100 bytes, 1,000 bytes a chunk at most: chunks of 10 lines, numbered, every line
+    once. Reads take 1, 1, 2, 4 lines, then as many as still fit at the mean length (2), so the
+    chunk that meets a 5,000-byte line (line 96) holds 8 lines (its fourth step read it), and
+    the 10-line chunk after it and the last 8 lines follow. lines_per_chunk still caps."""
+    from rcond.sources import jsonl_chunks
+
+    short = [b'{"text": "' + bytes([97 + i % 26]) * 87 + b'"}\n' for i in range(115)]
+    lines = short[:95] + [b'{"text": "' + b"y" * 4987 + b'"}\n'] + short[95:115]
+    assert {len(line) for line in lines} == {100, 5000}
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(lines))
+    chunks = list(jsonl_chunks(path, 1000, max_bytes=1000))
+    assert [c for _, chunk in chunks for c in chunk] == lines
+    assert [first for first, _ in chunks] == [1 + sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))]
+    assert [len(c) for _, c in chunks] == [10] * 9 + [8, 10, 8]
+    assert lines[95] in chunks[9][1]
+    assert [len(c) for _, c in jsonl_chunks(path, 4, max_bytes=1 << 20)][:3] == [4, 4, 4]
+
+
+def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
+    """Long records come fewer to a batch, on every reading path (JSON Lines column-wise, Parquet,
+    .arrow, records one by one), and the records are those of one big batch, in order."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    rows = [{"response": f"{i} " + "word " * 200, "reward": float(i)} for i in range(60)]  # ~1 kB each
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    feather.write_feather(pa.Table.from_pylist(rows), tmp_path / "a.arrow")
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    for name in ("a.jsonl", "a.parquet", "a.arrow", "a.json"):
+        reader = SourceReader([str(tmp_path / name)], "scored")
+        whole = list(reader.batches(1000, max_bytes=1 << 30))
+        cut = list(reader.batches(1000, max_bytes=10_000))
+        assert len(whole) == 1, name
+        assert 5 <= len(cut) <= 15 and all(b.records <= 12 for b in cut), (name, [b.records for b in cut])
+        assert [t for b in cut for t in b.texts] == whole[0].texts, name
+        assert [x for b in cut for x in b.rtg.tolist()][0::2] == whole[0].rtg.tolist()[0::2], name
