@@ -137,11 +137,13 @@ def sent_share(path: str, tokenizer_dir: str) -> float:
     return encoder.chars / total
 
 
-def run_child(*args: str) -> dict:
-    code = ("import json, resource, sys; sys.path.insert(0, %r); import preprocess as b; "
+def run_child(*args: str, module: str = "preprocess") -> dict:
+    """``module.<args[0]>(*args[1:])`` (a benchmark module in this folder) in a fresh process: its
+    result, with the process's peak RSS added."""
+    code = ("import json, resource, sys; sys.path.insert(0, %r); import %s as b; "
             "r = getattr(b, sys.argv[1])(*sys.argv[2:]); "
             "r['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(r))"
-            % str(Path(__file__).parent))
+            % (str(Path(__file__).parent), module))
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
