@@ -347,7 +347,7 @@ def jsonl_chunks(path: Path, lines_per_chunk: int, max_bytes: int = BATCH_BYTES)
     """
     with _open_compressed(path) as f, _unreadable(path):
         first = 1
-        read_line = iter(functools.partial(f.readline, MAX_LINE_BYTES + 1), b"")
+        read_line = _lines_up_to_an_overlong_one(f, MAX_LINE_BYTES)
         while True:
             lines = list(itertools.islice(read_line, 1))
             size = sum(map(len, lines))
@@ -369,6 +369,16 @@ def jsonl_chunks(path: Path, lines_per_chunk: int, max_bytes: int = BATCH_BYTES)
                 lines[0] = lines[0][3:]
             yield first, lines
             first += len(lines)
+
+
+def _lines_up_to_an_overlong_one(f: BinaryIO, limit: int) -> Iterator[bytes]:
+    """The lines of ``f``, each up to ``limit`` bytes and its line break; a longer one is given cut
+    at ``limit + 1`` bytes, and nothing is read after it (neither the rest of it nor any later
+    line), however many lines the caller asks for at once."""
+    for line in iter(functools.partial(f.readline, limit + 1), b""):
+        yield line
+        if len(line) > limit:
+            return
 
 
 def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Iterator[tuple[str, dict]]:

@@ -141,6 +141,42 @@ def test_a_line_over_the_limit_is_refused_before_it_is_read_whole(tmp_path, monk
                 read_all(SourceReader([str(big)], "text", on_error=on_error))
 
 
+def test_nothing_is_read_past_the_start_of_an_overlong_line(tmp_path, monkeypatch):
+    """After 40 short lines, a line of 5 MiB (the limit 1 MiB) and more lines: the error names line
+    41, and the file is read no further than the limit's worth of that line, though the reader
+    asks for many lines at once."""
+    import rcond.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1 << 20)
+    path = tmp_path / "big.jsonl"
+    short = b'{"text": "b"}\n'
+    path.write_bytes(short * 40 + b'{"text": "' + b"a" * (5 << 20) + b'"}\n' + short * 40)
+    read = []
+    opened = sources._open_compressed
+
+    class Counted:
+        def __init__(self, f):
+            self.f = f
+
+        def readline(self, limit=-1):
+            line = self.f.readline(limit)
+            read.append(len(line))
+            return line
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(sources, "_open_compressed", lambda p: Counted(opened(p)))
+    for read_all in (list, lambda r: list(r.batches())):
+        read.clear()
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}:41: a line longer than 1 MiB"):
+            read_all(SourceReader([str(path)], "text"))
+        assert sum(read) == 40 * len(short) + (1 << 20) + 1
+
+
 def test_missing_field_names_field_and_present(tmp_path):
     with pytest.raises(SourceError, match=r"in.jsonl:1: missing field 'reward'; fields present: \['prompt', 'response'\]"):
         read(tmp_path, "scored", [{"prompt": "p", "response": "r"}])
