@@ -1348,12 +1348,11 @@ class SourceReader:
     def batches(self, size: int = JSONL_CHUNK, *, score: bool = True, max_bytes: int | None = None
                 ) -> Iterator[PartBatch]:
         """Records in input order as PartBatches of up to ``size`` records (a pairs row gives
-        two), fewer where they hold more than about ``max_bytes`` of input (of text, where records
-        are read one by one): long documents come fewer to a batch, so that what a batch holds, and
-        its encodings, stay bounded however long the documents are (None: ``BATCH_BYTES``,
-        4 MiB). Iterating again re-reads the
-        inputs and resets the skip log. ``score=False`` skips the scorer (rewards are then
-        placeholders): for reading texts only.
+        two), fewer where they hold more than about ``max_bytes`` of input (None: ``BATCH_BYTES``,
+        4 MiB; of text, where records are read one by one): long documents come fewer to a batch,
+        so that what a batch holds, and its encodings, stay bounded however long the documents
+        are. Iterating again re-reads the inputs and resets the skip log. ``score=False`` skips
+        the scorer (rewards are then placeholders): for reading texts only.
 
         JSON Lines chunks and batches of Arrow rows (Parquet, ``.arrow``, saved datasets) are read
         column-wise (:mod:`rcond.columnar`) where they can be, else row by row; other inputs row
