@@ -336,49 +336,37 @@ def _unreadable(path: Path) -> Iterator[None]:
 
 def jsonl_chunks(path: Path, lines_per_chunk: int, max_bytes: int = BATCH_BYTES) -> Iterator[tuple[int, list[bytes]]]:
     """``(number of the chunk's first line, its raw lines)`` for a JSON Lines file, in order: up to
-    ``lines_per_chunk`` lines, fewer where they pass ``max_bytes``, so that a chunk of long
-    documents holds a bounded amount of text. About: lines are read in steps that at most double
-    the chunk and take no more lines of the chunk's mean length so far than still fit.
+    ``lines_per_chunk`` lines, fewer where they reach ``max_bytes`` (the line that reaches it is
+    the chunk's last), so that a chunk of long documents holds a bounded amount of text.
 
     Lines are split on ``\\n`` only (a U+2028 inside a string is not a line break); a UTF-8
     byte-order mark at the start of the file is dropped. A line longer than ``MAX_LINE_BYTES``
-    is a SourceError, raised once that much of it is read: a file that is one huge line (a JSON
-    array, or no text at all) would otherwise be read whole into memory, without end for a device.
+    (its line break counted) is a SourceError, raised once that much of it is read, with nothing
+    read after it: a file that is one huge line (a JSON array, or no text at all) would otherwise
+    be read whole into memory, without end for a device.
     """
     with _open_compressed(path) as f, _unreadable(path):
-        first = 1
-        read_line = _lines_up_to_an_overlong_one(f, MAX_LINE_BYTES)
-        while True:
-            lines = list(itertools.islice(read_line, 1))
-            size = sum(map(len, lines))
-            while 0 < len(lines) < lines_per_chunk and size < max_bytes:
-                fit = (max_bytes - size) * len(lines) // size  # lines of the mean length so far that still fit
-                more = list(itertools.islice(read_line, max(1, min(lines_per_chunk - len(lines), len(lines), fit))))
-                if not more:
-                    break
-                lines += more
-                size += sum(map(len, more))
-            if not lines:
-                return
-            if max(map(len, lines)) > MAX_LINE_BYTES:
-                at = first + next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_BYTES)
-                raise SourceError(f"{path}:{at}: a line longer than {MAX_LINE_BYTES >> 20} MiB; expected one JSON "
-                                  f"record per line (a JSON array goes in a .json file); --on-error skip does not "
-                                  f"skip it, since finding where it ends would mean reading it whole")
-            if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
-                lines[0] = lines[0][3:]
-            yield first, lines
-            first += len(lines)
+        first, lines, size = 1, [], 0
+        for line in iter(functools.partial(f.readline, MAX_LINE_BYTES + 1), b""):
+            if len(line) > MAX_LINE_BYTES:
+                raise SourceError(f"{path}:{first + len(lines)}: a line longer than {MAX_LINE_BYTES >> 20} MiB; "
+                                  f"expected one JSON record per line (a JSON array goes in a .json file); "
+                                  f"--on-error skip does not skip it, since finding where it ends would mean "
+                                  f"reading it whole")
+            lines.append(line)
+            size += len(line)
+            if len(lines) == lines_per_chunk or size >= max_bytes:
+                yield first, _without_bom(lines, first)
+                first, lines, size = first + len(lines), [], 0
+        if lines:
+            yield first, _without_bom(lines, first)
 
 
-def _lines_up_to_an_overlong_one(f: BinaryIO, limit: int) -> Iterator[bytes]:
-    """The lines of ``f``, each up to ``limit`` bytes and its line break; a longer one is given cut
-    at ``limit + 1`` bytes, and nothing is read after it (neither the rest of it nor any later
-    line), however many lines the caller asks for at once."""
-    for line in iter(functools.partial(f.readline, limit + 1), b""):
-        yield line
-        if len(line) > limit:
-            return
+def _without_bom(lines: list[bytes], first: int) -> list[bytes]:
+    """A chunk's lines, a UTF-8 byte-order mark dropped from the file's first line."""
+    if first == 1 and lines[0].startswith(b"\xef\xbb\xbf"):
+        lines[0] = lines[0][3:]
+    return lines
 
 
 def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Iterator[tuple[str, dict]]:

@@ -1027,10 +1027,10 @@ def test_a_hub_id_with_no_way_to_the_hub_fails_at_once(no_dns, monkeypatch):
 
 
 def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
-    """Lines of 100 bytes, 1,000 bytes a chunk at most: chunks of 10 lines, numbered, every line
-    once. Reads take 1, 1, 2, 4 lines, then as many as still fit at the mean length (2), so the
-    chunk that meets a 5,000-byte line (line 96) holds 8 lines (its fourth step read it), and
-    the 10-line chunk after it and the last 8 lines follow. lines_per_chunk still caps."""
+    """Lines of 100 bytes, 1,000 bytes a chunk: chunks of 10 lines, numbered, every line once; the
+    line that reaches 1,000 bytes ends its chunk, so a 5,000-byte line (line 96) ends one of 6
+    lines, and 20 short lines follow in two chunks; however the line lengths vary, a chunk holds
+    less than 1,000 bytes before its last line. lines_per_chunk still caps."""
     from rcond.sources import jsonl_chunks
 
     short = [b'{"text": "' + bytes([97 + i % 26]) * 87 + b'"}\n' for i in range(115)]
@@ -1041,9 +1041,14 @@ def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
     chunks = list(jsonl_chunks(path, 1000, max_bytes=1000))
     assert [c for _, chunk in chunks for c in chunk] == lines
     assert [first for first, _ in chunks] == [1 + sum(len(c) for _, c in chunks[:i]) for i in range(len(chunks))]
-    assert [len(c) for _, c in chunks] == [10] * 9 + [8, 10, 8]
-    assert lines[95] in chunks[9][1]
+    assert [len(c) for _, c in chunks] == [10] * 9 + [6, 10, 10]
+    assert chunks[9][1][-1] == lines[95]
+    assert all(sum(map(len, c[:-1])) < 1000 for _, c in chunks)
     assert [len(c) for _, c in jsonl_chunks(path, 4, max_bytes=1 << 20)][:3] == [4, 4, 4]
+    mixed = tmp_path / "mixed.jsonl"  # many short lines, then long ones: no chunk takes many long lines at once
+    mixed.write_bytes(short[0] * 511 + lines[95] * 50)
+    chunks = list(jsonl_chunks(mixed, 1000, max_bytes=12_000))
+    assert max(sum(map(len, c)) for _, c in chunks) < 12_000 + 5000 and len(chunks) >= 20
 
 
 def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
