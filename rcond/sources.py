@@ -10,7 +10,8 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
   become the rewards; without scores (and without a scorer) chosen goes to the top bin and
   rejected to the bottom bin (DESIGN §3). Each pair yields two records.
 - ``scored``: ``{"prompt"?, "response" | "text", "reward"}``.
-- ``dialog``: ``{"turns": [{"role": "user"|"assistant", "content", "reward"?}, ...]}``. The
+- ``dialog``: ``{"turns": [{"role": "user"|"system"|"assistant", "content", "reward"?}, ...]}``
+  (a reward on a user or system turn is an error). The
   reward-to-go of assistant turn t is R_t = sum_{t' >= t} gamma^(t'-t) r_t' over the assistant
   turns t' (a turn without a reward contributes 0; at least one turn must carry one).
 - ``text``: plain documents, always ``off`` mode.
@@ -22,14 +23,14 @@ Hub dataset ids are read through ``datasets`` in streaming mode. Parquet files, 
 with ``save_to_disk`` (a folder; ``DIR:SPLIT`` for a split of a DatasetDict: :func:`saved_dataset`)
 and single ``.arrow`` files are read by pyarrow in batches (:func:`arrow_batches`; Arrow files
 memory-mapped), each validated column by column where it can be, like a JSON Lines chunk (below),
-else row by row: ``datasets``' streaming reader spends ~90 us per row on Parquet, 17x pyarrow's
+else row by row: ``datasets``' streaming reader spends 60-90 us per row on Parquet, 17x pyarrow's
 time (``benchmarks/readers.py``), and its ``load_from_disk`` imports torch for a dataset saved with
 a torch format. ``.json`` files are
 read with the standard library (:func:`_iter_json` says why), and so is CSV (:func:`_iter_csv`):
 through ``datasets`` (pandas) a row with one field too many, or one line that is not UTF-8, failed
 the whole file with a line number that miscounts quoted line breaks, and could not be skipped
-alone. JSON Lines are read here, 1,000
-lines at a time (:func:`jsonl_chunks`): a chunk is parsed at once by Arrow's JSON reader and
+alone. JSON Lines are read here, up to 1,000 lines at a time, fewer where they reach about
+4 MiB (:func:`jsonl_chunks`; every reader bounds its batches so, :data:`BATCH_BYTES`): a chunk is parsed at once by Arrow's JSON reader and
 validated column by column (:mod:`rcond.columnar`); a chunk in which anything is off is decoded
 again line by line with the standard library, so a bad line is reported with its exact number and
 can be skipped alone. Both ways give the same records; the column-wise one is what keeps ``rcond
@@ -482,7 +483,7 @@ def _refuse_compressed_columnar(path: Path) -> None:
 def _parquet_batches(path: Path, size: int, max_bytes: int = BATCH_BYTES) -> Iterator:
     """Record batches of a Parquet file, ``size`` rows at most, fewer where the file's mean row
     (uncompressed, by its metadata) says they would pass ``max_bytes``, read by pyarrow. Not through
-    ``datasets``: its streaming reader spends ~90 us per row (``benchmarks/readers.py``)."""
+    ``datasets``: its streaming reader spends 60-90 us per row (``benchmarks/readers.py``)."""
     import pyarrow.parquet as pq
 
     if path.stat().st_size == 0:
@@ -1251,6 +1252,14 @@ def check_reading(inputs: list[str], fmt: str, fields: FieldNames, *, scored: bo
         raise SourceError(f"--gamma {gamma:g} discounts reward-to-go across dialog turns; format "
                           f"{fmt!r} has one response per record, so it would change nothing")
     _check_inputs(inputs)
+    if fmt in ("pairs", "dialog"):
+        for spec in inputs:
+            path = Path(spec).expanduser()
+            if saved_dataset(spec) is None and (path.is_dir() or path.suffix.lower() == ".zip"
+                                                or (path.is_file() and data_suffix(path) == ".txt")):
+                raise SourceError(f"{spec}: format {fmt!r} needs JSON/CSV/Parquet rows, not plain-text documents "
+                                  f"(.txt files, a folder or a .zip of them); those are read by --format text, or "
+                                  f"--format scored with --score-with")
     _check_fields(fmt, fields, scored=scored)
     if scored and fmt == "text":
         raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "

@@ -1071,3 +1071,21 @@ def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
         assert 5 <= len(cut) <= 15 and all(b.records <= 12 for b in cut), (name, [b.records for b in cut])
         assert [t for b in cut for t in b.texts] == whole[0].texts, name
         assert [x for b in cut for x in b.rtg.tolist()][0::2] == whole[0].rtg.tolist()[0::2], name
+
+
+@pytest.mark.parametrize("fmt", ["pairs", "dialog"])
+def test_plain_text_documents_are_refused_up_front_for_pairs_and_dialogs(tmp_path, fmt):
+    """A .txt file, a folder or a .zip of them holds documents, not rows: refused before reading,
+    with --on-error skip too (each document was skipped as bad, ending in 'no records were read')."""
+    import zipfile
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("hello")
+    (tmp_path / "a.txt").write_text("hello")
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr("a.txt", "hello")
+    for name in ("a.txt", "docs", "a.zip"):
+        for on_error in ("fail", "skip"):
+            with pytest.raises(SourceError, match=re.escape(f"{tmp_path / name}: format {fmt!r} needs JSON/CSV/Parquet "
+                                                            f"rows, not plain-text documents")):
+                SourceReader([str(tmp_path / name)], fmt, on_error=on_error)
