@@ -51,7 +51,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 PREPROCESS_EXAMPLES = """\
 examples:
   rcond preprocess hh.jsonl.gz --format pairs --bins 2 --out corpora/hh --tokenizer train:8192 --on-error skip
-  rcond preprocess reviews.zip --format scored --score-with vader --score-workers 4 --out corpora/reviews --tokenizer gpt2
+  rcond preprocess reviews.jsonl --format scored --score-with vader --score-workers 4 --out corpora/reviews --tokenizer gpt2
   rcond preprocess dialogs.jsonl --format dialog --bins 5 --binning uniform --out corpora/dlg
   rcond preprocess notes.txt --format text --out corpora/plain --tokenizer corpora/dlg/tokenizer
 """
@@ -74,14 +74,13 @@ def add_preprocess(sub) -> None:
     p.add_argument("--block-size", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--uncond-fraction", type=float, default=0.05, help="share of records emitted unconditioned (off)")
     p.add_argument("--score-with", default=None,
-                   help="vader | module:function — reward from a scorer, in place of the input's reward or score "
+                   help="vader | module:function | file.py:function — reward from a scorer, in place of the input's reward or score "
                         "fields (those are not read)")
     p.add_argument("--score-workers", type=int, default=1, metavar="N",
                    help="processes that run the --score-with scorer side by side (each builds its own copy: keep 1 "
                         "for a scorer that loads a large model)")
     p.add_argument("--score-batch", type=int, default=None, metavar="N",
-                   help="texts per call of the --score-with scorer (a reward model's batch on its device; "
-                        "default: 256)")
+                   help="texts per call of the --score-with scorer (default: 256)")
     p.add_argument("--gamma", type=float, default=1.0, help="discount of reward-to-go across dialog turns, in [0, 1]")
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them (a document cut before its "

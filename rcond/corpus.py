@@ -1,11 +1,14 @@
 """Records -> conditioned token streams -> packed rows on disk (DESIGN §3–§4).
 
-Two streaming passes, so memory stays flat as the corpus grows. The bin edges (quantiles of
-every reward-to-go) are known only after the last record, but nothing else depends on them, so
+Two streaming passes, so memory stays flat as the corpus grows. The bin edges (fitted, by
+quantile, uniform or given, on the rewards whose RTG tokens the rows hold, and those of the
+unconditional records they hold) are known only after the last record, but nothing else depends
+on them, so
 the first pass does all the work and leaves placeholders where a bin is needed:
 
-1. **Read, encode, condition, pack.** The reader's :class:`~rcond.sources.PartBatch` es (about
-   1,000 records each, of *parts*: prompt, response, dialog turn) are read and parsed in one
+1. **Read, encode, condition, pack.** The reader's :class:`~rcond.sources.PartBatch` es (up to
+   1,000 rows each, a pair giving two records, or about 4 MiB of input for long documents; of
+   *parts*: prompt, response, dialog turn) are read and parsed in one
    background thread and tokenized in a second (:mod:`rcond.background`); in the main thread each
    batch becomes documents with their control tokens, cut into pieces of at most ``block_size``
    (:mod:`rcond.conditioning`; a piece in which no token is trained, prompt or user text alone,
