@@ -65,7 +65,8 @@ def add_preprocess(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files (.jsonl/.json/.csv/.txt, optionally .gz/.bz2/.xz/.zst; .parquet; .arrow; .zip or folder of .txt), "
                         "datasets saved by datasets' save_to_disk (DIR, or DIR:SPLIT of a DatasetDict), or hub ids")
-    p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"])
+    p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"],
+                   help="what one input record is (README: Input formats)")
     p.add_argument("--out", required=True, help="output corpus directory")
     p.add_argument("--tokenizer", default="train:8192", help="PATH_OR_ID, or train:VOCAB to train a byte-level BPE")
     p.add_argument("--bins", type=int, default=None,
@@ -85,13 +86,15 @@ def add_preprocess(sub) -> None:
     p.add_argument("--train-on-prompt", action="store_true", help="give prompt / user tokens loss weight 1")
     p.add_argument("--truncate", action="store_true", help="truncate long documents instead of splitting them (a document cut before its "
                    "first trained token is left out)")
-    p.add_argument("--on-error", default="fail", choices=["fail", "skip"])
+    p.add_argument("--on-error", default="fail", choices=["fail", "skip"],
+                   help="fail: stop at the first bad record; skip: skip bad records, name five in the summary and "
+                        "all in skipped.txt in the corpus")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it holds an earlier corpus")
     p.add_argument("--seed", type=int, default=0, help="seed of the unconditional-fraction draw")
     p.add_argument("--workers", type=int, default=1,
                    help="processes that encode and condition batches (the corpus is the same for any number); "
                         "starting them costs a few tenths of a second, so use them for large corpora on many cores")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for name in ("prompt", "response", "reward", "chosen", "rejected", "chosen_score", "rejected_score",
                  "turns", "text"):
         p.add_argument(f"--{name.replace('_', '-')}-field", default=name, metavar="NAME",
