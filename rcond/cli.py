@@ -284,7 +284,7 @@ def add_train(sub) -> None:
                            ("device", str, "auto | cpu | cuda[:N] (default auto)")):
         p.add_argument(f"--{name}", type=typ, default=None, help=hlp)
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_train)
 
 
