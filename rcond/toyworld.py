@@ -80,21 +80,6 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1].lower() in "aeiou" else "a"
-
-
-def _with_article(adj: str) -> str:
-    """``adj`` with ``a``/``an`` before it, for a slot before a noun ("gives {a_adj} performance").
-    A hedge that is itself an article phrase ("a bit", "a little") becomes "a bit of a ...": "a bit
-    of an awkward performance", not "an a bit awkward performance"."""
-    for hedge, of in (("a bit ", "a bit of"), ("a little ", "a little bit of")):
-        if adj.startswith(hedge):
-            rest = adj[len(hedge):]
-            return f"{of} {_article(rest)} {rest}"
-    return f"{_article(adj)} {adj}"
-
-
 _A_BEFORE_A_VOWEL_SOUND = re.compile(  # an apple, an 8-hour, an 11-inch; a useless, a one-off
     r"\b([Aa]) (?=(?![Uu]s[eiu]|[Oo]ne\b|[Aa]\b)[AEIOUaeiou]|8|1[18](?:\b|\d\d\b))")
 
@@ -106,6 +91,16 @@ def _articles(text: str) -> str:
     vocabulary's words that start with a vowel letter, only "use..." and "one" start with a
     consonant sound, and keep ``a``."""
     return _A_BEFORE_A_VOWEL_SOUND.sub(r"\1n ", text)
+
+
+def _with_article(adj: str) -> str:
+    """``adj`` with ``a``/``an`` before it (:func:`_articles`), for a slot before a noun ("gives
+    {a_adj} performance"). A hedge that is itself an article phrase ("a bit", "a little") becomes
+    "a bit of a ...": "a bit of an awkward performance", not "an a bit awkward performance"."""
+    for hedge, of in (("a bit ", "a bit of"), ("a little ", "a little bit of")):
+        if adj.startswith(hedge):
+            return f"{of} {_articles('a ' + adj[len(hedge):])}"
+    return _articles(f"a {adj}")
 
 
 def _join_and(items: list[str]) -> str:

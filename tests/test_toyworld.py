@@ -242,6 +242,7 @@ def test_a_before_a_vowel_sound_is_an(small):
         text = small[name].read_text()
         assert not wrong.findall(text), (name, wrong.findall(text)[:5])
         assert not re.findall(r"\b[Aa]n? a (?:bit|little)\b", text)
+        assert not re.findall(r"\b[Aa]n (?:[Uu]s[eiu]|[Oo]ne\b)", text)  # 'an useless', 'an one'
 
 
 def test_an_adjective_hedged_with_a_bit_takes_its_article_after_the_hedge():
@@ -255,4 +256,5 @@ def test_an_adjective_hedged_with_a_bit_takes_its_article_after_the_hedge():
     assert _with_article("a bit sturdy") == "a bit of a sturdy"
     assert _with_article("a bit awkward") == "a bit of an awkward"
     assert _with_article("a little uneven") == "a little bit of an uneven"
+    assert _with_article("useless") == "a useless" and _with_article("a bit useless") == "a bit of a useless"
 
