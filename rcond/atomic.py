@@ -116,13 +116,17 @@ def _locked_beside(tmp: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.write(fd, f"{_machine()}\n{os.getpid()}\n".encode())
-        os.replace(staging, tmp.with_name(tmp.name + LOCK_SUFFIX))
+        os.replace(staging, _lock_file(tmp))
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(staging)
         raise
     return fd
+
+
+def _lock_file(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + LOCK_SUFFIX)
 
 
 def _machine() -> str:
@@ -136,7 +140,7 @@ def _let_go(tmp: Path, fd) -> None:
     if fd is None:
         return
     with contextlib.suppress(OSError):
-        os.unlink(tmp.with_name(tmp.name + LOCK_SUFFIX))
+        os.unlink(_lock_file(tmp))
     os.close(fd)
 
 

@@ -75,8 +75,8 @@ def add_preprocess(sub) -> None:
     p.add_argument("--block-size", type=int, default=1024, help="tokens per packed row")
     p.add_argument("--uncond-fraction", type=float, default=0.05, help="share of records emitted unconditioned (off)")
     p.add_argument("--score-with", default=None,
-                   help="vader | module:function | file.py:function — reward from a scorer, in place of the input's reward or score "
-                        "fields (those are not read)")
+                   help="vader | module:function | file.py:function — reward from a scorer, in place of the "
+                        "input's reward or score fields (those are not read)")
     p.add_argument("--score-workers", type=int, default=1, metavar="N",
                    help="processes that run the --score-with scorer side by side (each builds its own copy: keep 1 "
                         "for a scorer that loads a large model)")

@@ -1112,11 +1112,15 @@ def reward_to_go(rewards: list[float], gamma: float) -> list[float]:
     return out
 
 
+def _trained_turns(parts: list[Part]) -> list[int]:
+    """The numbers (from 1) of a dialog's assistant turns, one part per turn."""
+    return [j for j, p in enumerate(parts, start=1) if p.trainable]
+
+
 def set_dialog_rtg(parts: list[Part], rewards: list[float], gamma: float, origin: str) -> None:
     """The reward-to-go of each assistant turn (the trainable parts, one part per turn); a sum
     beyond float range is an error naming the turn (numbered from 1), not an infinite reward."""
-    turns = [j for j, p in enumerate(parts, start=1) if p.trainable]
-    for j, rtg in zip(turns, reward_to_go(rewards, gamma)):
+    for j, rtg in zip(_trained_turns(parts), reward_to_go(rewards, gamma)):
         if not math.isfinite(rtg):
             raise SourceError(f"{origin} turn {j}: the reward-to-go of this turn overflows a float ({rtg}); "
                               f"expected rewards whose discounted sum stays below 1.8e308 in magnitude")
@@ -1145,10 +1149,10 @@ def score_targets(record: Record) -> list[str]:
 
 def _scored_text_at(record: Record, k: int) -> str:
     """Where the ``k``-th of a record's :func:`score_targets` is: the record, or for a dialog the
-    record and its turn (numbered from 1, as :func:`set_dialog_rtg` numbers them)."""
+    record and its turn."""
     if _single_response(record):
         return record.origin
-    return f"{record.origin} turn {[j for j, p in enumerate(record.parts, start=1) if p.trainable][k]}"
+    return f"{record.origin} turn {_trained_turns(record.parts)[k]}"
 
 
 def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
