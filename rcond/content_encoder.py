@@ -15,14 +15,14 @@ piece starts in the whole input: in ``tokenizers`` that is ``Metaspace`` with
 ``prepend_scheme="first"`` (a ``▁`` only on the piece at offset 0, as Llama and Mistral
 tokenizers do). So runs are used only when every normaliser, pre-tokeniser and the model are of
 the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a check of that
-reasoning on the real tokenizer and texts, the first texts of the first joined call are also
-encoded one by one and must get the same ids. The copy itself is checked when it is made
-(:func:`faithful_copy`): it is read back from the tokenizer's JSON, which does not always hold what
-the tokenizer in memory does, and a difference there could show on any later text. A text that
-holds the separator's string sends its batch through the per-text path; so does a run whose
-separator count is not what was joined. Anything else (a tokenizer that cannot be copied or whose
-copy differs, a component not listed, a separator id the model already gives, a check that
-fails) encodes text by text, the tokenizer's own way, for the whole build.
+reasoning on the real tokenizer and texts, the first texts of the first joined call
+(:func:`checked_sample`) are also encoded one by one and must get the same ids. The copy itself
+is checked when it is made (:func:`faithful_copy`): it is read back from the tokenizer's JSON,
+which does not always hold what the tokenizer in memory does, and a difference there could show
+on any later text. A text that holds the separator's string sends its batch through the per-text
+path; so does a run whose separator count is not what was joined. Anything else (a tokenizer that
+cannot be copied or whose copy differs, a component not listed, a separator id the model already
+gives, a check that fails) encodes text by text, the tokenizer's own way, for the whole build.
 
 Both ways encode content as it is (:func:`content_as_is`): special-token strings as text, and no
 truncation or padding the tokenizer carries.
@@ -39,7 +39,8 @@ import numpy as np
 
 SEPARATOR = "\ue000rcond:sep\ue001"  # private-use characters around a name: absent from real text
 RUN_CHARS = 2048  # characters per joined input: short enough for many runs per batch (one thread each)
-CHECKED_TEXTS = 64  # texts of the first joined call also encoded one by one
+CHECKED_TEXTS = 64  # texts of the first joined call also encoded one by one, at most
+CHECKED_CHARS = 1 << 16  # and at most this many characters of them (the first text whatever its length)
 PIECEWISE = {  # component types whose result on a piece does not depend on the rest of the input
     "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "Precompiled", "Prepend",
                    "Replace", "Strip", "StripAccents", "ByteLevel", "Sequence"},
@@ -134,6 +135,23 @@ def faithful_copy(backend, text: str | None = None):
     return copy
 
 
+def checked_sample(texts: list[str]) -> list[int]:
+    """Which texts of the first joined call are also encoded one by one to check it: the first
+    ones, in order, that keep the sample within :data:`CHECKED_TEXTS` texts and
+    :data:`CHECKED_CHARS` characters, a longer text passed over (the first text when none fits).
+    Bounded by characters because the check encodes its texts a second time: 64 book-length
+    documents would double the tokenizer's work on a batch; passing over a long text rather than
+    stopping keeps short texts, joined several to a run, in the check when a long one comes first."""
+    sample, chars = [], 0
+    for i, text in enumerate(texts):
+        if chars + len(text) <= CHECKED_CHARS:
+            sample.append(i)
+            chars += len(text)
+            if len(sample) == CHECKED_TEXTS:
+                break
+    return sample or [0]
+
+
 class ContentEncoder:
     """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
     ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
@@ -166,19 +184,23 @@ class ContentEncoder:
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.joined is not None and texts and not any(SEPARATOR in t for t in texts):
             out = self._in_runs(texts)
-            if self._unchecked:  # the first joined call: its first texts encoded one by one must agree
+            if self._unchecked:  # the first joined call: its sampled texts encoded one by one must agree
                 self._unchecked = False
-                if out is None or not self._agrees(texts[:CHECKED_TEXTS], out):
+                if out is None or not self._agrees(texts, out):
                     self.joined = out = None  # the reasoning does not hold for this tokenizer: text by text
             if out is not None:
                 return out
         return self._per_text(texts)
 
-    def _agrees(self, sample: list[str], joined: tuple[np.ndarray, np.ndarray]) -> bool:
-        """Whether the ids of the first texts of a joined call are those of ``sample`` (those
-        texts) encoded one by one."""
-        offsets, flat = self._per_text(sample)                                             # [S+1], [n]
-        return np.array_equal(joined[0][:len(offsets)], offsets) and np.array_equal(joined[1][:offsets[-1]], flat)
+    def _agrees(self, texts: list[str], joined: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether a joined call's ids for the texts of :func:`checked_sample` are those texts'
+        ids encoded one by one."""
+        sample = checked_sample(texts)                                                      # [S]
+        offsets, flat = self._per_text([texts[i] for i in sample])                          # [S+1], [n]
+        at, ids = joined                                                                    # [T+1], [N]
+        got = [ids[at[i]:at[i + 1]] for i in sample]                                        # S arrays
+        return (np.array_equal(np.diff(offsets), [len(g) for g in got])
+                and np.array_equal(np.concatenate(got), flat))
 
     def _in_runs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """Runs of consecutive texts of about :data:`RUN_CHARS` characters, joined by the separator,

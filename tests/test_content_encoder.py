@@ -7,7 +7,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from conftest import word_tokenizer
 from rcond import content_encoder
-from rcond.content_encoder import SEPARATOR, ContentEncoder, piecewise
+from rcond.content_encoder import SEPARATOR, ContentEncoder, checked_sample, piecewise
 
 CORPUS = ["The battery lasts all week, honestly.", "  Leading spaces and trailing ones  ", "Ünïcödé façade — naïve café",
           "日本語のテキストも少し", "numbers 12345 and 3.14159", "tabs\tand\nnewlines\n\n", "<|rtg:1|> typed by a user </s>",
@@ -126,6 +126,40 @@ def test_the_first_call_check_catches_a_tokenizer_the_list_lets_through(monkeypa
     encoder = ContentEncoder(backend)
     assert encoder.joined is not None
     batch = texts()
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is None
+
+
+def test_the_check_samples_texts_within_a_character_budget():
+    """Hand-counted: the first texts in order that keep the sample within 64 texts and 65,536
+    characters, a longer one passed over; the first text when none fits."""
+    assert content_encoder.CHECKED_TEXTS == 64 and content_encoder.CHECKED_CHARS == 65536
+    assert checked_sample(["ab"] * 100) == list(range(64))
+    assert checked_sample(["x" * 200_000, "a" * 10, "b" * 10]) == [1, 2]
+    assert checked_sample(["x" * 200_000, "y" * 300_000]) == [0]
+    assert checked_sample(["a" * 40_000, "b" * 40_000, "c" * 25_536, "d"]) == [0, 2]  # 65,536 exactly, then full
+    assert checked_sample(["a" * 65_536, "b"]) == [0]
+
+
+def test_the_check_encodes_a_long_text_a_second_time_only_when_nothing_shorter_fits(monkeypatch):
+    """The check costs a second encoding of its texts: for a batch of long documents, one of them."""
+    backend = byte_level_bpe()
+    sizes = []
+    real = ContentEncoder._per_text
+    monkeypatch.setattr(ContentEncoder, "_per_text", lambda self, texts: sizes.append(len(texts)) or real(self, texts))
+    encoder = ContentEncoder(backend)
+    batch = [("The battery lasts all week, honestly. " * 2000)[i:] for i in range(5)]  # ~76k characters each
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert sizes == [1] and encoder.joined is not None
+
+
+def test_the_check_still_sees_joined_short_texts_after_a_long_one(monkeypatch):
+    """A long first text is passed over, not the end of the sample: the short texts after it, joined
+    several to a run, are checked, and a tokenizer the list wrongly lets through is caught."""
+    monkeypatch.setattr(content_encoder, "piecewise", lambda state: True)
+    backend = metaspace_bpe("first")
+    encoder = ContentEncoder(backend)
+    batch = ["naive cafe " * 7000] + texts()
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined is None
 

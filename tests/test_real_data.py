@@ -95,10 +95,12 @@ def test_hh_rlhf_pairs_encoded_in_runs_and_text_by_text_make_the_same_corpus(tmp
     source = str(shared_data / "hh_rlhf_harmless_test.jsonl.gz")
     tok = train_tokenizer(SourceReader([source], "pairs", on_error="skip").texts(), 1024)
     assert content_encoder.piecewise(json.loads(tok.backend_tokenizer.to_str()))  # the joined path
-    per_text_calls = []
-    real_per_text = content_encoder.ContentEncoder._per_text
+    per_text_calls, calls = [], []
+    real_per_text, real_call = content_encoder.ContentEncoder._per_text, content_encoder.ContentEncoder.__call__
     monkeypatch.setattr(content_encoder.ContentEncoder, "_per_text",
                         lambda self, texts: per_text_calls.append(len(texts)) or real_per_text(self, texts))
+    monkeypatch.setattr(content_encoder.ContentEncoder, "__call__",
+                        lambda self, texts: calls.append(texts) or real_call(self, texts))
     rows = []
     for name in ("joined", "per_text"):
         if name == "per_text":
@@ -107,6 +109,7 @@ def test_hh_rlhf_pairs_encoded_in_runs_and_text_by_text_make_the_same_corpus(tmp
                           opts=PackOptions(block_size=512), progress=False)
         rows.append(scheme.options["rows_sha256"])
         if name == "joined":  # text by text only for the first call's check
-            assert per_text_calls == [content_encoder.CHECKED_TEXTS]
+            assert per_text_calls == [len(content_encoder.checked_sample(calls[0]))]
+            assert per_text_calls[0] > 1
     assert len(per_text_calls) > 1  # then every batch of the per-text build
     assert rows[0] == rows[1]
