@@ -850,9 +850,10 @@ def _iter_zip(path: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[s
     try:
         with zipfile.ZipFile(path) as zf:
             members = sorted(n for n in zf.namelist() if not n.endswith("/") and not _hidden(n))
-            names = [n for n in members if data_suffix(PurePosixPath(n)) == ".txt"]
+            is_text = {n: data_suffix(PurePosixPath(n)) == ".txt" for n in members}
+            names = [n for n in members if is_text[n]]
             for n in members:
-                if on_ignored is not None and data_suffix(PurePosixPath(n)) != ".txt":
+                if on_ignored is not None and not is_text[n]:
                     on_ignored(f"{path}!{n}")
             if not names:
                 raise SourceError(f"{path}: archive holds no .txt files")
@@ -873,9 +874,9 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
     except (RuntimeError, NotImplementedError, zlib.error, EOFError, lzma.LZMAError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None
-    member = Path(f"{path}!{name}")
-    if member.suffix.lower() not in COMPRESSED:
+    if not name.lower().endswith(COMPRESSED):  # the common case, without a Path made per member
         return data
+    member = Path(f"{path}!{name}")
     with _decompressing(io.BytesIO(data), member.suffix) as f, _unreadable(member):  # a .txt.gz member
         return f.read()
 
