@@ -492,7 +492,7 @@ def _parquet_batches(path: Path, size: int, max_bytes: int = BATCH_BYTES) -> Ite
         f = pq.ParquetFile(path)
         meta = f.metadata
         data = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-        return f.iter_batches(batch_size=max(1, min(size, max_bytes * meta.num_rows // max(1, data))))
+        return f.iter_batches(batch_size=_rows_within(size, max_bytes, meta.num_rows, data))
     except Exception as e:  # not Parquet, a broken footer: Arrow's message names the cause, not the file
         raise SourceError(f"{path}: could not be read as Parquet ({type(e).__name__}: {e})") from None
 
@@ -651,6 +651,12 @@ def _saved_rows(folder: Path, split: str | None) -> tuple[Path, str | None]:
     return folder, None
 
 
+def _rows_within(size: int, max_bytes: int, rows: int, nbytes: int) -> int:
+    """Rows to a batch: at most ``size``, and as many as ``rows`` rows of ``nbytes`` bytes hold in
+    ``max_bytes`` by their mean size; at least one."""
+    return max(1, min(size, max_bytes * rows // max(1, nbytes)))
+
+
 def arrow_batches(spec: str, size: int = ARROW_BATCH, max_bytes: int = BATCH_BYTES
                   ) -> "Iterator[tuple[str, int, object]] | None":
     """For an input held in Arrow (a Parquet file, an ``.arrow`` file, a dataset saved by
@@ -716,7 +722,7 @@ def _numbered(open_batches: Callable[[], Iterator], where: str, file: str, first
                 twice = next(n for n in names if names.count(n) > 1)
                 raise SourceError(f"{file}: column {twice!r} appears {names.count(twice)} times; expected each "
                                   f"column name once (rows are read by column name); rename or drop the others")
-            rows = max(1, min(size, max_bytes * batch.num_rows // max(1, batch.nbytes)))
+            rows = _rows_within(size, max_bytes, batch.num_rows, batch.nbytes)
             for start in range(0, batch.num_rows, rows):
                 piece = batch.slice(start, rows)
                 yield where, i + 1, piece
