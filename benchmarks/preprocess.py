@@ -113,7 +113,7 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
     return {**timed_since(start), "tokens": s.content_tokens - s.documents, "rows": s.rows}
 
 
-def sent_share(path: str, tokenizer_dir: str) -> float:
+def sent_share(path: str, tokenizer_dir: str, fmt: str = "scored", on_error: str = "fail") -> float:
     """The share of a corpus's text (in characters) that rcond's encoder sends to the tokenizer:
     per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encode_distinct`
     with a cache, as ``build`` runs it)."""
@@ -131,7 +131,7 @@ def sent_share(path: str, tokenizer_dir: str) -> float:
             return super().__call__(texts)
 
     encoder, cache, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), RecurringTexts(), 0
-    for batch in SourceReader([path], "scored").batches(PackOptions().encode_batch):
+    for batch in SourceReader([path], fmt, on_error=on_error).batches(PackOptions().encode_batch):
         encode_distinct(batch.texts, encoder, cache)
         total += sum(map(len, batch.texts))
     return encoder.chars / total

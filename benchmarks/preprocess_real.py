@@ -45,7 +45,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from preprocess import clocks, run_child, timed_since  # noqa: E402  -- the toy benchmark's job harness
+from preprocess import clocks, run_child, sent_share, timed_since  # noqa: E402  -- the toy benchmark's job harness
 
 CORPORA = {  # name: (file in the data folder, format); long-docs is made from movie_reviews.zip
     "hh-pairs": ("hh_rlhf_harmless_test.jsonl.gz", "pairs"),
@@ -88,28 +88,6 @@ def child_rcond_build(spec: str, fmt: str, tokenizer_dir: str, out: str) -> dict
             "skipped": s.skipped}
 
 
-def sent_share(spec: str, fmt: str, tokenizer_dir: str) -> float:
-    """The share of the parts' characters that rcond's encoder sends to the tokenizer (the distinct
-    texts of each batch not kept from earlier batches, as ``build`` encodes them)."""
-    from rcond.conditioning import RecurringTexts, encode_distinct
-    from rcond.content_encoder import ContentEncoder
-    from rcond.sources import SourceReader
-    from rcond.tokenizer import load_tokenizer
-
-    class Counting(ContentEncoder):
-        chars = 0
-
-        def __call__(self, texts):
-            self.chars += sum(map(len, texts))
-            return super().__call__(texts)
-
-    encoder, cache, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), RecurringTexts(), 0
-    for batch in SourceReader([spec], fmt, on_error="skip").batches(ENCODE_BATCH):
-        encode_distinct(batch.texts, encoder, cache)
-        total += sum(map(len, batch.texts))
-    return encoder.chars / total
-
-
 def write_long_docs(reviews_zip: str, path: Path) -> str:
     """The movie reviews joined REVIEWS_PER_DOC to a document, LONG_DOCS documents, as JSON Lines."""
     from rcond.sources import SourceReader
@@ -148,7 +126,7 @@ def main() -> None:
             if name == "long-docs":
                 spec = write_long_docs(spec, tmp / "long_docs.jsonl")
             train_tokenizer(SourceReader([spec], fmt, on_error="skip").texts(), a.vocab).save_pretrained(tok_dir)
-            share = sent_share(spec, fmt, tok_dir)
+            share = sent_share(spec, tok_dir, fmt, on_error="skip")
             bare, ours = [], []
             for rep in range(a.repeats):  # interleaved, so that a slow spell of the machine hits both jobs
                 bare.append(run_child("child_bare_parts", spec, fmt, tok_dir, module="preprocess_real"))
