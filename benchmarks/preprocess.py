@@ -115,26 +115,28 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
 
 def sent_share(path: str, tokenizer_dir: str, fmt: str = "scored", on_error: str = "fail") -> float:
     """The share of a corpus's text (in characters) that rcond's encoder sends to the tokenizer:
-    per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encode_distinct`
+    per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encodings`
     with a cache, as ``build`` runs it)."""
-    from rcond.conditioning import RecurringTexts, encode_distinct
+    from rcond.conditioning import RecurringTexts, encodings
     from rcond.content_encoder import ContentEncoder
     from rcond.corpus import PackOptions
     from rcond.tokenizer import load_tokenizer
     from rcond.sources import SourceReader
 
-    class Counting(ContentEncoder):  # the build's encoder, counting the characters it is asked to encode
-        chars = 0
+    class Counting(ContentEncoder):  # the build's encoder, noting how many characters it is asked to encode
+        def __init__(self, backend):
+            super().__init__(backend)
+            self.chars = []  # one entry per call: list.append is safe from the encoding threads
 
         def __call__(self, texts):
-            self.chars += sum(map(len, texts))
+            self.chars.append(sum(map(len, texts)))
             return super().__call__(texts)
 
-    encoder, cache, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), RecurringTexts(), 0
-    for batch in SourceReader([path], fmt, on_error=on_error).batches(PackOptions().encode_batch):
-        encode_distinct(batch.texts, encoder, cache)
+    encoder, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), 0
+    batches = SourceReader([path], fmt, on_error=on_error).batches(PackOptions().encode_batch)
+    for batch, _, _ in encodings(batches, encoder, RecurringTexts()):
         total += sum(map(len, batch.texts))
-    return encoder.chars / total
+    return sum(encoder.chars) / total
 
 
 def run_child(*args: str, module: str = "preprocess") -> dict:

@@ -1,15 +1,15 @@
 """Part batches -> token ids -> each document's control-token stream, cut into pieces (DESIGN §3).
 
-Encoding: one tokenizer call per batch of parts (prompt, response, dialog turn), several short
-texts per tokenizer input where that gives the same ids (:mod:`rcond.content_encoder`). A
-text that recurs within a batch (the prompt a pair's two sides share, a templated prompt) is
-encoded once, and its ids are kept for later batches too (:class:`RecurringTexts`, bounded);
-tokenization is a pure function of the text, so its ids are simply reused. Content never
-encodes to a control or other special token, even with a tokenizer that already has them (one
-saved with an earlier corpus or model): the text is encoded with special-token strings read as
-plain text, so a literal ``<|rtg:1|>`` or ``</s>`` in a review is trained as the characters it
-is; and never truncated or padded by settings the tokenizer carries
-(:func:`rcond.content_encoder.content_as_is`).
+Encoding: one tokenizer call per batch of parts (prompt, response, dialog turn), two batches in
+hand at a time (:func:`encodings`), several short texts per tokenizer input where that gives the
+same ids (:mod:`rcond.content_encoder`). A text that recurs within a batch (the prompt a pair's
+two sides share, a templated prompt) is encoded once, and its ids are kept for later batches
+too (:class:`RecurringTexts`, bounded); tokenization is a pure function of the text, so its ids
+are simply reused. Content never encodes to a control or other special token, even with a
+tokenizer that already has them (one saved with an earlier corpus or model): the text is
+encoded with special-token strings read as plain text, so a literal ``<|rtg:1|>`` or ``</s>`` in
+a review is trained as the characters it is; and never truncated or padded by settings the
+tokenizer carries (:func:`rcond.content_encoder.content_as_is`).
 
 Conditioning (:func:`condition`): a whole batch of parts becomes documents with a handful of
 vectorised numpy operations (a :class:`~rcond.packing.Pool`): the mode token first, in ``on``
@@ -29,12 +29,14 @@ the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 
 
 from __future__ import annotations
 
+import collections
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from .background import prefetched
+from .background import in_background, prefetched
 from .content_encoder import ContentEncoder
 from .packing import CorpusError, PackOptions, Pool, index_within_runs
 from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch
@@ -45,19 +47,51 @@ CONTROL_PREFIX = 2  # mode token + RTG token
 MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
 
 
-def encodings(batches: Iterable[PartBatch], tokenizer,
+IN_FLIGHT = 2  # batches the encoding stage has in hand at once
+
+
+def encodings(batches: Iterable[PartBatch], encoder: ContentEncoder,
               cache: "RecurringTexts | None" = None) -> Iterator[tuple[PartBatch, np.ndarray, np.ndarray]]:
-    """Each PartBatch with the token ids of its texts, (offsets [P+1] int64, flat ids [N] int32):
-    text p is ``flat[offsets[p]:offsets[p+1]]``. One tokenizer call per batch on its distinct
-    texts (:func:`encode_distinct`), by a :class:`~rcond.content_encoder.ContentEncoder`: several
-    texts per tokenizer input where that gives the same ids, special-token strings read as text,
-    no truncation or padding. The encodings are turned into arrays and freed here, in the thread
-    that calls the tokenizer, between its calls: freeing a batch of encodings (a few allocations
-    per token) while the tokenizer's threads allocate the next batch's cost 2-3x the CPU time
-    (0.27-0.37 s against 0.11-0.13 s for 80k reviews, 2.8M tokens, on 2 cores)."""
-    encoder = ContentEncoder(tokenizer.backend_tokenizer)
-    for b in batches:
-        yield (b, *encode_distinct(b.texts, encoder, cache))
+    """Each PartBatch, in order, with the token ids of its texts (offsets [P+1] int64, flat ids [N]
+    int32): text p is ``flat[offsets[p]:offsets[p+1]]``. One ``encoder`` call per batch on its
+    distinct texts not kept in ``cache`` (:class:`Distinct`).
+
+    :data:`IN_FLIGHT` batches are in hand at once, each encoded in a thread of its own (the
+    encoder is thread-safe; the tokenizer releases the GIL). The encoder lets one tokenizer call
+    run at a time, its encodings read and freed before the next starts (freeing a batch's
+    encodings while the tokenizer's threads allocate the next one's cost 2-3x the CPU time,
+    session 27 of benchmarks/PREPROCESS_NOTES.md); what overlaps the next call is the rest of a
+    batch's Python side: its runs joined, its ids flattened and cut at the separators, its
+    repeated texts spread. With one batch at a time the tokenizer's threads waited 2.5-3 ms
+    for that after each batch of 1,000 short texts. Measured on 2 cores (interleaved runs against
+    one batch at a time): the build 0.78x -> 0.81x the bare tokenizer's speed at 20k toy reviews
+    without repeated texts, 0.80x -> 0.84x at 80k, 1.00x -> 1.02x on the 20k toy reviews; no
+    change on corpora of two or three batches. The cache is read and filled here, in batch order,
+    so what is sent is the same on every run: a batch is planned while the one before it is
+    still being encoded, so a text that recurs within batch k is kept from batch k+2 on."""
+    pending: collections.deque = collections.deque()  # (batch, plan, waiter for (offsets, flat, uoff, uflat))
+    try:
+        for b in batches:
+            plan = Distinct(b.texts, cache)
+            pending.append((b, plan, in_background(functools.partial(plan.encode, encoder))))
+            if len(pending) == IN_FLIGHT:
+                yield _finished(*pending.popleft(), cache)
+        while pending:
+            yield _finished(*pending.popleft(), cache)
+    finally:  # stopped early: let the calls under way end, so the tokenizer is left as it was
+        for _, _, waiter in pending:
+            try:
+                waiter()
+            except BaseException:
+                pass
+
+
+def _finished(b: PartBatch, plan: "Distinct", waiter,
+              cache: "RecurringTexts | None") -> tuple[PartBatch, np.ndarray, np.ndarray]:
+    """A batch in hand, once its encoding has ended: its repeated texts kept, its ids handed on."""
+    offsets, flat, uoff, uflat = waiter()
+    plan.remember(uoff, uflat, cache)
+    return b, offsets, flat
 
 
 class RecurringTexts:
@@ -80,41 +114,66 @@ class RecurringTexts:
         self.tokens += len(ids)
 
 
+class Distinct:
+    """A batch's P texts as U distinct ones, and which of those a cache already holds. Made and
+    :meth:`remember`-ed in batch order (they read and fill the cache); :meth:`encode` only reads
+    what was planned, so it can run in another thread meanwhile."""
+
+    def __init__(self, texts: list[str], cache: "RecurringTexts | None" = None):
+        index: dict[str, int] = {}
+        self.inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64,
+                                   count=len(texts))                                  # [P]
+        self.distinct = list(index)                                                   # [U]
+        self.kept = ([None] * len(self.distinct) if cache is None
+                     else [cache.ids.get(t) for t in self.distinct])                  # [U] ids, or None
+
+    def encode(self, encoder: ContentEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(offsets [P+1], flat [N]) of every text, then (offsets [U+1], flat [M]) of the distinct
+        ones: one encoder call on the distinct texts not kept (none if all are)."""
+        kept = self.kept
+        hits = [u for u, k in enumerate(kept) if k is not None]
+        if not hits:
+            uoff, uflat = encoder(self.distinct)                                      # [U+1], [M]
+        else:
+            missing = [u for u, k in enumerate(kept) if k is None]
+            moff, mflat = (encoder([self.distinct[u] for u in missing]) if missing  # all kept: no call
+                           else (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32)))
+            ulens = np.empty(len(kept), dtype=np.int64)                               # [U]
+            ulens[missing] = np.diff(moff)
+            ulens[hits] = [len(kept[u]) for u in hits]
+            uoff = np.zeros(len(kept) + 1, dtype=np.int64)                            # [U+1]
+            np.cumsum(ulens, out=uoff[1:])
+            uflat = np.empty(int(uoff[-1]), dtype=np.int32)                           # [M]
+            for group, ids in ((missing, mflat), (hits, np.concatenate([kept[u] for u in hits]))):
+                lens = ulens[group]
+                uflat[np.repeat(uoff[group], lens) + index_within_runs(lens)] = ids
+        if len(kept) == len(self.inverse):  # every text distinct, in first-seen order
+            return uoff, uflat, uoff, uflat
+        lens = np.diff(uoff)[self.inverse]                                            # [P]
+        offsets = np.zeros(len(self.inverse) + 1, dtype=np.int64)                     # [P+1]
+        np.cumsum(lens, out=offsets[1:])
+        flat = uflat[np.repeat(uoff[:-1][self.inverse], lens) + index_within_runs(lens)]  # [N]
+        return offsets, flat, uoff, uflat
+
+    def remember(self, uoff: np.ndarray, uflat: np.ndarray, cache: "RecurringTexts | None") -> None:
+        """Keep in ``cache`` the ids of each text that occurred more than once in the batch."""
+        if cache is None or len(self.distinct) == len(self.inverse):
+            return
+        for u in np.flatnonzero(np.bincount(self.inverse, minlength=len(self.distinct)) > 1).tolist():
+            if self.kept[u] is None:
+                cache.keep(self.distinct[u], uflat[uoff[u]:uoff[u + 1]].copy())
+
+
 def encode_distinct(texts: list[str], encoder: ContentEncoder,
                     cache: RecurringTexts | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ids of P ``texts`` (offsets [P+1] int64, flat ids [N] int32) from one encoder call on
     the distinct texts. With a ``cache``, a text found there is not sent, and a text that occurs
-    more than once in ``texts`` joins the cache."""
-    index: dict[str, int] = {}
-    inverse = np.fromiter((index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts))  # [P]
-    distinct = list(index)                                                            # [U]
-    kept = [None] * len(distinct) if cache is None else [cache.ids.get(t) for t in distinct]  # [U] ids, or None
-    hits = [u for u, k in enumerate(kept) if k is not None]
-    if not hits:
-        uoff, uflat = encoder(distinct)                                               # [U+1], [M]
-    else:
-        missing = [u for u, k in enumerate(kept) if k is None]
-        moff, mflat = (encoder([distinct[u] for u in missing]) if missing  # all kept: no tokenizer call
-                       else (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32)))
-        ulens = np.empty(len(distinct), dtype=np.int64)                               # [U]
-        ulens[missing] = np.diff(moff)
-        ulens[hits] = [len(kept[u]) for u in hits]
-        uoff = np.zeros(len(distinct) + 1, dtype=np.int64)                            # [U+1]
-        np.cumsum(ulens, out=uoff[1:])
-        uflat = np.empty(int(uoff[-1]), dtype=np.int32)                               # [M]
-        for group, ids in ((missing, mflat), (hits, np.concatenate([kept[u] for u in hits]))):
-            lens = ulens[group]
-            uflat[np.repeat(uoff[group], lens) + index_within_runs(lens)] = ids
-    if cache is not None and len(distinct) < len(texts):
-        for u in np.flatnonzero(np.bincount(inverse, minlength=len(distinct)) > 1).tolist():
-            if kept[u] is None:
-                cache.keep(distinct[u], uflat[uoff[u]:uoff[u + 1]].copy())
-    if len(distinct) == len(texts):  # every text distinct, in first-seen order
-        return uoff, uflat
-    lens = np.diff(uoff)[inverse]                                                     # [P]
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)                               # [P+1]
-    np.cumsum(lens, out=offsets[1:])
-    return offsets, uflat[np.repeat(uoff[:-1][inverse], lens) + index_within_runs(lens)]  # [N]
+    more than once in ``texts`` joins the cache. One batch at a time: :func:`encodings` does this
+    with two batches at the tokenizer."""
+    plan = Distinct(texts, cache)
+    offsets, flat, uoff, uflat = plan.encode(encoder)
+    plan.remember(uoff, uflat, cache)
+    return offsets, flat
 
 
 def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
@@ -127,7 +186,8 @@ def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "Condit
 
         yield from conditioned_in_workers(batches, tokenizer, stream, workers)
         return
-    for parts, offsets, flat in prefetched(encodings(prefetched(batches), tokenizer, RecurringTexts())):
+    encoder = ContentEncoder(tokenizer.backend_tokenizer)
+    for parts, offsets, flat in prefetched(encodings(prefetched(batches), encoder, RecurringTexts())):
         yield parts, stream.pool(parts, offsets, flat), len(flat)
 
 

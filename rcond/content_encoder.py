@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -156,13 +157,18 @@ class ContentEncoder:
     """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
     ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
     special tokens added). Runs of texts joined by a separator where that is exact (module
-    docstring), else text by text. Not thread-safe on the per-text path (it switches settings of
-    the backend it was given around each call)."""
+    docstring), else text by text. Thread-safe: calls from several threads take turns at the
+    tokenizer, each with its encodings read and freed before the next call starts (and the
+    backend's settings switched only around its own call), and do the rest side by side (runs
+    joined, ids flattened and cut); calls made while the first joined call is checked wait for its
+    verdict. The backend must not be used elsewhere during a call (:func:`content_as_is`)."""
 
     def __init__(self, backend):
         self.backend = backend
         self.joined = self.sep_id = None  # a private copy with the separator, when runs are exact
         self._unchecked = True  # the first joined call is checked against the texts one by one
+        self._first_call = threading.Lock()  # held by the checked call
+        self._turn = threading.Lock()  # one tokenizer call at a time, with its encodings read and freed
         try:
             text = backend.to_str()
         except Exception:  # a custom (Python) component: the tokenizer cannot be copied
@@ -182,15 +188,28 @@ class ContentEncoder:
         self.joined, self.sep_id = joined, sep_id
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.joined is not None and texts and not any(SEPARATOR in t for t in texts):
-            out = self._in_runs(texts)
-            if self._unchecked:  # the first joined call: its sampled texts encoded one by one must agree
-                self._unchecked = False
-                if out is None or not self._agrees(texts, out):
-                    self.joined = out = None  # the reasoning does not hold for this tokenizer: text by text
+        if self._unchecked and self.joined is not None:
+            with self._first_call:  # other threads wait for the check's verdict
+                if self._unchecked:
+                    return self._checked_call(texts)
+        joined = self.joined
+        if joined is not None and texts and not any(SEPARATOR in t for t in texts):
+            out = self._in_runs(joined, texts)
             if out is not None:
                 return out
         return self._per_text(texts)
+
+    def _checked_call(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The first joined call: its sampled texts encoded one by one must agree, or this
+        encoder goes text by text from now on."""
+        if not texts or any(SEPARATOR in t for t in texts):
+            return self._per_text(texts)  # not a joined call: the check waits for one
+        out = self._in_runs(self.joined, texts)
+        if out is None or not self._agrees(texts, out):
+            self.joined = None  # the reasoning does not hold for this tokenizer: text by text
+            out = self._per_text(texts)
+        self._unchecked = False
+        return out
 
     def _agrees(self, texts: list[str], joined: tuple[np.ndarray, np.ndarray]) -> bool:
         """Whether a joined call's ids for the texts of :func:`checked_sample` are those texts'
@@ -202,7 +221,7 @@ class ContentEncoder:
         return (np.array_equal(np.diff(offsets), [len(g) for g in got])
                 and np.array_equal(np.concatenate(got), flat))
 
-    def _in_runs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    def _in_runs(self, joined, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """Runs of consecutive texts of about :data:`RUN_CHARS` characters, joined by the separator,
         one input each; None if a run's separator count is not what was joined."""
         T = len(texts)
@@ -210,7 +229,8 @@ class ContentEncoder:
         run_of = np.cumsum(chars) // RUN_CHARS                                             # [T] nondecreasing
         starts = np.flatnonzero(np.diff(run_of, prepend=-1)).tolist() + [T]                # [runs + 1]
         runs = [SEPARATOR.join(texts[a:b]) for a, b in zip(starts, starts[1:])]
-        lists = [e.ids for e in self.joined.encode_batch_fast(runs, add_special_tokens=False)]
+        with self._turn:
+            lists = [e.ids for e in joined.encode_batch_fast(runs, add_special_tokens=False)]
         for ids in lists:
             ids.append(self.sep_id)  # a separator after every text, the last of each run too
         ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
@@ -225,10 +245,11 @@ class ContentEncoder:
 
     def _per_text(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The backend's batch call, one encoding per text, as the tokenizer does it."""
-        with content_as_is(self.backend):  # only around the call: never left set by an error
-            encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
-        lists = [e.ids for e in encodings]
-        del encodings  # freed here, between tokenizer calls
+        with self._turn:
+            with content_as_is(self.backend):  # only around the call: never left set by an error
+                encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
+            lists = [e.ids for e in encodings]
+            del encodings  # freed here, before the next call
         lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))             # [T]
         offsets = np.zeros(len(lists) + 1, dtype=np.int64)                                # [T+1]
         np.cumsum(lens, out=offsets[1:])

@@ -1,4 +1,7 @@
-"""rcond.conditioning: encoding each distinct text once, the cache of recurring texts, and the corpus-wide marker limit."""
+"""rcond.conditioning: encoding each distinct text once, two batches at a time, the cache of recurring texts, and the
+corpus-wide marker limit."""
+
+import threading
 
 import numpy as np
 import pytest
@@ -57,7 +60,7 @@ def test_repeated_texts_encoded_once_with_the_same_ids():
     want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]  # one call per text
     assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
     assert offsets.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
-    (_, offsets, flat), = encodings([batch(["b a", "c"])], tok)  # all distinct, through the build's path
+    (_, offsets, flat), = encodings([batch(["b a", "c"])], ContentEncoder(tok.backend_tokenizer))  # all distinct, through the build's path
     assert offsets.tolist() == [0, 2, 3] and flat.tolist() == [2, 1, 3]
 
 
@@ -149,3 +152,84 @@ def test_encodings_are_freed_between_tokenizer_calls_not_during_them(tmp_path):
     assert len(freed) == len(made) >= batches * size
     assert not any(during for _, during in freed)
     assert not any(in_main for in_main, _ in freed)
+
+
+def part_batch(texts):
+    from rcond.sources import PartBatch
+
+    n = len(texts)
+    return PartBatch(texts, np.ones(n, bool), np.full(n, np.nan), np.zeros(n, np.int8), np.ones(n, bool), np.zeros(n, bool))
+
+
+def test_the_build_encodes_two_batches_at_once():
+    """encodings() has a batch's tokenizer call under way while the one before it is still being
+    encoded: here the first call does not return until the second has started (it would wait
+    for ever, were the calls one at a time)."""
+    from rcond.conditioning import IN_FLIGHT, encodings
+
+    assert IN_FLIGHT == 2
+    second_started = threading.Event()
+
+    class Overlapping(ContentEncoder):
+        def __call__(self, texts):
+            if texts == ["b"]:
+                second_started.set()
+            elif texts == ["a"]:
+                assert second_started.wait(10), "the second batch was not sent while the first was encoded"
+            return super().__call__(texts)
+
+    tok = word_tokenizer()
+    out = [(parts.texts, flat.tolist()) for parts, _, flat in
+           encodings([part_batch(["a"]), part_batch(["b"]), part_batch(["c a"])], Overlapping(tok.backend_tokenizer))]
+    assert out == [(["a"], [1]), (["b"], [2]), (["c a"], [3, 1])]
+
+
+def test_what_the_build_sends_is_the_same_on_every_run():
+    """encodings() with a cache: a batch is planned while the one before it is encoded, so a text
+    that recurs within batch k is kept from batch k+2 on (hand-followed below), whichever thread
+    finishes first; every text still gets its own ids, in batch order."""
+    from rcond.conditioning import RecurringTexts, encodings
+
+    tok = word_tokenizer()
+    batches = [["e f", "a", "e f", "b"], ["e f", "c", "a", "c"], ["a", "c", "e f", "a b"], ["c", "e f", "c"], ["a", "c"]]
+    for _ in range(5):
+        encoder, cache = Recording(tok.backend_tokenizer), RecurringTexts()
+        out = list(encodings([part_batch(t) for t in batches], encoder, cache))
+        assert [parts.texts for parts, _, _ in out] == batches
+        for (_, offsets, flat), texts in zip(out, batches):
+            want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+            assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
+        # batch 2 planned before batch 1 was done: it sends "e f" and "c" once each; batch 3 knows
+        # "e f" (recurred in batch 1); batch 4 knows "c" too (batch 2): no call; batch 5 sends "a"
+        assert sorted(encoder.sent) == sorted([["e f", "a", "b"], ["e f", "c", "a"], ["a", "c", "a b"], ["a"]])
+        assert list(cache.ids) == ["e f", "c"]
+
+
+def test_an_encoding_error_comes_in_batch_order_and_a_stopped_build_lets_calls_end():
+    """A tokenizer call that fails raises when its batch's turn comes, after the batches before it;
+    a consumer that stops early waits for the call under way, so the tokenizer is not left
+    mid-call (its settings switched) behind it."""
+    from rcond.conditioning import encodings
+
+    calls, ended = [], []
+
+    class Failing(ContentEncoder):
+        def __call__(self, texts):
+            calls.append(texts)
+            if texts == ["boom"]:
+                raise RuntimeError("the tokenizer failed")
+            if texts == ["slow"]:
+                threading.Event().wait(0.3)
+            out = super().__call__(texts)
+            ended.append(texts)
+            return out
+
+    encoder = Failing(word_tokenizer().backend_tokenizer)
+    got = encodings([part_batch(["a"]), part_batch(["boom"]), part_batch(["b"])], encoder)
+    assert next(got)[0].texts == ["a"]
+    with pytest.raises(RuntimeError, match="the tokenizer failed"):
+        next(got)
+    stopped = encodings([part_batch(["a"]), part_batch(["slow"]), part_batch(["c"])], encoder)
+    assert next(stopped)[0].texts == ["a"]
+    stopped.close()
+    assert ["slow"] in ended

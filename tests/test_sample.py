@@ -15,6 +15,7 @@ from conftest import DropsACtrlC, write_jsonl
 from rcond.atomic import OutputExistsError, OutputPathError
 from rcond.cli import main
 from rcond.conditioning import ON_SLOT, RTG_SLOT, ConditionedStream, encodings
+from rcond.content_encoder import ContentEncoder
 from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, check_device, check_out_file, conditions,
@@ -92,7 +93,7 @@ def test_prompt_ids_are_control_ids_then_the_corpus_encoding(sampler, scheme):
     ids = scheme.token_ids(tok)
     prompt = "w3 w4 w5"
     batch = PartBatch.from_records([Record([Part(prompt, False, rtg=0.2), Part("w9", True)], "on", "t")])
-    (_, offsets, flat), = encodings([batch], tok)                     # the corpus build's own encoding path
+    (_, offsets, flat), = encodings([batch], ContentEncoder(tok.backend_tokenizer))  # the corpus build's own encoding path
     corpus_prompt = flat[offsets[0]:offsets[1]].tolist()
     assert tok(prompt)["input_ids"][0] == tok.bos_token_id            # the tokenizer's own call adds <bos> ...
     assert corpus_prompt == [5, 6, 7]                                 # ... the corpus encoding does not
@@ -112,7 +113,7 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     parts = ([Part(prompt, False, rtg=0.2), Part(response, True)] if fmt == "scored"
              else [Part(prompt, False), Part(response, True, rtg=0.2)])
     batch = PartBatch.from_records([Record(parts, "on", "t")])
-    (_, offsets, flat), = encodings([batch], tok)
+    (_, offsets, flat), = encodings([batch], ContentEncoder(tok.backend_tokenizer))
     pool = ConditionedStream(tok.eos_token_id, PackOptions(uncond_fraction=0.0)).pool(batch, offsets, flat)
     document = pool.ids.tolist()                                      # placeholders for the control tokens
     ids = fmt_scheme.token_ids(tok)
