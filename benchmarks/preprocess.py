@@ -15,8 +15,9 @@ tokenizer is printed for each.
   feeding the bare loop's batch call, collector paused: what any pipeline from the file to token
   ids pays. rcond over this is the price of conditioning, packing and writing the corpus;
 - **rcond**: ``rcond.corpus.build`` from the JSONL file to a finished corpus directory (reading,
-  validation, encoding, control tokens, packing, Arrow writing, fingerprints). ``datasets`` is
-  imported before the clock starts: a one-off cost of about 0.9 s here, not throughput.
+  validation, encoding, control tokens, packing, Arrow writing, fingerprints). ``datasets`` and
+  the reader's ``rcond.columnar`` are imported before the clock starts: one-off costs (about 0.9 s
+  and, compiled from source where no bytecode is cached, 6 ms here), not throughput.
 
 Throughput is content tokens per second (the tokenizer's output, the same count for both). The
 jobs run interleaved, each in a fresh process, ``--repeats`` times; the ratio is given best vs
@@ -82,6 +83,9 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
 
 def child_read_encode(input_path: str, tokenizer_dir: str) -> dict:
     import datasets.arrow_writer  # noqa: F401  -- the one-off imports child_rcond does (pandas, which the reader pulls in)
+    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
+    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
+    import rcond.columnar  # noqa: F401
 
     from rcond.background import collector_paused, prefetched
     from rcond.corpus import PackOptions
@@ -100,6 +104,9 @@ def child_read_encode(input_path: str, tokenizer_dir: str) -> dict:
 
 def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1") -> dict:
     import datasets.arrow_writer  # noqa: F401  -- a one-off import cost (~0.9 s here), not throughput
+    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
+    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
+    import rcond.columnar  # noqa: F401
 
     from rcond.corpus import PackOptions, build
     from rcond.tokenizer import load_tokenizer

