@@ -9,7 +9,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre
 
 from conftest import word_tokenizer
 from rcond import content_encoder
-from rcond.content_encoder import SEPARATOR, ContentEncoder, checked_sample, piecewise
+from rcond.content_encoder import SEPARATOR, ContentEncoder, checked_sample, cut_texts, cuttable, piecewise
 
 CORPUS = ["The battery lasts all week, honestly.", "  Leading spaces and trailing ones  ", "Ünïcödé façade — naïve café",
           "日本語のテキストも少し", "numbers 12345 and 3.14159", "tabs\tand\nnewlines\n\n", "<|rtg:1|> typed by a user </s>",
@@ -314,3 +314,94 @@ def test_calls_that_wait_for_the_first_ones_check_follow_its_verdict(monkeypatch
         got = list(pool.map(lambda b: split(*encoder(b)), batches))
     assert got == [alone(backend, b) for b in batches]
     assert encoder.joined is None
+
+
+def test_cut_points_by_hand(monkeypatch):
+    """Before a lone space between ASCII letters or digits, at least CUT_CHARS into what is left and
+    with at least half that left after; not at a double space, beside punctuation, nor near the end."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 4)
+    assert cut_texts(["abcd efgh ijkl mnop"]) == (["abcd efgh", " ijkl", " mnop"], [3])
+    assert cut_texts(["ab", "abcd, efgh  ijkl mn", "a b"]) == (["ab", "abcd, efgh  ijkl mn", "a b"], [1, 1, 1])
+    assert cut_texts(["x" * 9 + " 12345678"]) == (["x" * 9, " 12345678"], [2])
+
+
+def byte_level_with_prefix():  # as byte-level BPE, adding a prefix space to each input
+    return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                   normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]),
+                   pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel())
+
+
+def metaspace_unigram_nfkc(scheme):  # SentencePiece style, with a normaliser that keeps spaces as they are
+    tok = trained(models.Unigram(), trainers.UnigramTrainer(vocab_size=120, unk_token="<unk>", special_tokens=["<unk>"],
+                                                            show_progress=False),
+                  normalizers.NFKC(), pre_tokenizers.Metaspace(prepend_scheme=scheme))
+    return Tokenizer.from_str(tok.to_str())  # as metaspace_unigram: a copy the encoder accepts
+
+
+CUTTABLE = {"byte-level BPE": byte_level_bpe, "byte-level BPE, prefix space, NFKC and lowercase": byte_level_with_prefix,
+            "BERT WordPiece": bert_wordpiece, "word level": lambda: word_tokenizer().backend_tokenizer,
+            "Unigram, Metaspace always": lambda: metaspace_unigram_nfkc("always"),
+            "Unigram, Metaspace never": lambda: metaspace_unigram_nfkc("never")}
+
+
+def long_texts():
+    """Long texts of words, digits, punctuation, runs of spaces, tabs and newlines, non-ASCII
+    letters, marks and spaces: every kind of character on either side of a cut point, and as
+    the first character after one."""
+    rng = np.random.default_rng(1)
+    words = ["battery", "Week", "7", "2024", "a", "don't", "naïve", "日本語", "¨", "ſ", "--", ".", "(x)", "é", "\u00a0",
+             "  ", "\t", "\n", " \n ", "<|rtg:1|>", "</s>", "🙂", "A1b2", "x" * 40]
+    return ["".join(str(w) + (" " if rng.random() < 0.7 else "") for w in rng.choice(words, size=int(n)))
+            for n in rng.integers(1, 400, size=60)]
+
+
+@pytest.mark.parametrize("name", CUTTABLE)
+def test_long_texts_cut_into_inputs_get_each_text_its_own_ids(name, monkeypatch):
+    backend = CUTTABLE[name]()
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 16)  # cuts every few words
+    monkeypatch.setattr(content_encoder, "RUN_CHARS", 64)
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None and encoder.cuts, "this tokenizer should have its long texts cut"
+    batch = long_texts() + texts()
+    pieces, _ = cut_texts(batch)
+    assert len(pieces) > 2 * len(batch)  # many cuts
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is not None  # the first call's check agreed: the ids came from the cut inputs
+    assert split(*encoder(batch[::-1])) == alone(backend, batch[::-1])  # a second call, after the check
+
+
+def test_the_components_that_allow_cuts():
+    bpe = {"type": "BPE"}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    assert cuttable({"normalizer": None, "pre_tokenizer": byte_level, "model": bpe})
+    assert cuttable({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
+                     "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "never", "split": True}, "model": bpe,
+                     "added_tokens": [{"content": "</s>", "special": True}]})
+    refused = [{"pre_tokenizer": {**byte_level, "use_regex": False}},  # no split at all: merges may cross spaces
+               {"pre_tokenizer": {"type": "Split", "pattern": {"Regex": " "}, "behavior": "Isolated"}},
+               {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [byte_level]}},
+               {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always", "split": False}},
+               {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first", "split": True}},
+               {"pre_tokenizer": {"type": "Digits"}}, {"pre_tokenizer": None},
+               {"pre_tokenizer": byte_level, "added_tokens": [{"content": "week", "special": False}]}]
+    refused += [{"pre_tokenizer": byte_level, "normalizer": {"type": kind}}
+                for kind in ("Replace", "Prepend", "Strip", "Precompiled", "ByteLevel")]
+    for state in refused:
+        assert not cuttable({"model": bpe, **state}), state
+
+
+def test_an_ordinary_added_token_stops_the_cuts():
+    """An ordinary added token with rstrip takes the space after it: cut after the token, that space
+    would start the next input and be encoded as a space of its own. Such a tokenizer's texts are
+    joined but not cut, and keep their ids."""
+    backend = byte_level_bpe()
+    backend.add_tokens([AddedToken("week", rstrip=True)])
+    text = "lasts all week honestly"
+    cut = text.index(" honestly")
+    assert alone(backend, [text])[0] != alone(backend, [text[:cut]])[0] + alone(backend, [text[cut:]])[0]  # the reason
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None and not encoder.cuts
+    batch = [(text + " ") * 200] + texts()
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is not None

@@ -113,3 +113,32 @@ def test_hh_rlhf_pairs_encoded_in_runs_and_text_by_text_make_the_same_corpus(tmp
             assert per_text_calls[0] > 1
     assert len(per_text_calls) > 1  # then every batch of the per-text build
     assert rows[0] == rows[1]
+
+
+def test_movie_reviews_cut_into_inputs_and_text_by_text_make_the_same_corpus(tmp_path, shared_data, monkeypatch):
+    """The 2,000 reviews (~4,000 characters each) cut into inputs of about 1,024 characters at
+    spaces between ASCII letters or digits, the pieces joined into runs, and encoded one text per
+    encoding: byte-identical rows, and the first call's check agreed."""
+    from rcond import content_encoder
+
+    source = str(shared_data / "movie_reviews.zip")
+    tok = train_tokenizer(SourceReader([source], "text").texts(), 1024)
+    encoder = content_encoder.ContentEncoder(tok.backend_tokenizer)
+    assert encoder.cuts  # a byte-level BPE: its long texts are cut
+    texts = list(SourceReader([source], "text").texts())
+    pieces, counts = content_encoder.cut_texts(texts)
+    assert len(pieces) > 3 * len(texts) and sum(counts) == len(pieces)
+    made = []
+    real_init = content_encoder.ContentEncoder.__init__
+    monkeypatch.setattr(content_encoder.ContentEncoder, "__init__",
+                        lambda self, backend: real_init(self, backend) or made.append(self))
+    rows = []
+    for name in ("cut", "per_text"):
+        if name == "per_text":
+            monkeypatch.setattr(content_encoder, "piecewise", lambda state: False)
+        scheme, _ = build(SourceReader([source], "text"), tmp_path / name, tok, opts=PackOptions(block_size=512),
+                          progress=False)
+        rows.append(scheme.options["rows_sha256"])
+    assert made[0].cuts and made[0].joined is not None  # the cut path all through, its check passed
+    assert made[1].joined is None
+    assert rows[0] == rows[1]
