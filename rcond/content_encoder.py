@@ -64,6 +64,10 @@ PIECEWISE = {  # component types whose result on a piece does not depend on the 
     "model": {"BPE", "Unigram", "WordLevel", "WordPiece"},
 }
 CUTTABLE_NORMALIZERS = {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "StripAccents", "Sequence"}
+CUTTABLE_SPLITS = {  # Split patterns (isolated matches) that a cut before a lone space between letters or digits keeps
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",  # Llama 3, cl100k
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",  # Qwen 2
+}
 
 
 @contextmanager
@@ -132,9 +136,16 @@ def cuttable(state: dict) -> bool:
       so no prefix space is added to it;
     - ``Whitespace``, ``WhitespaceSplit``, ``BertPreTokenizer``: they split at every space and drop it;
     - ``Metaspace`` that splits (each ``▁`` starts a word) and prepends always or never: the input
-      after the cut starts with ``▁``, so nothing is prepended.
+      after the cut starts with ``▁``, so nothing is prepended;
+    - the ``Sequence`` of Llama 3 and Qwen 2 tokenizers: a ``Split`` with one of the patterns of
+      :data:`CUTTABLE_SPLITS` (isolated matches), then ``ByteLevel`` on each match. As with the
+      GPT-2 pattern, no alternative takes a space after a letter or digit (the letters alternative
+      may start with one character that is neither letter, digit nor line break, and the others
+      hold no space or only spaces), and the only look-around is ahead (the whitespace
+      alternative's "not followed by a non-space", which sees the same character within
+      the text before the cut); a digit run starts after the space on either side.
 
-    Not a ``Sequence`` of pre-tokenisers, nor a ``Split`` with a pattern of its own. The
+    No other ``Sequence``, nor a ``Split`` with another pattern. The
     normalisers must act character by character and leave ASCII letters, digits and the space as
     they are (up to case): the kinds in :data:`CUTTABLE_NORMALIZERS` (not ``Replace``, ``Prepend``,
     ``Strip``, ``Precompiled``, nor ``ByteLevel``, which turns the space into another character).
@@ -145,9 +156,16 @@ def cuttable(state: dict) -> bool:
             return False
     pre = state.get("pre_tokenizer") or {}
     kind = pre.get("type")
-    if not (kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer")
-            or kind == "ByteLevel" and pre.get("use_regex", True)
-            or kind == "Metaspace" and pre.get("split", True) and pre.get("prepend_scheme") in ("always", "never")):
+    if kind == "Sequence":
+        members = pre.get("pretokenizers") or []
+        split = members[0] if members else {}
+        if not (len(members) == 2 and split.get("type") == "Split" and split.get("behavior") == "Isolated"
+                and not split.get("invert") and (split.get("pattern") or {}).get("Regex") in CUTTABLE_SPLITS
+                and members[1].get("type") == "ByteLevel"):
+            return False
+    elif not (kind in ("Whitespace", "WhitespaceSplit", "BertPreTokenizer")
+              or kind == "ByteLevel" and pre.get("use_regex", True)
+              or kind == "Metaspace" and pre.get("split", True) and pre.get("prepend_scheme") in ("always", "never")):
         return False
     return not any(not t.get("special") for t in state.get("added_tokens") or [])
 

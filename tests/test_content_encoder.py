@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from conftest import word_tokenizer
 from rcond import content_encoder
@@ -339,7 +339,18 @@ def metaspace_unigram_nfkc(scheme):  # SentencePiece style, with a normaliser th
     return Tokenizer.from_str(tok.to_str())  # as metaspace_unigram: a copy the encoder accepts
 
 
-CUTTABLE = {"byte-level BPE": byte_level_bpe, "byte-level BPE, prefix space, NFKC and lowercase": byte_level_with_prefix,
+def split_then_byte_level(pattern):  # Llama 3 / Qwen 2 style: a Split of their own pattern, then bytes
+    return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                   None, pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), "isolated"),
+                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+                   decoders.ByteLevel())
+
+
+LLAMA3_SPLIT, QWEN2_SPLIT = sorted(content_encoder.CUTTABLE_SPLITS, key=lambda p: "{1,3}" not in p)  # digits 3 / 1 a match
+CUTTABLE = {"Llama 3 split": lambda: split_then_byte_level(LLAMA3_SPLIT),
+            "Qwen 2 split": lambda: split_then_byte_level(QWEN2_SPLIT),
+            "byte-level BPE": byte_level_bpe, "byte-level BPE, prefix space, NFKC and lowercase": byte_level_with_prefix,
             "BERT WordPiece": bert_wordpiece, "word level": lambda: word_tokenizer().backend_tokenizer,
             "Unigram, Metaspace always": lambda: metaspace_unigram_nfkc("always"),
             "Unigram, Metaspace never": lambda: metaspace_unigram_nfkc("never")}
@@ -375,12 +386,18 @@ def test_the_components_that_allow_cuts():
     bpe = {"type": "BPE"}
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
     assert cuttable({"normalizer": None, "pre_tokenizer": byte_level, "model": bpe})
+    assert cuttable({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        {**byte_level, "use_regex": False}]}, "model": bpe})
     assert cuttable({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
                      "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "never", "split": True}, "model": bpe,
                      "added_tokens": [{"content": "</s>", "special": True}]})
     refused = [{"pre_tokenizer": {**byte_level, "use_regex": False}},  # no split at all: merges may cross spaces
                {"pre_tokenizer": {"type": "Split", "pattern": {"Regex": " "}, "behavior": "Isolated"}},
                {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [byte_level]}},
+               {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # a listed pattern, matches not isolated
+                   {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "MergedWithNext", "invert": False},
+                   byte_level]}},
                {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always", "split": False}},
                {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first", "split": True}},
                {"pre_tokenizer": {"type": "Digits"}}, {"pre_tokenizer": None},
@@ -389,6 +406,20 @@ def test_the_components_that_allow_cuts():
                 for kind in ("Replace", "Prepend", "Strip", "Precompiled", "ByteLevel")]
     for state in refused:
         assert not cuttable({"model": bpe, **state}), state
+
+
+def test_a_split_pattern_not_listed_is_not_cut():
+    """A Split whose matches take the spaces after a word: cut before a space, that space would be
+    a match of its own. Such a tokenizer's texts are joined but not cut, and keep their ids."""
+    backend = split_then_byte_level(r"\S+\s*")
+    text = "The battery lasts all week honestly"
+    cuts = [m.start() + 1 for m in content_encoder.CUT_AT.finditer(text)]
+    assert any(alone(backend, [text])[0] != alone(backend, [text[:c]])[0] + alone(backend, [text[c:]])[0]
+               for c in cuts)  # the reason
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None and not encoder.cuts
+    batch = [(text + " ") * 200] + long_texts()
+    assert split(*encoder(batch)) == alone(backend, batch)
 
 
 def test_an_ordinary_added_token_stops_the_cuts():
