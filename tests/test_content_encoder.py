@@ -1,6 +1,7 @@
 """rcond.content_encoder: texts joined into runs get exactly the ids each text gets alone, on
 tokenizers of every common kind; where that would not hold, the encoder goes text by text."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -436,3 +437,62 @@ def test_an_ordinary_added_token_stops_the_cuts():
     batch = [(text + " ") * 200] + texts()
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined is not None
+
+
+FUZZ_ATOMS = ["a", "Z", "7", "42", "word", "Don't", "it's", "I'LL", " ", " ", " ", "  ", "\t", "\n", "\r\n", " \n", "é", "e\u0301",
+              "ß", "ſ", "ﬁ", "Å", "中文", "日本", "한국", "🙂", "\u00a0", "\u2002", "\u3000", "¨", "´", "½", "²", "٣", "·", ".", ",",
+              "!?", "--", "(", ")", "'", "\"", "’", "<|x|>", "</s>", "\u200b", "\u0301", "ｆｕｌｌ", "Ǆ", "İ", "Σ", "ς", "x" * 30,
+              "123456", "1 2", "a1", "_", "@", "#tag"]
+
+
+@pytest.mark.slow
+def test_every_cut_point_keeps_the_ids_on_every_cuttable_configuration():
+    """Brute force over the kinds `cuttable` allows (4 models x 11 normalisers x 16 pre-tokenisers,
+    each trained on random text): every text cut at every cut point at once gets the ids it gets
+    whole, on 100 random texts per tokenizer built from letters, digits, runs of spaces, line
+    breaks, marks, compatibility characters and other scripts (~320k cut points; ~1.5 min)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+
+    def text(n):
+        return "".join(rng.choice(FUZZ_ATOMS) for _ in range(n))
+
+    corpus = [text(rng.randint(5, 60)) for _ in range(300)]
+    model_kinds = [
+        lambda: (models.BPE(unk_token="[UNK]"), trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["[UNK]"], show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())),
+        lambda: (models.WordPiece(unk_token="[UNK]"), trainers.WordPieceTrainer(
+            vocab_size=300, special_tokens=["[UNK]"], show_progress=False)),
+        lambda: (models.Unigram(), trainers.UnigramTrainer(
+            vocab_size=200, unk_token="[UNK]", special_tokens=["[UNK]"], show_progress=False)),
+        lambda: (models.WordLevel(unk_token="[UNK]"), trainers.WordLevelTrainer(special_tokens=["[UNK]"], show_progress=False))]
+    norms = [None, normalizers.NFC(), normalizers.NFD(), normalizers.NFKC(), normalizers.NFKD(), normalizers.Lowercase(),
+             normalizers.StripAccents(), normalizers.Nmt(), normalizers.BertNormalizer(),
+             normalizers.BertNormalizer(strip_accents=True, lowercase=False),
+             normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()])]
+    pres = [pre_tokenizers.ByteLevel(add_prefix_space=False), pre_tokenizers.ByteLevel(add_prefix_space=True),
+            pre_tokenizers.Whitespace(), pre_tokenizers.WhitespaceSplit(), pre_tokenizers.BertPreTokenizer(),
+            pre_tokenizers.Metaspace(prepend_scheme="always"), pre_tokenizers.Metaspace(prepend_scheme="never"),
+            pre_tokenizers.Metaspace(replacement="_", prepend_scheme="always")]
+    pres += [pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(p), "isolated"),
+                                      pre_tokenizers.ByteLevel(add_prefix_space=prefix, use_regex=regex)])
+             for p in (LLAMA3_SPLIT, QWEN2_SPLIT) for prefix in (False, True) for regex in (False, True)]
+    cut_points = 0
+    for make_model, norm, pre in itertools.product(model_kinds, norms, pres):
+        model, trainer = make_model()
+        backend = Tokenizer(model)
+        if norm is not None:
+            backend.normalizer = norm
+        backend.pre_tokenizer = pre
+        backend.train_from_iterator(corpus, trainer)
+        backend.add_special_tokens(["</s>", "<|x|>"])
+        backend = Tokenizer.from_str(backend.to_str())
+        assert cuttable(json.loads(backend.to_str())), (norm, pre)
+        for t in (text(rng.randint(20, 400)) for _ in range(100)):
+            cuts = [m.start() + 1 for m in content_encoder.CUT_AT.finditer(t)]
+            pieces = [t[a:b] for a, b in zip([0] + cuts, cuts + [len(t)])]
+            assert sum(alone(backend, pieces), []) == alone(backend, [t])[0], (backend.to_str()[:300], t)
+            cut_points += len(cuts)
+    assert cut_points > 200_000
