@@ -239,11 +239,12 @@ class ContentEncoder:
     """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
     ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
     special tokens added). Runs of texts joined by a separator, long texts cut into several
-    inputs, where that is exact (module docstring), else text by text. Thread-safe: calls from several threads take turns at the
-    tokenizer, each with its encodings read and freed before the next call starts (and the
-    backend's settings switched only around its own call), and do the rest side by side (runs
-    joined, ids flattened and cut); calls made while the first joined call is checked wait for its
-    verdict. The backend must not be used elsewhere during a call (:func:`content_as_is`)."""
+    inputs, where that is exact (module docstring), else text by text. Thread-safe: calls from
+    several threads take turns at the tokenizer, each with its encodings read and freed before the
+    next call starts (and the backend's settings switched only around its own call), and do the
+    rest side by side (runs joined, ids flattened and cut); calls made while the first joined call
+    is checked wait for its verdict. The backend must not be used elsewhere during a call
+    (:func:`content_as_is`)."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -273,22 +274,19 @@ class ContentEncoder:
         self.cuts = cuttable(state)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self._unchecked and self.joined is not None:
+        if self.joined is None or not texts or any(SEPARATOR in t for t in texts):
+            return self._per_text(texts)  # not a joined call (a first-call check waits for one)
+        if self._unchecked:
             with self._first_call:  # other threads wait for the check's verdict
                 if self._unchecked:
                     return self._checked_call(texts)
-        joined = self.joined
-        if joined is not None and texts and not any(SEPARATOR in t for t in texts):
-            out = self._in_runs(joined, texts)
-            if out is not None:
-                return out
-        return self._per_text(texts)
+        joined = self.joined  # None if the check said so meanwhile
+        out = None if joined is None else self._in_runs(joined, texts)
+        return self._per_text(texts) if out is None else out
 
     def _checked_call(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The first joined call: its sampled texts encoded one by one must agree, or this
         encoder goes text by text from now on."""
-        if not texts or any(SEPARATOR in t for t in texts):
-            return self._per_text(texts)  # not a joined call: the check waits for one
         out = self._in_runs(self.joined, texts)
         if out is None or not self._agrees(texts, out):
             self.joined = None  # the reasoning does not hold for this tokenizer: text by text
