@@ -62,6 +62,15 @@ def timed_since(start: tuple[float, float, float]) -> dict:
     return dict(zip(("seconds", "cpu", "main_cpu"), (now - then for now, then in zip(clocks(), start))))
 
 
+def one_off_imports() -> None:
+    """What a build imports once per process, imported before a job's clock starts: not
+    throughput. ``datasets`` (~0.9 s here, pandas with it) and the reader's ``rcond.columnar``,
+    which it imports on first use (~6 ms on the CI machine, which caches no bytecode:
+    ``PYTHONDONTWRITEBYTECODE=1`` compiles it from source in every process)."""
+    import datasets.arrow_writer  # noqa: F401
+    import rcond.columnar  # noqa: F401
+
+
 def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
     from rcond.background import collector_paused
     from rcond.tokenizer import load_tokenizer
@@ -82,10 +91,7 @@ def child_bare(input_path: str, tokenizer_dir: str, paused: str = "") -> dict:
 
 
 def child_read_encode(input_path: str, tokenizer_dir: str) -> dict:
-    import datasets.arrow_writer  # noqa: F401  -- the one-off imports child_rcond does (pandas, which the reader pulls in)
-    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
-    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
-    import rcond.columnar  # noqa: F401
+    one_off_imports()
 
     from rcond.background import collector_paused, prefetched
     from rcond.corpus import PackOptions
@@ -103,10 +109,7 @@ def child_read_encode(input_path: str, tokenizer_dir: str) -> dict:
 
 
 def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1") -> dict:
-    import datasets.arrow_writer  # noqa: F401  -- a one-off import cost (~0.9 s here), not throughput
-    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
-    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
-    import rcond.columnar  # noqa: F401
+    one_off_imports()
 
     from rcond.corpus import PackOptions, build
     from rcond.tokenizer import load_tokenizer

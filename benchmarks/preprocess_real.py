@@ -45,7 +45,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from preprocess import clocks, run_child, sent_share, timed_since  # noqa: E402  -- the toy benchmark's job harness
+from preprocess import clocks, one_off_imports, run_child, sent_share, timed_since  # noqa: E402  -- the toy benchmark's job harness
 
 CORPORA = {  # name: (file in the data folder, format); long-docs is made from movie_reviews.zip
     "hh-pairs": ("hh_rlhf_harmless_test.jsonl.gz", "pairs"),
@@ -73,10 +73,7 @@ def child_bare_parts(spec: str, fmt: str, tokenizer_dir: str) -> dict:
 
 
 def child_rcond_build(spec: str, fmt: str, tokenizer_dir: str, out: str) -> dict:
-    import datasets.arrow_writer  # noqa: F401  -- a one-off import cost, not throughput
-    # the reader imports rcond.columnar on first use: a one-off cost, ~6 ms on the CI machine, which
-    # caches no bytecode (PYTHONDONTWRITEBYTECODE=1) and so compiles it from source in every process
-    import rcond.columnar  # noqa: F401
+    one_off_imports()
 
     from rcond.corpus import PackOptions, build
     from rcond.sources import SourceReader
