@@ -45,12 +45,6 @@ def test_repeated_texts_encoded_once_with_the_same_ids():
     """A batch whose texts repeat (a pair's shared prompt, a templated prompt): each distinct text
     goes to the tokenizer once, and every text still gets exactly its own encoding's ids."""
     from rcond.conditioning import encode_distinct, encodings
-    from rcond.sources import PartBatch
-
-    def batch(texts):
-        n = len(texts)
-        return PartBatch(texts, np.ones(n, bool), np.full(n, np.nan), np.zeros(n, np.int8), np.ones(n, bool),
-                         np.zeros(n, bool))
 
     tok = word_tokenizer()
     texts = ["a b c", "d", "a b c", "e f", "d", "a b c", "g h i j"]
@@ -60,7 +54,7 @@ def test_repeated_texts_encoded_once_with_the_same_ids():
     want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]  # one call per text
     assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
     assert offsets.tolist() == np.cumsum([0] + [len(w) for w in want]).tolist()
-    (_, offsets, flat), = encodings([batch(["b a", "c"])], ContentEncoder(tok.backend_tokenizer))  # all distinct, through the build's path
+    (_, offsets, flat), = encodings([part_batch(["b a", "c"])], ContentEncoder(tok.backend_tokenizer))  # all distinct, through the build's path
     assert offsets.tolist() == [0, 2, 3] and flat.tolist() == [2, 1, 3]
 
 

@@ -36,10 +36,10 @@ def trained(model, trainer, normalizer, pre_tokenizer, decoder=None):
     return tok
 
 
-def byte_level_bpe():  # GPT-2 style
+def byte_level_bpe(normalizer=None, prefix_space=False):  # GPT-2 style
     return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-                   None, pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+                   normalizer, pre_tokenizers.ByteLevel(add_prefix_space=prefix_space), decoders.ByteLevel())
 
 
 def bert_wordpiece():  # BERT style: normaliser that lowercases and strips accents, punctuation split
@@ -48,11 +48,11 @@ def bert_wordpiece():  # BERT style: normaliser that lowercases and strips accen
                    normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer())
 
 
-def metaspace_unigram(scheme):  # SentencePiece style
+def metaspace_unigram(scheme, normalizer=None):  # SentencePiece style; by default NFKC and double spaces made single
+    normalizer = normalizer or normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")])
     tok = trained(models.Unigram(), trainers.UnigramTrainer(vocab_size=120, unk_token="<unk>", special_tokens=["<unk>"],
                                                             show_progress=False),
-                  normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")]),
-                  pre_tokenizers.Metaspace(prepend_scheme=scheme))
+                  normalizer, pre_tokenizers.Metaspace(prepend_scheme=scheme))
     # as a user's tokenizer is, read from its JSON: scores fresh from training do not always come
     # back the same from JSON (in ~5% of trainings here), and the encoder then rightly keeps no copy
     return Tokenizer.from_str(tok.to_str())
@@ -326,20 +326,6 @@ def test_cut_points_by_hand(monkeypatch):
     assert cut_texts(["x" * 9 + " 12345678"]) == (["x" * 9, " 12345678"], [2])
 
 
-def byte_level_with_prefix():  # as byte-level BPE, adding a prefix space to each input
-    return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                                     initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-                   normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]),
-                   pre_tokenizers.ByteLevel(add_prefix_space=True), decoders.ByteLevel())
-
-
-def metaspace_unigram_nfkc(scheme):  # SentencePiece style, with a normaliser that keeps spaces as they are
-    tok = trained(models.Unigram(), trainers.UnigramTrainer(vocab_size=120, unk_token="<unk>", special_tokens=["<unk>"],
-                                                            show_progress=False),
-                  normalizers.NFKC(), pre_tokenizers.Metaspace(prepend_scheme=scheme))
-    return Tokenizer.from_str(tok.to_str())  # as metaspace_unigram: a copy the encoder accepts
-
-
 def split_then_byte_level(pattern):  # Llama 3 / Qwen 2 style: a Split of their own pattern, then bytes
     return trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
@@ -351,10 +337,13 @@ def split_then_byte_level(pattern):  # Llama 3 / Qwen 2 style: a Split of their 
 LLAMA3_SPLIT, QWEN2_SPLIT = sorted(content_encoder.CUTTABLE_SPLITS, key=lambda p: "{1,3}" not in p)  # digits 3 / 1 a match
 CUTTABLE = {"Llama 3 split": lambda: split_then_byte_level(LLAMA3_SPLIT),
             "Qwen 2 split": lambda: split_then_byte_level(QWEN2_SPLIT),
-            "byte-level BPE": byte_level_bpe, "byte-level BPE, prefix space, NFKC and lowercase": byte_level_with_prefix,
+            "byte-level BPE": byte_level_bpe,
+            "byte-level BPE, prefix space, NFKC and lowercase": lambda: byte_level_bpe(
+                normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]), prefix_space=True),
             "BERT WordPiece": bert_wordpiece, "word level": lambda: word_tokenizer().backend_tokenizer,
-            "Unigram, Metaspace always": lambda: metaspace_unigram_nfkc("always"),
-            "Unigram, Metaspace never": lambda: metaspace_unigram_nfkc("never")}
+            # a normaliser that keeps spaces as they are (the default's Replace is not cuttable)
+            "Unigram, Metaspace always": lambda: metaspace_unigram("always", normalizers.NFKC()),
+            "Unigram, Metaspace never": lambda: metaspace_unigram("never", normalizers.NFKC())}
 
 
 def long_texts():
