@@ -239,18 +239,20 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     np.cumsum(out_len, out=out_start[1:])
     T = int(out_start[-1])
     w = (trainable | opts.train_on_prompt).astype(np.float32)                       # [P]
-    ids = np.empty(T, dtype=np.int32)
-    tw = np.zeros(T, dtype=np.float32)
-    mk = np.empty(T, dtype=np.int32)
-    dst = np.arange(len(flat)) + np.repeat(out_start[:-1] + ins - offsets[:-1], lens)  # [N]
-    ids[dst], tw[dst], mk[dst] = flat, np.repeat(w, lens), np.repeat(force, lens)
+    # each part's tokens (its control tokens, content, and eos if last) take the part's weight and
+    # marker in force (a part's own RTG token is its marker); control tokens are then weighted 0
+    tw = np.repeat(w, out_len)                                                      # [T]
+    mk = np.repeat(force, out_len)                                                  # [T]
     mode_at = out_start[first]                                                      # [D]
-    ids[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT)
-    mk[mode_at] = force[first]
     rtg_at = out_start[rtg_parts] + starts[rtg_parts]                               # [m]
-    ids[rtg_at], mk[rtg_at] = RTG_SLOT, part_marker[rtg_parts]
-    eos_at = out_start[last] + ins[last] + lens[last]
-    ids[eos_at], tw[eos_at], mk[eos_at] = eos_id, w[last], force[last]
+    eos_at = out_start[last] + ins[last] + lens[last]                               # [D]
+    content = np.ones(T, dtype=bool)                                                # [T] False at mode, RTG, eos
+    content[mode_at] = content[rtg_at] = content[eos_at] = False
+    ids = np.empty(T, dtype=np.int32)
+    ids[content] = flat  # the content tokens, in order, into the places left
+    ids[mode_at], tw[mode_at] = np.where(doc_on, ON_SLOT, OFF_SLOT), 0
+    ids[rtg_at], tw[rtg_at] = RTG_SLOT, 0
+    ids[eos_at] = eos_id
     doc_start = np.append(out_start[first], T)                                      # [D+1]
     (ids, tw, mk, start, length), piece_doc, truncated, cut_markers = _cut(ids, tw, mk, doc_start[:-1],
                                                                             np.diff(doc_start), doc_on, opts)
@@ -285,9 +287,8 @@ def _trained(lw: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarra
     """[Q] whether some token of each piece is trained (a nonzero loss weight): a piece of prompt or
     user text alone (cut from a long prompt, or all --truncate left of a document) adds nothing to
     the loss, only rows."""
-    trained = np.zeros(len(lw) + 1, dtype=np.int64)                                 # [T+1]
-    np.cumsum(lw != 0, out=trained[1:])
-    return trained[start + length] > trained[start]
+    untrained = np.flatnonzero(lw == 0)                                              # [z] sorted positions
+    return np.searchsorted(untrained, start + length) - np.searchsorted(untrained, start) < length
 
 
 def _trained_pieces(ids: np.ndarray, mk: np.ndarray, start: np.ndarray, length: np.ndarray, keep: np.ndarray,
