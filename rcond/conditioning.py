@@ -39,7 +39,7 @@ import numpy as np
 from .background import in_background, prefetched
 from .content_encoder import ContentEncoder
 from .packing import CorpusError, PackOptions, Pool, index_within_runs
-from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch
+from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader
 from .tokens import ControlScheme
 
 RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
@@ -48,6 +48,7 @@ MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int3
 
 
 IN_FLIGHT = 2  # batches the encoding stage has in hand at once
+CUT_BATCH_BYTES = 1 << 20  # input read into one batch, about, where the encoder cuts long texts
 
 
 def encodings(batches: Iterable[PartBatch], encoder: ContentEncoder,
@@ -176,17 +177,26 @@ def encode_distinct(texts: list[str], encoder: ContentEncoder,
     return offsets, flat
 
 
-def conditioned_batches(batches: Iterable[PartBatch], tokenizer, stream: "ConditionedStream",
+def conditioned_batches(reader: SourceReader, tokenizer, stream: "ConditionedStream",
                         workers: int = 1) -> Iterator[tuple[PartBatch, Pool, int]]:
-    """Each part batch, in order, with its pool (markers numbered corpus-wide) and its content
-    tokens. One worker: read in one thread, encode in another, condition here; more: worker
-    processes encode and condition (:mod:`rcond.parallel`), with the same result."""
+    """Each part batch of ``reader``, in order, with its pool (markers numbered corpus-wide) and
+    its content tokens. One worker: read in one thread, encode in another, condition here; more:
+    worker processes encode and condition (:mod:`rcond.parallel`), with the same result.
+
+    Batches of ``stream.opts.encode_batch`` records at most, and about :data:`CUT_BATCH_BYTES` of
+    input where the encoder cuts long texts (``BATCH_BYTES`` where it cannot): read, encoded and
+    conditioned in smaller steps, the first batch reaches the tokenizer sooner and the last one
+    leaves less to do after the tokenizer's last call (on 2 cores, against the bare tokenizer:
+    the movie reviews 0.71x -> 0.78x, 100 book-length documents 1.02x -> 1.08x; HH pairs
+    unchanged). A tokenizer whose texts are not cut keeps the larger batches: its book-length
+    documents are its inputs, and a call needs as many inputs as there are cores."""
+    encoder = ContentEncoder(tokenizer.backend_tokenizer)
+    batches = reader.batches(stream.opts.encode_batch, max_bytes=CUT_BATCH_BYTES if encoder.cuts else None)
     if workers > 1:
         from .parallel import conditioned_in_workers
 
         yield from conditioned_in_workers(batches, tokenizer, stream, workers)
         return
-    encoder = ContentEncoder(tokenizer.backend_tokenizer)
     for parts, offsets, flat in prefetched(encodings(prefetched(batches), encoder, RecurringTexts())):
         yield parts, stream.pool(parts, offsets, flat), len(flat)
 

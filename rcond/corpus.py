@@ -7,7 +7,8 @@ on them, so
 the first pass does all the work and leaves placeholders where a bin is needed:
 
 1. **Read, encode, condition, pack.** The reader's :class:`~rcond.sources.PartBatch` es (up to
-   1,000 rows each, a pair giving two records, or about 4 MiB of input for long documents; of
+   1,000 rows each, a pair giving two records, or about 1 MiB of input for long documents where
+   the tokenizer's inputs are cut, 4 MiB where they are not; of
    *parts*: prompt, response, dialog turn) are read and parsed in one
    background thread and tokenized in a second (:mod:`rcond.background`); in the main thread each
    batch becomes documents with their control tokens, cut into pieces of at most ``block_size``
@@ -250,7 +251,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         skipped_file = tmp / SKIPPED_FILE if reader.on_error == "skip" else None
         with Spill(tmp / "packed.bin", B) as spill, _skips_written_to(reader, skipped_file):
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
-            for parts, pool, tokens in conditioned_batches(reader.batches(opts.encode_batch), tokenizer, stream,
+            for parts, pool, tokens in conditioned_batches(reader, tokenizer, stream,
                                                            opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))

@@ -140,8 +140,8 @@ def test_encodings_are_freed_between_tokenizer_calls_not_during_them(tmp_path):
 
     batches, size = 8, 3
     src = write_jsonl(tmp_path / "s.jsonl", [{"response": f"a b {i % 5}", "reward": float(i)} for i in range(batches * size)])
-    stream = ConditionedStream(0, PackOptions(block_size=16))
-    for _ in conditioned_batches(SourceReader([str(src)], "scored").batches(size), Tokenizer(), stream):
+    stream = ConditionedStream(0, PackOptions(block_size=16, encode_batch=size))
+    for _ in conditioned_batches(SourceReader([str(src)], "scored"), Tokenizer(), stream):
         time.sleep(0.03)  # conditioning and packing
     assert len(freed) == len(made) >= batches * size
     assert not any(during for _, during in freed)
@@ -153,6 +153,31 @@ def part_batch(texts):
 
     n = len(texts)
     return PartBatch(texts, np.ones(n, bool), np.full(n, np.nan), np.zeros(n, np.int8), np.ones(n, bool), np.zeros(n, bool))
+
+
+def test_batches_hold_less_input_where_the_encoder_cuts_long_texts(tmp_path, monkeypatch):
+    """A build reads batches of about CUT_BATCH_BYTES of input where its encoder cuts long texts,
+    of about BATCH_BYTES where it cannot (a Split pre-tokenizer: its documents are its inputs)."""
+    import rcond.conditioning
+    import rcond.sources
+    from tokenizers import pre_tokenizers
+
+    from rcond.conditioning import ConditionedStream, conditioned_batches
+
+    monkeypatch.setattr(rcond.conditioning, "CUT_BATCH_BYTES", 2_000)
+    monkeypatch.setattr(rcond.sources, "BATCH_BYTES", 8_000)
+    src = write_jsonl(tmp_path / "s.jsonl", [{"response": " ".join(["a b"] * 120) + f" {i}", "reward": float(i)}
+                                             for i in range(40)])  # ~750 bytes a line
+    cutting, whole = word_tokenizer(), word_tokenizer()
+    whole.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split(" ", "removed")
+    assert ContentEncoder(cutting.backend_tokenizer).cuts and not ContentEncoder(whole.backend_tokenizer).cuts
+    reader = SourceReader([str(src)], "scored")
+    records = {}  # per batch, for each tokenizer
+    for tok, max_bytes in ((cutting, 2_000), (whole, 8_000)):
+        stream = ConditionedStream(0, PackOptions(block_size=64, encode_batch=1000))
+        records[max_bytes] = [int(parts.doc_start.sum()) for parts, _, _ in conditioned_batches(reader, tok, stream)]
+        assert records[max_bytes] == [int(b.doc_start.sum()) for b in reader.batches(1000, max_bytes=max_bytes)]
+    assert records == {2_000: [4] * 10, 8_000: [16, 16, 8]}  # the line that reaches the bound is the batch's last
 
 
 def test_the_build_encodes_two_batches_at_once():

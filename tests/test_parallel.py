@@ -158,8 +158,8 @@ def test_a_worker_killed_between_batches_stops_the_build_with_a_clear_error(tmp_
     reader = SourceReader([str(src)], "scored")
     batches = reader.batches
 
-    def killing_after_two(size):
-        for i, batch in enumerate(batches(size)):
+    def killing_after_two(size, **kw):
+        for i, batch in enumerate(batches(size, **kw)):
             if i == 2:  # two batches handed out (fewer than the 4 kept in flight: none collected yet)
                 deadline = time.time() + 30
                 while not (workers := [pid for pid in descendants(os.getpid()) if parent_of(pid) != os.getpid()]):
