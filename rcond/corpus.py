@@ -251,8 +251,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         skipped_file = tmp / SKIPPED_FILE if reader.on_error == "skip" else None
         with Spill(tmp / "packed.bin", B) as spill, _skips_written_to(reader, skipped_file):
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
-            for parts, pool, tokens in conditioned_batches(reader, tokenizer, stream,
-                                                           opts.workers):
+            for parts, pool, tokens in conditioned_batches(reader, tokenizer, stream, opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
