@@ -125,9 +125,9 @@ def child_rcond(input_path: str, tokenizer_dir: str, out: str, workers: str = "1
 
 def sent_share(path: str, tokenizer_dir: str, fmt: str = "scored", on_error: str = "fail") -> float:
     """The share of a corpus's text (in characters) that rcond's encoder sends to the tokenizer:
-    per batch, the distinct texts not kept from earlier batches (:func:`rcond.conditioning.encodings`
-    with a cache, as ``build`` runs it)."""
-    from rcond.conditioning import RecurringTexts, encodings
+    per batch (as ``build`` reads them), the distinct texts not kept from earlier batches
+    (:func:`rcond.conditioning.encodings` with a cache, as ``build`` runs it)."""
+    from rcond.conditioning import RecurringTexts, batches_for, encodings
     from rcond.content_encoder import ContentEncoder
     from rcond.corpus import PackOptions
     from rcond.tokenizer import load_tokenizer
@@ -143,7 +143,7 @@ def sent_share(path: str, tokenizer_dir: str, fmt: str = "scored", on_error: str
             return super().__call__(texts)
 
     encoder, total = Counting(load_tokenizer(tokenizer_dir).backend_tokenizer), 0
-    batches = SourceReader([path], fmt, on_error=on_error).batches(PackOptions().encode_batch)
+    batches = batches_for(SourceReader([path], fmt, on_error=on_error), encoder, PackOptions().encode_batch)
     for batch, _, _ in encodings(batches, encoder, RecurringTexts()):
         total += sum(map(len, batch.texts))
     return sum(encoder.chars) / total

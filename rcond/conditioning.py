@@ -177,21 +177,26 @@ def encode_distinct(texts: list[str], encoder: ContentEncoder,
     return offsets, flat
 
 
+def batches_for(reader: SourceReader, encoder: ContentEncoder, size: int) -> Iterator[PartBatch]:
+    """``reader``'s batches as a build reads them for ``encoder``: ``size`` records at most, and
+    about :data:`CUT_BATCH_BYTES` of input where the encoder cuts long texts (``BATCH_BYTES`` where
+    it cannot). Read, encoded and conditioned in smaller steps, the first batch reaches the
+    tokenizer sooner and the last one leaves less to do after the tokenizer's last call (on 2
+    cores, against the bare tokenizer: the movie reviews 0.71x -> 0.78x, 100 book-length
+    documents 1.02x -> 1.08x; HH pairs unchanged). A tokenizer whose texts are not cut keeps the
+    larger batches: its book-length documents are its inputs, and a call needs as many inputs as
+    there are cores."""
+    return reader.batches(size, max_bytes=CUT_BATCH_BYTES if encoder.cuts else None)
+
+
 def conditioned_batches(reader: SourceReader, tokenizer, stream: "ConditionedStream",
                         workers: int = 1) -> Iterator[tuple[PartBatch, Pool, int]]:
-    """Each part batch of ``reader``, in order, with its pool (markers numbered corpus-wide) and
-    its content tokens. One worker: read in one thread, encode in another, condition here; more:
-    worker processes encode and condition (:mod:`rcond.parallel`), with the same result.
-
-    Batches of ``stream.opts.encode_batch`` records at most, and about :data:`CUT_BATCH_BYTES` of
-    input where the encoder cuts long texts (``BATCH_BYTES`` where it cannot): read, encoded and
-    conditioned in smaller steps, the first batch reaches the tokenizer sooner and the last one
-    leaves less to do after the tokenizer's last call (on 2 cores, against the bare tokenizer:
-    the movie reviews 0.71x -> 0.78x, 100 book-length documents 1.02x -> 1.08x; HH pairs
-    unchanged). A tokenizer whose texts are not cut keeps the larger batches: its book-length
-    documents are its inputs, and a call needs as many inputs as there are cores."""
+    """Each part batch of ``reader`` (:func:`batches_for` its encoder, ``stream.opts.encode_batch``
+    records at most), in order, with its pool (markers numbered corpus-wide) and its content
+    tokens. One worker: read in one thread, encode in another, condition here; more: worker
+    processes encode and condition (:mod:`rcond.parallel`), with the same result."""
     encoder = ContentEncoder(tokenizer.backend_tokenizer)
-    batches = reader.batches(stream.opts.encode_batch, max_bytes=CUT_BATCH_BYTES if encoder.cuts else None)
+    batches = batches_for(reader, encoder, stream.opts.encode_batch)
     if workers > 1:
         from .parallel import conditioned_in_workers
 
