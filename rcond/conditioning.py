@@ -144,15 +144,21 @@ class Distinct:
             ulens[hits] = [len(kept[u]) for u in hits]
             uoff = np.zeros(len(kept) + 1, dtype=np.int64)                            # [U+1]
             np.cumsum(ulens, out=uoff[1:])
-            uflat = np.empty(int(uoff[-1]), dtype=np.int32)                           # [M]
-            for group, ids in ((missing, mflat), (hits, np.concatenate([kept[u] for u in hits]))):
-                lens = ulens[group]
-                uflat[np.repeat(uoff[group], lens) + index_within_runs(lens)] = ids
+            if not ulens[hits].any():  # the kept texts have no ids (each record's empty prompt, say)
+                uflat = mflat
+            else:
+                uflat = np.empty(int(uoff[-1]), dtype=np.int32)                       # [M]
+                for group, ids in ((missing, mflat), (hits, np.concatenate([kept[u] for u in hits]))):
+                    lens = ulens[group]
+                    uflat[np.repeat(uoff[group], lens) + index_within_runs(lens)] = ids
         if len(kept) == len(self.inverse):  # every text distinct, in first-seen order
             return uoff, uflat, uoff, uflat
-        lens = np.diff(uoff)[self.inverse]                                            # [P]
+        ulens = np.diff(uoff)                                                         # [U]
+        lens = ulens[self.inverse]                                                    # [P]
         offsets = np.zeros(len(self.inverse) + 1, dtype=np.int64)                     # [P+1]
         np.cumsum(lens, out=offsets[1:])
+        if (np.bincount(self.inverse, minlength=len(kept))[ulens > 0] == 1).all():
+            return offsets, uflat, uoff, uflat  # only texts without ids repeat: the ids in first-seen order
         flat = uflat[np.repeat(uoff[:-1][self.inverse], lens) + index_within_runs(lens)]  # [N]
         return offsets, flat, uoff, uflat
 

@@ -77,6 +77,24 @@ def test_a_text_that_recurs_in_a_batch_is_not_encoded_again_in_later_batches():
     assert {t: ids.tolist() for t, ids in cache.ids.items()} == {"e f": [5, 6], "c": [3]} and cache.tokens == 3
 
 
+def test_texts_without_ids_that_recur_and_are_kept_leave_the_others_ids_in_order():
+    """Scored records without a prompt give an empty prompt part each: the one text that recurs
+    in every batch, kept from the first. Whether only such texts repeat (the ids then stay in
+    first-seen order) or a text with ids repeats too, every text gets its own encoding's ids."""
+    from rcond.conditioning import RecurringTexts, encode_distinct
+
+    tok = word_tokenizer()
+    encoder, cache = Recording(tok.backend_tokenizer), RecurringTexts()
+    batches = [["", "a b", "", "c"], ["", "d e f", "", "g", "", "a b"], ["", "c", "c", "", "b"], ["", ""]]
+    for texts in batches:
+        offsets, flat = encode_distinct(texts, encoder, cache)
+        want = [tok.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in texts]
+        assert [flat[offsets[p]:offsets[p + 1]].tolist() for p in range(len(texts))] == want
+    assert want == [[], []]
+    assert encoder.sent == [["", "a b", "c"], ["d e f", "g", "a b"], ["c", "b"]]  # "" kept after batch 1
+    assert {t: ids.tolist() for t, ids in cache.ids.items()} == {"": [], "c": [3]}
+
+
 def test_recurring_texts_hold_at_most_max_tokens_oldest_out_first():
     from rcond.conditioning import RecurringTexts
 
