@@ -127,6 +127,7 @@ class Distinct:
         self.distinct = list(index)                                                   # [U]
         self.kept = ([None] * len(self.distinct) if cache is None
                      else [cache.ids.get(t) for t in self.distinct])                  # [U] ids, or None
+        self.count = np.bincount(self.inverse, minlength=len(self.distinct))          # [U] occurrences
 
     def encode(self, encoder: ContentEncoder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(offsets [P+1], flat [N]) of every text, then (offsets [U+1], flat [M]) of the distinct
@@ -157,7 +158,7 @@ class Distinct:
         lens = ulens[self.inverse]                                                    # [P]
         offsets = np.zeros(len(self.inverse) + 1, dtype=np.int64)                     # [P+1]
         np.cumsum(lens, out=offsets[1:])
-        if (np.bincount(self.inverse, minlength=len(kept))[ulens > 0] == 1).all():
+        if (self.count[ulens > 0] == 1).all():
             return offsets, uflat, uoff, uflat  # only texts without ids repeat: the ids in first-seen order
         flat = uflat[np.repeat(uoff[:-1][self.inverse], lens) + index_within_runs(lens)]  # [N]
         return offsets, flat, uoff, uflat
@@ -166,7 +167,7 @@ class Distinct:
         """Keep in ``cache`` the ids of each text that occurred more than once in the batch."""
         if cache is None or len(self.distinct) == len(self.inverse):
             return
-        for u in np.flatnonzero(np.bincount(self.inverse, minlength=len(self.distinct)) > 1).tolist():
+        for u in np.flatnonzero(self.count > 1).tolist():
             if self.kept[u] is None:
                 cache.keep(self.distinct[u], uflat[uoff[u]:uoff[u + 1]].copy())
 
