@@ -22,9 +22,10 @@ prefix ``mode [rtg-in-force]`` again (or truncated with ``truncate``). A piece i
 is trained (a piece of a long prompt, or all ``truncate`` left of a dialog before its first
 assistant turn) is left out: it would fill rows and add nothing to the loss; an RTG token left
 only in such pieces is not counted in its bin. Control tokens are
-placeholder ids (the tokens join the tokenizer only once the scheme exists), and every token
-carries the index of the marker in force instead of a bin; :class:`ConditionedStream` numbers
-the markers corpus-wide and, once the bin edges are fitted, resolves both (pass 2).
+placeholder ids (an RTG token's id depends on its bin), and every token carries the index of the
+marker in force instead of a bin; :class:`ConditionedStream` numbers the markers corpus-wide and
+resolves both: the mode tokens' ids as soon as the control tokens are in the tokenizer, RTG
+tokens and bins once the bin edges are fitted (pass 2).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .packing import CorpusError, PackOptions, Pool, index_within_runs
 from .sources import FIXED_BOTTOM, FIXED_TOP, PartBatch, SourceReader
 from .tokens import ControlScheme
 
-RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until pass 2
+RTG_SLOT, ON_SLOT, OFF_SLOT = -1, -2, -3  # placeholder ids of the control tokens until resolved
 CONTROL_PREFIX = 2  # mode token + RTG token
 MAX_MARKERS = np.iinfo(np.int32).max  # markers are numbered corpus-wide in int32
 
@@ -396,7 +397,7 @@ def _split(ids: np.ndarray, tw: np.ndarray, mk: np.ndarray, on: bool, B: int, fi
 
 class ConditionedStream:
     """Part batches -> each document's control-token stream -> pieces of at most ``block_size``
-    (pass 1, with placeholders); then, once the scheme is fitted, placeholders -> ids and bins.
+    (pass 1, with placeholders); placeholders -> ids, and markers -> bins once the scheme is fitted.
 
     The stream owns what must follow record order: the seeded draws that make ``on`` documents
     unconditional, and the corpus-wide numbering of markers. :func:`condition` does the rest, in
@@ -458,12 +459,20 @@ class ConditionedStream:
         return np.concatenate([off, rtg[kept]]), self.off_cut + int(np.count_nonzero(scored & ~kept))
 
     # ------------------------------------------------------------------ pass 2
-    def bind(self, scheme: ControlScheme, tokenizer) -> None:
-        """Give every marker its bin under the fitted ``scheme`` (whose tokens are now in ``tokenizer``)."""
+    def use_tokens(self, scheme: ControlScheme, tokenizer) -> None:
+        """Take the control tokens' ids from ``tokenizer``, which holds ``scheme``'s tokens (of the
+        scheme to be fitted: the ids depend on the number of bins alone). Until :meth:`bind`, only
+        rows without markers can be resolved."""
         ids = scheme.token_ids(tokenizer)
         self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
         self.rtg_ids = np.array(scheme.rtg_ids(tokenizer), dtype=np.int32)                # [K]
+        self.bin_of = np.full(1, -1, dtype=np.int16)  # [1] index -1 (no marker) -> bin -1
+
+    def bind(self, scheme: ControlScheme) -> None:
+        """Give every marker its bin under the fitted ``scheme`` (after :meth:`use_tokens`)."""
         K = scheme.num_bins
+        if len(self.rtg_ids) != K:
+            raise ValueError(f"ConditionedStream.bind: a scheme of {K} bins, the tokens of {len(self.rtg_ids)}")
         rtg = np.concatenate(self.marker_rtg) if self.marker_rtg else np.zeros(0)        # [M]
         fixed = np.concatenate(self.marker_fixed) if self.marker_fixed else np.zeros(0, np.int8)
         b = np.searchsorted(np.asarray(scheme.edges, dtype=np.float64), np.nan_to_num(rtg), side="right")
@@ -477,7 +486,8 @@ class ConditionedStream:
 
     def resolve(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Pass 1's rows -> final rows: real control-token ids (written into ``rows["input_ids"]``
-        in place), and ``bin_ids`` from the markers."""
+        in place), and ``bin_ids`` from the markers. Rows without markers once :meth:`use_tokens`
+        has run, any rows once :meth:`bind` has."""
         ids, mk = rows["input_ids"], rows["marker"]                                       # [n]
         bins = self.bin_of[mk]                                                            # [n]; marker -1 -> bin -1
         at = np.flatnonzero(ids < 0)                                                      # control tokens

@@ -15,12 +15,15 @@ the first pass does all the work and leaves placeholders where a bin is needed:
    (:mod:`rcond.conditioning`; a piece in which no token is trained, prompt or user text alone,
    is left out and counted), and the pieces are packed into rows by streaming best fit
    (:mod:`rcond.packing`). With ``workers`` > 1, worker processes encode and condition whole
-   batches instead (:mod:`rcond.parallel`), and the corpus is byte-identical. Control tokens are
-   placeholder ids (the tokens join the tokenizer only once the scheme exists), and every token
-   carries the index of the marker (RTG token) in force instead of a bin. Full tables of rows go
-   to a temporary spill file; memory holds the reward-to-go of each marker.
-2. **Resolve.** The edges are fitted, every marker gets its bin, and each temporary table of
-   rows is rewritten with the real control-token ids and ``bin_ids``.
+   batches instead (:mod:`rcond.parallel`), and the corpus is byte-identical. The control
+   tokens join the tokenizer first (their ids depend on the number of bins alone), but an RTG
+   token is a placeholder id until its bin is known, and every token carries the index of the
+   marker (RTG token) in force instead of a bin. Full tables of rows go to a temporary spill
+   file, or, while no RTG token has been placed (plain text documents, say), straight to
+   ``rows.arrow``, final as they are (:class:`RowsFile`); memory holds the reward-to-go of each
+   marker.
+2. **Resolve.** The edges are fitted, every marker gets its bin, and each spilled table of rows
+   is rewritten with the real RTG-token ids and ``bin_ids`` after those already written.
 
 Python's cyclic garbage collector is paused for the whole build (:func:`collector_paused`). The
 inputs are fingerprinted in a background thread beside the reading, and the tokenizer is saved and
@@ -52,7 +55,7 @@ import hashlib
 import io
 import json
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -63,7 +66,7 @@ import pyarrow as pa
 from .atomic import OutputKind, atomic_dir, raise_if_interrupted
 from .background import collector_paused, in_background
 from .conditioning import CONTROL_PREFIX, ConditionedStream, conditioned_batches
-from .packing import BestFitPacker, CorpusError, PackOptions, Spill
+from .packing import BestFitPacker, CorpusError, PackOptions, Spill, fill_layout
 from .parallel import too_many_processes
 from .sources import SourceReader, file_sha256, fingerprint
 from .tokens import SCHEME_FILE, ControlScheme, SchemeError, resolve_bins
@@ -234,21 +237,32 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
-    with atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused():
+    with (atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused(),
+          ExitStack() as stack):
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
-        # ---- pass 1: records -> conditioned pieces -> packed rows with placeholders (spill file) + RTG values
+        # ---- pass 1: records -> conditioned pieces -> packed rows (rows.arrow, or with placeholders the spill
+        # file) + RTG values
+        # the control tokens' ids depend on the number of bins alone: they join the tokenizer now
+        control = ControlScheme(num_bins=num_bins)
+        control.add_to_tokenizer(tokenizer)
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
+        stream.use_tokens(control, tokenizer)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
         def emit(rows: dict[str, np.ndarray]) -> None:
-            """A table of packed rows -> the spill file (the packer reuses the arrays after)."""
+            """A table of packed rows -> ``rows.arrow`` while no RTG token has been placed (the
+            rows are final), else the spill file (the packer reuses the arrays after)."""
             summary.rows += len(rows["input_ids"]) // B
             summary.tokens += int(rows["lengths"].sum())
             summary.trained_tokens += float(rows["loss_weight"].sum(dtype=np.float64))
-            spill.write(rows)
+            if stream.markers or spill.sizes:  # an RTG token's bin waits for the edges: pass 2
+                spill.write(rows)
+            else:
+                rows_file.write_packed(rows)
 
         bar = _progress(desc="encode+pack", unit="rec", enabled=progress)
         skipped_file = tmp / SKIPPED_FILE if reader.on_error == "skip" else None
+        rows_file = stack.enter_context(RowsFile(tmp / ROWS_FILE, B, stream))
         with Spill(tmp / "packed.bin", B) as spill, _skips_written_to(reader, skipped_file):
             packer = BestFitPacker(B, pad_id, opts.open_rows, max(1, TABLE_TOKENS // B), emit)
             for parts, pool, tokens in conditioned_batches(reader, tokenizer, stream, opts.workers):
@@ -288,18 +302,17 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             raise CorpusError(f"no token is left to train at --block-size {B}: --truncate cut every document "
                               "before its first trained (response or assistant) token; raise --block-size, "
                               "drop --truncate (long documents are then split), or add --train-on-prompt")
-        # ---- pass 2: fit the bins; placeholders -> control-token ids and bin ids, in the final rows file
+        # ---- pass 2: fit the bins; placeholders -> RTG-token ids and bin ids, in the final rows file
         # the edges follow the rewards whose RTG tokens the rows hold (and those of the unconditional
         # documents the rows hold): not those --truncate cut, so that quantile bins share the corpus's
         # RTG tokens evenly
         values, summary.cut_rewards = stream.fit_rewards()
         scheme = _fit_scheme(values, num_bins, binning, reader, opts)
-        scheme.add_to_tokenizer(tokenizer)
-        stream.bind(scheme, tokenizer)
+        stream.bind(scheme)
         scheme.counts = stream.bin_counts.tolist()
         tokenizer_saved = in_background(lambda: _save_tokenizer(tokenizer, tmp / TOKENIZER_DIR))  # beside pass 2
         try:
-            rows_sha256 = _resolve_rows(spill, tmp / ROWS_FILE, stream, B, packer.table)
+            rows_sha256 = _resolve_rows(spill, rows_file, packer.table)
         except BaseException:  # let the saving thread finish before the temp dir is removed
             with suppress(BaseException):
                 tokenizer_saved()
@@ -341,23 +354,60 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
     return scheme
 
 
-def _resolve_rows(spill: Spill, rows_path: Path, stream: ConditionedStream, block_size: int,
-                  into: dict[str, np.ndarray]) -> str:
-    """Pass 2: pass 1's spilled tables -> the final ``rows.arrow`` (then the spill file goes);
-    returns the rows file's sha256, hashed as it is written. The tables are read back into
-    ``into``, the packer's table (:meth:`~rcond.packing.Spill.tables`)."""
-    from datasets.arrow_writer import ArrowWriter
-
-    rows_file = HashingWriter(open(rows_path, "wb"))
-    writer = ArrowWriter(features=_features(block_size), stream=rows_file)
-    try:
-        for rows in spill.tables(into):
-            writer.write_table(_rows_table(stream.resolve(rows), block_size))
-        writer.finalize()
-    finally:
-        rows_file.close()
+def _resolve_rows(spill: Spill, rows_file: "RowsFile", into: dict[str, np.ndarray]) -> str:
+    """Pass 2: pass 1's spilled tables (if any) -> after the tables already in ``rows.arrow`` (then
+    the spill file goes); returns the rows file's sha256, hashed as it is written. The tables are
+    read back into ``into``, the packer's table (:meth:`~rcond.packing.Spill.tables`)."""
+    for rows in spill.tables(into):
+        rows_file.write(rows)
     spill.path.unlink()
-    return rows_file.hexdigest()
+    return rows_file.finish()
+
+
+class RowsFile:
+    """``rows.arrow`` as it is written, a table of rows at a time, each resolved by the stream
+    (:meth:`~rcond.conditioning.ConditionedStream.resolve`) and hashed on the way
+    (:class:`HashingWriter`). Pass 1 writes its tables here while no RTG token has been placed:
+    such rows are final as packed (a mode token's id depends on the number of bins alone, and
+    every ``bin_ids`` is -1), so a corpus of plain text documents, or one whose RTG tokens all
+    come later, skips the spill file for them, and writes them while the tokenizer works instead
+    of after it (2 cores, against the bare tokenizer, interleaved runs: the movie reviews as text
+    0.79x -> 0.80x and 0.82x, 100 book-length documents 1.06x -> 1.10x). Pass 2 appends the
+    spilled tables."""
+
+    def __init__(self, path: Path, block_size: int, stream: ConditionedStream):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.B, self.stream = block_size, stream
+        self.file = HashingWriter(open(path, "wb"))
+        self.writer = ArrowWriter(features=_features(block_size), stream=self.file)
+        self.layout: dict[str, np.ndarray] = {}  # position_ids, segment_ids [n] int32 of pass 1's tables, reused
+
+    def __enter__(self) -> "RowsFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+    def write(self, rows: dict[str, np.ndarray]) -> None:
+        """A table of rows ``{column: [R * B] array}`` with its ``position_ids`` and ``segment_ids``."""
+        self.writer.write_table(_rows_table(self.stream.resolve(rows), self.B))
+
+    def write_packed(self, rows: dict[str, np.ndarray]) -> None:
+        """A table as the packer emits it, its layout as ``pieces`` and ``lengths``
+        (:func:`~rcond.packing.fill_layout` gives its positions and segments)."""
+        n = len(rows["input_ids"])
+        if len(self.layout.get("position_ids", ())) < n:
+            self.layout = {k: np.empty(n, np.int32) for k in ("position_ids", "segment_ids")}
+        laid = {k: v[:n] for k, v in self.layout.items()}                              # [R * B] each
+        fill_layout(rows["pieces"], rows["lengths"], self.B, laid["position_ids"], laid["segment_ids"])
+        self.write({**rows, **laid})
+
+    def finish(self) -> str:
+        """The last table written: the file closed; its ``sha256:<hex>``."""
+        self.writer.finalize()
+        self.file.close()
+        return self.file.hexdigest()
 
 
 def _save_tokenizer(tokenizer, directory: Path) -> str:

@@ -259,6 +259,57 @@ def test_special_token_strings_in_content_stay_text(tmp_path):
     assert not any(lw[i] > 0 and ids[i + 1] in control for i in range(len(ids) - 1))
 
 
+def test_control_token_strings_stay_text_with_a_tokenizer_that_holds_them_as_ordinary_tokens(tmp_path):
+    """A tokenizer given the control tokens as ordinary added tokens (``add_tokens``) would read a
+    literal "<|rlhf:on|>" in a text as that token; the build makes them special before any text is
+    encoded, so the literal stays text (an unknown word here, the eos id) and the only control ids
+    in the rows are the ones the corpus placed."""
+    tok = word_tokenizer()
+    tok.add_tokens(["<|rlhf:on|>", "<|rtg:1|>"])
+    src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a <|rtg:1|>", "response": "b <|rlhf:on|> c", "reward": 1}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, binning="edges:0",
+          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
+    ds, scheme, tok2 = load(tmp_path / "c")
+    on, r1 = scheme.token_ids(tok2)["<|rlhf:on|>"], scheme.token_ids(tok2)["<|rtg:1|>"]
+    assert ds["input_ids"][0] == [on, r1, 1, 0, 2, 0, 3, 0, 0, 0, 0, 0]  # [on r1 a ? b ? c eos] + padding
+
+
+def test_rows_without_rtg_tokens_are_written_in_pass_1_and_the_rest_in_pass_2(tmp_path, monkeypatch):
+    """Tables of rows packed before the first RTG token go to rows.arrow as they leave the packer;
+    from the first RTG token on they go to the spill file, resolved once the edges are fitted. One
+    row per table, one document per row, two records per batch: with draws that make the first six
+    records unconditional, the six rows of the first three batches are written in pass 1, the four
+    after them in pass 2, and every row is as computed by hand."""
+    from rcond import corpus
+    from rcond.packing import Spill
+
+    seed = next(s for s in range(100_000)  # the stream's draws: one per record, in record order
+                if ((r := np.random.default_rng(s).random(10))[:6] < 0.5).all() and (r[6:] >= 0.5).all())
+    docs = ([{"response": "a b c d", "reward": 1}] * 6                                # [off a b c d eos]
+            + [{"response": "e f g", "reward": r} for r in (1, -1, 1, -1)])           # [on rtg e f g eos]
+    written = {"pass 1": 0, "spill": 0}
+    real_write, real_spill = corpus.RowsFile.write_packed, Spill.write
+
+    def count(where, real):
+        def wrapped(self, rows):
+            written[where] += len(rows["pieces"])
+            return real(self, rows)
+        return wrapped
+
+    monkeypatch.setattr(corpus, "TABLE_TOKENS", 6)
+    monkeypatch.setattr(corpus.RowsFile, "write_packed", count("pass 1", real_write))
+    monkeypatch.setattr(Spill, "write", count("spill", real_spill))
+    rows, scheme, s = make(tmp_path, "scored", docs, block_size=6, uncond=0.5, seed=seed, encode_batch=2)
+    assert written == {"pass 1": 6, "spill": 4}
+    assert rows["input_ids"].tolist() == ([[OFF, 1, 2, 3, 4, 0]] * 6
+                                          + [[ON, R1, 5, 6, 7, 0], [ON, R0, 5, 6, 7, 0]] * 2)
+    assert rows["bin_ids"].tolist() == [[-1] * 6] * 6 + [[1] * 6, [0] * 6] * 2
+    assert rows["position_ids"].tolist() == [list(range(6))] * 10
+    assert rows["segment_ids"].tolist() == [[0] * 6] * 10
+    assert rows["loss_weight"].tolist() == [[1, 1, 1, 1, 1, 0]] * 6 + [[0, 1, 1, 1, 1, 0]] * 4
+    assert scheme.counts == [2, 2] and (s.off_docs, s.on_docs) == (6, 4)
+
+
 def test_truncation_and_padding_the_tokenizer_carries_are_not_applied(tmp_path):
     """A tokenizer saved with truncation on (as some hub tokenizers are), or last called with
     ``truncation=True``/``padding=True`` (transformers leaves that state on the backend), must not
