@@ -232,13 +232,20 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
           binning: str = "quantile", opts: PackOptions | None = None, overwrite: bool = False,
           progress: bool = True) -> tuple[ControlScheme, Summary]:
     """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically.
-    ``num_bins`` None: as many as explicit edges make, else 10 (:func:`~rcond.tokens.resolve_bins`)."""
+    ``num_bins`` None: as many as explicit edges make, else 10 (:func:`~rcond.tokens.resolve_bins`).
+    ``tokenizer`` (a ``PreTrainedTokenizerFast``) must have an eos token; it gets the control tokens,
+    and eos as its pad token if it has none (as :func:`~rcond.tokenizer.load_tokenizer` gives it)."""
     from .tokenizer import tokenizer_fingerprint
 
     opts = opts or PackOptions()
     check_options(opts)
     num_bins = resolve_bins(num_bins, binning)
+    if tokenizer.eos_token is None:
+        raise CorpusError("the tokenizer has no eos token; rcond ends every document with eos: give it one "
+                          "(tokenizer.eos_token = ..., or eos_token in its tokenizer_config.json)")
     check_special_tokens(tokenizer, ControlScheme(num_bins=num_bins).control_tokens)
+    if tokenizer.pad_token is None:  # as load_tokenizer does: the saved tokenizer then loads as it was fingerprinted
+        tokenizer.pad_token = tokenizer.eos_token
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
@@ -252,7 +259,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         control.add_to_tokenizer(tokenizer)
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         stream.use_tokens(control, tokenizer)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = tokenizer.pad_token_id
 
         def emit(rows: dict[str, np.ndarray]) -> None:
             """A table of packed rows -> ``rows.arrow`` while no RTG token has been placed (the

@@ -22,15 +22,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WORDS = ["<eos>", "a", "b", "c", "d", "e", "f", "g", "h"]
 
 
-def word_tokenizer():
-    """One token per whitespace-separated word: 'a' -> 1, 'b' -> 2, ...; eos = pad = 0."""
+def word_tokenizer(eos_token="<eos>", pad_token="<eos>"):
+    """One token per whitespace-separated word: 'a' -> 1, 'b' -> 2, ...; eos = pad = 0 (None: no
+    such token)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<eos>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token)
 
 
 @pytest.fixture

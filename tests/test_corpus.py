@@ -310,6 +310,28 @@ def test_rows_without_rtg_tokens_are_written_in_pass_1_and_the_rest_in_pass_2(tm
     assert scheme.counts == [2, 2] and (s.off_docs, s.on_docs) == (6, 4)
 
 
+def test_a_tokenizer_without_a_pad_token_gives_a_corpus_that_loads(tmp_path):
+    """A tokenizer made in Python without a pad token (rcond's own loader gives one eos as pad):
+    rows are padded with eos, and the corpus loads, its tokenizer the one fingerprinted (before,
+    the saved tokenizer came back from load with pad = eos, and load refused the corpus)."""
+    tok = word_tokenizer(pad_token=None)
+    assert tok.pad_token is None
+    src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b c", "reward": 1}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, binning="edges:0",
+          opts=PackOptions(block_size=8, uncond_fraction=0.0), progress=False)
+    ds, _, tok2 = load(tmp_path / "c")
+    assert ds["input_ids"][0] == [ON, R1, 1, 2, 3, 0, 0, 0]  # [on r1 a b c eos] + two eos of padding
+    assert tok.pad_token == tok2.pad_token == "<eos>"
+
+
+def test_a_tokenizer_without_an_eos_token_is_refused_before_anything_is_written(tmp_path):
+    tok = word_tokenizer(eos_token=None, pad_token=None)
+    src = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "a", "response": "b c", "reward": 1}])
+    with pytest.raises(CorpusError, match="the tokenizer has no eos token; rcond ends every document with eos"):
+        build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
 def test_truncation_and_padding_the_tokenizer_carries_are_not_applied(tmp_path):
     """A tokenizer saved with truncation on (as some hub tokenizers are), or last called with
     ``truncation=True``/``padding=True`` (transformers leaves that state on the backend), must not
