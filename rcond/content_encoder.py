@@ -243,8 +243,8 @@ class ContentEncoder:
     several threads take turns at the tokenizer, each with its encodings read and freed before the
     next call starts (and the backend's settings switched only around its own call), and do the
     rest side by side (runs joined, ids flattened and cut); calls made while the first joined call
-    is checked wait for its verdict. The backend must not be used elsewhere during a call
-    (:func:`content_as_is`)."""
+    is checked wait for its verdict. The backend must not be encoded with or changed elsewhere
+    during a call; what reads its settings meanwhile may see them switched (:func:`content_as_is`)."""
 
     def __init__(self, backend):
         self.backend = backend

@@ -235,7 +235,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     ``num_bins`` None: as many as explicit edges make, else 10 (:func:`~rcond.tokens.resolve_bins`).
     ``tokenizer`` (a ``PreTrainedTokenizerFast``) must have an eos token; it gets the control tokens,
     and eos as its pad token if it has none (as :func:`~rcond.tokenizer.load_tokenizer` gives it)."""
-    from .tokenizer import tokenizer_fingerprint
+    from .tokenizer import pad_with_eos, tokenizer_fingerprint
 
     opts = opts or PackOptions()
     check_options(opts)
@@ -243,9 +243,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     if tokenizer.eos_token is None:
         raise CorpusError("the tokenizer has no eos token; rcond ends every document with eos: give it one "
                           "(tokenizer.eos_token = ..., or eos_token in its tokenizer_config.json)")
-    check_special_tokens(tokenizer, ControlScheme(num_bins=num_bins).control_tokens)
-    if tokenizer.pad_token is None:  # as load_tokenizer does: the saved tokenizer then loads as it was fingerprinted
-        tokenizer.pad_token = tokenizer.eos_token
+    control = ControlScheme(num_bins=num_bins)  # its tokens; the scheme itself is fitted after pass 1
+    check_special_tokens(tokenizer, control.control_tokens)
+    pad_with_eos(tokenizer)
     B = opts.block_size
     summary = Summary()
     t0 = time.perf_counter()
@@ -255,7 +255,6 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         # ---- pass 1: records -> conditioned pieces -> packed rows (rows.arrow, or with placeholders the spill
         # file) + RTG values
         # the control tokens' ids depend on the number of bins alone: they join the tokenizer now
-        control = ControlScheme(num_bins=num_bins)
         control.add_to_tokenizer(tokenizer)
         stream = ConditionedStream(tokenizer.eos_token_id, opts)
         stream.use_tokens(control, tokenizer)
@@ -281,6 +280,8 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
             for parts, pool, tokens in conditioned_batches(reader, tokenizer, stream, opts.workers):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the build here, not at the end
                 if fingerprinted is None:  # the tokenizer is final: fingerprinted while it works on batch 2
+                    # (reading its JSON meanwhile is safe: the fingerprint leaves out the truncation and
+                    # padding the encoder switches off around its calls)
                     fingerprinted = in_background(lambda: tokenizer_fingerprint(tokenizer))
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))

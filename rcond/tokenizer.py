@@ -77,9 +77,15 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
                       f"file with an `eos_token`")
         raise TokenizerError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "
                              f"{where}.")
+    pad_with_eos(tokenizer)
+    return tokenizer
+
+
+def pad_with_eos(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Give a tokenizer without a pad token its eos as pad (rcond pads rows and batches with it).
+    Loading and building both do it, so a corpus's saved tokenizer loads as it was fingerprinted."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _check_config_file(config_file: Path) -> None:
