@@ -29,6 +29,24 @@ def test_markers_beyond_int32_are_an_error_not_a_wrap(tmp_path):
         stream.adopt(condition(parts, offsets, flat, stream.draw(parts), 0, opts))
 
 
+def test_bins_are_given_only_by_a_scheme_of_as_many_bins_as_the_tokens_taken():
+    """The RTG tokens' ids are taken before the edges are fitted (they depend on the number of
+    bins alone); a fitted scheme of another K would give bins that no taken token stands for."""
+    from rcond.conditioning import ConditionedStream
+    from rcond.tokens import ControlScheme
+
+    tok = word_tokenizer()
+    taken = ControlScheme(num_bins=3)
+    taken.add_to_tokenizer(tok)
+    stream = ConditionedStream(tok.eos_token_id, PackOptions(block_size=16))
+    stream.use_tokens(taken, tok)
+    assert len(stream.rtg_ids) == 3
+    with pytest.raises(ValueError, match="a scheme of 4 bins, the tokens of 3"):
+        stream.bind(ControlScheme.fit([0.0, 1.0, 2.0, 3.0], num_bins=4))
+    stream.bind(ControlScheme.fit([0.0, 1.0, 2.0], num_bins=3))
+    assert stream.bin_of.tolist() == [-1] and stream.bin_counts.tolist() == [0, 0, 0]  # no marker placed
+
+
 class Recording(ContentEncoder):
     """The build's encoder, noting the texts it is asked to encode."""
 
