@@ -234,7 +234,10 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     """Read, encode, condition and pack; fit the bins; resolve and write a corpus directory atomically.
     ``num_bins`` None: as many as explicit edges make, else 10 (:func:`~rcond.tokens.resolve_bins`).
     ``tokenizer`` (a ``PreTrainedTokenizerFast``) must have an eos token; it gets the control tokens,
-    and eos as its pad token if it has none (as :func:`~rcond.tokenizer.load_tokenizer` gives it)."""
+    and eos as its pad token if it has none (as :func:`~rcond.tokenizer.load_tokenizer` gives it),
+    before any input is read: a build that fails leaves them in it too. Control tokens it already
+    holds keep their ids; RTG tokens beyond this scheme's K (from a scheme of more bins) stay in the
+    saved tokenizer, unused, and the sampler bans them like the scheme's own."""
     from .tokenizer import pad_with_eos, tokenizer_fingerprint
 
     opts = opts or PackOptions()

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build, load
-from rcond.sources import FieldNames, SourceReader
+from rcond.sources import FieldNames, RecordError, SourceReader
 
 ON, OFF, R0, R1 = 9, 10, 11, 12
 
@@ -331,6 +331,25 @@ def test_a_tokenizer_without_an_eos_token_is_refused_before_anything_is_written(
         build(SourceReader([str(src)], "scored"), tmp_path / "c", tok, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
 
+
+def test_a_tokenizer_given_to_a_failed_build_keeps_its_tokens_and_a_build_of_fewer_bins_loads(tmp_path):
+    """The control tokens join the tokenizer before any input is read, so a build that fails keeps
+    them (the docstring says so); a second build of 3 bins on the same object writes a corpus that
+    loads, its scheme of 3 RTG tokens, the saved tokenizer holding the first build's other 7 as
+    ordinary special tokens that no row uses."""
+    tok = word_tokenizer()
+    before = len(tok)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"response": "a", "reward": 1}, {"response": "b"}])
+    with pytest.raises(RecordError, match="bad.jsonl:2: missing field 'reward'"):
+        build(SourceReader([str(bad)], "scored"), tmp_path / "c1", tok, opts=PackOptions(block_size=8), progress=False)
+    assert len(tok) == before + 12 and not (tmp_path / "c1").exists()  # on, off and 10 RTG tokens
+    good = write_jsonl(tmp_path / "good.jsonl", [{"response": "a b", "reward": r} for r in range(6)])
+    build(SourceReader([str(good)], "scored"), tmp_path / "c2", tok, num_bins=3,
+          opts=PackOptions(block_size=8, uncond_fraction=0.0), progress=False)
+    ds, scheme, saved = load(tmp_path / "c2")
+    assert scheme.rtg_tokens == ["<|rtg:0|>", "<|rtg:1|>", "<|rtg:2|>"] and len(saved) == before + 12
+    stale = {saved.convert_tokens_to_ids(f"<|rtg:{k}|>") for k in range(3, 10)}
+    assert not stale & {i for row in ds["input_ids"] for i in row}
 
 def test_truncation_and_padding_the_tokenizer_carries_are_not_applied(tmp_path):
     """A tokenizer saved with truncation on (as some hub tokenizers are), or last called with
