@@ -438,17 +438,20 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.old-", dir=target.parent))
             try:
-                os.replace(target, trash / "old")
-                try:
-                    os.replace(tmp, target)
-                except BaseException:
-                    os.replace(trash / "old", target)
-                    raise
+                with interrupts_deferred():  # a signal between the renames would leave neither output
+                    os.replace(target, trash / "old")
+                    try:
+                        os.replace(tmp, target)
+                    except BaseException:
+                        os.replace(trash / "old", target)
+                        raise
+                    published = True
             finally:
                 shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(tmp, target)
-        published = True
+            with interrupts_deferred():  # published is true once the rename is done, whatever comes
+                os.replace(tmp, target)
+                published = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

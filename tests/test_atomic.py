@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,6 +115,33 @@ def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
         with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
     assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_signal_during_publishing_leaves_the_new_output_in_place(tmp_path, monkeypatch, overwrite):
+    """A Ctrl-C that lands while the old output is moved aside (raised when that rename returns)
+    deleted both outputs: the old one with the trash folder, the new one as a failed run's temp
+    dir. Signals are held back across the renames now: the new output is in place, nothing else is
+    left beside it, and the interrupt is raised after."""
+    if overwrite:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "old.txt").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        real(src, dst)
+        if target in (Path(src), Path(dst)):  # publishing
+            moved.append(dst)
+            if len(moved) == 1:  # its first rename: a Ctrl-C arrives as it ends
+                os.kill(os.getpid(), signal.SIGINT)
+
+    target, moved = tmp_path / "out", []
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target, overwrite=overwrite) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert len(moved) == 1 + overwrite
+    assert names(tmp_path / "out") == ["new.txt"] and names(tmp_path) == ["out"]
 
 
 def test_published_with_the_modes_of_mkdir_and_open(tmp_path):
