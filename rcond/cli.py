@@ -20,20 +20,20 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .atomic import OutputExistsError, OutputPathError
-    from .corpus import CorpusError
-    from .modeling import ModelDirError, ModelSpecError
-    from .scorers import ScorerError
-    from .sources import SourceError
-    from .sample import SampleError
-    from .tokenizer import TokenizerError
-    from .tokens import SchemeError
-    from .toyworld import ToyWorldError
-    from .train import TrainError
+USER_ERRORS = {  # module -> the exceptions it raises for bad input, which end a command with "error: ..."
+    "rcond.atomic": ("OutputExistsError", "OutputPathError"), "rcond.packing": ("CorpusError",),
+    "rcond.modeling": ("ModelDirError", "ModelSpecError"), "rcond.scorers": ("ScorerError",),
+    "rcond.sources": ("SourceError",), "rcond.sample": ("SampleError",), "rcond.tokenizer": ("TokenizerError",),
+    "rcond.tokens": ("SchemeError",), "rcond.toyworld": ("ToyWorldError",), "rcond.train": ("TrainError",),
+}
 
-    return (SourceError, CorpusError, SchemeError, OutputExistsError, ScorerError, ModelDirError, TrainError,
-            SampleError, TokenizerError, ModelSpecError, ToyWorldError, OutputPathError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`USER_ERRORS` whose modules the command has imported: only those can
+    have been raised, and importing the others (``rcond.train`` imports torch, ~5 s) would slow
+    every error exit of ``rcond preprocess``."""
+    return tuple(getattr(sys.modules[m], name) for m, names in USER_ERRORS.items() if m in sys.modules
+                 for name in names)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
