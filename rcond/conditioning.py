@@ -86,6 +86,9 @@ def encodings(batches: Iterable[PartBatch], encoder: ContentEncoder,
                 waiter()
             except BaseException:
                 pass
+        close = getattr(batches, "close", None)
+        if close is not None:  # a reading thread (prefetched) stops now, not when the traceback is freed
+            close()
 
 
 def _finished(b: PartBatch, plan: "Distinct", waiter,
@@ -136,10 +139,10 @@ class Distinct:
         kept = self.kept
         hits = [u for u, k in enumerate(kept) if k is not None]
         if not hits:
-            uoff, uflat = encoder(self.distinct)                                      # [U+1], [M]
+            uoff, uflat = _encoded(encoder, self.distinct)                            # [U+1], [M]
         else:
             missing = [u for u, k in enumerate(kept) if k is None]
-            moff, mflat = (encoder([self.distinct[u] for u in missing]) if missing  # all kept: no call
+            moff, mflat = (_encoded(encoder, [self.distinct[u] for u in missing]) if missing  # all kept: no call
                            else (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32)))
             ulens = np.empty(len(kept), dtype=np.int64)                               # [U]
             ulens[missing] = np.diff(moff)
@@ -171,6 +174,26 @@ class Distinct:
         for u in np.flatnonzero(self.count > 1).tolist():
             if self.kept[u] is None:
                 cache.keep(self.distinct[u], uflat[uoff[u]:uoff[u + 1]].copy())
+
+
+def _encoded(encoder: ContentEncoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``encoder(texts)``; a tokenizer that raises on one of them (a WordLevel model whose unk
+    token is not in its vocabulary raises on any unknown word) is a :class:`CorpusError` that shows
+    the first text it fails on alone, found by encoding them one by one."""
+    try:
+        return encoder(texts)
+    except (MemoryError, CorpusError):
+        raise
+    except Exception as e:
+        for text in texts:
+            try:
+                encoder([text])
+            except Exception as alone:
+                shown = text if len(text) <= 200 else text[:200] + f"... ({len(text):,} characters)"
+                raise CorpusError(f"the tokenizer cannot encode the text {shown!r}: {type(alone).__name__}: {alone}; "
+                                  "fix the tokenizer (an unk token its vocabulary lacks, say), or leave the record "
+                                  "out") from None
+        raise e  # each text encodes alone: not the tokenizer's doing
 
 
 def encode_distinct(texts: list[str], encoder: ContentEncoder,

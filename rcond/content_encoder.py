@@ -197,7 +197,8 @@ def faithful_copy(backend, text: str | None = None):
     special in memory. So the copy's own JSON must be ``text``, and every added token must encode
     alike in both (content as is), alone and between other characters. None too where there is
     no copy: a component only Python holds, or JSON the tokenizer writes but cannot read (a score
-    of -inf, written as null)."""
+    of -inf, written as null). A probe that neither can encode (a WordLevel model without its unk
+    token) is alike when both fail with the same error."""
     from tokenizers import Tokenizer
 
     try:
@@ -211,11 +212,25 @@ def faithful_copy(backend, text: str | None = None):
     probes = [p for c in added for p in (c, f"a{c}a", f" {c} ")]
     if probes:
         with content_as_is(backend), content_as_is(copy):
-            want = [e.ids for e in backend.encode_batch_fast(probes, add_special_tokens=False)]
-            got = [e.ids for e in copy.encode_batch_fast(probes, add_special_tokens=False)]
-        if got != want:
-            return None
+            if _probed(copy, probes) != _probed(backend, probes):
+                return None
     return copy
+
+
+def _probed(tokenizer, probes: list[str]) -> list[list[int] | str]:
+    """Each probe's ids; where the tokenizer cannot encode one (a WordLevel model without its unk
+    token raises on any unknown word), the probes one by one, a failing one as its error's text."""
+    try:
+        return [e.ids for e in tokenizer.encode_batch_fast(probes, add_special_tokens=False)]
+    except Exception:
+        pass
+    out: list[list[int] | str] = []
+    for probe in probes:
+        try:
+            out.append(tokenizer.encode(probe, add_special_tokens=False).ids)
+        except Exception as e:
+            out.append(f"{type(e).__name__}: {e}")
+    return out
 
 
 def checked_sample(texts: list[str]) -> list[int]:

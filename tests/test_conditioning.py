@@ -282,7 +282,7 @@ def test_an_encoding_error_comes_in_batch_order_and_a_stopped_build_lets_calls_e
     encoder = Failing(word_tokenizer().backend_tokenizer)
     got = encodings([part_batch(["a"]), part_batch(["boom"]), part_batch(["b"])], encoder)
     assert next(got)[0].texts == ["a"]
-    with pytest.raises(RuntimeError, match="the tokenizer failed"):
+    with pytest.raises(CorpusError, match="cannot encode the text 'boom': RuntimeError: the tokenizer failed"):
         next(got)
     stopped = encodings([part_batch(["a"]), part_batch(["slow"]), part_batch(["c"])], encoder)
     assert next(stopped)[0].texts == ["a"]

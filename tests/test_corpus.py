@@ -726,3 +726,39 @@ def test_unscored_pairs_with_one_bin_are_refused(tmp_path):
     _, scheme, _ = make(tmp_path, "pairs", [{**pair, "chosen_score": 1, "rejected_score": 0}], binning="quantile",
                         num_bins=1, name="scored")
     assert scheme.counts == [2]
+
+
+def unk_less_tokenizer():
+    """A WordLevel tokenizer whose unk token is not in its vocabulary: it raises on any word it
+    does not know ('Missing [UNK] token from the vocabulary')."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<eos>", "a", "b", "c"])}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_text_the_tokenizer_cannot_encode_is_named_and_the_build_stops_cleanly(tmp_path, workers):
+    """A tokenizer that raises on one text (in the fifth batch of one record each) stopped the build
+    with the tokenizer's bare exception (a traceback from the command), and left the reading thread
+    running as long as that exception was referenced; and the encoder's copy check let the same
+    error escape as it probed the copy ('a<eos>a' is an unknown word too). Now: a CorpusError that
+    shows the text, no thread of the build left, nothing written."""
+    import threading
+    import time
+
+    from rcond.content_encoder import ContentEncoder
+
+    tok = unk_less_tokenizer()
+    assert ContentEncoder(tok.backend_tokenizer).joined is not None  # its copy fails on 'a<eos>a' alike
+    rows = [{"response": "a b", "reward": 1.0}] * 4 + [{"response": "a zebra c", "reward": 2.0}] + \
+        [{"response": "c", "reward": 0.0}] * 4
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    with pytest.raises(CorpusError, match="cannot encode the text 'a zebra c': Exception: WordLevel error: Missing") as raised:
+        build(SourceReader([str(src)], "scored"), tmp_path / "c", tok,
+              opts=PackOptions(block_size=16, encode_batch=1, workers=workers), progress=False)
+    time.sleep(0.2)  # a reading thread polls for its stop every 50 ms
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("rcond")]  # with the error held
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"] and raised.value
