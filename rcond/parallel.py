@@ -19,8 +19,9 @@ tenths of a second (mostly imports), so they pay off on large corpora, not on sm
 2 workers: slower at 20k reviews, on par at 80k). Each worker encodes on ``cores // workers``
 threads (the cores this process may run on); at most two batches per worker are in flight, so
 memory stays flat. A worker ignores Ctrl-C, and the forkserver is started deaf to it
-(:func:`worker_context`): the build stops them. A worker that dies (killed, out
-of memory) stops the build with a :class:`CorpusError`. All workers are started before the first
+(:func:`worker_context`): the build stops them, and a build killed outright takes them with it
+(:func:`exit_with_owner`). A worker that dies (killed, out of memory) stops the build with a
+:class:`CorpusError`. All workers are started before the first
 batch goes out (:func:`_all_started`): the executor otherwise starts them one at a time inside
 ``submit``, and one it starts while it is tearing itself down after a worker died is never
 stopped, so its shutdown waits for it forever (seen with CPython 3.11's ProcessPoolExecutor).
@@ -77,6 +78,31 @@ def worker_context():
     return context
 
 
+def owner_line(context) -> tuple:
+    """A pipe (read end, write end) that ties a pool's workers to its owner: the owner keeps the
+    write end open while the pool lives and gives each worker the read end for
+    :func:`exit_with_owner`. No one else holds the write end (the forkserver and the resource
+    tracker started before it was made), so the owner's end, even by SIGKILL or the kernel's
+    out-of-memory killer, closes it."""
+    return context.Pipe(duplex=False)
+
+
+def exit_with_owner(line) -> None:
+    """In a worker: end this process once the read end of :func:`owner_line` reaches end of file.
+    Without it, a pool whose owner was killed outright lived on: idle workers waiting for work
+    that would never come, one blocked writing a result no one reads, all holding the owner's
+    stdout and stderr open (``rcond preprocess ... | tee log`` never ended)."""
+
+    def wait() -> None:
+        try:
+            line.recv_bytes()  # nothing is ever sent: this returns at end of file
+        except (EOFError, OSError):
+            pass
+        os._exit(1)
+
+    threading.Thread(target=wait, name="rcond-owner-line", daemon=True).start()
+
+
 def _start_forkserver_deaf_to_ctrl_c() -> None:
     """Start the forkserver, if it is not running, with SIGINT blocked in this thread: the server
     inherits the blocked signal, so a Ctrl-C while it imports (the first second of a pooled build)
@@ -95,11 +121,12 @@ def _start_forkserver_deaf_to_ctrl_c() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int, started) -> None:
+def _start_worker(tokenizer_json: str, eos_id: int, opts: PackOptions, threads: int, started, line) -> None:
     """A worker's initializer: its own copy of the tokenizer and an encoder of it, as the
     one-process build has (:func:`rcond.conditioning.encodings`), on ``threads`` threads; Ctrl-C is
-    left to the parent."""
+    left to the parent, and the parent's end ends it (:func:`exit_with_owner`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_owner(line)
     os.environ["RAYON_NUM_THREADS"] = str(threads)  # read when the tokenizer first goes parallel
     if threads == 1:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -137,9 +164,10 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
                           "ordinary one); save it and give its folder as --tokenizer, or use --workers 1")
     threads = max(1, usable_cores() // workers)
     context = worker_context()
+    line, held = owner_line(context)
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                    initargs=(tokenizer_json, stream.eos_id, stream.opts, threads,
-                                             context.Barrier(workers)))
+                                             context.Barrier(workers), line))
     pending: collections.deque = collections.deque()  # (parts, future), oldest first
 
     def collect() -> tuple[PartBatch, Pool, int]:
@@ -166,6 +194,8 @@ def conditioned_in_workers(batches: Iterable[PartBatch], tokenizer, stream: Cond
             yield collect()
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        held.close()
+        line.close()
 
 
 def wait_started(started: list[Future]) -> None:

@@ -39,12 +39,15 @@ START_TIMEOUT = 600.0  # seconds for every worker to start and build its scorer 
 _WORKER: dict = {}  # in a worker process: its scorer and the start barrier (set by _start_worker)
 
 
-def _start_worker(spec: str, barrier) -> None:
+def _start_worker(spec: str, barrier, line) -> None:
     """A worker's initializer: its own scorer; Ctrl-C is left to the pool's owner. A scorer that
     cannot be built here (a module that fails to import only in a worker: no device for it, say)
     is kept as an error for :func:`_started` to raise, with its message, to the pool's owner; an
     initializer's own exception would only end the process, the cause lost in a logged traceback."""
+    from .parallel import exit_with_owner  # preloaded by the forkserver
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_owner(line)  # the owner's end, even by SIGKILL, ends this worker
     _WORKER["barrier"] = barrier
     try:
         _WORKER["scorer"] = get_scorer(spec)
@@ -75,19 +78,21 @@ class ScorerPool:
         self.name = get_scorer(spec).name  # a bad spec fails here, before any process starts
         self.spec, self.workers = spec, workers
         self._executor: ProcessPoolExecutor | None = None
+        self._line: tuple = ()  # the pipe that ends the workers with this process (parallel.owner_line)
 
     def __repr__(self) -> str:
         return f"ScorerPool({self.name!r}, workers={self.workers})"
 
     def __enter__(self) -> "ScorerPool":
-        from .parallel import worker_context  # not at import: rcond.parallel imports the readers, which import this
+        from .parallel import owner_line, worker_context  # not at import: rcond.parallel imports the readers, which import this
 
         context = worker_context()
         barrier = context.Barrier(self.workers)
+        self._line = owner_line(context)
         try:
             with interrupts_deferred():  # a worker stopped half-way through its start would outlive us
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_start_worker,
-                                                     initargs=(self.spec, barrier))
+                                                     initargs=(self.spec, barrier, self._line[0]))
                 started = [self._executor.submit(_started) for _ in range(self.workers)]
             done, _ = wait(started, return_when=FIRST_EXCEPTION)  # a worker's error ends the wait at once
             for f in done:
@@ -117,6 +122,8 @@ class ScorerPool:
                 process.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
+        for end in self._line:
+            end.close()
 
     def submit(self, texts: list[str]) -> Future:
         """Score ``texts`` in a worker: a future of their scores, NaN/infinite ones left in place

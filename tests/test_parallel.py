@@ -1,6 +1,7 @@
 """Worker processes (rcond.parallel) build the same corpus, byte for byte, as one process."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -251,3 +252,36 @@ def test_workers_that_do_not_all_start_in_time_are_a_clear_error():
                                           rf"{STARTUP_TIMEOUT} s .*try fewer --workers"):
         wait_started([ok, broke])
     wait_started([ok, ok])  # all started: returns
+
+
+@pytest.mark.parametrize("flags", [["--workers", "2"], ["--score-workers", "2"]])
+def test_a_build_killed_outright_takes_its_worker_processes_with_it(tmp_path, flags):
+    """SIGKILL (or the out-of-memory killer) of a build with worker processes left them running for
+    good (idle ones waiting for work, the forkserver and the resource tracker with them), holding the
+    killed command's stdout and stderr open. The workers now end once their owner's end of a pipe
+    closes, which its death does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "slow.py").write_text("import time\n\ndef slow(texts):\n    time.sleep(120)\n"
+                                      "    return [0.0] * len(texts)\n")
+    src = write_jsonl(tmp_path / "s.jsonl", [{"response": f"{w} {w}", "reward": 0.0} for w in WORDS])
+    owner = subprocess.Popen([sys.executable, "-m", "rcond.cli", "preprocess", str(src), "--format", "scored",
+                              "--out", str(tmp_path / "c"), "--tokenizer", "train:300", "--no-progress",
+                              "--score-with", f"{tmp_path / 'slow.py'}:slow", *flags],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while len(below := descendants(owner.pid)) < 4 and time.time() < deadline:  # tracker, server, 2 workers
+            time.sleep(0.1)
+        assert len(below) >= 4, "the workers did not start"
+        time.sleep(1.0)  # the workers past their start, in the scorer's sleep or waiting for work
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    left = outlived(below, seconds=20)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
