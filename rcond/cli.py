@@ -15,7 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+EXIT_FAILED = 1  # the machine could not do it: a disk full, a folder it may not write to
 EXIT_BAD_INPUT = 2
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}  # said in one line, no traceback
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout went away
 
@@ -474,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # a path given on the command line that no file system can hold, wherever it is first looked at
+        if e.errno in STORAGE_ERRORS:  # the output is written atomically: nothing was left half-written
+            where = e.filename if e.filename is not None else getattr(args, "out", None)
+            print(f"error: {f'{where}: ' if where else ''}{e.strerror}; nothing was left half-written", file=sys.stderr)
+            return EXIT_FAILED
         if e.errno != errno.ENAMETOOLONG:
             raise
         from .atomic import name_max

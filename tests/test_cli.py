@@ -624,3 +624,22 @@ def test_a_preprocess_error_exits_without_importing_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False"], proc.stderr
     assert "in.jsonl:2: missing field 'reward'" in proc.stderr
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A disk that fills while the corpus is written ended the command with a traceback (two,
+    chained, from the spill file's close); now one line naming the output, exit 1, and, as before,
+    nothing of the output left."""
+    import errno
+
+    from rcond import corpus
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(corpus.HashingWriter, "write", full)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {tmp_path / 'c'}: No space left on device; nothing was left half-written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
