@@ -240,6 +240,7 @@ def as_created(path: str | Path) -> Path:
 
 _recorded: list[int] = []  # SIGINT/SIGTERM that arrived while recording; the outermost recording starts it empty
 _depth = 0  # recordings open now
+_published: list[Path] = []  # outputs atomic_dir put in place since the outermost recording began
 
 
 def _record(signum, frame):
@@ -270,6 +271,7 @@ def recording_interrupts() -> Iterator[None]:
     global _depth
     if _depth == 0:
         _recorded.clear()
+        _published.clear()
     _depth += 1
     previous: dict[int, object] = {}
     try:
@@ -316,6 +318,13 @@ def raise_if_interrupted() -> None:
     ``__del__`` or another finalizer, which only prints "Exception ignored") is raised now."""
     if interrupt_recorded():
         raise KeyboardInterrupt(f"signal {_recorded[0]}")
+
+
+def published() -> list[Path]:
+    """The outputs :func:`atomic_dir` has put in place since the outermost :func:`recording_interrupts`
+    began (kept after it ends, for the command's last words): an interrupt after one of them does
+    not undo it."""
+    return list(_published)
 
 
 def interrupt_recorded() -> bool:
@@ -446,12 +455,14 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
                         os.replace(trash / "old", target)
                         raise
                     published = True
+                    _published.append(target)
             finally:
                 shutil.rmtree(trash, ignore_errors=True)
         else:
             with interrupts_deferred():  # published is true once the rename is done, whatever comes
                 os.replace(tmp, target)
                 published = True
+                _published.append(target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

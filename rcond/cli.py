@@ -465,7 +465,11 @@ def main(argv: list[str] | None = None) -> int:
             raise_if_interrupted()
             return code
     except KeyboardInterrupt:
-        print("\ninterrupted; no output was left half-written", file=sys.stderr)
+        from .atomic import published
+
+        done = published()  # an interrupt after an output is in place (the summary printing) does not undo it
+        print(f"\ninterrupted after {', '.join(map(str, done))} had been written in full; nothing was left "
+              "half-written" if done else "\ninterrupted; no output was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _user_errors() as e:
         from .sources import RecordError

@@ -643,3 +643,25 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {tmp_path / 'c'}: No space left on device; nothing was left half-written"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_ctrl_c_after_the_corpus_is_in_place_says_it_was_written(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that lands while the summary prints, the corpus already in place: the command said
+    'no output was left half-written', which read as if none had been written. It still exits 130,
+    and names the corpus as written in full; the corpus loads."""
+    from rcond import cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "format_preprocess_summary", interrupted)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted after {tmp_path / 'c'} had been written in full; nothing was left half-written"
+    load(tmp_path / "c")
+    from rcond import corpus
+
+    monkeypatch.setattr(corpus, "build", interrupted)  # the next command starts with none written
+    assert preprocess(tmp_path, rows, out="d") == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; no output was left half-written"
