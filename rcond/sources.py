@@ -877,7 +877,10 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
     except zipfile.BadZipFile as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an intact member (the archive is "
                           f"damaged)") from None
-    except (RuntimeError, NotImplementedError, zlib.error, EOFError, lzma.LZMAError) as e:
+    except (zlib.error, EOFError, lzma.LZMAError, OSError) as e:  # OSError: bz2's "Invalid data stream"
+        raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected intact compressed data (the "
+                          f"archive is damaged)") from None
+    except (RuntimeError, NotImplementedError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None
     if not name.lower().endswith(COMPRESSED):  # the common case, without a Path made per member

@@ -247,6 +247,24 @@ def test_zip_member_that_cannot_be_extracted_is_named(tmp_path, patch, why):
         list(SourceReader([str(archive)], "text"))
 
 
+@pytest.mark.parametrize("method", ["ZIP_DEFLATED", "ZIP_BZIP2", "ZIP_LZMA"])
+def test_zip_member_whose_compressed_data_is_damaged_is_named_as_damaged(tmp_path, method):
+    """A member whose compressed bytes are damaged was said to need another compression method
+    (deflate, lzma), or was a traceback (bzip2's OSError)."""
+    import zipfile
+
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w", getattr(zipfile, method)) as zf:
+        zf.writestr("a.txt", "hello world " * 2000)
+    data = bytearray(archive.read_bytes())
+    start = 30 + len("a.txt")  # the compressed bytes follow the local header and the name
+    data[start + 10:start + 40] = bytes(b ^ 0xFF for b in data[start + 10:start + 40])
+    archive.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(archive))}!a\.txt: cannot be extracted \(.+\); "
+                                          r"expected intact compressed data \(the archive is damaged\)$"):
+        list(SourceReader([str(archive)], "text"))
+
+
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
 def test_bad_reward_names_record(tmp_path, bad):
     path = tmp_path / "in.jsonl"
