@@ -70,6 +70,9 @@ CUTTABLE_SPLITS = {  # Split patterns (isolated matches) that a cut before a lon
 }
 
 
+SWITCHING = threading.RLock()  # held while content_as_is has a tokenizer's settings switched
+
+
 @contextmanager
 def content_as_is(backend) -> Iterator[None]:
     """Within: the backend tokenizer encodes content as it is. Special-token strings in the input
@@ -79,18 +82,23 @@ def content_as_is(backend) -> Iterator[None]:
     ``padding=True`` (transformers leaves that state on the backend), would otherwise cut every text
     at 512 tokens or pad it with pad ids, silently. The settings are restored after. They belong
     to the tokenizer object, so hold this only around an encode call: another thread encoding with
-    the same tokenizer meanwhile would see them too."""
-    before = backend.encode_special_tokens, backend.truncation, backend.padding
-    _as_is(backend)
-    try:
-        yield
-    finally:
-        special, truncation, padding = before
-        backend.encode_special_tokens = special
-        if truncation is not None:
-            backend.enable_truncation(**truncation)
-        if padding is not None:
-            backend.enable_padding(**padding)
+    the same tokenizer meanwhile would see them too. One block at a time in the process
+    (:data:`SWITCHING`, nested blocks in one thread allowed): a block entered while another had the
+    settings switched would save the switched ones and put them back after the other had restored
+    the real ones (a build interrupted while its encoding thread was in a long call, and built
+    again at once, left the caller's tokenizer reading special-token strings as text)."""
+    with SWITCHING:
+        before = backend.encode_special_tokens, backend.truncation, backend.padding
+        _as_is(backend)
+        try:
+            yield
+        finally:
+            special, truncation, padding = before
+            backend.encode_special_tokens = special
+            if truncation is not None:
+                backend.enable_truncation(**truncation)
+            if padding is not None:
+                backend.enable_padding(**padding)
 
 
 def _as_is(backend) -> None:

@@ -485,3 +485,36 @@ def test_every_cut_point_keeps_the_ids_on_every_cuttable_configuration():
             assert sum(alone(backend, pieces), []) == alone(backend, [t])[0], (backend.to_str()[:300], t)
             cut_points += len(cuts)
     assert cut_points > 200_000
+
+
+def test_a_switch_of_the_settings_waits_for_one_under_way_so_the_real_ones_come_back():
+    """Two content_as_is blocks on one tokenizer, the second entered while the first (an encoding
+    thread left behind by an interrupted build, in a long call) had the settings switched: the
+    second saved the switched settings and put them back after the first had restored the real
+    ones, and the tokenizer kept reading special-token strings as text. The second now waits."""
+    import threading
+
+    from rcond.content_encoder import content_as_is
+
+    backend = word_tokenizer().backend_tokenizer
+    backend.enable_truncation(max_length=8)
+    first_in, release, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with content_as_is(backend):
+            first_in.set()
+            release.wait(5)
+        first_done.set()
+
+    def second():
+        with content_as_is(backend):
+            first_done.wait(5)
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_in.wait(5)
+    b = threading.Thread(target=second)
+    b.start()
+    release.set()
+    a.join(10), b.join(10)
+    assert not backend.encode_special_tokens and backend.truncation["max_length"] == 8 and backend.padding is None
