@@ -1281,8 +1281,21 @@ def check_reading(inputs: list[str], fmt: str, fields: FieldNames, *, scored: bo
 
 
 @dataclass
+class ReadLog:
+    """What one read of a :class:`SourceReader` reports. Each read writes into the log it started
+    with: a read left behind by an interrupt (its thread still in a slow scorer call) cannot add
+    to the next read's counts or ``skipped.txt``."""
+
+    skipped: SkipLog  # bad records skipped under --on-error skip (every reason also to skips_to, when set)
+    ignored: SkipLog = field(default_factory=SkipLog)  # files of a folder or zip input that are no .txt documents
+    same_pairs: int = 0  # pairs read whose chosen and rejected sides are the same text
+    split_prompts: int = 0  # pairs read whose two sides' HH dialogues split into different prompts
+
+
+@dataclass
 class SourceReader:
-    """Reads inputs of one format into records; optional scorer applied in batches."""
+    """Reads inputs of one format into records; optional scorer applied in batches. ``skipped``,
+    ``ignored``, ``same_pairs`` and ``split_prompts`` report the latest read (:class:`ReadLog`)."""
 
     inputs: list[str]
     format: str
@@ -1298,17 +1311,20 @@ class SourceReader:
                       on_error=self.on_error, score_batch=self.score_batch)
         self._reset_logs()
 
-    def _reset_logs(self) -> None:
-        """What a read reports, cleared at the start of each read (every skipped record's reason
-        also goes to the file ``skips_to`` names, when it is set)."""
-        if getattr(self, "skipped", None) is not None:
-            self.skipped.close()
-        self.skipped = SkipLog(path=self.skips_to)
-        self.ignored = SkipLog()  # files of a folder or zip input that are no .txt documents, not read
-        self.same_pairs = 0  # pairs read whose chosen and rejected sides are the same text
-        self.split_prompts = 0  # pairs read whose two sides' HH dialogues split into different prompts
+    def _reset_logs(self) -> ReadLog:
+        """A new log for a read that starts now (every skipped record's reason also goes to the
+        file ``skips_to`` names, when it is set); the last read's file is closed."""
+        if getattr(self, "_log", None) is not None:
+            self._log.skipped.close()
+        self._log = ReadLog(SkipLog(path=self.skips_to))
+        return self._log
 
-    def _convert(self, origin: str, row) -> list[Record]:
+    skipped = property(lambda self: self._log.skipped, doc="the latest read's skipped records (ReadLog)")
+    ignored = property(lambda self: self._log.ignored, doc="the latest read's files that are no documents")
+    same_pairs = property(lambda self: self._log.same_pairs, doc="the latest read's pairs of one text twice")
+    split_prompts = property(lambda self: self._log.split_prompts, doc="the latest read's pairs of two prompts")
+
+    def _convert(self, origin: str, row, log: ReadLog) -> list[Record]:
         f, scored = self.fields, self.scorer is not None
         if self.format == "text":
             return [text_record(row, origin, f)]
@@ -1318,27 +1334,27 @@ class SourceReader:
             raise SourceError(f"{origin}: format {self.format!r} needs JSON/CSV/Parquet rows, not plain text")
         if self.format == "pairs":
             recs = pairs_records(row, origin, f, scored)
-            self.same_pairs += [p.text for p in recs[0].parts] == [p.text for p in recs[1].parts]
-            self.split_prompts += recs[0].parts[0].text != recs[1].parts[0].text
+            log.same_pairs += [p.text for p in recs[0].parts] == [p.text for p in recs[1].parts]
+            log.split_prompts += recs[0].parts[0].text != recs[1].parts[0].text
             return recs
         return [dialog_record(row, origin, f, scored, self.gamma)]
 
-    def _bad_line(self):
-        return self.skipped.add if self.on_error == "skip" else None
+    def _bad_line(self, log: ReadLog):
+        return log.skipped.add if self.on_error == "skip" else None
 
-    def _records(self, rows: Iterable[tuple[str, object]]) -> Iterator[Record]:
+    def _records(self, rows: Iterable[tuple[str, object]], log: ReadLog) -> Iterator[Record]:
         for origin, row in rows:
             try:
-                yield from self._convert(origin, row)
+                yield from self._convert(origin, row, log)
             except SourceError as e:
                 if self.on_error == "fail":
                     raise RecordError(str(e)) from None
-                self.skipped.add(str(e))
+                log.skipped.add(str(e))
 
     def _scorer(self, score: bool):
         return self.scorer if score else None
 
-    def _scored(self, records: Iterable[Record], scorer) -> Iterator[Record]:
+    def _scored(self, records: Iterable[Record], scorer, log: ReadLog) -> Iterator[Record]:
         if scorer is None:
             yield from records
             return
@@ -1347,10 +1363,10 @@ class SourceReader:
         for rec in records:
             batch.append(rec)
             if len(batch) >= per_round:
-                yield from self._score(batch)
+                yield from self._score(batch, log)
                 batch = []
         if batch:
-            yield from self._score(batch)
+            yield from self._score(batch, log)
 
     def _is_jsonl(self, spec: str) -> bool:
         path = Path(spec).expanduser()
@@ -1372,7 +1388,7 @@ class SourceReader:
 
         from .columnar import parse_chunk, parse_table
 
-        self._reset_logs()
+        log = self._reset_logs()
         scorer = self._scorer(score)
         max_bytes = BATCH_BYTES if max_bytes is None else max_bytes
         read = dict(needs_reward=self.scorer is None, scorer=scorer, score_batch=self.score_batch)
@@ -1380,19 +1396,20 @@ class SourceReader:
             if self._is_jsonl(spec):
                 path = Path(spec).expanduser()
                 for first, lines in jsonl_chunks(path, size, max_bytes):
-                    yield from self._nonempty(parse_chunk(lines, self.format, self.fields, **read), scorer,
-                                              lambda: decode_lines(path, first, lines, self._bad_line()))
+                    yield from self._nonempty(parse_chunk(lines, self.format, self.fields, **read), scorer, log,
+                                              lambda: decode_lines(path, first, lines, self._bad_line(log)))
                 continue
             arrow = arrow_batches(spec, size, max_bytes)
             if arrow is not None:
                 for where, first, rows in arrow:
                     yield from self._nonempty(
-                        parse_table(pa.Table.from_batches([rows]), self.format, self.fields, **read), scorer,
-                        lambda: arrow_rows(where, first, rows, self._bad_line()))
+                        parse_table(pa.Table.from_batches([rows]), self.format, self.fields, **read), scorer, log,
+                        lambda: arrow_rows(where, first, rows, self._bad_line(log)))
                 continue
             recs: list[Record] = []
             chars = 0
-            for rec in self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer):
+            rows = iter_rows(spec, self._bad_line(log), log.ignored.add)
+            for rec in self._scored(self._records(rows, log), scorer, log):
                 recs.append(rec)
                 chars += sum(len(p.text) for p in rec.parts)
                 if len(recs) >= size or chars >= max_bytes:
@@ -1401,15 +1418,16 @@ class SourceReader:
             if recs:
                 yield PartBatch.from_records(recs)
 
-    def _nonempty(self, fast: PartBatch | None, scorer, rows: Callable[[], Iterable[tuple[str, object]]]):
+    def _nonempty(self, fast: PartBatch | None, scorer, log: ReadLog,
+                  rows: Callable[[], Iterable[tuple[str, object]]]):
         """The batch the column-wise path read, or, where it declined (None), the records of
         ``rows()`` read one by one (exact origins, skips); yielded unless it holds no record."""
         if fast is None:
-            batch = PartBatch.from_records(list(self._scored(self._records(rows()), scorer)))
+            batch = PartBatch.from_records(list(self._scored(self._records(rows(), log), scorer, log)))
         else:
             batch = fast
-            self.same_pairs += batch.same_pairs
-            self.split_prompts += batch.split_prompts
+            log.same_pairs += batch.same_pairs
+            log.split_prompts += batch.split_prompts
         if batch.records:
             yield batch
 
@@ -1421,12 +1439,12 @@ class SourceReader:
     def __iter__(self) -> Iterator[Record]:
         """Records in input order, one at a time (the line-by-line path; :meth:`batches` is the
         fast one). Iterating again re-reads the inputs and resets the skip log."""
-        self._reset_logs()
+        log = self._reset_logs()
         scorer = self._scorer(True)
         for spec in self.inputs:
-            yield from self._scored(self._records(iter_rows(spec, self._bad_line(), self.ignored.add)), scorer)
+            yield from self._scored(self._records(iter_rows(spec, self._bad_line(log), log.ignored.add), log), scorer, log)
 
-    def _score(self, batch: list[Record]) -> Iterable[Record]:
+    def _score(self, batch: list[Record], log: ReadLog) -> Iterable[Record]:
         targets = [score_targets(r) for r in batch]
         flat = [t for ts in targets for t in ts]
         try:
@@ -1448,6 +1466,6 @@ class SourceReader:
             except SourceError as e:
                 if self.on_error == "fail":
                     raise RecordError(str(e)) from None
-                self.skipped.add(str(e))
+                log.skipped.add(str(e))
                 continue
             yield rec

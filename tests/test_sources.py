@@ -1107,3 +1107,29 @@ def test_plain_text_documents_are_refused_up_front_for_pairs_and_dialogs(tmp_pat
             with pytest.raises(SourceError, match=re.escape(f"{tmp_path / name}: format {fmt!r} needs JSON/CSV/Parquet "
                                                             f"rows, not plain-text documents")):
                 SourceReader([str(tmp_path / name)], fmt, on_error=on_error)
+
+
+def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path):
+    """A read left running by an interrupt (its thread in a slow scorer call) skipped its bad
+    record into whatever log the reader held when the call returned: the next read's, whose
+    count and skipped.txt then held a record twice. Each read now keeps the log it started with."""
+    import threading
+
+    calls, in_call, release = [], threading.Event(), threading.Event()
+
+    def slow_then_fast(texts):
+        calls.append(texts)
+        if len(calls) == 1:  # the first read's call: slow, until the second read is done
+            in_call.set()
+            release.wait(10)
+        return [float("nan") if t == "bad" else 0.5 for t in texts]
+
+    src = write_jsonl(tmp_path / "s.jsonl", [{"response": "bad"}, {"response": "good"}])
+    reader = SourceReader([str(src)], "scored", scorer=slow_then_fast, on_error="skip")
+    left_behind = threading.Thread(target=lambda: list(reader.batches()))
+    left_behind.start()
+    assert in_call.wait(10)
+    assert sum(b.records for b in reader.batches()) == 1 and reader.skipped.count == 1
+    release.set()
+    left_behind.join(10)
+    assert reader.skipped.count == 1 and reader.skipped.examples == [f"{src}:1: scorer returned a non-finite reward nan"]
