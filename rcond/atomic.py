@@ -320,7 +320,7 @@ def raise_if_interrupted() -> None:
         raise KeyboardInterrupt(f"signal {_recorded[0]}")
 
 
-def published() -> list[Path]:
+def outputs_published() -> list[Path]:
     """The outputs :func:`atomic_dir` has put in place since the outermost :func:`recording_interrupts`
     began (kept after it ends, for the command's last words): an interrupt after one of them does
     not undo it."""

@@ -465,9 +465,9 @@ def main(argv: list[str] | None = None) -> int:
             raise_if_interrupted()
             return code
     except KeyboardInterrupt:
-        from .atomic import published
+        from .atomic import outputs_published
 
-        done = published()  # an interrupt after an output is in place (the summary printing) does not undo it
+        done = outputs_published()  # an interrupt after an output is in place (the summary printing) does not undo it
         print(f"\ninterrupted after {', '.join(map(str, done))} had been written in full; nothing was left "
               "half-written" if done else "\ninterrupted; no output was left half-written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -479,13 +479,13 @@ def main(argv: list[str] | None = None) -> int:
             hint = "\n(to skip bad records and report them instead, pass --on-error skip)"
         print(f"error: {e}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as e:  # a path given on the command line that no file system can hold, wherever it is first looked at
+    except OSError as e:
         if e.errno in STORAGE_ERRORS:  # the output is written atomically: nothing was left half-written
             where = e.filename if e.filename is not None else getattr(args, "out", None)
             print(f"error: {f'{where}: ' if where else ''}{e.strerror}; nothing was left half-written", file=sys.stderr)
             return EXIT_FAILED
-        if e.errno != errno.ENAMETOOLONG:
-            raise
+        if e.errno != errno.ENAMETOOLONG:  # a path given on the command line that no file system can hold,
+            raise                          # wherever it is first looked at
         from .atomic import name_max
 
         limit = f"{name_max(e.filename)} bytes" if e.filename is not None else "the system's limit"
