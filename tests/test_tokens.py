@@ -30,6 +30,13 @@ def test_uniform_edges():
     assert uniform_edges([-1.0, 1.0, 0.3], 4) == pytest.approx([-0.5, 0.0, 0.5])
 
 
+def test_uniform_edges_of_a_single_value_span_one_above_it():
+    """All rewards equal: no range to split, so the K bins split [v, v + 1] (not K - 1 edges all
+    at v, which would leave every bin but the last empty)."""
+    assert uniform_edges([2.0, 2.0, 2.0], 4) == [2.25, 2.5, 2.75]
+    assert ControlScheme.fit([2.0], num_bins=4, binning="uniform").bin_of(2.0) == 0
+
+
 def test_uniform_edges_are_the_round_numbers_they_should_be():
     """K = 10 over [-1, 1]: the edges are -0.8, -0.6, ..., 0.8 as the floats those decimals are
     (-1 + 2 * 0.4 in floats is -0.19999999999999996), so a reward of 0.6 is in bin 8, [0.6, 0.8),
@@ -46,6 +53,9 @@ def test_uniform_edges_are_the_round_numbers_they_should_be():
     ([0.0] * 6 + [1.0] * 4, 2, [0.5], [0, 1]),
     ([0.0, 1.0, 1.0], 2, [1.0], [0, 1]),                  # ties already sent up, where they belong
     ([0.0] * 8 + [1.0, 2.0], 4, [0.0, 0.5, 0.5], [1, 3]),  # 8 zeros: below edge 1 (target 2.5) 0 beats 8
+    ([0.0, 0.0, 1.0, 1.0], 4, [0.0, 0.5, 1.0], [1, 3]),   # edge 1 (target 1): 0 or 2 below, as near: up
+    ([0.0, 0.0, 0.0, 1.0], 4, [0.0, 0.5, 0.5], [1, 3]),   # edge 2 moved to 0.5 lifts edge 3 (0.25) with it
+    ([0.0] * 5 + [1.0] * 5, 10, [0.0, 0.0, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0], [2, 9]),  # ties at the maximum
 ])
 def test_quantile_edges_send_ties_to_the_side_nearer_the_target(rewards, k, edges, bins):
     """An edge on a value several rewards share sends them all one way: up unless down puts the
@@ -54,6 +64,7 @@ def test_quantile_edges_send_ties_to_the_side_nearer_the_target(rewards, k, edge
     below 0.5 lie 3, and the target is 2."""
     assert quantile_edges(rewards, k) == edges
     s = ControlScheme.fit(rewards, num_bins=k)
+    assert s.edges == edges
     assert [s.bin_of(0.0), s.bin_of(1.0)] == bins
 
 
@@ -98,6 +109,13 @@ def test_bin_of_and_ranges():
         s.bin_of(float("nan"))
 
 
+def test_bin_of_an_unfitted_scheme_is_an_error():
+    """A scheme with no edges yet maps no reward (bisect on no edges would say bin 0)."""
+    with pytest.raises(SchemeError, match=r"^scheme has no fitted bin edges yet$"):
+        ControlScheme(num_bins=3).bin_of(0.5)
+    assert ControlScheme(num_bins=1).bin_of(0.5) == 0  # one bin needs no edges
+
+
 def test_tied_quantiles_keep_k_bins():
     s = ControlScheme.fit([0.0] * 50 + [1.0] * 50, num_bins=4)
     assert len(s.edges) == 3 and s.num_bins == 4
@@ -129,6 +147,14 @@ def test_bad_binning(spec):
         parse_binning(spec)
 
 
+@pytest.mark.parametrize("spec", ["edges:nan", "edges:0,inf", "edges:-inf,0", "edges:0,nan,1"])
+def test_explicit_edges_must_be_finite(spec):
+    """float() reads 'nan' and 'inf'; NaN compares false with everything, so only the finiteness
+    check keeps such an edge out of a scheme.json."""
+    with pytest.raises(SchemeError, match=r"edges must be finite and strictly increasing$"):
+        parse_binning(spec)
+
+
 @pytest.mark.parametrize("spec", ["edges:", "edges: ", "edges: , "])
 def test_no_edges_at_all_says_to_give_one(spec):
     with pytest.raises(SchemeError, match=r"give at least one edge, e\.g\. edges:-0\.5,0,0\.5"):
@@ -145,6 +171,18 @@ def test_bins_that_contradict_explicit_edges_suggest_only_what_can_be_given(bins
 
     with pytest.raises(SchemeError, match=message):
         resolve_bins(bins, "edges:0")
+
+
+def test_resolve_bins_takes_every_k_from_1_to_max_bins():
+    from rcond.tokens import MAX_BINS, resolve_bins
+
+    assert MAX_BINS == 1024
+    assert resolve_bins(None, "quantile") == 10 and resolve_bins(None, "edges:0,1") == 3
+    assert [resolve_bins(k, "uniform") for k in (1, 2, 1024)] == [1, 2, 1024]
+    with pytest.raises(SchemeError, match=r"^--bins must be between 1 and 1024, got 1025 \(each bin is a vocabulary"):
+        resolve_bins(1025, "quantile")
+    with pytest.raises(SchemeError, match=r"^--bins must be between 1 and 1024, got 0$"):
+        resolve_bins(0, "quantile")
 
 
 def test_json_round_trip(tmp_path):
@@ -222,6 +260,7 @@ def stored(**changes):
     (dict(options=None), "options: expected an object, got null"),
     (dict(options=[1]), "options: expected an object, got [1]"),
     (dict(version="1"), 'version: expected a positive integer, got "1"'),
+    (dict(version=0), "version: expected a positive integer, got 0"),
     (dict(version=2), "scheme version 2 is newer than this rcond reads (1): it was written by a newer rcond; upgrade rcond to read it"),
 ])
 def test_from_dict_checks_every_field(changes, message):
@@ -237,6 +276,8 @@ def test_from_dict_accepts_what_save_writes():
     assert ControlScheme.from_json(tied.to_json()) == tied
     one = ControlScheme(num_bins=1, binning="uniform")
     assert ControlScheme.from_json(one.to_json()) == one
+    most = ControlScheme(num_bins=1024, edges=[float(j) for j in range(1023)], binning="uniform")  # MAX_BINS
+    assert ControlScheme.from_json(most.to_json()) == most
     with pytest.raises(SchemeError, match=r"^expected a JSON object of scheme fields, got list$"):
         ControlScheme.from_dict([1, 2])
 
@@ -299,6 +340,7 @@ def test_a_stored_scheme_missing_a_field_is_refused(tmp_path):
     (["0.5", "1"], "reward '0.5' is not a number"),
     ([True, False, False], "reward True is not a number"),
     ([None, 1.0], "reward None is not a number"),
+    ([np.bool_(True), 0.5], f"reward {np.bool_(True)!r} is not a number"),
     (np.array([True, False]), "rewards must be numbers, got an array of bool"),
     ([1, 10 ** 400], "rewards must be finite numbers"),
 ])
@@ -322,3 +364,28 @@ def test_add_to_tokenizer_counts_only_tokens_new_to_the_vocabulary(wtok):
     wtok.add_tokens(["<|rtg:0|>", "<|rlhf:on|>"])  # two of a 3-bin scheme's tokens, as ordinary added tokens
     assert ControlScheme(num_bins=3).add_to_tokenizer(wtok) == 3
     assert len(wtok) == before + 5 and ControlScheme(num_bins=3).add_to_tokenizer(wtok) == 0
+
+
+def test_add_to_tokenizer_keeps_the_tokenizers_own_special_tokens(wtok):
+    """The control tokens join the tokenizer's extra special tokens, not replace them (a chat
+    model's turn markers would stop being special)."""
+    wtok.add_special_tokens({"extra_special_tokens": ["<|user|>"]})
+    ControlScheme(num_bins=2).add_to_tokenizer(wtok)
+    assert wtok.extra_special_tokens == ["<|user|>", "<|rlhf:on|>", "<|rlhf:off|>", "<|rtg:0|>", "<|rtg:1|>"]
+    assert "<|user|>" in wtok.all_special_tokens
+
+
+def test_a_control_token_read_as_the_unk_token_is_missing():
+    """A tokenizer with an unk token gives the unk's id for a string it lacks: that is no id of
+    the control token's own."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")),
+                                  unk_token="<unk>")
+    s = ControlScheme(num_bins=2)
+    assert s.missing_tokens(tok) == s.control_tokens
+    with pytest.raises(SchemeError, match=r"control token '<\|rlhf:on\|>' is not in the tokenizer"):
+        s.token_ids(tok)
+    s.add_to_tokenizer(tok)
+    assert s.missing_tokens(tok) == [] and list(s.token_ids(tok).values()) == [2, 3, 4, 5]
