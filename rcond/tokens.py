@@ -207,7 +207,7 @@ class ControlScheme:
     # ------------------------------------------------------------------ mapping
     def bin_of(self, value: float) -> int:
         """The bin of a reward value: the number of edges <= value."""
-        if isinstance(value, (bool, str, bytes)):  # float() reads True as 1 and "0.5" as 0.5
+        if isinstance(value, (bool, np.bool_, str, bytes)):  # float() reads True as 1 and "0.5" as 0.5
             raise SchemeError(f"reward {value!r} is not a number")
         try:
             value = float(value)

@@ -313,6 +313,15 @@ def test_bin_of_rejects_a_non_number():
         s.bin_of(10 ** 400)  # beyond float range: float() raises OverflowError
 
 
+def test_bin_of_refuses_a_numpy_boolean_as_fit_does():
+    """A NumPy bool (what a comparison in a NumPy scorer gives) is no reward: fit refuses it, and
+    bin_of took it as 1.0 and answered a bin."""
+    s = ControlScheme.fit([], binning="edges:0.5")
+    for value in (np.bool_(True), np.bool_(False)):
+        with pytest.raises(SchemeError, match=rf"^reward {re.escape(repr(value))} is not a number$"):
+            s.bin_of(value)
+
+
 def test_a_scheme_is_checked_when_made_not_only_when_loaded():
     """The constructor refuses what a stored scheme.json may not hold: NaN or unsorted edges, edges
     that differ from binning's explicit ones, a bin count that is no integer, clashing tokens."""
