@@ -111,6 +111,24 @@ def test_a_large_pool_keeps_only_the_tokens_of_its_waiting_pieces(monkeypatch):
     assert not packer.pools
 
 
+def test_padding_slots_hold_the_pad_id_with_weight_0_and_no_marker():
+    """Pieces of 3 and 2 tokens in rows of 4 (the 2 does not fit beside the 3): each row is its
+    piece, then padding of the pad id given (not 0), loss weight 0 and marker -1."""
+    from rcond.packing import BestFitPacker, Pool
+
+    emitted = []
+    packer = BestFitPacker(4, pad_id=9, open_rows=4, table_rows=4,
+                           emit=lambda t: emitted.append({k: v.copy() for k, v in t.items()}))
+    packer.add(Pool(np.array([1, 2, 3, 4, 5], np.int32), np.array([0.5, 0.5, 0, 0.25, 0], np.float32),
+                    np.array([0, 0, 0, 1, 1], np.int32), np.array([0, 3]), np.array([3, 2]), np.ones(2, bool)))
+    packer.flush()
+    [t] = emitted
+    assert t["input_ids"].tolist() == [1, 2, 3, 9] + [4, 5, 9, 9]
+    assert t["loss_weight"].tolist() == [0.5, 0.5, 0, 0] + [0.25, 0, 0, 0]
+    assert t["marker"].tolist() == [0, 0, 0, -1] + [1, 1, -1, -1]
+    assert t["pieces"].tolist() == [1, 1] and t["lengths"].tolist() == [3, 2]
+
+
 def test_positions_and_segments_from_a_layout_by_hand():
     """Rows of 6 slots holding pieces [2, 3], [6] and [1]: positions restart at 0 in every piece
     and in the padding run, segments count the pieces of a row and padding is -1."""
@@ -151,6 +169,20 @@ def test_positions_and_segments_of_random_layouts_against_a_loop():
         got_pos, got_seg = np.full(len(pieces) * B, 99, np.int32), np.full(len(pieces) * B, 99, np.int32)
         fill_layout(np.array(pieces, np.int32), np.array(lengths, np.int32), B, got_pos, got_seg)
         assert got_pos.tolist() == pos and got_seg.tolist() == seg
+
+
+def test_positions_and_segments_past_the_int16_range():
+    """Rows of 40000 slots (a long-context block size): one piece of 39000 tokens with its padding
+    run, then 40000 pieces of one token. The running sums count past 32767 without wrapping."""
+    from rcond.packing import fill_layout
+
+    B = 40_000
+    pos, seg = np.empty(2 * B, np.int32), np.empty(2 * B, np.int32)
+    fill_layout(np.array([1, B], np.int32), np.array([39_000] + [1] * B, np.int32), B, pos, seg)
+    np.testing.assert_array_equal(pos[:B], np.r_[np.arange(39_000), np.arange(1_000)])
+    np.testing.assert_array_equal(seg[:B], np.r_[np.zeros(39_000), np.full(1_000, -1)])
+    np.testing.assert_array_equal(pos[B:], np.zeros(B))
+    np.testing.assert_array_equal(seg[B:], np.arange(B))
 
 
 @pytest.mark.parametrize("pieces, lengths", [([2, 1], [4, 3, 2]),  # row 0 holds 7 tokens in 6 slots
