@@ -183,6 +183,8 @@ def test_resolve_bins_takes_every_k_from_1_to_max_bins():
         resolve_bins(1025, "quantile")
     with pytest.raises(SchemeError, match=r"^--bins must be between 1 and 1024, got 0$"):
         resolve_bins(0, "quantile")
+    with pytest.raises(SchemeError, match=r"^--bins must be an integer, got True$"):  # True is 1 to a comparison
+        resolve_bins(True, "quantile")
 
 
 def test_json_round_trip(tmp_path):
@@ -193,6 +195,20 @@ def test_json_round_trip(tmp_path):
     assert t == s
     with pytest.raises(SchemeError, match="no scheme.json"):
         ControlScheme.load(tmp_path / "nope")
+
+
+def test_defaults_are_those_of_the_design():
+    """DESIGN §3: K = 10 quantile bins, gamma 1, 5% unconditional records, the token strings."""
+    s = ControlScheme()
+    assert (s.num_bins, s.binning, s.gamma, s.uncond_fraction) == (10, "quantile", 1.0, 0.05)
+    assert s.control_tokens == ["<|rlhf:on|>", "<|rlhf:off|>"] + [f"<|rtg:{k}|>" for k in range(10)]
+
+
+def test_mode_token_names_on_and_off_and_nothing_else():
+    s = ControlScheme(num_bins=2)
+    assert (s.mode_token("on"), s.mode_token("off")) == ("<|rlhf:on|>", "<|rlhf:off|>")
+    with pytest.raises(SchemeError, match=r"^mode must be 'on' or 'off', got 'ON'$"):
+        s.mode_token("ON")
 
 
 def test_tokens_added_to_tokenizer(wtok):
@@ -329,6 +345,7 @@ def test_a_scheme_is_checked_when_made_not_only_when_loaded():
                         (dict(num_bins=3, edges=[1.0, 0.0]), "edges: expected non-decreasing"),
                         (dict(num_bins=3, edges=[0.0, 1.0], binning="edges:5,6"), r"differ from those of binning"),
                         (dict(num_bins=3.0), "num_bins must be an integer"), (dict(num_bins=True), "num_bins must"),
+                        (dict(num_bins=0), r"num_bins must be an integer between 1 and 1024, got 0$"),
                         (dict(on_token="<a>", off_token="<a>"), "must all differ")]:
         with pytest.raises(SchemeError, match=message):
             ControlScheme(**kw)
