@@ -82,6 +82,57 @@ def test_packer_matches_reference_across_pools(compact, monkeypatch):
     assert not packer.pools and not packer.first  # every pool released once its pieces are written
 
 
+def packed_by_piece(lengths, B, open_rows, **packer_state):
+    """``lengths`` packed by a BestFitPacker (its attributes set from ``packer_state`` first) from
+    one pool whose every token is its piece's number + 1: the rows as lists of piece numbers."""
+    from rcond.packing import BestFitPacker, Pool
+
+    emitted = []
+    packer = BestFitPacker(B, pad_id=0, open_rows=open_rows, table_rows=8,
+                           emit=lambda t: emitted.append(t["input_ids"].copy()))
+    vars(packer).update(packer_state)
+    n = np.array(lengths)
+    ids = np.repeat(np.arange(1, len(n) + 1), n).astype(np.int32)
+    packer.add(Pool(ids, np.ones(len(ids), np.float32), np.zeros(len(ids), np.int32),
+                    np.cumsum(n) - n, n, np.ones(len(n), bool)))
+    packer.flush()
+    return [[int(g) - 1 for g in dict.fromkeys(row) if g] for row in np.concatenate(emitted).reshape(-1, B)]
+
+
+def test_row_keys_far_past_a_billion_rows_still_pack_best_fit():
+    """Open rows are ints of free slots << KEY_BITS | row key; keys count every row of the build.
+    Rows numbered from 2**39 (a corpus far beyond any real one) pack as the reference does: the
+    key never spills into the free-slot bits."""
+    lengths = np.random.default_rng(3).integers(1, 9, size=60).tolist()
+    assert packed_by_piece(lengths, 8, 3, next_key=2 ** 39) == reference_best_fit(lengths, 8, 3)
+
+
+def test_a_flushed_packer_starts_afresh():
+    """After flush no row is open: the next pieces go into new rows, as in a fresh packer."""
+    from rcond.packing import BestFitPacker, Pool
+
+    emitted = []
+    packer = BestFitPacker(4, pad_id=0, open_rows=4, table_rows=4,
+                           emit=lambda t: emitted.append(t["input_ids"].tolist()))
+    one = np.ones(1, bool)
+    packer.add(Pool(np.array([1, 2, 3], np.int32), np.zeros(3, np.float32), np.zeros(3, np.int32), np.array([0]),
+                    np.array([3]), one))
+    packer.flush()
+    packer.add(Pool(np.array([7], np.int32), np.zeros(1, np.float32), np.zeros(1, np.int32), np.array([0]),
+                    np.array([1]), one))
+    packer.flush()
+    assert emitted == [[1, 2, 3, 0], [7, 0, 0, 0]]
+
+
+def test_pack_options_defaults_are_those_of_the_design():
+    """DESIGN §3: 5% unconditional records, prompts not trained on by default; nothing truncated
+    unless asked."""
+    from rcond.packing import PackOptions
+
+    o = PackOptions()
+    assert (o.uncond_fraction, o.train_on_prompt, o.truncate) == (0.05, False, False)
+
+
 def test_a_large_pool_keeps_only_the_tokens_of_its_waiting_pieces(monkeypatch):
     """A pool of three full rows and a piece of 3 tokens: the rows are written at once, and the
     packer holds the 3 tokens only (not the pool's 51); the piece is written from them when its
@@ -196,6 +247,14 @@ def test_a_layout_that_does_not_fit_its_rows_is_an_error(pieces, lengths):
     with pytest.raises(CorpusError, match="layout does not match"):
         fill_layout(np.array(pieces, np.int32), np.array(lengths, np.int32), 6, np.empty(n, np.int32),
                     np.empty(n, np.int32))
+
+
+def test_position_and_segment_arrays_not_of_the_layouts_rows_are_an_error():
+    """Arrays of two rows for a layout of one: refused, not filled past the layout's rows."""
+    from rcond.packing import CorpusError, fill_layout
+
+    with pytest.raises(CorpusError, match="layout does not match"):
+        fill_layout(np.array([1], np.int32), np.array([6], np.int32), 6, np.empty(12, np.int32), np.empty(12, np.int32))
 
 
 def test_spill_round_trip_and_a_truncated_file(tmp_path):
