@@ -380,6 +380,8 @@ def test_numpy_integers_and_sequences_of_edges_are_taken_and_num_bins_is_checked
     assert ControlScheme.fit([1, 2, 3], num_bins=np.int64(3)).num_bins == 3
     assert ControlScheme(num_bins=np.int64(3), edges=(0.1, 0.2)).edges == [0.1, 0.2]
     assert ControlScheme(num_bins=3, edges=np.array([0.1, 0.2])).edges == [0.1, 0.2]
+    from_ints = ControlScheme(num_bins=3, edges=np.array([1, 2]), binning="uniform")  # plain ints, not np.int64
+    assert from_ints.edges == [1, 2] and ControlScheme.from_json(from_ints.to_json()) == from_ints
     assert ControlScheme.fit(np.array([1, 2, 3]), num_bins=2).edges == [2.0]
     with pytest.raises(SchemeError, match="num_bins must be an integer between 1 and 1024, got 2000000"):
         ControlScheme.fit(np.arange(10), num_bins=2_000_000, binning="uniform")  # no edges computed first
