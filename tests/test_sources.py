@@ -54,8 +54,12 @@ def test_hh_split_keeps_text():
     assert prompt.endswith("\n\nAssistant:") and resp == " ciao" and prompt + resp == d
 
 
+def test_hh_dialogue_opening_with_its_assistant_turn_splits_there():
+    assert split_hh("\n\nAssistant: hello", "x") == ("\n\nAssistant:", " hello")
+
+
 @pytest.mark.parametrize("text,blank", [("", True), (" \n\t", True), ("\u200b", True), (" \u200b \u00ad\u2060 ", True),
-                                        ("\ufeff\u200bx\u200b", False), ("a\u200bb", False),
+                                        ("\u200b \u200b \u200b", True), ("\ufeff\u200bx\u200b", False), ("a\u200bb", False),
                                         ("x", False), ("x \u200b", False), (" \u200bx", False)])
 def test_text_of_only_invisible_characters_is_empty(tmp_path, text, blank):
     from rcond.sources import is_blank
@@ -99,6 +103,28 @@ def test_pairs_explicit_prompt_and_scores(tmp_path):
     assert [(r.parts[0].text, r.parts[0].rtg, r.parts[1].text) for r in recs] == [("Q?", 0.7, "yes"), ("Q?", -0.2, "no")]
 
 
+@pytest.mark.parametrize("cs,rs,message", [("lots", 1.0, "cs must be a number, got 'lots'"),
+                                            (1.0, "lots", "rs must be a number, got 'lots'"),
+                                            (1.0, None, "give both 'cs' and 'rs' or neither"),
+                                            (None, 1.0, "give both 'cs' and 'rs' or neither")])
+def test_a_pairs_bad_or_lone_score_names_its_field(tmp_path, cs, rs, message):
+    row = {"prompt": "Q?", "chosen": "yes", "rejected": "no", "cs": cs, "rs": rs}
+    with pytest.raises(SourceError, match=rf"in\.jsonl:1: {re.escape(message)}"):
+        read(tmp_path, "pairs", [row], fields=FieldNames(chosen_score="cs", rejected_score="rs"))
+
+
+def test_pairs_of_one_text_and_of_two_prompts_are_counted_on_both_paths(tmp_path):
+    """A pair is the same text twice only if prompt and response both match: two HH dialogues
+    ending in one response after different questions split into two prompts, and are not the same."""
+    rows = [{"chosen": "\n\nHuman: q1\n\nAssistant: same", "rejected": "\n\nHuman: q2\n\nAssistant: same"},
+            {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a"},
+            {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"}]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    reader = SourceReader([str(path)], "pairs")
+    assert len(list(reader)) == 6 and (reader.same_pairs, reader.split_prompts) == (1, 1)  # record by record
+    assert sum(b.records for b in reader.batches()) == 6 and (reader.same_pairs, reader.split_prompts) == (1, 1)
+
+
 def test_scored_text_field_and_scorer(tmp_path):
     recs, _ = read(tmp_path, "scored", [{"text": "abc"}, {"prompt": "p", "response": "xy"}],
                    scorer=lambda texts: [float(len(t)) for t in texts])
@@ -114,6 +140,13 @@ def test_text_is_off(tmp_path):
 def test_malformed_json_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}, "", "{broken", {"text": "b"}])
     with pytest.raises(SourceError, match=rf"{path}:3: malformed JSON"):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_invalid_utf8_names_the_line_and_the_byte(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "a"}\n{"text": "\xff"}\n')  # 0xff is byte 11 of line 2
+    with pytest.raises(SourceError, match=rf"{path}:2: not valid UTF-8 \(byte 11 of the line\)"):
         list(SourceReader([str(path)], "text"))
 
 
@@ -326,6 +359,20 @@ def test_non_finite_score_of_a_dialog_turn_names_the_turn(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:1 turn 4: scorer returned a non-finite reward inf"):
         read(tmp_path, "dialog", [{"turns": turns}],
              scorer=lambda ts: [float("inf") if t == "bad" else 0.5 for t in ts])
+    with pytest.raises(SourceError, match="in.jsonl:1 turn 2: scorer returned a non-finite reward nan"):
+        read(tmp_path, "dialog", [{"turns": turns}],  # the first of two bad turns is named
+             scorer=lambda ts: [float("inf") if t == "bad" else float("nan") for t in ts])
+
+
+def test_scores_of_dialogs_of_several_turns_go_to_their_own_turns(tmp_path):
+    """One scorer call for two dialogs, two assistant turns then one: each turn's reward-to-go is
+    the sum of its own score and the later ones of its dialog (gamma 1)."""
+    two = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a1"},
+           {"role": "user", "content": "v"}, {"role": "assistant", "content": "a2"}]
+    one = [{"role": "user", "content": "w"}, {"role": "assistant", "content": "a3"}]
+    score = {"a1": 1.0, "a2": 2.0, "a3": 4.0}
+    recs, _ = read(tmp_path, "dialog", [{"turns": two}, {"turns": one}], scorer=lambda ts: [score[t] for t in ts])
+    assert [[p.rtg for p in r.parts] for r in recs] == [[None, 3.0, None, 2.0], [None, 4.0]]
 
 
 def test_skip_reports_count_and_which(tmp_path):
@@ -336,6 +383,24 @@ def test_skip_reports_count_and_which(tmp_path):
     assert reader.skipped.count == 2
     assert reader.skipped.examples[0].startswith(f"{path}:2: malformed JSON")
     assert reader.skipped.examples[1].startswith(f"{path}:3: missing field 'reward'")
+
+
+def test_skip_keeps_the_first_20_reasons_and_counts_them_all(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", [{"response": f"r{i}"} for i in range(25)])
+    reader = SourceReader([str(path)], "scored", on_error="skip")
+    assert list(reader) == [] and reader.skipped.count == 25
+    assert reader.skipped.examples == [f"{path}:{i}: missing field 'reward'; fields present: ['response']"
+                                       for i in range(1, 21)]
+
+
+def test_skip_file_holds_one_line_per_reason_its_line_breaks_escaped(tmp_path):
+    from rcond.sources import SkipLog
+
+    log = SkipLog(path=tmp_path / "skipped.txt")
+    log.add("a.jsonl:1: one\ntwo")
+    log.add("a.jsonl:2: three")
+    log.close()
+    assert (tmp_path / "skipped.txt").read_text() == "a.jsonl:1: one\\ntwo\na.jsonl:2: three\n"
 
 
 def test_csv_through_datasets(tmp_path):
@@ -839,6 +904,13 @@ def test_gamma_must_be_a_discount(gamma):
         SourceReader(["x.jsonl"], "dialog", gamma=gamma)
 
 
+def test_gamma_0_conditions_each_turn_on_its_own_reward(tmp_path):
+    turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reward": 1.0},
+             {"role": "user", "content": "v"}, {"role": "assistant", "content": "b", "reward": 2.0}]
+    (rec,), _ = read(tmp_path, "dialog", [{"turns": turns}], gamma=0.0)
+    assert [p.rtg for p in rec.parts] == [None, 1.0, None, 2.0]
+
+
 def test_huge_integer_reward_is_a_source_error(tmp_path):
     src = tmp_path / "h.jsonl"
     src.write_text('{"response": "a", "reward": 1' + "0" * 400 + '}\n')
@@ -1067,6 +1139,24 @@ def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
     mixed.write_bytes(short[0] * 511 + lines[95] * 50)
     chunks = list(jsonl_chunks(mixed, 1000, max_bytes=12_000))
     assert max(sum(map(len, c)) for _, c in chunks) < 12_000 + 5000 and len(chunks) >= 20
+
+
+def test_jsonl_chunks_drop_a_byte_order_mark_only_at_the_start_of_the_file(tmp_path):
+    from rcond.sources import jsonl_chunks
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    assert list(jsonl_chunks(path, 1)) == [(1, [b'{"text": "a"}\n']), (2, [b'\xef\xbb\xbf{"text": "b"}\n'])]
+
+
+def test_records_read_one_by_one_come_up_to_size_a_batch_and_end_one_at_max_bytes(tmp_path):
+    """A .json file is read record by record: a batch ends at ``size`` records, or with the record
+    whose texts bring it to ``max_bytes`` characters (4 a record here)."""
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps([{"text": "abcd"}] * 5))
+    reader = SourceReader([str(path)], "text")
+    assert [b.records for b in reader.batches(2, max_bytes=1 << 20)] == [2, 2, 1]
+    assert [b.records for b in reader.batches(1000, max_bytes=8)] == [2, 2, 1]
 
 
 def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
