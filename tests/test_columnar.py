@@ -70,6 +70,7 @@ def test_clean_chunks_take_the_fast_path():
     ("pairs", [{"chosen": "\n\nHuman: q\n\nAssistant: good", "rejected": "\n\nHuman: q\n\nAssistant: bad"},
                {"prompt": "P", "chosen": "c", "rejected": "r", "chosen_score": 2, "rejected_score": -0.5},
                {"prompt": "", "chosen": "c2", "rejected": "r2"}]),
+    ("pairs", [{"prompt": "", "chosen": "\n\nHuman: q\n\nAssistant: c", "rejected": "\n\nHuman: q\n\nAssistant: r"}]),
 ])
 def test_formats_same_as_line_path(tmp_path, fmt, rows):
     fast, lines = both_paths(write_lines(tmp_path / "x.jsonl", [json.dumps(r) for r in rows]), fmt)
@@ -108,6 +109,22 @@ def test_a_scorer_replaces_pair_scores_which_are_not_read(tmp_path):
     fast, lines = both_paths(path, "pairs", scorer=lambda texts: [float(len(t)) for t in texts])
     same(fast, lines)
     assert fast.rtg[0::2].tolist() == [3.0, 1.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("fmt,row", [("scored", {"prompt": "p", "response": "r"}),
+                                     ("pairs", {"prompt": "p", "chosen": "c", "rejected": "r"})])
+def test_unscored_reading_leaves_the_same_placeholder_rewards_on_both_paths(tmp_path, fmt, row):
+    """batches(score=False) (texts for a tokenizer) skips a configured scorer: every conditioned
+    part holds the placeholder 0.0, column-wise (.jsonl) as record by record (.json)."""
+    def scorer(texts):
+        raise AssertionError("not called")
+
+    write_lines(tmp_path / "a.jsonl", [json.dumps(row)] * 2)
+    (tmp_path / "a.json").write_text(json.dumps([row] * 2))
+    fast, = SourceReader([str(tmp_path / "a.jsonl")], fmt, scorer=scorer).batches(score=False)
+    lines, = SourceReader([str(tmp_path / "a.json")], fmt, scorer=scorer).batches(score=False)
+    same(fast, lines)
+    assert fast.rtg[0::2].tolist() == [0.0] * (len(fast.texts) // 2) and np.isnan(fast.rtg[1::2]).all()
 
 
 @pytest.mark.parametrize("fmt,rows,why", [
