@@ -59,6 +59,16 @@ def test_off_records_carry_no_rtg(tmp_path):
     assert scheme.counts == [0, 0] and s.off_docs == 5
 
 
+def test_bin_ids_past_127_and_the_column_types_on_disk(tmp_path):
+    edges = ",".join(str(i) for i in range(1, 200))  # 200 bins: a reward of 500 is in the last, 199
+    rows, scheme, _ = make(tmp_path, "scored", [{"response": "a", "reward": 500}], binning=f"edges:{edges}")
+    assert scheme.num_bins == 200 and rows["bin_ids"][0][:4].tolist() == [199] * 4  # [on rtg:199 a eos]
+    ds = load(tmp_path / "c")[0]
+    assert {k: ds.features[k].feature.dtype for k in ds.column_names} == {
+        "input_ids": "int32", "position_ids": "int32", "segment_ids": "int32", "loss_weight": "float32",
+        "bin_ids": "int16"}
+
+
 def test_text_format_is_off(tmp_path):
     rows, _, _ = make(tmp_path, "text", [{"text": "a b c"}])
     assert rows["input_ids"][0][:5].tolist() == [OFF, 1, 2, 3, 0]
@@ -465,12 +475,32 @@ def test_uncond_fraction_is_seeded_and_near_target(tmp_path):
     assert s1.off_docs == s2.off_docs and 60 <= s1.off_docs <= 140
 
 
+def test_scheme_records_the_discount_unconditional_fraction_and_seed(tmp_path):
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 1}]
+    src = write_jsonl(tmp_path / "in.jsonl", [{"turns": turns}])
+    build(SourceReader([str(src)], "dialog", gamma=0.5), tmp_path / "c", word_tokenizer(), binning="edges:0",
+          progress=False, opts=PackOptions(block_size=16, uncond_fraction=0.25, seed=7))
+    scheme = load(tmp_path / "c")[1]
+    assert (scheme.gamma, scheme.uncond_fraction, scheme.options["seed"]) == (0.5, 0.25, 7)
+
+
 def test_block_size_smaller_than_prefix(tmp_path):
     with pytest.raises(CorpusError, match="smaller than a control prefix"):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}], block_size=3)
     with pytest.raises(CorpusError, match="--seed must be a non-negative integer, got -1"):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}], seed=-1)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_largest_block_size_and_the_smallest_trained_vocabulary_are_accepted():
+    from rcond.corpus import check_options, trained_vocab_size
+
+    check_options(PackOptions(block_size=2 ** 20))
+    with pytest.raises(CorpusError, match="--block-size 1048577 is more than 1,048,576 tokens per row"):
+        check_options(PackOptions(block_size=2 ** 20 + 1))
+    assert trained_vocab_size("train:260") == 260
+    with pytest.raises(CorpusError, match="'train:259': a byte-level BPE needs a vocabulary of 260 to"):
+        trained_vocab_size("train:259")
 
 
 def test_existing_output_refused(tmp_path):
@@ -507,6 +537,12 @@ def test_load_says_what_a_folder_is_when_it_is_no_usable_corpus(tmp_path):
     with pytest.raises(CorpusError, match=r"other: not an rcond corpus \(a corpus holds scheme\.json, rows\.arrow and "
                                           r"tokenizer/"):
         load(tmp_path / "other")
+    for part in ("rows.arrow", "tokenizer"):  # a build cut short: scheme.json is the file it writes last
+        partial = tmp_path / f"partial_{part}"
+        partial.mkdir()
+        (shutil.copytree if part == "tokenizer" else shutil.copy)(good / part, partial / part)
+        with pytest.raises(CorpusError, match=rf"partial_{part}: not a complete rcond corpus: it has no scheme\.json"):
+            load(partial)
     newer = tmp_path / "newer"
     shutil.copytree(good, newer)
     scheme = json.loads((newer / "scheme.json").read_text())
@@ -580,6 +616,10 @@ def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_pa
         (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, **setting}))
         with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: tokenizer fingerprint does not match scheme.json"):
             load(d)  # split_special_tokens would encode '<|rlhf:on|>' in a prompt as its characters
+    d = edited("tok_and_scheme", lambda s: s["counts"].__setitem__(0, s["counts"][0] + 1))
+    (d / "tokenizer" / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 8}))
+    with pytest.raises(CorpusError, match=rf"^{d}/tokenizer: tokenizer fingerprint does not match scheme.json"):
+        load(d, verify=False)  # the scheme's own fingerprint is not checked then; the tokenizer's still is
     d = edited("tokfp", lambda s: s.update(tokenizer_fingerprint="sha256:0"))  # the tokenizer is untouched
     with pytest.raises(CorpusError, match=rf"^{d}/scheme.json: edited after preprocessing"):
         load(d)
@@ -726,6 +766,31 @@ def test_unscored_pairs_with_one_bin_are_refused(tmp_path):
     _, scheme, _ = make(tmp_path, "pairs", [{**pair, "chosen_score": 1, "rejected_score": 0}], binning="quantile",
                         num_bins=1, name="scored")
     assert scheme.counts == [2]
+
+
+def test_unscored_pairs_keep_explicit_edges_and_else_bin_over_minus_1_to_1(tmp_path):
+    """Pairs without scores read no reward: explicit edges stay as given; fitted bins span
+    [-1, 1] (rejected -1, chosen +1), 4 bins edged at -0.5, 0, 0.5."""
+    pair = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    _, scheme, _ = make(tmp_path, "pairs", [pair], binning="edges:0.5")
+    assert (scheme.binning, scheme.edges, scheme.counts) == ("edges:0.5", [0.5], [1, 1])
+    _, scheme, _ = make(tmp_path, "pairs", [pair], binning="quantile", num_bins=4, name="q")
+    assert scheme.edges == [-0.5, 0.0, 0.5] and scheme.counts == [1, 0, 0, 1]
+
+
+def test_summary_counts_unscored_sides_same_pairs_split_prompts_and_prompts(tmp_path):
+    """Three pairs without scores (6 sides), one with: one splits into two prompts, two are one text
+    twice; every pair record opens with a prompt, a text document never does."""
+    pairs = [{"chosen": "\n\nHuman: a\n\nAssistant: c", "rejected": "\n\nHuman: b\n\nAssistant: c"},
+             {"prompt": "a", "chosen": "b", "rejected": "b"}, {"prompt": "d", "chosen": "e", "rejected": "e"},
+             {"prompt": "a", "chosen": "b", "rejected": "c", "chosen_score": 1, "rejected_score": 0}]
+    _, _, s = make(tmp_path, "pairs", pairs)
+    assert (s.unscored_sides, s.same_pairs, s.split_prompts, s.prompts) == (6, 2, 1, 8)
+    _, _, s = make(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1}, {"response": "c", "reward": 1}],
+                   name="s")
+    assert s.prompts == 1
+    _, _, s = make(tmp_path, "text", [{"text": "a b"}], name="t")
+    assert s.prompts == 0
 
 
 def unk_less_tokenizer():
