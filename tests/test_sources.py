@@ -326,6 +326,27 @@ def test_a_reward_beyond_the_float_range_is_named_as_written(tmp_path, written, 
 def test_empty_response(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:1: empty response"):
         read(tmp_path, "scored", [{"response": "  ", "reward": 1}])
+    with pytest.raises(SourceError, match=r"in\.jsonl:1: empty rejected response"):
+        read(tmp_path, "pairs", [{"prompt": "p", "chosen": "a", "rejected": " "}])
+
+
+def test_a_text_field_that_is_a_boolean_says_so(tmp_path):
+    with pytest.raises(SourceError, match=r"in\.jsonl:1: field 'text' must be a string, got a boolean"):
+        read(tmp_path, "text", [{"text": True}])
+
+
+def test_a_lone_surrogate_escape_in_capitals_is_refused(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "x\\uD800y"}\n')
+    with pytest.raises(SourceError, match=rf"{path}:2: a string holds a lone UTF-16 surrogate escape"):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_a_plain_text_document_needs_a_scorer_to_be_scored(tmp_path):
+    (tmp_path / "doc.txt").write_text("some text")
+    with pytest.raises(SourceError, match=r"doc\.txt: a plain text document has no reward; use --score-with or "
+                                          r"--format text"):
+        list(SourceReader([str(tmp_path / "doc.txt")], "scored"))
 
 
 @pytest.mark.parametrize("turns, got", [("p1500", "a string ('p1500')"), ([], "an empty list"), (3, "a number (3)")])
@@ -347,10 +368,34 @@ def test_dialog_without_assistant_turn(tmp_path):
         read(tmp_path, "dialog", [{"turns": [{"role": "user", "content": "hi"}]}])
 
 
+def test_a_turn_of_another_role_is_refused(tmp_path):
+    turns = [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "a", "reward": 1}]
+    with pytest.raises(SourceError, match=r"in\.jsonl:1 turn 1: role must be 'user', 'system' or 'assistant', "
+                                          r"got 'bot'"):
+        read(tmp_path, "dialog", [{"turns": turns}])
+
+
 def test_non_finite_score_from_scorer(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:2: scorer returned a non-finite reward"):
         read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}],
              scorer=lambda ts: [1.0 if t == "a" else float("nan") for t in ts])
+
+
+def test_a_scorer_returning_too_few_scores_is_an_error(tmp_path):
+    with pytest.raises(SourceError, match="scorer returned 2 scores for 3 texts"):
+        read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}, {"text": "c"}], scorer=lambda ts: [1.0] * (len(ts) - 1))
+
+
+@pytest.mark.parametrize("texts,where", [((1, 1), "{p}:2"), ((0, 2), "{p}:1 to {p}:3")])
+def test_a_scorer_error_about_some_texts_names_their_records(tmp_path, texts, where):
+    from rcond.scorers import ScorerError
+
+    def scorer(ts):
+        raise ScorerError("texts by position", texts=texts, reason="boom")
+
+    with pytest.raises(ScorerError) as e:
+        read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}, {"text": "c"}], scorer=scorer)
+    assert str(e.value) == where.format(p=tmp_path / "in.jsonl") + ": boom"
 
 
 def test_non_finite_score_of_a_dialog_turn_names_the_turn(tmp_path):
@@ -904,6 +949,12 @@ def test_gamma_must_be_a_discount(gamma):
         SourceReader(["x.jsonl"], "dialog", gamma=gamma)
 
 
+def test_score_batch_must_be_at_least_1():
+    SourceReader(["x.jsonl"], "scored", score_batch=1)
+    with pytest.raises(SourceError, match="--score-batch must be at least 1, got 0"):
+        SourceReader(["x.jsonl"], "scored", score_batch=0)
+
+
 def test_gamma_0_conditions_each_turn_on_its_own_reward(tmp_path):
     turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reward": 1.0},
              {"role": "user", "content": "v"}, {"role": "assistant", "content": "b", "reward": 2.0}]
@@ -1157,6 +1208,8 @@ def test_records_read_one_by_one_come_up_to_size_a_batch_and_end_one_at_max_byte
     reader = SourceReader([str(path)], "text")
     assert [b.records for b in reader.batches(2, max_bytes=1 << 20)] == [2, 2, 1]
     assert [b.records for b in reader.batches(1000, max_bytes=8)] == [2, 2, 1]
+    path.write_text(json.dumps([{"prompt": "abc", "response": "d", "reward": 1}] * 4))  # prompt and response count
+    assert [b.records for b in SourceReader([str(path)], "scored").batches(1000, max_bytes=8)] == [2, 2]
 
 
 def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
