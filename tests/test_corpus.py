@@ -34,7 +34,8 @@ def test_three_documents_packed_by_hand(tmp_path):
     assert rows["loss_weight"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]]
     assert rows["bin_ids"].tolist() == [[1] * 6 + [0] * 5 + [1] * 4 + [-1]]
     assert scheme.counts == [1, 2]
-    assert (s.rows, s.tokens, s.documents) == (1, 15, 3)
+    assert (s.rows, s.tokens, s.documents, s.records, s.trained_tokens) == (1, 15, 3, 3, 7.0)
+    assert (scheme.options["rows"], scheme.options["tokens"]) == (1, 15)
     assert s.efficiency(16) == pytest.approx(15 / 16)
 
 
@@ -244,6 +245,15 @@ def test_no_piece_holds_the_eos_alone_after_its_prefix(tmp_path, response, piece
     rows, _, s = make(tmp_path, "scored", [{"prompt": "a", "response": response, "reward": 1}], block_size=6)
     assert sorted(rows["input_ids"].tolist()) == sorted(p + [0] * (6 - len(p)) for p in pieces)
     assert s.pieces == len(pieces)
+
+
+def test_no_record_read_is_an_error_that_names_the_skipped_ones(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a"}, {"response": "b", "reward": "x"}])
+    with pytest.raises(CorpusError, match=rf"^no records were read from {src} \(2 skipped as bad\); expected at "
+                                          rf"least one record\n  skipped: {src}:1: missing field 'reward'"):
+        build(SourceReader([str(src)], "scored", on_error="skip"), tmp_path / "c", word_tokenizer(),
+              binning="edges:0", progress=False, opts=PackOptions(block_size=16))
+    assert not (tmp_path / "c").exists()
 
 
 def test_nothing_left_to_train_is_an_error(tmp_path):
@@ -499,6 +509,8 @@ def test_the_largest_block_size_and_the_smallest_trained_vocabulary_are_accepted
     with pytest.raises(CorpusError, match="--block-size 1048577 is more than 1,048,576 tokens per row"):
         check_options(PackOptions(block_size=2 ** 20 + 1))
     assert trained_vocab_size("train:260") == 260
+    with pytest.raises(CorpusError, match="--tokenizer is empty"):
+        trained_vocab_size("  ")
     with pytest.raises(CorpusError, match="'train:259': a byte-level BPE needs a vocabulary of 260 to"):
         trained_vocab_size("train:259")
 
@@ -747,8 +759,9 @@ def test_scheme_options_record_how_the_records_were_read(tmp_path):
     which were used, and how many records were skipped."""
     src = write_jsonl(tmp_path / "in.jsonl", [{"answer": "a b", "score": 1}, {"answer": "c", "score": "x"}])
     reader = SourceReader([str(src)], "scored", fields=FieldNames(response="answer", reward="score"), on_error="skip")
-    scheme, _ = build(reader, tmp_path / "c", word_tokenizer(), binning="edges:0", progress=False,
-                      opts=PackOptions(block_size=16))
+    scheme, summary = build(reader, tmp_path / "c", word_tokenizer(), binning="edges:0", progress=False,
+                            opts=PackOptions(block_size=16))
+    assert (summary.skipped, summary.skipped_examples) == (1, [f"{src}:2: score must be a number, got 'x'"])
     options = load(tmp_path / "c")[1].options
     assert options["fields"]["response"] == "answer" and options["fields"]["reward"] == "score"
     assert (options["on_error"], options["skipped"]) == ("skip", 1)
