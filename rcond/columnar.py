@@ -206,8 +206,6 @@ def _score(texts: list[str], scorer: Scorer, score_batch: int) -> np.ndarray | N
         scores = scores_in_batches(scorer, texts, score_batch)
     except ScorerError:  # the line-by-line path scores the chunk again and names the records it is about
         return None
-    if len(scores) != len(texts):
-        return None
     values = np.array(scores, dtype=np.float64)
     return values if np.isfinite(values).all() else None
 

@@ -172,9 +172,11 @@ def _is_bool(value: object) -> bool:
 
 def score_values(scorer: Callable[[list[str]], Sequence[float]], texts: list[str]) -> list[float]:
     """Scores of ``texts`` as floats, NaN/infinite ones left in place (:meth:`Scorer.values`; a
-    plain function is called as it is)."""
-    fn = scorer.values if isinstance(scorer, Scorer) else scorer
-    return [float(s) for s in fn(texts)]
+    plain function is checked as a :class:`Scorer` named for it, so a failure or a score that is no
+    number names its texts)."""
+    if not isinstance(scorer, Scorer):
+        scorer = Scorer(getattr(scorer, "__qualname__", None) or type(scorer).__name__, scorer)
+    return scorer.values(texts)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1451,8 +1451,6 @@ class SourceReader:
             scores = scores_in_batches(self.scorer, flat, self.score_batch)
         except ScorerError as e:
             raise _at_records(e, batch, [len(ts) for ts in targets]) from e.__cause__
-        if len(scores) != len(flat):
-            raise SourceError(f"scorer returned {len(scores)} scores for {len(flat)} texts")
         i = 0
         for rec, ts in zip(batch, targets):
             chunk = scores[i:i + len(ts)]

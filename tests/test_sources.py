@@ -381,9 +381,31 @@ def test_non_finite_score_from_scorer(tmp_path):
              scorer=lambda ts: [1.0 if t == "a" else float("nan") for t in ts])
 
 
-def test_a_scorer_returning_too_few_scores_is_an_error(tmp_path):
-    with pytest.raises(SourceError, match="scorer returned 2 scores for 3 texts"):
-        read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}, {"text": "c"}], scorer=lambda ts: [1.0] * (len(ts) - 1))
+def test_a_plain_function_scorer_is_checked_and_its_errors_name_the_records(tmp_path):
+    """A scorer given to the reader as a plain function is checked as the named scorers are: too
+    few scores, a score that is no number, or an exception it raises names the records it was given."""
+    from rcond.scorers import ScorerError
+
+    def one_short(ts):
+        return [1.0] * (len(ts) - 1)
+
+    def says_text(ts):
+        return ["0.5" if t == "b" else 1.0 for t in ts]
+
+    def fails(ts):
+        raise KeyError("model")
+
+    rows = [{"text": "a"}, {"text": "b"}, {"text": "c"}]
+    p = tmp_path / "in.jsonl"
+    for scorer, message in [
+            (one_short, f"{p}:1 to {p}:3: scorer '{one_short.__qualname__}' returned 2 scores for the 3 texts of "
+                        "these records; expected one score per text"),
+            (says_text, f"{p}:2: scorer '{says_text.__qualname__}': its score for 'b' is not a number: '0.5'"),
+            (fails, f"{p}:1 to {p}:3: scorer '{fails.__qualname__}' failed on the texts of these records: "
+                    "KeyError: 'model'")]:
+        with pytest.raises(ScorerError) as e:
+            read(tmp_path, "scored", rows, scorer=scorer)
+        assert str(e.value) == message
 
 
 @pytest.mark.parametrize("texts,where", [((1, 1), "{p}:2"), ((0, 2), "{p}:1 to {p}:3")])
