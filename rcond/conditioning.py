@@ -311,7 +311,7 @@ def condition(parts: PartBatch, offsets: np.ndarray, flat: np.ndarray, draws: np
     in_rows[piece_doc[keep]] = True
     kept = off & in_rows[doc_of]                                                    # [P]
     if opts.truncate:  # as a cut RTG token: a part whose RTG token would sit past the block is cut
-        would = np.cumsum(carries)                                                  # [P] RTG tokens, conditioned,
+        would = np.cumsum(carries) - carries                                        # [P] RTG tokens, conditioned,
         before = would - would[first][doc_of]                                       # [P] before each part's own
         kept &= out_start[:-1] + starts + before - out_start[first][doc_of] < opts.block_size
     return Conditioned(pool, len(flat), rtg[rtg_parts], fixed[rtg_parts], truncated, missing, untrained, rtg[kept],

@@ -288,3 +288,22 @@ def test_an_encoding_error_comes_in_batch_order_and_a_stopped_build_lets_calls_e
     assert next(stopped)[0].texts == ["a"]
     stopped.close()
     assert ["slow"] in ended
+
+
+@pytest.mark.parametrize("user, counted", [("a b", True), ("a b c", False)])
+def test_an_unconditional_turns_reward_is_cut_with_truncate_where_its_rtg_token_would_be(tmp_path, user, counted):
+    """--truncate at 4, a dialog opening with a user turn. Conditioned, [on a b r1 | d eos] keeps its
+    RTG token (position 3) and its reward is fitted; [on a b c | r1 d eos] cuts it (position 4).
+    Drawn unconditional, [off a b d eos] and [off a b c d eos] hold no RTG token, and their reward
+    is kept or cut as the conditioned document's: where the RTG token would sit."""
+    from rcond.conditioning import condition, encode_distinct
+
+    turns = [{"role": "user", "content": user}, {"role": "assistant", "content": "d", "reward": 1.5}]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}]))], "dialog").batches(10))
+    offsets, flat = encode_distinct(parts.texts, ContentEncoder(word_tokenizer().backend_tokenizer))
+    opts = PackOptions(block_size=4, uncond_fraction=0.5, truncate=True, train_on_prompt=True)
+    on = condition(parts, offsets, flat, np.array([0.9]), 0, opts)
+    assert on.marker_rtg.tolist() == [1.5] and on.cut_markers.tolist() == ([] if counted else [0])
+    off = condition(parts, offsets, flat, np.array([0.1]), 0, opts)
+    assert off.pool.on.tolist() == [False] and off.pool.length.tolist() == [4]
+    assert (off.off_rewards.tolist(), off.off_cut) == (([1.5], 0) if counted else ([], 1))
