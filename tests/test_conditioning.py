@@ -307,3 +307,33 @@ def test_an_unconditional_turns_reward_is_cut_with_truncate_where_its_rtg_token_
     off = condition(parts, offsets, flat, np.array([0.1]), 0, opts)
     assert off.pool.on.tolist() == [False] and off.pool.length.tolist() == [4]
     assert (off.off_rewards.tolist(), off.off_cut) == (([1.5], 0) if counted else ([], 1))
+
+
+
+def test_a_text_of_exactly_max_tokens_ids_is_kept():
+    """The bound is on the ids held: a text of exactly ``max_tokens`` ids fits (evicting the rest)."""
+    from rcond.conditioning import RecurringTexts
+
+    cache = RecurringTexts(max_tokens=3)
+    cache.keep("x", [1])
+    cache.keep("y", [2, 3, 4])
+    assert list(cache.ids) == ["y"] and cache.tokens == 3
+
+
+def test_a_long_text_the_tokenizer_cannot_encode_is_shown_by_its_first_200_characters():
+    """The error names the failing text; a long one is shown by its first 200 characters and its
+    length, not whole (a book would fill the screen)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from rcond.conditioning import encode_distinct
+
+    backend = Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="[UNK]"))  # unk not in the vocabulary
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    exactly = "a " * 99 + "zz"  # 200 characters: shown whole
+    with pytest.raises(CorpusError) as e:
+        encode_distinct(["a b", exactly], ContentEncoder(backend))
+    assert f"cannot encode the text {exactly!r}: " in str(e.value)
+    longer = "a " * 150 + "zz"  # 302 characters
+    with pytest.raises(CorpusError) as e:
+        encode_distinct(["a b", longer], ContentEncoder(backend))
+    assert f"cannot encode the text {'a ' * 100 + '... (302 characters)'!r}: " in str(e.value)
