@@ -337,3 +337,61 @@ def test_a_long_text_the_tokenizer_cannot_encode_is_shown_by_its_first_200_chara
     with pytest.raises(CorpusError) as e:
         encode_distinct(["a b", longer], ContentEncoder(backend))
     assert f"cannot encode the text {'a ' * 100 + '... (302 characters)'!r}: " in str(e.value)
+
+
+def test_a_draw_equal_to_the_unconditional_fraction_keeps_its_document_on(tmp_path):
+    """condition() keeps an ``on`` document ``on`` when its draw is at least uncond_fraction; one
+    drawn below it is ``off``: no RTG token, its reward among the unconditional ones (hand-built
+    rows: a=1, b=2, c=3, eos=0)."""
+    from rcond.conditioning import OFF_SLOT, ON_SLOT, RTG_SLOT, condition, encode_distinct
+
+    rows = [{"prompt": "a", "response": "b c", "reward": 1.5}, {"prompt": "a", "response": "b c", "reward": -2.0}]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "s.jsonl", rows))], "scored").batches(10))
+    offsets, flat = encode_distinct(parts.texts, ContentEncoder(word_tokenizer().backend_tokenizer))
+    c = condition(parts, offsets, flat, np.array([0.25, np.nextafter(0.25, 0)]), 0,
+                  PackOptions(block_size=16, uncond_fraction=0.25))
+    pool = c.pool
+    assert pool.on.tolist() == [True, False]
+    assert pool.ids.tolist() == [ON_SLOT, RTG_SLOT, 1, 2, 3, 0, OFF_SLOT, 1, 2, 3, 0]
+    assert pool.lw.tolist() == [0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0]
+    assert pool.marker.tolist() == [0] * 6 + [-1] * 5
+    assert pool.start.tolist() == [0, 6] and pool.length.tolist() == [6, 5]
+    assert c.marker_rtg.tolist() == [1.5] and c.off_rewards.tolist() == [-2.0]
+
+
+def test_bins_above_127_resolve_to_their_own_rtg_token(tmp_path):
+    """Up to MAX_BINS (1024) bins: a marker's bin and its RTG token's id are not wrapped through a
+    narrow integer type (here bin 150 of 200)."""
+    from rcond.conditioning import ConditionedStream, encode_distinct
+    from rcond.tokens import ControlScheme
+
+    rows = [{"prompt": "a", "response": "b", "reward": r} for r in (0.5, 150.5, 199.5)]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "s.jsonl", rows))], "scored").batches(10))
+    tok = word_tokenizer()
+    scheme = ControlScheme(num_bins=200, edges=[float(k) for k in range(1, 200)])
+    scheme.add_to_tokenizer(tok)
+    stream = ConditionedStream(tok.eos_token_id, PackOptions(block_size=16, uncond_fraction=0.0))
+    pool = stream.pool(parts, *encode_distinct(parts.texts, ContentEncoder(tok.backend_tokenizer)))
+    stream.use_tokens(scheme, tok)
+    stream.bind(scheme)
+    rows = stream.resolve({"input_ids": pool.ids.copy(), "marker": pool.marker, "position_ids": None,
+                           "segment_ids": None, "loss_weight": pool.lw})
+    rtg = scheme.rtg_ids(tok)
+    assert rows["bin_ids"].tolist() == [0] * 5 + [150] * 5 + [199] * 5
+    assert rows["input_ids"][[1, 6, 11]].tolist() == [rtg[0], rtg[150], rtg[199]]
+    assert stream.bin_counts[[0, 150, 199]].tolist() == [1, 1, 1] and stream.bin_counts.sum() == 3
+
+
+def test_unconditional_rewards_cut_away_are_counted_over_every_batch(tmp_path):
+    """fit_rewards' count of rewards left out adds up the batches: [off a a a a | a b eos], drawn
+    unconditional and truncated to nothing trained, once in each of two batches (+ one kept)."""
+    from rcond.conditioning import ConditionedStream, encode_distinct
+
+    rows = [{"prompt": "a a a a a", "response": "b", "reward": 7.0}, {"prompt": "c", "response": "d", "reward": 2.0}]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "s.jsonl", rows))], "scored").batches(10))
+    offsets, flat = encode_distinct(parts.texts, ContentEncoder(word_tokenizer().backend_tokenizer))
+    stream = ConditionedStream(0, PackOptions(block_size=5, uncond_fraction=1.0, truncate=True))
+    for _ in range(2):
+        stream.pool(parts, offsets, flat)
+    rewards, left_out = stream.fit_rewards()
+    assert rewards.tolist() == [2.0, 2.0] and left_out == 2
