@@ -261,6 +261,8 @@ def test_the_component_list():
     assert not piecewise({"normalizer": {"type": "SomethingNew"}, "model": {"type": "BPE"}})
     assert piecewise({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Lowercase"}]},
                       "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always"}, "model": {"type": "Unigram"}})
+    assert not piecewise({"normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "SomethingNew"}]},
+                          "model": {"type": "BPE"}})  # a member of a Sequence is looked at too
 
 
 @pytest.mark.parametrize("name", ["byte-level BPE", "word level"])
@@ -324,6 +326,7 @@ def test_cut_points_by_hand(monkeypatch):
     assert cut_texts(["abcd efgh ijkl mnop"]) == (["abcd efgh", " ijkl", " mnop"], [3])
     assert cut_texts(["ab", "abcd, efgh  ijkl mn", "a b"]) == (["ab", "abcd, efgh  ijkl mn", "a b"], [1, 1, 1])
     assert cut_texts(["x" * 9 + " 12345678"]) == (["x" * 9, " 12345678"], [2])
+    assert cut_texts(["abcde .fgh ijklm", "abcde éfgh ijklm"]) == (["abcde .fgh", " ijklm", "abcde éfgh", " ijklm"], [2, 2])
 
 
 def split_then_byte_level(pattern):  # Llama 3 / Qwen 2 style: a Split of their own pattern, then bytes
@@ -392,8 +395,9 @@ def test_the_components_that_allow_cuts():
                {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first", "split": True}},
                {"pre_tokenizer": {"type": "Digits"}}, {"pre_tokenizer": None},
                {"pre_tokenizer": byte_level, "added_tokens": [{"content": "week", "special": False}]}]
-    refused += [{"pre_tokenizer": byte_level, "normalizer": {"type": kind}}
-                for kind in ("Replace", "Prepend", "Strip", "Precompiled", "ByteLevel")]
+    refused += [{"pre_tokenizer": byte_level, "normalizer": normalizer}
+                for kind in ("Replace", "Prepend", "Strip", "Precompiled", "ByteLevel")
+                for normalizer in ({"type": kind}, {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": kind}]})]
     for state in refused:
         assert not cuttable({"model": bpe, **state}), state
 
