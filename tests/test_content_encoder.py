@@ -391,6 +391,15 @@ def test_the_components_that_allow_cuts():
                {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # a listed pattern, matches not isolated
                    {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "MergedWithNext", "invert": False},
                    byte_level]}},
+               {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # a listed pattern, its matches inverted
+                   {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": True},
+                   byte_level]}},
+               {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # a listed split, then not ByteLevel
+                   {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+                   {"type": "Metaspace", "prepend_scheme": "always", "split": True}]}},
+               {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [  # a listed split and ByteLevel, then more
+                   {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+                   {**byte_level, "use_regex": False}, {"type": "Digits", "individual_digits": True}]}},
                {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always", "split": False}},
                {"pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first", "split": True}},
                {"pre_tokenizer": {"type": "Digits"}}, {"pre_tokenizer": None},
