@@ -531,3 +531,56 @@ def test_a_switch_of_the_settings_waits_for_one_under_way_so_the_real_ones_come_
     release.set()
     a.join(10), b.join(10)
     assert not backend.encode_special_tokens and backend.truncation["max_length"] == 8 and backend.padding is None
+
+
+class CountingInputs:
+    """A joined tokenizer that notes the inputs of each call."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def encode_batch_fast(self, inputs, add_special_tokens):
+        self.calls.append(list(inputs))
+        return self.real.encode_batch_fast(inputs, add_special_tokens=add_special_tokens)
+
+
+def test_short_texts_are_joined_into_runs_of_about_run_chars():
+    """Hand-counted: a text and its separator take 10 + 11 characters; a run holds the texts whose
+    running total stays below RUN_CHARS = 2,048 (97 of them), the next run the rest."""
+    assert content_encoder.RUN_CHARS == 2048 and len(SEPARATOR) == 11
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    encoder.joined = CountingInputs(encoder.joined)
+    batch = [f"text {i:05d}" for i in range(100)]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined.calls == [[SEPARATOR.join(batch[:97]), SEPARATOR.join(batch[97:])]]
+
+
+def test_a_text_of_exactly_twice_cut_chars_is_cut(monkeypatch):
+    """Hand-counted, CUT_CHARS = 8: a text of 16 characters is cut before the space at 9 (at least
+    8 in, at least 4 left), and its two pieces go to the tokenizer as one joined input."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 8)
+    text = "abcdefghi jklmno"
+    assert cut_texts([text]) == (["abcdefghi", " jklmno"], [2])
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    assert encoder.cuts
+    encoder.joined = CountingInputs(encoder.joined)
+    assert split(*encoder([text])) == alone(backend, [text])
+    assert encoder.joined.calls == [["abcdefghi" + SEPARATOR + " jklmno"]]
+
+
+def test_a_joined_call_whose_separators_do_not_all_come_back_goes_text_by_text():
+    """Were a tokenizer to lose a separator (merge it, drop it), a run's ids could not be cut into
+    its texts: the call gets its per-text ids instead, also after the first call's check."""
+    class LosingSeparators(CountingInputs):
+        def encode_batch_fast(self, inputs, add_special_tokens):
+            return super().encode_batch_fast([run.replace(SEPARATOR, " ") for run in inputs], add_special_tokens)
+
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    batch = ["The battery", "lasts all", "week"]
+    assert split(*encoder(batch)) == alone(backend, batch)  # checked: joined from now on
+    encoder.joined = LosingSeparators(encoder.joined)
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined.calls == [[" ".join(batch)]]  # the joined call was made
