@@ -570,6 +570,56 @@ def test_a_text_of_exactly_twice_cut_chars_is_cut(monkeypatch):
     assert encoder.joined.calls == [["abcdefghi" + SEPARATOR + " jklmno"]]
 
 
+@pytest.mark.parametrize("copyable", [True, False])
+def test_ids_beyond_16_bits_come_back_whole(copyable, monkeypatch):
+    """Vocabularies of 50k-150k tokens are common: such ids are returned as they are, on the
+    joined path and text by text."""
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "big": 70_000, "huge": 151_000}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if not copyable:
+        monkeypatch.setattr(content_encoder, "piecewise", lambda state: False)
+    encoder = ContentEncoder(backend)
+    assert (encoder.joined is not None) == copyable
+    offsets, flat = encoder(["a big", "huge a", "big"])
+    assert split(offsets, flat) == [[1, 70_000], [151_000, 1], [70_000]]
+    assert flat.dtype == np.int32
+
+
+def test_the_check_compares_each_texts_ids_not_only_all_of_them_together(monkeypatch):
+    """A joined call that put a text's last id at the start of the next text's ids has all the right
+    ids in the right order: the check still sees each text's own, and goes text by text."""
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    real = encoder._in_runs
+
+    def one_id_late(joined, texts):
+        offsets, flat = real(joined, texts)
+        offsets = offsets.copy()
+        offsets[1] -= 1
+        return offsets, flat
+
+    monkeypatch.setattr(encoder, "_in_runs", one_id_late)
+    batch = ["The battery lasts", "all week"]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is None
+
+
+def test_a_copy_whose_added_token_matches_inside_a_word_is_not_used():
+    """An added token is probed alone, between spaces and between other characters: a copy that
+    matches "<x>" inside a word where the tokenizer (single_word) does not is refused, though
+    the two agree on "<x>" and " <x> "."""
+    def with_x(single_word):
+        backend = word_tokenizer().backend_tokenizer
+        backend.add_tokens([AddedToken("<x>", single_word=single_word)])
+        return backend
+
+    backend, inside_words = with_x(True), with_x(False)
+    assert alone(backend, ["<x>", " <x> "]) == alone(inside_words, ["<x>", " <x> "])
+    assert alone(backend, ["a<x>a"]) != alone(inside_words, ["a<x>a"])  # the reason
+    assert content_encoder.faithful_copy(inside_words) is not None
+    assert content_encoder.faithful_copy(backend, inside_words.to_str()) is None
+
+
 def test_a_joined_call_whose_separators_do_not_all_come_back_goes_text_by_text():
     """Were a tokenizer to lose a separator (merge it, drop it), a run's ids could not be cut into
     its texts: the call gets its per-text ids instead, also after the first call's check."""
