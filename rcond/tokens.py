@@ -50,6 +50,7 @@ SCHEME_FILE = "scheme.json"
 FORMAT_VERSION = 1
 DEFAULT_BINS = 10
 MAX_BINS = 1024  # each bin is a vocabulary token that needs data of its own; bin ids are stored as int16
+NOT_REWARDS = (bool, np.bool_, str, bytes)  # float() reads True as 1 and "0.5" as 0.5: no reward, in fit and bin_of alike
 
 
 class SchemeError(ValueError):
@@ -207,7 +208,7 @@ class ControlScheme:
     # ------------------------------------------------------------------ mapping
     def bin_of(self, value: float) -> int:
         """The bin of a reward value: the number of edges <= value."""
-        if isinstance(value, (bool, np.bool_, str, bytes)):  # float() reads True as 1 and "0.5" as 0.5
+        if isinstance(value, NOT_REWARDS):
             raise SchemeError(f"reward {value!r} is not a number")
         try:
             value = float(value)
@@ -409,7 +410,7 @@ def _reward_values(rewards) -> np.ndarray:
     if isinstance(rewards, np.ndarray) and rewards.dtype.kind != "O":
         raise SchemeError(f"cannot fit bin edges: rewards must be numbers, got an array of {rewards.dtype}")
     values = list(rewards)
-    odd = [v for v in values if v is None or isinstance(v, (bool, np.bool_, str, bytes))]
+    odd = [v for v in values if v is None or isinstance(v, NOT_REWARDS)]
     if odd:
         raise SchemeError(f"cannot fit bin edges: reward {odd[0]!r:.40} is not a number")
     try:
