@@ -23,7 +23,14 @@ code with the vectorised builder:
   opens with an RTG token of its own, that one (its mode token comes before it, as a document's
   first tokens come before its first RTG); -1 for ``off``;
 - scheme.counts: per bin, the markers (RTG values) with at least one RTG token, original or
-  re-opening copy, in a piece that is kept.
+  re-opening copy, in a piece that is kept;
+- the unconditional draw: one uniform draw per document in record order from
+  ``default_rng(seed)``; an ``on`` document whose draw is below ``uncond_fraction`` is built
+  ``off``, without its RTG tokens;
+- the rewards quantile edges are fitted on: every marker's with an RTG token in a kept piece,
+  and every reward of an unconditional document with a kept piece (with ``truncate``, only where
+  its RTG token would have sat inside the block); the rest count as left out; when that leaves
+  nothing, every marker's reward, none left out (unscored pair sides are never fitted).
 
 The rows of the built corpus are taken apart into pieces by their ``segment_ids`` and compared
 with the reference's pieces as a multiset (packing may put pieces in any row and order). Word
@@ -41,6 +48,7 @@ import pytest
 from conftest import WORDS, word_tokenizer, write_jsonl
 from rcond.corpus import CorpusError, PackOptions, build, load
 from rcond.sources import SourceReader
+from rcond.tokens import ControlScheme
 
 ON, OFF, EOS, PAD = 9, 10, 0, 0
 LETTERS = list("abcdefgh")
@@ -60,6 +68,7 @@ class Doc:
     on: bool
     tokens: list  # ("mode",) | ("rtg", marker) | ("word", id) | ("eos",)
     weights: list  # target weight of each token
+    off_rewards: list = field(default_factory=list)  # drawn unconditional: (reward, where its RTG token would be)
 
 
 @dataclass
@@ -71,7 +80,11 @@ class Reference:
     block_size: int
     truncate: bool
     train_on_prompt: bool
+    uncond_fraction: float = 0.0
+    seed: int = 0
     marker_bin: list = field(default_factory=list)
+    marker_reward: list = field(default_factory=list)  # per marker: its reward-to-go, None for a fixed pair side
+    dropped: set = field(default_factory=set)  # markers of documents drawn unconditional: no RTG token
     docs: list = field(default_factory=list)
     pieces: list = field(default_factory=list)  # kept: (ids, loss weights, positions, bins), tuples
     left_out: list = field(default_factory=list)  # lengths of the pieces with nothing to train
@@ -79,28 +92,50 @@ class Reference:
     present: set = field(default_factory=set)  # markers with an RTG token in a kept piece
     reopened_with_own_rtg: int = 0  # later pieces whose first token is an RTG token (no prefix RTG)
     prefix_rtg_ahead: int = 0  # prefix RTG tokens of a marker whose own RTG token comes later
+    off_kept: list = field(default_factory=list)  # rewards of unconditional documents the rows hold
+    off_cut: int = 0  # rewards of unconditional documents the rows do not hold
+
+    def __post_init__(self):
+        # one draw per document in record order, from the seeded generator (the builder draws the
+        # same stream a batch at a time): an on document stays on when its draw >= uncond_fraction
+        self.draws = iter(np.random.default_rng(self.seed).random(100_000))
 
     # ---------------------------------------------------------------- records -> documents
     def bin_of(self, reward: float) -> int:
         return bisect.bisect_right(self.edges, reward)  # the number of edges <= reward
 
-    def marker(self, bin_: int) -> tuple:
+    def marker(self, bin_: int, reward: float | None) -> tuple:
         self.marker_bin.append(bin_)
+        self.marker_reward.append(reward)
         return ("rtg", len(self.marker_bin) - 1)
+
+    def drawn(self, doc: Doc) -> Doc:
+        """The document after its draw: an on document drawn unconditional loses its RTG tokens
+        (their markers are dropped) and becomes off, keeping each scored reward with the
+        position its RTG token would have had."""
+        draw = next(self.draws)
+        if not doc.on or draw >= self.uncond_fraction:
+            return doc
+        rtg = [i for i, t in enumerate(doc.tokens) if t[0] == "rtg"]
+        rewards = [(self.marker_reward[doc.tokens[i][1]], i) for i in rtg]
+        self.dropped.update(doc.tokens[i][1] for i in rtg)
+        keep = [i for i, t in enumerate(doc.tokens) if t[0] != "rtg"]
+        return Doc(False, [doc.tokens[i] for i in keep], [doc.weights[i] for i in keep],
+                   [(r, at) for r, at in rewards if r is not None])
 
     def context_weight(self) -> float:
         return 1.0 if self.train_on_prompt else 0.0
 
-    def single(self, prompt: str, response: str, bin_: int) -> Doc:
+    def single(self, prompt: str, response: str, bin_: int, reward: float | None) -> Doc:
         """``on rtg prompt response eos`` (scored records, each side of a pair)."""
         p, r = word_ids(prompt), word_ids(response)
-        tokens = [("mode",), self.marker(bin_)] + [("word", i) for i in p] + [("word", i) for i in r] + [("eos",)]
+        tokens = [("mode",), self.marker(bin_, reward)] + [("word", i) for i in p] + [("word", i) for i in r] + [("eos",)]
         weights = [0.0, 0.0] + [self.context_weight()] * len(p) + [1.0] * len(r) + [1.0]
         return Doc(True, tokens, weights)
 
     def scored(self, row: dict) -> list[Doc]:
         response = row["response"] if "response" in row else row["text"]
-        return [self.single(row.get("prompt") or "", response, self.bin_of(row["reward"]))]
+        return [self.single(row.get("prompt") or "", response, self.bin_of(row["reward"]), row["reward"])]
 
     def pairs(self, row: dict) -> list[Doc]:
         sides = []
@@ -112,7 +147,7 @@ class Reference:
                 cut = text.rfind("\n\nAssistant:") + len("\n\nAssistant:")
                 prompt, response = text[:cut], text[cut:]
             score = row.get(f"{name}_score")
-            sides.append(self.single(prompt, response, fixed if score is None else self.bin_of(score)))
+            sides.append(self.single(prompt, response, fixed if score is None else self.bin_of(score), score))
         return sides
 
     def dialog(self, row: dict, gamma: float) -> list[Doc]:
@@ -124,7 +159,7 @@ class Reference:
             if t["role"] == "assistant":
                 rtg = sum(gamma ** k * r for k, r in enumerate(rewards[a:]))
                 a += 1
-                tokens += [self.marker(self.bin_of(rtg))] + [("word", i) for i in ids]
+                tokens += [self.marker(self.bin_of(rtg), rtg)] + [("word", i) for i in ids]
                 weights += [0.0] + [1.0] * len(ids)
             else:
                 tokens += [("word", i) for i in ids]
@@ -149,6 +184,7 @@ class Reference:
         return out
 
     def add(self, doc: Doc) -> None:
+        doc = self.drawn(doc)
         self.docs.append(doc)
         B = self.block_size
         tokens, weights = doc.tokens, doc.weights
@@ -176,11 +212,13 @@ class Reference:
             pieces.append((prefix + tokens[at:at + take], [0.0] * len(prefix) + weights[at:at + take],
                            [m] * len(prefix) + force[at:at + take]))
             at += take
+        held = False  # some piece of the document is kept
         for toks, tw, mk in pieces:
             lw = tw[1:] + [0.0]
             if not any(lw):
                 self.left_out.append(len(toks))
                 continue
+            held = True
             ids, bins = [], []
             for t, m in zip(toks, mk):
                 bins.append(self.marker_bin[m] if doc.on and m is not None else -1)
@@ -194,6 +232,21 @@ class Reference:
                 else:
                     ids.append(t[1])
             self.pieces.append((tuple(ids), tuple(lw), tuple(range(len(toks))), tuple(bins)))
+        for r, at in doc.off_rewards:  # truncated where its RTG token would be: cut with it
+            if held and not (self.truncate and at >= B):
+                self.off_kept.append(r)
+            else:
+                self.off_cut += 1
+
+    def fit(self) -> tuple[list, int]:
+        """The rewards the bin edges are fitted on and how many were left out: the reward-to-go of
+        every marker with an RTG token in a kept piece, the rewards of unconditional documents the
+        rows hold; when that leaves nothing, every marker's (none of them then counted out)."""
+        scored = [m for m, r in enumerate(self.marker_reward) if r is not None and m not in self.dropped]
+        kept = [self.marker_reward[m] for m in scored if m in self.present]
+        if not kept and not self.off_kept:
+            return [self.marker_reward[m] for m in scored], self.off_cut
+        return self.off_kept + kept, self.off_cut + len(scored) - len(kept)
 
     @property
     def counts(self) -> list[int]:
@@ -203,14 +256,27 @@ class Reference:
         return out
 
 
-def reference(fmt: str, rows: list[dict], *, edges: list, block_size: int, truncate: bool = False,
-              train_on_prompt: bool = False, gamma: float = 1.0) -> Reference:
-    ref = Reference(list(edges), len(edges) + 1, block_size, truncate, train_on_prompt)
-    for row in rows:
-        docs = ref.dialog(row, gamma) if fmt == "dialog" else getattr(ref, fmt)(row)
-        for d in docs:
-            ref.add(d)
-    return ref
+def reference(fmt: str, rows: list[dict], *, edges: list | None = None, quantile_bins: int | None = None,
+              block_size: int, truncate: bool = False, train_on_prompt: bool = False, gamma: float = 1.0,
+              uncond_fraction: float = 0.0, seed: int = 0) -> Reference:
+    """The reference corpus with explicit ``edges``, or with ``quantile_bins`` edges fitted on the
+    rewards :meth:`Reference.fit` picks (which pieces are kept does not depend on the bins: a
+    first pass with any edges finds those rewards, a second uses the edges fitted on them; turning
+    rewards into quantile edges is ``ControlScheme.fit``'s, tested against hand-computed cases in
+    tests/test_tokens.py)."""
+    def run(e: list) -> Reference:
+        ref = Reference(list(e), len(e) + 1, block_size, truncate, train_on_prompt, uncond_fraction, seed)
+        for row in rows:
+            for d in ref.dialog(row, gamma) if fmt == "dialog" else getattr(ref, fmt)(row):
+                ref.add(d)
+        return ref
+
+    if quantile_bins is None:
+        return run(edges)
+    values, _ = run([0.0] * (quantile_bins - 1)).fit()
+    scheme = (ControlScheme.fit(values, quantile_bins, "quantile") if values
+              else ControlScheme.fit([-1.0, 1.0], quantile_bins, "uniform"))  # nothing to fit: edges span [-1, 1]
+    return run(scheme.edges)
 
 
 # ============================================================================ the built corpus
@@ -236,14 +302,15 @@ def pieces_of(rows: dict, block_size: int) -> list:
     return out
 
 
-def built(tmp_path, fmt: str, rows: list[dict], *, edges: list, block_size: int, truncate: bool = False,
-          train_on_prompt: bool = False, gamma: float = 1.0, encode_batch: int = 5, workers: int = 1,
-          name: str = "c"):
+def built(tmp_path, fmt: str, rows: list[dict], *, edges: list | None = None, quantile_bins: int | None = None,
+          block_size: int, truncate: bool = False, train_on_prompt: bool = False, gamma: float = 1.0,
+          uncond_fraction: float = 0.0, seed: int = 0, encode_batch: int = 5, workers: int = 1, name: str = "c"):
     src = write_jsonl(tmp_path / f"{name}.jsonl", rows)
-    opts = PackOptions(block_size=block_size, uncond_fraction=0.0, truncate=truncate,
+    opts = PackOptions(block_size=block_size, uncond_fraction=uncond_fraction, seed=seed, truncate=truncate,
                        train_on_prompt=train_on_prompt, encode_batch=encode_batch, workers=workers)
     reader = SourceReader([str(src)], fmt, gamma=gamma)
-    _, summary = build(reader, tmp_path / name, word_tokenizer(), binning="edges:" + ",".join(map(str, edges)),
+    binning = "quantile" if quantile_bins is not None else "edges:" + ",".join(map(str, edges))
+    _, summary = build(reader, tmp_path / name, word_tokenizer(), num_bins=quantile_bins, binning=binning,
                        opts=opts, progress=False)
     ds, scheme, tok = load(tmp_path / name)
     assert scheme.token_ids(tok) == {scheme.on_token: ON, scheme.off_token: OFF,
@@ -277,6 +344,7 @@ def check_against_reference(tmp_path, fmt: str, rows: list[dict], **kw) -> Refer
     assert s.content_tokens == sum(t[0] in ("word", "eos") for d in ref.docs for t in d.tokens)
     assert s.trained_tokens == sum(sum(p[1]) for p in ref.pieces)
     assert scheme.counts == ref.counts
+    assert scheme.edges == ref.edges and s.cut_rewards == ref.fit()[1]
     return ref
 
 
@@ -466,3 +534,79 @@ def test_worker_processes_match_the_reference(tmp_path):
     """Two worker processes encode and condition the batches (rcond.parallel): the same pieces."""
     rows = random_rows("dialog", np.random.default_rng(5), 6, 40)
     check_against_reference(tmp_path, "dialog", rows, edges=EDGES["dialog"], block_size=6, encode_batch=4, workers=2)
+
+
+# ============================================================================ unconditional draws, fitted edges
+UNCOND_CASES = [(fmt, B, truncate) for fmt in FORMATS for B in (4, 8) for truncate in (False, True)]
+
+
+def uncond_rows(fmt: str, B: int, truncate: bool) -> list[dict]:
+    return random_rows(fmt, np.random.default_rng([7, FORMATS.index(fmt), B, int(truncate)]), B, 40)
+
+
+@pytest.mark.parametrize("fmt,B,truncate", UNCOND_CASES,
+                         ids=[f"{f}-B{B}-{'truncate' if t else 'split'}" for f, B, t in UNCOND_CASES])
+def test_unconditional_draws_and_quantile_edges_match_the_reference(tmp_path, fmt, B, truncate):
+    """A seeded fraction of on documents drawn unconditional (off, no RTG token), and quantile
+    edges fitted on the rewards the rows hold: the rows, the summary, the edges and the count of
+    rewards left out as the reference has them."""
+    check_against_reference(tmp_path, fmt, uncond_rows(fmt, B, truncate), quantile_bins=3, block_size=B,
+                            truncate=truncate, uncond_fraction=0.4, seed=B + 3, encode_batch=3)
+
+
+def test_the_unconditional_cases_reach_every_rule():
+    """Over the cases above, the reference meets every rule of the unconditional accounting: on
+    documents drawn off, their rewards kept and (with --truncate) cut where the RTG token would
+    sit past the block, markers cut beside them, for every format that carries rewards."""
+    seen = Counter()
+    for fmt, B, truncate in UNCOND_CASES:
+        ref = reference(fmt, uncond_rows(fmt, B, truncate), quantile_bins=3, block_size=B, truncate=truncate,
+                        uncond_fraction=0.4, seed=B + 3)
+        mode = "truncate" if truncate else "split"
+        seen[f"{fmt} drawn off"] += len(ref.dropped)
+        seen[f"{fmt} {mode} off kept"] += len(ref.off_kept)
+        seen[f"{fmt} {mode} off cut"] += ref.off_cut
+        seen[f"{fmt} {mode} fitted"] += len(ref.fit()[0])
+        seen[f"{fmt} {mode} cut"] += ref.fit()[1]
+        seen[f"{fmt} on docs"] += sum(d.on for d in ref.docs)
+    for fmt in ("scored", "pairs", "dialog"):
+        assert seen[f"{fmt} drawn off"] > 10 and seen[f"{fmt} on docs"] > 10
+        assert seen[f"{fmt} split off kept"] > 10 and seen[f"{fmt} truncate off kept"] > 5
+        assert seen[f"{fmt} truncate off cut"] > 0 and seen[f"{fmt} truncate cut"] > seen[f"{fmt} truncate off cut"]
+    assert seen["text drawn off"] == 0 and seen["text split fitted"] == 0
+
+
+def test_quantile_edges_fitted_on_markers_alone_when_nothing_else_is_left(tmp_path):
+    """Every marker's RTG token cut by --truncate and no unconditional reward in the rows: the
+    edges follow all the markers' rewards, none counted out (the reference's fallback, built)."""
+    rows = [{"turns": [{"role": "user", "content": "a a a a a a"}, {"role": "assistant", "content": "b", "reward": r}]}
+            for r in (-1.0, 0.5, 2.0)]  # kept: [on a a a], trained on the prompt; cut: [a a a rtg b eos]
+    ref = check_against_reference(tmp_path, "dialog", rows, quantile_bins=3, block_size=4, truncate=True,
+                                  train_on_prompt=True)
+    assert ref.present == set() and ref.fit() == ([-1.0, 0.5, 2.0], 0)
+    assert ref.edges == ControlScheme.fit([-1.0, 0.5, 2.0], 3, "quantile").edges
+
+
+def test_an_unconditional_reward_is_cut_where_its_rtg_token_would_sit_at_the_block_end(tmp_path):
+    """uncond_fraction 1: every dialog drawn off. At block 4 with --truncate, ``on a a a | rtg b``
+    would put the RTG token at position 4, past the block: its reward is cut though ``[off a a a]``
+    is kept (trained on the prompt); ``on a a rtg`` puts it at 3: kept. Hand-computed: the edges
+    are fitted on [2.0] alone and one reward is left out."""
+    rows = [{"turns": [{"role": "user", "content": "a a a"}, {"role": "assistant", "content": "b", "reward": -1.0}]},
+            {"turns": [{"role": "user", "content": "a a"}, {"role": "assistant", "content": "b", "reward": 2.0}]}]
+    ref = check_against_reference(tmp_path, "dialog", rows, quantile_bins=2, block_size=4, truncate=True,
+                                  train_on_prompt=True, uncond_fraction=1.0)
+    assert (ref.off_kept, ref.off_cut, ref.fit(), ref.edges) == ([2.0], 1, ([2.0], 1), [2.0])
+
+
+def test_an_unconditional_reward_alone_is_fitted_when_every_marker_is_cut(tmp_path):
+    """Seed 8's first two draws are 0.33 and 0.99: at uncond_fraction 0.5 the first dialog is drawn
+    off (its reward, RTG token at position 2, is held) and the second stays on, its RTG token cut
+    by --truncate behind six prompt words. Something is left to fit, so the fallback to every
+    marker does not apply: the edges follow [1.0] alone and the cut marker counts as left out."""
+    assert np.random.default_rng(8).random(2).round(2).tolist() == [0.33, 0.99]
+    rows = [{"turns": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 1.0}]},
+            {"turns": [{"role": "user", "content": "a a a a a a"}, {"role": "assistant", "content": "b", "reward": 3.0}]}]
+    ref = check_against_reference(tmp_path, "dialog", rows, quantile_bins=2, block_size=4, truncate=True,
+                                  train_on_prompt=True, uncond_fraction=0.5, seed=8)
+    assert [d.on for d in ref.docs] == [False, True] and ref.fit() == ([1.0], 1) and ref.edges == [1.0]
