@@ -39,6 +39,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .tokens import is_bool
+
 ACCEPTED = "'vader' or 'module:function' (e.g. 'mypkg.rewards:score' or './rewards.py:score')"
 USER_CODE_FAILURES = (Exception, SystemExit)  # what a scorer's own code may raise that rcond reports
 
@@ -62,7 +64,7 @@ def _number(v: object, finite: bool) -> tuple[float, str | None]:
     """A score as a float, or why it is not one (the end of a sentence about it)."""
     if isinstance(v, (str, bytes)):
         return math.nan, f"is not a number: {v!r}"
-    if _is_bool(v):
+    if is_bool(v):
         return math.nan, f"is not a number: {v!r} (a bool); return 1.0 or 0.0 instead"
     try:
         x = float(v)
@@ -163,11 +165,6 @@ class Scorer:
                                   (i, i), f"scorer {self.name!r}: its score for {_preview(texts[i])} {why}")
             out.append(x)
         return out
-
-
-def _is_bool(value: object) -> bool:
-    """True for a Python bool, a NumPy bool or a 0-d torch bool tensor (what iterating a bool array gives)."""
-    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
 
 
 def score_values(scorer: Callable[[list[str]], Sequence[float]], texts: list[str]) -> list[float]:

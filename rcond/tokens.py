@@ -50,7 +50,18 @@ SCHEME_FILE = "scheme.json"
 FORMAT_VERSION = 1
 DEFAULT_BINS = 10
 MAX_BINS = 1024  # each bin is a vocabulary token that needs data of its own; bin ids are stored as int16
-NOT_REWARDS = (bool, np.bool_, str, bytes)  # float() reads True as 1 and "0.5" as 0.5: no reward, in fit and bin_of alike
+
+
+def is_bool(value: object) -> bool:
+    """True for a Python bool, a NumPy bool or a 0-d torch bool tensor (what iterating a bool array
+    gives): float() reads each as 1.0 or 0.0."""
+    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
+
+
+def not_a_reward(value: object) -> bool:
+    """What fit and bin_of alike refuse as no reward: a string (float() reads "0.5" as 0.5) or a
+    boolean (:func:`is_bool`)."""
+    return isinstance(value, (str, bytes)) or is_bool(value)
 
 
 class SchemeError(ValueError):
@@ -208,7 +219,7 @@ class ControlScheme:
     # ------------------------------------------------------------------ mapping
     def bin_of(self, value: float) -> int:
         """The bin of a reward value: the number of edges <= value."""
-        if isinstance(value, NOT_REWARDS):
+        if not_a_reward(value):
             raise SchemeError(f"reward {value!r} is not a number")
         try:
             value = float(value)
@@ -410,7 +421,7 @@ def _reward_values(rewards) -> np.ndarray:
     if isinstance(rewards, np.ndarray) and rewards.dtype.kind != "O":
         raise SchemeError(f"cannot fit bin edges: rewards must be numbers, got an array of {rewards.dtype}")
     values = list(rewards)
-    odd = [v for v in values if v is None or isinstance(v, NOT_REWARDS)]
+    odd = [v for v in values if v is None or not_a_reward(v)]
     if odd:
         raise SchemeError(f"cannot fit bin edges: reward {odd[0]!r:.40} is not a number")
     try:

@@ -338,6 +338,21 @@ def test_bin_of_refuses_a_numpy_boolean_as_fit_does():
             s.bin_of(value)
 
 
+def test_bin_of_and_fit_refuse_a_torch_boolean_and_take_a_torch_number():
+    """A 0-d torch bool tensor (what iterating a torch comparison gives) is no reward either: bin_of
+    took it as 1.0; a 0-d torch float tensor is a number, for both."""
+    import torch
+
+    s = ControlScheme.fit([], binning="edges:0.5")
+    for value in (torch.tensor(True), torch.tensor([False, True])[0]):
+        with pytest.raises(SchemeError, match=rf"^reward {re.escape(repr(value))} is not a number$"):
+            s.bin_of(value)
+    with pytest.raises(SchemeError, match=re.escape(f"reward {torch.tensor(True)!r} is not a number")):
+        ControlScheme.fit(list(torch.tensor([0.5]) > 0) + [0.5], num_bins=2)
+    assert s.bin_of(torch.tensor(0.75)) == 1 and s.bin_of(torch.tensor(0.25, dtype=torch.float64)) == 0
+    assert ControlScheme.fit(list(torch.tensor([0.0, 1.0, 2.0])), num_bins=2).edges == [1.0]
+
+
 def test_a_scheme_is_checked_when_made_not_only_when_loaded():
     """The constructor refuses what a stored scheme.json may not hold: NaN or unsorted edges, edges
     that differ from binning's explicit ones, a bin count that is no integer, clashing tokens."""
