@@ -795,6 +795,9 @@ def test_saved_dataset_fingerprint_is_its_files_and_the_split_read(tmp_path):
     ('\ufeff\n[\n  {"text": "z"},\n  {"text": "w"}\n]\n', ["item 1", "item 2"]),  # BOM, blank line, pretty
     ('{\n  "text": "z"\n}\n', ["item 1"]),                          # one object over several lines
     ('{"text": "z"}\n\n{"text": "w"}\n', ["1", "3"]),               # JSON Lines under a .json name
+    ('  [{"text": "z"},\n   {"text": "w"}]', ["item 1", "item 2"]),  # indented: the opening is past the spaces
+    ("", []),                                                        # an empty file: no rows, as for JSON Lines
+    ("\n  \n", []),                                                  # blank lines only
 ])
 def test_json_shapes(tmp_path, content, origins):
     path = tmp_path / "c.json"
@@ -814,11 +817,33 @@ def test_json_shapes(tmp_path, content, origins):
     ('[{"text": "a"},\n {"text": "b"', r"c\.json:2: malformed JSON \(Expecting ',' delimiter at column 14: the text ends "
                                      r"before the JSON value does \(cut short\?\)\); expected a JSON array"),
     ('{"text": "a"}\n{"text": 5}\n', r"c\.json:2: field 'text' must be a string, got a number \(5\)"),
+    ('[{"text": "a"}, {"text": "x\\ud800y"}]', r"c\.json:item 2: a string holds a lone UTF-16 surrogate escape"),
 ])
 def test_json_bad_shapes_name_the_item_or_line(tmp_path, content, message):
     path = tmp_path / "c.json"
     path.write_text(content)
     with pytest.raises(SourceError, match=message):
+        list(SourceReader([str(path)], "text"))
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000,                 # an array
+                                     '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"])  # an object on one line
+def test_a_json_file_nested_too_deeply_is_named_not_a_crash(tmp_path, content):
+    """Python's decoder cannot read JSON nested 100,000 deep, whether the file opens with an array
+    or with an object on its first line (tried as JSON Lines first): a SourceError naming the file,
+    not a RecursionError out of the reader."""
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: JSON nested too deeply to read"):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_a_json_file_that_is_not_utf8_is_named_by_the_line_of_the_bad_byte(tmp_path):
+    """A .json array read whole names the line that holds the byte that is not UTF-8 (here line
+    3), counted from 1 as every reader counts lines."""
+    path = tmp_path / "c.json"
+    path.write_bytes(b'[{"text": "a"},\n {"text": "b"},\n {"text": "\xff"}]\n')
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}:3: not valid UTF-8; expected a UTF-8 JSON file"):
         list(SourceReader([str(path)], "text"))
 
 
