@@ -1323,3 +1323,32 @@ def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path
     release.set()
     left_behind.join(10)
     assert reader.skipped.count == 1 and reader.skipped.examples == [f"{src}:1: scorer returned a non-finite reward nan"]
+
+
+@pytest.mark.parametrize("spec,hub", [
+    ("someone/data", True), ("someone/data:test", True),
+    ("reviews", False),                  # a bare name: a missing file here, not a hub id
+    ("~/data/reviews", False),           # a path from the home folder
+    ("data/reviews.zip", False),         # a data file's suffix: .zip
+    ("data/reviews.jsonl.gz", False),    # ... compressed
+    ("data/reviews.jsonl:train", False),  # ... before a :split
+])
+def test_only_owner_slash_name_is_taken_for_a_hub_id_when_no_such_path_exists(tmp_path, monkeypatch, spec, hub):
+    """An input that is not here is read from the hub only when it reads as ``owner/name``
+    (optionally ``:split``): a bare name, a path from ``~`` or a name ending in a data file's suffix
+    (a .zip, a compressed one, one before ``:split``) is a mistyped path, reported as missing
+    rather than sent to the hub."""
+    from rcond import sources
+
+    asked = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources, "_load_streaming", lambda name, split: asked.append((name, split)) or iter([{"text": "t"}]))
+    if hub:
+        assert list(iter_rows(spec)) == [(f"{spec}:row 1", {"text": "t"})]
+        assert asked == [(spec.partition(":")[0], spec.partition(":")[2] or "train")]
+    else:
+        with pytest.raises(SourceError, match=rf"^{re.escape(spec)}: no such file or directory$"):
+            list(iter_rows(spec))
+        assert asked == []
