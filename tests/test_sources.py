@@ -1352,3 +1352,19 @@ def test_only_owner_slash_name_is_taken_for_a_hub_id_when_no_such_path_exists(tm
         with pytest.raises(SourceError, match=rf"^{re.escape(spec)}: no such file or directory$"):
             list(iter_rows(spec))
         assert asked == []
+
+
+def test_a_name_with_dots_is_read_by_its_last_suffix_and_a_zip_in_capitals_is_a_zip(tmp_path):
+    """``reviews.v2.jsonl`` is JSON Lines and ``notes.2024.txt.gz`` a compressed document (the
+    suffix that names the format is the last one before any compression suffix); ``DOCS.ZIP`` is
+    an archive, as ``.TXT`` and ``.JSONL.GZ`` are read in any case."""
+    import gzip
+    import zipfile
+
+    write_jsonl(tmp_path / "reviews.v2.jsonl", [{"text": "a"}])
+    assert list(iter_rows(str(tmp_path / "reviews.v2.jsonl"))) == [(f"{tmp_path / 'reviews.v2.jsonl'}:1", {"text": "a"})]
+    (tmp_path / "notes.2024.txt.gz").write_bytes(gzip.compress(b"a document"))
+    assert [t for _, t in iter_rows(str(tmp_path / "notes.2024.txt.gz"))] == ["a document"]
+    with zipfile.ZipFile(tmp_path / "DOCS.ZIP", "w") as zf:
+        zf.writestr("a.txt", "in the archive")
+    assert list(iter_rows(str(tmp_path / "DOCS.ZIP"))) == [(f"{tmp_path / 'DOCS.ZIP'}!a.txt", "in the archive")]
