@@ -1368,3 +1368,15 @@ def test_a_name_with_dots_is_read_by_its_last_suffix_and_a_zip_in_capitals_is_a_
     with zipfile.ZipFile(tmp_path / "DOCS.ZIP", "w") as zf:
         zf.writestr("a.txt", "in the archive")
     assert list(iter_rows(str(tmp_path / "DOCS.ZIP"))) == [(f"{tmp_path / 'DOCS.ZIP'}!a.txt", "in the archive")]
+
+
+@pytest.mark.parametrize("name", ["p.parquet.gz", "p.arrow.zst"])
+def test_iter_rows_refuses_a_compressed_parquet_or_arrow_file_rather_than_read_it_as_csv(tmp_path, name):
+    """iter_rows (which ``rcond sample --prompts`` calls directly, without the SourceReader's
+    up-front check) refuses a compressed Parquet or Arrow file by name; read past the check, its
+    decompressed bytes would go to the CSV reader."""
+    import gzip
+
+    (tmp_path / name).write_bytes(gzip.compress(b"prompt\nnot,really,parquet\n"))
+    with pytest.raises(SourceError, match=rf"{re.escape(name)}: a compressed (Parquet|Arrow) file is not read"):
+        list(iter_rows(str(tmp_path / name)))
