@@ -1380,3 +1380,11 @@ def test_iter_rows_refuses_a_compressed_parquet_or_arrow_file_rather_than_read_i
     (tmp_path / name).write_bytes(gzip.compress(b"prompt\nnot,really,parquet\n"))
     with pytest.raises(SourceError, match=rf"{re.escape(name)}: a compressed (Parquet|Arrow) file is not read"):
         list(iter_rows(str(tmp_path / name)))
+
+
+def test_an_input_under_the_home_folder_is_read_from_a_tilde_path(tmp_path, monkeypatch):
+    """``~/in.jsonl`` is read from the home folder, as a shell would expand it (a quoted ``~`` in
+    a config or a script reaches rcond unexpanded)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "home"}])
+    assert [row for _, row in iter_rows("~/in.jsonl")] == [{"text": "home"}]
