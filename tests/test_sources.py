@@ -1388,3 +1388,18 @@ def test_an_input_under_the_home_folder_is_read_from_a_tilde_path(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     write_jsonl(tmp_path / "in.jsonl", [{"text": "home"}])
     assert [row for _, row in iter_rows("~/in.jsonl")] == [{"text": "home"}]
+
+
+def test_closing_a_zst_reader_closes_the_file_it_reads(tmp_path):
+    """Closing the .zst reader closes the file object it was given (as its docstring says), so
+    reading a folder of .txt.zst files does not leave one open file each behind."""
+    import zstandard
+
+    from rcond.sources import _decompressing
+
+    path = tmp_path / "a.txt.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"some text"))
+    raw = open(path, "rb")
+    with _decompressing(raw, ".zst") as f:
+        assert f.read() == b"some text"
+    assert raw.closed
