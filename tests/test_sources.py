@@ -1403,3 +1403,27 @@ def test_closing_a_zst_reader_closes_the_file_it_reads(tmp_path):
     with _decompressing(raw, ".zst") as f:
         assert f.read() == b"some text"
     assert raw.closed
+
+
+@pytest.mark.parametrize("suffix,error", [(".gz", "error: Error -3 while decompressing data"),
+                                          (".xz", "LZMAError: Corrupt input data"),
+                                          (".bz2", "OSError: Invalid data stream")])
+def test_a_compressed_file_damaged_inside_is_named_not_a_crash(tmp_path, suffix, error):
+    """Bytes changed in the middle of a compressed stream raise zlib.error (gzip), LZMAError (xz)
+    or OSError (bz2), none of them a subclass of another: each is a SourceError naming the file and
+    the decompressor's complaint, on the line path, the chunk path and for a document."""
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress}[suffix]
+    rows = b"".join(b'{"response": "r%d", "reward": %d}\n' % (i, i) for i in range(3000))
+    packed = compress(rows)
+    damaged = packed[:40] + bytes(b ^ 0x55 for b in packed[40:60]) + packed[60:]
+    (tmp_path / f"r.jsonl{suffix}").write_bytes(damaged)
+    (tmp_path / f"d.txt{suffix}").write_bytes(damaged)
+    for spec, read in ((f"r.jsonl{suffix}", list), (f"r.jsonl{suffix}", lambda r: list(r.batches())),
+                       (f"d.txt{suffix}", list)):
+        path = tmp_path / spec
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: cannot be read \({error}"):
+            read(SourceReader([str(path)], "scored" if "jsonl" in spec else "text"))
