@@ -1427,3 +1427,20 @@ def test_a_compressed_file_damaged_inside_is_named_not_a_crash(tmp_path, suffix,
         path = tmp_path / spec
         with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: cannot be read \({error}"):
             read(SourceReader([str(path)], "scored" if "jsonl" in spec else "text"))
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("a.jsonl", b'{"text": "a"}\n{broken\n', ":2: malformed JSON"),
+    ("a.json", b'[{"text": "a"}, 5]', ":item 2: expected a JSON object, got a number (5)"),
+    ("a.csv", b"text\na\nb,c\n", ":row 2 (line 3): 2 fields, but the header (line 1) names 1"),
+    ("a.txt", b"fine\n\xff", ":2: not valid UTF-8 (byte 1 of the line)"),
+])
+def test_a_bad_record_of_every_reader_is_a_record_error(tmp_path, name, data, message):
+    """A bad line of JSON Lines, a bad item of a .json array, a bad CSV row and a document that is
+    not UTF-8 are each a RecordError (what --on-error skip skips, and what the CLI's hint to pass
+    it is shown for), not a plain SourceError about the whole input."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(RecordError) as caught:
+        list(SourceReader([str(path)], "text"))
+    assert str(caught.value).startswith(f"{path}{message}")
