@@ -1444,3 +1444,23 @@ def test_a_bad_record_of_every_reader_is_a_record_error(tmp_path, name, data, me
     with pytest.raises(RecordError) as caught:
         list(SourceReader([str(path)], "text"))
     assert str(caught.value).startswith(f"{path}{message}")
+
+
+def test_a_csv_cell_past_the_csv_modules_field_limit_is_named_by_its_line(tmp_path, monkeypatch):
+    """A cell longer than the csv module's field limit (2**31 - 1 characters here, lowered to 10
+    for the test) stops the file with an error naming the line its row starts on: the only
+    error the csv module raises under the dialect read."""
+    import csv
+
+    from rcond import sources
+
+    path = tmp_path / "long.csv"
+    path.write_text("text\nshort\n\"" + "x" * 5 + "\n" + "y" * 20 + "\"\n")  # row 2 starts on line 3
+    before = csv.field_size_limit(10)
+    try:
+        monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 10)
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}:3: not readable as CSV \(field larger than "
+                                              rf"field limit \(10\)\)"):
+            list(iter_rows(str(path)))
+    finally:
+        csv.field_size_limit(before)
