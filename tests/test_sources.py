@@ -1464,3 +1464,13 @@ def test_a_csv_cell_past_the_csv_modules_field_limit_is_named_by_its_line(tmp_pa
             list(iter_rows(str(path)))
     finally:
         csv.field_size_limit(before)
+
+
+def test_a_parquet_file_in_capitals_is_read_not_taken_for_a_compressed_one(tmp_path):
+    """``P.PARQUET`` is a Parquet file (its suffix in capitals), read, not refused by the up-front
+    check for a compressed Parquet file (``p.parquet.gz``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"response": ["x"], "reward": [1.0]}), tmp_path / "P.PARQUET")
+    assert [r.parts[1].text for r in SourceReader([str(tmp_path / "P.PARQUET")], "scored")] == ["x"]
