@@ -533,10 +533,12 @@ def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
 @pytest.mark.parametrize("header,message", [
     ("text,", r"h\.csv:1: header column 2 has no name; expected a name for every column"),
     ("\ntext,text", r"h\.csv:2: header names 'text' twice \(columns 1 and 2\); expected each column named once"),
+    ("text, ,x", r"h\.csv:1: header column 2 has no name; expected a name for every column"),  # spaces only
+    ("\ntext,caf\udce9", r"h\.csv:2: the header is not valid UTF-8; expected a UTF-8 CSV"),  # a Latin-1 byte 0xe9
 ])
 def test_csv_header_must_name_each_column_once(tmp_path, header, message):
     path = tmp_path / "h.csv"
-    path.write_text(f"{header}\nhello,world\n")
+    path.write_bytes(f"{header}\nhello,world\n".encode("utf-8", "surrogateescape"))
     with pytest.raises(SourceError, match=message):
         list(SourceReader([str(path)], "text"))
 
