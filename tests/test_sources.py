@@ -565,6 +565,16 @@ def test_a_bad_csv_row_is_named_by_row_and_line_and_skipped_alone(tmp_path):
     assert skipping.skipped.examples[1] == f"{path}:row 4 (line 7): not valid UTF-8; expected a UTF-8 CSV"
 
 
+def test_a_csv_row_whose_last_field_is_not_utf8_is_a_bad_row(tmp_path):
+    """Every field of a row is checked for bytes that are not UTF-8, the last one too (here the
+    only one): the row is named, not read with the bytes escaped into its text."""
+    path = tmp_path / "l.csv"
+    path.write_bytes(b"text\nfine\ncaf\xe9\n")
+    with pytest.raises(RecordError, match=rf"^{re.escape(str(path))}:row 2 \(line 3\): not valid UTF-8; expected a "
+                                          rf"UTF-8 CSV$"):
+        list(SourceReader([str(path)], "text"))
+
+
 def test_a_csv_file_that_ends_inside_a_quoted_cell_is_refused_not_read_as_one_cell(tmp_path):
     """An unclosed quote would make the rest of the file one cell: refused, naming the line its row
     starts on, under --on-error skip too (no row after it can be trusted)."""
