@@ -1486,3 +1486,19 @@ def test_a_parquet_file_in_capitals_is_read_not_taken_for_a_compressed_one(tmp_p
 
     pq.write_table(pa.table({"response": ["x"], "reward": [1.0]}), tmp_path / "P.PARQUET")
     assert [r.parts[1].text for r in SourceReader([str(tmp_path / "P.PARQUET")], "scored")] == ["x"]
+
+
+def test_a_hub_stream_that_breaks_after_its_first_row_says_so(monkeypatch):
+    """A hub dataset whose stream breaks after one row was read is named as failing after row 1,
+    not as unreadable: it was found, and its first row read."""
+    from rcond import sources
+
+    def breaks_after_one_row(*a, **kw):
+        yield {"text": "a"}
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources, "_load_streaming", breaks_after_one_row)
+    with pytest.raises(SourceError, match=r"^someone/data: reading the hub dataset failed after row 1 \(ConnectionError: "
+                                          r"connection reset\)$"):
+        list(iter_rows("someone/data"))
