@@ -1502,3 +1502,20 @@ def test_a_hub_stream_that_breaks_after_its_first_row_says_so(monkeypatch):
     with pytest.raises(SourceError, match=r"^someone/data: reading the hub dataset failed after row 1 \(ConnectionError: "
                                           r"connection reset\)$"):
         list(iter_rows("someone/data"))
+
+
+def test_an_arrow_column_of_nulls_only_holds_no_bytes_and_its_rows_are_named(tmp_path):
+    """A column Arrow types as null (every value missing) takes no bytes: a batch of it is cut by
+    the mean row size without dividing by zero, and each row is named as lacking its text, on the
+    record path and the column-wise one."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = pa.table({"text": pa.array([None, None])})
+    assert table.nbytes == 0
+    feather.write_feather(table, tmp_path / "n.arrow")
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=rf"^{re.escape(str(tmp_path / 'n.arrow'))}:row 1: field 'text' is null"):
+            read(SourceReader([str(tmp_path / "n.arrow")], "text"))
+    skipping = SourceReader([str(tmp_path / "n.arrow")], "text", on_error="skip")
+    assert list(skipping) == [] and skipping.skipped.count == 2
