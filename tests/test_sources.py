@@ -1519,3 +1519,28 @@ def test_an_arrow_column_of_nulls_only_holds_no_bytes_and_its_rows_are_named(tmp
             read(SourceReader([str(tmp_path / "n.arrow")], "text"))
     skipping = SourceReader([str(tmp_path / "n.arrow")], "text", on_error="skip")
     assert list(skipping) == [] and skipping.skipped.count == 2
+
+
+def test_a_parquet_file_of_long_rows_is_decoded_in_batches_of_about_max_bytes(tmp_path, monkeypatch):
+    """Parquet batches are bounded where pyarrow decodes them, by the file's mean row size (its
+    metadata), not only cut afterwards: 60 rows of about 1 kB in one row group, read with 10 kB a
+    batch, come from the Parquet reader about 10 at a time, all in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rcond import sources
+
+    rows = [{"response": f"{i} " + "word " * 200, "reward": float(i)} for i in range(60)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 1
+    decoded, real = [], sources._parquet_batches
+
+    def watched(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            decoded.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(sources, "_parquet_batches", watched)
+    batches = list(sources.arrow_batches(str(tmp_path / "a.parquet"), 1000, max_bytes=10_000))
+    assert sum(decoded) == 60 and 5 <= len(decoded) <= 15 and max(decoded) <= 12, decoded
+    assert [r["response"] for _, _, b in batches for r in b.to_pylist()] == [r["response"] for r in rows]
