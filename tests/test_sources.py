@@ -1395,11 +1395,17 @@ def test_iter_rows_refuses_a_compressed_parquet_or_arrow_file_rather_than_read_i
 
 
 def test_an_input_under_the_home_folder_is_read_from_a_tilde_path(tmp_path, monkeypatch):
-    """``~/in.jsonl`` is read from the home folder, as a shell would expand it (a quoted ``~`` in
-    a config or a script reaches rcond unexpanded)."""
+    """``~/in.jsonl`` and ``~/in.parquet`` are read from the home folder, as a shell would expand
+    them (a quoted ``~`` in a config or a script reaches rcond unexpanded); the Parquet file as
+    Parquet, not as CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     monkeypatch.setenv("HOME", str(tmp_path))
     write_jsonl(tmp_path / "in.jsonl", [{"text": "home"}])
-    assert [row for _, row in iter_rows("~/in.jsonl")] == [{"text": "home"}]
+    pq.write_table(pa.table({"text": ["home"]}), tmp_path / "in.parquet")
+    for spec in ("~/in.jsonl", "~/in.parquet"):
+        assert [row for _, row in iter_rows(spec)] == [{"text": "home"}], spec
 
 
 def test_closing_a_zst_reader_closes_the_file_it_reads(tmp_path):
