@@ -1550,3 +1550,24 @@ def test_a_parquet_file_of_long_rows_is_decoded_in_batches_of_about_max_bytes(tm
     batches = list(sources.arrow_batches(str(tmp_path / "a.parquet"), 1000, max_bytes=10_000))
     assert sum(decoded) == 60 and 5 <= len(decoded) <= 15 and max(decoded) <= 12, decoded
     assert [r["response"] for _, _, b in batches for r in b.to_pylist()] == [r["response"] for r in rows]
+
+
+def test_a_saved_split_is_named_past_the_last_colon_and_a_file_or_folder_of_that_name_is_not_one(tmp_path,
+                                                                                               monkeypatch):
+    """``DIR:SPLIT`` is cut at its last colon, so a DatasetDict below a folder whose name holds one
+    (``runs:v2/dd:test``) is read, from ``~`` too; a file that exists under the very name given
+    (``dd:x.jsonl``) is that file, not a split of ``dd``; and a folder of documents holding a
+    folder named ``state.json`` is no saved dataset."""
+    import datasets
+
+    home = tmp_path / "runs:v2"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}]),
+                          "test": datasets.Dataset.from_list([{"text": "b"}])}).save_to_disk(str(home / "dd"))
+    monkeypatch.setenv("HOME", str(home))
+    for spec in (f"{home}/dd:test", "~/dd:test"):
+        assert list(iter_rows(spec)) == [(f"{home / 'dd'}:test:row 1", {"text": "b"})], spec
+    write_jsonl(home / "dd:x.jsonl", [{"text": "file"}])
+    assert list(iter_rows(f"{home}/dd:x.jsonl")) == [(f"{home}/dd:x.jsonl:1", {"text": "file"})]
+    (tmp_path / "docs" / "state.json").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text("a document")
+    assert list(iter_rows(str(tmp_path / "docs"))) == [(str(tmp_path / "docs" / "a.txt"), "a document")]
