@@ -1571,3 +1571,14 @@ def test_a_saved_split_is_named_past_the_last_colon_and_a_file_or_folder_of_that
     (tmp_path / "docs" / "state.json").mkdir(parents=True)
     (tmp_path / "docs" / "a.txt").write_text("a document")
     assert list(iter_rows(str(tmp_path / "docs"))) == [(str(tmp_path / "docs" / "a.txt"), "a document")]
+
+
+def test_a_column_given_three_times_is_counted(tmp_path):
+    """The refusal of a repeated column name says how many times it appears (here 3)."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["c"])], names=["text"] * 3)
+    feather.write_feather(table, tmp_path / "t.arrow")
+    with pytest.raises(SourceError, match=r"t\.arrow: column 'text' appears 3 times; expected each column name once"):
+        list(iter_rows(str(tmp_path / "t.arrow")))
