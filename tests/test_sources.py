@@ -1582,3 +1582,15 @@ def test_a_column_given_three_times_is_counted(tmp_path):
     feather.write_feather(table, tmp_path / "t.arrow")
     with pytest.raises(SourceError, match=r"t\.arrow: column 'text' appears 3 times; expected each column name once"):
         list(iter_rows(str(tmp_path / "t.arrow")))
+
+
+def test_a_damaged_later_shard_of_a_saved_dataset_counts_its_own_rows(tmp_path):
+    """A saved dataset's second shard cut short in its rows is named with the rows read from that
+    shard (none), not with the rows of the shards before it, since the message names the shard."""
+    import datasets
+
+    datasets.Dataset.from_list([{"text": t} for t in "abcd"]).save_to_disk(str(tmp_path / "two"), num_shards=2)
+    first, second = sorted((tmp_path / "two").glob("*.arrow"))
+    second.write_bytes(second.read_bytes()[:-30])
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(second))}: reading failed after row 0 \("):
+        list(iter_rows(str(tmp_path / "two")))
