@@ -645,6 +645,9 @@ def test_parquet_and_arrow_files_read_as_their_jsonl_would_be(tmp_path, monkeypa
     pq.write_table(table.slice(0, 0), tmp_path / "none.parquet")
     (tmp_path / "empty.parquet").write_bytes(b"")
     assert list(iter_rows(str(tmp_path / "none.parquet"))) == list(iter_rows(str(tmp_path / "empty.parquet"))) == []
+    feather.write_feather(table.slice(0, 0), tmp_path / "none.arrow")
+    (tmp_path / "empty.arrow").write_bytes(b"")  # not memory-mapped: mapping nothing fails
+    assert list(iter_rows(str(tmp_path / "none.arrow"))) == list(iter_rows(str(tmp_path / "empty.arrow"))) == []
     (tmp_path / "not.parquet").write_text('{"text": "x"}\n')
     with pytest.raises(SourceError, match=r"not\.parquet: could not be read as Parquet \(ArrowInvalid: "):
         list(SourceReader([str(tmp_path / "not.parquet")], "text"))
