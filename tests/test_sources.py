@@ -1277,7 +1277,9 @@ def test_records_read_one_by_one_come_up_to_size_a_batch_and_end_one_at_max_byte
 
 def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
     """Long records come fewer to a batch, on every reading path (JSON Lines column-wise, Parquet,
-    .arrow, records one by one), and the records are those of one big batch, in order."""
+    .arrow, a saved dataset, records one by one), and the records are those of one big batch, in
+    order."""
+    import datasets
     import pyarrow as pa
     import pyarrow.feather as feather
     import pyarrow.parquet as pq
@@ -1287,7 +1289,8 @@ def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     feather.write_feather(pa.Table.from_pylist(rows), tmp_path / "a.arrow")
     (tmp_path / "a.json").write_text(json.dumps(rows))
-    for name in ("a.jsonl", "a.parquet", "a.arrow", "a.json"):
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for name in ("a.jsonl", "a.parquet", "a.arrow", "a.json", "saved"):
         reader = SourceReader([str(tmp_path / name)], "scored")
         whole = list(reader.batches(1000, max_bytes=1 << 30))
         cut = list(reader.batches(1000, max_bytes=10_000))
