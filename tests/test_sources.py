@@ -1601,3 +1601,29 @@ def test_a_damaged_later_shard_of_a_saved_dataset_counts_its_own_rows(tmp_path):
     second.write_bytes(second.read_bytes()[:-30])
     with pytest.raises(SourceError, match=rf"^{re.escape(str(second))}: reading failed after row 0 \("):
         list(iter_rows(str(tmp_path / "two")))
+
+
+def test_a_saved_dataset_whose_json_is_not_what_save_to_disk_writes_is_named(tmp_path):
+    """A state.json or dataset_dict.json that is missing (a split's folder without one), not an
+    object, holds no list where one is expected, or lists shard names rather than
+    ``{"filename": ...}`` is a SourceError naming that file, not a crash or a misread split."""
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"text": "a"}])
+    datasets.DatasetDict({"train": rows, "test": rows}).save_to_disk(str(tmp_path / "dd"))
+    dd = tmp_path / "dd"
+    (dd / "test" / "state.json").unlink()
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(dd / 'test' / 'state.json'))}: not readable as the JSON "
+                                          rf"datasets' save_to_disk writes"):
+        list(iter_rows(f"{dd}:test"))
+    state = dd / "train" / "state.json"
+    for written, message in (("[]", ": not readable as the JSON datasets' save_to_disk writes"),
+                             ('{"_data_files": "data-00000-of-00001.arrow"}', ": no list '_data_files'"),
+                             ('{"_data_files": ["data-00000-of-00001.arrow"]}',
+                              ": '_data_files' is not a list of {\"filename\": ...}")):
+        state.write_text(written)
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(state) + message)}"):
+            list(iter_rows(str(dd)))
+    (dd / "dataset_dict.json").write_text('{"splits": "train"}')  # a string, in which 'train' is found
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(dd / 'dataset_dict.json'))}: no list 'splits'"):
+        list(iter_rows(str(dd)))
