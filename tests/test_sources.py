@@ -1627,3 +1627,34 @@ def test_a_saved_dataset_whose_json_is_not_what_save_to_disk_writes_is_named(tmp
     (dd / "dataset_dict.json").write_text('{"splits": "train"}')  # a string, in which 'train' is found
     with pytest.raises(SourceError, match=rf"^{re.escape(str(dd / 'dataset_dict.json'))}: no list 'splits'"):
         list(iter_rows(str(dd)))
+
+
+def test_folders_and_zips_pass_over_hidden_names_at_any_depth_and_what_is_no_file(tmp_path):
+    """A folder read below a hidden one (``~/.cache/docs``) is read; inside it, a hidden file in a
+    subfolder, a macOS ``__MACOSX`` folder and a subfolder named like a document are passed over
+    unnamed; a zip's directory entries and hidden members are too, and a zip without one .txt
+    member is refused as a folder without one is."""
+    import zipfile
+
+    docs = tmp_path / ".cache" / "docs"
+    (docs / "sub" / "chapters.txt").mkdir(parents=True)
+    (docs / "__MACOSX").mkdir()
+    (docs / "a.txt").write_text("first")
+    (docs / "sub" / "b.txt").write_text("second")
+    (docs / "sub" / ".draft.txt").write_text("hidden")
+    (docs / "__MACOSX" / "a.txt").write_text("fork")
+    ignored = []
+    assert [text for _, text in iter_rows(str(docs), on_ignored=ignored.append)] == ["first", "second"]
+    assert ignored == []
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/", "")
+        zf.writestr("d/a.txt", "first")
+        zf.writestr("d/sub/.draft.txt", "hidden")
+        zf.writestr("__MACOSX/d/a.txt", "fork")
+    assert [text for _, text in iter_rows(str(archive), on_ignored=ignored.append)] == ["first"]
+    assert ignored == []
+    with zipfile.ZipFile(tmp_path / "none.zip", "w") as zf:
+        zf.writestr("readme.md", "no documents")
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(tmp_path / 'none.zip'))}: archive holds no \.txt files$"):
+        list(iter_rows(str(tmp_path / "none.zip")))
