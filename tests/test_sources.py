@@ -833,6 +833,8 @@ def test_json_shapes(tmp_path, content, origins):
     ('[{"text": "a"},\n {"text": "b"', r"c\.json:2: malformed JSON \(Expecting ',' delimiter at column 14: the text ends "
                                      r"before the JSON value does \(cut short\?\)\); expected a JSON array"),
     ('{"text": "a"}\n{"text": 5}\n', r"c\.json:2: field 'text' must be a string, got a number \(5\)"),
+    ('[{"text": "a"},\n {"text": "b\n\n', r"c\.json:2: malformed JSON \(Invalid control character at column 13: the "
+                                        r"text ends before the JSON value does \(cut short\?\)\)"),  # only blank after
     ('[{"text": "a"}, {"text": "x\\ud800y"}]', r"c\.json:item 2: a string holds a lone UTF-16 surrogate escape"),
 ])
 def test_json_bad_shapes_name_the_item_or_line(tmp_path, content, message):
