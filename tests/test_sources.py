@@ -1660,3 +1660,30 @@ def test_folders_and_zips_pass_over_hidden_names_at_any_depth_and_what_is_no_fil
         zf.writestr("readme.md", "no documents")
     with pytest.raises(SourceError, match=rf"^{re.escape(str(tmp_path / 'none.zip'))}: archive holds no \.txt files$"):
         list(iter_rows(str(tmp_path / "none.zip")))
+
+
+def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
+    """A file's fingerprint is the sha256 of all its bytes (past the first MiB read); a folder's
+    covers its .txt documents, each by its name below the folder (a document moved to another
+    subfolder changes it) and its bytes, not the files it does not read (notes, hidden ones);
+    ``~/docs`` is the folder at home; a hub id is fingerprinted by its name."""
+    import hashlib
+
+    from rcond.sources import fingerprint
+
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(os.urandom(3 << 19))  # 1.5 MiB
+    assert fingerprint(str(big)) == "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+    docs = tmp_path / "docs"
+    (docs / "one").mkdir(parents=True)
+    (docs / "one" / "a.txt").write_text("document")
+    expected = "sha256:" + hashlib.sha256(b"one/a.txt" + b"document").hexdigest()
+    assert fingerprint(str(docs)) == expected
+    (docs / "notes.md").write_text("not read")
+    (docs / ".hidden.txt").write_text("not read")
+    assert fingerprint(str(docs)) == expected
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert fingerprint("~/docs") == expected
+    (docs / "one").rename(docs / "two")
+    assert fingerprint(str(docs)) == "sha256:" + hashlib.sha256(b"two/a.txt" + b"document").hexdigest() != expected
+    assert fingerprint("someone/data:test") == "hub:someone/data:test"
