@@ -1687,3 +1687,16 @@ def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
     (docs / "one").rename(docs / "two")
     assert fingerprint(str(docs)) == "sha256:" + hashlib.sha256(b"two/a.txt" + b"document").hexdigest() != expected
     assert fingerprint("someone/data:test") == "hub:someone/data:test"
+
+
+def test_a_saved_datasets_fingerprint_leaves_out_hidden_files(tmp_path):
+    """A hidden file left in a saved dataset's folder (a .DS_Store, an editor's lock file) is not
+    read, so it does not change the dataset's fingerprint."""
+    import datasets
+
+    from rcond.sources import fingerprint
+
+    datasets.Dataset.from_list([{"text": "a"}]).save_to_disk(str(tmp_path / "one"))
+    before = fingerprint(str(tmp_path / "one"))
+    (tmp_path / "one" / ".DS_Store").write_bytes(b"\0\1")
+    assert fingerprint(str(tmp_path / "one")) == before
