@@ -331,7 +331,7 @@ def _unreadable(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise SourceError(f"{path}: cannot be read ({type(e).__name__}: {e or 'cut short'}); expected a whole "
+        raise SourceError(f"{path}: cannot be read ({type(e).__name__}: {str(e) or 'cut short'}); expected a whole "
                           f"{path.suffix or 'plain'} file") from None
 
 
@@ -878,8 +878,8 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an intact member (the archive is "
                           f"damaged)") from None
     except (zlib.error, EOFError, lzma.LZMAError, OSError) as e:  # OSError: bz2's "Invalid data stream"
-        raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected intact compressed data (the "
-                          f"archive is damaged)") from None
+        raise SourceError(f"{path}!{name}: cannot be extracted ({str(e) or 'cut short'}); expected intact compressed "
+                          f"data (the archive is damaged)") from None  # EOFError: data that ends early, no message
     except (RuntimeError, NotImplementedError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None

@@ -298,6 +298,43 @@ def test_zip_member_whose_compressed_data_is_damaged_is_named_as_damaged(tmp_pat
         list(SourceReader([str(archive)], "text"))
 
 
+def test_a_zip_member_whose_data_runs_past_the_end_of_the_archive_is_named_as_cut_short(tmp_path):
+    """A member whose sizes in the central directory run past the end of the archive ends in an
+    EOFError that carries no message: the error says the member was cut short, where it read
+    "cannot be extracted ()", and the document is one bad record, skipped alone."""
+    import struct
+    import zipfile
+
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", "first")
+        zf.writestr("b.txt", "second document")
+    data = bytearray(archive.read_bytes())
+    entry = data.rindex(b"PK\x01\x02")  # b.txt's central-directory entry: sizes at 20 (compressed) and 24
+    struct.pack_into("<II", data, entry + 20, 1 << 20, 1 << 20)
+    archive.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=rf"^{re.escape(str(archive))}!b\.txt: cannot be extracted \(cut short\); "
+                                          r"expected intact compressed data \(the archive is damaged\)$"):
+        list(iter_rows(str(archive)))
+    skipped = []
+    assert [text for _, text in iter_rows(str(archive), on_bad_line=skipped.append)] == ["first"]
+    assert len(skipped) == 1
+
+
+def test_a_decompressor_error_without_a_message_is_said_to_be_cut_short():
+    """The message-less EOFError of a zip member can come from any reader's decompressor too (none
+    of the standard library's raises one today, so it is raised here by hand): the file is said to
+    be cut short, not "(EOFError: )"."""
+    from pathlib import Path
+
+    from rcond.sources import _unreadable
+
+    with pytest.raises(SourceError, match=r"^d\.txt\.gz: cannot be read \(EOFError: cut short\); expected a whole "
+                                          r"\.gz file$"):
+        with _unreadable(Path("d.txt.gz")):
+            raise EOFError()
+
+
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
 def test_bad_reward_names_record(tmp_path, bad):
     path = tmp_path / "in.jsonl"
