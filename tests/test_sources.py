@@ -1243,6 +1243,7 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
     ('{"response": "b", "reward": 1', r"Expecting ',' delimiter at column 30: the text ends before the JSON value "
                                       r"does \(cut short\?\)\)"),
     ('{"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 18\)"),
+    ('{"response": "b", "reward": 1 x', r"Expecting ',' delimiter at column 31\)"),  # the last character is the error
 ])
 @pytest.mark.parametrize("after", ["", "\n", "\r\n", '\n{"response": "c", "reward": 1}\n'])
 def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail, after):
