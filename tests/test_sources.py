@@ -1738,3 +1738,14 @@ def test_a_saved_datasets_fingerprint_leaves_out_hidden_files(tmp_path):
     before = fingerprint(str(tmp_path / "one"))
     (tmp_path / "one" / ".DS_Store").write_bytes(b"\0\1")
     assert fingerprint(str(tmp_path / "one")) == before
+
+
+@pytest.mark.parametrize("data", [b"not a zip archive at all", b"PK\x03\x04" + b"\0" * 40])
+def test_a_file_named_zip_that_is_no_readable_archive_is_named(tmp_path, data):
+    """A .zip that is not a zip archive (or only its first bytes) is a SourceError naming it as
+    unreadable, not zipfile's BadZipFile out of the reader."""
+    path = tmp_path / "docs.zip"
+    path.write_bytes(data)
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: not a readable zip archive \(File is not a zip "
+                                          rf"file\)$"):
+        list(iter_rows(str(path)))
