@@ -1467,7 +1467,7 @@ def test_closing_a_zst_reader_closes_the_file_it_reads(tmp_path):
     raw = open(path, "rb")
     with _decompressing(raw, ".zst") as f:
         assert f.read() == b"some text"
-    assert raw.closed
+    assert raw.closed and f.closed
 
 
 @pytest.mark.parametrize("suffix,error", [(".gz", "error: Error -3 while decompressing data"),
