@@ -1541,20 +1541,31 @@ def test_a_parquet_file_in_capitals_is_read_not_taken_for_a_compressed_one(tmp_p
     assert [r.parts[1].text for r in SourceReader([str(tmp_path / "P.PARQUET")], "scored")] == ["x"]
 
 
-def test_a_hub_stream_that_breaks_after_its_first_row_says_so(monkeypatch):
+def _breaks_after_one_row(*a, **kw):
+    yield {"text": "a"}
+    raise ConnectionError("connection reset")
+
+
+def _no_such_split(*a, **kw):
+    raise ValueError("Bad split: test. Available splits: ['train']")
+
+
+@pytest.mark.parametrize("stream,spec,message", [
+    (_breaks_after_one_row, "someone/data", r"reading the hub dataset failed after row 1 \(ConnectionError: connection "
+                                            r"reset\)$"),
+    (_no_such_split, "someone/data:test", r"not a file or folder here, and not readable as a hub dataset \(ValueError: "
+                                          r"Bad split: test"),
+])
+def test_a_hub_dataset_that_fails_is_named_with_how_far_it_was_read(monkeypatch, stream, spec, message):
     """A hub dataset whose stream breaks after one row was read is named as failing after row 1,
-    not as unreadable: it was found, and its first row read."""
+    not as unreadable: it was found, and its first row read; one the hub client refuses with a
+    ValueError (``datasets``' unknown split) is named as not readable."""
     from rcond import sources
 
-    def breaks_after_one_row(*a, **kw):
-        yield {"text": "a"}
-        raise ConnectionError("connection reset")
-
     monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
-    monkeypatch.setattr(sources, "_load_streaming", breaks_after_one_row)
-    with pytest.raises(SourceError, match=r"^someone/data: reading the hub dataset failed after row 1 \(ConnectionError: "
-                                          r"connection reset\)$"):
-        list(iter_rows("someone/data"))
+    monkeypatch.setattr(sources, "_load_streaming", stream)
+    with pytest.raises(SourceError, match=rf"^{spec}: {message}"):
+        list(iter_rows(spec))
 
 
 def test_an_arrow_column_of_nulls_only_holds_no_bytes_and_its_rows_are_named(tmp_path):
