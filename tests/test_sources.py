@@ -1624,6 +1624,8 @@ def test_a_saved_split_is_named_past_the_last_colon_and_a_file_or_folder_of_that
     monkeypatch.setenv("HOME", str(home))
     for spec in (f"{home}/dd:test", "~/dd:test"):
         assert list(iter_rows(spec)) == [(f"{home / 'dd'}:test:row 1", {"text": "b"})], spec
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(home))}/dd:: no such file or directory$"):
+        list(iter_rows(f"{home}/dd:"))  # a colon without a split names no split, not the train split
     write_jsonl(home / "dd:x.jsonl", [{"text": "file"}])
     assert list(iter_rows(f"{home}/dd:x.jsonl")) == [(f"{home}/dd:x.jsonl:1", {"text": "file"})]
     (tmp_path / "docs" / "state.json").mkdir(parents=True)
