@@ -1762,3 +1762,14 @@ def test_a_file_named_zip_that_is_no_readable_archive_is_named(tmp_path, data):
     with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: not a readable zip archive \(File is not a zip "
                                           rf"file\)$"):
         list(iter_rows(str(path)))
+
+
+def test_an_empty_zst_file_holds_no_rows_and_a_damaged_json_gz_is_named(tmp_path):
+    """An empty .jsonl.zst (no frame at all) holds no rows, as an empty .jsonl.gz does; a .json.gz
+    that is not gzip is named as unreadable from its very first line (where the reader looks to
+    tell an array from JSON Lines), not a BadGzipFile out of the reader."""
+    (tmp_path / "e.jsonl.zst").write_bytes(b"")
+    assert list(iter_rows(str(tmp_path / "e.jsonl.zst"))) == []
+    (tmp_path / "d.json.gz").write_bytes(b'[{"text": "not gzip"}]')
+    with pytest.raises(SourceError, match=r"d\.json\.gz: cannot be read \(BadGzipFile: Not a gzipped file"):
+        list(iter_rows(str(tmp_path / "d.json.gz")))
