@@ -1773,3 +1773,11 @@ def test_an_empty_zst_file_holds_no_rows_and_a_damaged_json_gz_is_named(tmp_path
     (tmp_path / "d.json.gz").write_bytes(b'[{"text": "not gzip"}]')
     with pytest.raises(SourceError, match=r"d\.json\.gz: cannot be read \(BadGzipFile: Not a gzipped file"):
         list(iter_rows(str(tmp_path / "d.json.gz")))
+
+
+def test_csv_line_breaks_inside_quoted_cells_are_kept_as_written(tmp_path):
+    """The file is read without newline translation (as the csv module requires): a CRLF or a
+    lone CR inside a quoted cell stays in the text, and CRLF row ends are no text."""
+    path = tmp_path / "r.csv"
+    path.write_bytes(b'text,n\r\n"a\r\nb",1\r\n"c\rd",2\r\n')
+    assert [row["text"] for _, row in iter_rows(str(path))] == ["a\r\nb", "c\rd"]
