@@ -1781,3 +1781,10 @@ def test_csv_line_breaks_inside_quoted_cells_are_kept_as_written(tmp_path):
     path = tmp_path / "r.csv"
     path.write_bytes(b'text,n\r\n"a\r\nb",1\r\n"c\rd",2\r\n')
     assert [row["text"] for _, row in iter_rows(str(path))] == ["a\r\nb", "c\rd"]
+
+
+def test_a_folder_named_like_a_parquet_file_is_a_folder_of_documents(tmp_path):
+    """A folder whose name ends in .parquet is read as the folder it is, not opened as Parquet."""
+    (tmp_path / "d.parquet").mkdir()
+    (tmp_path / "d.parquet" / "a.txt").write_text("a document")
+    assert [text for _, text in iter_rows(str(tmp_path / "d.parquet"))] == ["a document"]
