@@ -1788,3 +1788,21 @@ def test_a_folder_named_like_a_parquet_file_is_a_folder_of_documents(tmp_path):
     (tmp_path / "d.parquet").mkdir()
     (tmp_path / "d.parquet" / "a.txt").write_text("a document")
     assert [text for _, text in iter_rows(str(tmp_path / "d.parquet"))] == ["a document"]
+
+
+def test_files_without_a_suffix_are_named_as_not_read(tmp_path):
+    """A folder's or zip's file without any suffix (LICENSE) is no document, and is named as not
+    read like any other."""
+    import zipfile
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a document")
+    (tmp_path / "docs" / "LICENSE").write_text("terms")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        zf.writestr("a.txt", "a document")
+        zf.writestr("LICENSE", "terms")
+    for spec, named in ((tmp_path / "docs", str(tmp_path / "docs" / "LICENSE")),
+                        (tmp_path / "d.zip", f"{tmp_path / 'd.zip'}!LICENSE")):
+        ignored = []
+        assert [text for _, text in iter_rows(str(spec), on_ignored=ignored.append)] == ["a document"]
+        assert ignored == [named]
