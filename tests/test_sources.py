@@ -1806,3 +1806,22 @@ def test_files_without_a_suffix_are_named_as_not_read(tmp_path):
         ignored = []
         assert [text for _, text in iter_rows(str(spec), on_ignored=ignored.append)] == ["a document"]
         assert ignored == [named]
+
+
+def test_values_that_are_no_object_are_named_by_kind_and_cut_to_40_characters(tmp_path):
+    """What a .json item or a Parquet field is, when it is not what was expected: an array, a
+    bytes value by its Python type, and a long string or number shown by its first 40 characters
+    (repr, so a string's quote opens it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "k.json").write_text(json.dumps(["x" * 100, 10 ** 50, [1]]))
+    reader = SourceReader([str(tmp_path / "k.json")], "text", on_error="skip")
+    assert list(reader) == []
+    assert [e.split(": ", 1)[1] for e in reader.skipped.examples] == [
+        "expected a JSON object, got a string ('" + "x" * 39 + ")",
+        "expected a JSON object, got a number (" + "1" + "0" * 39 + ")",
+        "expected a JSON object, got an array"]
+    pq.write_table(pa.table({"text": pa.array([b"raw"], pa.binary())}), tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet:row 1: field 'text' must be a string, got a bytes$"):
+        list(SourceReader([str(tmp_path / "b.parquet")], "text"))
