@@ -1229,6 +1229,10 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
     assert [r.parts[0].text for r in reader] == ["plain", "packed by .bz2", "packed by .gz", "packed by .xz",
                                                  "packed by .zst"]
     assert reader.ignored.count == 0
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "docs")
+    folder = SourceReader([str(tmp_path / "docs")], "text")
+    assert [r.parts[0].text for r in folder] == [r.parts[0].text for r in reader] and folder.ignored.count == 0
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("c.txt.gz", gzip.compress(b"a document")[:-6])  # cut short
