@@ -1248,6 +1248,7 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
                                       r"does \(cut short\?\)\)"),
     ('{"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 18\)"),
     ('{"response": "b", "reward": 1 x', r"Expecting ',' delimiter at column 31\)"),  # the last character is the error
+    ('  {"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 20\)"),  # leading spaces count
 ])
 @pytest.mark.parametrize("after", ["", "\n", "\r\n", '\n{"response": "c", "reward": 1}\n'])
 def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail, after):
