@@ -1300,6 +1300,16 @@ def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
     assert max(sum(map(len, c)) for _, c in chunks) < 12_000 + 5000 and len(chunks) >= 20
 
 
+def test_a_byte_order_mark_on_a_later_line_is_malformed_json_on_both_paths(tmp_path):
+    """Only the file's own byte-order mark is dropped: one opening a later line (two files joined
+    with cat) makes that line malformed, named by its line, on the line path and the chunk path."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=rf"^{re.escape(str(path))}:2: malformed JSON \(Unexpected UTF-8 BOM"):
+            read(SourceReader([str(path)], "text"))
+
+
 def test_jsonl_chunks_drop_a_byte_order_mark_only_at_the_start_of_the_file(tmp_path):
     from rcond.sources import jsonl_chunks
 
