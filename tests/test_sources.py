@@ -1402,6 +1402,7 @@ def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path
 @pytest.mark.parametrize("spec,hub", [
     ("someone/data", True), ("someone/data:test", True),
     ("reviews", False),                  # a bare name: a missing file here, not a hub id
+    ("./someone/data", False),           # a path relative to here
     ("~/data/reviews", False),           # a path from the home folder
     ("data/reviews.zip", False),         # a data file's suffix: .zip
     ("data/reviews.jsonl.gz", False),    # ... compressed
