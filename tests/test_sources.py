@@ -1841,3 +1841,21 @@ def test_values_that_are_no_object_are_named_by_kind_and_cut_to_40_characters(tm
     pq.write_table(pa.table({"text": pa.array([b"raw"], pa.binary())}), tmp_path / "b.parquet")
     with pytest.raises(SourceError, match=r"b\.parquet:row 1: field 'text' must be a string, got a bytes$"):
         list(SourceReader([str(tmp_path / "b.parquet")], "text"))
+
+
+def test_an_integer_past_pythons_digit_limit_is_read_as_the_float_it_is_not_a_crash(tmp_path):
+    """Python refuses to turn more than 4,300 digits into an int (a ValueError that named no line
+    and ended ``rcond preprocess`` with a traceback): such an integer is read as the float it is
+    (inf), as Arrow's reader has it, so a record holding one in a field no format reads is read on
+    the line path as on the chunk path, and one given as its reward is named as not finite."""
+    huge = "1" + "0" * 5000
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "id": ' + huge + '}\n')
+    assert [r.parts[0].text for r in SourceReader([str(path)], "text")] == ["a", "b"]
+    assert [t for b in SourceReader([str(path)], "text").batches() for t in b.texts] == ["a", "b"]
+    (tmp_path / "n.json").write_text('[{"text": "c", "id": ' + huge + '}]')
+    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "n.json")], "text")] == ["c"]
+    (tmp_path / "r.jsonl").write_text('{"response": "a", "reward": 1}\n{"response": "b", "reward": ' + huge + '}\n')
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=r"r\.jsonl:2: reward must be a finite number, got inf"):
+            read(SourceReader([str(tmp_path / "r.jsonl")], "scored"))
