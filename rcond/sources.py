@@ -331,7 +331,7 @@ def _unreadable(path: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise SourceError(f"{path}: cannot be read ({type(e).__name__}: {e or 'cut short'}); expected a whole "
+        raise SourceError(f"{path}: cannot be read ({type(e).__name__}: {str(e) or 'cut short'}); expected a whole "
                           f"{path.suffix or 'plain'} file") from None
 
 
@@ -378,7 +378,7 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
             line = raw.decode("utf-8")
             if not line.strip():
                 continue
-            obj = json.loads(line.rstrip("\r\n"))  # without its line break, an error's column is on the line
+            obj = _json_loads(line.rstrip("\r\n"))  # without its line break, an error's column is on the line
         except UnicodeDecodeError as e:
             msg = f"{path}:{i}: not valid UTF-8 (byte {e.start + 1} of the line); expected UTF-8 JSON Lines"
         except json.JSONDecodeError as e:
@@ -397,6 +397,25 @@ def decode_lines(path: Path, first: int, lines: list[bytes], on_bad_line) -> Ite
         if on_bad_line is None:
             raise RecordError(msg)
         on_bad_line(msg)
+
+
+def _json_loads(text: str):
+    """``json.loads``, except that an integer past Python's int-from-text limit (4,300 digits) is
+    read as the float it is (inf), as Arrow's JSON reader has it, where ``json.loads`` raises a
+    ValueError that names no line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # the int-from-text limit: json raises nothing else that is not a JSONDecodeError
+        return json.loads(text, parse_int=_json_int)
+
+
+def _json_int(digits: str) -> int | float:
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def _lone_surrogate(raw: bytes, obj: dict) -> bool:
@@ -439,7 +458,7 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
     opening = head.lstrip()[:1]
     if opening == b"{":
         try:
-            one_per_line = isinstance(json.loads(head), dict)
+            one_per_line = isinstance(_json_loads(head), dict)
         except (ValueError, RecursionError):  # an object over several lines
             one_per_line = False
         if one_per_line:
@@ -450,7 +469,7 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
                           f"file starts with {head.strip()[:40].decode('utf-8', 'replace')!r}")
     data = _read_all(path).removeprefix(b"\xef\xbb\xbf")
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = _json_loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise SourceError(f"{path}:{line}: not valid UTF-8; expected a UTF-8 JSON file") from None
@@ -878,8 +897,8 @@ def _zip_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an intact member (the archive is "
                           f"damaged)") from None
     except (zlib.error, EOFError, lzma.LZMAError, OSError) as e:  # OSError: bz2's "Invalid data stream"
-        raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected intact compressed data (the "
-                          f"archive is damaged)") from None
+        raise SourceError(f"{path}!{name}: cannot be extracted ({str(e) or 'cut short'}); expected intact compressed "
+                          f"data (the archive is damaged)") from None  # EOFError: data that ends early, no message
     except (RuntimeError, NotImplementedError) as e:
         raise SourceError(f"{path}!{name}: cannot be extracted ({e}); expected an unencrypted member stored, "
                           f"deflated, bzip2- or lzma-compressed") from None

@@ -298,6 +298,43 @@ def test_zip_member_whose_compressed_data_is_damaged_is_named_as_damaged(tmp_pat
         list(SourceReader([str(archive)], "text"))
 
 
+def test_a_zip_member_whose_data_runs_past_the_end_of_the_archive_is_named_as_cut_short(tmp_path):
+    """A member whose sizes in the central directory run past the end of the archive ends in an
+    EOFError that carries no message: the error says the member was cut short, where it read
+    "cannot be extracted ()", and the document is one bad record, skipped alone."""
+    import struct
+    import zipfile
+
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", "first")
+        zf.writestr("b.txt", "second document")
+    data = bytearray(archive.read_bytes())
+    entry = data.rindex(b"PK\x01\x02")  # b.txt's central-directory entry: sizes at 20 (compressed) and 24
+    struct.pack_into("<II", data, entry + 20, 1 << 20, 1 << 20)
+    archive.write_bytes(bytes(data))
+    with pytest.raises(RecordError, match=rf"^{re.escape(str(archive))}!b\.txt: cannot be extracted \(cut short\); "
+                                          r"expected intact compressed data \(the archive is damaged\)$"):
+        list(iter_rows(str(archive)))
+    skipped = []
+    assert [text for _, text in iter_rows(str(archive), on_bad_line=skipped.append)] == ["first"]
+    assert len(skipped) == 1
+
+
+def test_a_decompressor_error_without_a_message_is_said_to_be_cut_short():
+    """The message-less EOFError of a zip member can come from any reader's decompressor too (none
+    of the standard library's raises one today, so it is raised here by hand): the file is said to
+    be cut short, not "(EOFError: )"."""
+    from pathlib import Path
+
+    from rcond.sources import _unreadable
+
+    with pytest.raises(SourceError, match=r"^d\.txt\.gz: cannot be read \(EOFError: cut short\); expected a whole "
+                                          r"\.gz file$"):
+        with _unreadable(Path("d.txt.gz")):
+            raise EOFError()
+
+
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", '"lots"', "true"])
 def test_bad_reward_names_record(tmp_path, bad):
     path = tmp_path / "in.jsonl"
@@ -533,10 +570,12 @@ def test_csv_header_after_blank_lines_and_a_byte_order_mark(tmp_path):
 @pytest.mark.parametrize("header,message", [
     ("text,", r"h\.csv:1: header column 2 has no name; expected a name for every column"),
     ("\ntext,text", r"h\.csv:2: header names 'text' twice \(columns 1 and 2\); expected each column named once"),
+    ("text, ,x", r"h\.csv:1: header column 2 has no name; expected a name for every column"),  # spaces only
+    ("\ntext,caf\udce9", r"h\.csv:2: the header is not valid UTF-8; expected a UTF-8 CSV"),  # a Latin-1 byte 0xe9
 ])
 def test_csv_header_must_name_each_column_once(tmp_path, header, message):
     path = tmp_path / "h.csv"
-    path.write_text(f"{header}\nhello,world\n")
+    path.write_bytes(f"{header}\nhello,world\n".encode("utf-8", "surrogateescape"))
     with pytest.raises(SourceError, match=message):
         list(SourceReader([str(path)], "text"))
 
@@ -561,6 +600,16 @@ def test_a_bad_csv_row_is_named_by_row_and_line_and_skipped_alone(tmp_path):
         (f"{path}:row 5 (line 8)", "ok")]
     assert skipping.skipped.count == 2
     assert skipping.skipped.examples[1] == f"{path}:row 4 (line 7): not valid UTF-8; expected a UTF-8 CSV"
+
+
+def test_a_csv_row_whose_last_field_is_not_utf8_is_a_bad_row(tmp_path):
+    """Every field of a row is checked for bytes that are not UTF-8, the last one too (here the
+    only one): the row is named, not read with the bytes escaped into its text."""
+    path = tmp_path / "l.csv"
+    path.write_bytes(b"text\nfine\ncaf\xe9\n")
+    with pytest.raises(RecordError, match=rf"^{re.escape(str(path))}:row 2 \(line 3\): not valid UTF-8; expected a "
+                                          rf"UTF-8 CSV$"):
+        list(SourceReader([str(path)], "text"))
 
 
 def test_a_csv_file_that_ends_inside_a_quoted_cell_is_refused_not_read_as_one_cell(tmp_path):
@@ -633,6 +682,9 @@ def test_parquet_and_arrow_files_read_as_their_jsonl_would_be(tmp_path, monkeypa
     pq.write_table(table.slice(0, 0), tmp_path / "none.parquet")
     (tmp_path / "empty.parquet").write_bytes(b"")
     assert list(iter_rows(str(tmp_path / "none.parquet"))) == list(iter_rows(str(tmp_path / "empty.parquet"))) == []
+    feather.write_feather(table.slice(0, 0), tmp_path / "none.arrow")
+    (tmp_path / "empty.arrow").write_bytes(b"")  # not memory-mapped: mapping nothing fails
+    assert list(iter_rows(str(tmp_path / "none.arrow"))) == list(iter_rows(str(tmp_path / "empty.arrow"))) == []
     (tmp_path / "not.parquet").write_text('{"text": "x"}\n')
     with pytest.raises(SourceError, match=r"not\.parquet: could not be read as Parquet \(ArrowInvalid: "):
         list(SourceReader([str(tmp_path / "not.parquet")], "text"))
@@ -758,7 +810,8 @@ def test_saved_dataset_errors_name_the_folder_split_or_shard(tmp_path):
                                           r"save_to_disk \(it has no state\.json or dataset_dict\.json\)$"):
         list(SourceReader([str(tmp_path / "empty")], "scored"))
     (tmp_path / "x.arrow").write_text("not arrow")
-    with pytest.raises(SourceError, match=r"x\.arrow: could not be read as an Arrow file \(the IPC format"):
+    with pytest.raises(SourceError, match=r"x\.arrow: could not be read as an Arrow file \(the IPC format datasets "
+                                          r"writes\) \(ArrowInvalid: Expected to read"):  # the stream reader's complaint
         list(SourceReader([str(tmp_path / "x.arrow")], "scored"))
     (tmp_path / "x.arrow.gz").write_bytes(b"")
     with pytest.raises(SourceError, match=r"x\.arrow\.gz: a compressed Arrow file is not read"):
@@ -795,6 +848,9 @@ def test_saved_dataset_fingerprint_is_its_files_and_the_split_read(tmp_path):
     ('\ufeff\n[\n  {"text": "z"},\n  {"text": "w"}\n]\n', ["item 1", "item 2"]),  # BOM, blank line, pretty
     ('{\n  "text": "z"\n}\n', ["item 1"]),                          # one object over several lines
     ('{"text": "z"}\n\n{"text": "w"}\n', ["1", "3"]),               # JSON Lines under a .json name
+    ('  [{"text": "z"},\n   {"text": "w"}]', ["item 1", "item 2"]),  # indented: the opening is past the spaces
+    ("", []),                                                        # an empty file: no rows, as for JSON Lines
+    ("\n  \n", []),                                                  # blank lines only
 ])
 def test_json_shapes(tmp_path, content, origins):
     path = tmp_path / "c.json"
@@ -814,11 +870,35 @@ def test_json_shapes(tmp_path, content, origins):
     ('[{"text": "a"},\n {"text": "b"', r"c\.json:2: malformed JSON \(Expecting ',' delimiter at column 14: the text ends "
                                      r"before the JSON value does \(cut short\?\)\); expected a JSON array"),
     ('{"text": "a"}\n{"text": 5}\n', r"c\.json:2: field 'text' must be a string, got a number \(5\)"),
+    ('[{"text": "a"},\n {"text": "b\n\n', r"c\.json:2: malformed JSON \(Invalid control character at column 13: the "
+                                        r"text ends before the JSON value does \(cut short\?\)\)"),  # only blank after
+    ('[{"text": "a"}, {"text": "x\\ud800y"}]', r"c\.json:item 2: a string holds a lone UTF-16 surrogate escape"),
 ])
 def test_json_bad_shapes_name_the_item_or_line(tmp_path, content, message):
     path = tmp_path / "c.json"
     path.write_text(content)
     with pytest.raises(SourceError, match=message):
+        list(SourceReader([str(path)], "text"))
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000,                 # an array
+                                     '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"])  # an object on one line
+def test_a_json_file_nested_too_deeply_is_named_not_a_crash(tmp_path, content):
+    """Python's decoder cannot read JSON nested 100,000 deep, whether the file opens with an array
+    or with an object on its first line (tried as JSON Lines first): a SourceError naming the file,
+    not a RecursionError out of the reader."""
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: JSON nested too deeply to read"):
+        list(SourceReader([str(path)], "text"))
+
+
+def test_a_json_file_that_is_not_utf8_is_named_by_the_line_of_the_bad_byte(tmp_path):
+    """A .json array read whole names the line that holds the byte that is not UTF-8 (here line
+    3), counted from 1 as every reader counts lines."""
+    path = tmp_path / "c.json"
+    path.write_bytes(b'[{"text": "a"},\n {"text": "b"},\n {"text": "\xff"}]\n')
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}:3: not valid UTF-8; expected a UTF-8 JSON file"):
         list(SourceReader([str(path)], "text"))
 
 
@@ -1149,6 +1229,10 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
     assert [r.parts[0].text for r in reader] == ["plain", "packed by .bz2", "packed by .gz", "packed by .xz",
                                                  "packed by .zst"]
     assert reader.ignored.count == 0
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "docs")
+    folder = SourceReader([str(tmp_path / "docs")], "text")
+    assert [r.parts[0].text for r in folder] == [r.parts[0].text for r in reader] and folder.ignored.count == 0
     bad = tmp_path / "bad.zip"
     with zipfile.ZipFile(bad, "w") as zf:
         zf.writestr("c.txt.gz", gzip.compress(b"a document")[:-6])  # cut short
@@ -1163,6 +1247,8 @@ def test_a_zip_reads_its_compressed_text_members_as_a_folder_does(tmp_path):
     ('{"response": "b", "reward": 1', r"Expecting ',' delimiter at column 30: the text ends before the JSON value "
                                       r"does \(cut short\?\)\)"),
     ('{"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 18\)"),
+    ('{"response": "b", "reward": 1 x', r"Expecting ',' delimiter at column 31\)"),  # the last character is the error
+    ('  {"response": "b" "reward": 1}', r"Expecting ',' delimiter at column 20\)"),  # leading spaces count
 ])
 @pytest.mark.parametrize("after", ["", "\n", "\r\n", '\n{"response": "c", "reward": 1}\n'])
 def test_malformed_json_names_the_column_and_a_line_cut_short(tmp_path, last, detail, after):
@@ -1214,6 +1300,16 @@ def test_jsonl_chunks_hold_about_max_bytes_of_lines(tmp_path):
     assert max(sum(map(len, c)) for _, c in chunks) < 12_000 + 5000 and len(chunks) >= 20
 
 
+def test_a_byte_order_mark_on_a_later_line_is_malformed_json_on_both_paths(tmp_path):
+    """Only the file's own byte-order mark is dropped: one opening a later line (two files joined
+    with cat) makes that line malformed, named by its line, on the line path and the chunk path."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"text": "a"}\n\xef\xbb\xbf{"text": "b"}\n')
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=rf"^{re.escape(str(path))}:2: malformed JSON \(Unexpected UTF-8 BOM"):
+            read(SourceReader([str(path)], "text"))
+
+
 def test_jsonl_chunks_drop_a_byte_order_mark_only_at_the_start_of_the_file(tmp_path):
     from rcond.sources import jsonl_chunks
 
@@ -1236,7 +1332,9 @@ def test_records_read_one_by_one_come_up_to_size_a_batch_and_end_one_at_max_byte
 
 def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
     """Long records come fewer to a batch, on every reading path (JSON Lines column-wise, Parquet,
-    .arrow, records one by one), and the records are those of one big batch, in order."""
+    .arrow, a saved dataset, records one by one), and the records are those of one big batch, in
+    order."""
+    import datasets
     import pyarrow as pa
     import pyarrow.feather as feather
     import pyarrow.parquet as pq
@@ -1246,7 +1344,8 @@ def test_batches_of_long_documents_hold_about_max_bytes(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
     feather.write_feather(pa.Table.from_pylist(rows), tmp_path / "a.arrow")
     (tmp_path / "a.json").write_text(json.dumps(rows))
-    for name in ("a.jsonl", "a.parquet", "a.arrow", "a.json"):
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for name in ("a.jsonl", "a.parquet", "a.arrow", "a.json", "saved"):
         reader = SourceReader([str(tmp_path / name)], "scored")
         whole = list(reader.batches(1000, max_bytes=1 << 30))
         cut = list(reader.batches(1000, max_bytes=10_000))
@@ -1298,3 +1397,465 @@ def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path
     release.set()
     left_behind.join(10)
     assert reader.skipped.count == 1 and reader.skipped.examples == [f"{src}:1: scorer returned a non-finite reward nan"]
+
+
+@pytest.mark.parametrize("spec,hub", [
+    ("someone/data", True), ("someone/data:test", True),
+    ("reviews", False),                  # a bare name: a missing file here, not a hub id
+    ("./someone/data", False),           # a path relative to here
+    ("~/data/reviews", False),           # a path from the home folder
+    ("data/reviews.zip", False),         # a data file's suffix: .zip
+    ("data/reviews.jsonl.gz", False),    # ... compressed
+    ("data/reviews.jsonl:train", False),  # ... before a :split
+])
+def test_only_owner_slash_name_is_taken_for_a_hub_id_when_no_such_path_exists(tmp_path, monkeypatch, spec, hub):
+    """An input that is not here is read from the hub only when it reads as ``owner/name``
+    (optionally ``:split``): a bare name, a path from ``~`` or a name ending in a data file's suffix
+    (a .zip, a compressed one, one before ``:split``) is a mistyped path, reported as missing
+    rather than sent to the hub."""
+    from rcond import sources
+
+    asked = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources, "_load_streaming", lambda name, split: asked.append((name, split)) or iter([{"text": "t"}]))
+    if hub:
+        assert list(iter_rows(spec)) == [(f"{spec}:row 1", {"text": "t"})]
+        assert asked == [(spec.partition(":")[0], spec.partition(":")[2] or "train")]
+    else:
+        with pytest.raises(SourceError, match=rf"^{re.escape(spec)}: no such file or directory$"):
+            list(iter_rows(spec))
+        assert asked == []
+
+
+def test_a_name_with_dots_is_read_by_its_last_suffix_and_a_zip_in_capitals_is_a_zip(tmp_path):
+    """``reviews.v2.jsonl`` is JSON Lines and ``notes.2024.txt.gz`` a compressed document (the
+    suffix that names the format is the last one before any compression suffix); ``DOCS.ZIP`` is
+    an archive, as ``.TXT`` and ``.JSONL.GZ`` are read in any case."""
+    import gzip
+    import zipfile
+
+    write_jsonl(tmp_path / "reviews.v2.jsonl", [{"text": "a"}])
+    assert list(iter_rows(str(tmp_path / "reviews.v2.jsonl"))) == [(f"{tmp_path / 'reviews.v2.jsonl'}:1", {"text": "a"})]
+    (tmp_path / "notes.2024.txt.gz").write_bytes(gzip.compress(b"a document"))
+    assert [t for _, t in iter_rows(str(tmp_path / "notes.2024.txt.gz"))] == ["a document"]
+    with zipfile.ZipFile(tmp_path / "DOCS.ZIP", "w") as zf:
+        zf.writestr("a.txt", "in the archive")
+    assert list(iter_rows(str(tmp_path / "DOCS.ZIP"))) == [(f"{tmp_path / 'DOCS.ZIP'}!a.txt", "in the archive")]
+
+
+@pytest.mark.parametrize("name", ["p.parquet.gz", "p.arrow.zst"])
+def test_iter_rows_refuses_a_compressed_parquet_or_arrow_file_rather_than_read_it_as_csv(tmp_path, name):
+    """iter_rows (which ``rcond sample --prompts`` calls directly, without the SourceReader's
+    up-front check) refuses a compressed Parquet or Arrow file by name; read past the check, its
+    decompressed bytes would go to the CSV reader."""
+    import gzip
+
+    (tmp_path / name).write_bytes(gzip.compress(b"prompt\nnot,really,parquet\n"))
+    with pytest.raises(SourceError, match=rf"{re.escape(name)}: a compressed (Parquet|Arrow) file is not read"):
+        list(iter_rows(str(tmp_path / name)))
+
+
+def test_an_input_under_the_home_folder_is_read_from_a_tilde_path(tmp_path, monkeypatch):
+    """``~/in.jsonl`` and ``~/in.parquet`` are read from the home folder, as a shell would expand
+    them (a quoted ``~`` in a config or a script reaches rcond unexpanded); the Parquet file as
+    Parquet, not as CSV."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_jsonl(tmp_path / "in.jsonl", [{"text": "home"}])
+    pq.write_table(pa.table({"text": ["home"]}), tmp_path / "in.parquet")
+    for spec in ("~/in.jsonl", "~/in.parquet"):
+        assert [row for _, row in iter_rows(spec)] == [{"text": "home"}], spec
+
+
+def test_closing_a_zst_reader_closes_the_file_it_reads(tmp_path):
+    """Closing the .zst reader closes the file object it was given (as its docstring says), so
+    reading a folder of .txt.zst files does not leave one open file each behind."""
+    import zstandard
+
+    from rcond.sources import _decompressing
+
+    path = tmp_path / "a.txt.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"some text"))
+    raw = open(path, "rb")
+    with _decompressing(raw, ".zst") as f:
+        assert f.read() == b"some text"
+    assert raw.closed and f.closed
+
+
+@pytest.mark.parametrize("suffix,error", [(".gz", "error: Error -3 while decompressing data"),
+                                          (".xz", "LZMAError: Corrupt input data"),
+                                          (".bz2", "OSError: Invalid data stream")])
+def test_a_compressed_file_damaged_inside_is_named_not_a_crash(tmp_path, suffix, error):
+    """Bytes changed in the middle of a compressed stream raise zlib.error (gzip), LZMAError (xz)
+    or OSError (bz2), none of them a subclass of another: each is a SourceError naming the file and
+    the decompressor's complaint, on the line path, the chunk path and for a document."""
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {".gz": gzip.compress, ".xz": lzma.compress, ".bz2": bz2.compress}[suffix]
+    rows = b"".join(b'{"response": "r%d", "reward": %d}\n' % (i, i) for i in range(3000))
+    packed = compress(rows)
+    damaged = packed[:40] + bytes(b ^ 0x55 for b in packed[40:60]) + packed[60:]
+    (tmp_path / f"r.jsonl{suffix}").write_bytes(damaged)
+    (tmp_path / f"d.txt{suffix}").write_bytes(damaged)
+    for spec, read in ((f"r.jsonl{suffix}", list), (f"r.jsonl{suffix}", lambda r: list(r.batches())),
+                       (f"d.txt{suffix}", list)):
+        path = tmp_path / spec
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: cannot be read \({error}"):
+            read(SourceReader([str(path)], "scored" if "jsonl" in spec else "text"))
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("a.jsonl", b'{"text": "a"}\n{broken\n', ":2: malformed JSON"),
+    ("a.json", b'[{"text": "a"}, 5]', ":item 2: expected a JSON object, got a number (5)"),
+    ("a.csv", b"text\na\nb,c\n", ":row 2 (line 3): 2 fields, but the header (line 1) names 1"),
+    ("a.txt", b"fine\n\xff", ":2: not valid UTF-8 (byte 1 of the line)"),
+])
+def test_a_bad_record_of_every_reader_is_a_record_error(tmp_path, name, data, message):
+    """A bad line of JSON Lines, a bad item of a .json array, a bad CSV row and a document that is
+    not UTF-8 are each a RecordError (what --on-error skip skips, and what the CLI's hint to pass
+    it is shown for), not a plain SourceError about the whole input."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(RecordError) as caught:
+        list(SourceReader([str(path)], "text"))
+    assert str(caught.value).startswith(f"{path}{message}")
+
+
+def test_a_csv_cell_past_the_csv_modules_field_limit_is_named_by_its_line(tmp_path, monkeypatch):
+    """A cell longer than the csv module's field limit (2**31 - 1 characters here, lowered to 10
+    for the test) stops the file with an error naming the line its row starts on: the only
+    error the csv module raises under the dialect read."""
+    import csv
+
+    from rcond import sources
+
+    path = tmp_path / "long.csv"
+    path.write_text("text\nshort\n\"" + "x" * 5 + "\n" + "y" * 20 + "\"\n")  # row 2 starts on line 3
+    before = csv.field_size_limit(10)
+    try:
+        monkeypatch.setattr(sources, "CSV_FIELD_LIMIT", 10)
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}:3: not readable as CSV \(field larger than "
+                                              rf"field limit \(10\)\)"):
+            list(iter_rows(str(path)))
+    finally:
+        csv.field_size_limit(before)
+
+
+def test_a_parquet_file_in_capitals_is_read_not_taken_for_a_compressed_one(tmp_path):
+    """``P.PARQUET`` is a Parquet file (its suffix in capitals), read, not refused by the up-front
+    check for a compressed Parquet file (``p.parquet.gz``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"response": ["x"], "reward": [1.0]}), tmp_path / "P.PARQUET")
+    assert [r.parts[1].text for r in SourceReader([str(tmp_path / "P.PARQUET")], "scored")] == ["x"]
+
+
+def _breaks_after_one_row(*a, **kw):
+    yield {"text": "a"}
+    raise ConnectionError("connection reset")
+
+
+def _no_such_split(*a, **kw):
+    raise ValueError("Bad split: test. Available splits: ['train']")
+
+
+@pytest.mark.parametrize("stream,spec,message", [
+    (_breaks_after_one_row, "someone/data", r"reading the hub dataset failed after row 1 \(ConnectionError: connection "
+                                            r"reset\)$"),
+    (_no_such_split, "someone/data:test", r"not a file or folder here, and not readable as a hub dataset \(ValueError: "
+                                          r"Bad split: test"),
+])
+def test_a_hub_dataset_that_fails_is_named_with_how_far_it_was_read(monkeypatch, stream, spec, message):
+    """A hub dataset whose stream breaks after one row was read is named as failing after row 1,
+    not as unreadable: it was found, and its first row read; one the hub client refuses with a
+    ValueError (``datasets``' unknown split) is named as not readable."""
+    from rcond import sources
+
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources, "_load_streaming", stream)
+    with pytest.raises(SourceError, match=rf"^{spec}: {message}"):
+        list(iter_rows(spec))
+
+
+def test_an_arrow_column_of_nulls_only_holds_no_bytes_and_its_rows_are_named(tmp_path):
+    """A column Arrow types as null (every value missing) takes no bytes: a batch of it is cut by
+    the mean row size without dividing by zero, and each row is named as lacking its text, on the
+    record path and the column-wise one."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = pa.table({"text": pa.array([None, None])})
+    assert table.nbytes == 0
+    feather.write_feather(table, tmp_path / "n.arrow")
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=rf"^{re.escape(str(tmp_path / 'n.arrow'))}:row 1: field 'text' is null"):
+            read(SourceReader([str(tmp_path / "n.arrow")], "text"))
+    skipping = SourceReader([str(tmp_path / "n.arrow")], "text", on_error="skip")
+    assert list(skipping) == [] and skipping.skipped.count == 2
+
+
+def test_a_parquet_file_of_long_rows_is_decoded_in_batches_of_about_max_bytes(tmp_path, monkeypatch):
+    """Parquet batches are bounded where pyarrow decodes them, by the file's mean row size (its
+    metadata), not only cut afterwards: 60 rows of about 1 kB in one row group, read with 10 kB a
+    batch, come from the Parquet reader about 10 at a time, all in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rcond import sources
+
+    rows = [{"response": f"{i} " + "word " * 200, "reward": float(i)} for i in range(60)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    assert pq.ParquetFile(tmp_path / "a.parquet").metadata.num_row_groups == 1
+    decoded, real = [], sources._parquet_batches
+
+    def watched(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            decoded.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(sources, "_parquet_batches", watched)
+    batches = list(sources.arrow_batches(str(tmp_path / "a.parquet"), 1000, max_bytes=10_000))
+    assert sum(decoded) == 60 and 5 <= len(decoded) <= 15 and max(decoded) <= 12, decoded
+    assert [r["response"] for _, _, b in batches for r in b.to_pylist()] == [r["response"] for r in rows]
+
+
+def test_a_saved_split_is_named_past_the_last_colon_and_a_file_or_folder_of_that_name_is_not_one(tmp_path,
+                                                                                               monkeypatch):
+    """``DIR:SPLIT`` is cut at its last colon, so a DatasetDict below a folder whose name holds one
+    (``runs:v2/dd:test``) is read, from ``~`` too; a file that exists under the very name given
+    (``dd:x.jsonl``) is that file, not a split of ``dd``; and a folder of documents holding a
+    folder named ``state.json`` is no saved dataset."""
+    import datasets
+
+    home = tmp_path / "runs:v2"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"text": "a"}]),
+                          "test": datasets.Dataset.from_list([{"text": "b"}])}).save_to_disk(str(home / "dd"))
+    monkeypatch.setenv("HOME", str(home))
+    for spec in (f"{home}/dd:test", "~/dd:test"):
+        assert list(iter_rows(spec)) == [(f"{home / 'dd'}:test:row 1", {"text": "b"})], spec
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(home))}/dd:: no such file or directory$"):
+        list(iter_rows(f"{home}/dd:"))  # a colon without a split names no split, not the train split
+    write_jsonl(home / "dd:x.jsonl", [{"text": "file"}])
+    assert list(iter_rows(f"{home}/dd:x.jsonl")) == [(f"{home}/dd:x.jsonl:1", {"text": "file"})]
+    (tmp_path / "docs" / "state.json").mkdir(parents=True)
+    (tmp_path / "docs" / "a.txt").write_text("a document")
+    assert list(iter_rows(str(tmp_path / "docs"))) == [(str(tmp_path / "docs" / "a.txt"), "a document")]
+
+
+def test_a_column_given_three_times_is_counted(tmp_path):
+    """The refusal of a repeated column name says how many times it appears (here 3)."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["c"])], names=["text"] * 3)
+    feather.write_feather(table, tmp_path / "t.arrow")
+    with pytest.raises(SourceError, match=r"t\.arrow: column 'text' appears 3 times; expected each column name once"):
+        list(iter_rows(str(tmp_path / "t.arrow")))
+
+
+def test_a_damaged_later_shard_of_a_saved_dataset_counts_its_own_rows(tmp_path):
+    """A saved dataset's second shard cut short in its rows is named with the rows read from that
+    shard (none), not with the rows of the shards before it, since the message names the shard."""
+    import datasets
+
+    datasets.Dataset.from_list([{"text": t} for t in "abcd"]).save_to_disk(str(tmp_path / "two"), num_shards=2)
+    first, second = sorted((tmp_path / "two").glob("*.arrow"))
+    second.write_bytes(second.read_bytes()[:-30])
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(second))}: reading failed after row 0 \("):
+        list(iter_rows(str(tmp_path / "two")))
+
+
+def test_a_saved_dataset_whose_json_is_not_what_save_to_disk_writes_is_named(tmp_path):
+    """A state.json or dataset_dict.json that is missing (a split's folder without one), not an
+    object, holds no list where one is expected, or lists shard names rather than
+    ``{"filename": ...}`` is a SourceError naming that file, not a crash or a misread split."""
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"text": "a"}])
+    datasets.DatasetDict({"train": rows, "test": rows}).save_to_disk(str(tmp_path / "dd"))
+    dd = tmp_path / "dd"
+    (dd / "test" / "state.json").unlink()
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(dd / 'test' / 'state.json'))}: not readable as the JSON "
+                                          rf"datasets' save_to_disk writes"):
+        list(iter_rows(f"{dd}:test"))
+    state = dd / "train" / "state.json"
+    for written, message in (("[]", ": not readable as the JSON datasets' save_to_disk writes"),
+                             ('{"_data_files": "data-00000-of-00001.arrow"}', ": no list '_data_files'"),
+                             ('{"_data_files": ["data-00000-of-00001.arrow"]}',
+                              ": '_data_files' is not a list of {\"filename\": ...}")):
+        state.write_text(written)
+        with pytest.raises(SourceError, match=rf"^{re.escape(str(state) + message)}"):
+            list(iter_rows(str(dd)))
+    (dd / "dataset_dict.json").write_text('{"splits": "train"}')  # a string, in which 'train' is found
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(dd / 'dataset_dict.json'))}: no list 'splits'"):
+        list(iter_rows(str(dd)))
+
+
+def test_folders_and_zips_pass_over_hidden_names_at_any_depth_and_what_is_no_file(tmp_path):
+    """A folder read below a hidden one (``~/.cache/docs``) is read; inside it, a hidden file in a
+    subfolder, a macOS ``__MACOSX`` folder and a subfolder named like a document are passed over
+    unnamed; a zip's directory entries and hidden members are too, and a zip without one .txt
+    member is refused as a folder without one is."""
+    import zipfile
+
+    docs = tmp_path / ".cache" / "docs"
+    (docs / "sub" / "chapters.txt").mkdir(parents=True)
+    (docs / "__MACOSX").mkdir()
+    (docs / "a.txt").write_text("first")
+    (docs / "sub" / "b.txt").write_text("second")
+    (docs / "sub" / ".draft.txt").write_text("hidden")
+    (docs / "__MACOSX" / "a.txt").write_text("fork")
+    ignored = []
+    assert [text for _, text in iter_rows(str(docs), on_ignored=ignored.append)] == ["first", "second"]
+    assert ignored == []
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("d/", "")
+        zf.writestr("d/a.txt", "first")
+        zf.writestr("d/sub/.draft.txt", "hidden")
+        zf.writestr("__MACOSX/d/a.txt", "fork")
+    assert [text for _, text in iter_rows(str(archive), on_ignored=ignored.append)] == ["first"]
+    assert ignored == []
+    with zipfile.ZipFile(tmp_path / "none.zip", "w") as zf:
+        zf.writestr("readme.md", "no documents")
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(tmp_path / 'none.zip'))}: archive holds no \.txt files$"):
+        list(iter_rows(str(tmp_path / "none.zip")))
+
+
+def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
+    """A file's fingerprint is the sha256 of all its bytes (past the first MiB read); a folder's
+    covers its .txt documents, each by its name below the folder (a document moved to another
+    subfolder changes it) and its bytes, not the files it does not read (notes, hidden ones);
+    ``~/docs`` is the folder at home; a hub id is fingerprinted by its name."""
+    import hashlib
+
+    from rcond.sources import fingerprint
+
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(os.urandom(3 << 19))  # 1.5 MiB
+    assert fingerprint(str(big)) == "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+    docs = tmp_path / "docs"
+    (docs / "one").mkdir(parents=True)
+    (docs / "one" / "a.txt").write_text("document")
+    expected = "sha256:" + hashlib.sha256(b"one/a.txt" + b"document").hexdigest()
+    assert fingerprint(str(docs)) == expected
+    (docs / "notes.md").write_text("not read")
+    (docs / ".hidden.txt").write_text("not read")
+    assert fingerprint(str(docs)) == expected
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert fingerprint("~/docs") == expected
+    (docs / "one").rename(docs / "two")
+    assert fingerprint(str(docs)) == "sha256:" + hashlib.sha256(b"two/a.txt" + b"document").hexdigest() != expected
+    assert fingerprint("someone/data:test") == "hub:someone/data:test"
+
+
+def test_a_saved_datasets_fingerprint_leaves_out_hidden_files(tmp_path):
+    """A hidden file left in a saved dataset's folder (a .DS_Store, an editor's lock file) is not
+    read, so it does not change the dataset's fingerprint."""
+    import datasets
+
+    from rcond.sources import fingerprint
+
+    datasets.Dataset.from_list([{"text": "a"}]).save_to_disk(str(tmp_path / "one"))
+    before = fingerprint(str(tmp_path / "one"))
+    (tmp_path / "one" / ".DS_Store").write_bytes(b"\0\1")
+    assert fingerprint(str(tmp_path / "one")) == before
+
+
+@pytest.mark.parametrize("data", [b"not a zip archive at all", b"PK\x03\x04" + b"\0" * 40])
+def test_a_file_named_zip_that_is_no_readable_archive_is_named(tmp_path, data):
+    """A .zip that is not a zip archive (or only its first bytes) is a SourceError naming it as
+    unreadable, not zipfile's BadZipFile out of the reader."""
+    path = tmp_path / "docs.zip"
+    path.write_bytes(data)
+    with pytest.raises(SourceError, match=rf"^{re.escape(str(path))}: not a readable zip archive \(File is not a zip "
+                                          rf"file\)$"):
+        list(iter_rows(str(path)))
+
+
+def test_an_empty_zst_file_holds_no_rows_and_a_damaged_json_gz_is_named(tmp_path):
+    """An empty .jsonl.zst (no frame at all) holds no rows, as an empty .jsonl.gz does; a .json.gz
+    that is not gzip is named as unreadable from its very first line (where the reader looks to
+    tell an array from JSON Lines), not a BadGzipFile out of the reader."""
+    (tmp_path / "e.jsonl.zst").write_bytes(b"")
+    assert list(iter_rows(str(tmp_path / "e.jsonl.zst"))) == []
+    (tmp_path / "d.json.gz").write_bytes(b'[{"text": "not gzip"}]')
+    with pytest.raises(SourceError, match=r"d\.json\.gz: cannot be read \(BadGzipFile: Not a gzipped file"):
+        list(iter_rows(str(tmp_path / "d.json.gz")))
+
+
+def test_csv_line_breaks_inside_quoted_cells_are_kept_as_written(tmp_path):
+    """The file is read without newline translation (as the csv module requires): a CRLF or a
+    lone CR inside a quoted cell stays in the text, and CRLF row ends are no text."""
+    path = tmp_path / "r.csv"
+    path.write_bytes(b'text,n\r\n"a\r\nb",1\r\n"c\rd",2\r\n')
+    assert [row["text"] for _, row in iter_rows(str(path))] == ["a\r\nb", "c\rd"]
+
+
+def test_a_folder_named_like_a_parquet_file_is_a_folder_of_documents(tmp_path):
+    """A folder whose name ends in .parquet is read as the folder it is, not opened as Parquet."""
+    (tmp_path / "d.parquet").mkdir()
+    (tmp_path / "d.parquet" / "a.txt").write_text("a document")
+    assert [text for _, text in iter_rows(str(tmp_path / "d.parquet"))] == ["a document"]
+
+
+def test_files_without_a_suffix_are_named_as_not_read(tmp_path):
+    """A folder's or zip's file without any suffix (LICENSE) is no document, and is named as not
+    read like any other."""
+    import zipfile
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a document")
+    (tmp_path / "docs" / "LICENSE").write_text("terms")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as zf:
+        zf.writestr("a.txt", "a document")
+        zf.writestr("LICENSE", "terms")
+    for spec, named in ((tmp_path / "docs", str(tmp_path / "docs" / "LICENSE")),
+                        (tmp_path / "d.zip", f"{tmp_path / 'd.zip'}!LICENSE")):
+        ignored = []
+        assert [text for _, text in iter_rows(str(spec), on_ignored=ignored.append)] == ["a document"]
+        assert ignored == [named]
+
+
+def test_values_that_are_no_object_are_named_by_kind_and_cut_to_40_characters(tmp_path):
+    """What a .json item or a Parquet field is, when it is not what was expected: an array, a
+    bytes value by its Python type, and a long string or number shown by its first 40 characters
+    (repr, so a string's quote opens it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "k.json").write_text(json.dumps(["x" * 100, 10 ** 50, [1]]))
+    reader = SourceReader([str(tmp_path / "k.json")], "text", on_error="skip")
+    assert list(reader) == []
+    assert [e.split(": ", 1)[1] for e in reader.skipped.examples] == [
+        "expected a JSON object, got a string ('" + "x" * 39 + ")",
+        "expected a JSON object, got a number (" + "1" + "0" * 39 + ")",
+        "expected a JSON object, got an array"]
+    pq.write_table(pa.table({"text": pa.array([b"raw"], pa.binary())}), tmp_path / "b.parquet")
+    with pytest.raises(SourceError, match=r"b\.parquet:row 1: field 'text' must be a string, got a bytes$"):
+        list(SourceReader([str(tmp_path / "b.parquet")], "text"))
+
+
+def test_an_integer_past_pythons_digit_limit_is_read_as_the_float_it_is_not_a_crash(tmp_path):
+    """Python refuses to turn more than 4,300 digits into an int (a ValueError that named no line
+    and ended ``rcond preprocess`` with a traceback): such an integer is read as the float it is
+    (inf), as Arrow's reader has it, so a record holding one in a field no format reads is read on
+    the line path as on the chunk path, and one given as its reward is named as not finite."""
+    huge = "1" + "0" * 5000
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b", "id": ' + huge + '}\n')
+    assert [r.parts[0].text for r in SourceReader([str(path)], "text")] == ["a", "b"]
+    assert [t for b in SourceReader([str(path)], "text").batches() for t in b.texts] == ["a", "b"]
+    (tmp_path / "n.json").write_text('[{"text": "c", "id": ' + huge + '}]')
+    assert [r.parts[0].text for r in SourceReader([str(tmp_path / "n.json")], "text")] == ["c"]
+    (tmp_path / "r.jsonl").write_text('{"response": "a", "reward": 1}\n{"response": "b", "reward": ' + huge + '}\n')
+    for read in (list, lambda r: list(r.batches())):
+        with pytest.raises(RecordError, match=r"r\.jsonl:2: reward must be a finite number, got inf"):
+            read(SourceReader([str(tmp_path / "r.jsonl")], "scored"))
