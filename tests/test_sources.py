@@ -1358,13 +1358,26 @@ def test_a_zip_of_documents_is_refused_for_pairs_whatever_the_case_of_its_suffix
         SourceReader([str(tmp_path / "D.ZIP")], "pairs")
 
 
-def test_a_missing_jsonl_file_is_named_on_the_batch_path_too(tmp_path):
+@pytest.mark.parametrize("name,fmt", [("gone.jsonl", "scored"), ("gone.txt", "pairs")])
+def test_a_missing_file_is_named_missing_on_the_batch_path_too(tmp_path, name, fmt):
     """batches() (the build's path) reads JSON Lines chunk by chunk, but a .jsonl that is not
-    there is the same one-line error as when iterating, not a raw FileNotFoundError."""
-    missing = tmp_path / "gone.jsonl"
+    there is the same one-line error as when iterating, not a raw FileNotFoundError; and a .txt
+    that is not there is missing, not refused as a document that pairs cannot read."""
+    missing = tmp_path / name
     for read_all in (list, lambda reader: list(reader.batches())):
         with pytest.raises(SourceError, match=re.escape(f"{missing}: no such file or directory")):
-            read_all(SourceReader([str(missing)], "scored"))
+            read_all(SourceReader([str(missing)], fmt))
+
+
+def test_files_a_folder_does_not_read_are_named_on_the_batch_path_too(tmp_path):
+    """batches() (the build's path) names the files of a folder that are no documents, as
+    iterating does, so that the build's summary can list them."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("first")
+    (tmp_path / "docs" / "notes.md").write_text("not a document")
+    reader = SourceReader([str(tmp_path / "docs")], "text")
+    assert [t for b in reader.batches() for t in b.texts] == ["first"]
+    assert reader.ignored.examples == [str(tmp_path / "docs" / "notes.md")]
 
 
 def test_a_batch_whose_records_were_all_skipped_is_not_handed_on(tmp_path):
