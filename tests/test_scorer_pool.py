@@ -101,10 +101,13 @@ def test_a_scorer_error_in_a_worker_names_the_scorer_and_what_it_raised(scorers)
             scores_in_batches(pool, ["a", "b", "c", "d"], 256)
 
 
-def test_a_worker_that_dies_is_a_scorer_error(scorers):
+@pytest.mark.parametrize("score", [lambda pool: scores_in_batches(pool, ["a", "b"], 256),
+                                   lambda pool: pool.values(["a", "b"])])
+def test_a_worker_that_dies_is_a_scorer_error(scorers, score):
+    """Through scores_in_batches or the pool's own values(): a ScorerError, not BrokenProcessPool."""
     with ScorerPool(scorers("die"), 2) as pool:
         with pytest.raises(ScorerError, match="a worker process died .*try fewer --score-workers"):
-            scores_in_batches(pool, ["a", "b"], 256)
+            score(pool)
 
 
 def test_a_worker_killed_between_batches_is_a_scorer_error_on_the_next_submit(scorers):
@@ -139,6 +142,7 @@ def test_a_bad_spec_fails_before_any_process_starts(tmp_path):
         ScorerPool("no such scorer", 2)
     with pytest.raises(ValueError, match="at least 2 workers"):
         ScorerPool("vader", 1)
+    assert repr(ScorerPool(" vader ", 2)) == "ScorerPool('vader', workers=2)"  # the scorer's name, as a Scorer's
 
 
 def test_a_ctrl_c_while_the_pool_starts_leaves_no_worker_behind(ctrl_c_after_each_process_start):
