@@ -133,14 +133,17 @@ def test_a_tokenizer_whose_json_encodes_otherwise_is_a_clear_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("records", [40, 4])
+def test_a_worker_that_dies_stops_the_build_with_a_clear_error(tmp_path, monkeypatch, records):
     """A worker killed mid-build (here: it exits while unpickling its batch, as if killed or out
-    of memory) is a CorpusError that suggests fewer workers, and nothing is left behind."""
+    of memory) is a CorpusError that suggests fewer workers, and nothing is left behind. With 4
+    records there is one batch and no later submit to find the pool broken: the death comes out
+    of the batch's own result."""
     import os
 
     from rcond.sources import PartBatch
 
-    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(40)])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"a b {i}", "reward": i} for i in range(records)])
     monkeypatch.setattr(PartBatch, "__reduce__", lambda self: (os._exit, (3,)), raising=False)
     with pytest.raises(CorpusError, match="a worker process of the build died .*try fewer --workers"):
         build(SourceReader([str(src)], "scored"), tmp_path / "out", word_tokenizer(),
@@ -285,3 +288,67 @@ def test_a_build_killed_outright_takes_its_worker_processes_with_it(tmp_path, fl
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_the_process_limit_is_4_per_core_of_the_affinity_and_never_under_8():
+    """Worker processes may be up to 4 per core this process may run on (its CPU affinity, as a
+    container or ``taskset`` sets it, not the machine's count) and 8 however few the cores: pinned
+    to one core, 8 are allowed and 9 refused; on the cores given back, 4 per core exactly."""
+    from rcond.parallel import too_many_processes, usable_cores
+
+    cpus = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cpus)})  # this thread only: what usable_cores reads
+        assert usable_cores() == 1
+        assert too_many_processes("--workers", 8) is None
+        assert too_many_processes("--workers", 9) == "--workers 9 is more than 4 per core (1 cores here: at most 8)"
+    finally:
+        os.sched_setaffinity(0, cpus)
+    limit = max(8, 4 * len(cpus))
+    assert too_many_processes("--score-workers", limit) is None
+    assert too_many_processes("--score-workers", limit + 1).startswith(
+        f"--score-workers {limit + 1} is more than 4 per core ({len(cpus)} cores here: at most {limit})")
+
+
+def test_a_worker_that_died_while_starting_is_a_clear_error():
+    """A start future broken by a dead worker (killed while importing, out of memory) is the
+    build's CorpusError, as a death later on is, not the executor's raw BrokenProcessPool."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rcond.parallel import wait_started
+
+    died = Future()
+    died.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+    with pytest.raises(CorpusError, match=r"a worker process of the build died \(A process in the process pool was "
+                                          r"terminated abruptly\); try fewer --workers"):
+        wait_started([died])
+
+
+def test_starting_the_forkserver_leaves_ctrl_c_unblocked_in_the_caller():
+    """The forkserver is started with SIGINT blocked, so that it inherits the block; the caller's
+    own mask must be restored after, or Ctrl-C would stay pending here (and in every process
+    started from this thread) for the rest of the run."""
+    import signal
+
+    from rcond.parallel import worker_context
+
+    try:
+        worker_context()
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def test_workers_end_documents_with_the_tokenizers_own_eos_id(tmp_path):
+    """Each worker gets the eos id of the build's tokenizer: one whose eos is not id 0 ('h', id
+    8 here) gives the same corpus with workers as in one process, every document ending in 8."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "a b c", "reward": float(i)} for i in range(6)])
+    got = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        _, summary = build(SourceReader([str(src)], "scored"), out, word_tokenizer(eos_token="h", pad_token="h"),
+                           binning="quantile", opts=PackOptions(workers=workers, encode_batch=2), progress=False)
+        got.append(corpus_files(out))
+    assert got[0] == got[1]

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def slow(texts):
 
 def stuck(texts):
     time.sleep(600)
+    return [0.5] * len(texts)
+
+def sleepy(texts):
+    time.sleep(10)
     return [0.5] * len(texts)
 '''
 
@@ -96,10 +101,13 @@ def test_a_scorer_error_in_a_worker_names_the_scorer_and_what_it_raised(scorers)
             scores_in_batches(pool, ["a", "b", "c", "d"], 256)
 
 
-def test_a_worker_that_dies_is_a_scorer_error(scorers):
+@pytest.mark.parametrize("score", [lambda pool: scores_in_batches(pool, ["a", "b"], 256),
+                                   lambda pool: pool.values(["a", "b"])])
+def test_a_worker_that_dies_is_a_scorer_error(scorers, score):
+    """Through scores_in_batches or the pool's own values(): a ScorerError, not BrokenProcessPool."""
     with ScorerPool(scorers("die"), 2) as pool:
         with pytest.raises(ScorerError, match="a worker process died .*try fewer --score-workers"):
-            scores_in_batches(pool, ["a", "b"], 256)
+            score(pool)
 
 
 def test_a_worker_killed_between_batches_is_a_scorer_error_on_the_next_submit(scorers):
@@ -134,6 +142,7 @@ def test_a_bad_spec_fails_before_any_process_starts(tmp_path):
         ScorerPool("no such scorer", 2)
     with pytest.raises(ValueError, match="at least 2 workers"):
         ScorerPool("vader", 1)
+    assert repr(ScorerPool(" vader ", 2)) == "ScorerPool('vader', workers=2)"  # the scorer's name, as a Scorer's
 
 
 def test_a_ctrl_c_while_the_pool_starts_leaves_no_worker_behind(ctrl_c_after_each_process_start):
@@ -311,3 +320,190 @@ def test_a_scorer_error_names_the_records_not_positions_in_a_call(tmp_path, caps
     assert f"{at(201)} to {at(last)}: scorer '{scorers('boom_on_bad')}' failed on " \
            f"the texts of these records: ValueError: cannot score that" in err
     assert not (tmp_path / "c").exists()
+
+
+LAZY = '''
+import multiprocessing, sys
+
+def __getattr__(name):  # a module that builds its scorer lazily, on first use (a model it loads)
+    if name != "score":
+        raise AttributeError(name)
+    if multiprocessing.parent_process() is not None:
+        {failure}
+    return lambda texts: [0.5] * len(texts)
+'''
+
+
+@pytest.mark.parametrize("failure,cause", [('raise RuntimeError("no GPU in this worker")',
+                                            "RuntimeError: no GPU in this worker"),
+                                           ('sys.exit("no GPU in this worker")', "SystemExit: no GPU in this worker")])
+def test_a_scorer_that_fails_to_build_in_a_worker_after_its_import_names_the_cause(tmp_path, failure, cause):
+    """Built lazily (a module __getattr__), a scorer can fail in a worker after its module
+    imported: the pool's error names the spec and the cause, SystemExit too (which would
+    otherwise end the worker's start, leaving only 'a worker process failed to start')."""
+    path = tmp_path / "lazy.py"
+    path.write_text(LAZY.format(failure=failure))
+    spec = f"{path}:score"
+    with pytest.raises(ScorerError, match=re.escape(f"scorer {spec!r} could not be built in a --score-workers "
+                                                    f"process: {cause}")):
+        with ScorerPool(spec, 2):
+            pytest.fail("the pool was entered")
+
+
+def test_a_pool_used_outside_its_with_block_says_so(scorers):
+    """Before it is entered and after it is left, a pool refuses work with its own message (not
+    the executor's 'cannot schedule new futures after shutdown')."""
+    pool = ScorerPool(scorers("length"), 2)
+    with pytest.raises(RuntimeError, match="ScorerPool used outside its 'with' block"):
+        pool.values(["a"])
+    with pool:
+        assert pool.values(["abc"]) == [3.0]
+    with pytest.raises(RuntimeError, match="ScorerPool used outside its 'with' block"):
+        pool.values(["a"])
+
+
+def test_a_pool_left_leaves_no_pipe_open(scorers):
+    """The pipe that ends the workers with their owner is closed at both ends when the pool is
+    left, even while the pool object lives on: a process that builds many corpora does not gather
+    open files. Counted after a first pool, which starts the forkserver and resource tracker."""
+    with ScorerPool(scorers("length"), 2):
+        pass
+    before = sorted(os.listdir("/proc/self/fd"))
+    pool = ScorerPool(scorers("length"), 2)
+    with pool:
+        assert pool.values(["ab"]) == [2.0]
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def altered_start(monkeypatch, **parts):
+    """Pools start from worker_context()'s context with ``parts`` (name: function of the real
+    context) in place of its own: a way to reach failures that take minutes, or a dead forkserver."""
+    import rcond.parallel as parallel
+
+    start = parallel.worker_context
+
+    class Altered:
+        def __init__(self, context):
+            self._context = context
+
+        def __getattr__(self, name):
+            return (lambda *a, **kw: parts[name](self._context, *a, **kw)) if name in parts else \
+                getattr(self._context, name)
+
+    monkeypatch.setattr(parallel, "worker_context", lambda: Altered(start()))
+
+
+def test_workers_that_do_not_all_start_in_time_are_a_clear_error(scorers, monkeypatch):
+    """The start barrier breaks when a worker is not up within START_TIMEOUT (600 s: a machine
+    short of memory, a scorer slow to build in one worker). Waiting that long is no test, so the
+    barrier is handed out broken; the workers' BrokenBarrierError comes back as the pool's
+    error, naming how many workers and what to do."""
+    from rcond.scorer_pool import START_TIMEOUT
+
+    def broken_barrier(context, parties):
+        barrier = context.Barrier(parties)
+        barrier.abort()
+        return barrier
+
+    altered_start(monkeypatch, Barrier=broken_barrier)
+    spec = scorers("length")
+    with pytest.raises(ScorerError, match=re.escape(f"scorer {spec!r}: its 2 worker processes did not all start within "
+                                                    f"{START_TIMEOUT:.0f} s; use fewer --score-workers")):
+        with ScorerPool(spec, 2):
+            pytest.fail("the pool was entered")
+
+
+def test_a_worker_the_forkserver_cannot_start_is_a_scorer_error(scorers, monkeypatch):
+    """A process start that loses its connection to the forkserver (killed meanwhile) raises a
+    ConnectionError or EOFError, not BrokenProcessPool: the pool's error all the same."""
+    def unreachable(context, *args, **kwargs):
+        process = context.Process(*args, **kwargs)
+        process.start = lambda: (_ for _ in ()).throw(ConnectionRefusedError("the forkserver is gone"))
+        return process
+
+    altered_start(monkeypatch, Process=unreachable)
+    with pytest.raises(ScorerError, match=r"a worker process failed to start \(ConnectionRefusedError: the forkserver "
+                                          r"is gone\)"):
+        with ScorerPool(scorers("length"), 2):
+            pytest.fail("the pool was entered")
+
+
+def within(seconds, fn):
+    """``fn()`` run in a thread: what it raised (None if it returned), or a failure if it was not done
+    within ``seconds`` (the thread is left, a daemon)."""
+    import threading
+
+    box = {}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"not done within {seconds} s")
+    return box.get("error")
+
+
+ONE_WORKER_FAILS = '''
+import multiprocessing, os, time
+if multiprocessing.parent_process() is not None:  # the first worker to import this fails, slowly; the other builds
+    try:
+        os.close(os.open({flag!r}, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        pass
+    else:
+        time.sleep(1.0)  # the other worker meanwhile takes a start task and waits at the barrier
+        raise RuntimeError("no GPU left for this worker")
+
+def score(texts):
+    return [0.5] * len(texts)
+'''
+
+
+def test_one_worker_that_cannot_build_the_scorer_fails_the_pool_at_once(tmp_path):
+    """The other worker built its scorer and waits at the start barrier (up to START_TIMEOUT,
+    600 s) for the one that failed: the pool raises the failure at once, not when it gives up."""
+    path = tmp_path / "one_fails.py"
+    path.write_text(ONE_WORKER_FAILS.format(flag=str(tmp_path / "failed")))
+
+    def enter():
+        with ScorerPool(f"{path}:score", 2):
+            pass
+
+    error = within(30, enter)
+    assert isinstance(error, ScorerError) and "no GPU left for this worker (in a --score-workers process)" in str(error)
+
+
+def test_an_error_leaving_the_pool_stops_a_worker_mid_batch(scorers):
+    """An error (a bad record, Ctrl-C) leaves the pool while a worker is 10 s into a batch whose
+    scores nobody will use: the worker is stopped at once, not waited for."""
+    def fail_mid_batch():
+        with ScorerPool(scorers("sleepy"), 2) as pool:
+            pool.submit(["a"])
+            time.sleep(0.5)  # the worker in its call
+            raise ValueError("a bad record")
+
+    error = within(5, fail_mid_batch)
+    assert isinstance(error, ValueError) and str(error) == "a bad record"
+
+
+def test_a_scorer_error_counts_positions_across_calls_and_parts(scorers):
+    """Texts 0-9, text 7 'bad'. One process, calls of 4: the call that fails holds texts 4-7, and
+    the one score that is no number is text 7. A pool of 2 cuts 10 texts, --score-batch 4, at 3
+    and 6: the failing part holds texts 6-9. Positions count in the whole list, not in the call."""
+    texts = [f"good {i}" for i in range(10)]
+    texts[7] = "bad 7"
+    for name, where in (("boom_on_bad", (4, 7)), ("word_for_bad", (7, 7))):
+        with pytest.raises(ScorerError) as raised:
+            scores_in_batches(get_scorer(scorers(name)), texts, 4)
+        assert raised.value.texts == where, name
+    with ScorerPool(scorers("boom_on_bad"), 2) as pool:
+        with pytest.raises(ScorerError) as raised:
+            scores_in_batches(pool, texts, 4)
+        assert raised.value.texts == (6, 9)
+

@@ -1859,3 +1859,134 @@ def test_an_integer_past_pythons_digit_limit_is_read_as_the_float_it_is_not_a_cr
     for read in (list, lambda r: list(r.batches())):
         with pytest.raises(RecordError, match=r"r\.jsonl:2: reward must be a finite number, got inf"):
             read(SourceReader([str(tmp_path / "r.jsonl")], "scored"))
+
+
+# ---------------------------------------------------------------------------- the reading driver
+# (check_reading, SourceReader's batches, texts and re-reads): found by a hand-made mutation audit
+
+
+@pytest.mark.parametrize("inputs,fmt,kw,message", [
+    (["x.jsonl"], "rows", {}, "unknown format 'rows'; expected one of pairs, scored, dialog, text"),
+    (["x.jsonl"], "scored", {"on_error": "ignore"}, "--on-error must be 'fail' or 'skip', got 'ignore'"),
+    ([], "scored", {}, "no input given"),
+    ([""], "text", {}, "an input path is empty; give a file, a folder or a hub dataset id"),
+    (["x.jsonl", "  "], "text", {}, "an input path is empty; give a file, a folder or a hub dataset id"),
+    (["x.jsonl"], "text", {"scorer": len}, "--score-with does not apply to --format text: text documents are always "
+                                           "'off' mode"),
+    (["x.jsonl"], "scored", {"fields": FieldNames(response="r\udce9sponse")},
+     "--response-field 'r\\udce9sponse': not valid UTF-8; expected a field name as the input spells it"),
+])
+def test_check_reading_refuses_what_no_read_could_use(inputs, fmt, kw, message):
+    """Every refusal of check_reading, made before anything is read (an empty path would read the
+    current folder; the others would fail later, or change nothing), with its own message."""
+    with pytest.raises(SourceError, match=re.escape(message)):
+        SourceReader(inputs, fmt, **kw)
+
+
+def test_a_score_field_the_format_never_reads_is_named_as_such_with_a_scorer(tmp_path):
+    """--chosen-score-field means nothing to format scored, scorer or not: the error says the
+    format reads no such field, not that the scorer replaces it (as it would --reward-field)."""
+    with pytest.raises(SourceError, match=r"^--chosen-score-field: format 'scored' reads no such field \(it reads "
+                                          r"'prompt', 'response', 'text'\)"):
+        SourceReader(["x.jsonl"], "scored", FieldNames(chosen_score="cs"), scorer=lambda ts: [0.0] * len(ts))
+
+
+def test_two_field_options_naming_one_field_are_both_named():
+    """One column cannot be both the prompt and the response: the error names both options, in
+    the order the format reads them."""
+    with pytest.raises(SourceError, match=r"^--prompt-field and --response-field both name the field 'q'; each must "
+                                          r"name its own field"):
+        SourceReader(["x.jsonl"], "scored", FieldNames(prompt="q", response="q"))
+
+
+def test_a_dialog_turns_reward_key_may_share_the_name_of_the_turns_field(tmp_path):
+    """A turn's reward key is looked up in each turn, not in the record: it may be spelled as the
+    record's turns field is ('reward' both here), unlike two record fields of one name."""
+    turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "reward": 0.25}]
+    (rec,), _ = read(tmp_path, "dialog", [{"reward": turns}], fields=FieldNames(turns="reward"))
+    assert [p.rtg for p in rec.parts] == [None, 0.25]
+
+
+def test_a_zip_of_documents_is_refused_for_pairs_whatever_the_case_of_its_suffix(tmp_path):
+    """Suffixes are read in any case: D.ZIP is a zip of documents too, refused up front for pairs
+    and dialogs, not read document by document into as many errors."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "D.ZIP", "w") as zf:
+        zf.writestr("a.txt", "hello")
+    with pytest.raises(SourceError, match=re.escape(f"{tmp_path / 'D.ZIP'}: format 'pairs' needs JSON/CSV/Parquet rows, "
+                                                    f"not plain-text documents")):
+        SourceReader([str(tmp_path / "D.ZIP")], "pairs")
+
+
+@pytest.mark.parametrize("name,fmt", [("gone.jsonl", "scored"), ("gone.txt", "pairs")])
+def test_a_missing_file_is_named_missing_on_the_batch_path_too(tmp_path, name, fmt):
+    """batches() (the build's path) reads JSON Lines chunk by chunk, but a .jsonl that is not
+    there is the same one-line error as when iterating, not a raw FileNotFoundError; and a .txt
+    that is not there is missing, not refused as a document that pairs cannot read."""
+    missing = tmp_path / name
+    for read_all in (list, lambda reader: list(reader.batches())):
+        with pytest.raises(SourceError, match=re.escape(f"{missing}: no such file or directory")):
+            read_all(SourceReader([str(missing)], fmt))
+
+
+def test_files_a_folder_does_not_read_are_named_on_the_batch_path_too(tmp_path):
+    """batches() (the build's path) names the files of a folder that are no documents, as
+    iterating does, so that the build's summary can list them."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("first")
+    (tmp_path / "docs" / "notes.md").write_text("not a document")
+    reader = SourceReader([str(tmp_path / "docs")], "text")
+    assert [t for b in reader.batches() for t in b.texts] == ["first"]
+    assert reader.ignored.examples == [str(tmp_path / "docs" / "notes.md")]
+
+
+def test_a_batch_whose_records_were_all_skipped_is_not_handed_on(tmp_path):
+    """Under --on-error skip, a chunk of lines that were all bad yields no (empty) batch, on the
+    column-wise path and on the record one."""
+    path = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}, "{oops", "{oops", "{oops"])
+    (tmp_path / "in.json").write_text(json.dumps([{"response": "a", "reward": 1}] + [{"response": "b"}] * 3))
+    for source in (path, tmp_path / "in.json"):
+        reader = SourceReader([str(source)], "scored", on_error="skip")
+        assert [b.records for b in reader.batches(1)] == [1]
+        assert reader.skipped.count == 3
+
+
+def test_texts_are_read_without_the_scorer_and_without_empty_ones(tmp_path):
+    """texts() feeds the tokenizer's training: with a scorer set the rows need no reward field and
+    the scorer is never called (rewards are not needed for texts), and a record's empty prompt
+    gives no empty text."""
+    calls = []
+
+    def scorer(texts):
+        calls.append(texts)
+        return [0.0] * len(texts)
+
+    path = write_jsonl(tmp_path / "in.jsonl", [{"response": "first"}, {"prompt": "", "response": "second"},
+                                               {"prompt": "q", "response": "third"}])
+    (tmp_path / "in.json").write_text(path.read_text().replace("\n", ",").join("[]").replace(",]", "]"))
+    for source in (path, tmp_path / "in.json"):  # the column-wise path and the record one
+        reader = SourceReader([str(source)], "scored", scorer=scorer)
+        assert list(reader.texts()) == ["first", "second", "q", "third"], source
+    assert calls == []
+
+
+def test_reading_again_counts_skipped_records_afresh(tmp_path):
+    """Each read (iteration or batches) starts its own skip log: a second read of the same input
+    reports its bad records once, not twice."""
+    path = write_jsonl(tmp_path / "in.jsonl", [{"response": "a", "reward": 1}, "{oops", {"response": "b"}])
+    reader = SourceReader([str(path)], "scored", on_error="skip")
+    for read_once in (list, list, lambda r: list(r.batches()), lambda r: list(r.batches())):
+        read_once(reader)
+        assert reader.skipped.count == 2
+        assert [e.split(": ")[0] for e in reader.skipped.examples] == [f"{path}:2", f"{path}:3"]
+
+
+def test_a_dialog_with_two_non_finite_turn_scores_names_the_first(tmp_path):
+    """The error names the first turn the scorer gave no finite reward, and that reward."""
+    turns = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "x"},
+             {"role": "user", "content": "v"}, {"role": "assistant", "content": "y"}]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}])
+    scores = {"x": float("inf"), "y": float("nan")}
+    with pytest.raises(SourceError, match=re.escape(f"{path}:1 turn 2: scorer returned a non-finite reward inf")):
+        list(SourceReader([str(path)], "dialog", scorer=lambda ts: [scores[t] for t in ts]))
