@@ -101,12 +101,15 @@ def test_output_appearing_meanwhile_is_not_clobbered(tmp_path):
 
 
 def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    """The old output is moved aside, then the new one fails to take its place: the old one is
+    moved back. (The rename that fails is the new output's onto the target; failing every rename
+    from a ``.out.tmp-*`` name failed the lock file's, before the work, and never reached the swap.)"""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("old")
-    real = os.replace
+    real, worked = os.replace, []
 
     def replace(src, dst):
-        if ".out.tmp-" in str(src):  # the new output taking its place
+        if Path(dst) == tmp_path / "out" and Path(src).name.startswith(".out.tmp-"):  # the new output taking its place
             raise OSError("rename failed")
         return real(src, dst)
 
@@ -114,6 +117,8 @@ def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
+            worked.append(True)
+    assert worked == [True]
     assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
 
 
