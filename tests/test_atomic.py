@@ -486,3 +486,96 @@ def test_a_temp_dir_whose_lock_is_held_or_from_another_machine_is_kept(tmp_path)
         assert atomic.remove_leftovers(tmp_path / "out") == []
     assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-held"]  # let go: removed now
     assert names(tmp_path) == [".out.tmp-nolock", ".out.tmp-there", ".out.tmp-there.lock"]
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc")
+def test_runs_and_the_removal_of_leftovers_leave_no_descriptor_open(tmp_path):
+    """Each run opens its lock file, and the removal of leftovers opens every lock file beside the
+    target: all are closed again, published or failed, removed or kept (a command writing many
+    outputs, or a long-lived process, would otherwise run out of descriptors)."""
+    import fcntl
+
+    def leftover(name, machine):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.lock").write_text(f"{machine}\n1\n")
+
+    leftover(".out.tmp-dead", atomic._machine())
+    leftover(".out.tmp-there", "another-machine")
+    leftover(".out.tmp-held", atomic._machine())
+    with open(tmp_path / ".out.tmp-held.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = _open_fds()
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        with pytest.raises(RuntimeError):
+            with atomic_dir(tmp_path / "other"):
+                raise RuntimeError("the work failed")
+        assert _open_fds() == before
+    assert names(tmp_path) == [".out.tmp-held", ".out.tmp-held.lock", ".out.tmp-there", ".out.tmp-there.lock", "out"]
+
+
+def test_a_dead_runs_leftover_of_another_output_is_not_removed(tmp_path):
+    """Only the leftovers of the output being written are this run's to remove: a killed run's
+    temp dir for another output beside it (``.other.tmp-*``, its lock free) stays for that output's
+    next run, as does one for a name that merely starts like this one (``.out2.tmp-*``)."""
+    for name in (".other.tmp-dead", ".out2.tmp-dead", ".out.tmp-dead"):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.lock").write_text(f"{atomic._machine()}\n1\n")
+    assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-dead"]
+    assert names(tmp_path) == [".other.tmp-dead", ".other.tmp-dead.lock", ".out2.tmp-dead", ".out2.tmp-dead.lock"]
+
+
+def test_a_leftover_that_cannot_be_removed_keeps_its_lock_file_for_a_later_try(tmp_path, monkeypatch):
+    """A dead run's temp dir that cannot be removed now (a file in it held open on another system,
+    say) keeps its lock file: without it, no later run would know the dir to be a dead run's, and
+    it would stay for good. The next try, once removal works, takes both."""
+    (tmp_path / ".out.tmp-dead").mkdir()
+    (tmp_path / ".out.tmp-dead" / "half.bin").write_bytes(b"x")
+    (tmp_path / ".out.tmp-dead.lock").write_text(f"{atomic._machine()}\n1\n")
+    real = atomic.shutil.rmtree
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)  # removes nothing
+    assert atomic.remove_leftovers(tmp_path / "out") == []
+    assert names(tmp_path) == [".out.tmp-dead", ".out.tmp-dead.lock"]
+    monkeypatch.setattr(atomic.shutil, "rmtree", real)
+    assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-dead"]
+    assert names(tmp_path) == []
+
+
+def test_a_lock_that_cannot_be_taken_leaves_nothing(tmp_path, monkeypatch):
+    """A file system that refuses locks (some network ones): the run fails before its work, and
+    leaves no temp dir, no lock file or its staging copy, and no folder it made."""
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with pytest.raises(OSError, match="No locks available"):
+        with atomic_dir(tmp_path / "made" / "out"):
+            pytest.fail("the work must not start")
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("fails", ["temp dir", "lock file"])
+def test_a_path_too_long_for_the_temp_dir_or_its_lock_removes_the_folders_made(tmp_path, fails):
+    """Every name is short enough, and the output's own path is within the system's limit on a
+    whole path, but the hidden temp dir's, or its lock file's, is not (each name is longer than
+    the output's): the run fails before the work, and the folder it made for the output is
+    removed again, with nothing of the temp dir or the lock left."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")  # 4096 on Linux, the terminating NUL included
+    deep = tmp_path
+    while len(str(deep)) + 2 * 201 + 40 < limit:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    made = deep / ("n" * 200)
+    room = limit - len(str(made)) - 1  # the characters a name in `made` may have before its path is too long
+    # the temp dir is ".NAME.tmp-XXXXXXXX" (NAME + 14), its lock's staging name that + ".lk-XXXXXXXX" (+ 12 more)
+    name = "o" * (room - 10 if fails == "temp dir" else room - 20)
+    with pytest.raises(OSError, match="too long"):
+        with atomic_dir(made / name):
+            pytest.fail("the work must not start")
+    assert not made.exists() and names(deep) == []
