@@ -350,9 +350,11 @@ def test_overwrite_refuses_an_earlier_output_that_holds_anything_else(tmp_path):
     (many / "widget.json").write_text("{}")
     for i in range(7):
         (many / f"u{i}").write_text("x")
-    with pytest.raises(OutputExistsError, match=r"also u0, u1, u2, u3, u4 and 2 more, which"):
-        with atomic_dir(many, overwrite=True, kind=kind):
-            pass
+    for shown in ("u0, u1, u2, u3, u4 and 2 more", "u0, u1, u2, u3, u4 and 1 more", "u0, u1, u2, u3, u4"):
+        with pytest.raises(OutputExistsError, match=rf"also {shown}, which"):  # five named, the rest counted
+            with atomic_dir(many, overwrite=True, kind=kind):
+                pass
+        (many / sorted(kind.foreign(many))[-1]).unlink()
 
 
 def test_an_output_kind_needs_its_files_as_files_and_its_folders_as_folders(tmp_path):
@@ -579,3 +581,84 @@ def test_a_path_too_long_for_the_temp_dir_or_its_lock_removes_the_folders_made(t
         with atomic_dir(made / name):
             pytest.fail("the work must not start")
     assert not made.exists() and names(deep) == []
+
+
+def test_an_existing_empty_folder_is_written_into_without_overwrite(tmp_path):
+    """An empty folder (made beforehand, say by a script) is no earlier output: it takes the output
+    without --overwrite, as the README's 'refused unless empty' says."""
+    (tmp_path / "out").mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("x")
+    assert names(tmp_path / "out") == ["f"] and names(tmp_path) == ["out"]
+
+
+def test_a_dangling_link_at_the_target_is_refused_and_kept(tmp_path):
+    """A symbolic link whose target is gone 'does not exist' to Path.exists, but a rename onto it
+    would fail (or replace the link): it is refused as something that is not a folder, before the
+    work, and left as it was."""
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match=f"^{tmp_path / 'out'} is a file, not a directory"):
+            with atomic_dir(tmp_path / "out", overwrite=overwrite):
+                pytest.fail("the work must not start")
+    assert (tmp_path / "out").is_symlink() and names(tmp_path) == ["out"]
+
+
+def test_a_blank_output_path_is_refused_as_empty(tmp_path, monkeypatch):
+    """``--out " "`` (a stray space from a script's variable) is as empty as ``--out ""``: refused,
+    not a folder named by a space made in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    for target in (" ", "  \t"):
+        with pytest.raises(OutputPathError, match="^the output path is empty"):
+            with atomic_dir(target):
+                pytest.fail("the work must not start")
+    assert names(tmp_path) == []
+
+
+def test_every_input_is_kept_and_a_missing_one_or_a_hub_id_is_not_in_the_way(tmp_path, monkeypatch):
+    """The second of two inputs inside the output folder is refused as much as the first; an input
+    that is no file here (a hub id owner/name, a missing file) holds nothing to delete, so an output
+    folder named like its first part is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text("a")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "b.jsonl").write_text("b")
+    with pytest.raises(OutputPathError, match="^data: holds the input data/b.jsonl"):
+        with atomic_dir("data", overwrite=True, keep=("a.jsonl", "data/b.jsonl")):
+            pytest.fail("the work must not start")
+    assert (tmp_path / "data" / "b.jsonl").read_text() == "b"
+    with atomic_dir("owner", keep=("owner/name", "owner/missing.jsonl")) as tmp:
+        (tmp / "f").write_text("x")
+    assert names(tmp_path) == ["a.jsonl", "data", "owner"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_in_the_way_is_named_as_what_blocks_the_output(tmp_path):
+    """Not only a regular file: any entry that is not a folder (here a named pipe) where the
+    output's folder must be is named as what is in the way."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OutputPathError, match=f"cannot create the output there: {tmp_path / 'pipe'} is a file, not"):
+        with atomic_dir(tmp_path / "pipe" / "out"):
+            pytest.fail("the work must not start")
+    assert names(tmp_path) == ["pipe"]
+
+
+def test_the_old_output_is_moved_aside_beside_it(tmp_path, monkeypatch):
+    """When replacing, the old output is renamed into a hidden ``.out.old-*`` folder beside it, on
+    the same file system (a rename into the system's temp folder fails across file systems), and
+    that folder is gone afterwards."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    real, moves = os.replace, []
+
+    def replace(src, dst):
+        moves.append((Path(src), Path(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    aside = [dst for src, dst in moves if src == tmp_path / "out"]
+    assert len(aside) == 1 and aside[0].name == "old" and aside[0].parent.parent == tmp_path
+    assert aside[0].parent.name.startswith(".out.old-")
+    assert names(tmp_path) == ["out"] and names(tmp_path / "out") == ["new.txt"]
