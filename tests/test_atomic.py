@@ -662,3 +662,65 @@ def test_the_old_output_is_moved_aside_beside_it(tmp_path, monkeypatch):
     assert len(aside) == 1 and aside[0].name == "old" and aside[0].parent.parent == tmp_path
     assert aside[0].parent.name.startswith(".out.old-")
     assert names(tmp_path) == ["out"] and names(tmp_path / "out") == ["new.txt"]
+
+
+def test_the_outputs_a_command_published_are_all_named_overwrite_or_not(tmp_path):
+    """What the interrupted command's last words name as written in full: every output put in
+    place since the command began, a replaced one too; the next command starts with none."""
+    from rcond.atomic import outputs_published, recording_interrupts
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old").write_text("old")
+    with recording_interrupts():
+        for target, overwrite in ((tmp_path / "a", False), (tmp_path / "b", True)):
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                (tmp / "f").write_text("x")
+        assert outputs_published() == [tmp_path / "a", tmp_path / "b"]
+    with recording_interrupts():
+        assert outputs_published() == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_in_place_when_a_signal_lands_counts_as_published(tmp_path, monkeypatch, overwrite):
+    """A Ctrl-C at the end of the rename that puts the output in place: the output stays, and is
+    named as written (the command's message must not say no output was written)."""
+    from rcond.atomic import outputs_published, recording_interrupts
+
+    if overwrite:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "old.txt").write_text("old")
+    real, target = os.replace, tmp_path / "out"
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst) == target:  # the new output is in place: a Ctrl-C arrives as the rename ends
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with recording_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                (tmp / "new.txt").write_text("new")
+        assert outputs_published() == [target]
+    assert names(target) == ["new.txt"] and names(tmp_path) == ["out"]
+
+
+def test_an_output_is_written_from_a_thread_other_than_the_main_one(tmp_path):
+    """Only the main thread may set signal handlers: from another thread (a server's worker, a
+    notebook's background job) no handler is set, and the output is written all the same."""
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            with atomic_dir(tmp_path / "out") as tmp:
+                (tmp / "f").write_text("x")
+        except BaseException as e:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and names(tmp_path / "out") == ["f"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
