@@ -665,3 +665,24 @@ def test_a_ctrl_c_after_the_corpus_is_in_place_says_it_was_written(tmp_path, mon
     monkeypatch.setattr(corpus, "build", interrupted)  # the next command starts with none written
     assert preprocess(tmp_path, rows, out="d") == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; no output was left half-written"
+
+
+def test_a_ctrl_c_dropped_while_the_summary_prints_still_exits_130(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C whose KeyboardInterrupt Python drops (inside a finalizer) as the command ends: the
+    command still ends as interrupted (130), naming the corpus, which was complete, as written."""
+    from conftest import DropsACtrlC
+    from rcond import cli
+
+    real = cli.format_preprocess_summary
+
+    def summary(*a, **k):
+        DropsACtrlC()  # its KeyboardInterrupt is dropped: the summary goes on
+        return real(*a, **k)
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    monkeypatch.setattr(cli, "format_preprocess_summary", summary)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"interrupted after {tmp_path / 'c'} had been written in full; nothing was left half-written"
+    load(tmp_path / "c")
