@@ -686,3 +686,16 @@ def test_a_ctrl_c_dropped_while_the_summary_prints_still_exits_130(tmp_path, mon
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"interrupted after {tmp_path / 'c'} had been written in full; nothing was left half-written"
     load(tmp_path / "c")
+
+
+def test_an_output_holding_the_input_is_refused_before_the_input_is_read(tmp_path, capsys):
+    """--out naming the folder the input lies in (with --overwrite): exit 2 saying so, before the
+    input is read (its broken second line is not reported), and the input is kept."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = write_jsonl(data / "in.jsonl", [{"response": "a", "reward": 1}, "{broken"])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(data), "--overwrite",
+                 "--tokenizer", "train:300", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {data}: holds the input {src}, which writing the output would replace" in err, err
+    assert "malformed JSON" not in err and src.exists()
