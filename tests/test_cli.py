@@ -699,3 +699,41 @@ def test_an_output_holding_the_input_is_refused_before_the_input_is_read(tmp_pat
     err = capsys.readouterr().err
     assert f"error: {data}: holds the input {src}, which writing the output would replace" in err, err
     assert "malformed JSON" not in err and src.exists()
+
+
+@pytest.mark.parametrize("bad,shown", [(5, 5), (6, 5)])
+def test_summary_names_five_skipped_records_and_counts_the_rest(tmp_path, capsys, bad, shown):
+    """Five bad records are all named; a sixth is counted ('... and 1 more skipped'), not named."""
+    rows = [{"response": "good", "reward": 1}] + [{"bad": i} for i in range(bad)]
+    assert preprocess(tmp_path, rows, "--on-error", "skip") == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("  skipped: ")] == \
+        [f"  skipped: {tmp_path / 'in.jsonl'}:{i}: missing field 'response' (or 'text'); fields present: ['bad']"
+         for i in range(2, 2 + shown)]
+    assert [line for line in out.splitlines() if "more skipped" in line] == (["  ... and 1 more skipped"] if bad > 5
+                                                                            else [])
+
+
+@pytest.mark.parametrize("others", [3, 4])
+def test_summary_notes_files_of_an_input_folder_that_were_not_read(tmp_path, capsys, others):
+    """A folder of .txt documents with other files in it: the summary counts those and names three,
+    with ', ...' only when there are more."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one document")
+    for i in range(others):
+        (docs / f"img{i}.png").write_bytes(b"\x89PNG")
+    assert main(["preprocess", str(docs), "--format", "text", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--no-progress"]) == 0
+    names = ", ".join(str(docs / f"img{i}.png") for i in range(3))
+    assert f"note: {others} file(s) in the input folders or archives are no .txt documents and were not read: " \
+           f"{names}{', ...' if others > 3 else ''}\n" in capsys.readouterr().out
+
+
+def test_one_bin_is_no_cause_for_a_note(tmp_path, capsys):
+    """--bins 1 puts every reward-to-go token in its one bin by choice: no note that the rewards
+    are all the same (they are not) or that bins are empty."""
+    rows = [{"response": f"reply {i}", "reward": i} for i in range(20)]
+    assert preprocess(tmp_path, rows, "--bins", "1") == 0
+    out = capsys.readouterr().out
+    assert "<|rtg:0|>" in out and "note:" not in out, out
