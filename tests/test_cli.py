@@ -205,8 +205,10 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: --reviews must be a non-negative integer, got -5" in err and "Traceback" not in err
     assert not (tmp_path / "neg").exists()
-    assert main(["toyworld", "--out", str(tmp_path / "neg"), "--texts", "-3", "--no-progress"]) == 2
-    assert "error: --texts must be a non-negative integer, got -3" in capsys.readouterr().err
+    for flag in ("--texts", "--dialogs", "--seed"):
+        assert main(["toyworld", "--out", str(tmp_path / "neg"), flag, "-3", "--no-progress"]) == 2
+        assert f"error: {flag} must be a non-negative integer, got -3" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path
@@ -483,6 +485,10 @@ def test_help_has_examples():
     (["--corpus", "c", "--weights", "1", "2"], "--weights has 2 values for 1 corpus; expected one per corpus"),
     (["--corpus", "c", "--lr", "-1"], "lr must be a positive number, got -1.0"),
     (["--corpus", "c", "--batch-size", "0"], "batch_size must be an integer of at least 1, got 0"),
+    (["--resume", "--config", "stages.toml"], "drop --config"),
+    (["--config", "stages.toml", "--steps", "5"], "--steps and --weights belong to the stages file when --config"),
+    (["--config", "stages.toml", "--weights", "1"], "--steps and --weights belong to the stages file when --config"),
+    ([], "give --corpus DIR (repeatable), --config STAGES.toml, or --resume"),
 ])
 def test_train_flags_are_not_dropped(tmp_path, capsys, args, message):
     """A flag `rcond train` would not use is refused before anything runs (exit 2, nothing written)."""
@@ -740,3 +746,19 @@ def test_one_bin_is_no_cause_for_a_note(tmp_path, capsys):
     assert preprocess(tmp_path, rows, "--bins", "1") == 0
     out = capsys.readouterr().out
     assert "<|rtg:0|>" in out and "note:" not in out, out
+
+
+def test_help_shows_each_default_once_and_none_for_flags(capsys):
+    """An option's help shows its default, unless it has none (None, a flag) or the help already
+    says it: '--block-size ... (default: 1024)', but no '(default: None)' after --bins' own words,
+    and no '(default: False)' after a flag."""
+    with pytest.raises(SystemExit) as e:
+        main(["preprocess", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # the same words however the terminal wraps them
+    assert e.value.code == 0
+    assert "--block-size BLOCK_SIZE tokens per packed row (default: 1024) --uncond-fraction" in out
+    assert ("--bins BINS number of reward-to-go bins K (default: 10, or as many as --binning edges: make) "
+            "--binning") in out
+    assert "--train-on-prompt give prompt / user tokens loss weight 1 --truncate" in out
+    assert "--score-batch N texts per call of the --score-with scorer (default: 256) --gamma" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
