@@ -1,6 +1,7 @@
 """The `rcond` command as a user meets it: exit codes, error messages, atomic output."""
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -639,8 +640,6 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     """A disk that fills while the corpus is written ended the command with a traceback (two,
     chained, from the spill file's close); now one line naming the output, exit 1, and, as before,
     nothing of the output left."""
-    import errno
-
     from rcond import corpus
 
     def full(self, data):
@@ -762,3 +761,25 @@ def test_help_shows_each_default_once_and_none_for_flags(capsys):
     assert "--train-on-prompt give prompt / user tokens loss weight 1 --truncate" in out
     assert "--score-batch N texts per call of the --score-with scorer (default: 256) --gamma" in out
     assert "(default: None)" not in out and "(default: False)" not in out
+
+
+@pytest.mark.parametrize("code,filename", [(errno.EDQUOT, None), (errno.EROFS, None), (errno.EIO, None),
+                                           (errno.EACCES, "tokenizer.json")])
+def test_every_storage_error_is_one_line_exit_1_naming_the_file_it_met(tmp_path, monkeypatch, capsys, code, filename):
+    """A quota, a read-only disk, an I/O error or a permission refused while the corpus is written:
+    like a full disk, one line and exit 1, naming the file the system named (else the output), and
+    nothing left."""
+    from rcond import corpus
+
+    where = tmp_path / "c" / filename if filename else tmp_path / "c"
+
+    def refused(self, data):
+        raise OSError(code, os.strerror(code), *((str(where),) if filename else ()))
+
+    monkeypatch.setattr(corpus.HashingWriter, "write", refused)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: {where}: {os.strerror(code)}; nothing was left half-written"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
