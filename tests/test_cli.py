@@ -783,3 +783,15 @@ def test_every_storage_error_is_one_line_exit_1_naming_the_file_it_met(tmp_path,
     assert err.strip().splitlines()[-1] == f"error: {where}: {os.strerror(code)}; nothing was left half-written"
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_scorer_is_called_on_256_texts_at_a_time_by_default(tmp_path, capsys):
+    """--score-batch's documented default: a --score-with scorer gets the texts 256 at a time (the
+    last call the rest), in one process."""
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "counting.py").write_text(f"def score(texts):\n    with open({str(calls)!r}, 'a') as f:\n"
+                                          f"        f.write(f'{{len(texts)}}\\n')\n    return [1.0] * len(texts)\n")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(300)])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--score-with", f"{tmp_path / 'counting.py'}:score", "--no-progress"]) == 0
+    assert calls.read_text().split() == ["256", "44"]
