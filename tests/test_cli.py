@@ -795,3 +795,14 @@ def test_a_scorer_is_called_on_256_texts_at_a_time_by_default(tmp_path, capsys):
     assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
                  "train:300", "--score-with", f"{tmp_path / 'counting.py'}:score", "--no-progress"]) == 0
     assert calls.read_text().split() == ["256", "44"]
+
+
+def test_inputs_after_the_options_are_read_after_those_before(tmp_path, capsys):
+    """Command-line order: in `rcond preprocess z.jsonl --format ... a.jsonl` z is read first, so
+    its bad line is the one reported. (The corpus's fingerprints are kept sorted by name, so the
+    test above, whose names sort in command-line order, cannot tell.)"""
+    z = write_jsonl(tmp_path / "z.jsonl", [{"response": "first"}])
+    a = write_jsonl(tmp_path / "a.jsonl", [{"response": "second"}])
+    assert main(["preprocess", str(z), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--no-progress", str(a)]) == 2
+    assert f"{z}:1: missing field 'reward'" in capsys.readouterr().err
