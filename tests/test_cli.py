@@ -806,3 +806,23 @@ def test_inputs_after_the_options_are_read_after_those_before(tmp_path, capsys):
     assert main(["preprocess", str(z), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
                  "train:300", "--no-progress", str(a)]) == 2
     assert f"{z}:1: missing field 'reward'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_interrupted_training_exits_130_on_every_rank(tmp_path, monkeypatch, capsys, rank):
+    """Under torchrun every process runs the command: an interrupted run exits 130 on each rank (a
+    rank ending 0 would read as done), and only rank 0 says where the checkpoint is. Training
+    itself is a stand-in here that reports an interrupt at step 3."""
+    from types import SimpleNamespace
+
+    from rcond import train
+
+    interrupted = SimpleNamespace(interrupted=True, steps_done=3)
+    monkeypatch.setattr(train, "train", lambda cfg, out, resume, progress: interrupted)
+    monkeypatch.setenv("RANK", rank)
+    out = tmp_path / "run"
+    assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(out), "--no-progress"]) == 130
+    captured = capsys.readouterr()
+    expected = (f"interrupted at step 3; checkpoint saved in {out / 'checkpoint'}\n"
+                f"continue with: rcond train --out {out} --resume\n")
+    assert captured.err == (expected if rank == "0" else "") and captured.out == ""
