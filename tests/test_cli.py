@@ -826,3 +826,14 @@ def test_an_interrupted_training_exits_130_on_every_rank(tmp_path, monkeypatch, 
     expected = (f"interrupted at step 3; checkpoint saved in {out / 'checkpoint'}\n"
                 f"continue with: rcond train --out {out} --resume\n")
     assert captured.err == (expected if rank == "0" else "") and captured.out == ""
+
+
+def test_an_empty_score_with_is_no_scorer_for_score_workers(tmp_path, capsys):
+    """`--score-with "$SCORER"` with the variable unset: an empty --score-with names no scorer, so
+    --score-workers has nothing to run and is refused, as without --score-with."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good", "reward": 1}])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--score-with", "",
+                 "--score-workers", "2", "--no-progress"]) == 2
+    assert "error: --score-workers sets how the scorer of --score-with runs; give --score-with too" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
