@@ -837,3 +837,14 @@ def test_an_empty_score_with_is_no_scorer_for_score_workers(tmp_path, capsys):
     assert "error: --score-workers sets how the scorer of --score-with runs; give --score-with too" in \
         capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_toyworld_names_each_file_it_wrote(tmp_path, capsys):
+    """`rcond toyworld` says where each file is, the paths a user passes on to preprocess."""
+    out = tmp_path / "toy"
+    assert main(["toyworld", "--out", str(out), "--reviews", "3", "--dialogs", "2", "--texts", "2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"toy world written to {out}", f"  reviews  {out / 'reviews.jsonl'}", f"  dialogs  {out / 'dialogs.jsonl'}",
+        f"  text     {out / 'text.jsonl'}", f"  meta     {out / 'meta.json'}"]
+    assert sorted(p.name for p in out.iterdir()) == ["dialogs.jsonl", "meta.json", "reviews.jsonl", "text.jsonl"]
