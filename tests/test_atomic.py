@@ -101,12 +101,15 @@ def test_output_appearing_meanwhile_is_not_clobbered(tmp_path):
 
 
 def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
+    """The old output is moved aside, then the new one fails to take its place: the old one is
+    moved back. (The rename that fails is the new output's onto the target; failing every rename
+    from a ``.out.tmp-*`` name failed the lock file's, before the work, and never reached the swap.)"""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("old")
-    real = os.replace
+    real, worked = os.replace, []
 
     def replace(src, dst):
-        if ".out.tmp-" in str(src):  # the new output taking its place
+        if Path(dst) == tmp_path / "out" and Path(src).name.startswith(".out.tmp-"):  # the new output taking its place
             raise OSError("rename failed")
         return real(src, dst)
 
@@ -114,6 +117,8 @@ def test_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
             (tmp / "new.txt").write_text("new")
+            worked.append(True)
+    assert worked == [True]
     assert names(tmp_path / "out") == ["old.txt"] and names(tmp_path) == ["out"]
 
 
@@ -345,9 +350,11 @@ def test_overwrite_refuses_an_earlier_output_that_holds_anything_else(tmp_path):
     (many / "widget.json").write_text("{}")
     for i in range(7):
         (many / f"u{i}").write_text("x")
-    with pytest.raises(OutputExistsError, match=r"also u0, u1, u2, u3, u4 and 2 more, which"):
-        with atomic_dir(many, overwrite=True, kind=kind):
-            pass
+    for shown in ("u0, u1, u2, u3, u4 and 2 more", "u0, u1, u2, u3, u4 and 1 more", "u0, u1, u2, u3, u4"):
+        with pytest.raises(OutputExistsError, match=rf"also {shown}, which"):  # five named, the rest counted
+            with atomic_dir(many, overwrite=True, kind=kind):
+                pass
+        (many / sorted(kind.foreign(many))[-1]).unlink()
 
 
 def test_an_output_kind_needs_its_files_as_files_and_its_folders_as_folders(tmp_path):
@@ -481,3 +488,239 @@ def test_a_temp_dir_whose_lock_is_held_or_from_another_machine_is_kept(tmp_path)
         assert atomic.remove_leftovers(tmp_path / "out") == []
     assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-held"]  # let go: removed now
     assert names(tmp_path) == [".out.tmp-nolock", ".out.tmp-there", ".out.tmp-there.lock"]
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc")
+def test_runs_and_the_removal_of_leftovers_leave_no_descriptor_open(tmp_path):
+    """Each run opens its lock file, and the removal of leftovers opens every lock file beside the
+    target: all are closed again, published or failed, removed or kept (a command writing many
+    outputs, or a long-lived process, would otherwise run out of descriptors)."""
+    import fcntl
+
+    def leftover(name, machine):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.lock").write_text(f"{machine}\n1\n")
+
+    leftover(".out.tmp-dead", atomic._machine())
+    leftover(".out.tmp-there", "another-machine")
+    leftover(".out.tmp-held", atomic._machine())
+    with open(tmp_path / ".out.tmp-held.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        before = _open_fds()
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+        with pytest.raises(RuntimeError):
+            with atomic_dir(tmp_path / "other"):
+                raise RuntimeError("the work failed")
+        assert _open_fds() == before
+    assert names(tmp_path) == [".out.tmp-held", ".out.tmp-held.lock", ".out.tmp-there", ".out.tmp-there.lock", "out"]
+
+
+def test_a_dead_runs_leftover_of_another_output_is_not_removed(tmp_path):
+    """Only the leftovers of the output being written are this run's to remove: a killed run's
+    temp dir for another output beside it (``.other.tmp-*``, its lock free) stays for that output's
+    next run, as does one for a name that merely starts like this one (``.out2.tmp-*``)."""
+    for name in (".other.tmp-dead", ".out2.tmp-dead", ".out.tmp-dead"):
+        (tmp_path / name).mkdir()
+        (tmp_path / f"{name}.lock").write_text(f"{atomic._machine()}\n1\n")
+    assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-dead"]
+    assert names(tmp_path) == [".other.tmp-dead", ".other.tmp-dead.lock", ".out2.tmp-dead", ".out2.tmp-dead.lock"]
+
+
+def test_a_leftover_that_cannot_be_removed_keeps_its_lock_file_for_a_later_try(tmp_path, monkeypatch):
+    """A dead run's temp dir that cannot be removed now (a file in it held open on another system,
+    say) keeps its lock file: without it, no later run would know the dir to be a dead run's, and
+    it would stay for good. The next try, once removal works, takes both."""
+    (tmp_path / ".out.tmp-dead").mkdir()
+    (tmp_path / ".out.tmp-dead" / "half.bin").write_bytes(b"x")
+    (tmp_path / ".out.tmp-dead.lock").write_text(f"{atomic._machine()}\n1\n")
+    real = atomic.shutil.rmtree
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, ignore_errors=False: None)  # removes nothing
+    assert atomic.remove_leftovers(tmp_path / "out") == []
+    assert names(tmp_path) == [".out.tmp-dead", ".out.tmp-dead.lock"]
+    monkeypatch.setattr(atomic.shutil, "rmtree", real)
+    assert atomic.remove_leftovers(tmp_path / "out") == [tmp_path / ".out.tmp-dead"]
+    assert names(tmp_path) == []
+
+
+def test_a_lock_that_cannot_be_taken_leaves_nothing(tmp_path, monkeypatch):
+    """A file system that refuses locks (some network ones): the run fails before its work, and
+    leaves no temp dir, no lock file or its staging copy, and no folder it made."""
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with pytest.raises(OSError, match="No locks available"):
+        with atomic_dir(tmp_path / "made" / "out"):
+            pytest.fail("the work must not start")
+    assert names(tmp_path) == []
+
+
+@pytest.mark.parametrize("fails", ["temp dir", "lock file"])
+def test_a_path_too_long_for_the_temp_dir_or_its_lock_removes_the_folders_made(tmp_path, fails):
+    """Every name is short enough, and the output's own path is within the system's limit on a
+    whole path, but the hidden temp dir's, or its lock file's, is not (each name is longer than
+    the output's): the run fails before the work, and the folder it made for the output is
+    removed again, with nothing of the temp dir or the lock left."""
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX")  # 4096 on Linux, the terminating NUL included
+    deep = tmp_path
+    while len(str(deep)) + 2 * 201 + 40 < limit:
+        deep = deep / ("d" * 200)
+    deep.mkdir(parents=True)
+    made = deep / ("n" * 200)
+    room = limit - len(str(made)) - 1  # the characters a name in `made` may have before its path is too long
+    # the temp dir is ".NAME.tmp-XXXXXXXX" (NAME + 14), its lock's staging name that + ".lk-XXXXXXXX" (+ 12 more)
+    name = "o" * (room - 10 if fails == "temp dir" else room - 20)
+    with pytest.raises(OSError, match="too long"):
+        with atomic_dir(made / name):
+            pytest.fail("the work must not start")
+    assert not made.exists() and names(deep) == []
+
+
+def test_an_existing_empty_folder_is_written_into_without_overwrite(tmp_path):
+    """An empty folder (made beforehand, say by a script) is no earlier output: it takes the output
+    without --overwrite, as the README's 'refused unless empty' says."""
+    (tmp_path / "out").mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("x")
+    assert names(tmp_path / "out") == ["f"] and names(tmp_path) == ["out"]
+
+
+def test_a_dangling_link_at_the_target_is_refused_and_kept(tmp_path):
+    """A symbolic link whose target is gone 'does not exist' to Path.exists, but a rename onto it
+    would fail (or replace the link): it is refused as something that is not a folder, before the
+    work, and left as it was."""
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match=f"^{tmp_path / 'out'} is a file, not a directory"):
+            with atomic_dir(tmp_path / "out", overwrite=overwrite):
+                pytest.fail("the work must not start")
+    assert (tmp_path / "out").is_symlink() and names(tmp_path) == ["out"]
+
+
+def test_a_blank_output_path_is_refused_as_empty(tmp_path, monkeypatch):
+    """``--out " "`` (a stray space from a script's variable) is as empty as ``--out ""``: refused,
+    not a folder named by a space made in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    for target in (" ", "  \t"):
+        with pytest.raises(OutputPathError, match="^the output path is empty"):
+            with atomic_dir(target):
+                pytest.fail("the work must not start")
+    assert names(tmp_path) == []
+
+
+def test_every_input_is_kept_and_a_missing_one_or_a_hub_id_is_not_in_the_way(tmp_path, monkeypatch):
+    """The second of two inputs inside the output folder is refused as much as the first; an input
+    that is no file here (a hub id owner/name, a missing file) holds nothing to delete, so an output
+    folder named like its first part is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text("a")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "b.jsonl").write_text("b")
+    with pytest.raises(OutputPathError, match="^data: holds the input data/b.jsonl"):
+        with atomic_dir("data", overwrite=True, keep=("a.jsonl", "data/b.jsonl")):
+            pytest.fail("the work must not start")
+    assert (tmp_path / "data" / "b.jsonl").read_text() == "b"
+    with atomic_dir("owner", keep=("owner/name", "owner/missing.jsonl")) as tmp:
+        (tmp / "f").write_text("x")
+    assert names(tmp_path) == ["a.jsonl", "data", "owner"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_in_the_way_is_named_as_what_blocks_the_output(tmp_path):
+    """Not only a regular file: any entry that is not a folder (here a named pipe) where the
+    output's folder must be is named as what is in the way."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OutputPathError, match=f"cannot create the output there: {tmp_path / 'pipe'} is a file, not"):
+        with atomic_dir(tmp_path / "pipe" / "out"):
+            pytest.fail("the work must not start")
+    assert names(tmp_path) == ["pipe"]
+
+
+def test_the_old_output_is_moved_aside_beside_it(tmp_path, monkeypatch):
+    """When replacing, the old output is renamed into a hidden ``.out.old-*`` folder beside it, on
+    the same file system (a rename into the system's temp folder fails across file systems), and
+    that folder is gone afterwards."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old")
+    real, moves = os.replace, []
+
+    def replace(src, dst):
+        moves.append((Path(src), Path(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    aside = [dst for src, dst in moves if src == tmp_path / "out"]
+    assert len(aside) == 1 and aside[0].name == "old" and aside[0].parent.parent == tmp_path
+    assert aside[0].parent.name.startswith(".out.old-")
+    assert names(tmp_path) == ["out"] and names(tmp_path / "out") == ["new.txt"]
+
+
+def test_the_outputs_a_command_published_are_all_named_overwrite_or_not(tmp_path):
+    """What the interrupted command's last words name as written in full: every output put in
+    place since the command began, a replaced one too; the next command starts with none."""
+    from rcond.atomic import outputs_published, recording_interrupts
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old").write_text("old")
+    with recording_interrupts():
+        for target, overwrite in ((tmp_path / "a", False), (tmp_path / "b", True)):
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                (tmp / "f").write_text("x")
+        assert outputs_published() == [tmp_path / "a", tmp_path / "b"]
+    with recording_interrupts():
+        assert outputs_published() == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_output_in_place_when_a_signal_lands_counts_as_published(tmp_path, monkeypatch, overwrite):
+    """A Ctrl-C at the end of the rename that puts the output in place: the output stays, and is
+    named as written (the command's message must not say no output was written)."""
+    from rcond.atomic import outputs_published, recording_interrupts
+
+    if overwrite:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "old.txt").write_text("old")
+    real, target = os.replace, tmp_path / "out"
+
+    def replace(src, dst):
+        real(src, dst)
+        if Path(dst) == target:  # the new output is in place: a Ctrl-C arrives as the rename ends
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with recording_interrupts():
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_dir(target, overwrite=overwrite) as tmp:
+                (tmp / "new.txt").write_text("new")
+        assert outputs_published() == [target]
+    assert names(target) == ["new.txt"] and names(tmp_path) == ["out"]
+
+
+def test_an_output_is_written_from_a_thread_other_than_the_main_one(tmp_path):
+    """Only the main thread may set signal handlers: from another thread (a server's worker, a
+    notebook's background job) no handler is set, and the output is written all the same."""
+    import threading
+
+    errors = []
+
+    def work():
+        try:
+            with atomic_dir(tmp_path / "out") as tmp:
+                (tmp / "f").write_text("x")
+        except BaseException as e:  # noqa: BLE001 - reported below, in the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert errors == [] and names(tmp_path / "out") == ["f"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,6 +1,7 @@
 """The `rcond` command as a user meets it: exit codes, error messages, atomic output."""
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -205,8 +206,10 @@ def test_toyworld_refusals_are_exit_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: --reviews must be a non-negative integer, got -5" in err and "Traceback" not in err
     assert not (tmp_path / "neg").exists()
-    assert main(["toyworld", "--out", str(tmp_path / "neg"), "--texts", "-3", "--no-progress"]) == 2
-    assert "error: --texts must be a non-negative integer, got -3" in capsys.readouterr().err
+    for flag in ("--texts", "--dialogs", "--seed"):
+        assert main(["toyworld", "--out", str(tmp_path / "neg"), flag, "-3", "--no-progress"]) == 2
+        assert f"error: {flag} must be a non-negative integer, got -3" in capsys.readouterr().err
+    assert not (tmp_path / "neg").exists()
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "csv"])  # the column-wise JSONL path and the record path
@@ -319,6 +322,8 @@ def test_overwrite_keeps_an_earlier_corpus_that_holds_a_users_files_or_another_c
 def test_an_input_or_tokenizer_name_too_long_for_the_file_system_is_a_clear_error(tmp_path, capsys, monkeypatch):
     """A path with a 300-byte name, where the system answers ENAMETOOLONG to any look at it, is
     exit 2 naming it, not an OSError traceback; no output appears."""
+    from rcond.atomic import name_max
+
     monkeypatch.chdir(tmp_path)
     rows = [{"response": "a b", "reward": 1}, {"response": "c", "reward": 0}]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -326,7 +331,8 @@ def test_an_input_or_tokenizer_name_too_long_for_the_file_system_is_a_clear_erro
     for args in ([f"{long}.jsonl", "--tokenizer", "train:300"], [str(src), "--tokenizer", long]):
         assert main(["preprocess", *args, "--format", "scored", "--out", "c", "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert f"error: {long}" in err and "file name too long; expected a path whose every name has at most" in err
+        assert f"error: {long}" in err
+        assert f"file name too long; expected a path whose every name has at most {name_max(tmp_path)} bytes" in err
         assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
@@ -480,6 +486,10 @@ def test_help_has_examples():
     (["--corpus", "c", "--weights", "1", "2"], "--weights has 2 values for 1 corpus; expected one per corpus"),
     (["--corpus", "c", "--lr", "-1"], "lr must be a positive number, got -1.0"),
     (["--corpus", "c", "--batch-size", "0"], "batch_size must be an integer of at least 1, got 0"),
+    (["--resume", "--config", "stages.toml"], "drop --config"),
+    (["--config", "stages.toml", "--steps", "5"], "--steps and --weights belong to the stages file when --config"),
+    (["--config", "stages.toml", "--weights", "1"], "--steps and --weights belong to the stages file when --config"),
+    ([], "give --corpus DIR (repeatable), --config STAGES.toml, or --resume"),
 ])
 def test_train_flags_are_not_dropped(tmp_path, capsys, args, message):
     """A flag `rcond train` would not use is refused before anything runs (exit 2, nothing written)."""
@@ -552,7 +562,10 @@ def test_ctrl_c_while_a_tokenizer_is_trained_exits_130_not_abort(tmp_path):
         assert _handles(proc.pid, signal.SIGTERM), "the command never set up its signal handlers"
         time.sleep(delay)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()  # a run that outlived the timeout (a slow machine) is not left training on its own
         if proc.returncode == 0:  # finished before the signal: nothing to check
             continue
         assert proc.returncode == 130, (sig, delay, err[-400:])
@@ -630,8 +643,6 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsy
     """A disk that fills while the corpus is written ended the command with a traceback (two,
     chained, from the spill file's close); now one line naming the output, exit 1, and, as before,
     nothing of the output left."""
-    import errno
-
     from rcond import corpus
 
     def full(self, data):
@@ -665,3 +676,178 @@ def test_a_ctrl_c_after_the_corpus_is_in_place_says_it_was_written(tmp_path, mon
     monkeypatch.setattr(corpus, "build", interrupted)  # the next command starts with none written
     assert preprocess(tmp_path, rows, out="d") == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted; no output was left half-written"
+
+
+def test_a_ctrl_c_dropped_while_the_summary_prints_still_exits_130(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C whose KeyboardInterrupt Python drops (inside a finalizer) as the command ends: the
+    command still ends as interrupted (130), naming the corpus, which was complete, as written."""
+    from conftest import DropsACtrlC
+    from rcond import cli
+
+    real = cli.format_preprocess_summary
+
+    def summary(*a, **k):
+        DropsACtrlC()  # its KeyboardInterrupt is dropped: the summary goes on
+        return real(*a, **k)
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    monkeypatch.setattr(cli, "format_preprocess_summary", summary)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"interrupted after {tmp_path / 'c'} had been written in full; nothing was left half-written"
+    load(tmp_path / "c")
+
+
+def test_an_output_holding_the_input_is_refused_before_the_input_is_read(tmp_path, capsys):
+    """--out naming the folder the input lies in (with --overwrite): exit 2 saying so, before the
+    input is read (its broken second line is not reported), and the input is kept."""
+    data = tmp_path / "data"
+    data.mkdir()
+    src = write_jsonl(data / "in.jsonl", [{"response": "a", "reward": 1}, "{broken"])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(data), "--overwrite",
+                 "--tokenizer", "train:300", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {data}: holds the input {src}, which writing the output would replace" in err, err
+    assert "malformed JSON" not in err and src.exists()
+
+
+@pytest.mark.parametrize("bad,shown", [(5, 5), (6, 5)])
+def test_summary_names_five_skipped_records_and_counts_the_rest(tmp_path, capsys, bad, shown):
+    """Five bad records are all named; a sixth is counted ('... and 1 more skipped'), not named."""
+    rows = [{"response": "good", "reward": 1}] + [{"bad": i} for i in range(bad)]
+    assert preprocess(tmp_path, rows, "--on-error", "skip") == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("  skipped: ")] == \
+        [f"  skipped: {tmp_path / 'in.jsonl'}:{i}: missing field 'response' (or 'text'); fields present: ['bad']"
+         for i in range(2, 2 + shown)]
+    assert [line for line in out.splitlines() if "more skipped" in line] == (["  ... and 1 more skipped"] if bad > 5
+                                                                            else [])
+
+
+@pytest.mark.parametrize("others", [3, 4])
+def test_summary_notes_files_of_an_input_folder_that_were_not_read(tmp_path, capsys, others):
+    """A folder of .txt documents with other files in it: the summary counts those and names three,
+    with ', ...' only when there are more."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("one document")
+    for i in range(others):
+        (docs / f"img{i}.png").write_bytes(b"\x89PNG")
+    assert main(["preprocess", str(docs), "--format", "text", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--no-progress"]) == 0
+    names = ", ".join(str(docs / f"img{i}.png") for i in range(3))
+    assert f"note: {others} file(s) in the input folders or archives are no .txt documents and were not read: " \
+           f"{names}{', ...' if others > 3 else ''}\n" in capsys.readouterr().out
+
+
+def test_one_bin_is_no_cause_for_a_note(tmp_path, capsys):
+    """--bins 1 puts every reward-to-go token in its one bin by choice: no note that the rewards
+    are all the same (they are not) or that bins are empty."""
+    rows = [{"response": f"reply {i}", "reward": i} for i in range(20)]
+    assert preprocess(tmp_path, rows, "--bins", "1") == 0
+    out = capsys.readouterr().out
+    assert "<|rtg:0|>" in out and "note:" not in out, out
+
+
+def test_help_shows_each_default_once_and_none_for_flags(capsys):
+    """An option's help shows its default, unless it has none (None, a flag) or the help already
+    says it: '--block-size ... (default: 1024)', but no '(default: None)' after --bins' own words,
+    and no '(default: False)' after a flag."""
+    with pytest.raises(SystemExit) as e:
+        main(["preprocess", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # the same words however the terminal wraps them
+    assert e.value.code == 0
+    assert "--block-size BLOCK_SIZE tokens per packed row (default: 1024) --uncond-fraction" in out
+    assert ("--bins BINS number of reward-to-go bins K (default: 10, or as many as --binning edges: make) "
+            "--binning") in out
+    assert "--train-on-prompt give prompt / user tokens loss weight 1 --truncate" in out
+    assert "--score-batch N texts per call of the --score-with scorer (default: 256) --gamma" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+@pytest.mark.parametrize("code,filename", [(errno.EDQUOT, None), (errno.EROFS, None), (errno.EIO, None),
+                                           (errno.EACCES, "tokenizer.json")])
+def test_every_storage_error_is_one_line_exit_1_naming_the_file_it_met(tmp_path, monkeypatch, capsys, code, filename):
+    """A quota, a read-only disk, an I/O error or a permission refused while the corpus is written:
+    like a full disk, one line and exit 1, naming the file the system named (else the output), and
+    nothing left."""
+    from rcond import corpus
+
+    where = tmp_path / "c" / filename if filename else tmp_path / "c"
+
+    def refused(self, data):
+        raise OSError(code, os.strerror(code), *((str(where),) if filename else ()))
+
+    monkeypatch.setattr(corpus.HashingWriter, "write", refused)
+    rows = [{"response": f"reply number {i}", "reward": i / 10} for i in range(40)]
+    assert preprocess(tmp_path, rows) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: {where}: {os.strerror(code)}; nothing was left half-written"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_a_scorer_is_called_on_256_texts_at_a_time_by_default(tmp_path, capsys):
+    """--score-batch's documented default: a --score-with scorer gets the texts 256 at a time (the
+    last call the rest), in one process."""
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "counting.py").write_text(f"def score(texts):\n    with open({str(calls)!r}, 'a') as f:\n"
+                                          f"        f.write(f'{{len(texts)}}\\n')\n    return [1.0] * len(texts)\n")
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": f"text {i}"} for i in range(300)])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--score-with", f"{tmp_path / 'counting.py'}:score", "--no-progress"]) == 0
+    assert calls.read_text().split() == ["256", "44"]
+
+
+def test_inputs_after_the_options_are_read_after_those_before(tmp_path, capsys):
+    """Command-line order: in `rcond preprocess z.jsonl --format ... a.jsonl` z is read first, so
+    its bad line is the one reported. (The corpus's fingerprints are kept sorted by name, so the
+    test above, whose names sort in command-line order, cannot tell.)"""
+    z = write_jsonl(tmp_path / "z.jsonl", [{"response": "first"}])
+    a = write_jsonl(tmp_path / "a.jsonl", [{"response": "second"}])
+    assert main(["preprocess", str(z), "--format", "scored", "--out", str(tmp_path / "c"), "--tokenizer",
+                 "train:300", "--no-progress", str(a)]) == 2
+    assert f"{z}:1: missing field 'reward'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_an_interrupted_training_exits_130_on_every_rank(tmp_path, monkeypatch, capsys, rank):
+    """Under torchrun every process runs the command: an interrupted run exits 130 on each rank (a
+    rank ending 0 would read as done), and only rank 0 says where the checkpoint is. Training
+    itself is a stand-in here that reports an interrupt at step 3."""
+    from types import SimpleNamespace
+
+    from rcond import train
+
+    interrupted = SimpleNamespace(interrupted=True, steps_done=3)
+    monkeypatch.setattr(train, "train", lambda cfg, out, resume, progress: interrupted)
+    monkeypatch.setenv("RANK", rank)
+    out = tmp_path / "run"
+    assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(out), "--no-progress"]) == 130
+    captured = capsys.readouterr()
+    expected = (f"interrupted at step 3; checkpoint saved in {out / 'checkpoint'}\n"
+                f"continue with: rcond train --out {out} --resume\n")
+    assert captured.err == (expected if rank == "0" else "") and captured.out == ""
+
+
+def test_an_empty_score_with_is_no_scorer_for_score_workers(tmp_path, capsys):
+    """`--score-with "$SCORER"` with the variable unset: an empty --score-with names no scorer, so
+    --score-workers has nothing to run and is refused, as without --score-with."""
+    src = write_jsonl(tmp_path / "in.jsonl", [{"response": "good", "reward": 1}])
+    assert main(["preprocess", str(src), "--format", "scored", "--out", str(tmp_path / "c"), "--score-with", "",
+                 "--score-workers", "2", "--no-progress"]) == 2
+    assert "error: --score-workers sets how the scorer of --score-with runs; give --score-with too" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_toyworld_names_each_file_it_wrote(tmp_path, capsys):
+    """`rcond toyworld` says where each file is, the paths a user passes on to preprocess."""
+    out = tmp_path / "toy"
+    assert main(["toyworld", "--out", str(out), "--reviews", "3", "--dialogs", "2", "--texts", "2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"toy world written to {out}", f"  reviews  {out / 'reviews.jsonl'}", f"  dialogs  {out / 'dialogs.jsonl'}",
+        f"  text     {out / 'text.jsonl'}", f"  meta     {out / 'meta.json'}"]
+    assert sorted(p.name for p in out.iterdir()) == ["dialogs.jsonl", "meta.json", "reviews.jsonl", "text.jsonl"]

@@ -98,3 +98,49 @@ def test_a_tokenizer_hub_id_offline_fails_at_once_or_loads_from_the_cache(no_dns
     hub_cache("owner/tok")
     tok = load_tokenizer("owner/tok")
     assert tok.encode("a b", add_special_tokens=False) == word_tokenizer().encode("a b", add_special_tokens=False)
+
+
+def test_an_endpoint_without_a_host_asks_no_lookup(no_dns, monkeypatch):
+    """``HF_ENDPOINT=hub.example.org`` (no scheme) names no host: nothing is looked up (a lookup of
+    no host at all would ask for this machine's own name, or fail and blame the network)."""
+    monkeypatch.setenv("HF_ENDPOINT", "hub.example.org")
+    assert hub.unreachable() is None
+    assert no_dns == []
+
+
+@pytest.mark.parametrize("spec", ["models\\tok", "D:tok", "/tok"])
+def test_windows_and_absolute_paths_are_no_hub_ids(no_dns, spec):
+    """A path with a backslash or a drive colon, or an absolute one (even with one slash, as
+    owner/name has), is a path the user means, not a hub id: no lookup, no HubUnreachable, the
+    loader says what is missing."""
+    assert not hub.looks_like_hub_id(spec)
+    assert hub.pretrained_kwargs(spec) == {}
+    assert no_dns == []
+
+
+def test_a_local_folder_named_like_a_hub_id_is_loaded_from_here(no_dns, tmp_path, monkeypatch):
+    """``tok`` or ``owner/name`` that exists here is the local folder, even offline: no lookup."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    for spec in ("tok", "owner/name"):
+        assert hub.looks_like_hub_id(spec)
+        assert hub.pretrained_kwargs(spec) == {}
+    assert no_dns == []
+
+
+def test_a_cache_entry_whose_ref_is_unreadable_or_names_a_file_is_not_cached(no_dns, hub_cache):
+    """refs/main holding bytes that are no text, or naming a file where a snapshot folder should
+    be: not a usable cached snapshot, so HubUnreachable (not a UnicodeDecodeError traceback)."""
+    import huggingface_hub.constants
+
+    folder = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--owner--odd"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "snapshots").mkdir()
+    (folder / "refs" / "main").write_bytes(b"\xff\xfe" + b"3" * 40)
+    with pytest.raises(hub.HubUnreachable, match="owner/odd is not in the local hub cache"):
+        hub.pretrained_kwargs("owner/odd")
+    (folder / "refs" / "main").write_text("3" * 40)
+    (folder / "snapshots" / ("3" * 40)).write_text("not a folder")
+    with pytest.raises(hub.HubUnreachable, match="owner/odd is not in the local hub cache"):
+        hub.pretrained_kwargs("owner/odd")
