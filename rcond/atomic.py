@@ -12,7 +12,8 @@ had to drop (raised inside a ``__del__`` or another finalizer, which only prints
 ignored") is still noticed: a command records signals from its start (:func:`recording_interrupts`),
 and no output of it is published after one (:func:`raise_if_interrupted`), nor training started.
 A short step that must not stop half-way (starting a worker process) holds signals back until it
-is done (:func:`interrupts_deferred`).
+is done (:func:`interrupts_deferred`). A signal that meets importlib's own code is raised a moment
+later instead (raised there, it can leave the import lock held and the other threads hung).
 ``--overwrite`` replaces an existing target only after the new one is complete, and only an
 earlier output of the same kind (:class:`OutputKind`: a corpus, a toy world, a report, a demo)
 holding nothing but what that kind writes, never a file, a folder of something else, or an
@@ -30,6 +31,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -243,9 +245,41 @@ _depth = 0  # recordings open now
 _published: list[Path] = []  # outputs atomic_dir put in place since the outermost recording began
 
 
+_IMPORT_MACHINERY = frozenset({"<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"})
+_SEND_AGAIN_AFTER = 0.005  # seconds
+_resent = False  # a signal _record put off is on its way back: the same signal, not a new one
+
+
 def _record(signum, frame):
-    _recorded.append(signum)
+    """Record the signal and raise it as KeyboardInterrupt, except inside the import machinery's
+    own code: there it is sent again a moment later. importlib takes the global import lock
+    before the ``try`` that releases it (in ``_get_module_lock`` and in the callback that drops a
+    module lock, which runs whenever the lock object is freed), so a KeyboardInterrupt raised
+    between the two leaves the lock held by this thread, and the next import in any other thread
+    waits forever: a Ctrl-C at such a moment hung `rcond preprocess --tokenizer train:N`."""
+    global _resent
+    if not _resent:
+        _recorded.append(signum)
+    _resent = False
+    if frame is not None and frame.f_code.co_filename in _IMPORT_MACHINERY:
+        _resent = True
+        _send_again(signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _send_again(signum: int) -> None:
+    """Send ``signum`` to the main thread again after :data:`_SEND_AGAIN_AFTER`, if a recording
+    is still open (its handler, or :func:`interrupts_deferred`', then takes it)."""
+    main = threading.main_thread().ident
+
+    def later() -> None:
+        if _depth > 0:
+            signal.pthread_kill(main, signum)
+
+    timer = threading.Timer(_SEND_AGAIN_AFTER, later)
+    timer.daemon = True
+    timer.start()
 
 
 def _take_over(handler, also: tuple = ()) -> dict[int, object]:
@@ -268,10 +302,11 @@ def recording_interrupts() -> Iterator[None]:
     opens one around all its work, and every output it publishes checks the record first
     (:func:`raise_if_interrupted`), so a signal whose KeyboardInterrupt Python dropped is still
     honoured."""
-    global _depth
+    global _depth, _resent
     if _depth == 0:
         _recorded.clear()
         _published.clear()
+        _resent = False
     _depth += 1
     previous: dict[int, object] = {}
     try:

@@ -2,7 +2,9 @@
 
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,6 +217,55 @@ def test_a_ctrl_c_dropped_before_an_output_was_opened_stops_its_publishing(tmp_p
     with atomic_dir(tmp_path / "out") as d:  # the next command starts with an empty record
         (d / "f").write_text("x")
     assert names(tmp_path) == ["out"]
+
+
+def _frame_in(filename: str):
+    """A frame whose code says it comes from ``filename`` (as a signal handler is given the frame
+    the signal met)."""
+    ns: dict = {}
+    exec(compile("import sys\nframe = sys._getframe()", filename, "exec"), ns)
+    return ns["frame"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("where", ["<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>"])
+def test_a_signal_inside_the_import_machinery_is_raised_a_moment_later(sig, where):
+    """importlib takes the import lock before the try that releases it; a KeyboardInterrupt raised
+    between the two left the lock held and the command's other threads hung at their next import
+    (a Ctrl-C during `--tokenizer train:8192` once did). Met there, the signal is recorded and
+    sent again a moment later, and raised where it then meets the main thread; recorded once."""
+    from rcond.atomic import interrupt_recorded, recording_interrupts
+
+    with recording_interrupts():
+        try:
+            signal.getsignal(sig)(sig, _frame_in(where))
+        except KeyboardInterrupt:
+            pytest.fail("the KeyboardInterrupt was raised inside importlib's code")
+        assert interrupt_recorded()
+        with pytest.raises(KeyboardInterrupt, match=f"signal {int(sig)}"):
+            for _ in range(200):  # the signal sent again arrives within ~5 ms
+                time.sleep(0.01)
+        assert atomic._recorded == [sig]
+        with pytest.raises(KeyboardInterrupt):  # anywhere else, at once
+            signal.getsignal(sig)(sig, _frame_in(__file__))
+        assert atomic._recorded == [sig, sig]
+
+
+def test_a_signal_put_off_after_its_recording_ended_is_not_sent_again():
+    """A signal put off inside the import machinery just as the command's recording ends is not
+    sent again to a process whose handlers are the defaults again (SIGTERM would kill it)."""
+    code = ("import signal, sys, time\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "from test_atomic import _frame_in\n"
+            "from rcond.atomic import recording_interrupts, interrupt_recorded\n"
+            "with recording_interrupts():\n"
+            "    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, _frame_in('<frozen importlib._bootstrap>'))\n"
+            "    assert interrupt_recorded()\n"
+            "time.sleep(0.2)\n"
+            "print('alive')\n")
+    run = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert (run.returncode, run.stdout, run.stderr) == (0, "alive\n", "")
 
 
 def test_recording_leaves_a_handler_someone_else_set_alone():
