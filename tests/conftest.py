@@ -1,5 +1,5 @@
 """Shared fixtures: a word-level tokenizer whose token ids can be computed by hand, whether a process
-still runs (and the processes below one), and the location of the real test data (tests that need it skip when ../shared/data is
+still runs (and the processes below one), a call that must end within a time (:func:`within`), and the location of the real test data (tests that need it skip when ../shared/data is
 absent).
 
 The tests of Ctrl-C send SIGINT to this process and to the rcond commands it starts. A shell
@@ -11,6 +11,7 @@ normal SIGINT handler first, which its children then start with as usual.
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,22 @@ def import_path_restored(monkeypatch):
     """A scorer file puts its folder on sys.path (and a dotted scorer the current directory); each
     test gets the path back as it found it, so no test's folder shadows a module in another."""
     monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def within(seconds, fn):
+    """``fn()`` run in a thread: what it raised (None if it returned), or a failure if it was not done
+    within ``seconds`` (the thread is left, a daemon)."""
+    box = {}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"not done within {seconds} s")
+    return box.get("error")

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import descendants, outlived, parent_of, write_jsonl
+from conftest import descendants, outlived, parent_of, within, write_jsonl
 from rcond.cli import main
 from rcond.corpus import load
 from rcond.scorer_pool import ScorerPool, scores_in_batches
@@ -426,27 +426,6 @@ def test_a_worker_the_forkserver_cannot_start_is_a_scorer_error(scorers, monkeyp
                                           r"is gone\)"):
         with ScorerPool(scorers("length"), 2):
             pytest.fail("the pool was entered")
-
-
-def within(seconds, fn):
-    """``fn()`` run in a thread: what it raised (None if it returned), or a failure if it was not done
-    within ``seconds`` (the thread is left, a daemon)."""
-    import threading
-
-    box = {}
-
-    def run():
-        try:
-            fn()
-        except BaseException as e:
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        pytest.fail(f"not done within {seconds} s")
-    return box.get("error")
 
 
 ONE_WORKER_FAILS = '''
