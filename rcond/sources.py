@@ -435,14 +435,15 @@ def _iter_jsonl(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
         yield from decode_lines(path, first, lines, on_bad_line)
 
 
-def _first_line(path: Path) -> bytes | None:
-    """The first non-blank line of a (compressed) file, byte-order mark dropped; None if there is none."""
+def _first_line(path: Path) -> tuple[int, bytes] | None:
+    """The first non-blank line of a (compressed) file and its number, the file's byte-order mark
+    dropped; None if there is none."""
     with _open_compressed(path) as f, _unreadable(path):
-        for i, line in enumerate(f):
-            if i == 0 and line.startswith(b"\xef\xbb\xbf"):
+        for i, line in enumerate(f, start=1):
+            if i == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]
             if line.strip():
-                return line
+                return i, line
     return None
 
 
@@ -452,9 +453,10 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
     ``datasets``' JSON builder hands the file to Arrow's reader, which crashes the process on a
     file that opens with ``null`` (pyarrow 26, a segmentation fault), and turns an array of
     strings into rows of a made-up ``text`` field."""
-    head = _first_line(path)
-    if head is None:
+    first = _first_line(path)
+    if first is None:
         return
+    number, head = first
     opening = head.lstrip()[:1]
     if opening == b"{":
         try:
@@ -465,8 +467,9 @@ def _iter_json(path: Path, on_bad_line) -> Iterator[tuple[str, object]]:
             yield from _iter_jsonl(path, on_bad_line)
             return
     elif opening != b"[":
-        raise SourceError(f"{path}:1: expected a JSON array of objects, a JSON object, or one object per line; the "
-                          f"file starts with {head.strip()[:40].decode('utf-8', 'replace')!r}")
+        raise SourceError(f"{path}:{number}: expected a JSON array of objects, a JSON object, or one object per "
+                          f"line; the file's first line with text starts with "
+                          f"{head.strip()[:40].decode('utf-8', 'replace')!r}")
     data = _read_all(path).removeprefix(b"\xef\xbb\xbf")
     try:
         value = _json_loads(data.decode("utf-8"))

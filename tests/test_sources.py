@@ -863,6 +863,8 @@ def test_json_shapes(tmp_path, content, origins):
 @pytest.mark.parametrize("content,message", [
     ('null\n{"text": "x"}\n', r"c\.json:1: expected a JSON array of objects, .* starts with 'null'"),  # crashed Arrow
     ("5", r"c\.json:1: expected a JSON array of objects, .* starts with '5'"),
+    ("\n  \n5\n", r"c\.json:3: expected a JSON array of objects, .* starts with '5'"),  # the line with text
+    ("\n\ufeff[]\n", r"c\.json:2: expected a JSON array of objects, .* starts with '\\ufeff\[\]'"),  # a later BOM
     ('["a", "b"]', r"c\.json:item 1: expected a JSON object, got a string \('a'\)"),  # was a made-up 'text' field
     ('[{"text": "a"}, 5]', r"c\.json:item 2: expected a JSON object, got a number \(5\)"),
     ("[null]", r"c\.json:item 1: expected a JSON object, got null$"),
