@@ -341,3 +341,88 @@ def test_a_scorer_error_about_texts_says_which_counted_across_batches():
         scores_in_batches(Scorer("boom", boom), texts, 2)
     assert e.value.texts == (2, 3)
     assert e.value.reason == "scorer 'boom' failed on the texts of these records: ValueError: no"
+
+
+
+def test_bytes_are_not_scores():
+    """``float(b"0.5")`` is 0.5: bytes must be refused like str, not read as numbers."""
+    with pytest.raises(ScorerError, match=r"^scorer 'raw': score for text 0 \('x'\) is not a number: b'0\.5'$"):
+        Scorer("raw", lambda texts: [b"0.5"] * len(texts))(["x", "y"])
+
+
+@pytest.mark.parametrize("output, shown", [
+    (lambda texts: [torch.tensor([0.1, 0.9])] * len(texts), r"tensor\(\[0\.1000, 0\.9000\]\) \(Tensor\)"),
+    (lambda texts: [np.array("high")] * len(texts), r"array\('high', dtype='<U4'\) \(ndarray\)"),
+])
+def test_a_score_that_float_refuses_with_a_value_error_is_not_a_number(output, shown):
+    """``float()`` raises ValueError, not TypeError, for a tensor of two values per text (logits
+    returned as they are) and for a NumPy string array: still a ScorerError naming the text."""
+    with pytest.raises(ScorerError, match=rf"^scorer 'logits': score for text 0 \('x'\) is not a number: {shown}$"):
+        Scorer("logits", output)(["x", "y"])
+
+
+def test_values_and_score_values_leave_non_finite_scores_in_place(helpers):
+    """``values`` and ``score_values`` give NaN and infinite scores back for the caller to place
+    (calling the scorer refuses them); a plain function is named by its own name."""
+    import math
+
+    from rcond.scorers import score_values
+
+    module = __import__(helpers)
+    nan_scorer = get_scorer(f"{helpers}:nan_for_bad")
+    assert [math.isnan(x) for x in nan_scorer.values(["fine", "a bad one"])] == [False, True]
+    assert score_values(module.inf_for_bad, ["bad", "fine"]) == [-math.inf, 1.0]
+    assert score_values(nan_scorer, ["fine"]) == [1.0]
+    with pytest.raises(ScorerError, match=r"^scorer 'strings': score for text 0 \('x'\) is not a number: '0\.5'$"):
+        score_values(module.strings, ["x"])
+
+
+def test_a_long_text_is_shown_cut_to_sixty_characters():
+    """The text an error names is shown whole up to 60 characters, else its first 60 and '...'."""
+    scorer = Scorer("bad", lambda texts: ["no"] * len(texts))
+    with pytest.raises(ScorerError, match=r"\('" + "a" * 60 + r"'\) is not"):
+        scorer(["a" * 60])
+    with pytest.raises(ScorerError, match=r"\('" + "b" * 60 + r"\.\.\.'\) is not"):
+        scorer(["b" * 61])
+
+
+def test_a_non_string_text_is_counted_across_batches():
+    """score_batched names a text that is not a string by its position in the whole input, with
+    the right article for a type name that starts with a capital vowel."""
+    import collections
+
+    scorer = Scorer("length", lambda texts: [float(len(t)) for t in texts])
+    with pytest.raises(TypeError, match=r"^scorer 'length': text 3 is an int, expected str$"):
+        list(scorer.score_batched(["a", "b", "c", 3], batch_size=2))
+    with pytest.raises(TypeError, match=r"text 1 is an OrderedDict, expected str$"):
+        scorer(["a", collections.OrderedDict()])
+
+
+def test_a_scorer_error_from_the_function_passes_unchanged():
+    """A function that is itself built on a Scorer raises that Scorer's error, which already says
+    which scorer and which text: it is not wrapped as a failure of the outer one."""
+    inner = Scorer("inner", lambda texts: [0.0, float("nan")])
+    with pytest.raises(ScorerError, match=r"^scorer 'inner': score for text 1 \('b'\) is nan; scores must be finite$"):
+        Scorer("outer", inner)(["a", "b"])
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda texts: {i: 1.0 for i in range(len(texts))}, r"returned a dict for texts 0\.\.1; expected a sequence of 2"),
+    (lambda texts: "12", r"returned a str for texts 0\.\.1; expected a sequence of 2 numbers"),
+    (lambda texts: b"12", r"returned a bytes for texts 0\.\.1; expected a sequence of 2 numbers"),
+    (lambda texts: np.array(0.5), r"returned an array of shape \(\) for 2 texts \(starting at text 0\)"),
+    (lambda texts: torch.tensor(0.5), r"returned an array of shape \(\) for 2 texts \(starting at text 0\)"),
+    (lambda texts: [0.0] * (len(texts) + 1), r"returned 3 scores for 2 texts \(texts 0\.\.1\); expected one score"),
+])
+def test_output_that_is_not_one_score_per_text_is_an_error(output, message):
+    """A dict (its keys would read as scores), a string of digits, a 0-d array and one score too
+    many are refused as a whole, not read element by element."""
+    with pytest.raises(ScorerError, match=rf"^scorer 'odd' {message}"):
+        Scorer("odd", output)(["x", "y"])
+
+
+def test_a_wrong_shape_says_where_the_batch_starts():
+    """The batch of a score_batched call that returns a matrix is named by its first position."""
+    scorer = Scorer("matrix", lambda texts: np.zeros((len(texts), 2)) if "c" in texts else np.zeros(len(texts)))
+    with pytest.raises(ScorerError, match=r"shape \(1, 2\) for 1 texts \(starting at text 2\)"):
+        list(scorer.score_batched(["a", "b", "c"], batch_size=2))
