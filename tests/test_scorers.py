@@ -426,3 +426,27 @@ def test_a_wrong_shape_says_where_the_batch_starts():
     scorer = Scorer("matrix", lambda texts: np.zeros((len(texts), 2)) if "c" in texts else np.zeros(len(texts)))
     with pytest.raises(ScorerError, match=r"shape \(1, 2\) for 1 texts \(starting at text 2\)"):
         list(scorer.score_batched(["a", "b", "c"], batch_size=2))
+
+
+def test_vader_turns_a_negative_zero_into_zero():
+    """VADER gives -0.0 for some balanced texts; the scorer gives 0.0 (it prints as '0.0')."""
+    import math
+
+    text = "good hate fine"
+    assert math.copysign(1.0, SentimentIntensityAnalyzer().polarity_scores(text)["compound"]) == -1.0
+    [x] = get_scorer("vader")([text])
+    assert x == 0.0 and math.copysign(1.0, x) == 1.0
+
+
+def test_vader_is_built_when_the_scorer_is_made(monkeypatch):
+    """get_scorer('vader') builds the analyzer at once, so a missing vaderSentiment fails before any
+    input is read, not at the first batch (no real way to uninstall it: the import is made to fail)."""
+    from rcond import scorers
+
+    scorers._vader_analyzer.cache_clear()
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    try:
+        with pytest.raises(ImportError):
+            get_scorer("vader")
+    finally:
+        scorers._vader_analyzer.cache_clear()
