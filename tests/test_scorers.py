@@ -224,7 +224,7 @@ def test_non_string_text_is_rejected():
         get_scorer("vader")(["fine", 3])
 
 
-@pytest.mark.parametrize("spec", ["vaderr", "", "nocolon", "mod:", ":fn", "mod:not-an-identifier", "rm"])
+@pytest.mark.parametrize("spec", ["vaderr", "", "nocolon", "mod:", ":fn", "mod:not-an-identifier", "mod:ok.not-ok", "rm"])
 def test_unknown_spec_lists_what_is_accepted(spec):
     with pytest.raises(ScorerError, match=r"unknown scorer .*'vader' or 'module:function'"):
         get_scorer(spec)
@@ -245,6 +245,11 @@ BROKEN_MODULES = {
     "syntax": ("def score(texts) return 1\n", r"failed to import: SyntaxError: expected ':' \({file}, line 1\)"),
     "raises": ("raise ValueError('module level failure')\n", "failed to import: ValueError: module level failure"),
     "exits": ("raise SystemExit(4)\n", "failed to import: SystemExit: 4"),
+    "own_module_not_found": (  # raised by the module itself, naming no module: not a missing dependency
+        "raise ModuleNotFoundError('plugin registry is empty')\n",
+        "failed to import: ModuleNotFoundError: plugin registry is empty$",
+    ),
+    "own_syntax_error": ("raise SyntaxError('bad template')\n", "failed to import: SyntaxError: bad template$"),  # no line
     "missing_dep": (
         "import rcond_absent_dependency\n",
         r"was found, but importing it failed because 'rcond_absent_dependency' is not installed "
@@ -341,7 +346,6 @@ def test_a_scorer_error_about_texts_says_which_counted_across_batches():
         scores_in_batches(Scorer("boom", boom), texts, 2)
     assert e.value.texts == (2, 3)
     assert e.value.reason == "scorer 'boom' failed on the texts of these records: ValueError: no"
-
 
 
 def test_bytes_are_not_scores():
@@ -450,3 +454,77 @@ def test_vader_is_built_when_the_scorer_is_made(monkeypatch):
             get_scorer("vader")
     finally:
         scorers._vader_analyzer.cache_clear()
+
+
+def test_a_spec_is_stripped_and_must_be_a_string(helpers):
+    assert get_scorer(" vader\n").name == "vader"
+    assert get_scorer(f"  {helpers}:word_count ")(["a b"]) == [2.0]
+    with pytest.raises(ScorerError, match=r"^scorer spec must be a string, got NoneType; expected 'vader' or"):
+        get_scorer(None)
+
+
+def test_a_missing_dotted_attribute_is_named_in_full(helpers):
+    with pytest.raises(ScorerError, match=rf"^scorer '{helpers}:Namespace.missing': '{helpers}' has no attribute "
+                                          r"'Namespace.missing'$"):
+        get_scorer(f"{helpers}:Namespace.missing")
+
+
+def test_a_bare_file_name_and_a_folder_with_a_colon_are_files(tmp_path, monkeypatch):
+    """'rewards.py:score' (no folder) is a file in the current directory, not a module named
+    'rewards.py'; a folder whose name holds a colon splits the spec at its last colon."""
+    (tmp_path / "rcond_bare_rewards.py").write_text("def score(texts):\n    return [2.0] * len(texts)\n")
+    odd = tmp_path / "run:1"
+    odd.mkdir()
+    (odd / "rewards.py").write_text("def score(texts):\n    return [3.0] * len(texts)\n")
+    monkeypatch.chdir(tmp_path)
+    assert get_scorer("rcond_bare_rewards.py:score")(["x"]) == [2.0]
+    assert get_scorer(f"{odd / 'rewards.py'}:score")(["x"]) == [3.0]
+    assert get_scorer("run:1/rewards.py:score")(["x"]) == [3.0]
+
+
+def test_a_scorer_file_named_like_a_loaded_module_does_not_replace_it(tmp_path, monkeypatch):
+    """A scorer file is imported under a name of its own: one named like a module already
+    imported (here a dotted scorer module) leaves that module as it was, and loading two scorers
+    from one folder puts the folder on the import path once."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "rcond_twin_rewards.py").write_text("def score(texts):\n    return [1.0] * len(texts)\n")
+    (tmp_path / "second").mkdir()
+    path = tmp_path / "second" / "rcond_twin_rewards.py"
+    path.write_text("def score(texts):\n    return [2.0] * len(texts)\n\ndef other(texts):\n    return [0.0] * len(texts)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "rcond_twin_rewards", raising=False)
+    try:
+        assert get_scorer("rcond_twin_rewards:score")(["x"]) == [1.0]
+        twin = sys.modules["rcond_twin_rewards"]
+        assert get_scorer(f"{path}:score")(["x"]) == [2.0]
+        assert get_scorer(f"{path}:other")(["x"]) == [0.0]
+        assert sys.modules["rcond_twin_rewards"] is twin
+        assert sys.path.count(str(tmp_path / "second")) == 1
+    finally:
+        sys.modules.pop("rcond_twin_rewards", None)
+
+
+def test_keyboard_interrupt_while_importing_a_scorer_file_passes_through(tmp_path):
+    path = tmp_path / "rcond_interrupted.py"
+    path.write_text("raise KeyboardInterrupt\n")
+    before = set(sys.modules)
+    with pytest.raises(KeyboardInterrupt):
+        get_scorer(f"{path}:score")
+    assert set(sys.modules) == before
+
+
+def test_the_current_directory_comes_last_on_the_import_path(tmp_path, monkeypatch):
+    """A dotted scorer module is looked up on the normal path first: a file of the same name in
+    the current directory (added at the end) does not shadow it."""
+    (tmp_path / "installed").mkdir()
+    (tmp_path / "installed" / "rcond_where_rewards.py").write_text("def score(texts):\n    return [1.0] * len(texts)\n")
+    (tmp_path / "rcond_where_rewards.py").write_text("def score(texts):\n    return [2.0] * len(texts)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "installed")] + [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "rcond_where_rewards", raising=False)
+    try:
+        assert get_scorer("rcond_where_rewards:score")(["x"]) == [1.0]
+        assert sys.path[-1] == str(tmp_path)
+    finally:
+        sys.modules.pop("rcond_where_rewards", None)
