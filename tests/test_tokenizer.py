@@ -196,3 +196,16 @@ def test_a_tokenizer_json_that_is_json_but_no_tokenizer_says_so(tokenizer_dir, t
     (broken / "tokenizer.json").write_text(json.dumps(state))
     with pytest.raises(TokenizerError, match=rf"^{broken}: cannot load a tokenizer from this directory"):
         load_tokenizer(broken)
+
+
+def test_a_tokenizer_path_may_start_with_the_home_directory(tokenizer_dir, tmp_path, monkeypatch):
+    """'~/tok' is the tokenizer in the home directory, as input paths are (the shell leaves the '~'
+    in ``--tokenizer=~/tok``): it loaded as a hub id and said it could not load 'this directory'.
+    A '~' folder without a tokenizer is told apart the same way."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    tokenizer = load_tokenizer("~/tok")
+    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(load_tokenizer(tokenizer_dir))
+    shutil.copytree(tokenizer_dir, tmp_path / "corpus" / "tokenizer")
+    with pytest.raises(TokenizerError, match=rf"^~/corpus: no tokenizer in this directory \(no tokenizer.json\); did "
+                                             rf"you mean {tmp_path / 'corpus' / 'tokenizer'}\?"):
+        load_tokenizer("~/corpus")
