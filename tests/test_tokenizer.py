@@ -289,3 +289,33 @@ def test_remote_code_in_a_tokenizer_folder_is_not_run_unless_trusted(tokenizer_d
                                              r"\(ValueError: .*trust_remote_code=True"):
         load_tokenizer(tokenizer_dir)
     assert not ran.exists()
+
+
+@pytest.mark.parametrize("setting", [
+    {"padding_side": "left"}, {"truncation_side": "left"}, {"chat_template": "{{ messages }}"},
+    {"clean_up_tokenization_spaces": True}, {"model_max_length": 8}, {"split_special_tokens": True},
+    {"bos_token": "a"}, {"extra_special_tokens": ["b"]},
+])
+def test_each_setting_of_the_config_changes_the_fingerprint(tokenizer_dir, setting):
+    """Each setting tokenizer_config.json gives that changes what the tokenizer does (sides,
+    lengths, template, special tokens and whether they split) gives another fingerprint."""
+    before = tokenizer_fingerprint(load_tokenizer(tokenizer_dir))
+    _edit_config(tokenizer_dir, **setting)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    [(name, value)] = setting.items()
+    assert getattr(tokenizer, name) == value
+    assert tokenizer_fingerprint(tokenizer) != before
+
+
+def test_which_special_token_is_eos_and_which_are_extra_is_in_the_fingerprint(tmp_path):
+    """Moving eos to another token that is already special, or dropping a token from the extra
+    special tokens, leaves tokenizer.json as it was: only the config's settings tell them apart."""
+    tokenizer = word_tokenizer()
+    tokenizer.add_special_tokens({"extra_special_tokens": ["b"]})
+    tokenizer.save_pretrained(tmp_path / "tok")
+    before = tokenizer_fingerprint(load_tokenizer(tmp_path / "tok"))
+    for setting in ({"eos_token": "b"}, {"extra_special_tokens": []}):
+        shutil.copytree(tmp_path / "tok", tmp_path / "edited", dirs_exist_ok=True)
+        _edit_config(tmp_path / "edited", **setting)
+        assert (tmp_path / "edited" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+        assert tokenizer_fingerprint(load_tokenizer(tmp_path / "edited")) != before
