@@ -528,3 +528,28 @@ def test_the_current_directory_comes_last_on_the_import_path(tmp_path, monkeypat
         assert sys.path[-1] == str(tmp_path)
     finally:
         sys.modules.pop("rcond_where_rewards", None)
+
+
+def test_a_module_that_imports_from_itself_too_early_failed_to_import(tmp_path, monkeypatch):
+    """An ImportError naming the scorer module itself (a circular import: the module is found)
+    is a failure while importing it, not 'cannot import module'."""
+    name = "rcond_circular_rewards"
+    (tmp_path / f"{name}.py").write_text(f"from {name} import helper\n\ndef helper(t):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ScorerError, match=rf"^scorer '{name}:score': module '{name}' failed to import: ImportError: "
+                                          rf"cannot import name 'helper' from partially initialized module '{name}'"):
+        get_scorer(f"{name}:score")
+    assert name not in sys.modules
+
+
+def test_a_wrong_count_is_placed_on_its_whole_batch():
+    """A batch that returns too few scores is an error about every text of that batch, counted
+    from the start of the texts scores_in_batches was given."""
+    from rcond.scorer_pool import scores_in_batches
+
+    short = Scorer("short", lambda ts: [0.0] * (len(ts) - ("c" in ts)))
+    with pytest.raises(ScorerError) as e:
+        scores_in_batches(short, ["a", "b", "c", "d", "e"], 2)
+    assert e.value.texts == (2, 3)
+    assert e.value.reason == "scorer 'short' returned 1 scores for the 2 texts of these records; expected one score per text"
