@@ -64,6 +64,7 @@ def test_a_tokenizer_that_cannot_be_loaded_says_why(tokenizer_dir, tmp_path, mon
     shutil.copytree(tokenizer_dir, corpus / "tokenizer")
     run = tmp_path / "run"
     shutil.copytree(tokenizer_dir, run / "model")
+    (run / "tokenizer").mkdir()  # an empty folder is not suggested
     cases = {tmp_path / "nope": "no such directory",
              tmp_path / "empty": "no tokenizer in this directory \\(no tokenizer.json\\); expected tokenizer.json",
              corpus: f"no tokenizer in this directory \\(no tokenizer.json\\); did you mean {corpus / 'tokenizer'}\\?",
