@@ -320,3 +320,21 @@ def test_which_special_token_is_eos_and_which_are_extra_is_in_the_fingerprint(tm
         _edit_config(tmp_path / "edited", **setting)
         assert (tmp_path / "edited" / "tokenizer.json").read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
         assert tokenizer_fingerprint(load_tokenizer(tmp_path / "edited")) != before
+
+
+def test_an_unreadable_tokenizer_config_names_the_file(tokenizer_dir, monkeypatch):
+    """A tokenizer_config.json that cannot be read (no permission) is a TokenizerError naming it,
+    not an OSError (the tests run as root, whom permissions do not stop: reading it is made to fail)."""
+    from pathlib import Path
+
+    config = tokenizer_dir / "tokenizer_config.json"
+    read_text = Path.read_text
+
+    def denied(self, *args, **kwargs):
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(TokenizerError, match=rf"^{config}: cannot read it as JSON \(\[Errno 13\] Permission denied: "):
+        load_tokenizer(tokenizer_dir)
