@@ -155,6 +155,7 @@ def test_a_scorer_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(pkg))])
     try:
         assert get_scorer("pkg/rcond_sibling_rewards.py:score")(["a b c"]) == [3.0]
+        assert str(pkg) in sys.path  # absolute: the folder stays right if the current directory changes
     finally:
         sys.modules.pop("rcond_sibling_helper", None)
     import importlib.util
@@ -376,9 +377,11 @@ def test_values_and_score_values_leave_non_finite_scores_in_place(helpers):
     nan_scorer = get_scorer(f"{helpers}:nan_for_bad")
     assert [math.isnan(x) for x in nan_scorer.values(["fine", "a bad one"])] == [False, True]
     assert score_values(module.inf_for_bad, ["bad", "fine"]) == [-math.inf, 1.0]
-    assert score_values(nan_scorer, ["fine"]) == [1.0]
+    assert [math.isnan(x) for x in score_values(nan_scorer, ["a bad one", "fine"])] == [True, False]
     with pytest.raises(ScorerError, match=r"^scorer 'strings': score for text 0 \('x'\) is not a number: '0\.5'$"):
         score_values(module.strings, ["x"])
+    with pytest.raises(ScorerError, match=rf"^scorer '{helpers}:strings': score for text 0 "):
+        score_values(get_scorer(f"{helpers}:strings"), ["x"])  # a Scorer keeps its own name
 
 
 def test_a_long_text_is_shown_cut_to_sixty_characters():
