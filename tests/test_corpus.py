@@ -1,6 +1,9 @@
 """Packing checked against rows computed by hand with a word-level tokenizer (a=1, b=2, ...,
 eos=0). With K=2 and edges:0 the control ids are on=9, off=10, rtg:0=11, rtg:1=12."""
 
+import sys
+from contextlib import suppress
+
 import numpy as np
 import pytest
 
@@ -907,3 +910,26 @@ def test_resolve_tokenizer_trains_on_the_inputs_or_loads_a_folder(tmp_path, caps
     assert capsys.readouterr().err == ""
     word_tokenizer().save_pretrained(tmp_path / "tok")
     assert resolve_tokenizer(str(tmp_path / "tok"), reader)("a b")["input_ids"] == [1, 2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_training_without_progress_draws_nothing_on_a_terminal():
+    """The Rust trainer draws its own bar, on a terminal only: training with progress=False
+    (``--no-progress``) must draw nothing there (rcond's own bar counts the texts when asked)."""
+    import os
+    import pty
+    import subprocess
+
+    code = ("from rcond.corpus import train_tokenizer\n"
+            "train_tokenizer([f'review {i}: the lamp was bright and the fan was loud' for i in range(300)], 300)\n")
+    terminal, stderr = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], stderr=stderr, stdout=subprocess.DEVNULL, timeout=120)
+    finally:
+        os.close(stderr)
+    shown = b""
+    with suppress(OSError):  # reading a pseudo-terminal whose other end is closed ends with EIO
+        while chunk := os.read(terminal, 65536):
+            shown += chunk
+    os.close(terminal)
+    assert done.returncode == 0 and shown == b""
