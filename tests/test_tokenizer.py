@@ -215,6 +215,14 @@ def test_a_tokenizer_path_may_start_with_the_home_directory(tokenizer_dir, tmp_p
     with pytest.raises(TokenizerError, match=rf"^~/corpus: no tokenizer in this directory \(no tokenizer.json\); did "
                                              rf"you mean {tmp_path / 'corpus' / 'tokenizer'}\?"):
         load_tokenizer("~/corpus")
+    shutil.copytree(tokenizer_dir, tmp_path / "listed")
+    (tmp_path / "listed" / "tokenizer_config.json").write_text("[]")  # the config checked is the one in the home folder
+    with pytest.raises(TokenizerError, match=rf"^{tmp_path / 'listed' / 'tokenizer_config.json'}: expected a JSON object"):
+        load_tokenizer("~/listed")
+    shutil.copytree(tokenizer_dir, tmp_path / "bare")
+    (tmp_path / "bare" / "tokenizer_config.json").unlink()
+    with pytest.raises(TokenizerError, match=rf"no eos token.*There is no {tmp_path / 'bare' / 'tokenizer_config.json'} "):
+        load_tokenizer("~/bare")
 
 
 def test_the_direct_path_needs_both_files_and_a_config_object(tokenizer_dir, tmp_path):
