@@ -52,15 +52,18 @@ def _generic_tokenizer_dir(path: Path) -> bool:
 
 def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
     """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos.
-    Raises :class:`TokenizerError` when it cannot."""
-    _check_config_file(Path(path_or_id) / TOKENIZER_CONFIG_FILE)
+    Raises :class:`TokenizerError` when it cannot. A path may start with ``~`` (the home directory),
+    as the input paths may: the shell leaves it as it is in ``--tokenizer=~/tok``."""
+    local = Path(path_or_id).expanduser()
+    source = str(local) if local.exists() else str(path_or_id)  # transformers reads '~/tok' as a hub id
+    _check_config_file(local / TOKENIZER_CONFIG_FILE)
     try:
-        if _generic_tokenizer_dir(Path(path_or_id)):
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
+        if _generic_tokenizer_dir(local):
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
         else:
             from transformers import AutoTokenizer  # imports torch
 
-            tokenizer = AutoTokenizer.from_pretrained(str(path_or_id), trust_remote_code=trust_remote_code,
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
                                                       **hub.pretrained_kwargs(path_or_id))
     except Exception as e:
         # transformers: OSError for a bad path, id or download; ValueError for a bad file; others for
@@ -71,8 +74,8 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
         raise TokenizerError(f"{path_or_id}: got a {type(tokenizer).__name__}; rcond needs a tokenizer with a "
                              f"`tokenizers` backend (a tokenizer.json)")
     if tokenizer.eos_token is None:
-        config = Path(path_or_id) / TOKENIZER_CONFIG_FILE
-        where = (f"Set `eos_token` in its {TOKENIZER_CONFIG_FILE}" if config.is_file() or not Path(path_or_id).is_dir()
+        config = local / TOKENIZER_CONFIG_FILE
+        where = (f"Set `eos_token` in its {TOKENIZER_CONFIG_FILE}" if config.is_file() or not local.is_dir()
                  else f"There is no {config} to set it in: save the tokenizer with save_pretrained, or write that "
                       f"file with an `eos_token`")
         raise TokenizerError(f"{path_or_id}: the tokenizer has no eos token; rcond ends every document with eos. "

@@ -1,6 +1,9 @@
 """Packing checked against rows computed by hand with a word-level tokenizer (a=1, b=2, ...,
 eos=0). With K=2 and edges:0 the control ids are on=9, off=10, rtg:0=11, rtg:1=12."""
 
+import sys
+from contextlib import suppress
+
 import numpy as np
 import pytest
 
@@ -840,3 +843,93 @@ def test_a_text_the_tokenizer_cannot_encode_is_named_and_the_build_stops_cleanly
     time.sleep(0.2)  # a reading thread polls for its stop every 50 ms
     assert not [t.name for t in threading.enumerate() if t.name.startswith("rcond")]  # with the error held
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"] and raised.value
+
+
+def test_a_trained_tokenizer_has_the_vocabulary_asked_for_with_eos_as_pad():
+    """train:300 gives 300 tokens, eos among them (not added after), eos as pad, and any text,
+    characters never seen included, round-trips through the byte-level BPE."""
+    from rcond.corpus import train_tokenizer
+
+    tok = train_tokenizer([f"review {i}: the lamp was bright and the fan was loud" for i in range(300)], 300)
+    assert len(tok) == 300 and tok.eos_token_id < 300
+    assert tok.eos_token == tok.pad_token == "<|endoftext|>"
+    text = "Ünïcode 🙂 never seen"
+    assert tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_a_failed_training_read_clears_its_progress_bar_before_the_error_is_shown(capsys):
+    """A record that fails while the texts are read (an error the command line then prints): the
+    progress bar is already closed, its line blanked, while the error is being handled."""
+    from rcond.corpus import train_tokenizer
+
+    def texts():
+        yield "a b c"
+        raise CorpusError("docs.jsonl, line 2: not JSON")
+
+    try:
+        train_tokenizer(texts(), 300, progress=True)
+    except CorpusError as e:
+        assert str(e) == "docs.jsonl, line 2: not JSON"
+        err = capsys.readouterr().err
+        assert "tokenizer: reading" in err and err.endswith("\r") and err.split("\r")[-2].isspace()
+    else:
+        pytest.fail("the reading error did not come through")
+
+
+def test_a_train_spec_is_read_strictly():
+    """Only ASCII digits after 'train:' (int() would take ' 300', '+300', '3_00', full-width digits,
+    and a second colon must not be skipped); 260 to 2**20 tokens; 'train' alone, or a name that
+    starts with it, is a path."""
+    from rcond.corpus import trained_vocab_size
+
+    assert trained_vocab_size("train:1048576") == 2 ** 20
+    assert trained_vocab_size("train:4096") == 4096
+    for path in ("train", "trained-tokenizer", "tokenizers/train:300"):
+        assert trained_vocab_size(path) is None
+    for bad in ("train:", "train:abc", "train: 300", "train:+300", "train:3_00", "train:３００", "train:1:300",
+                "train:300 ", "train:-300"):
+        with pytest.raises(CorpusError) as e:
+            trained_vocab_size(bad)
+        assert str(e.value) == f"--tokenizer {bad!r}: expected train:VOCAB_SIZE, e.g. train:4096"
+    for big in ("train:1048577", "train:99999999999999999999"):
+        with pytest.raises(CorpusError) as e:
+            trained_vocab_size(big)
+        assert str(e.value) == f"--tokenizer {big!r}: a byte-level BPE needs a vocabulary of 260 to 1,048,576 tokens"
+
+
+def test_resolve_tokenizer_trains_on_the_inputs_or_loads_a_folder(tmp_path, capsys):
+    """train:VOCAB trains on the reader's texts, with the progress bar when asked; a folder is loaded."""
+    from rcond.corpus import resolve_tokenizer
+
+    src = write_jsonl(tmp_path / "docs.jsonl", [{"text": f"the lamp {i} was bright and the fan was loud"}
+                                                 for i in range(200)])
+    reader = SourceReader([str(src)], "text")
+    trained = resolve_tokenizer("train:300", reader, progress=True)
+    assert len(trained) == 300 and "tokenizer: reading" in capsys.readouterr().err
+    assert resolve_tokenizer("train:300", reader).get_vocab() == trained.get_vocab()
+    assert capsys.readouterr().err == ""
+    word_tokenizer().save_pretrained(tmp_path / "tok")
+    assert resolve_tokenizer(str(tmp_path / "tok"), reader)("a b")["input_ids"] == [1, 2]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_training_without_progress_draws_nothing_on_a_terminal():
+    """The Rust trainer draws its own bar, on a terminal only: training with progress=False
+    (``--no-progress``) must draw nothing there (rcond's own bar counts the texts when asked)."""
+    import os
+    import pty
+    import subprocess
+
+    code = ("from rcond.corpus import train_tokenizer\n"
+            "train_tokenizer([f'review {i}: the lamp was bright and the fan was loud' for i in range(300)], 300)\n")
+    terminal, stderr = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], stderr=stderr, stdout=subprocess.DEVNULL, timeout=120)
+    finally:
+        os.close(stderr)
+    shown = b""
+    with suppress(OSError):  # reading a pseudo-terminal whose other end is closed ends with EIO
+        while chunk := os.read(terminal, 65536):
+            shown += chunk
+    os.close(terminal)
+    assert done.returncode == 0 and shown == b""

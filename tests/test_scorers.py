@@ -155,6 +155,7 @@ def test_a_scorer_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(pkg))])
     try:
         assert get_scorer("pkg/rcond_sibling_rewards.py:score")(["a b c"]) == [3.0]
+        assert str(pkg) in sys.path  # absolute: the folder stays right if the current directory changes
     finally:
         sys.modules.pop("rcond_sibling_helper", None)
     import importlib.util
@@ -224,7 +225,7 @@ def test_non_string_text_is_rejected():
         get_scorer("vader")(["fine", 3])
 
 
-@pytest.mark.parametrize("spec", ["vaderr", "", "nocolon", "mod:", ":fn", "mod:not-an-identifier", "rm"])
+@pytest.mark.parametrize("spec", ["vaderr", "", "nocolon", "mod:", ":fn", "mod:not-an-identifier", "mod:ok.not-ok", "rm"])
 def test_unknown_spec_lists_what_is_accepted(spec):
     with pytest.raises(ScorerError, match=r"unknown scorer .*'vader' or 'module:function'"):
         get_scorer(spec)
@@ -245,6 +246,11 @@ BROKEN_MODULES = {
     "syntax": ("def score(texts) return 1\n", r"failed to import: SyntaxError: expected ':' \({file}, line 1\)"),
     "raises": ("raise ValueError('module level failure')\n", "failed to import: ValueError: module level failure"),
     "exits": ("raise SystemExit(4)\n", "failed to import: SystemExit: 4"),
+    "own_module_not_found": (  # raised by the module itself, naming no module: not a missing dependency
+        "raise ModuleNotFoundError('plugin registry is empty')\n",
+        "failed to import: ModuleNotFoundError: plugin registry is empty$",
+    ),
+    "own_syntax_error": ("raise SyntaxError('bad template')\n", "failed to import: SyntaxError: bad template$"),  # no line
     "missing_dep": (
         "import rcond_absent_dependency\n",
         r"was found, but importing it failed because 'rcond_absent_dependency' is not installed "
@@ -341,3 +347,212 @@ def test_a_scorer_error_about_texts_says_which_counted_across_batches():
         scores_in_batches(Scorer("boom", boom), texts, 2)
     assert e.value.texts == (2, 3)
     assert e.value.reason == "scorer 'boom' failed on the texts of these records: ValueError: no"
+
+
+def test_bytes_are_not_scores():
+    """``float(b"0.5")`` is 0.5: bytes must be refused like str, not read as numbers."""
+    with pytest.raises(ScorerError, match=r"^scorer 'raw': score for text 0 \('x'\) is not a number: b'0\.5'$"):
+        Scorer("raw", lambda texts: [b"0.5"] * len(texts))(["x", "y"])
+
+
+@pytest.mark.parametrize("output, shown", [
+    (lambda texts: [torch.tensor([0.1, 0.9])] * len(texts), r"tensor\(\[0\.1000, 0\.9000\]\) \(Tensor\)"),
+    (lambda texts: [np.array("high")] * len(texts), r"array\('high', dtype='<U4'\) \(ndarray\)"),
+])
+def test_a_score_that_float_refuses_with_a_value_error_is_not_a_number(output, shown):
+    """``float()`` raises ValueError, not TypeError, for a tensor of two values per text (logits
+    returned as they are) and for a NumPy string array: still a ScorerError naming the text."""
+    with pytest.raises(ScorerError, match=rf"^scorer 'logits': score for text 0 \('x'\) is not a number: {shown}$"):
+        Scorer("logits", output)(["x", "y"])
+
+
+def test_values_and_score_values_leave_non_finite_scores_in_place(helpers):
+    """``values`` and ``score_values`` give NaN and infinite scores back for the caller to place
+    (calling the scorer refuses them); a plain function is named by its own name."""
+    import math
+
+    from rcond.scorers import score_values
+
+    module = __import__(helpers)
+    nan_scorer = get_scorer(f"{helpers}:nan_for_bad")
+    assert [math.isnan(x) for x in nan_scorer.values(["fine", "a bad one"])] == [False, True]
+    assert score_values(module.inf_for_bad, ["bad", "fine"]) == [-math.inf, 1.0]
+    assert [math.isnan(x) for x in score_values(nan_scorer, ["a bad one", "fine"])] == [True, False]
+    with pytest.raises(ScorerError, match=r"^scorer 'strings': score for text 0 \('x'\) is not a number: '0\.5'$"):
+        score_values(module.strings, ["x"])
+    with pytest.raises(ScorerError, match=rf"^scorer '{helpers}:strings': score for text 0 "):
+        score_values(get_scorer(f"{helpers}:strings"), ["x"])  # a Scorer keeps its own name
+
+
+def test_a_long_text_is_shown_cut_to_sixty_characters():
+    """The text an error names is shown whole up to 60 characters, else its first 60 and '...'."""
+    scorer = Scorer("bad", lambda texts: ["no"] * len(texts))
+    with pytest.raises(ScorerError, match=r"\('" + "a" * 60 + r"'\) is not"):
+        scorer(["a" * 60])
+    with pytest.raises(ScorerError, match=r"\('" + "b" * 60 + r"\.\.\.'\) is not"):
+        scorer(["b" * 61])
+
+
+def test_a_non_string_text_is_counted_across_batches():
+    """score_batched names a text that is not a string by its position in the whole input, with
+    the right article for a type name that starts with a capital vowel."""
+    import collections
+
+    scorer = Scorer("length", lambda texts: [float(len(t)) for t in texts])
+    with pytest.raises(TypeError, match=r"^scorer 'length': text 3 is an int, expected str$"):
+        list(scorer.score_batched(["a", "b", "c", 3], batch_size=2))
+    with pytest.raises(TypeError, match=r"text 1 is an OrderedDict, expected str$"):
+        scorer(["a", collections.OrderedDict()])
+
+
+def test_a_scorer_error_from_the_function_passes_unchanged():
+    """A function that is itself built on a Scorer raises that Scorer's error, which already says
+    which scorer and which text: it is not wrapped as a failure of the outer one."""
+    inner = Scorer("inner", lambda texts: [0.0, float("nan")])
+    with pytest.raises(ScorerError, match=r"^scorer 'inner': score for text 1 \('b'\) is nan; scores must be finite$"):
+        Scorer("outer", inner)(["a", "b"])
+
+
+@pytest.mark.parametrize("output, message", [
+    (lambda texts: {i: 1.0 for i in range(len(texts))}, r"returned a dict for texts 0\.\.1; expected a sequence of 2"),
+    (lambda texts: "12", r"returned a str for texts 0\.\.1; expected a sequence of 2 numbers"),
+    (lambda texts: b"12", r"returned a bytes for texts 0\.\.1; expected a sequence of 2 numbers"),
+    (lambda texts: np.array(0.5), r"returned an array of shape \(\) for 2 texts \(starting at text 0\)"),
+    (lambda texts: torch.tensor(0.5), r"returned an array of shape \(\) for 2 texts \(starting at text 0\)"),
+    (lambda texts: [0.0] * (len(texts) + 1), r"returned 3 scores for 2 texts \(texts 0\.\.1\); expected one score"),
+])
+def test_output_that_is_not_one_score_per_text_is_an_error(output, message):
+    """A dict (its keys would read as scores), a string of digits, a 0-d array and one score too
+    many are refused as a whole, not read element by element."""
+    with pytest.raises(ScorerError, match=rf"^scorer 'odd' {message}"):
+        Scorer("odd", output)(["x", "y"])
+
+
+def test_a_wrong_shape_says_where_the_batch_starts():
+    """The batch of a score_batched call that returns a matrix is named by its first position."""
+    scorer = Scorer("matrix", lambda texts: np.zeros((len(texts), 2)) if "c" in texts else np.zeros(len(texts)))
+    with pytest.raises(ScorerError, match=r"shape \(1, 2\) for 1 texts \(starting at text 2\)"):
+        list(scorer.score_batched(["a", "b", "c"], batch_size=2))
+
+
+def test_vader_turns_a_negative_zero_into_zero():
+    """VADER gives -0.0 for some balanced texts; the scorer gives 0.0 (it prints as '0.0')."""
+    import math
+
+    text = "good hate fine"
+    assert math.copysign(1.0, SentimentIntensityAnalyzer().polarity_scores(text)["compound"]) == -1.0
+    [x] = get_scorer("vader")([text])
+    assert x == 0.0 and math.copysign(1.0, x) == 1.0
+
+
+def test_vader_is_built_when_the_scorer_is_made(monkeypatch):
+    """get_scorer('vader') builds the analyzer at once, so a missing vaderSentiment fails before any
+    input is read, not at the first batch (no real way to uninstall it: the import is made to fail)."""
+    from rcond import scorers
+
+    scorers._vader_analyzer.cache_clear()
+    monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
+    try:
+        with pytest.raises(ImportError):
+            get_scorer("vader")
+    finally:
+        scorers._vader_analyzer.cache_clear()
+
+
+def test_a_spec_is_stripped_and_must_be_a_string(helpers):
+    assert get_scorer(" vader\n").name == "vader"
+    assert get_scorer(f"  {helpers}:word_count ")(["a b"]) == [2.0]
+    with pytest.raises(ScorerError, match=r"^scorer spec must be a string, got NoneType; expected 'vader' or"):
+        get_scorer(None)
+
+
+def test_a_missing_dotted_attribute_is_named_in_full(helpers):
+    with pytest.raises(ScorerError, match=rf"^scorer '{helpers}:Namespace.missing': '{helpers}' has no attribute "
+                                          r"'Namespace.missing'$"):
+        get_scorer(f"{helpers}:Namespace.missing")
+
+
+def test_a_bare_file_name_and_a_folder_with_a_colon_are_files(tmp_path, monkeypatch):
+    """'rewards.py:score' (no folder) is a file in the current directory, not a module named
+    'rewards.py'; a folder whose name holds a colon splits the spec at its last colon."""
+    (tmp_path / "rcond_bare_rewards.py").write_text("def score(texts):\n    return [2.0] * len(texts)\n")
+    odd = tmp_path / "run:1"
+    odd.mkdir()
+    (odd / "rewards.py").write_text("def score(texts):\n    return [3.0] * len(texts)\n")
+    monkeypatch.chdir(tmp_path)
+    assert get_scorer("rcond_bare_rewards.py:score")(["x"]) == [2.0]
+    assert get_scorer(f"{odd / 'rewards.py'}:score")(["x"]) == [3.0]
+    assert get_scorer("run:1/rewards.py:score")(["x"]) == [3.0]
+
+
+def test_a_scorer_file_named_like_a_loaded_module_does_not_replace_it(tmp_path, monkeypatch):
+    """A scorer file is imported under a name of its own: one named like a module already
+    imported (here a dotted scorer module) leaves that module as it was, and loading two scorers
+    from one folder puts the folder on the import path once."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "rcond_twin_rewards.py").write_text("def score(texts):\n    return [1.0] * len(texts)\n")
+    (tmp_path / "second").mkdir()
+    path = tmp_path / "second" / "rcond_twin_rewards.py"
+    path.write_text("def score(texts):\n    return [2.0] * len(texts)\n\ndef other(texts):\n    return [0.0] * len(texts)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "first"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "rcond_twin_rewards", raising=False)
+    try:
+        assert get_scorer("rcond_twin_rewards:score")(["x"]) == [1.0]
+        twin = sys.modules["rcond_twin_rewards"]
+        assert get_scorer(f"{path}:score")(["x"]) == [2.0]
+        assert get_scorer(f"{path}:other")(["x"]) == [0.0]
+        assert sys.modules["rcond_twin_rewards"] is twin
+        assert sys.path.count(str(tmp_path / "second")) == 1
+    finally:
+        sys.modules.pop("rcond_twin_rewards", None)
+
+
+def test_keyboard_interrupt_while_importing_a_scorer_file_passes_through(tmp_path):
+    path = tmp_path / "rcond_interrupted.py"
+    path.write_text("raise KeyboardInterrupt\n")
+    before = set(sys.modules)
+    with pytest.raises(KeyboardInterrupt):
+        get_scorer(f"{path}:score")
+    assert set(sys.modules) == before
+
+
+def test_the_current_directory_comes_last_on_the_import_path(tmp_path, monkeypatch):
+    """A dotted scorer module is looked up on the normal path first: a file of the same name in
+    the current directory (added at the end) does not shadow it."""
+    (tmp_path / "installed").mkdir()
+    (tmp_path / "installed" / "rcond_where_rewards.py").write_text("def score(texts):\n    return [1.0] * len(texts)\n")
+    (tmp_path / "rcond_where_rewards.py").write_text("def score(texts):\n    return [2.0] * len(texts)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "installed")] + [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "rcond_where_rewards", raising=False)
+    try:
+        assert get_scorer("rcond_where_rewards:score")(["x"]) == [1.0]
+        assert sys.path[-1] == str(tmp_path)
+    finally:
+        sys.modules.pop("rcond_where_rewards", None)
+
+
+def test_a_module_that_imports_from_itself_too_early_failed_to_import(tmp_path, monkeypatch):
+    """An ImportError naming the scorer module itself (a circular import: the module is found)
+    is a failure while importing it, not 'cannot import module'."""
+    name = "rcond_circular_rewards"
+    (tmp_path / f"{name}.py").write_text(f"from {name} import helper\n\ndef helper(t):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(ScorerError, match=rf"^scorer '{name}:score': module '{name}' failed to import: ImportError: "
+                                          rf"cannot import name 'helper' from partially initialized module '{name}'"):
+        get_scorer(f"{name}:score")
+    assert name not in sys.modules
+
+
+def test_a_wrong_count_is_placed_on_its_whole_batch():
+    """A batch that returns too few scores is an error about every text of that batch, counted
+    from the start of the texts scores_in_batches was given."""
+    from rcond.scorer_pool import scores_in_batches
+
+    short = Scorer("short", lambda ts: [0.0] * (len(ts) - ("c" in ts)))
+    with pytest.raises(ScorerError) as e:
+        scores_in_batches(short, ["a", "b", "c", "d", "e"], 2)
+    assert e.value.texts == (2, 3)
+    assert e.value.reason == "scorer 'short' returned 1 scores for the 2 texts of these records; expected one score per text"
