@@ -67,6 +67,15 @@ def test_score_summary_hand_computed():
     assert empty.n == 0 and all(math.isnan(v) for v in (empty.mean, empty.sd, empty.median, empty.p10, empty.p90))
 
 
+def test_score_summary_two_scores_have_a_sample_sd():
+    """Two scores are the fewest with a sample sd (the docstring's NaN is for n < 2 only):
+    sd of (1, 4) = sqrt(((1 - 2.5)² + (4 - 2.5)²) / 1) = sqrt(4.5)."""
+    s = ScoreSummary.of([1.0, 4.0])
+    assert (s.n, s.mean, s.median) == (2, 2.5, 2.5)
+    assert s.sd == pytest.approx(math.sqrt(4.5))
+    assert (s.p10, s.p90) == pytest.approx((1.3, 3.7))
+
+
 def test_calibration_hand_computed():
     scheme = scheme3()
     samples = [rec(0, -1.0), rec(0, 0.5), rec(2, 2.0), rec(2, 3.0), rec(2, 0.5),
@@ -83,6 +92,14 @@ def test_calibration_hand_computed():
     assert cal.spearman_levels == pytest.approx(1.0)  # means -0.25 < 0.2 < 1.83
     ks, ys = [0, 0, 2, 2, 2, 1], [-1.0, 0.5, 2.0, 3.0, 0.5, 0.2]
     assert cal.spearman_samples == pytest.approx(stats.spearmanr(ks, ys).statistic)
+
+
+def test_calibration_level_wins_over_a_raw_reward():
+    """A sample that gives both ``level`` and ``reward`` requested its ``level`` (the reward's bin
+    is only the fallback when level is null): here level 2 although reward -5 falls in bin 0."""
+    cal = calibration([rec(2, 0.5, reward=-5.0), rec(None, -1.0, reward=-5.0)], scheme3())
+    assert [lc.scores.n for lc in cal.levels] == [1, 0, 1]
+    assert cal.levels[2].scores.mean == 0.5 and cal.levels[0].scores.mean == -1.0
 
 
 def test_calibration_empty_level_and_single_level():
@@ -103,6 +120,9 @@ def test_calibration_rejects_bad_samples():
         calibration([rec(3, 0.0)], scheme3())
     with pytest.raises(SchemeError, match="^reward 'x' is not a number$"):
         calibration([rec(None, 0.0, reward="x")], scheme3())
+    with pytest.raises(MetricsError) as e:  # the bad sample is named by its 0-based index
+        calibration([rec(0, 0.1), rec(1, 0.2), rec(2, None)], scheme3())
+    assert str(e.value).startswith("sample 2: score None is not a finite number")
 
 
 def test_read_samples(tmp_path):
