@@ -139,6 +139,29 @@ def test_read_samples(tmp_path):
         read_samples(unscored)
 
 
+def test_read_samples_line_cut_short_names_its_column(tmp_path):
+    """A line cut short inside its JSON value: the column is the end of that line (the newline is
+    not part of the value), not column 1 of a line that does not exist."""
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(rec(1, 0.5)) + "\n" + '{"text": "a", "score": \n')
+    with pytest.raises(MetricsError) as e:
+        read_samples(path)
+    assert str(e.value) == (f"{path}:2: not valid JSON (Expecting value at column 24: "
+                            "the text ends before the JSON value does (cut short?))")
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '"text"', '{"score": 0.1}', '{"text": 3, "score": 0.1}',
+                                  '{"text": null, "score": 0.1}'])
+def test_read_samples_needs_an_object_with_a_string_text(tmp_path, line):
+    """A line that is not a JSON object, or has no string ``text``, is a MetricsError naming the
+    file and line (not an AttributeError from deep inside, nor a sample without text)."""
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(rec(None, 0.1)) + "\n" + line + "\n")
+    with pytest.raises(MetricsError) as e:
+        read_samples(path)
+    assert str(e.value) == f"{path}:2: expected a sample object with a string 'text' field"
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("reward", "x", "reward 'x' is not a finite number or null"),
     ("reward", float("inf"), "reward inf is not a finite number or null"),
@@ -146,6 +169,7 @@ def test_read_samples(tmp_path):
     ("guidance", True, "guidance True is not a finite number or null"),
     ("level", "3", "level '3' is not an integer or null"),
     ("level", 1.0, "level 1.0 is not an integer or null"),
+    ("level", True, "level True is not an integer or null"),  # a bool is an int in Python, not a level
 ])
 def test_read_samples_checks_field_types(tmp_path, field, value, message):
     path = tmp_path / "s.jsonl"
