@@ -222,6 +222,8 @@ def test_bleu_hand_computed():
         (2 / 4 * 1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25)
     assert bleu("x y".split(), ["a b".split()]) == 0.0
     assert bleu([], ["a b".split()]) == 0.0
+    with pytest.raises(ValueError, match="^bleu: at least one reference is needed$"):
+        bleu(["a"], [])
 
 
 def test_self_bleu_matches_pairwise_definition():
@@ -234,9 +236,22 @@ def test_self_bleu_matches_pairwise_definition():
     assert math.isnan(self_bleu([list("abcd")]))
 
 
+def test_self_bleu_own_length_is_not_a_reference_length():
+    """The brevity penalty of text i uses the other texts' lengths only: "a b c" (c = 3) against
+    the one other text of length 5 has BP = exp(1 - 5/3), though 3 is the closest length overall.
+    Hand-computed: text 1 p = (1, 1, 1, eps/1); text 2 p = (3/5, 2/4, 1/3, eps/2), BP = 1."""
+    texts = ["a b c".split(), "a b c d e".split()]
+    first = math.exp(1 - 5 / 3) * 0.1 ** 0.25
+    second = (3 / 5 * 2 / 4 * 1 / 3 * 0.1 / 2) ** 0.25
+    assert self_bleu(texts) == pytest.approx((first + second) / 2, abs=1e-12)
+    assert self_bleu(texts) == pytest.approx(np.mean([bleu(texts[0], texts[1:]), bleu(texts[1], texts[:1])]), abs=1e-12)
+
+
 def test_evenly_spaced():
     assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
     assert evenly_spaced([1, 2], 4) == [1, 2]
+    # positions 0, 3.33, 6.67, 10: the nearest indices, not the ones below
+    assert evenly_spaced(list(range(11)), 4) == [0, 3, 7, 10]
 
 
 def test_diversity_fields_cap_and_empty():
@@ -249,6 +264,27 @@ def test_diversity_fields_cap_and_empty():
     assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in
                                    ("distinct_1", "distinct_2", "distinct_3", "self_bleu", "mean_length"))
     assert math.isnan(diversity(["", ""])["distinct_1"])
+
+
+def test_diversity_cap_applies_to_self_bleu_only():
+    """With more texts than ``max_texts``, self-BLEU uses the evenly spaced subset (here texts 0
+    and 2 of 3) while distinct-n and the mean length count every text. Hand-computed:
+    all tokens a b | c | a b c d -> distinct-1 4/7, bigrams (a b)x2 (b c) (c d) -> 3/4, trigrams 2/2;
+    self-BLEU of "a b" vs "a b c d": BP e^-1, p = (1, 1, eps, eps); of "a b c d" vs "a b":
+    p = (2/4, 1/3, eps/2, eps/1), BP = 1."""
+    d = diversity(["a b", "c", "a b c d"], max_texts=2)
+    assert d["n"] == 3 and d["self_bleu_texts"] == 2
+    assert (d["distinct_1"], d["distinct_2"], d["distinct_3"]) == pytest.approx((4 / 7, 3 / 4, 1.0))
+    assert d["mean_length"] == pytest.approx(7 / 3)
+    short = math.exp(-1) * (0.1 * 0.1) ** 0.25
+    long = (2 / 4 * 1 / 3 * 0.1 / 2 * 0.1) ** 0.25
+    assert d["self_bleu"] == pytest.approx((short + long) / 2, abs=1e-12)
+
+
+def test_diversity_needs_two_texts_for_self_bleu():
+    """``max_texts`` below 2 could never give a self-BLEU: a ValueError saying so."""
+    with pytest.raises(ValueError, match="^max_texts must be >= 2, got 1$"):
+        diversity(["a b", "c d"], max_texts=1)
 
 
 def test_diversity_is_fast_at_the_cap():
