@@ -153,6 +153,8 @@ def test_bad_input_files_name_file_and_line(tmp_path):
                                                {"step": 2, "loss": "x"}])
     step_log = write_jsonl(tmp_path / "step.jsonl", [{"step": "a", "loss": 2.0}])
     on_loss_log = write_jsonl(tmp_path / "on_loss.jsonl", [{"step": 1, "loss": 2.0, "loss_on": [1.0]}])
+    bool_log = write_jsonl(tmp_path / "bool.jsonl", [{"step": 1, "loss": 2.0}, {"step": True, "loss": 2.0}])
+    bool_loss_log = write_jsonl(tmp_path / "bool_loss.jsonl", [{"step": 1, "loss": 2.0, "loss_off": False}])
     guided = write_jsonl(tmp_path / "guided.jsonl", [samples(n=1, guidance=2.0)[0],
                                                      samples(n=1, guidance="abc")[0]])
     reward = write_jsonl(tmp_path / "reward.jsonl", [dict(samples(n=1)[0], level=None, reward="x")])
@@ -165,6 +167,8 @@ def test_bad_input_files_name_file_and_line(tmp_path):
         (dict(on_samples=on, train_log=log), f"{log}:3: loss 'x' is not a number or null"),
         (dict(on_samples=on, train_log=step_log), f"{step_log}:1: step 'a' is not an integer"),
         (dict(on_samples=on, train_log=on_loss_log), f"{on_loss_log}:1: loss_on [1.0] is not a number or null"),
+        (dict(on_samples=on, train_log=bool_log), f"{bool_log}:2: step True is not an integer"),
+        (dict(on_samples=on, train_log=bool_loss_log), f"{bool_loss_log}:1: loss_off False is not a number or null"),
         (dict(on_samples=on, guided_samples=guided), f"{guided}:2: guidance 'abc' is not a finite number or null"),
         (dict(on_samples=reward), f"{reward}:1: reward 'x' is not a finite number or null"),
         (dict(on_samples=[dict(samples(n=1)[0], level="3")]),
@@ -181,3 +185,26 @@ def test_md_escape():
     assert md_escape("a|b*c\n_d  <x> [l](u) `c` ~s~ & \\") == "a\\|b\\*c \\_d \\<x\\> \\[l\\](u) \\`c\\` \\~s\\~ \\& \\\\"
     assert md_escape("x" * 10, limit=4) == "xxxx…"
     assert md_escape("# not a heading - 1. fine") == "# not a heading - 1. fine"
+
+
+def test_md_escape_cuts_only_longer_text():
+    """Text of exactly ``limit`` characters is kept whole; a cut drops the space before the "…"."""
+    assert md_escape("xxxx", limit=4) == "xxxx"
+    assert md_escape("ab cd", limit=3) == "ab…"
+
+
+def on_rec(level, score, text="t", prompt="", reward=None):
+    return {"prompt": prompt, "mode": "on", "level": level, "reward": reward, "guidance": None, "text": text,
+            "score": score}
+
+
+def off_rec(score, text):
+    return {"prompt": "", "mode": "off", "level": None, "reward": None, "guidance": None, "text": text, "score": score}
+
+
+def test_wrong_mode_names_the_first_and_counts(tmp_path):
+    """Of several samples in the wrong mode the first is named, and the count is of those alone."""
+    path = write_jsonl(tmp_path / "on.jsonl", [on_rec(0, -0.9), off_rec(0.1, "a"), off_rec(0.2, "b")])
+    with pytest.raises(MetricsError) as e:
+        write_report(tmp_path / "r", scheme=scheme4(), on_samples=path)
+    assert str(e.value) == f"{path}:2: mode 'off' among the on-mode samples (2 of 3 have another mode)"
