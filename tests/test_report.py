@@ -202,6 +202,99 @@ def off_rec(score, text):
     return {"prompt": "", "mode": "off", "level": None, "reward": None, "guidance": None, "text": text, "score": score}
 
 
+def test_tables_hand_computed(tmp_path):
+    """Every cell of the calibration table, the off-mode line and a diversity row, against values
+    worked out by hand (numpy.quantile's linear rule; sample sd):
+    level 0 scores -0.8, -0.6, -0.2: mean -0.533, sd sqrt(0.18667 / 2) = 0.306, p10 -0.76,
+    p90 -0.28, 2 of 3 below -0.5; level 3 scores 0.9, 0.7, 0.9, 0.7: sd sqrt(0.04 / 3) = 0.115;
+    off scores 0.1, 0.4, 0.2: mean 0.233, sd sqrt(0.07 / 3) = 0.153, p10 0.12, p90 0.36; off texts "x y", "x z", "w": distinct-1 4/5,
+    distinct-2 2/2, self-BLEU ((0.5 · 0.1³)^¼ · 2 + 0) / 3 = 0.0997, mean length 5/3."""
+    on = [on_rec(0, -0.8), on_rec(0, -0.6), on_rec(0, -0.2), on_rec(None, 0.0)]  # the last requested nothing
+    on += [on_rec(3, s) for s in (0.9, 0.7, 0.9, 0.7)]
+    off = [off_rec(0.1, "x y"), off_rec(0.4, "x z"), off_rec(0.2, "w")]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=off)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "1 samples requested no level and are left out." in md
+    assert "over all samples: **" in md and "(n = 7)." in md
+    assert "| 0 | < -0.500 | 3 | -0.533 ± 0.306 | -0.600 | -0.760 … -0.280 | 67% |" in md
+    assert "| 1 | \\[-0.500, 0.000) | 0 | — | — | — | — |" in md
+    assert "| 3 | ≥ 0.500 | 4 | 0.800 ± 0.115 | 0.800 | 0.700 … 0.900 | 100% |" in md
+    assert "n = 3, mean ± sd 0.233 ± 0.153, median 0.200, 10–90% 0.120 … 0.360." in md
+    assert "| off | 3 | 0.800 | 1.000 | — | 0.100 (3) | 1.7 |" in md
+    metrics = no_nan((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["off"] == pytest.approx({"n": 3, "mean": 0.7 / 3, "sd": (0.07 / 3) ** 0.5, "median": 0.2,
+                                            "p10": 0.12, "p90": 0.36})
+    assert metrics["calibration_on"]["unrequested"] == 1 and metrics["calibration_on"]["n"] == 7
+
+
+def test_examples_are_the_first_in_input_order(tmp_path):
+    """The examples of a level are its first three samples as given (the fourth is not shown),
+    the prompt cut at half the text limit (120 characters) in italics, an empty text marked; the
+    off-mode examples follow."""
+    on = [on_rec(3, 0.9, "first", prompt="p" * 130), on_rec(3, 0.8, ""), on_rec(3, 0.7, "third"),
+          on_rec(3, 0.6, "fourth"), on_rec(0, -0.9, "low one")]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "plain <b>")])
+    md = (tmp_path / "r" / "report.md").read_text()
+    examples = md[md.index("## Examples"):]
+    level3 = examples[examples.index("### level 3 (≥ 0.500)"):examples.index("### off mode")]
+    assert level3.splitlines()[2:5] == [f"- score 0.900: *{'p' * 120}…* first", "- score 0.800: *(empty)*",
+                                        "- score 0.700: third"]
+    assert "fourth" not in md
+    assert "### level 0 (< -0.500)\n\n- score -0.900: low one\n" in examples
+    assert examples.endswith("### off mode\n\n- score 0.100: plain \\<b\\>\n")
+
+
+def test_facts_are_formatted_and_kept_in_metrics_json(tmp_path):
+    """A bool fact reads True (not 1), a NaN one "—" (null in metrics.json), an int has thousands
+    separators, a key is escaped; guided samples are grouped by their guidance value, in
+    metrics.json under its string."""
+    facts = {"resumed": True, "loss": float("nan"), "tokens": 1234567, "a|b": 0.25}
+    guided = [dict(on_rec(0, -0.7), guidance=1.5), dict(on_rec(3, 0.7), guidance=2.0), dict(on_rec(3, 0.8), guidance=2.0)]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)], guided_samples=guided, facts=facts)
+    md = (tmp_path / "r" / "report.md").read_text()
+    for row in ("| resumed | True |", "| loss | — |", "| tokens | 1,234,567 |", "| a\\|b | 0.25 |"):
+        assert row in md
+    assert "### guided g=1.5" in md and "### guided g=2" in md
+    metrics = no_nan((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["facts"] == {"resumed": True, "loss": None, "tokens": 1234567, "a|b": 0.25}
+    assert sorted(metrics["calibration_guided"]) == ["1.5", "2.0"]
+    assert metrics["calibration_guided"]["2.0"]["n"] == 2 and metrics["calibration_guided"]["1.5"]["n"] == 1
+
+
+def test_training_log_lines_without_loss_are_skipped(tmp_path):
+    """Only log objects with both ``step`` and ``loss`` count (not an eval line with a step only,
+    nor a line that is not an object); the last one's null losses are left out of its line."""
+    log = write_jsonl(tmp_path / "log.jsonl", [{"step": 10, "loss": 3.0}, {"step": 11, "eval": 1.0},
+                                               '["step", "loss"]', '"step loss"',
+                                               {"step": 12, "loss": 2.0, "loss_on": 2.5, "loss_off": None}])
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)], train_log=log)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "2 logged steps; at step 12: loss 2.000, loss_on 2.500 (nats / token)." in md
+
+
+def test_training_log_without_steps(tmp_path):
+    """A log given but with no steps: loss.png is still written (it is written whenever a log is
+    given) and the report says the log has no steps instead of linking it."""
+    log = write_jsonl(tmp_path / "log.jsonl", [{"event": "start"}])
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)], train_log=log)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "The training log has no steps." in md and "loss.png" not in md
+    assert (tmp_path / "r" / "loss.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_single_bin_and_off_mode_only(tmp_path):
+    """A one-bin scheme's bin is "all" (and with no samples at all, no edge and no score to set
+    the plotted range, the report is still written); with no on-mode samples the histogram of
+    the off mode is still drawn and linked."""
+    write_report(tmp_path / "none", scheme=ControlScheme.fit([0.1, 0.2], num_bins=1), on_samples=[])
+    assert "| 0 | all | 0 | — |" in (tmp_path / "none" / "report.md").read_text()
+    write_report(tmp_path / "one", scheme=ControlScheme.fit([0.1, 0.2], num_bins=1), on_samples=[on_rec(0, 0.5)])
+    assert "| 0 | all | 1 | 0.500 ± — |" in (tmp_path / "one" / "report.md").read_text()
+    write_report(tmp_path / "off", scheme=scheme4(), on_samples=[], off_samples=[off_rec(0.1, "a"), off_rec(0.2, "b")])
+    assert "![achieved reward histograms](scores.png)" in (tmp_path / "off" / "report.md").read_text()
+    check_png(tmp_path / "off" / "scores.png")
+
+
 def test_wrong_mode_names_the_first_and_counts(tmp_path):
     """Of several samples in the wrong mode the first is named, and the count is of those alone."""
     path = write_jsonl(tmp_path / "on.jsonl", [on_rec(0, -0.9), off_rec(0.1, "a"), off_rec(0.2, "b")])
