@@ -301,3 +301,74 @@ def test_wrong_mode_names_the_first_and_counts(tmp_path):
     with pytest.raises(MetricsError) as e:
         write_report(tmp_path / "r", scheme=scheme4(), on_samples=path)
     assert str(e.value) == f"{path}:2: mode 'off' among the on-mode samples (2 of 3 have another mode)"
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report draws, by file name, captured as they are saved (and still saved)."""
+    from rcond import report
+
+    saved = {}
+    real_save = report._save
+
+    def save(fig, path):
+        saved[path.name] = fig
+        real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    return saved
+
+
+def test_loss_plot_running_mean_null_steps_and_stages(tmp_path, figures):
+    """100 logged steps: window w = 100 // 50 = 2, so each bold line is the mean of the last two
+    logged values of its series (the first point alone), over the raw values; off-mode steps
+    with a null loss are left out (not drawn as 0) and the window counts logged values of that
+    series; a stage change at step 60 is one vertical line."""
+    rows = [{"step": s, "stage": "a" if s < 60 else "b", "loss": float(s % 3),
+             "loss_off": None if s % 4 else 10.0 + s} for s in range(100)]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)],
+                 train_log=write_jsonl(tmp_path / "log.jsonl", rows))
+    ax = figures["loss.png"].axes[0]
+    by_label = {line.get_label(): line for line in ax.lines}
+    total, off = by_label["total (running mean of 2)"], by_label["off mode (running mean of 2)"]
+    raw_total, off_steps = [s % 3 for s in range(100)], list(range(0, 100, 4))
+    raw_off = [10.0 + s for s in off_steps]
+    assert list(total.get_xdata()) == list(range(100)) and list(off.get_xdata()) == off_steps
+    assert list(total.get_ydata()) == pytest.approx([(raw_total[i - 1] + raw_total[i]) / 2 if i else raw_total[0]
+                                                     for i in range(100)])
+    assert list(off.get_ydata()) == pytest.approx([(raw_off[i - 1] + raw_off[i]) / 2 if i else raw_off[0]
+                                                   for i in range(len(raw_off))])
+    faint = [line for line in ax.lines if line.get_label().startswith("_") and len(line.get_xdata()) > 2]
+    assert [list(line.get_ydata()) for line in faint] == [raw_total, raw_off]
+    assert [list(line.get_xdata()) for line in ax.lines if len(set(line.get_xdata())) == 1] == [[60, 60]]
+
+
+def test_calibration_plot_range_bins_and_series(tmp_path, figures):
+    """The y range covers every score (on, guided and off) and every edge, padded by 5%: scores
+    from -0.95 (guided) to 0.97 (off) give (-0.95 - 0.096, 0.97 + 0.096); the grey bins are the
+    requested bins cut to that range; the per-level means are dots at the levels (none at the
+    empty level 2), guided ones shifted right by 0.12; the off-mode mean is a horizontal line."""
+    on = [on_rec(0, -0.8), on_rec(0, -0.6), on_rec(1, -0.3), on_rec(3, 0.9)]
+    guided = [dict(on_rec(0, -0.95), guidance=2.0), dict(on_rec(3, 0.7), guidance=2.0)]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, guided_samples=guided,
+                 off_samples=[off_rec(0.97, "a"), off_rec(0.5, "b")])
+    ax = figures["calibration.png"].axes[0]
+    ylo, yhi = -0.95 - 0.096, 0.97 + 0.096
+    assert ax.get_ylim() == pytest.approx((ylo, yhi))
+    bins = [(p.get_x() + p.get_width() / 2, p.get_y(), p.get_y() + p.get_height()) for p in ax.patches]
+    np.testing.assert_allclose(bins, [(0, ylo, -0.5), (1, -0.5, 0.0), (2, 0.0, 0.5), (3, 0.5, yhi)], atol=1e-12)
+    by_name = {line.get_label().split(":")[0]: line for line in ax.lines}
+    np.testing.assert_allclose(by_name["on mode"].get_xdata(), [0, 1, 2, 3])
+    np.testing.assert_allclose(by_name["on mode"].get_ydata(), [-0.7, -0.3, np.nan, 0.9])
+    np.testing.assert_allclose(by_name["guided g=2"].get_xdata(), [0.12, 1.12, 2.12, 3.12])
+    np.testing.assert_allclose(by_name["guided g=2"].get_ydata(), [-0.95, np.nan, np.nan, 0.7])
+    assert list(by_name["off mode mean (0.73, n=2)"].get_ydata()) == pytest.approx([0.735, 0.735])
+
+
+def test_histograms_show_lowest_middle_and_highest_level(tmp_path, figures):
+    """With levels 0..3 filled the histograms are of levels 0, 2 (index 4 // 2 of the filled
+    levels) and 3, and the off mode."""
+    on = [on_rec(k, -0.9 + 0.5 * k + 0.01 * i) for k in range(4) for i in range(k + 1)]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "a")])
+    labels = figures["scores.png"].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["level 0 (n=1)", "level 2 (n=3)", "level 3 (n=4)", "off mode (n=1)"]
