@@ -372,3 +372,19 @@ def test_histograms_show_lowest_middle_and_highest_level(tmp_path, figures):
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "a")])
     labels = figures["scores.png"].axes[0].get_legend_handles_labels()[1]
     assert labels == ["level 0 (n=1)", "level 2 (n=3)", "level 3 (n=4)", "off mode (n=1)"]
+
+
+def test_report_md_is_utf8_whatever_the_locale(tmp_path):
+    """report.md holds ρ, ±, … and is written as UTF-8 even where the locale's encoding is ASCII
+    (the C locale with its coercion to UTF-8 turned off), not a UnicodeEncodeError."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from rcond.report import write_report; from rcond.tokens import ControlScheme; "
+            "write_report(sys.argv[1], scheme=ControlScheme(num_bins=2, edges=[0.0]), on_samples=[{'mode': 'on', "
+            "'level': 1, 'text': 'caf\\u00e9', 'score': 0.5}], title='r\\u00e9sum\\u00e9')")
+    env = dict(os.environ, LC_ALL="C", LANG="C", PYTHONCOERCECLOCALE="0", PYTHONUTF8="0", MPLBACKEND="Agg")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env=env, check=True, timeout=60)
+    md = (tmp_path / "r" / "report.md").read_bytes().decode("utf-8")
+    assert md.startswith("# résumé\n") and "- score 0.500: café" in md and "0.500 ± —" in md
