@@ -14,7 +14,8 @@ run facts, and writes, atomically (built beside the target, then renamed into pl
   token, total and per mode (``loss_on``, ``loss_off``) where logged. With L logged steps and
   w = max(1, L // 50), each series is drawn as the running mean of its last w logged values
   (bold) over the raw values (faint); steps where a mode had no tokens (null) are skipped, not
-  drawn as zero. Stage changes are dotted vertical lines.
+  drawn as zero; a NaN loss (a diverged step) leaves a gap in the w points whose window holds it.
+  Stage changes are dotted vertical lines.
 - ``scores.png``: histograms (as densities) of the achieved reward at the lowest, middle and
   highest level that have samples, and of the ``off`` mode.
 - ``report.md``: run facts, the plots, a table per calibration (level, bin, n, mean ± sd, median,
@@ -261,11 +262,14 @@ def _plot_loss(path: Path, log: Sequence[Mapping]) -> None:
 
 
 def _running_mean(y: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last ``window`` values at each point (fewer at the start)."""
-    c = np.concatenate([[0.0], np.cumsum(y)])
+    """Mean of the last ``window`` values at each point (fewer at the start); NaN where those
+    include a non-finite value (a running sum would carry it to every later point)."""
+    bad = ~np.isfinite(y)
+    c = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, y))])
+    nbad = np.concatenate([[0], np.cumsum(bad)])
     i = np.arange(1, y.size + 1)
     lo = np.maximum(0, i - window)
-    return (c[i] - c[lo]) / (i - lo)
+    return np.where(nbad[i] > nbad[lo], np.nan, (c[i] - c[lo]) / (i - lo))
 
 
 def _plot_histograms(path: Path, on_by_level: Mapping[int, Sequence[Mapping]], off: Sequence[Mapping],

@@ -388,3 +388,18 @@ def test_report_md_is_utf8_whatever_the_locale(tmp_path):
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env=env, check=True, timeout=60)
     md = (tmp_path / "r" / "report.md").read_bytes().decode("utf-8")
     assert md.startswith("# résumé\n") and "- score 0.500: café" in md and "0.500 ± —" in md
+
+
+def test_loss_plot_a_nan_step_blanks_only_its_windows(tmp_path, figures):
+    """A step whose loss is NaN (a diverged step: ``rcond train`` logs it as it is) leaves a gap
+    only where the last w values include it: with 10 steps (w = 1) just that point, with 100
+    steps (w = 2) that point and the next; the running mean does not stay NaN for the rest of
+    the run."""
+    for steps, gap in ((10, [3]), (100, [3, 4])):
+        rows = [{"step": s, "loss": float("nan") if s == 3 else 5.0 - s / 100} for s in range(steps)]
+        write_report(tmp_path / f"r{steps}", scheme=scheme4(), on_samples=[on_rec(0, -0.9)],
+                     train_log=write_jsonl(tmp_path / f"log{steps}.jsonl", rows))
+        label = "total" if steps == 10 else "total (running mean of 2)"
+        y = next(line for line in figures["loss.png"].axes[0].lines if line.get_label() == label).get_ydata()
+        assert [i for i in range(steps) if not np.isfinite(y[i])] == gap
+        assert y[-1] == pytest.approx(5.0 - (steps - 1) / 100 if steps == 10 else 5.0 - (steps - 1.5) / 100)
