@@ -126,7 +126,12 @@ def check_sample(rec: object, where: str) -> Mapping:
 
 
 def _is_finite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def sample_score(rec: Mapping, where: str) -> float:

@@ -179,6 +179,20 @@ def test_read_samples_checks_field_types(tmp_path, field, value, message):
     assert str(e.value) == f"{path}:2: {message}"
 
 
+def test_read_samples_integer_beyond_float_range(tmp_path):
+    """JSON reads 1 followed by 400 zeros as a Python int that no float holds: as a score or a
+    reward it is "not a finite number" naming the file and line, not an OverflowError from
+    math.isfinite without either."""
+    huge = 10 ** 400
+    for field, message in (("score", f"score {huge} is not a finite number"),
+                           ("reward", f"reward {huge} is not a finite number or null")):
+        path = tmp_path / f"{field}.jsonl"
+        path.write_text(json.dumps(rec(None, 0.1)) + "\n" + json.dumps(dict(rec(None, 0.2), **{field: huge})) + "\n")
+        with pytest.raises(MetricsError) as e:
+            read_samples(path)
+        assert str(e.value).startswith(f"{path}:2: {message}")
+
+
 def test_read_samples_null_and_numbers_are_fine(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(dict(rec(None, 0.1, reward=0.5), guidance=2)) + "\n"
