@@ -96,9 +96,11 @@ def test_calibration_hand_computed():
 
 def test_calibration_level_wins_over_a_raw_reward():
     """A sample that gives both ``level`` and ``reward`` requested its ``level`` (the reward's bin
-    is only the fallback when level is null): here level 2 although reward -5 falls in bin 0."""
-    cal = calibration([rec(2, 0.5, reward=-5.0), rec(None, -1.0, reward=-5.0)], scheme3())
-    assert [lc.scores.n for lc in cal.levels] == [1, 0, 1]
+    is only the fallback when level is null): here level 2 although reward -5 falls in bin 0. A raw
+    reward of 0.0 is a request like any other (null, not falsy, means none)."""
+    cal = calibration([rec(2, 0.5, reward=-5.0), rec(None, -1.0, reward=-5.0), rec(None, 0.3, reward=0.0)], scheme3())
+    assert [lc.scores.n for lc in cal.levels] == [1, 1, 1]  # reward 0.0 is a request (of bin 1), not "none"
+    assert cal.unrequested == 0
     assert cal.levels[2].scores.mean == 0.5 and cal.levels[0].scores.mean == -1.0
 
 
@@ -127,8 +129,8 @@ def test_calibration_rejects_bad_samples():
 
 def test_read_samples(tmp_path):
     good = tmp_path / "s.jsonl"
-    good.write_text(json.dumps(rec(1, 0.5)) + "\n\n" + json.dumps(rec(None, 0.1, mode="off")) + "\n")
-    assert [r["level"] for r in read_samples(good)] == [1, None]
+    good.write_text(json.dumps(rec(1, 0.5)) + "\n\n \t \r\n" + json.dumps(rec(None, 0.1, mode="off")) + "\n")
+    assert [r["level"] for r in read_samples(good)] == [1, None]  # blank lines, spaces only too, are skipped
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rec(1, 0.5)) + "\n{oops\n")
     with pytest.raises(MetricsError, match=r"bad.jsonl:2: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"):
@@ -139,11 +141,12 @@ def test_read_samples(tmp_path):
         read_samples(unscored)
 
 
-def test_read_samples_line_cut_short_names_its_column(tmp_path):
-    """A line cut short inside its JSON value: the column is the end of that line (the newline is
-    not part of the value), not column 1 of a line that does not exist."""
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_read_samples_line_cut_short_names_its_column(tmp_path, newline):
+    """A line cut short inside its JSON value: the column is the end of that line (the newline,
+    LF or CRLF, is not part of the value), not column 1 of a line that does not exist."""
     path = tmp_path / "cut.jsonl"
-    path.write_text(json.dumps(rec(1, 0.5)) + "\n" + '{"text": "a", "score": \n')
+    path.write_bytes((json.dumps(rec(1, 0.5)) + newline + '{"text": "a", "score": ' + newline).encode())
     with pytest.raises(MetricsError) as e:
         read_samples(path)
     assert str(e.value) == (f"{path}:2: not valid JSON (Expecting value at column 24: "
