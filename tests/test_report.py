@@ -92,6 +92,8 @@ def test_no_off_samples_empty_level_no_log(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["calibration.png", "metrics.json", "report.md", "scores.png"]
     check_png(out / "calibration.png")
     md = (out / "report.md").read_text()
+    assert md.startswith("# rcond report\n\n## Calibration\n")  # the default title; no facts, no "## Run"
+    assert "Reward: gold reward. 4 levels, edges:-0.5,0,0.5 bins." in md
     assert "| 1 | \\[-0.500, 0.000) | 0 | — | — | — | — |" in md
     assert "No off-mode samples were given." in md and "No training log was given." in md
     assert "| off | 0 | — | — | — | — (0) | — |" in md
@@ -229,16 +231,16 @@ def test_tables_hand_computed(tmp_path):
 
 def test_examples_are_the_first_in_input_order(tmp_path):
     """The examples of a level are its first three samples as given (the fourth is not shown),
-    the prompt cut at half the text limit (120 characters) in italics, an empty text marked; the
-    off-mode examples follow."""
-    on = [on_rec(3, 0.9, "first", prompt="p" * 130), on_rec(3, 0.8, ""), on_rec(3, 0.7, "third"),
+    the prompt cut at half the text limit (120 characters) in italics, a text cut at 240, an empty
+    text marked; the off-mode examples follow."""
+    on = [on_rec(3, 0.9, "first", prompt="p" * 130), on_rec(3, 0.8, ""), on_rec(3, 0.7, "t" * 241),
           on_rec(3, 0.6, "fourth"), on_rec(0, -0.9, "low one")]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "plain <b>")])
     md = (tmp_path / "r" / "report.md").read_text()
     examples = md[md.index("## Examples"):]
     level3 = examples[examples.index("### level 3 (≥ 0.500)"):examples.index("### off mode")]
     assert level3.splitlines()[2:5] == [f"- score 0.900: *{'p' * 120}…* first", "- score 0.800: *(empty)*",
-                                        "- score 0.700: third"]
+                                        f"- score 0.700: {'t' * 240}…"]
     assert "fourth" not in md
     assert "### level 0 (< -0.500)\n\n- score -0.900: low one\n" in examples
     assert examples.endswith("### off mode\n\n- score 0.100: plain \\<b\\>\n")
@@ -246,17 +248,17 @@ def test_examples_are_the_first_in_input_order(tmp_path):
 
 def test_facts_are_formatted_and_kept_in_metrics_json(tmp_path):
     """A bool fact reads True (not 1), a NaN one "—" (null in metrics.json), an int has thousands
-    separators, a key is escaped; guided samples are grouped by their guidance value, in
+    separators and a float four significant digits with them, a key is escaped; guided samples are grouped by their guidance value, in
     metrics.json under its string."""
-    facts = {"resumed": True, "loss": float("nan"), "tokens": 1234567, "a|b": 0.25}
+    facts = {"resumed": True, "loss": float("nan"), "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5}
     guided = [dict(on_rec(0, -0.7), guidance=1.5), dict(on_rec(3, 0.7), guidance=2.0), dict(on_rec(3, 0.8), guidance=2.0)]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)], guided_samples=guided, facts=facts)
     md = (tmp_path / "r" / "report.md").read_text()
-    for row in ("| resumed | True |", "| loss | — |", "| tokens | 1,234,567 |", "| a\\|b | 0.25 |"):
+    for row in ("| resumed | True |", "| loss | — |", "| tokens | 1,234,567 |", "| a\\|b | 0.25 |", "| seconds | 4,322 |"):
         assert row in md
     assert "### guided g=1.5" in md and "### guided g=2" in md
     metrics = no_nan((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["facts"] == {"resumed": True, "loss": None, "tokens": 1234567, "a|b": 0.25}
+    assert metrics["facts"] == {"resumed": True, "loss": None, "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5}
     assert sorted(metrics["calibration_guided"]) == ["1.5", "2.0"]
     assert metrics["calibration_guided"]["2.0"]["n"] == 2 and metrics["calibration_guided"]["1.5"]["n"] == 1
 
