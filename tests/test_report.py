@@ -349,12 +349,16 @@ def test_calibration_plot_range_bins_and_series(tmp_path, figures):
     """The y range covers every score (on, guided and off) and every edge, padded by 5%: scores
     from -0.95 (guided) to 0.97 (off) give (-0.95 - 0.096, 0.97 + 0.096); the grey bins are the
     requested bins cut to that range; the per-level means are dots at the levels (none at the
-    empty level 2), guided ones shifted right by 0.12; the off-mode mean is a horizontal line."""
+    empty level 2), each guided series (in input order) 0.12 further right, the x range widened by
+    as much; the off-mode mean is a horizontal line; the y axis names the reward."""
     on = [on_rec(0, -0.8), on_rec(0, -0.6), on_rec(1, -0.3), on_rec(3, 0.9)]
-    guided = [dict(on_rec(0, -0.95), guidance=2.0), dict(on_rec(3, 0.7), guidance=2.0)]
+    guided = [dict(on_rec(0, -0.95), guidance=2.0), dict(on_rec(3, 0.7), guidance=2.0),
+              dict(on_rec(1, -0.2), guidance=1.0)]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, guided_samples=guided,
-                 off_samples=[off_rec(0.97, "a"), off_rec(0.5, "b")])
+                 off_samples=[off_rec(0.97, "a"), off_rec(0.5, "b")], reward_label="VADER")
     ax = figures["calibration.png"].axes[0]
+    assert ax.get_ylabel() == "achieved reward (VADER)"
+    assert ax.get_xlim() == pytest.approx((-0.6, 4 - 0.4 + 2 * 0.12))
     ylo, yhi = -0.95 - 0.096, 0.97 + 0.096
     assert ax.get_ylim() == pytest.approx((ylo, yhi))
     bins = [(p.get_x() + p.get_width() / 2, p.get_y(), p.get_y() + p.get_height()) for p in ax.patches]
@@ -364,16 +368,24 @@ def test_calibration_plot_range_bins_and_series(tmp_path, figures):
     np.testing.assert_allclose(by_name["on mode"].get_ydata(), [-0.7, -0.3, np.nan, 0.9])
     np.testing.assert_allclose(by_name["guided g=2"].get_xdata(), [0.12, 1.12, 2.12, 3.12])
     np.testing.assert_allclose(by_name["guided g=2"].get_ydata(), [-0.95, np.nan, np.nan, 0.7])
+    np.testing.assert_allclose(by_name["guided g=1"].get_xdata(), [0.24, 1.24, 2.24, 3.24])
+    np.testing.assert_allclose(by_name["guided g=1"].get_ydata(), [np.nan, -0.2, np.nan, np.nan])
     assert list(by_name["off mode mean (0.73, n=2)"].get_ydata()) == pytest.approx([0.735, 0.735])
 
 
 def test_histograms_show_lowest_middle_and_highest_level(tmp_path, figures):
     """With levels 0..3 filled the histograms are of levels 0, 2 (index 4 // 2 of the filled
-    levels) and 3, and the off mode."""
+    levels) and 3, and the off mode; each is a density (the area under its outline is 1, by the
+    shoelace formula) over the named reward."""
     on = [on_rec(k, -0.9 + 0.5 * k + 0.01 * i) for k in range(4) for i in range(k + 1)]
-    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "a")])
-    labels = figures["scores.png"].axes[0].get_legend_handles_labels()[1]
+    write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "a")], reward_label="VADER")
+    ax = figures["scores.png"].axes[0]
+    handles, labels = ax.get_legend_handles_labels()
     assert labels == ["level 0 (n=1)", "level 2 (n=3)", "level 3 (n=4)", "off mode (n=1)"]
+    assert ax.get_xlabel() == "achieved reward (VADER)"
+    for outline in handles:
+        x, y = np.asarray(outline.get_xy()).T
+        assert 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) == pytest.approx(1.0)
 
 
 def test_report_md_is_utf8_whatever_the_locale(tmp_path):
