@@ -235,6 +235,8 @@ def test_bleu_hand_computed():
     assert bleu(["the", "cat"], [["the", "cat", "sat"]]) == pytest.approx(math.exp(-0.5) * 0.01 ** 0.25)
     # clipping by the maximum count over references; closest length tie (3 vs 5 for c = 4) -> shorter, BP = 1
     assert bleu("a b c d".split(), ["a b c".split(), "a b c d e".split()]) == pytest.approx(1.0)
+    # the closest length can be the longer one: c = 4 against lengths 1 and 5 -> r = 5, BP = exp(1 - 5/4)
+    assert bleu("a b c d".split(), [["a"], "a b c d e".split()]) == pytest.approx(math.exp(1 - 5 / 4))
     assert bleu("a a a a".split(), ["a b".split(), "a a c".split()]) == pytest.approx(
         (2 / 4 * 1 / 3 * 0.1 / 2 * 0.1 / 1) ** 0.25)
     assert bleu("x y".split(), ["a b".split()]) == 0.0
