@@ -248,17 +248,20 @@ def test_examples_are_the_first_in_input_order(tmp_path):
 
 def test_facts_are_formatted_and_kept_in_metrics_json(tmp_path):
     """A bool fact reads True (not 1), a NaN one "—" (null in metrics.json), an int has thousands
-    separators and a float four significant digits with them, a key is escaped; guided samples are grouped by their guidance value, in
+    separators and a float four significant digits with them, a text is cut at 200 characters
+    (kept whole in metrics.json), a key is escaped; guided samples are grouped by their guidance value, in
     metrics.json under its string."""
-    facts = {"resumed": True, "loss": float("nan"), "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5}
+    facts = {"resumed": True, "loss": float("nan"), "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5, "note": "n" * 250}
     guided = [dict(on_rec(0, -0.7), guidance=1.5), dict(on_rec(3, 0.7), guidance=2.0), dict(on_rec(3, 0.8), guidance=2.0)]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)], guided_samples=guided, facts=facts)
     md = (tmp_path / "r" / "report.md").read_text()
-    for row in ("| resumed | True |", "| loss | — |", "| tokens | 1,234,567 |", "| a\\|b | 0.25 |", "| seconds | 4,322 |"):
+    for row in ("| resumed | True |", "| loss | — |", "| tokens | 1,234,567 |", "| a\\|b | 0.25 |", "| seconds | 4,322 |",
+                f"| note | {'n' * 200}… |"):
         assert row in md
     assert "### guided g=1.5" in md and "### guided g=2" in md
     metrics = no_nan((tmp_path / "r" / "metrics.json").read_text())
-    assert metrics["facts"] == {"resumed": True, "loss": None, "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5}
+    assert metrics["facts"] == {"resumed": True, "loss": None, "tokens": 1234567, "a|b": 0.25, "seconds": 4321.5,
+                                "note": "n" * 250}
     assert sorted(metrics["calibration_guided"]) == ["1.5", "2.0"]
     assert metrics["calibration_guided"]["2.0"]["n"] == 2 and metrics["calibration_guided"]["1.5"]["n"] == 1
 
@@ -298,11 +301,16 @@ def test_single_bin_and_off_mode_only(tmp_path):
 
 
 def test_wrong_mode_names_the_first_and_counts(tmp_path):
-    """Of several samples in the wrong mode the first is named, and the count is of those alone."""
+    """Of several samples in the wrong mode the first is named, and the count is of those alone;
+    a sample without a mode is in the wrong mode too (not a KeyError)."""
     path = write_jsonl(tmp_path / "on.jsonl", [on_rec(0, -0.9), off_rec(0.1, "a"), off_rec(0.2, "b")])
     with pytest.raises(MetricsError) as e:
         write_report(tmp_path / "r", scheme=scheme4(), on_samples=path)
     assert str(e.value) == f"{path}:2: mode 'off' among the on-mode samples (2 of 3 have another mode)"
+    no_mode = {k: v for k, v in on_rec(0, -0.9).items() if k != "mode"}  # a record without a mode is in none
+    with pytest.raises(MetricsError) as e:
+        write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9), no_mode])
+    assert str(e.value) == "on-mode sample 1: mode None among the on-mode samples (1 of 2 have another mode)"
 
 
 @pytest.fixture
@@ -417,3 +425,10 @@ def test_loss_plot_a_nan_step_blanks_only_its_windows(tmp_path, figures):
         y = next(line for line in figures["loss.png"].axes[0].lines if line.get_label() == label).get_ydata()
         assert [i for i in range(steps) if not np.isfinite(y[i])] == gap
         assert y[-1] == pytest.approx(5.0 - (steps - 1) / 100 if steps == 10 else 5.0 - (steps - 1.5) / 100)
+
+
+def test_calibration_plot_of_a_single_value(tmp_path, figures):
+    """With no edge (one bin) and one score there is no spread to pad by 5%: the y range is the
+    score ± 0.5, not an empty range."""
+    write_report(tmp_path / "r", scheme=ControlScheme.fit([0.1, 0.2], num_bins=1), on_samples=[on_rec(0, 0.3)])
+    assert figures["calibration.png"].axes[0].get_ylim() == pytest.approx((-0.2, 0.8))
