@@ -196,6 +196,21 @@ def test_read_samples_integer_beyond_float_range(tmp_path):
         assert str(e.value).startswith(f"{path}:2: {message}")
 
 
+@pytest.mark.parametrize("line, message", [
+    ('{"text": "a", "score": ' + "1" * 5000 + "}", "cannot read this JSON (Exceeds the limit (4300 digits)"),
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply to read"),
+])
+def test_read_samples_json_python_cannot_read(tmp_path, line, message):
+    """Valid JSON that Python's reader refuses (an integer past its 4,300-digit limit, nesting past
+    its recursion limit) is a MetricsError naming the file and line, not a bare ValueError or
+    RecursionError without either."""
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps(rec(None, 0.1)) + "\n" + line + "\n")
+    with pytest.raises(MetricsError) as e:
+        read_samples(path)
+    assert str(e.value).startswith(f"{path}:2: {message}")
+
+
 def test_read_samples_null_and_numbers_are_fine(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text(json.dumps(dict(rec(None, 0.1, reward=0.5), guidance=2)) + "\n"
