@@ -412,13 +412,14 @@ def test_report_md_is_utf8_whatever_the_locale(tmp_path):
     assert md.startswith("# résumé\n") and "- score 0.500: café" in md and "0.500 ± —" in md
 
 
-def test_loss_plot_a_nan_step_blanks_only_its_windows(tmp_path, figures):
-    """A step whose loss is NaN (a diverged step: ``rcond train`` logs it as it is) leaves a gap
-    only where the last w values include it: with 10 steps (w = 1) just that point, with 100
-    steps (w = 2) that point and the next; the running mean does not stay NaN for the rest of
-    the run."""
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_loss_plot_a_nan_step_blanks_only_its_windows(tmp_path, figures, bad):
+    """A step whose loss is NaN or infinite (a diverged step: ``rcond train`` logs it as it is)
+    leaves a gap only where the last w values include it: with 10 steps (w = 1) just that point,
+    with 100 steps (w = 2) that point and the next; the running mean does not stay NaN for the
+    rest of the run."""
     for steps, gap in ((10, [3]), (100, [3, 4])):
-        rows = [{"step": s, "loss": float("nan") if s == 3 else 5.0 - s / 100} for s in range(steps)]
+        rows = [{"step": s, "loss": bad if s == 3 else 5.0 - s / 100} for s in range(steps)]
         write_report(tmp_path / f"r{steps}", scheme=scheme4(), on_samples=[on_rec(0, -0.9)],
                      train_log=write_jsonl(tmp_path / f"log{steps}.jsonl", rows))
         label = "total" if steps == 10 else "total (running mean of 2)"
