@@ -26,14 +26,15 @@ run facts, and writes, atomically (built beside the target, then renamed into pl
 
 The training log is the JSONL of ``rcond train``: lines with ``step`` and ``loss`` are plotted,
 other lines are skipped; optional keys ``loss_on``, ``loss_off`` (null when a step had no such
-tokens) and ``stage``. A plotted line's ``step`` must be an integer and its losses numbers or
-null.
+tokens) and ``stage``. A plotted line's ``step`` must be an integer and its losses numbers (in
+float range) or null.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -148,7 +149,8 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def _check_log_record(rec: dict, where: str) -> dict:
-    """``rec`` if its ``step`` is an integer and its losses numbers or null, else a MetricsError."""
+    """``rec`` if its ``step`` is an integer and its losses numbers (that a float holds) or null, else
+    a MetricsError."""
     step = rec["step"]
     if isinstance(step, bool) or not isinstance(step, int):
         raise MetricsError(f"{where}: step {step!r} is not an integer")
@@ -156,6 +158,8 @@ def _check_log_record(rec: dict, where: str) -> dict:
         loss = rec.get(key)
         if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
             raise MetricsError(f"{where}: {key} {loss!r} is not a number or null")
+        if isinstance(loss, int) and abs(loss) > sys.float_info.max:  # JSON's 1 and 400 zeros: no float holds it
+            raise MetricsError(f"{where}: {key} is an integer too large for a float")
     return rec
 
 

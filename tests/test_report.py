@@ -157,6 +157,7 @@ def test_bad_input_files_name_file_and_line(tmp_path):
     on_loss_log = write_jsonl(tmp_path / "on_loss.jsonl", [{"step": 1, "loss": 2.0, "loss_on": [1.0]}])
     bool_log = write_jsonl(tmp_path / "bool.jsonl", [{"step": 1, "loss": 2.0}, {"step": True, "loss": 2.0}])
     bool_loss_log = write_jsonl(tmp_path / "bool_loss.jsonl", [{"step": 1, "loss": 2.0, "loss_off": False}])
+    huge_log = write_jsonl(tmp_path / "huge.jsonl", [{"step": 1, "loss": 2.0, "loss_on": 10 ** 400}])
     guided = write_jsonl(tmp_path / "guided.jsonl", [samples(n=1, guidance=2.0)[0],
                                                      samples(n=1, guidance="abc")[0]])
     reward = write_jsonl(tmp_path / "reward.jsonl", [dict(samples(n=1)[0], level=None, reward="x")])
@@ -171,6 +172,7 @@ def test_bad_input_files_name_file_and_line(tmp_path):
         (dict(on_samples=on, train_log=on_loss_log), f"{on_loss_log}:1: loss_on [1.0] is not a number or null"),
         (dict(on_samples=on, train_log=bool_log), f"{bool_log}:2: step True is not an integer"),
         (dict(on_samples=on, train_log=bool_loss_log), f"{bool_loss_log}:1: loss_off False is not a number or null"),
+        (dict(on_samples=on, train_log=huge_log), f"{huge_log}:1: loss_on is an integer too large for a float"),
         (dict(on_samples=on, guided_samples=guided), f"{guided}:2: guidance 'abc' is not a finite number or null"),
         (dict(on_samples=reward), f"{reward}:1: reward 'x' is not a finite number or null"),
         (dict(on_samples=[dict(samples(n=1)[0], level="3")]),
