@@ -212,14 +212,16 @@ def test_tables_hand_computed(tmp_path):
     level 0 scores -0.8, -0.6, -0.2: mean -0.533, sd sqrt(0.18667 / 2) = 0.306, p10 -0.76,
     p90 -0.28, 2 of 3 below -0.5; level 3 scores 0.9, 0.7, 0.9, 0.7: sd sqrt(0.04 / 3) = 0.115;
     off scores 0.1, 0.4, 0.2: mean 0.233, sd sqrt(0.07 / 3) = 0.153, p10 0.12, p90 0.36; off texts "x y", "x z", "w": distinct-1 4/5,
-    distinct-2 2/2, self-BLEU ((0.5 · 0.1³)^¼ · 2 + 0) / 3 = 0.0997, mean length 5/3."""
+    distinct-2 2/2, self-BLEU ((0.5 · 0.1³)^¼ · 2 + 0) / 3 = 0.0997, mean length 5/3; Spearman ρ over
+    the 7 samples: level ranks 2 (x3), 5.5 (x4), score ranks 1, 2, 3, 6.5, 4.5, 6.5, 4.5 ->
+    21 / sqrt(21 · 27) = 0.882, over the two level means 1."""
     on = [on_rec(0, -0.8), on_rec(0, -0.6), on_rec(0, -0.2), on_rec(None, 0.0)]  # the last requested nothing
     on += [on_rec(3, s) for s in (0.9, 0.7, 0.9, 0.7)]
     off = [off_rec(0.1, "x y"), off_rec(0.4, "x z"), off_rec(0.2, "w")]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=off)
     md = (tmp_path / "r" / "report.md").read_text()
     assert "1 samples requested no level and are left out." in md
-    assert "over all samples: **" in md and "(n = 7)." in md
+    assert ("(steerability): **1.000** (2 levels with samples); over all samples: **0.882** (n = 7)." in md)
     assert "| 0 | < -0.500 | 3 | -0.533 ± 0.306 | -0.600 | -0.760 … -0.280 | 67% |" in md
     assert "| 1 | \\[-0.500, 0.000) | 0 | — | — | — | — |" in md
     assert "| 3 | ≥ 0.500 | 4 | 0.800 ± 0.115 | 0.800 | 0.700 … 0.900 | 100% |" in md
@@ -335,7 +337,7 @@ def test_loss_plot_running_mean_null_steps_and_stages(tmp_path, figures):
     """100 logged steps: window w = 100 // 50 = 2, so each bold line is the mean of the last two
     logged values of its series (the first point alone), over the raw values; off-mode steps
     with a null loss are left out (not drawn as 0) and the window counts logged values of that
-    series; a stage change at step 60 is one vertical line."""
+    series; a stage change at step 60 is one vertical line; a legend names the series."""
     rows = [{"step": s, "stage": "a" if s < 60 else "b", "loss": float(s % 3),
              "loss_off": None if s % 4 else 10.0 + s} for s in range(100)]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, -0.9)],
@@ -353,6 +355,8 @@ def test_loss_plot_running_mean_null_steps_and_stages(tmp_path, figures):
     faint = [line for line in ax.lines if line.get_label().startswith("_") and len(line.get_xdata()) > 2]
     assert [list(line.get_ydata()) for line in faint] == [raw_total, raw_off]
     assert [list(line.get_xdata()) for line in ax.lines if len(set(line.get_xdata())) == 1] == [[60, 60]]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["total (running mean of 2)",
+                                                                   "off mode (running mean of 2)"]
 
 
 def test_calibration_plot_range_bins_and_series(tmp_path, figures):
@@ -386,7 +390,7 @@ def test_calibration_plot_range_bins_and_series(tmp_path, figures):
 def test_histograms_show_lowest_middle_and_highest_level(tmp_path, figures):
     """With levels 0..3 filled the histograms are of levels 0, 2 (index 4 // 2 of the filled
     levels) and 3, and the off mode; each is a density (the area under its outline is 1, by the
-    shoelace formula) over the named reward."""
+    shoelace formula) over the named reward, all on the same bins so that they compare."""
     on = [on_rec(k, -0.9 + 0.5 * k + 0.01 * i) for k in range(4) for i in range(k + 1)]
     write_report(tmp_path / "r", scheme=scheme4(), on_samples=on, off_samples=[off_rec(0.1, "a")], reward_label="VADER")
     ax = figures["scores.png"].axes[0]
@@ -396,6 +400,7 @@ def test_histograms_show_lowest_middle_and_highest_level(tmp_path, figures):
     for outline in handles:
         x, y = np.asarray(outline.get_xy()).T
         assert 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) == pytest.approx(1.0)
+    assert len({tuple(np.unique(np.asarray(outline.get_xy())[:, 0])) for outline in handles}) == 1
 
 
 def test_report_md_is_utf8_whatever_the_locale(tmp_path):
