@@ -84,7 +84,8 @@ class MetricsError(ValueError):
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) for every non-blank line; a file that cannot be read, a line
-    that is not UTF-8 and invalid JSON are MetricsErrors naming the file (and line)."""
+    that is not UTF-8, invalid JSON and JSON that Python cannot read (nested too deeply, an
+    integer past 4,300 digits) are MetricsErrors naming the file (and line)."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -101,6 +102,10 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, object]]:
                 yield i, json.loads(line.rstrip("\r\n"))  # an error's column then stays on the line
             except json.JSONDecodeError as e:
                 raise MetricsError(f"{path}:{i}: not valid JSON ({json_error(e)})") from None
+            except RecursionError:
+                raise MetricsError(f"{path}:{i}: JSON nested too deeply to read") from None
+            except ValueError as e:  # an integer past Python's int-from-text limit (4,300 digits)
+                raise MetricsError(f"{path}:{i}: cannot read this JSON ({e})") from None
 
 
 def read_samples(path: str | Path) -> list[Mapping]:
@@ -126,7 +131,12 @@ def check_sample(rec: object, where: str) -> Mapping:
 
 
 def _is_finite_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def sample_score(rec: Mapping, where: str) -> float:

@@ -14,7 +14,8 @@ run facts, and writes, atomically (built beside the target, then renamed into pl
   token, total and per mode (``loss_on``, ``loss_off``) where logged. With L logged steps and
   w = max(1, L // 50), each series is drawn as the running mean of its last w logged values
   (bold) over the raw values (faint); steps where a mode had no tokens (null) are skipped, not
-  drawn as zero. Stage changes are dotted vertical lines.
+  drawn as zero; a NaN loss (a diverged step) leaves a gap in the w points whose window holds it.
+  Stage changes are dotted vertical lines.
 - ``scores.png``: histograms (as densities) of the achieved reward at the lowest, middle and
   highest level that have samples, and of the ``off`` mode.
 - ``report.md``: run facts, the plots, a table per calibration (level, bin, n, mean ± sd, median,
@@ -25,14 +26,15 @@ run facts, and writes, atomically (built beside the target, then renamed into pl
 
 The training log is the JSONL of ``rcond train``: lines with ``step`` and ``loss`` are plotted,
 other lines are skipped; optional keys ``loss_on``, ``loss_off`` (null when a step had no such
-tokens) and ``stage``. A plotted line's ``step`` must be an integer and its losses numbers or
-null.
+tokens) and ``stage``. A plotted line's ``step`` must be an integer and its losses numbers (in
+float range) or null.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -147,7 +149,8 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def _check_log_record(rec: dict, where: str) -> dict:
-    """``rec`` if its ``step`` is an integer and its losses numbers or null, else a MetricsError."""
+    """``rec`` if its ``step`` is an integer and its losses numbers (that a float holds) or null, else
+    a MetricsError."""
     step = rec["step"]
     if isinstance(step, bool) or not isinstance(step, int):
         raise MetricsError(f"{where}: step {step!r} is not an integer")
@@ -155,6 +158,8 @@ def _check_log_record(rec: dict, where: str) -> dict:
         loss = rec.get(key)
         if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
             raise MetricsError(f"{where}: {key} {loss!r} is not a number or null")
+        if isinstance(loss, int) and abs(loss) > sys.float_info.max:  # JSON's 1 and 400 zeros: no float holds it
+            raise MetricsError(f"{where}: {key} is an integer too large for a float")
     return rec
 
 
@@ -261,11 +266,14 @@ def _plot_loss(path: Path, log: Sequence[Mapping]) -> None:
 
 
 def _running_mean(y: np.ndarray, window: int) -> np.ndarray:
-    """Mean of the last ``window`` values at each point (fewer at the start)."""
-    c = np.concatenate([[0.0], np.cumsum(y)])
+    """Mean of the last ``window`` values at each point (fewer at the start); NaN where those
+    include a non-finite value (a running sum would carry it to every later point)."""
+    bad = ~np.isfinite(y)
+    c = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, y))])
+    nbad = np.concatenate([[0], np.cumsum(bad)])
     i = np.arange(1, y.size + 1)
     lo = np.maximum(0, i - window)
-    return (c[i] - c[lo]) / (i - lo)
+    return np.where(nbad[i] > nbad[lo], np.nan, (c[i] - c[lo]) / (i - lo))
 
 
 def _plot_histograms(path: Path, on_by_level: Mapping[int, Sequence[Mapping]], off: Sequence[Mapping],
