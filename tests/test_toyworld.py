@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
+from collections import Counter
 
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -258,3 +260,58 @@ def test_an_adjective_hedged_with_a_bit_takes_its_article_after_the_hedge():
     assert _with_article("a little uneven") == "a little bit of an uneven"
     assert _with_article("useless") == "a useless" and _with_article("a bit useless") == "a bit of a useless"
 
+
+
+def test_latent_labels_bucket_by_exclusive_upper_bounds():
+    """The five labels split [-1, 1] at -0.6, -0.2, 0.2, 0.6, each bound belonging to the label
+    above it (a latent of exactly -0.6 is 'negative', not 'very negative')."""
+    cases = {-1.0: "very negative", -0.601: "very negative", -0.6: "negative", -0.201: "negative",
+             -0.2: "neutral", 0.0: "neutral", 0.199: "neutral", 0.2: "positive", 0.599: "positive",
+             0.6: "very positive", 1.0: "very positive"}
+    assert {s: toyworld.latent_label(s) for s in cases} == cases
+
+
+def test_latent_sentiment_is_clipped_to_exactly_minus_one_and_one(small):
+    """The latent is drawn around the entity's quality with enough noise that some reviews fall
+    outside [-1, 1]: those are clipped to the bounds themselves, so both bounds occur."""
+    latents = [r["latent_sentiment"] for r in read_jsonl(small["reviews"])]
+    assert min(latents) == -1.0 and max(latents) == 1.0
+
+
+def sentences(text: str) -> list[str]:
+    return re.split(r"(?<=[.!?])\s+", text)
+
+
+def test_every_sentence_starts_with_a_capital(small):
+    """Templates often open with a lower-case slot ('{aspect}', a clause); every sentence of every
+    file still starts with a capital letter (an emoticon at the end of a review aside)."""
+    emoticons = {e for group in toyworld.load_assets()["sentiment"]["emoticons"].values() for e in group}
+    texts = [r["response"] for r in read_jsonl(small["reviews"])]
+    texts += [t["content"] for d in read_jsonl(small["dialogs"]) for t in d["turns"]]
+    texts += [d["text"] for d in read_jsonl(small["text"])]
+    lower = [s for text in texts for s in sentences(text) if s not in emoticons and not s[0].isupper()]
+    assert not lower, lower[:5]
+
+
+def test_a_product_is_named_with_the_and_a_plural_aspect_takes_are(small):
+    """In what the customer and the assistant say, a product is 'the Velix Aura' (never a bare
+    'Velix Aura'); an aspect named in the plural ('the zippers') takes 'are', a singular one 'is'."""
+    world = toyworld.build_world(0)
+    said = "\n".join(t["content"] for d in read_jsonl(small["dialogs"]) for t in d["turns"])
+    products = [e.name for e in world.entities if e.kind == "product"]
+    mentions = [m for name in products for m in re.finditer(re.escape(name), said)]
+    assert len(mentions) > 50
+    bare = [said[max(0, m.start() - 12):m.end()] for m in mentions if said[max(0, m.start() - 4):m.start()].lower() != "the "]
+    assert not bare, bare[:5]
+    text = said + "\n".join(r["response"] for r in read_jsonl(small["reviews"]))
+    aspects = {a.name: a.plural for e in world.entities for a, _ in e.aspects}
+    verbs = Counter((plural, m.group(1)) for name, plural in aspects.items()
+                    for m in re.finditer(rf"\b[Tt]he {re.escape(name)} (is|are)\b", text))
+    assert verbs[(True, "is")] == verbs[(False, "are")] == 0
+    assert verbs[(True, "are")] > 20 and verbs[(False, "is")] > 20
+
+
+def test_an_article_before_the_word_a_stays_a():
+    """'a' before the word 'a' itself ('a a bit ...' from a hedge put into an 'a {adjp}' slot) is
+    left alone: it never becomes 'an a'."""
+    assert toyworld._articles("a a bit awkward, A a little off") == "a a bit awkward, A a little off"
