@@ -315,3 +315,74 @@ def test_an_article_before_the_word_a_stays_a():
     """'a' before the word 'a' itself ('a a bit ...' from a hedge put into an 'a {adjp}' slot) is
     left alone: it never becomes 'an a'."""
     assert toyworld._articles("a a bit awkward, A a little off") == "a a bit awkward, A a little off"
+
+
+class _RangeEnd:
+    """Stands in for random.Random in _spec_value: its randint gives the low or the high end."""
+
+    def __init__(self, high: bool):
+        self.high = high
+
+    def randint(self, a, b):
+        return b if self.high else a
+
+
+def test_spec_values_reach_both_ends_of_their_range_on_the_step_grid():
+    """A spec's value runs from its 'min' to its 'max' inclusive in steps of 'step', written as
+    an integer where min and step are integers and with one decimal otherwise; every value the
+    world draws is on that grid."""
+    assets = toyworld.load_assets()
+    specs = [s for t in assets["topics"] for s in t.get("specs", [])] + assets["film_specs"]
+    for spec in specs:
+        whole = isinstance(spec["min"], int) and isinstance(spec["step"], int)
+        fmt = "{:d}" if whole else "{:.1f}"
+        assert toyworld._spec_value(_RangeEnd(False), spec) == fmt.format(spec["min"]), spec
+        assert toyworld._spec_value(_RangeEnd(True), spec) == fmt.format(spec["max"]), spec
+    for e in toyworld.build_world(0, assets).entities:
+        for spec, value in e.specs:
+            assert re.fullmatch(r"\d+" if isinstance(spec["step"], int) else r"\d+\.\d", value), (spec, value)
+            steps = (float(value) - spec["min"]) / spec["step"]
+            assert spec["min"] <= float(value) <= spec["max"] and abs(steps - round(steps)) < 1e-6
+
+
+def test_prices_lie_in_the_topic_range_and_end_in_a_9():
+    """A product's price is drawn within its topic's [low, high] and written as a shop price: a
+    multiple of ten less one ($499), never below $9."""
+    assets = toyworld.load_assets()
+    for seed in (0, 1):
+        for e in toyworld.build_world(seed, assets).entities:
+            if e.kind == "product":
+                lo, hi = e.topic["price"]
+                price = int(e.facts["price"])
+                assert price % 10 == 9 and lo - 6 <= price <= hi + 4, (e.name, price, lo, hi)
+
+
+def test_film_casts_are_two_people_and_titles_never_repeat_a_noun():
+    """A film's director is one of the world's directors and its two actors are two different
+    actors; a title pattern with two nouns ('{Noun} and {Noun2}') gets two different ones."""
+    assets = toyworld.load_assets()
+    nouns = set(assets["names"]["title_nouns"])
+    for seed in (0, 1, 2):
+        world = toyworld.build_world(seed, assets)
+        for e in world.entities:
+            if e.kind == "film":
+                f = e.facts
+                assert world.people[f["director"]]["job"] == "director"
+                assert f["actor"] != f["actor2"]
+                assert {world.people[f["actor"]]["job"], world.people[f["actor2"]]["job"]} == {"actor"}
+                counts = Counter(w for w in re.findall(r"\w+", e.name) if w in nouns)
+                assert max(counts.values()) == 1, e.name
+
+
+def test_aspect_qualities_and_review_latents_are_drawn_around_the_entity_quality(small):
+    """The docstring's world: an entity has an overall quality and a quality per aspect drawn
+    around it, and a reviewer's latent sentiment is drawn around the entity's quality; across
+    entities and reviews both follow that quality (the noise keeps it well short of 1)."""
+    world = toyworld.build_world(0)
+    qualities = [e.quality for e in world.entities]
+    mean_aspect = [statistics.fmean(q for _, q in e.aspects) for e in world.entities]
+    assert statistics.correlation(qualities, mean_aspect) > 0.7
+    by_name = {e.name: e for e in world.entities}
+    recs = read_jsonl(small["reviews"])
+    assert statistics.correlation([by_name[r["entity"]].quality for r in recs],
+                                  [r["latent_sentiment"] for r in recs]) > 0.4
