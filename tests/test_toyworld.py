@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import statistics
-from collections import Counter
+import string
+from collections import Counter, defaultdict
 
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -386,3 +388,60 @@ def test_aspect_qualities_and_review_latents_are_drawn_around_the_entity_quality
     recs = read_jsonl(small["reviews"])
     assert statistics.correlation([by_name[r["entity"]].quality for r in recs],
                                   [r["latent_sentiment"] for r in recs]) > 0.4
+
+
+def template_re(template: str, **known: str) -> re.Pattern:
+    """A regex for what ``template.format(...)`` gives: the ``known`` fields as the text given,
+    every other field as a group of any text."""
+    out = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        out.append(re.escape(literal))
+        if field is not None:
+            out.append(re.escape(known[field]) if field in known else f"(?P<{field}>.+?)")
+    return re.compile("".join(out))
+
+
+def named_in_listing(listing: str, items: set[str]) -> list[str] | None:
+    """The items of a listing written 'A', 'A and B' or 'A, B and C' (names may themselves hold
+    ' and '), or None when it is not such a listing of ``items``."""
+    for x in items:
+        if listing == x:
+            return [x]
+        if listing.startswith(x + " and ") and listing[len(x) + 5:] in items:
+            return [x, listing[len(x) + 5:]]
+        if listing.startswith(x + ", "):
+            rest = named_in_listing(listing[len(x) + 2:], items)
+            if rest and len(rest) >= 2:
+                return [x] + rest
+    return None
+
+
+def test_brand_and_person_profiles_list_only_their_own_products_and_films():
+    """A brand's profile lists up to five of its own products, a person's up to four of the films
+    they directed or act in (either of the two leads), each once; a brand with no products (seed
+    42 has one) gets no profile. Checked against the world's entities, not its brand and people
+    tables."""
+    world = toyworld.build_world(42)
+    products, films = defaultdict(set), defaultdict(set)
+    for e in world.entities:
+        if e.kind == "product":
+            products[e.facts["brand"]].add(e.name)
+        else:
+            for p in (e.facts["director"], e.facts["actor"], e.facts["actor2"]):
+                films[p].add(e.name)
+    assert set(world.brands) - set(products) and set(world.people) - set(films)
+    t = world.assets["text"]
+    writer = toyworld._TextWriter(world, random.Random(0))
+    for make, own, key, most in ((writer._brand, products, "brand_range", 5),
+                                 (writer._person, films, "person_works", 4)):
+        seen = set()
+        for _ in range(300):
+            doc = make()
+            name = doc["entity"]
+            assert name in own, doc
+            listing = doc["text"].split(". ", 1)[1]
+            match = next(m for tpl in t[key] if (m := template_re(tpl, person=name).fullmatch(listing)))
+            listed = named_in_listing(match.groups()[-1], own[name])
+            assert listed is not None and len(set(listed)) == len(listed) == min(most, len(own[name])), doc
+            seen.add(name)
+        assert len(seen) > 0.8 * len(own)
