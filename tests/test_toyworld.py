@@ -461,3 +461,71 @@ def test_same_seed_is_byte_identical_in_a_fresh_process_with_another_hash_seed(s
             "generate(sys.argv[1], seed=0, n_reviews=300, n_dialogs=60, n_text=60, progress=False)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "fresh")], env=env, check=True, timeout=120)
     assert {n: (tmp_path / "fresh" / p.name).read_bytes() for n, p in small.items()} == file_bytes(small)
+
+
+@pytest.fixture(scope="module")
+def world0():
+    return toyworld.build_world(0)
+
+
+def test_next_aspect_names_every_aspect_once_before_repeating_one(world0):
+    """A record talks about each of its entity's aspects once before any comes back ('an aspect
+    not yet talked about'); after that any aspect of the same entity may."""
+    writer = toyworld._ReviewWriter(world0, random.Random(0))
+    for _ in range(50):
+        e = writer.start()
+        names = [a.name for a, _ in e.aspects]
+        assert sorted(writer.next_aspect()[0].name for _ in names) == sorted(names)
+        assert {writer.next_aspect()[0].name for _ in range(20)} <= set(names)
+
+
+def test_other_is_another_entity_of_the_same_topic(world0):
+    """The entity a review compares with, or a customer asks about, is of the same topic and is
+    never the entity itself."""
+    writer = toyworld._ReviewWriter(world0, random.Random(0))
+    for e in world0.entities[::7]:
+        for _ in range(20):
+            o = writer.other(e)
+            assert o is not e and o.topic["name"] == e.topic["name"]
+
+
+def test_tier_rounds_stochastically_to_the_two_nearest_tiers_without_bias(world0):
+    """tier(v) is 3v rounded down or up at random, up with the chance of its fractional part, so
+    its mean is 3v; thirds are exact and values beyond [-1, 1] count as the bound."""
+    writer = toyworld._Writer(world0, random.Random(0))
+    for v, tier in ((-1.5, -3), (-1.0, -3), (-1 / 3, -1), (0.0, 0), (1 / 3, 1), (2 / 3, 2), (1.0, 3), (2.0, 3)):
+        assert {writer.tier(v) for _ in range(50)} == {tier}, v
+    for v, (lo, hi) in ((-0.9, (-3, -2)), (-0.1, (-1, 0)), (0.5, (1, 2)), (0.95, (2, 3))):
+        draws = [writer.tier(v) for _ in range(4000)]
+        assert set(draws) == {lo, hi} and statistics.fmean(draws) == pytest.approx(3 * v, abs=0.05), v
+
+
+def test_verb_phrases_and_exclamations_follow_the_tier(world0):
+    """A positive tier takes one of the aspect's good verb phrases, a negative one a bad one, tier
+    0 a neutral predicate after is/are; only strong sentences (|tier| >= 2) may end in '!'."""
+    writer = toyworld._Writer(world0, random.Random(0))
+    neutral = writer.s["neutral_predicates"]
+    for aspect, _ in world0.entities[0].aspects + world0.entities[-1].aspects:
+        for t in (1, 2, 3):
+            assert writer.vp(aspect, t) in aspect.good and writer.vp(aspect, -t) in aspect.bad
+        assert writer.vp(aspect, 0) in {f"{aspect.be} {n}" for n in neutral}
+    for t in (-1, 0, 1):
+        assert {writer.end("It is fine.", t) for _ in range(200)} == {"It is fine."}
+    for t in (-3, -2, 2, 3):
+        assert {writer.end("It is great.", t) for _ in range(400)} == {"It is great.", "It is great!", "It is great!!"}
+        assert {writer.end("Is it great?", t) for _ in range(50)} == {"Is it great?"}
+
+
+def test_mild_adjectives_are_hedged_up_or_down_and_strong_ones_only_up(world0):
+    """A booster before an adjective of tier ±1 is either an intensifier ('very') or a hedge
+    ('a bit'); a strong adjective is only intensified. Tiers with negations ('not bad') use one
+    now and then."""
+    writer = toyworld._Writer(world0, random.Random(0))
+    boosters = writer.s["boosters"]
+    for t in (-3, -2, -1, 1, 2, 3):
+        firsts = Counter(next((k for k in ("up", "down") for b in boosters[k] if adj.startswith(b + " ")), None)
+                         for adj in (writer.adjective(t, boost=1.0) for _ in range(300)))
+        assert firsts["up"] > 30 and (firsts["down"] > 30 if abs(t) == 1 else firsts["down"] == 0), (t, firsts)
+    for t, negated in writer.s["negated"].items():
+        picks = [writer.adjp(int(t)) for _ in range(500)]
+        assert 0.12 < sum(p in negated for p in picks) / len(picks) < 0.32, t
