@@ -118,8 +118,20 @@ def test_meta_summarises_the_run(small):
     assert meta["files"]["reviews"]["bytes"] == small["reviews"].stat().st_size
 
 
-def test_reward_spread_and_relation_to_the_latent(tmp_path):
-    paths = toyworld.generate(tmp_path / "big", seed=3, n_reviews=3000, n_dialogs=300, n_text=0, progress=False)
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A larger world (seed 3) for what needs many records: spreads, rare sentence kinds, styles."""
+    return toyworld.generate(tmp_path_factory.mktemp("twbig") / "out", seed=3, n_reviews=3000, n_dialogs=300,
+                             n_text=300, progress=False)
+
+
+@pytest.fixture(scope="module")
+def world3():
+    return toyworld.build_world(3)
+
+
+def test_reward_spread_and_relation_to_the_latent(big):
+    paths = big
     recs = read_jsonl(paths["reviews"])
     rewards = [r["reward"] for r in recs]
     deciles = statistics.quantiles(rewards, n=10)
@@ -529,3 +541,90 @@ def test_mild_adjectives_are_hedged_up_or_down_and_strong_ones_only_up(world0):
     for t, negated in writer.s["negated"].items():
         picks = [writer.adjp(int(t)) for _ in range(500)]
         assert 0.12 < sum(p in negated for p in picks) / len(picks) < 0.32, t
+
+
+def review_sentences(path, world):
+    """(review, entity, sentences) for each review, a trailing emoticon left off the sentences."""
+    by_name = {e.name: e for e in world.entities}
+    emoticons = {e for group in world.assets["sentiment"]["emoticons"].values() for e in group}
+    for rec in read_jsonl(path):
+        yield rec, by_name[rec["entity"]], [s for s in sentences(rec["response"]) if s not in emoticons]
+
+
+def test_emoticons_and_sarcasm_match_the_reviewer(big, world3):
+    """An emoticon ends only a clearly positive (':)') or negative (':(') review, by the sign of
+    its latent; a sarcastic line ('Oh great, the battery dies by lunchtime. Just perfect.') is
+    praise wrapped around one of the aspect's bad verb phrases, in negative reviews only."""
+    emo = world3.assets["sentiment"]["emoticons"]
+    sarcasm = [template_re(t) for t in world3.assets["sentiment"]["sarcasm"]]
+    ends, sarcastic = Counter(), 0
+    for rec, e, _ in review_sentences(big["reviews"], world3):
+        s, text = rec["latent_sentiment"], rec["response"]
+        for sign, group in (("positive", emo["positive"]), ("negative", emo["negative"])):
+            if any(text.endswith(" " + x) for x in group):
+                ends[sign] += 1
+                assert (s > 0.4 if sign == "positive" else s < -0.4), rec
+        bad = {f"the {a.name} {vp}" for a, _ in e.aspects for vp in a.bad}
+        if any(m["clause"] in bad for pat in sarcasm for m in pat.finditer(text)):
+            sarcastic += 1
+            assert s < -0.3, rec
+    assert ends["positive"] > 10 and ends["negative"] > 10 and sarcastic > 10
+
+
+def test_review_facts_and_comparisons_are_true_and_judging(big, world3):
+    """A film review's 'It was directed by X.' and 'It stars Y.' name its director and lead, and
+    an actor is praised or panned in their own role; a comparison with another entity of the
+    topic says 'better' only when the reviewer is not clearly negative and 'worse' only when not
+    clearly positive; a review is never a lone fact or comparison, and holds at most one of each."""
+    rv = world3.assets["reviews"]
+    compare = {k: [template_re(t) for t in rv["compare"][k]] for k in ("better", "worse")}
+    seen = Counter()
+    for rec, e, said in review_sentences(big["reviews"], world3):
+        f, s = e.facts, rec["latent_sentiment"]
+        facts = {spec["fact"].format(v=v) for spec, v in e.specs}
+        if e.kind == "film":
+            facts |= {f"It was directed by {f['director']}.", f"It stars {f['actor']}."}
+            for sentence in said:
+                assert not re.fullmatch(r"It was directed by (.+)\.|It stars (.+)\.", sentence) or sentence in facts, rec
+                for actor, role in ((f["actor"], f["role"]), (f["actor2"], f["role2"])):
+                    if sentence.startswith(actor + " ") and " as the " in sentence:
+                        assert sentence.rstrip(".!").endswith(f" as the {role}"), (sentence, f)
+                        seen["role"] += 1
+        else:
+            facts.add(f"It costs ${f['price']}.")
+        others = {o.ref for o in world3.by_topic[e.topic["name"]] if o is not e}
+        kinds = Counter()
+        for sentence in said:
+            for k, pats in compare.items():
+                m = next((m for pat in pats if (m := pat.fullmatch(sentence))), None)
+                if m and ((m.groupdict().get("other") or "") in others or _cap_ref(m, others)):
+                    kinds["compare"] += 1
+                    seen[k] += 1
+                    assert (s > -0.5 if k == "better" else s < 0.5), (rec, k)
+            kinds["fact"] += sentence in facts
+        assert kinds["fact"] <= 1 and kinds["compare"] <= 1, rec
+        assert len(said) > 1 or not (kinds["fact"] or kinds["compare"]), rec
+        seen["fact"] += kinds["fact"]
+    assert min(seen.values()) > 20, seen
+
+
+def _cap_ref(match, others) -> bool:
+    other = match.groupdict().get("Other")
+    return other is not None and any(other == o[:1].upper() + o[1:] for o in others)
+
+
+def test_contrasts_join_opposite_judgements(big, world3):
+    """'{a}, but {b}' joins two aspect judgements the reviewer feels differently about; where
+    both clauses are verb phrases of known polarity ('the sound is crisp', 'the battery dies by
+    lunchtime') they are nearly always one good and one bad."""
+    contrast = [template_re(t[:1].lower() + t[1:]) for t in world3.assets["sentiment"]["contrast"]]
+    polarity = Counter()
+    for _, e, said in review_sentences(big["reviews"], world3):
+        vp = {f"the {a.name} {x}": sign for a, _ in e.aspects for sign, xs in ((1, a.good), (-1, a.bad)) for x in xs}
+        for sentence in said:
+            sentence = re.sub(r"!+$", ".", sentence[:1].lower() + sentence[1:])
+            for pat in contrast:
+                m = pat.fullmatch(sentence)
+                if m and m["a"] in vp and m["b"] in vp:
+                    polarity["opposite" if vp[m["a"]] != vp[m["b"]] else "same"] += 1
+    assert polarity["opposite"] > 20 and polarity["same"] <= 0.2 * polarity["opposite"], polarity
