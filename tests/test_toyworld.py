@@ -628,3 +628,84 @@ def test_contrasts_join_opposite_judgements(big, world3):
                 if m and m["a"] in vp and m["b"] in vp:
                     polarity["opposite" if vp[m["a"]] != vp[m["b"]] else "same"] += 1
     assert polarity["opposite"] > 20 and polarity["same"] <= 0.2 * polarity["opposite"], polarity
+
+
+def exchanges(path):
+    """(dialog, [(user text, assistant text, style), ...]) for each dialog."""
+    for rec in read_jsonl(path):
+        t = rec["turns"]
+        yield rec, [(t[i]["content"], t[i + 1]["content"], rec["styles"][i // 2]) for i in range(0, len(t), 2)]
+
+
+STYLE_BOUNDS = ((-0.5, "rude"), (-0.15, "curt"), (0.15, "neutral"), (0.5, "friendly"), (2.0, "warm"))
+MOOD = {"rude": "negative", "curt": "neutral", "neutral": "neutral", "friendly": "positive", "warm": "positive"}
+
+
+def test_dialog_styles_follow_helpfulness_and_users_react_to_the_last_one(big):
+    """A turn's style is its latent helpfulness bucketed at -0.5, -0.15, 0.15, 0.5; a user who
+    opens a follow-up with a reaction reacts to the previous answer's style: pleased after a
+    friendly or warm one (or merely neutral), neutral after a curt or neutral one, hurt after a
+    rude one."""
+    d = toyworld.load_assets()["dialog"]
+    reactions, closings = d["reactions"], set(d["followups"]["closing"])  # a closing line is no reaction
+    reacted = Counter()
+    for rec, turns in exchanges(big["dialogs"]):
+        assert rec["styles"] == [next(n for b, n in STYLE_BOUNDS if h < b) for h in rec["latent_helpfulness"]], rec
+        for (_, _, before), (user, _, _) in zip(turns, turns[1:]):
+            mood = next((m for m, rs in reactions.items() for r in rs if user.startswith(r + " ")), None)
+            mood = None if user in closings else mood
+            if mood:
+                reacted[mood] += 1
+                assert mood == MOOD[before] or (mood, MOOD[before]) == ("neutral", "positive"), (user, before)
+    assert min(reacted[m] for m in reactions) > 10, reacted
+
+
+def test_a_closing_line_ends_a_dialog_and_is_answered_with_a_goodbye_in_the_styles_mood(big):
+    """'Thanks, I will order it.' comes only as the customer's last turn, never the first, and the
+    assistant answers it with a goodbye of its own mood ('Glad I could help!', 'Whatever.')."""
+    d = toyworld.load_assets()["dialog"]
+    closings, goodbyes = set(d["followups"]["closing"]), d["answers"]["goodbye"]
+    moods = Counter()
+    for _, turns in exchanges(big["dialogs"]):
+        for i, (user, answer, style) in enumerate(turns):
+            if user in closings:
+                assert 0 < i == len(turns) - 1 and answer in goodbyes[MOOD[style]], turns
+                moods[MOOD[style]] += 1
+    assert min(moods[m] for m in goodbyes) > 3, moods
+
+
+def test_spec_questions_are_asked_once_and_answered_with_the_true_value(big, world3):
+    """A dialog asks about each spec at most once, and the assistant's answer (unless a rude one
+    dismisses the question) states the entity's own value."""
+    by_name = {e.name: e for e in world3.entities}
+    answered = 0
+    for rec, turns in exchanges(big["dialogs"]):
+        e = by_name[rec["entity"]]
+        asked = Counter()
+        for user, answer, style in turns:
+            for spec, value in e.specs:
+                question = spec["question"].format(ref=e.ref)
+                if user.endswith(question[:1].upper() + question[1:]):
+                    asked[spec["key"]] += 1
+                    right = spec["answer"].format(v=value)
+                    assert right in answer or style == "rude", (rec, right)
+                    answered += right in answer
+        assert max(asked.values(), default=0) <= 1, rec
+    assert answered > 50
+
+
+def test_dismissals_are_rude_apologies_kind_and_articles_right_in_answers(big):
+    """A dismissal ('Read the manual.') comes only from a rude assistant and an apology only from a
+    warm or friendly one; the answers say 'an' before a vowel sound like the rest of the world."""
+    d = toyworld.load_assets()["dialog"]
+    used = Counter()
+    for _, turns in exchanges(big["dialogs"]):
+        for _, answer, style in turns:
+            if any(answer == x or answer.endswith(" " + x) or x + " " in answer for x in d["dismissals"]):
+                used["dismissal"] += 1
+                assert style == "rude", (answer, style)
+            if any(x + " " in answer for x in d["answers"]["apology"]):
+                used["apology"] += 1
+                assert style in ("warm", "friendly"), (answer, style)
+            assert not re.search(r"\b[Aa] (?!use|one\b|a\b)[AEIOUaeiou]|\b[Aa] (8|11\b|18\b)", answer), answer
+    assert used["dismissal"] > 10 and used["apology"] >= 5, used
