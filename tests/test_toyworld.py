@@ -709,3 +709,51 @@ def test_dismissals_are_rude_apologies_kind_and_articles_right_in_answers(big):
                 assert style in ("warm", "friendly"), (answer, style)
             assert not re.search(r"\b[Aa] (?!use|one\b|a\b)[AEIOUaeiou]|\b[Aa] (8|11\b|18\b)", answer), answer
     assert used["dismissal"] > 10 and used["apology"] >= 5, used
+
+
+def test_answers_report_the_entitys_qualities(world3):
+    """The assistant's answers are grounded in the world: it recommends a clearly good entity for
+    the asked use (naming its best aspect where it names one) and advises against a clearly bad
+    one (naming its worst); it calls the better of two entities better, by its best aspect, the
+    worse one worse, by its worst, and two close ones close; an aspect of quality 0.95 gets a
+    good verb phrase, one of -0.95 a bad one."""
+    d = world3.assets["dialog"]
+    answers = d["answers"]
+    writer = toyworld._DialogWriter(world3, random.Random(0))
+    writer.d, writer.use = d, "testing"
+
+    def worst_best(e):
+        ranked = sorted(e.aspects, key=lambda aq: aq[1])
+        return ranked[0][0].name, ranked[-1][0].name
+
+    def fits(text, family, **known):
+        return any(template_re(t, **known).fullmatch(text) for t in answers[family])
+
+    group = sorted(max(world3.by_topic.values(), key=lambda g: max(e.quality for e in g) - min(e.quality for e in g)),
+                   key=lambda e: e.quality)
+    low, high = group[0], group[-1]
+    assert low.quality < -0.6 and high.quality > 0.6
+    close = next((a, b) for a, b in zip(group, group[1:]) if b.quality - a.quality < 0.1)
+    for _ in range(60):
+        writer.e = high
+        assert fits(writer._content("recommend", "neutral"), "recommend_yes", use="testing", aspect=worst_best(high)[1])
+        writer.e = low
+        assert fits(writer._content("recommend", "neutral"), "recommend_no", use="testing", aspect=worst_best(low)[0])
+        for e, other, family, aspect in ((high, low, "better", worst_best(high)[1]), (low, high, "worse", worst_best(low)[0])):
+            writer.e, writer.other_entity = e, other
+            refs = {"ref": e.ref, "other": other.ref, "Other": other.ref[:1].upper() + other.ref[1:]}
+            text = writer._content("compare", "neutral")
+            assert fits(text[:1].lower() + text[1:], family, aspect=aspect, **refs) or fits(text, family, aspect=aspect, **refs), text
+        writer.e, writer.other_entity = close
+        assert writer._content("compare", "neutral") in answers["same"]
+    graded = Counter()
+    for aspect, _ in high.aspects:
+        for q, phrases in ((0.95, aspect.good), (-0.95, aspect.bad)):
+            writer.aspect = (aspect, q)
+            for _ in range(10):
+                text = writer._content("aspect", "neutral")
+                m = next(m for t in answers["aspect"] if (m := template_re(t, aspect=aspect.name, be=aspect.be).fullmatch(text)))
+                if "vp" in m.groupdict():
+                    assert m["vp"] in phrases, (q, text)
+                    graded[q] += 1
+    assert min(graded.values()) > 10, graded
