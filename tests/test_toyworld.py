@@ -757,3 +757,39 @@ def test_answers_report_the_entitys_qualities(world3):
                     assert m["vp"] in phrases, (q, text)
                     graded[q] += 1
     assert min(graded.values()) > 10, graded
+
+
+def test_text_documents_state_the_worlds_facts(big, world3):
+    """A product's document states its price and every spec with the entity's own values; a
+    film's names its director and lead and ends with its runtime; a buying guide names distinct
+    aspects of its topic, three distinct entities of it, and for each a spec with its value ('an
+    8-hour battery')."""
+    by_name = {e.name: e for e in world3.entities}
+    t = world3.assets["text"]
+    kinds = Counter()
+    for doc in read_jsonl(big["text"]):
+        e = by_name.get(doc["entity"])
+        if e is not None:
+            f = e.facts
+            kinds[e.kind] += 1
+            if e.kind == "product":
+                assert f"${f['price']}" in doc["text"], doc
+                assert all(spec["fact"].format(v=v) in doc["text"] for spec, v in e.specs), doc
+            else:
+                assert f["director"] in doc["text"] and f["actor"] in doc["text"], doc
+                assert doc["text"].endswith(f"It runs {f['runtime']} minutes."), doc
+        elif doc["entity"] is None:
+            kinds["guide"] += 1
+            group = world3.by_topic[doc["topic"]]
+            said = sentences(doc["text"])
+            names = {a.name for a, _ in group[0].aspects}
+            body = next(m for tpl in t["guide_body"] if (m := template_re(tpl).fullmatch(said[1])))
+            assert len(set(body.groups())) == len(body.groups()) and set(body.groups()) <= names, said[1]
+            listing = next(m for tpl in t["guide_examples"] if (m := template_re(tpl).fullmatch(said[2])))
+            chosen = named_in_listing(listing["names"], {e.name for e in group})
+            assert chosen is not None and len(set(chosen)) == 3, said[2]
+            for e, sentence in zip((by_name[n] for n in chosen), said[3:], strict=True):
+                ref = e.ref[:1].upper() + e.ref[1:]
+                said_right = {toyworld._articles(f"{ref} has {spec['phrase'].format(v=v)}.") for spec, v in e.specs}
+                assert sentence in said_right, sentence
+    assert min(kinds.values()) > 20, kinds
