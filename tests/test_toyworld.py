@@ -793,3 +793,15 @@ def test_text_documents_state_the_worlds_facts(big, world3):
                 said_right = {toyworld._articles(f"{ref} has {spec['phrase'].format(v=v)}.") for spec, v in e.specs}
                 assert sentence in said_right, sentence
     assert min(kinds.values()) > 20, kinds
+
+
+def test_a_reward_on_a_histogram_edge_counts_in_the_bin_it_opens():
+    """meta.json's histogram has the bins [-1.0, -0.8), [-0.8, -0.6), ..., [0.8, 1.0] of its
+    histogram_edges: a reward exactly on an inner edge (VADER's compound has four decimals, so
+    -0.8 can occur) counts in the bin that edge opens, 1.0 in the last bin. -0.8 used to fall
+    into the first bin, (-0.8 + 1.0) * 5 being 0.9999999999999998 in floating point."""
+    edges = [-1.0, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    stats = toyworld._stats(edges)
+    assert stats["histogram_edges"] == edges
+    assert stats["histogram"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 2]
+    assert toyworld._stats([-0.8001, -0.7999, 0.9999])["histogram"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
