@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -11,6 +12,7 @@ import string
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -805,3 +807,64 @@ def test_a_reward_on_a_histogram_edge_counts_in_the_bin_it_opens():
     assert stats["histogram_edges"] == edges
     assert stats["histogram"] == [1, 1, 1, 1, 1, 1, 1, 1, 1, 2]
     assert toyworld._stats([-0.8001, -0.7999, 0.9999])["histogram"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+
+
+def stats_by_hand(values: list[float]) -> dict:
+    """meta.json's reward statistics recomputed without rcond: bins by comparison with the edges."""
+    n = len(values)
+    mean = sum(values) / n
+    edges = [-1.0, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    return {
+        "count": n, "mean": round(mean, 4), "std": round(math.sqrt(sum((v - mean) ** 2 for v in values) / n), 4),
+        "min": min(values), "max": max(values), "histogram_edges": edges,
+        "histogram": [sum(lo <= v < hi or (i == 9 and v == hi) for v in values)
+                      for i, (lo, hi) in enumerate(zip(edges, edges[1:]))],
+        "fraction_zero": round(sum(v == 0.0 for v in values) / n, 4),
+    }
+
+
+def test_meta_statistics_match_the_files_they_describe(small):
+    """Every number in meta.json, recomputed from the written files: counts of records, turns and
+    entities (24 per topic), per-file records, bytes and words, the reward statistics (population
+    std; deciles checked above), and the mean reward per latent label."""
+    meta = json.loads(small["meta"].read_text())
+    reviews, dialogs, docs = (read_jsonl(small[n]) for n in ("reviews", "dialogs", "text"))
+    turns = [t for d in dialogs for t in d["turns"]]
+    rewards = {"reviews": [r["reward"] for r in reviews],
+               "assistant_turns": [t["reward"] for t in turns if t["role"] == "assistant"]}
+    assert meta["counts"] == {"reviews": 300, "dialogs": 60, "text": 60, "assistant_turns": len(rewards["assistant_turns"]),
+                              "entities": 24 * len(toyworld.load_assets()["topics"])}
+    words = {"reviews": sum(len(r["response"].split()) for r in reviews),
+             "dialogs": sum(len(t["content"].split()) for t in turns), "text": sum(len(d["text"].split()) for d in docs)}
+    for name, recs in (("reviews", reviews), ("dialogs", dialogs), ("text", docs)):
+        assert meta["files"][name] == {"records": len(recs), "bytes": small[name].stat().st_size, "words": words[name]}
+    for name, values in rewards.items():
+        got = dict(meta["reward"][name])
+        assert len(got.pop("deciles")) == 9
+        assert got == stats_by_hand(values), name
+    assert (meta["generator"], meta["seed"], meta["reward"]["name"]) == ("rcond.toyworld", 0, "vader")
+    assert meta["reward"]["vaderSentiment_version"] == metadata.version("vaderSentiment")
+    labels = ("very negative", "negative", "neutral", "positive", "very positive")
+    by_label = {label: [r["reward"] for r in reviews if r["latent_label"] == label] for label in labels}
+    assert meta["reviews_by_latent_label"] == {
+        label: {"count": len(v), "mean_reward": round(sum(v) / len(v), 4)} for label, v in by_label.items()}
+
+
+def test_meta_of_a_single_review_and_no_dialogs(tmp_path):
+    """One review: its reward is every decile, the std is 0; no dialogs: the turn statistics are a
+    bare count of 0; a label no review has gets count 0 and mean_reward null. (Three different
+    counts, so that no count can stand in for another.)"""
+    paths = toyworld.generate(tmp_path / "one", seed=0, n_reviews=1, n_dialogs=0, n_text=2, progress=False)
+    meta = json.loads(paths["meta"].read_text())
+    (review,) = read_jsonl(paths["reviews"])
+    reward = review["reward"]
+    assert meta["reward"]["reviews"] == {**stats_by_hand([reward]), "deciles": [reward] * 9, "std": 0.0}
+    assert meta["reward"]["assistant_turns"] == {"count": 0}
+    assert meta["counts"] == {"reviews": 1, "dialogs": 0, "text": 2, "assistant_turns": 0,
+                              "entities": 24 * len(toyworld.load_assets()["topics"])}
+    assert meta["files"]["dialogs"] == {"records": 0, "bytes": 0, "words": 0}
+    assert meta["files"]["text"]["records"] == len(read_jsonl(paths["text"])) == 2
+    assert meta["reviews_by_latent_label"] == {
+        label: ({"count": 1, "mean_reward": reward} if label == review["latent_label"] else
+                {"count": 0, "mean_reward": None})
+        for label in ("very negative", "negative", "neutral", "positive", "very positive")}
