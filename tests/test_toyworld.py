@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -19,6 +20,7 @@ import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from rcond import toyworld
+from rcond.cli import build_parser, main
 
 SMALL = {"n_reviews": 300, "n_dialogs": 60, "n_text": 60, "progress": False}
 ROOT = Path(__file__).resolve().parents[1]
@@ -868,3 +870,51 @@ def test_meta_of_a_single_review_and_no_dialogs(tmp_path):
         label: ({"count": 1, "mean_reward": reward} if label == review["latent_label"] else
                 {"count": 0, "mean_reward": None})
         for label in ("very negative", "negative", "neutral", "positive", "very positive")}
+
+
+def test_bad_counts_are_named_with_the_value_given(tmp_path):
+    """The message names the setting and shows the value as written (a string in quotes), so that
+    'got 0' is never a '0' that was passed as text."""
+    with pytest.raises(toyworld.ToyWorldError) as e:
+        toyworld.generate(tmp_path / "out", seed="0", progress=False)
+    assert str(e.value) == "seed must be a non-negative integer, got '0'"
+    with pytest.raises(toyworld.ToyWorldError, match=r"^n_dialogs must be a non-negative integer, got -2$"):
+        toyworld.generate(tmp_path / "out", n_dialogs=-2, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_passes_each_count_and_the_seed_to_its_file(tmp_path, capsys):
+    """`rcond toyworld` with four different numbers writes exactly the world generate writes for
+    them: --reviews, --dialogs and --texts each to its own file, --seed honoured; --no-progress
+    leaves stderr empty, and without it the progress bar is shown there."""
+    out = tmp_path / "cli"
+    assert main(["toyworld", "--out", str(out), "--seed", "5", "--reviews", "4", "--dialogs", "3", "--texts", "2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    direct = toyworld.generate(tmp_path / "direct", seed=5, n_reviews=4, n_dialogs=3, n_text=2, progress=False)
+    assert file_bytes({n: out / p.name for n, p in direct.items()}) == file_bytes(direct)
+    assert [len(read_jsonl(out / f)) for f in ("reviews.jsonl", "dialogs.jsonl", "text.jsonl")] == [4, 3, 2]
+    assert main(["toyworld", "--out", str(tmp_path / "bar"), "--reviews", "1", "--dialogs", "0", "--texts", "0"]) == 0
+    assert "toyworld" in capsys.readouterr().err
+
+
+def test_cli_overwrite_replaces_an_earlier_toy_world_and_is_needed_for_it(tmp_path, capsys):
+    """A second `rcond toyworld` into the same folder is exit 2 without --overwrite (the old world
+    kept) and replaces it with one."""
+    out = str(tmp_path / "w")
+    assert main(["toyworld", "--out", out, "--reviews", "2", "--dialogs", "1", "--texts", "1", "--no-progress"]) == 0
+    assert main(["toyworld", "--out", out, "--reviews", "5", "--dialogs", "1", "--texts", "1", "--no-progress"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "w" / "reviews.jsonl")) == 2
+    assert main(["toyworld", "--out", out, "--reviews", "5", "--dialogs", "1", "--texts", "1", "--no-progress",
+                 "--overwrite"]) == 0
+    assert len(read_jsonl(tmp_path / "w" / "reviews.jsonl")) == 5
+
+
+def test_cli_defaults_are_generates(tmp_path):
+    """`rcond toyworld --out DIR` and `generate(DIR)` make the same world: the same seed and
+    counts, progress shown, nothing overwritten."""
+    a = build_parser().parse_args(["toyworld", "--out", str(tmp_path)])
+    defaults = {n: p.default for n, p in inspect.signature(toyworld.generate).parameters.items() if n != "out_dir"}
+    assert defaults == {"seed": a.seed, "n_reviews": a.reviews, "n_dialogs": a.dialogs, "n_text": a.texts,
+                        "progress": not a.no_progress, "overwrite": a.overwrite}
