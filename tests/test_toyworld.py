@@ -439,8 +439,8 @@ def named_in_listing(listing: str, items: set[str]) -> list[str] | None:
 
 def test_brand_and_person_profiles_list_only_their_own_products_and_films():
     """A brand's profile lists up to five of its own products, a person's up to four of the films
-    they directed or act in (either of the two leads), each once; a brand with no products (seed
-    42 has one) gets no profile. Checked against the world's entities, not its brand and people
+    they directed or act in (either of the two leads), each once and in random order; a brand
+    with no products (seed 42 has one) gets no profile. Checked against the world's entities, not its brand and people
     tables."""
     world = toyworld.build_world(42)
     products, films = defaultdict(set), defaultdict(set)
@@ -455,7 +455,7 @@ def test_brand_and_person_profiles_list_only_their_own_products_and_films():
     writer = toyworld._TextWriter(world, random.Random(0))
     for make, own, key, most in ((writer._brand, products, "brand_range", 5),
                                  (writer._person, films, "person_works", 4)):
-        seen = set()
+        seen, listings = set(), defaultdict(set)
         for _ in range(300):
             doc = make()
             name = doc["entity"]
@@ -465,7 +465,9 @@ def test_brand_and_person_profiles_list_only_their_own_products_and_films():
             listed = named_in_listing(match.groups()[-1], own[name])
             assert listed is not None and len(set(listed)) == len(listed) == min(most, len(own[name])), doc
             seen.add(name)
+            listings[name].add(tuple(listed))
         assert len(seen) > 0.8 * len(own)
+        assert sum(len(v) > 1 for v in listings.values()) > 0.5 * len(listings)  # 'in random order'
 
 
 def test_same_seed_is_byte_identical_in_a_fresh_process_with_another_hash_seed(small, tmp_path):
@@ -486,13 +488,18 @@ def world0():
 
 def test_next_aspect_names_every_aspect_once_before_repeating_one(world0):
     """A record talks about each of its entity's aspects once before any comes back ('an aspect
-    not yet talked about'); after that any aspect of the same entity may."""
+    not yet talked about'), in an order drawn afresh for each record (not always the same aspect
+    first); after that any aspect of the same entity may."""
     writer = toyworld._ReviewWriter(world0, random.Random(0))
+    first = set()
     for _ in range(50):
         e = writer.start()
         names = [a.name for a, _ in e.aspects]
-        assert sorted(writer.next_aspect()[0].name for _ in names) == sorted(names)
+        said = [writer.next_aspect()[0].name for _ in names]
+        assert sorted(said) == sorted(names)
+        first.add(names.index(said[0]))
         assert {writer.next_aspect()[0].name for _ in range(20)} <= set(names)
+    assert len(first) > 3
 
 
 def test_other_is_another_entity_of_the_same_topic(world0):
@@ -646,13 +653,15 @@ MOOD = {"rude": "negative", "curt": "neutral", "neutral": "neutral", "friendly":
 
 
 def test_dialog_styles_follow_helpfulness_and_users_react_to_the_last_one(big):
-    """A turn's style is its latent helpfulness bucketed at -0.5, -0.15, 0.15, 0.5; a user who
+    """A turn's style is its latent helpfulness (in [-1, 1]) bucketed at -0.5, -0.15, 0.15, 0.5; a user who
     opens a follow-up with a reaction reacts to the previous answer's style: pleased after a
     friendly or warm one (or merely neutral), neutral after a curt or neutral one, hurt after a
     rude one."""
     d = toyworld.load_assets()["dialog"]
     reactions, closings = d["reactions"], set(d["followups"]["closing"])  # a closing line is no reaction
     reacted = Counter()
+    helpfulness = [h for rec in read_jsonl(big["dialogs"]) for h in rec["latent_helpfulness"]]
+    assert min(helpfulness) == -1.0 and max(helpfulness) == 1.0  # clipped to [-1, 1], both reached
     for rec, turns in exchanges(big["dialogs"]):
         assert rec["styles"] == [next(n for b, n in STYLE_BOUNDS if h < b) for h in rec["latent_helpfulness"]], rec
         for (_, _, before), (user, _, _) in zip(turns, turns[1:]):
@@ -764,10 +773,10 @@ def test_answers_report_the_entitys_qualities(world3):
 
 
 def test_text_documents_state_the_worlds_facts(big, world3):
-    """A product's document states its price and every spec with the entity's own values; a
-    film's names its director and lead and ends with its runtime; a buying guide names distinct
-    aspects of its topic, three distinct entities of it, and for each a spec with its value ('an
-    8-hour battery')."""
+    """A product's document states its price, every spec with the entity's own values and two
+    different uses where it names two; a film's names its director and lead and ends with its
+    runtime; a buying guide names distinct aspects of its topic, three distinct entities of it,
+    and for each a spec with its value ('an 8-hour battery')."""
     by_name = {e.name: e for e in world3.entities}
     t = world3.assets["text"]
     kinds = Counter()
@@ -779,6 +788,10 @@ def test_text_documents_state_the_worlds_facts(big, world3):
             if e.kind == "product":
                 assert f"${f['price']}" in doc["text"], doc
                 assert all(spec["fact"].format(v=v) in doc["text"] for spec, v in e.specs), doc
+                two = [m for tpl in t["product_uses"] if "{use2}" in tpl
+                       for m in [template_re(tpl).fullmatch(sentences(doc["text"])[-1])] if m]
+                kinds["two uses"] += len(two)
+                assert all(m["use"] != m["use2"] and {m["use"], m["use2"]} <= set(e.topic["uses"]) for m in two), doc
             else:
                 assert f["director"] in doc["text"] and f["actor"] in doc["text"], doc
                 assert doc["text"].endswith(f"It runs {f['runtime']} minutes."), doc
