@@ -931,3 +931,90 @@ def test_cli_defaults_are_generates(tmp_path):
     defaults = {n: p.default for n, p in inspect.signature(toyworld.generate).parameters.items() if n != "out_dir"}
     assert defaults == {"seed": a.seed, "n_reviews": a.reviews, "n_dialogs": a.dialogs, "n_text": a.texts,
                         "progress": not a.no_progress, "overwrite": a.overwrite}
+
+
+def test_popular_entities_are_reviewed_more_often(big, world3):
+    """Each record's entity is drawn by the world's popularity weights: across 3000 reviews the
+    number of reviews of an entity follows its popularity."""
+    counts = Counter(r["entity"] for r in read_jsonl(big["reviews"]))
+    assert statistics.correlation(world3.popularity, [counts[e.name] for e in world3.entities]) > 0.6
+
+
+def test_records_past_the_first_scoring_chunk_are_counted_and_scored(big, vader):
+    """Rewards are scored a chunk of records at a time: a file of several chunks holds exactly the
+    records asked for, and those on each side of every chunk boundary, and the last, carry VADER's
+    score of their own text."""
+    recs = read_jsonl(big["reviews"])
+    assert len(recs) == 3000 and len(read_jsonl(big["dialogs"])) == 300 and len(read_jsonl(big["text"])) == 300
+    chunk = toyworld._CHUNK
+    assert 3000 > 2 * chunk
+    for i in [*(j for k in range(chunk, 3000, chunk) for j in range(k - 2, k + 2)), 2999]:
+        assert recs[i]["reward"] == vader.polarity_scores(recs[i]["response"])["compound"], i
+
+
+def test_a_plural_product_is_these_and_takes_are(big, world3):
+    """Headphones and running shoes are plural: a review says 'these headphones', 'this pair', never
+    'this headphones' nor 'the shoes is'; a blender is 'this blender', never 'these blender'."""
+    text = "\n".join(r["response"] for r in read_jsonl(big["reviews"])).lower()
+    seen = Counter()
+    for topic in world3.assets["topics"]:
+        if "short" not in topic:
+            continue
+        short = re.escape(topic["short"].lower())
+        wrong = rf"\bthis {short}\b|\bthe {short} is\b" if topic.get("short_plural") else rf"\bthese {short}\b"
+        assert not re.findall(wrong, text), topic["name"]
+        seen[bool(topic.get("short_plural"))] += len(re.findall(rf"\b(?:this|these) {short}\b", text))
+    assert seen[True] > 5 and seen[False] > 20, seen
+
+
+def test_a_review_names_only_its_own_entity_and_price_and_opens_and_closes_in_place(big, world3):
+    """Another entity of the topic appears only in a comparison; every price a review quotes is its
+    own entity's; an opening line ('I bought the X last week.') comes first and a verdict ('Highly
+    recommended!') last; and a review is never one lone sentence that judges nothing by itself
+    (a fact, a comparison, a feeling or a value for money)."""
+    rv, s = world3.assets["reviews"], world3.assets["sentiment"]
+    compare = [template_re(t) for k in ("better", "worse") for t in rv["compare"][k]]
+    feels = {f for fs in s["feelings"].values() for f in fs}
+    verdicts_of = {kind: {v for vs in s["verdicts"][kind].values() for v in vs} for kind in ("product", "film")}
+    values_of = {kind: [template_re(t) for t in rv["value"][kind]] for kind in ("product", "film")}
+    openers_of, feelings_of = {}, {}
+    for e in world3.entities:
+        openers_of[e.name] = [template_re(t, ref=e.ref) for t in rv["openers"][e.kind]]
+        if e.topic["name"] not in feelings_of:
+            this = ["it", "this film"] + [f"{w} {e.topic['short']}" for w in ("this", "these") if "short" in e.topic]
+            feelings_of[e.topic["name"]] = {toyworld._articles(t.format(feel=f, this=x))
+                                            for t in rv["feeling"] for f in feels for x in this}
+    seen = Counter()
+    for rec, e, said in review_sentences(big["reviews"], world3):
+        others = [o.name for o in world3.by_topic[e.topic["name"]] if o is not e and o.name not in e.name]
+        for sentence in said:
+            if any(o in sentence for o in others):
+                assert any(p.fullmatch(sentence) for p in compare), (sentence, rec)
+                seen["other"] += 1
+        prices = re.findall(r"\$(\d+)", rec["response"])
+        assert set(prices) <= {e.facts.get("price")}, rec
+        seen["price"] += bool(prices)
+        feelings = feelings_of[e.topic["name"]]
+        openers = [i for i, x in enumerate(said) if any(p.fullmatch(x) for p in openers_of[e.name])]
+        verdicts = [i for i, x in enumerate(said)  # 'I regret buying it.' is a verdict and a feeling
+                    if x in verdicts_of[e.kind] and x not in feelings]
+        assert openers in ([], [0]) and verdicts in ([], [len(said) - 1]), rec
+        seen["opener"] += bool(openers)
+        seen["verdict"] += bool(verdicts)
+        if len(said) == 1:
+            assert said[0].rstrip("!") + "." not in feelings and not any(p.fullmatch(said[0]) for p in values_of[e.kind]), rec
+    assert min(seen.values()) > 50, seen
+
+
+def test_a_failure_while_writing_meta_leaves_nothing_behind(tmp_path, monkeypatch):
+    """meta.json is written inside the temporary directory too: when writing it fails (here a
+    statistic that is no JSON), no output directory is left, nor half a toy world without it."""
+    real = toyworld._generate_into
+
+    def unserialisable(*args):
+        return {**real(*args), "bad": object()}
+
+    monkeypatch.setattr(toyworld, "_generate_into", unserialisable)
+    with pytest.raises(TypeError):
+        toyworld.generate(tmp_path / "out", n_reviews=3, n_dialogs=1, n_text=1, progress=False)
+    assert list(tmp_path.iterdir()) == []
