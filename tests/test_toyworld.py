@@ -1018,3 +1018,23 @@ def test_a_failure_while_writing_meta_leaves_nothing_behind(tmp_path, monkeypatc
     with pytest.raises(TypeError):
         toyworld.generate(tmp_path / "out", n_reviews=3, n_dialogs=1, n_text=1, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recommendation_answers_the_use_the_customer_asked_about(world3):
+    """'Would you recommend the X for hiking?' is answered about hiking ('Yes, it is great for
+    hiking.'), never about another use of the topic."""
+    d = world3.assets["dialog"]
+    families = [t for k in ("recommend_yes", "recommend_no", "recommend_maybe") for t in d["answers"][k]]
+    writer = toyworld._DialogWriter(world3, random.Random(0))
+    writer.d = d
+    named = 0
+    for e in world3.entities[::4]:
+        writer.e = e
+        for _ in range(5):
+            question = writer._question("recommend", first=True)
+            (use,) = [u for u in e.topic["uses"]
+                      if any(template_re(t, ref=e.ref, use=u).fullmatch(question) for t in d["questions"]["recommend"])]
+            answer = writer._content("recommend", "neutral")
+            assert any(template_re(t, use=use).fullmatch(answer) for t in families), (question, answer)
+            named += "{use}" in next(t for t in families if template_re(t, use=use).fullmatch(answer))
+    assert named > 30
