@@ -545,7 +545,8 @@ class _DialogWriter(_Writer):
         if kind == "aspect":
             self.aspect = self.next_aspect()
             pool = d["questions"]["aspect"] if first else d["followups"]["aspect"]
-            return r.choice(pool).format(aspect=self.aspect[0].name, ref=e.ref)
+            aspect = self.aspect[0]
+            return r.choice(pool).format(aspect=aspect.name, be=aspect.be, Be=_cap(aspect.be), ref=e.ref)
         if kind == "spec":
             self.spec = self.unasked_specs.pop()
             return _cap(self.spec[0]["question"].format(ref=e.ref))

@@ -1038,3 +1038,18 @@ def test_a_recommendation_answers_the_use_the_customer_asked_about(world3):
             assert any(template_re(t, use=use).fullmatch(answer) for t in families), (question, answer)
             named += "{use}" in next(t for t in families if template_re(t, use=use).fullmatch(answer))
     assert named > 30
+
+
+def test_a_customer_asks_about_a_plural_aspect_with_are(big, world3):
+    """'How are the zippers on the X?', 'Are the characters of Y any good?': a question about an
+    aspect named in the plural takes 'are', one about a singular aspect 'is'."""
+    by_name = {e.name: e for e in world3.entities}
+    verbs = Counter()
+    for rec, turns in exchanges(big["dialogs"]):
+        aspects = {a.name: a.plural for a, _ in by_name[rec["entity"]].aspects}
+        for user, _, _ in turns:
+            for name, plural in aspects.items():
+                for verb in re.findall(rf"\b(is|are) the {re.escape(name)}\b", user, flags=re.IGNORECASE):
+                    verbs[plural, verb.lower()] += 1
+    assert verbs[True, "is"] == verbs[False, "are"] == 0, verbs
+    assert verbs[True, "are"] > 10 and verbs[False, "is"] > 10, verbs
