@@ -583,8 +583,8 @@ def test_emoticons_and_sarcasm_match_the_reviewer(big, world3):
 
 
 def test_review_facts_and_comparisons_are_true_and_judging(big, world3):
-    """A film review's 'It was directed by X.' and 'It stars Y.' name its director and lead, and
-    an actor is praised or panned in their own role; a comparison with another entity of the
+    """A film review's 'It was directed by X.', "X's direction is ..." and 'It stars Y.' name its
+    director and lead, and an actor is praised or panned in their own role; a comparison with another entity of the
     topic says 'better' only when the reviewer is not clearly negative and 'worse' only when not
     clearly positive; a review is never a lone fact or comparison, and holds at most one of each."""
     rv = world3.assets["reviews"]
@@ -601,6 +601,9 @@ def test_review_facts_and_comparisons_are_true_and_judging(big, world3):
                     if sentence.startswith(actor + " ") and " as the " in sentence:
                         assert sentence.rstrip(".!").endswith(f" as the {role}"), (sentence, f)
                         seen["role"] += 1
+                if m := re.fullmatch(r"(.+)'s direction is .+|The direction by (.+?) is .+", sentence):
+                    assert f["director"] in m.groups(), (sentence, f)
+                    seen["direction"] += 1
         else:
             facts.add(f"It costs ${f['price']}.")
         others = {o.ref for o in world3.by_topic[e.topic["name"]] if o is not e}
@@ -1053,3 +1056,70 @@ def test_a_customer_asks_about_a_plural_aspect_with_are(big, world3):
                     verbs[plural, verb.lower()] += 1
     assert verbs[True, "is"] == verbs[False, "are"] == 0, verbs
     assert verbs[True, "are"] > 10 and verbs[False, "is"] > 10, verbs
+
+
+def test_verdicts_and_overall_judgements_lean_the_reviewers_way(big, world3):
+    """A closing verdict ('Highly recommended!') and an overall judgement ('Overall, it is a great
+    buy.') come from a tier drawn around the reviewer's latent: a clearly positive reviewer
+    (latent above 0.6) never gives one from a negative tier, a clearly negative one never from a
+    positive tier."""
+    s, rv = world3.assets["sentiment"], world3.assets["reviews"]
+    tiers = defaultdict(set)  # (kind, verdict) or (kind, 'pred', predicate) -> the tiers that hold it
+    for kind in ("product", "film"):
+        for t, verdicts in s["verdicts"][kind].items():
+            for v in verdicts:
+                tiers[kind, v].add(int(t))
+        for t, preds in s["overall"][kind].items():
+            for p in preds:
+                tiers[kind, "pred", p].add(int(t))
+    overall = [template_re(t) for t in rv["overall"]]
+    checked = Counter()
+    for rec, e, said in review_sentences(big["reviews"], world3):
+        latent = rec["latent_sentiment"]
+        if abs(latent) <= 0.6:
+            continue
+        sign = 1 if latent > 0 else -1
+        held = [("verdict", tiers[e.kind, said[-1]])] if (e.kind, said[-1]) in tiers else []
+        for sentence in said:
+            for m in (p.fullmatch(re.sub(r"!+$", ".", sentence)) for p in overall):
+                if m and (e.kind, "pred", m["pred"]) in tiers:
+                    held.append(("overall", tiers[e.kind, "pred", m["pred"]]))
+        for what, ts in held:
+            assert max(t * sign for t in ts) >= 0, (what, ts, rec)
+            checked[what, sign] += 1
+    assert min(checked.values()) > 20 and len(checked) == 4, checked
+
+
+def test_every_record_names_its_entitys_topic(big, world3):
+    """A review's, a dialog's and an entity document's topic is its entity's topic name (the key
+    the readers and analyses group by, not the prompt's label such as 'horror film'); a guide's is
+    a topic name, a profile's 'brand' or 'person'."""
+    topic_of = {e.name: e.topic["name"] for e in world3.entities}
+    for name in ("reviews", "dialogs", "text"):
+        for rec in read_jsonl(big[name]):
+            if rec["entity"] in topic_of:
+                assert rec["topic"] == topic_of[rec["entity"]], rec
+            elif rec["entity"] is None:
+                assert rec["topic"] in world3.by_topic, rec
+            else:
+                assert rec["topic"] == ("brand" if rec["entity"] in world3.brands else "person"), rec
+
+
+def test_an_answers_opening_and_closing_lines_are_its_styles(big):
+    """A warm answer opens with 'Great question!', a rude one with 'Ugh, again?': the frame
+    around an answer is always the frame of the turn's own style."""
+    styles = toyworld.load_assets()["dialog"]["styles"]
+    owners = defaultdict(set)
+    for style, frame in styles.items():
+        for where in ("open", "close"):
+            for line in frame[where]:
+                if line:
+                    owners[where, line].add(style)
+    framed = Counter()
+    for _, turns in exchanges(big["dialogs"]):
+        for _, answer, style in turns:
+            for (where, line), who in owners.items():
+                if answer.startswith(line + " ") if where == "open" else answer.endswith(" " + line):
+                    assert style in who, (answer, style)
+                    framed[style] += 1
+    assert min(framed[s] for s in styles) > 10, framed
