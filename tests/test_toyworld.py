@@ -583,8 +583,9 @@ def test_emoticons_and_sarcasm_match_the_reviewer(big, world3):
 
 
 def test_review_facts_and_comparisons_are_true_and_judging(big, world3):
-    """A film review's 'It was directed by X.', "X's direction is ..." and 'It stars Y.' name its
-    director and lead, and an actor is praised or panned in their own role; a comparison with another entity of the
+    """A film review's 'It was directed by X.', "X's direction is ...", "compared to X's earlier
+    work" and 'It stars Y.' name its director and lead, and an actor is praised or panned in their
+    own role; a comparison with another entity of the
     topic says 'better' only when the reviewer is not clearly negative and 'worse' only when not
     clearly positive; a review is never a lone fact or comparison, and holds at most one of each."""
     rv = world3.assets["reviews"]
@@ -604,6 +605,9 @@ def test_review_facts_and_comparisons_are_true_and_judging(big, world3):
                 if m := re.fullmatch(r"(.+)'s direction is .+|The direction by (.+?) is .+", sentence):
                     assert f["director"] in m.groups(), (sentence, f)
                     seen["direction"] += 1
+                for earlier in re.findall(r"compared to (.+?)'s earlier work", sentence):
+                    assert earlier == f["director"], (sentence, f)
+                    seen["earlier work"] += 1
         else:
             facts.add(f"It costs ${f['price']}.")
         others = {o.ref for o in world3.by_topic[e.topic["name"]] if o is not e}
@@ -777,8 +781,8 @@ def test_answers_report_the_entitys_qualities(world3):
 
 def test_text_documents_state_the_worlds_facts(big, world3):
     """A product's document states its price, every spec with the entity's own values and two
-    different uses where it names two; a film's names its director and lead and ends with its
-    runtime; a buying guide names distinct aspects of its topic, three distinct entities of it,
+    different uses where it names two; a film's calls it 'a horror film' (its topic's label),
+    names its director and lead and ends with its runtime; a buying guide names distinct aspects of its topic, three distinct entities of it,
     and for each a spec with its value ('an 8-hour battery')."""
     by_name = {e.name: e for e in world3.entities}
     t = world3.assets["text"]
@@ -797,6 +801,7 @@ def test_text_documents_state_the_worlds_facts(big, world3):
                 assert all(m["use"] != m["use2"] and {m["use"], m["use2"]} <= set(e.topic["uses"]) for m in two), doc
             else:
                 assert f["director"] in doc["text"] and f["actor"] in doc["text"], doc
+                assert re.search(rf"\b{re.escape(e.topic['label'])}\b", sentences(doc["text"])[0]), doc
                 assert doc["text"].endswith(f"It runs {f['runtime']} minutes."), doc
         elif doc["entity"] is None:
             kinds["guide"] += 1
@@ -1062,7 +1067,7 @@ def test_verdicts_and_overall_judgements_lean_the_reviewers_way(big, world3):
     """A closing verdict ('Highly recommended!') and an overall judgement ('Overall, it is a great
     buy.') come from a tier drawn around the reviewer's latent: a clearly positive reviewer
     (latent above 0.6) never gives one from a negative tier, a clearly negative one never from a
-    positive tier."""
+    positive tier; and a film is never 'a great buy', a product never 'a great watch'."""
     s, rv = world3.assets["sentiment"], world3.assets["reviews"]
     tiers = defaultdict(set)  # (kind, verdict) or (kind, 'pred', predicate) -> the tiers that hold it
     for kind in ("product", "film"):
@@ -1080,8 +1085,13 @@ def test_verdicts_and_overall_judgements_lean_the_reviewers_way(big, world3):
             continue
         sign = 1 if latent > 0 else -1
         held = [("verdict", tiers[e.kind, said[-1]])] if (e.kind, said[-1]) in tiers else []
+        subjects = {x.format(short=e.topic.get("short", "")) for xs in rv["subjects"].values() for x in xs}
         for sentence in said:
             for m in (p.fullmatch(re.sub(r"!+$", ".", sentence)) for p in overall):
+                g = m.groupdict() if m else {}
+                m = m if (g.get("subject") or g.get("Subject") or "it").lower() in subjects else None  # not an aspect's
+                other_kind = "film" if e.kind == "product" else "product"
+                assert not m or (e.kind, "pred", m["pred"]) in tiers or (other_kind, "pred", m["pred"]) not in tiers, rec
                 if m and (e.kind, "pred", m["pred"]) in tiers:
                     held.append(("overall", tiers[e.kind, "pred", m["pred"]]))
         for what, ts in held:
@@ -1123,3 +1133,26 @@ def test_an_answers_opening_and_closing_lines_are_its_styles(big):
                     assert style in who, (answer, style)
                     framed[style] += 1
     assert min(framed[s] for s in styles) > 10, framed
+
+
+def test_comparison_questions_and_problem_answers_name_the_right_things(big, world3):
+    """'Is the X better than the Y?' names another entity of X's topic, never X itself; an answer
+    to a problem suggests one of the fixes first and one of the fallbacks after it ('Try holding
+    the power button ... If that does not work, return it to the shop ...')."""
+    d = world3.assets["dialog"]
+    by_name = {e.name: e for e in world3.entities}
+    fixes, fallbacks = set(d["fixes"]), set(d["fallbacks"])
+    fix_templates = [template_re(t) for t in d["answers"]["fix"]]
+    seen = Counter()
+    for rec, turns in exchanges(big["dialogs"]):
+        e = by_name[rec["entity"]]
+        others = {o.ref for o in world3.by_topic[e.topic["name"]] if o is not e}
+        for user, answer, _ in turns:
+            for t in d["questions"]["compare"]:
+                if m := template_re(t[:1].lower() + t[1:], ref=e.ref).search(user[:1].lower() + user[1:]):
+                    assert m["other"] in others, (user, e.name)
+                    seen["compare"] += 1
+            for m in (m for p in fix_templates for m in [p.search(answer)] if m):
+                assert m["fix"] in fixes and m.groupdict().get("fallback", fallbacks.copy().pop()) in fallbacks, answer
+                seen["fix"] += 1
+    assert seen["compare"] > 20 and seen["fix"] > 10, seen
