@@ -334,6 +334,12 @@ def test_a_product_is_named_with_the_and_a_plural_aspect_takes_are(small):
     assert verbs[(True, "are")] > 20 and verbs[(False, "is")] > 20
 
 
+def test_words_said_with_a_yoo_sound_keep_a():
+    """'use...' words start with a consonant sound whatever their third letter: 'a useful', 'a
+    using', 'a usual' stay as they are; 'an umbrella' does not."""
+    assert toyworld._articles("a useful, a using, a usual, a umbrella") == "a useful, a using, a usual, an umbrella"
+
+
 def test_an_article_before_the_word_a_stays_a():
     """'a' before the word 'a' itself ('a a bit ...' from a hedge put into an 'a {adjp}' slot) is
     left alone: it never becomes 'an a'."""
@@ -541,10 +547,13 @@ def test_verb_phrases_and_exclamations_follow_the_tier(world0):
 
 def test_mild_adjectives_are_hedged_up_or_down_and_strong_ones_only_up(world0):
     """A booster before an adjective of tier ±1 is either an intensifier ('very') or a hedge
-    ('a bit'); a strong adjective is only intensified. Tiers with negations ('not bad') use one
-    now and then."""
+    ('a bit'); a strong adjective is only intensified, and only the strongest (±3) are now and
+    then shouted ('AWFUL'). Tiers with negations ('not bad') use one now and then."""
     writer = toyworld._Writer(world0, random.Random(0))
     boosters = writer.s["boosters"]
+    for t in (-3, -2, -1, 1, 2, 3):
+        shouted = sum(a.isupper() for a in (writer.adjective(t, boost=0.0) for _ in range(1000)))
+        assert (20 < shouted < 110) if abs(t) == 3 else shouted == 0, (t, shouted)
     for t in (-3, -2, -1, 1, 2, 3):
         firsts = Counter(next((k for k in ("up", "down") for b in boosters[k] if adj.startswith(b + " ")), None)
                          for adj in (writer.adjective(t, boost=1.0) for _ in range(300)))
