@@ -35,6 +35,7 @@ so an interrupted run leaves no output directory behind, and a failed overwrite 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -544,7 +545,8 @@ class _DialogWriter(_Writer):
         if kind == "aspect":
             self.aspect = self.next_aspect()
             pool = d["questions"]["aspect"] if first else d["followups"]["aspect"]
-            return r.choice(pool).format(aspect=self.aspect[0].name, ref=e.ref)
+            aspect = self.aspect[0]
+            return r.choice(pool).format(aspect=aspect.name, be=aspect.be, Be=_cap(aspect.be), ref=e.ref)
         if kind == "spec":
             self.spec = self.unasked_specs.pop()
             return _cap(self.spec[0]["question"].format(ref=e.ref))
@@ -690,12 +692,15 @@ class _TextWriter:
         return {"text": " ".join(sentences), "topic": topic["name"], "entity": None}
 
 
+_HISTOGRAM_EDGES = [round(-1.0 + 0.2 * i, 1) for i in range(11)]
+
+
 def _stats(values: list[float]) -> dict:
     if not values:
         return {"count": 0}
     hist = [0] * 10
-    for v in values:
-        hist[min(int((v + 1.0) * 5.0), 9)] += 1
+    for v in values:  # bins [lo, hi), the last [0.8, 1.0]; by the edges, as (v + 1) * 5 puts -0.8 below 1
+        hist[min(bisect.bisect_right(_HISTOGRAM_EDGES, v) - 1, 9)] += 1
     deciles = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else [values[0]] * 9
     return {
         "count": len(values),
@@ -704,7 +709,7 @@ def _stats(values: list[float]) -> dict:
         "min": min(values),
         "max": max(values),
         "deciles": [round(x, 4) for x in deciles],
-        "histogram_edges": [round(-1.0 + 0.2 * i, 1) for i in range(11)],
+        "histogram_edges": list(_HISTOGRAM_EDGES),
         "histogram": hist,
         "fraction_zero": round(sum(v == 0.0 for v in values) / len(values), 4),
     }
