@@ -64,6 +64,8 @@ def _number(v: object, finite: bool) -> tuple[float, str | None]:
     """A score as a float, or why it is not one (the end of a sentence about it)."""
     if isinstance(v, (str, bytes)):
         return math.nan, f"is not a number: {v!r}"
+    if getattr(getattr(v, "dtype", None), "kind", None) in ("U", "S"):  # float() reads np.array("0.5") as 0.5
+        return math.nan, f"is not a number: {v!r} ({type(v).__name__} of text)"
     if is_bool(v):
         return math.nan, f"is not a number: {v!r} (a bool); return 1.0 or 0.0 instead"
     try:

@@ -357,13 +357,24 @@ def test_bytes_are_not_scores():
 
 @pytest.mark.parametrize("output, shown", [
     (lambda texts: [torch.tensor([0.1, 0.9])] * len(texts), r"tensor\(\[0\.1000, 0\.9000\]\) \(Tensor\)"),
-    (lambda texts: [np.array("high")] * len(texts), r"array\('high', dtype='<U4'\) \(ndarray\)"),
+    (lambda texts: [np.array("high")] * len(texts), r"array\('high', dtype='<U4'\) \(ndarray of text\)"),
 ])
 def test_a_score_that_float_refuses_with_a_value_error_is_not_a_number(output, shown):
     """``float()`` raises ValueError, not TypeError, for a tensor of two values per text (logits
     returned as they are) and for a NumPy string array: still a ScorerError naming the text."""
     with pytest.raises(ScorerError, match=rf"^scorer 'logits': score for text 0 \('x'\) is not a number: {shown}$"):
         Scorer("logits", output)(["x", "y"])
+
+
+@pytest.mark.parametrize("score, shown", [
+    (np.array("0.5"), r"array\('0\.5', dtype='<U3'\) \(ndarray of text\)"),
+    (np.array(b"0.5"), r"array\(b'0\.5', dtype='\|S3'\) \(ndarray of text\)"),
+])
+def test_a_numpy_string_that_reads_as_a_number_is_not_a_score(score, shown):
+    """``float(np.array("0.5"))`` is 0.5, as ``float("0.5")`` is: text is refused in a NumPy array as
+    it is in a str or bytes, not read as a number (a scorer returning labels it meant to map)."""
+    with pytest.raises(ScorerError, match=rf"^scorer 'labels': score for text 0 \('x'\) is not a number: {shown}$"):
+        Scorer("labels", lambda texts: [score] * len(texts))(["x", "y"])
 
 
 def test_values_and_score_values_leave_non_finite_scores_in_place(helpers):
