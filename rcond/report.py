@@ -133,12 +133,10 @@ def _load(samples: Samples, mode: str | None, scheme: ControlScheme) -> list[Map
             requested_level(rec, scheme)
         except SchemeError as e:
             raise MetricsError(f"{where}: {e}") from None
-    if mode is not None:
-        wrong = [(where, rec) for where, rec in located if rec.get("mode") != mode]
-        if wrong:
-            where, rec = wrong[0]
+        if mode is not None and rec.get("mode") != mode:
+            wrong = sum(isinstance(r, Mapping) and r.get("mode") != mode for _, r in located)
             raise MetricsError(f"{where}: mode {rec.get('mode')!r} among the {mode}-mode samples "
-                               f"({len(wrong)} of {len(located)} have another mode)")
+                               f"({wrong} of {len(located)} have another mode)")
     return [rec for _, rec in located]
 
 

@@ -317,6 +317,17 @@ def test_wrong_mode_names_the_first_and_counts(tmp_path):
     assert str(e.value) == "on-mode sample 1: mode None among the on-mode samples (1 of 2 have another mode)"
 
 
+def test_the_first_bad_sample_is_named_whatever_is_wrong_with_it(tmp_path):
+    """A sample in the wrong mode before one with a bad score is the one named (the docstring's
+    "the first bad one"), and the other way round; the count is of the samples in another mode."""
+    bad_score = on_rec(0, "high")
+    with pytest.raises(MetricsError) as e:
+        write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, 0.1), off_rec(0.1, "a"), bad_score])
+    assert str(e.value) == "on-mode sample 1: mode 'off' among the on-mode samples (1 of 3 have another mode)"
+    with pytest.raises(MetricsError, match=r"^on-mode sample 1: "):
+        write_report(tmp_path / "r", scheme=scheme4(), on_samples=[on_rec(0, 0.1), bad_score, off_rec(0.1, "a")])
+
+
 @pytest.fixture
 def figures(monkeypatch):
     """The figures the report draws, by file name, captured as they are saved (and still saved)."""
