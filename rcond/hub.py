@@ -65,6 +65,14 @@ def _cached(repo_id: str) -> bool:
         return False
 
 
+def local_or_id(spec: str | os.PathLike) -> str:
+    """What to hand ``from_pretrained``: the local path with ``~`` expanded where it exists (the
+    shell leaves the ``~`` in ``--model=~/m``, and transformers reads ``~/m`` as a hub id), else
+    ``spec`` as given."""
+    local = Path(spec).expanduser()
+    return str(local) if local.exists() else str(spec)
+
+
 def pretrained_kwargs(spec: str | os.PathLike) -> dict:
     """Extra keyword arguments for ``from_pretrained(spec)``: none for a local path, for what is
     no hub id, or when the hub can be reached; ``local_files_only`` when it cannot but the local

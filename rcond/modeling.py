@@ -194,7 +194,7 @@ def _from_pretrained(spec: str | os.PathLike, **kwargs) -> tuple[PreTrainedModel
     quiet = _WithoutLoadReport()
     logger.addFilter(quiet)
     try:
-        return AutoModelForCausalLM.from_pretrained(spec, use_safetensors=True, output_loading_info=True,
+        return AutoModelForCausalLM.from_pretrained(hub.local_or_id(spec), use_safetensors=True, output_loading_info=True,
                                                     ignore_mismatched_sizes=True,
                                                     **{**hub.pretrained_kwargs(spec), **kwargs})
     finally:
@@ -445,7 +445,7 @@ def load_pretrained(
 
     Raises ``ModelDirError`` naming the directory and the missing or unreadable file.
     """
-    path = Path(directory)
+    path = Path(directory).expanduser()
     if not path.is_dir():
         raise ModelDirError(f"{path}: no such model directory")
     missing = [name for name in (MODEL_CONFIG_FILE, SCHEME_FILE, *TOKENIZER_FILES) if not (path / name).is_file()]

@@ -546,7 +546,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     from .tokens import SCHEME_FILE
     from .train import CHECKPOINT_DIR, CONFIG_FILE, MODEL_DIR, STATE_FILE
 
-    p = Path(path)
+    p = Path(path).expanduser()
     if not (p / MODEL_CONFIG_FILE).is_file() and (p / MODEL_DIR / MODEL_CONFIG_FILE).is_file():
         return p / MODEL_DIR
     if (p / SCHEME_FILE).is_file() and (p / ROWS_FILE).exists() and not (p / MODEL_CONFIG_FILE).exists():

@@ -54,8 +54,7 @@ def load_tokenizer(path_or_id: str | os.PathLike, *, trust_remote_code: bool = F
     """Load a Rust-backed tokenizer from a local directory or a hub id; pad defaults to eos.
     Raises :class:`TokenizerError` when it cannot. A path may start with ``~`` (the home directory),
     as the input paths may: the shell leaves it as it is in ``--tokenizer=~/tok``."""
-    local = Path(path_or_id).expanduser()
-    source = str(local) if local.exists() else str(path_or_id)  # transformers reads '~/tok' as a hub id
+    local, source = Path(path_or_id).expanduser(), hub.local_or_id(path_or_id)
     _check_config_file(local / TOKENIZER_CONFIG_FILE)
     try:
         if _generic_tokenizer_dir(local):

@@ -144,3 +144,14 @@ def test_a_cache_entry_whose_ref_is_unreadable_or_names_a_file_is_not_cached(no_
     (folder / "snapshots" / ("3" * 40)).write_text("not a folder")
     with pytest.raises(hub.HubUnreachable, match="owner/odd is not in the local hub cache"):
         hub.pretrained_kwargs("owner/odd")
+
+
+def test_local_or_id_expands_the_home_directory_only_for_what_exists(tmp_path, monkeypatch):
+    """A path under '~' that exists is handed on expanded; anything else (a hub id, a missing
+    path) as given, for from_pretrained to report."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m").mkdir()
+    assert hub.local_or_id("~/m") == str(tmp_path / "m")
+    assert hub.local_or_id(Path("~/m")) == str(tmp_path / "m")
+    assert hub.local_or_id("~/missing") == "~/missing"
+    assert hub.local_or_id("org/model") == "org/model"

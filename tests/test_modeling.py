@@ -138,6 +138,18 @@ def test_pretrained_path_loads_and_checks_context_length(model, tokenizer, schem
         build_model(str(tmp_path / "m"), tokenizer, max_position_embeddings=10**6)
 
 
+def test_a_model_path_may_start_with_the_home_directory(model, tokenizer, scheme, tmp_path, monkeypatch):
+    """'~/m' is the model in the home directory, for a model to start from and for a saved one, as
+    for tokenizers and inputs (the shell leaves the '~' in --model=~/m; transformers reads it as a
+    hub id)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    started = build_model("~/m", tokenizer, scheme)
+    assert torch.equal(started.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    loaded, _, scheme2 = load_pretrained("~/m")
+    assert scheme2 == scheme and torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
 def test_a_model_that_cannot_be_loaded_says_why(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tokenizer_only")
     for spec in (tmp_path / "tokenizer_only", tmp_path / "nothing_here"):

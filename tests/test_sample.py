@@ -453,6 +453,14 @@ def test_a_run_without_its_model_yet_says_so(tmp_path):
     assert resolve_model_dir(tmp_path / "elsewhere") == tmp_path / "elsewhere"  # left to the loader to report
 
 
+def test_a_run_under_the_home_directory_gives_its_model(tmp_path, monkeypatch):
+    """--model ~/run finds the model a run saved in ~/run/model, as --model /home/.../run does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    assert resolve_model_dir("~/run") == tmp_path / "run" / "model"
+
+
 def test_a_corpus_is_not_a_model(tmp_path):
     corpus = tmp_path / "corpus"
     (corpus / "tokenizer").mkdir(parents=True)
