@@ -136,14 +136,38 @@ def test_triton_refuses_cpu_tensors_when_compiled():
         packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, impl="triton")
 
 
-@pytest.mark.parametrize("bad", ["hidden", "targets", "segment_ids", "bias", "float_targets"])
+BAD_INPUTS = {  # what is broken: (argument, value from the case, the message expected)
+    "hidden": ("hidden", lambda c: c.hidden[:, :-1], r"hidden must be \[N, D\] and weight \[V, D\]; got \(37, 18\)"),
+    "hidden_3d": ("hidden", lambda c: c.hidden[:3, None, :].expand(3, 19, 19),
+                  r"hidden must be \[N, D\] and weight \[V, D\]; got \(3, 19, 19\)"),
+    "int_hidden": ("hidden", lambda c: c.hidden.long(), "hidden and weight must be floating point"),
+    "targets": ("targets", lambda c: c.targets[:-1], r"targets must be \[N\] = \[37\], got \(36,\)"),
+    "loss_weight": ("loss_weight", lambda c: c.loss_weight[:1], r"loss_weight must be \[N\] = \[37\], got \(1,\)"),
+    "segment_ids": ("segment_ids", lambda c: c.segment_ids[:-1], r"segment_ids must be \[N\] = \[37\]"),
+    "bin_ids": ("bin_ids", lambda c: c.bin_ids[:-1], r"bin_ids must be \[N\] = \[37\]"),
+    "bias": ("bias", lambda c: c.bias[:-1], r"bias must be \[V\] = \[131\], got \(130,\)"),
+    "float_targets": ("targets", lambda c: c.targets.float(), "targets must be an integer tensor, got torch.float32"),
+    "bool_targets": ("targets", lambda c: c.targets > 0, "targets must be an integer tensor, got torch.bool"),
+    "float_bin_ids": ("bin_ids", lambda c: c.bin_ids.float(), "bin_ids must be an integer tensor"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS)
 def test_bad_inputs_are_refused(bad):
+    """Each malformed input is a ValueError naming the argument and the shape or dtype expected
+    (a [1] loss_weight would broadcast, an integer hidden be cast, without the checks)."""
     case = make_case(torch.float32, bias=True)
-    args = dict(hidden=case.hidden, weight=case.weight, targets=case.targets,
-                loss_weight=case.loss_weight, segment_ids=case.segment_ids, bias=case.bias)
-    broken = {"hidden": case.hidden[:, :-1], "targets": case.targets[:-1],
-              "segment_ids": case.segment_ids[:-1], "bias": case.bias[:-1],
-              "float_targets": case.targets.float()}[bad]
-    args["targets" if bad == "float_targets" else bad] = broken
-    with pytest.raises(ValueError):
+    args = dict(hidden=case.hidden, weight=case.weight, targets=case.targets, loss_weight=case.loss_weight,
+                segment_ids=case.segment_ids, bin_ids=case.bin_ids, bias=case.bias)
+    name, broken, message = BAD_INPUTS[bad]
+    args[name] = broken(case)
+    with pytest.raises(ValueError, match=f"^{message}"):
         packed_conditional_loss(**args)
+
+
+@pytest.mark.parametrize("softcap", [0.0, -2.0])
+def test_softcap_must_be_positive(softcap):
+    """A softcap of 0 would divide by zero (NaN logits) and a negative one flip the logits: refused."""
+    case = make_case(torch.float32)
+    with pytest.raises(ValueError, match=f"softcap must be positive, got {softcap}"):
+        packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, softcap=softcap)
