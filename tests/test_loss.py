@@ -2,16 +2,20 @@
 loss_testing (fresh random inputs each run; a failure names its seed). The triton path is
 checked by the same oracle in tests/kernels/test_fused_linear_ce.py."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from loss_testing import compare, make_case, poison_allocations, without_weights
+from loss_testing import (check, compare, make_case, poison_allocations, reference, run, upstream,
+                          without_weights)
 from rcond.loss import LossOutput, PackedConditionalLoss, packed_conditional_loss, resolve_impl
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VARIANTS = {
     "plain": {},
     "bias-softcap-scale": dict(bias=True, softcap=4.0, logit_scale=0.7),
+    "scale": dict(logit_scale=1.6),   # a logit scale without softcap: dz/da is the scale alone
 }
 
 
@@ -163,6 +167,79 @@ def test_bad_inputs_are_refused(bad):
     args[name] = broken(case)
     with pytest.raises(ValueError, match=f"^{message}"):
         packed_conditional_loss(**args)
+
+
+
+def test_ignored_rows_may_hold_any_target(poisoned):
+    """Targets need to be token ids on active rows only: weight-0 rows holding -100 (the usual
+    ignore index) or V give the sums and gradients of the float64 oracle run with valid ids there,
+    since weight-0 rows are dropped before any gather (computing every row would index out of
+    range)."""
+    case = make_case(torch.float32, bias=True, zero_fraction=0.5)
+    ignored = (case.loss_weight == 0).nonzero()[:, 0]
+    junk = case.targets.clone()
+    junk[ignored[0::2]] = -100
+    junk[ignored[1::2]] = case.weight.shape[0]
+    grads = upstream(case, token_logprobs=False)
+    ref, ref_grads = reference(case, grads)
+    got, got_grads = run(replace(case, targets=junk), grads, impl="torch", chunk_size=8)
+    check(case, got, got_grads, ref, ref_grads)
+
+
+def test_negative_weights_count_with_their_sign(poisoned):
+    """loss_sum = Σ w·(−lp) for any real weights (reward-weighted variants may push a token down):
+    a negative weight is an active row like a positive one, in every sum and gradient."""
+    case = make_case(torch.float32, bias=True)
+    signed = case.loss_weight * torch.where(torch.arange(len(case.loss_weight)) % 2 == 0, 1.0, -1.0)
+    out = compare(replace(case, loss_weight=signed), impl="torch", chunk_size=8)
+    assert out.weight_sum.item() == pytest.approx(signed.sum().item(), abs=1e-5)
+
+
+def test_entropy_alone_covers_every_row(poisoned):
+    """return_entropy without return_token_logprobs still makes every row active: weight-0 rows get
+    their entropy (the float64 oracle's), not 0, and no log-probs are returned."""
+    case = make_case(torch.float32, zero_fraction=0.6)
+    out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                  return_entropy=True, impl="torch", chunk_size=8)
+    ref, _ = reference(case, upstream(case, token_logprobs=False))
+    assert out.token_logprobs is None
+    torch.testing.assert_close(out.token_entropy.double(), ref["token_entropy"], rtol=1e-4, atol=1e-5)
+    assert (out.token_entropy[case.loss_weight == 0] > 0).all()
+
+
+def test_float64_inputs_give_float64_sums():
+    """LossOutput is float64 for float64 inputs (so gradcheck applies to the sums), even with an
+    fp32 loss_weight: weight_sum included, and equal to the float64 sum of the weights."""
+    case = make_case(torch.float64, bias=True)
+    out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                  case.segment_ids, case.bin_ids, num_segments=case.num_segments,
+                                  num_bins=case.num_bins, bias=case.bias)
+    for name in ("loss_sum", "weight_sum", "segment_loss", "segment_weight", "bin_loss", "bin_weight"):
+        assert getattr(out, name).dtype == torch.float64, name
+    assert out.weight_sum.item() == case.loss_weight.double().sum().item()
+
+
+def test_group_counts_fix_the_output_length():
+    """num_segments / num_bins fix the outputs' length even when the highest ids are absent from the
+    batch (every rank's sums must have one shape to be all-reduced): the missing groups are 0."""
+    case = make_case(torch.float32)
+    out = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight,
+                                  case.segment_ids.clamp(max=1), case.bin_ids.clamp(max=0),
+                                  num_segments=case.num_segments, num_bins=case.num_bins)
+    assert out.segment_loss.shape == out.segment_weight.shape == (case.num_segments,)
+    assert out.bin_loss.shape == out.bin_weight.shape == (case.num_bins,)
+    assert not out.segment_weight[2:].any() and not out.bin_weight[1:].any()
+    kept = case.bin_ids >= 0
+    assert out.bin_weight[0].item() == pytest.approx(case.loss_weight[kept].sum().item())
+
+
+def test_empty_batch_without_group_counts_has_no_groups():
+    """No tokens and no num_segments / num_bins: max id + 1 of no ids is 0 groups, not an error
+    from max() of an empty tensor nor a phantom group."""
+    ids = torch.zeros(0, dtype=torch.long)
+    out = packed_conditional_loss(torch.zeros(0, 4), torch.randn(7, 4), ids, torch.zeros(0), ids, ids)
+    assert out.segment_loss.shape == out.bin_weight.shape == (0,)
+    assert out.loss_sum.item() == 0 and out.weight_sum.item() == 0
 
 
 @pytest.mark.parametrize("softcap", [0.0, -2.0])
