@@ -2,14 +2,17 @@
 loss_testing (fresh random inputs each run; a failure names its seed). The triton path is
 checked by the same oracle in tests/kernels/test_fused_linear_ce.py."""
 
+import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import rcond.loss
 from loss_testing import (check, compare, make_case, poison_allocations, reference, run, upstream,
                           without_weights)
-from rcond.loss import LossOutput, PackedConditionalLoss, packed_conditional_loss, resolve_impl
+from rcond.loss import LossOutput, PackedConditionalLoss, linear_logprob, packed_conditional_loss, resolve_impl
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VARIANTS = {
@@ -248,3 +251,67 @@ def test_softcap_must_be_positive(softcap):
     case = make_case(torch.float32)
     with pytest.raises(ValueError, match=f"softcap must be positive, got {softcap}"):
         packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, softcap=softcap)
+
+
+def test_module_passes_every_option_through(poisoned):
+    """The module form with a logit scale, bins counted by num_bins and per-token outputs: the
+    float64 oracle's values (the function form's options reach the loss), and a repr naming them."""
+    case = make_case(torch.float32, bias=True, softcap=4.0, logit_scale=0.7)
+    case = replace(case, bin_ids=case.bin_ids.clamp(max=case.num_bins - 2))   # top bin absent
+    module = PackedConditionalLoss(softcap=4.0, logit_scale=0.7, impl="torch", chunk_size=8)
+    got = module(case.hidden, case.weight, case.targets, case.loss_weight, case.segment_ids, case.bin_ids,
+                 bias=case.bias, num_segments=case.num_segments, num_bins=case.num_bins,
+                 return_token_logprobs=True, return_entropy=True)
+    ref, _ = reference(case, upstream(case, token_logprobs=True))
+    for name in ("loss_sum", "segment_loss", "bin_loss", "bin_weight", "token_logprobs", "token_entropy"):
+        torch.testing.assert_close(getattr(got, name).double(), ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert repr(module) == "PackedConditionalLoss(softcap=4.0, logit_scale=0.7, impl='torch')"
+
+
+def test_auto_picks_triton_only_for_cuda_tensors_of_kernel_dtypes(monkeypatch):
+    """The dispatch rule of resolve_impl, on stand-ins for CUDA tensors (it reads is_cuda and dtype
+    only): bf16/fp16/fp32 on CUDA -> triton, float64 anywhere or CPU -> torch, and torch when
+    triton does not import."""
+    pytest.importorskip("triton")
+
+    def cuda(dtype):
+        return SimpleNamespace(is_cuda=True, dtype=dtype)
+
+    assert resolve_impl("auto", cuda(torch.bfloat16), cuda(torch.float32)) == "triton"
+    assert resolve_impl("auto", cuda(torch.float16), cuda(torch.float16)) == "triton"
+    assert resolve_impl("auto", cuda(torch.float64), cuda(torch.float64)) == "torch"
+    assert resolve_impl("auto", cuda(torch.float32), cuda(torch.float64)) == "torch"
+    assert resolve_impl("auto", SimpleNamespace(is_cuda=False, dtype=torch.float32), cuda(torch.float32)) == "torch"
+    assert resolve_impl("torch", cuda(torch.bfloat16), cuda(torch.bfloat16)) == "torch"
+    monkeypatch.setitem(sys.modules, "triton", None)                    # import triton -> ImportError
+    assert resolve_impl("auto", cuda(torch.bfloat16), cuda(torch.bfloat16)) == "torch"
+
+
+def test_triton_without_the_kernels_says_what_to_do(monkeypatch):
+    """impl='triton' where the kernels cannot be imported: a RuntimeError pointing at impl='torch',
+    not a bare ImportError; and linear_logprob refuses an impl it does not know."""
+    case = make_case(torch.float32)
+    monkeypatch.setitem(sys.modules, "rcond.kernels.fused_linear_ce", None)
+    with pytest.raises(RuntimeError, match="needs the triton package; use impl='torch'"):
+        packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, impl="triton")
+    with pytest.raises(ValueError, match="impl must be 'torch' or 'triton' here, got 'auto'"):
+        linear_logprob(case.hidden, case.weight, case.targets, case.loss_weight != 0, impl="auto")
+
+
+def test_default_chunk_keeps_logits_within_the_budget(monkeypatch):
+    """Without chunk_size, a chunk holds as many rows as keep its fp32 [rows, V] logits within
+    CHUNK_LOGIT_BYTES, and at least one row when V alone exceeds it; the result is unchanged."""
+    case = make_case(torch.float32, bias=True)
+    v = case.weight.shape[0]
+    seen = []
+    real = rcond.loss._logits
+    monkeypatch.setattr(rcond.loss, "_logits", lambda h, *a: seen.append(h.shape[0]) or real(h, *a))
+    want = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, bias=case.bias,
+                                   impl="torch", chunk_size=64)
+    for budget, rows in ((4 * v * 5, 5), (4 * v - 1, 1)):
+        monkeypatch.setattr(rcond.loss, "CHUNK_LOGIT_BYTES", budget)
+        seen.clear()
+        got = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, bias=case.bias,
+                                      impl="torch")
+        assert max(seen) == rows, (budget, seen)
+        torch.testing.assert_close(got.loss_sum, want.loss_sum)
