@@ -170,6 +170,34 @@ def test_a_mistyped_preset_is_refused_without_asking_the_hub(tokenizer, tmp_path
         build_model("Tiny", tokenizer)
 
 
+def test_preset_config_carries_the_tokenizers_special_ids(tokenizer):
+    """bos, eos and pad ids of a preset's config are the tokenizer's own, each a different token
+    here (generation stops at eos and pads with pad), and vocab_size counts the added ones."""
+    tokenizer.add_special_tokens({"bos_token": "<s>", "pad_token": "<pad>"})
+    config = preset_config("micro", tokenizer)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (122, 1, 123)
+    assert config.vocab_size == len(tokenizer) == 124
+
+
+def test_building_a_preset_leaves_the_global_random_stream_alone(tokenizer):
+    """The preset's weights come from `seed` alone, and the caller's random stream continues as if
+    build_model had not run (a training script seeds its own data order before building)."""
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    model = build_model("micro", tokenizer, seed=5)
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(99)
+    assert torch.equal(build_model("micro", tokenizer, seed=5).model.embed_tokens.weight,
+                       model.model.embed_tokens.weight)
+
+
+def test_a_preset_is_built_in_the_dtype_asked(tokenizer):
+    """dtype applies to presets as to pretrained models: every parameter in bf16 when asked, fp32 by default."""
+    assert {p.dtype for p in build_model("micro", tokenizer, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in build_model("micro", tokenizer).parameters()} == {torch.float32}
+
+
 # ---------------------------------------------------------------------------- control tokens
 def test_new_control_token_rows_are_the_mean_of_the_old_rows(tokenizer, scheme):
     model = build_model("tiny", tokenizer)
