@@ -28,17 +28,19 @@ from rcond.modeling import (
     OutputHead,
     add_control_tokens,
     build_model,
+    check_not_a_mistyped_preset,
     cu_seq_lens,
     document_starts,
     flash_varlen_kwargs,
     load_pretrained,
+    load_spec_tokenizer,
     output_head,
     packed_hidden,
     packed_token_logprobs,
     preset_config,
     save_pretrained_atomic,
 )
-from rcond.tokenizer import load_tokenizer, tokenizer_fingerprint
+from rcond.tokenizer import TokenizerError, load_tokenizer, tokenizer_fingerprint
 from rcond.tokens import ControlScheme
 
 VOCAB_WORDS = [f"w{i}" for i in range(120)]
@@ -196,6 +198,58 @@ def test_a_preset_is_built_in_the_dtype_asked(tokenizer):
     """dtype applies to presets as to pretrained models: every parameter in bf16 when asked, fp32 by default."""
     assert {p.dtype for p in build_model("micro", tokenizer, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
     assert {p.dtype for p in build_model("micro", tokenizer).parameters()} == {torch.float32}
+
+
+def test_a_pretrained_model_may_use_its_whole_context(model, tokenizer, scheme, tmp_path):
+    """Rows exactly as long as max_position_embeddings fit the model (the limit itself is allowed);
+    one token more is refused, naming both numbers."""
+    save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    assert build_model(str(tmp_path / "m"), tokenizer, max_position_embeddings=1024).config.max_position_embeddings == 1024
+    with pytest.raises(ModelSpecError, match="rows of 1025 tokens exceed the model's max_position_embeddings=1024"):
+        build_model(str(tmp_path / "m"), tokenizer, max_position_embeddings=1025)
+
+
+def test_a_pretrained_model_without_a_pad_id_takes_the_tokenizers(model, tokenizer, scheme, tmp_path):
+    """A checkpoint whose config.json and generation_config.json have no pad_token_id (common for
+    base models) gets the tokenizer's pad id in both: batched sampling pads with it."""
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    for name in ("config.json", "generation_config.json"):
+        config = json.loads((out / name).read_text())
+        (out / name).write_text(json.dumps({**config, "pad_token_id": None}))
+    loaded = build_model(str(out), tokenizer)
+    assert loaded.config.pad_token_id == tokenizer.pad_token_id == 1
+    assert loaded.generation_config.pad_token_id == 1
+
+
+def test_pickled_weights_are_not_loaded(model, tokenizer, tmp_path):
+    """A checkpoint with only a pytorch_model.bin (a pickle, which can run code when loaded) is
+    refused as having no safetensors weights, and the loading-report filter is removed afterwards."""
+    model.config.save_pretrained(tmp_path / "m")
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(ModelSpecError, match="cannot load a causal LM from it"):
+        build_model(str(tmp_path / "m"), tokenizer)
+    assert not logging.getLogger("transformers.modeling_utils").filters
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "distilgpt2", "tinyllama", "smollm", "me/small", "org/tiny"])
+def test_names_not_close_to_a_preset_are_not_taken_for_typos(spec):
+    """Only a bare name within a typo of a preset is refused: hub ids and names that merely share
+    letters with one (tinyllama, smollm) or whose repository is called like one (me/small) go on."""
+    check_not_a_mistyped_preset(spec)
+
+
+def test_the_spec_tokenizer_names_what_is_wrong(tmp_path):
+    """A mistyped preset is refused before anything is loaded; a local folder without a tokenizer
+    is the tokenizer's own error (naming the folder, not a list of presets); a name that is neither
+    a folder nor a loadable id lists what was expected."""
+    with pytest.raises(ModelSpecError, match=r"^unknown preset 'Micro'; presets are micro, tiny, small \(did you mean micro\?\)$"):
+        load_spec_tokenizer("Micro")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TokenizerError) as raised:
+        load_spec_tokenizer(str(tmp_path / "empty"))
+    assert not isinstance(raised.value, ModelSpecError) and str(tmp_path / "empty") in str(raised.value)
+    with pytest.raises(ModelSpecError, match=r"expected a preset \(micro, tiny, small\), a model directory or a hub id$"):
+        load_spec_tokenizer(str(tmp_path / "nothing_here"))
 
 
 # ---------------------------------------------------------------------------- control tokens
