@@ -292,6 +292,20 @@ def test_rows_are_added_when_the_tokenizer_already_has_the_control_tokens(tokeni
     torch.testing.assert_close(new[old.shape[0]:], old.mean(0).expand(new.shape[0] - old.shape[0], -1))
 
 
+def test_control_tokens_in_padded_embedding_rows(tokenizer, scheme):
+    """An embedding with spare rows beyond the tokenizer (vocab padded to a round size, 136 rows for
+    122 tokens): the control tokens take ids 122..127 inside it, those rows get the mean of the
+    122 real tokens' rows (not of the spare ones), and nothing is resized or otherwise changed."""
+    model = LlamaForCausalLM(preset_config("micro", tokenizer, vocab_size=136))
+    old = model.get_input_embeddings().weight.detach().clone()                    # [136, D]
+    add_control_tokens(model, tokenizer, scheme)
+    new = model.get_input_embeddings().weight.detach()
+    ids = sorted(scheme.token_ids(tokenizer).values())
+    assert ids == list(range(122, 128)) and new.shape == old.shape
+    torch.testing.assert_close(new[ids], old[:122].mean(0).expand(len(ids), -1))
+    assert torch.equal(new[:122], old[:122]) and torch.equal(new[128:], old[128:])
+
+
 # ---------------------------------------------------------------------------- packed forward
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_row_matches_documents_run_one_by_one(tokenizer, scheme, attn):
