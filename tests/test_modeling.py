@@ -350,8 +350,11 @@ def test_packed_hidden_under_ddp_wraps_the_decoder(model, tokenizer, tmp_path):
     try:
         with torch.no_grad():
             wrapped = nn.parallel.DistributedDataParallel(model.base_model)
+            calls = []
+            wrapped.register_forward_pre_hook(lambda *_: calls.append(1))   # only calls through DDP sync
             torch.testing.assert_close(packed_hidden(wrapped, input_ids, position_ids),
                                        packed_hidden(model, input_ids, position_ids), atol=0, rtol=0)
+            assert calls == [1]                                   # the wrapper itself ran the decoder
             with pytest.raises(TypeError, match="wrap `model.base_model`"):
                 packed_hidden(nn.parallel.DistributedDataParallel(model), input_ids, position_ids)
     finally:
@@ -361,6 +364,12 @@ def test_packed_hidden_under_ddp_wraps_the_decoder(model, tokenizer, tmp_path):
 def test_packed_shapes_must_match(model):
     with pytest.raises(ValueError, match=r"\[batch, tokens\]"):
         packed_hidden(model, torch.zeros(1, 5, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_packed_rows_must_be_two_dimensional(model):
+    """One row given as a 1-D tensor is refused with the same message, not handed to the model."""
+    with pytest.raises(ValueError, match=r"input_ids \(5,\) and position_ids \(5,\) must both be \[batch, tokens\]"):
+        packed_hidden(model, torch.zeros(5, dtype=torch.long), torch.arange(5))
 
 
 # ---------------------------------------------------------------------------- flash-attention varlen
@@ -413,6 +422,9 @@ def test_flash_code_path_flattens_rows_and_passes_cu_seq_lens(model, tokenizer):
     with torch.no_grad():
         expected = _docwise_logprobs(model, row1[2] + row2[2])
         model.config._attn_implementation = "flash_varlen_cpu_reference"
+        seen = []
+        model.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs.get("use_cache")),
+                                              with_kwargs=True)
         via_forward = packed_token_logprobs(model, input_ids, position_ids)
         via_head = _logprobs_from_hidden(packed_hidden(model, input_ids, position_ids), output_head(model), input_ids)
         dense = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
@@ -420,6 +432,7 @@ def test_flash_code_path_flattens_rows_and_passes_cu_seq_lens(model, tokenizer):
     torch.testing.assert_close(_within_docs(via_head, position_ids), expected, atol=ATOL, rtol=0)
     leaky = torch.log_softmax(dense[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     assert (_within_docs(leaky, position_ids) - expected).abs().max() > 1e-3   # no cu_seq_lens: rows leak
+    assert seen[:2] == [False, False]                     # DESIGN §5: no KV cache in the packed forward
 
 
 # ---------------------------------------------------------------------------- output head
