@@ -12,10 +12,14 @@ from transformers import (
     AttentionInterface,
     CohereConfig,
     CohereForCausalLM,
+    FalconH1Config,
+    FalconH1ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
     GraniteConfig,
     GraniteForCausalLM,
+    HyperCLOVAXConfig,
+    HyperCLOVAXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -447,7 +451,15 @@ def test_flash_code_path_flattens_rows_and_passes_cu_seq_lens(model, tokenizer):
     (lambda v: GraniteForCausalLM(GraniteConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
                                                 num_hidden_layers=1, num_attention_heads=2, logits_scaling=8.0)),
      "logit_scale", 0.125),
-])
+    (lambda v: HyperCLOVAXForCausalLM(HyperCLOVAXConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
+                                                        num_hidden_layers=1, num_attention_heads=2,
+                                                        logits_scaling=4.0)), "logit_scale", 4.0),
+    (lambda v: FalconH1ForCausalLM(FalconH1Config(vocab_size=v, hidden_size=32, intermediate_size=64,
+                                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                  head_dim=16, mamba_d_ssm=32, mamba_n_heads=2, mamba_d_head=16,
+                                                  mamba_d_state=8, mamba_chunk_size=8, lm_head_multiplier=0.5)),
+     "logit_scale", 0.5),
+], ids=["llama", "gemma2-softcap", "cohere-scale", "granite-divides", "hyperclovax-multiplies", "falcon-h1-multiplies"])
 def test_output_head_reproduces_the_models_logits(make, field, value):
     torch.manual_seed(0)
     model = make(64).eval()
@@ -462,6 +474,14 @@ def test_output_head_reproduces_the_models_logits(make, field, value):
         torch.testing.assert_close(head.logits(hidden), logits, atol=1e-5, rtol=1e-5)
         if field is not None:                                     # the head's extra term matters
             assert (nn.functional.linear(hidden, head.weight) - logits).abs().max() > 1e-2
+
+
+def test_a_head_that_is_no_linear_layer_is_refused(tokenizer):
+    """The fused loss needs the head as a weight (and bias): any other module is a TypeError naming it."""
+    model = build_model("micro", tokenizer)
+    model.lm_head = nn.Sequential(model.lm_head)
+    with pytest.raises(TypeError, match=r"^LlamaForCausalLM has no linear LM head \(got Sequential\)$"):
+        output_head(model)
 
 
 # ---------------------------------------------------------------------------- save / load
