@@ -3,6 +3,7 @@ mean init, output heads, flash-attention varlen boundaries, save/load."""
 
 import json
 import logging
+import sys
 
 import pytest
 import torch
@@ -606,3 +607,61 @@ def test_weights_that_do_not_fit_the_config_are_refused(model, tokenizer, scheme
     with pytest.raises(ModelDirError, match=expected):
         build_model(str(out), tokenizer)
     assert not [r for r in reports if "LOAD REPORT" in r]
+
+
+def test_save_into_an_existing_empty_folder(model, tokenizer, scheme, tmp_path):
+    """An empty folder (made beforehand, e.g. by a job scheduler) is replaced like a saved model."""
+    (tmp_path / "ckpt").mkdir()
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    assert (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_save_refuses_to_replace_a_file(model, tokenizer, scheme, tmp_path):
+    """A file where the model would go is not a saved model: refused, the file kept."""
+    (tmp_path / "ckpt").write_text("mine")
+    with pytest.raises(FileExistsError, match="ckpt: exists and is not a saved model directory"):
+        save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt").read_text() == "mine"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_failed_final_rename_puts_the_old_checkpoint_back(model, tokenizer, scheme, tmp_path, monkeypatch):
+    """The new checkpoint's rename into place fails after the old one was moved aside (fault
+    injected: no real way to make only that rename fail): the old checkpoint is renamed back,
+    nothing else is left, and the error propagates."""
+    import os
+
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    stamp = (out / "model.safetensors").read_bytes()
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(src).startswith(".ckpt.tmp"):
+            raise OSError("device went away")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError, match="device went away"):
+        save_pretrained_atomic(model, tokenizer, scheme, out)
+    assert (out / "model.safetensors").read_bytes() == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_dropped_ctrl_c_keeps_the_old_checkpoint(model, tokenizer, scheme, tmp_path, monkeypatch):
+    """A Ctrl-C that Python dropped (raised in a finalizer) during a command is honoured before the
+    new checkpoint is put in place: KeyboardInterrupt, the old checkpoint intact, no temp folder."""
+    from conftest import DropsACtrlC
+    from rcond.atomic import recording_interrupts
+
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    stamp = (out / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(1.0)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    with recording_interrupts():
+        DropsACtrlC()
+        with pytest.raises(KeyboardInterrupt):
+            save_pretrained_atomic(model, tokenizer, scheme, out)
+    assert (out / "model.safetensors").read_bytes() == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
