@@ -665,3 +665,56 @@ def test_a_dropped_ctrl_c_keeps_the_old_checkpoint(model, tokenizer, scheme, tmp
             save_pretrained_atomic(model, tokenizer, scheme, out)
     assert (out / "model.safetensors").read_bytes() == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_load_names_each_missing_file(model, tokenizer, scheme, tmp_path):
+    """Every file a complete model directory holds is checked and named when absent (config.json
+    too: transformers would otherwise report something about the weights)."""
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    for name in ("config.json", "scheme.json", "tokenizer.json", "tokenizer_config.json"):
+        (out / name).rename(tmp_path / name)
+        with pytest.raises(ModelDirError, match=rf"^{out}: not a complete rcond model directory, missing {name} "):
+            load_pretrained(out)
+        (tmp_path / name).rename(out / name)
+    (out / "config.json").unlink()
+    (out / "tokenizer.json").unlink()
+    with pytest.raises(ModelDirError, match="missing config.json, tokenizer.json "):
+        load_pretrained(out)
+
+
+def test_load_sharded_weights(model, tokenizer, scheme, tmp_path):
+    """Weights saved in shards (model.safetensors.index.json and its files, as large models are)
+    are a complete model directory and load to the same weights."""
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    (out / "model.safetensors").unlink()
+    model.save_pretrained(out, max_shard_size="1MB")
+    assert (out / "model.safetensors.index.json").is_file()
+    loaded, _, _ = load_pretrained(out)
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_load_keeps_the_saved_dtype_and_moves_to_the_device(tokenizer, scheme, tmp_path):
+    """dtype=None keeps a bf16 checkpoint in bf16 (not widened to fp32); device moves the model
+    ('meta' here, the one other device every machine has)."""
+    model = build_model("micro", tokenizer, scheme, dtype=torch.bfloat16)
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    loaded, _, _ = load_pretrained(out)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    moved, _, _ = load_pretrained(out, device="meta")
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
+
+
+def test_load_rejects_a_broken_tokenizer_or_one_larger_than_the_embedding(model, tokenizer, scheme, tmp_path):
+    """A tokenizer.json that does not parse is a ModelDirError naming the tokenizer; a tokenizer
+    with a token more than the embedding has rows is refused, naming both sizes and the control ids."""
+    out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
+    good = (out / "tokenizer.json").read_text()
+    (out / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match=f"^{out}: cannot load the tokenizer: "):
+        load_pretrained(out)
+    (out / "tokenizer.json").write_text(good)
+    tokenizer.add_tokens(["extra"])
+    tokenizer.save_pretrained(out)
+    with pytest.raises(ModelDirError, match=rf"^{out}: the tokenizer has 129 tokens but the model's embedding only "
+                                            rf"128 rows \(control token ids 122\.\.127\)$"):
+        load_pretrained(out)
