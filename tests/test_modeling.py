@@ -257,6 +257,14 @@ def test_the_spec_tokenizer_names_what_is_wrong(tmp_path):
         load_spec_tokenizer(str(tmp_path / "nothing_here"))
 
 
+def test_a_pretrained_model_takes_the_dtype_and_attention_asked(model, tokenizer, scheme, tmp_path):
+    """dtype and attn_implementation reach from_pretrained for a model to start from, as for presets."""
+    save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "m")
+    loaded = build_model(str(tmp_path / "m"), tokenizer, dtype=torch.bfloat16, attn_implementation="eager")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.config._attn_implementation == "eager"
+
+
 # ---------------------------------------------------------------------------- control tokens
 def test_new_control_token_rows_are_the_mean_of_the_old_rows(tokenizer, scheme):
     model = build_model("tiny", tokenizer)
@@ -483,6 +491,16 @@ def test_a_head_that_is_no_linear_layer_is_refused(tokenizer):
     model.lm_head = nn.Sequential(model.lm_head)
     with pytest.raises(TypeError, match=r"^LlamaForCausalLM has no linear LM head \(got Sequential\)$"):
         output_head(model)
+
+
+def test_output_head_scales_before_capping():
+    """logits = softcap·tanh(logit_scale·(h·Wᵀ + b) / softcap), the order of the loss's formula,
+    checked by hand in float64 with both terms present."""
+    g = torch.Generator().manual_seed(0)
+    weight, bias, hidden = torch.randn(9, 4, generator=g), torch.randn(9, generator=g), torch.randn(3, 4, generator=g)
+    expected = 2.0 * torch.tanh(3.0 * (hidden.double() @ weight.double().T + bias.double()) / 2.0)
+    got = OutputHead(weight, bias, softcap=2.0, logit_scale=3.0).logits(hidden)
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------- save / load
@@ -718,3 +736,10 @@ def test_load_rejects_a_broken_tokenizer_or_one_larger_than_the_embedding(model,
     with pytest.raises(ModelDirError, match=rf"^{out}: the tokenizer has 129 tokens but the model's embedding only "
                                             rf"128 rows \(control token ids 122\.\.127\)$"):
         load_pretrained(out)
+
+
+def test_load_refuses_a_file(tmp_path):
+    """A file where a model directory is expected is no model directory (not a list of missing files)."""
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelDirError, match="model.safetensors: no such model directory$"):
+        load_pretrained(tmp_path / "model.safetensors")
