@@ -122,6 +122,21 @@ def compare(case: Case, *, per_token: bool = False, **kwargs) -> LossOutput:
     return got
 
 
+def compare_with_junk_ignored_targets(case: Case, **kwargs) -> LossOutput:
+    """Like :func:`compare` (sums only), with the targets of the weight-0 rows replaced by -100 (the
+    usual ignore index) and V in the input of the implementation under test, while the float64
+    oracle keeps the valid ids: targets must be token ids on active rows only."""
+    ignored = (case.loss_weight == 0).nonzero()[:, 0]
+    junk = case.targets.clone()
+    junk[ignored[0::2]] = -100
+    junk[ignored[1::2]] = case.weight.shape[0]
+    grads = upstream(case, token_logprobs=False)
+    ref, ref_grads = reference(case, grads)
+    got, got_grads = run(replace(case, targets=junk), grads, **kwargs)
+    check(case, got, got_grads, ref, ref_grads)
+    return got
+
+
 def check(case: Case, got: LossOutput, got_grads: dict, ref: dict, ref_grads: dict) -> None:
     """Sums and per-token values to rtol 1e-4, gradients to GRAD_RTOL in ‖err‖/‖ref‖. Per-token
     outputs, when returned, cover every row (asking for them makes every row active)."""

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import rcond.loss
-from loss_testing import (check, compare, make_case, poison_allocations, reference, run, upstream,
-                          without_weights)
+from loss_testing import (compare, compare_with_junk_ignored_targets, make_case, poison_allocations,
+                          reference, upstream, without_weights)
 from rcond.loss import LossOutput, PackedConditionalLoss, linear_logprob, packed_conditional_loss, resolve_impl
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -178,15 +178,8 @@ def test_ignored_rows_may_hold_any_target(poisoned):
     ignore index) or V give the sums and gradients of the float64 oracle run with valid ids there,
     since weight-0 rows are dropped before any gather (computing every row would index out of
     range)."""
-    case = make_case(torch.float32, bias=True, zero_fraction=0.5)
-    ignored = (case.loss_weight == 0).nonzero()[:, 0]
-    junk = case.targets.clone()
-    junk[ignored[0::2]] = -100
-    junk[ignored[1::2]] = case.weight.shape[0]
-    grads = upstream(case, token_logprobs=False)
-    ref, ref_grads = reference(case, grads)
-    got, got_grads = run(replace(case, targets=junk), grads, impl="torch", chunk_size=8)
-    check(case, got, got_grads, ref, ref_grads)
+    compare_with_junk_ignored_targets(make_case(torch.float32, bias=True, zero_fraction=0.5), impl="torch",
+                                      chunk_size=8)
 
 
 def test_negative_weights_count_with_their_sign(poisoned):
