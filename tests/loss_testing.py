@@ -137,6 +137,24 @@ def compare_with_junk_ignored_targets(case: Case, **kwargs) -> LossOutput:
     return got
 
 
+def check_inactive_rows(primitive, dtype: torch.dtype = torch.float32) -> None:
+    """``primitive(hidden, weight, targets, active) -> (logprob, entropy)`` on an active mask that
+    is not the weights' (every third row inactive, holding target -100): active rows match the
+    float64 oracle, inactive rows report log-prob and entropy 0 and get zero gradient."""
+    case = make_case(dtype)
+    n = case.targets.shape[0]
+    active = torch.arange(n) % 3 != 0
+    targets = torch.where(active, case.targets, -100)
+    ref, _ = reference(case, upstream(case, token_logprobs=False))
+    hidden = case.hidden.detach().clone().requires_grad_()
+    logprob, entropy = primitive(hidden, case.weight, targets, active)
+    assert (logprob[~active] == 0).all() and (entropy[~active] == 0).all()
+    torch.testing.assert_close(logprob[active].double(), ref["token_logprobs"][active], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(entropy[active].double(), ref["token_entropy"][active], rtol=1e-4, atol=1e-5)
+    logprob.sum().backward()
+    assert (hidden.grad[~active] == 0).all() and (hidden.grad[active] != 0).any()
+
+
 def check(case: Case, got: LossOutput, got_grads: dict, ref: dict, ref_grads: dict) -> None:
     """Sums and per-token values to rtol 1e-4, gradients to GRAD_RTOL in ‖err‖/‖ref‖. Per-token
     outputs, when returned, cover every row (asking for them makes every row active)."""

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import rcond.loss
-from loss_testing import (compare, compare_with_junk_ignored_targets, make_case, poison_allocations,
-                          reference, upstream, without_weights)
+from loss_testing import (check_inactive_rows, compare, compare_with_junk_ignored_targets, make_case,
+                          poison_allocations, reference, upstream, without_weights)
 from rcond.loss import LossOutput, PackedConditionalLoss, linear_logprob, packed_conditional_loss, resolve_impl
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -308,3 +308,9 @@ def test_default_chunk_keeps_logits_within_the_budget(monkeypatch):
                                       impl="torch")
         assert max(seen) == rows, (budget, seen)
         torch.testing.assert_close(got.loss_sum, want.loss_sum)
+
+
+def test_inactive_rows_report_zero_and_get_no_gradient(poisoned):
+    """linear_logprob on its own: rows outside ``active`` (which need not hold a token id) report
+    log-prob and entropy 0 and receive no gradient, as its docstring says."""
+    check_inactive_rows(lambda h, w, t, active: linear_logprob(h, w, t, active, with_entropy=True, chunk_size=8))

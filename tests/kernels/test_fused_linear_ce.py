@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tests") not in sys.path:  # loss_testing lives in tests/
     sys.path.insert(0, str(ROOT / "tests"))
 
-from loss_testing import (compare, compare_with_junk_ignored_targets, interpreting, make_case,  # noqa: E402
-                          poison_allocations, run, upstream, without_weights)
+from loss_testing import (check_inactive_rows, compare, compare_with_junk_ignored_targets,  # noqa: E402
+                          interpreting, make_case, poison_allocations, run, upstream, without_weights)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VARIANTS = {
@@ -104,6 +104,13 @@ def test_ignored_rows_may_hold_any_target(flce, poisoned):
     """Weight-0 rows holding -100 (the usual ignore index) or V: the sums and gradients of the
     float64 oracle run with valid ids there; only active rows' targets are read."""
     compare_with_junk_ignored_targets(make_case(torch.bfloat16, bias=True, zero_fraction=0.5), impl="triton")
+
+
+def test_inactive_rows_report_zero_and_get_no_gradient(flce, poisoned):
+    """fused_linear_logprob on its own: rows outside ``active`` (holding -100) report log-prob and
+    entropy 0 and receive no gradient; only the active rows are computed."""
+    check_inactive_rows(lambda h, w, t, active: flce.fused_linear_logprob(h, w, t, active, with_entropy=True),
+                        torch.bfloat16)
 
 
 def test_vocab_chunk_must_be_a_positive_multiple_of_the_tile(flce):
