@@ -594,10 +594,12 @@ def test_load_errors_name_the_problem(model, tokenizer, scheme, tmp_path):
 
 
 def test_load_rejects_a_tokenizer_without_the_control_tokens(model, tokenizer, scheme, tmp_path, tokenizer_dir):
+    """A saved tokenizer replaced by one without the control tokens: the error names the model
+    directory (the scheme's own message does not) and the first missing token."""
     out = save_pretrained_atomic(model, tokenizer, scheme, tmp_path / "ckpt")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (out / name).write_text((tokenizer_dir / name).read_text())
-    with pytest.raises(ModelDirError, match="not in the tokenizer"):
+    with pytest.raises(ModelDirError, match=rf"^{out}: control token '<\|rlhf:on\|>' is not in the tokenizer"):
         load_pretrained(out)
     assert json.loads((out / "scheme.json").read_text())["num_bins"] == 4
 
