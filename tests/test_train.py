@@ -567,3 +567,49 @@ def test_a_model_whose_config_does_not_fit_its_weights_is_not_trained(tmp_path, 
     with pytest.raises(ModelDirError, match=rf"^{model_dir}: the weights do not fit the {problem}"):
         train(cfg_for(corpus, steps=1, model=str(model_dir)), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_first_steps_logged_losses_equal_a_float64_reference(tmp_path, corpus, monkeypatch):
+    """Step 1's logged loss, on/off and per-bin losses and trained-token count, recomputed
+    independently: the same initial model in float64, each packed document run on its own through
+    the full logits, nll of input_ids[i+1] at position i weighted by loss_weight[i] and grouped by
+    bin_ids[i] (-1: off). Catches a target shift, lost position ids (documents attending across a
+    row), an init that ignores the seed, and per-bin numbers divided by the wrong weight."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model
+    from rcond.train import CorpusRows
+
+    small_model(monkeypatch)
+    seed, rows = 3, 6
+    rec = train(cfg_for(corpus, steps=1, batch_size=3, grad_accum=2, seed=seed), tmp_path / "run",
+                progress=False).log[0]
+    dataset, scheme, tok = load(str(corpus))
+    model = build_model("tiny", tok, scheme, seed=seed, max_position_embeddings=48).double().eval()
+    order = CorpusRows(str(corpus), seed)  # the corpus's own seed (the run's seed + its index, 0)
+    docs = []  # (input_ids, loss_weight, bin_ids) of every packed document, cut at position 0
+    for r in [order.take() for _ in range(rows)]:
+        row = dataset[r]
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        docs += [tuple(row[k][a:b] for k in ("input_ids", "loss_weight", "bin_ids")) for a, b in zip(starts, starts[1:])]
+    longest = max(len(ids) for ids, _, _ in docs)
+    batch = torch.tensor([list(ids) + [0] * (longest - len(ids)) for ids, _, _ in docs])  # right padding: causal
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch).logits, -1)  # [documents, longest, V]
+    nll, weight, bins = [], [], []
+    for d, (ids, lw, bin_ids) in enumerate(docs):
+        assert lw[-1] == 0  # no target crosses a document boundary
+        for i in range(len(ids) - 1):
+            nll.append(-float(logp[d, i, ids[i + 1]]))
+            weight.append(float(lw[i]))
+            bins.append(int(bin_ids[i]))
+
+    def mean(keep):
+        w = sum(wi for wi, bi in zip(weight, bins) if keep(bi))
+        return sum(wi * li for wi, li, bi in zip(weight, nll, bins) if keep(bi)) / w if w else None
+
+    assert rec["trained_tokens"] == sum(weight)
+    assert rec["loss"] == pytest.approx(mean(lambda b: True), rel=1e-5)
+    assert rec["loss_on"] == pytest.approx(mean(lambda b: b >= 0), rel=1e-5)
+    assert rec["loss_off"] == pytest.approx(mean(lambda b: b == -1), rel=1e-5)
+    for k in range(4):
+        assert rec[f"loss_bin_{k}"] == pytest.approx(mean(lambda b: b == k), rel=1e-5)
