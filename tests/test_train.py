@@ -613,3 +613,39 @@ def test_the_first_steps_logged_losses_equal_a_float64_reference(tmp_path, corpu
     assert rec["loss_off"] == pytest.approx(mean(lambda b: b == -1), rel=1e-5)
     for k in range(4):
         assert rec[f"loss_bin_{k}"] == pytest.approx(mean(lambda b: b == k), rel=1e-5)
+
+
+def test_the_logged_lr_follows_warmup_then_cosine_over_all_stages(tmp_path, corpus, monkeypatch):
+    """Each record's lr is the one its step trained with: linear warmup (step 1 at half the peak with
+    warmup 2), then cosine to min_lr_ratio * lr over the steps of every stage, not of the first only
+    (hand-computed: cos(pi/4) = 0.70711). The run's result adds up the log: tokens trained, the
+    last loss, and tokens/s over the step's batch_size x grad_accum x block_size slots."""
+    small_model(monkeypatch)
+    c = str(corpus)
+    cfg = TrainConfig(stages=[Stage(corpora=[c], steps=3, name="a"), Stage(corpora=[c], steps=3, name="b")],
+                      model="tiny", batch_size=2, grad_accum=2, warmup=2, lr=1e-2, min_lr_ratio=0.2, device="cpu")
+    r = train(cfg, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    expected = [0.5, 1.0, 1.0, 0.2 + 0.4 * 1.70710678, 0.6, 0.2 + 0.4 * 0.29289322]
+    assert [rec["lr"] for rec in log] == pytest.approx([1e-2 * f for f in expected], rel=1e-6)
+    assert r.log == log and r.tokens == sum(rec["trained_tokens"] for rec in log) and r.last_loss == log[-1]["loss"]
+    for rec in log:
+        assert rec["tokens_per_s"] * rec["seconds"] == pytest.approx(2 * 2 * 48)
+
+
+def test_a_log_record_divides_each_loss_by_its_own_weight_and_leaves_empty_groups_out():
+    """Hand-made step sums (loss 10 over weight 4; bins 0..2 with losses 3, 0, 5 over weights 1, 0, 2):
+    loss 2.5, on 8/3, off (10 - 8) / (4 - 3), a bin with no tokens None (not 0, not nan); a step with
+    no on-mode tokens has loss_on None, one with only on-mode tokens loss_off None."""
+    import numpy as np
+
+    from rcond.train import _log_record
+
+    rec = _log_record(7, "s", np.array([10.0, 4.0, 3.0, 0.0, 5.0, 1.0, 0.0, 2.0]), 3, 1e-3, 0.5, 2.0, 100)
+    assert rec == {"step": 7, "stage": "s", "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "trained_tokens": 4.0,
+                   "tokens_per_s": 50.0, "seconds": 2.0, "loss_on": pytest.approx(8 / 3), "loss_off": 2.0,
+                   "loss_bin_0": 3.0, "loss_bin_1": None, "loss_bin_2": 2.5}
+    off_only = _log_record(1, "s", np.array([6.0, 3.0, 0.0, 0.0, 0.0, 0.0]), 2, 1e-3, 0.5, 1.0, 10)
+    assert off_only["loss_on"] is None and off_only["loss_off"] == 2.0 and off_only["loss_bin_0"] is None
+    on_only = _log_record(1, "s", np.array([6.0, 3.0, 6.0, 0.0, 3.0, 0.0]), 2, 1e-3, 0.5, 1.0, 10)
+    assert on_only["loss_off"] is None and on_only["loss_on"] == 2.0 and on_only["loss_bin_1"] is None
