@@ -225,6 +225,13 @@ def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
     ('[[stage]]\ncorpora = ["a"]\nsteps = 2.5\n', r"stage 1: steps must be an integer >= 1, got 2.5"),
     ('stage = 5\n', r"no \[\[stage\]\] tables"),
     ('seed = 1.0\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"seed must be an integer in \[0, 2\*\*63 - 1\], got 1.0"),
+    ('[[stage]]\ncorpora = []\nsteps = 2\n', r"stage 1: corpora lists no corpus folders; expected at least one$"),
+    ('stage = [1, 2]\n', r"no \[\[stage\]\] tables"),
+    ('learning_rate = 1e-3\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"unknown settings \['learning_rate'\]; known: \["),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweight = [1.0]\n',
+     r"stage 1 needs corpora and steps \(optional weights, name\); got \['corpora', 'steps', 'weight'\]$"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweights = [true]\n', r"stage 1: weights must be a list of numbers"),
+    ('[[stage]\ncorpora = ["a"]\n', r"not valid TOML: "),
 ])
 def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, message):
     """Each wrong type in a stages file is a TrainError naming the file and the entry (a stage by its
@@ -235,6 +242,33 @@ def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, mes
     with pytest.raises(TrainError, match=message) as e:
         load_config_file(path, {})
     assert str(e.value).startswith(f"{path}: ")
+
+
+def test_a_stages_file_that_cannot_be_read_is_named(tmp_path):
+    """A missing file and one that is not UTF-8 are TrainErrors naming the file (a traceback before)."""
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(tmp_path / 'none.toml'))}: no such config file$"):
+        load_config_file(tmp_path / "none.toml", {})
+    (tmp_path / "latin.toml").write_bytes(b'# caf\xe9\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n')
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(tmp_path / 'latin.toml'))}: cannot read the config file"):
+        load_config_file(tmp_path / "latin.toml", {})
+
+
+def test_stages_without_a_name_are_named_by_their_number_from_one(tmp_path):
+    """The names the log's records carry: stage1, stage2 as the file numbers them in its errors."""
+    (tmp_path / "stages.toml").write_text('[[stage]]\ncorpora = ["a"]\nsteps = 2\n[[stage]]\ncorpora = ["a"]\nsteps = 1\n'
+                                          '[[stage]]\nname = "last"\ncorpora = ["a"]\nsteps = 1\n')
+    assert [s.name for s in load_config_file(tmp_path / "stages.toml", {}).stages] == ["stage1", "stage2", "last"]
+
+
+def test_a_stage_made_in_code_is_named_in_its_errors():
+    """Without a stages file or the command line, an error names the stage by its name, and a stage
+    with no corpus says so (not as a weights error about an empty sum)."""
+    with pytest.raises(TrainError, match=r"^stage 'warm': steps must be an integer >= 1, got 0$"):
+        Stage(corpora=["a"], steps=0, name="warm")
+    with pytest.raises(TrainError, match=r"^stage: corpora lists no corpus folders; expected at least one$"):
+        Stage(corpora=[], steps=1)
+    with pytest.raises(TrainError, match=r"^--corpus lists no corpus folders; expected at least one$"):
+        Stage.from_options([], 1, None)
 
 
 def test_a_stages_file_is_checked_before_the_command_line_overrides_it(tmp_path):
@@ -264,6 +298,9 @@ def test_mixture_draws_follow_weights(tmp_path):
     picks = m.draw(4000)
     share_b = sum(c == 1 for c, _ in picks) / len(picks)
     assert abs(share_b - 0.75) < 0.03
+    # a weight of 0 is allowed, and leaves its corpus out of the stage
+    only_b = Mixture(rows, Stage(corpora=[str(a), str(b)], steps=1, weights=[0, 2]), 0, 0)
+    assert {c for c, _ in only_b.draw(200)} == {1}
     # every row of a corpus is seen exactly once per epoch, in a new order the next epoch
     fresh = CorpusRows(str(a), 0)
     n_a = len(fresh.dataset)
