@@ -75,6 +75,8 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     ("save_every", True, "a non-negative integer"), ("min_lr_ratio", 2.0, "in [0, 1]"),
     ("weight_decay", float("inf"), "a non-negative number"), ("beta2", 1.0, "in [0, 1)"),
     ("clip", 0.0, "a positive number (inf: no clipping)"), ("loss", "fast", "one of auto, torch, triton"),
+    ("lr", 0, "a positive number"), ("grad_accum", 0, "an integer of at least 1"),
+    ("save_every", -1, "a non-negative integer"),
 ])
 def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
     """Caught when the config is made (command line, stages file or a resumed run's saved config),
@@ -85,6 +87,8 @@ def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
         Stage(corpora=["c"], steps="3")
     TrainConfig(stages=[Stage(corpora=["c"], steps=1)], clip=float("inf"), weight_decay=0.0, min_lr_ratio=1.0,
                 lr=1, seed=2**63 - 1)  # an int will do for a float
+    TrainConfig(stages=[Stage(corpora=["c"], steps=1)], min_lr_ratio=0, beta1=0, beta2=0.0, warmup=0, save_every=0,
+                seed=0)  # the lower ends of the ranges
 
 
 def small_model(monkeypatch):
