@@ -346,6 +346,40 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path, corpus, monkeypatch)
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
 
 
+def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_path, monkeypatch):
+    """A two-stage run (corpus a, then a mixed with b) on corpora of 3 rows, checkpointed every 2
+    steps and crashed in step 5: the resumed run restores the stages, each corpus's epoch and place
+    in its reshuffled order, and the mixture's draws, so its log equals the uninterrupted run's."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    a, tok = make_corpus(tmp_path, "a", n=10, seed=1)
+    b, _ = make_corpus(tmp_path, "b", n=10, seed=2, tokenizer=tok)
+
+    def cfg(**kw):
+        return TrainConfig(stages=[Stage(corpora=[str(a)], steps=2, name="a"),
+                                   Stage(corpora=[str(a), str(b)], steps=4, weights=[1, 1], name="mix")],
+                           model="tiny", batch_size=2, warmup=1, lr=3e-3, device="cpu", **kw)
+
+    train(cfg(), tmp_path / "straight", progress=False)
+    real, calls = train_module.packed_hidden, [0]
+
+    def crash_in_step_five(*args, **kw):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "packed_hidden", crash_in_step_five)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg(save_every=2), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(train_module, "packed_hidden", real)
+    state = torch.load(tmp_path / "cut" / "checkpoint" / "training_state.pt", weights_only=False)
+    assert state["step"] == 4 and json.loads(state["data"])["corpora"][str(a)]["epoch"] >= 1
+    assert train(None, tmp_path / "cut", resume=True, progress=False).steps_done == 6
+    assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
+
+
 def test_resume_refuses_another_process_count(tmp_path, corpus, monkeypatch):
     import torch
 
