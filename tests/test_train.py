@@ -318,28 +318,35 @@ def test_bad_mixture_weights(weights):
         Stage(corpora=["a", "b"], steps=1, weights=weights)
 
 
+def crash_in_forward(monkeypatch, n):
+    """Make the n-th forward pass (from 1) of the runs that follow raise RuntimeError("simulated crash")
+    (a hard failure between checkpoints); returns a function that undoes it."""
+    from rcond import train as train_module
+
+    real, calls = train_module.packed_hidden, [0]
+
+    def forward(*args, **kw):
+        calls[0] += 1
+        if calls[0] == n:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "packed_hidden", forward)
+    return lambda: monkeypatch.setattr(train_module, "packed_hidden", real)
+
+
 def test_resume_after_a_crash_logs_each_step_once(tmp_path, corpus, monkeypatch):
     """A hard failure between checkpoints (here inside step 6, checkpoints every 2 steps): the
     resumed run trains steps 5 and 6 again, and the log keeps one record per step, the same
     records as a run that never failed."""
-    from rcond import train as train_module
-
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=6), tmp_path / "straight", progress=False)
-    real, calls = train_module.packed_hidden, [0]
-
-    def crash_in_step_six(*args, **kw):
-        calls[0] += 1
-        if calls[0] == 6:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(train_module, "packed_hidden", crash_in_step_six)
+    undo = crash_in_forward(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=6, save_every=2), tmp_path / "cut", progress=False)
     with open(tmp_path / "cut" / "log.jsonl", "a") as f:
         f.write('{"step": 6, "lo')  # a record cut short by the crash
-    monkeypatch.setattr(train_module, "packed_hidden", real)
+    undo()
     train(None, tmp_path / "cut", resume=True, progress=False)
     steps = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "log.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -350,8 +357,6 @@ def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_
     """A two-stage run (corpus a, then a mixed with b) on corpora of 3 rows, checkpointed every 2
     steps and crashed in step 5: the resumed run restores the stages, each corpus's epoch and place
     in its reshuffled order, and the mixture's draws, so its log equals the uninterrupted run's."""
-    from rcond import train as train_module
-
     small_model(monkeypatch)
     a, tok = make_corpus(tmp_path, "a", n=10, seed=1)
     b, _ = make_corpus(tmp_path, "b", n=10, seed=2, tokenizer=tok)
@@ -362,18 +367,10 @@ def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_
                            model="tiny", batch_size=2, warmup=1, lr=3e-3, device="cpu", **kw)
 
     train(cfg(), tmp_path / "straight", progress=False)
-    real, calls = train_module.packed_hidden, [0]
-
-    def crash_in_step_five(*args, **kw):
-        calls[0] += 1
-        if calls[0] == 5:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(train_module, "packed_hidden", crash_in_step_five)
+    undo = crash_in_forward(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg(save_every=2), tmp_path / "cut", progress=False)
-    monkeypatch.setattr(train_module, "packed_hidden", real)
+    undo()
     state = torch.load(tmp_path / "cut" / "checkpoint" / "training_state.pt", weights_only=False)
     assert state["step"] == 4 and json.loads(state["data"])["corpora"][str(a)]["epoch"] >= 1
     assert train(None, tmp_path / "cut", resume=True, progress=False).steps_done == 6
