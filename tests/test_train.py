@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = "good bad fine great awful nice poor okay superb dull".split()
 
 
-def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48):
+def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48, num_bins=4):
     import random
 
     rng = random.Random(seed)
@@ -35,7 +35,7 @@ def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48):
     src = write_jsonl(tmp / f"{name}.jsonl", rows)
     reader = SourceReader([str(src)], "scored")
     tok = tokenizer or train_tokenizer(reader.texts(), 300)
-    build(reader, tmp / name, tok, num_bins=4, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
+    build(reader, tmp / name, tok, num_bins=num_bins, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
           progress=False)
     return tmp / name, tok
 
@@ -108,6 +108,26 @@ def test_lr_schedule_hand_computed():
     assert lr_lambda(4, 4, 20, 0.1) == pytest.approx(1.0)
     assert lr_lambda(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
     assert lr_lambda(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_the_optimizer_decays_matrices_not_norms_with_the_configured_betas_and_lr(corpus, monkeypatch):
+    """AdamW with decoupled weight decay on the weight matrices and embeddings, none on the RMSNorm
+    gains (named ``*norm.weight`` in the Llama model), betas (beta1, beta2) in that order, and the peak lr."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model
+    from rcond.train import make_optimizer
+
+    small_model(monkeypatch)
+    _, scheme, tok = load(str(corpus))
+    model = build_model("tiny", tok, scheme, max_position_embeddings=48)
+    cfg = cfg_for(corpus, weight_decay=0.05, beta1=0.8, beta2=0.9, lr=2e-3)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    name = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({name[id(p)] for p in g["params"]} for g in opt.param_groups)
+    norms = {n for n in name.values() if n.endswith("norm.weight")}
+    assert no_decay == norms and len(norms) == 5 and decay == set(name.values()) - norms
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert all(g["betas"] == (0.8, 0.9) and g["lr"] == 2e-3 for g in opt.param_groups)
 
 
 def test_loss_decreases_and_outputs(tmp_path, corpus, monkeypatch):
@@ -442,6 +462,21 @@ def test_corpus_tokenizer_mismatch(tmp_path, monkeypatch):
     cfg = cfg_for(b, steps=1, model=str(tmp_path / "m" / "model"))
     with pytest.raises(TrainError, match="different tokenizer than model"):
         train(cfg, tmp_path / "run2", progress=False)
+
+
+@pytest.mark.parametrize("other,message", [
+    (dict(num_bins=3), "use different control tokens (4 vs 3 bins); preprocess them with the same --bins"),
+    (dict(block_size=64), "have different block sizes"),
+])
+def test_corpora_that_cannot_be_trained_together_are_refused_before_the_run_folder_is_made(tmp_path, other, message):
+    """Other bins (other control tokens) or another block size than the first corpus: a TrainError
+    naming both corpora, before anything is built or written."""
+    a, tok = make_corpus(tmp_path, "a", n=20, seed=1)
+    b, _ = make_corpus(tmp_path, "b", n=20, seed=1, tokenizer=tok, **other)
+    cfg = TrainConfig(stages=[Stage(corpora=[str(a), str(b)], steps=1)], device="cpu")
+    with pytest.raises(TrainError, match=f"^corpora {re.escape(str(a))} and {re.escape(str(b))} {re.escape(message)}$"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_corpora_with_other_bin_edges_are_trained_with_a_warning(tmp_path, monkeypatch, capsys):
