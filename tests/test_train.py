@@ -426,6 +426,23 @@ def test_resume_errors(tmp_path, corpus, monkeypatch):
         train(None, tmp_path / "run", resume=True, progress=False)
 
 
+def test_resume_takes_the_runs_own_config_and_needs_its_record_of_the_corpora(tmp_path, corpus, monkeypatch):
+    """A config passed with resume is refused (the saved one is used); a run folder whose
+    train_config.json is gone or not JSON cannot be checked against its corpora, and says so."""
+    with pytest.raises(TrainError, match=r"^resume continues with the run's saved configuration; pass cfg=None$"):
+        train(cfg_for(corpus, steps=2), tmp_path / "run", resume=True, progress=False)
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    config = run / "train_config.json"
+    message = rf"^--resume: {re.escape(str(config))} is missing or unreadable; it records the corpora the run started on$"
+    config.write_text('{"config": ')
+    with pytest.raises(TrainError, match=message):
+        train(None, run, resume=True, progress=False)
+    config.unlink()
+    with pytest.raises(TrainError, match=message):
+        train(None, run, resume=True, progress=False)
+
+
 def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path, corpus, monkeypatch):
     """A corpus whose scheme changed since the run started (new bin edges: the same RTG token would
     mean another reward range after the resume) is caught here, even with its fingerprints intact."""
@@ -506,23 +523,18 @@ def test_existing_out_refused(tmp_path, corpus, monkeypatch):
 
 
 def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_path, corpus, monkeypatch):
-    """It left only train_config.json and log.jsonl (nothing to resume): a fresh start replaces
-    them instead of refusing the folder."""
-    from rcond import train as train_module
-
+    """It left only train_config.json and log.jsonl (nothing to resume; here it crashed in step 2,
+    after logging step 1): a fresh start replaces them instead of refusing the folder, and its log
+    holds its own steps only, not the failed run's step 1 before them."""
     small_model(monkeypatch)
-    real = train_module.packed_hidden
-
-    def crash(*args, **kw):
-        raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(train_module, "packed_hidden", crash)
+    undo = crash_in_forward(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "train_config.json"]
-    monkeypatch.setattr(train_module, "packed_hidden", real)
+    assert len(losses(tmp_path / "run")) == 1
+    undo()
     r = train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
-    assert r.steps_done == 2 and len(losses(tmp_path / "run")) == 2
+    assert r.steps_done == 2 and [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2]
 
 
 def test_triton_loss_on_cpu_is_refused_before_anything_is_written(tmp_path, corpus):
