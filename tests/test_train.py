@@ -162,6 +162,31 @@ def test_resume_gives_the_uninterrupted_curve(tmp_path, corpus, monkeypatch):
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")  # bit-identical on CPU
 
 
+def sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_ctrl_c_in_the_last_step_finishes_the_run(tmp_path, corpus, monkeypatch):
+    """Nothing is left to continue: the run is not reported interrupted, publishes its model (no
+    --resume needed for zero steps), and gives Ctrl-C back to Python's own handler afterwards."""
+    small_model(monkeypatch)
+    at_forward(monkeypatch, 3, sigint)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    r = train(cfg_for(corpus, steps=3), tmp_path / "run", progress=False)
+    assert r.steps_done == 3 and not r.interrupted and (tmp_path / "run" / "model").is_dir()
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+def test_a_second_ctrl_c_aborts_at_once(tmp_path, corpus, monkeypatch):
+    """The first Ctrl-C asks for a checkpoint after the step; a second one within the step is a
+    KeyboardInterrupt there and then: no checkpoint, no model."""
+    small_model(monkeypatch)
+    at_forward(monkeypatch, 2, lambda: (sigint(), sigint()))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(corpus, steps=4), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "model").exists()
+
+
 def test_a_ctrl_c_dropped_during_set_up_stops_the_run_before_its_first_step(tmp_path, corpus, monkeypatch):
     """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer while the model is prepared (as
     inside the `regex` module's Group.__del__) used to be lost: the run trained every step and
@@ -338,9 +363,13 @@ def test_bad_mixture_weights(weights):
         Stage(corpora=["a", "b"], steps=1, weights=weights)
 
 
-def crash_in_forward(monkeypatch, n):
-    """Make the n-th forward pass (from 1) of the runs that follow raise RuntimeError("simulated crash")
-    (a hard failure between checkpoints); returns a function that undoes it."""
+def crash():
+    raise RuntimeError("simulated crash")  # a hard failure between checkpoints
+
+
+def at_forward(monkeypatch, n, event=crash):
+    """Call ``event`` at the start of the n-th forward pass (from 1) of the runs that follow (by
+    default: crash); returns a function that undoes it."""
     from rcond import train as train_module
 
     real, calls = train_module.packed_hidden, [0]
@@ -348,7 +377,7 @@ def crash_in_forward(monkeypatch, n):
     def forward(*args, **kw):
         calls[0] += 1
         if calls[0] == n:
-            raise RuntimeError("simulated crash")
+            event()
         return real(*args, **kw)
 
     monkeypatch.setattr(train_module, "packed_hidden", forward)
@@ -361,7 +390,7 @@ def test_resume_after_a_crash_logs_each_step_once(tmp_path, corpus, monkeypatch)
     records as a run that never failed."""
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=6), tmp_path / "straight", progress=False)
-    undo = crash_in_forward(monkeypatch, 6)
+    undo = at_forward(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=6, save_every=2), tmp_path / "cut", progress=False)
     with open(tmp_path / "cut" / "log.jsonl", "a") as f:
@@ -387,7 +416,7 @@ def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_
                            model="tiny", batch_size=2, warmup=1, lr=3e-3, device="cpu", **kw)
 
     train(cfg(), tmp_path / "straight", progress=False)
-    undo = crash_in_forward(monkeypatch, 5)
+    undo = at_forward(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg(save_every=2), tmp_path / "cut", progress=False)
     undo()
@@ -527,7 +556,7 @@ def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_pa
     after logging step 1): a fresh start replaces them instead of refusing the folder, and its log
     holds its own steps only, not the failed run's step 1 before them."""
     small_model(monkeypatch)
-    undo = crash_in_forward(monkeypatch, 2)
+    undo = at_forward(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "train_config.json"]
