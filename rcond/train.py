@@ -511,7 +511,9 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
         cfg = absolute_corpora(cfg)
     else:
         cfg = TrainConfig.from_dict(state["config"])
-        if state["step"] >= cfg.total_steps:
+        # every step done but no model/ (the run stopped while writing it, after the last checkpoint):
+        # the resume trains nothing and publishes the model from that checkpoint
+        if state["step"] >= cfg.total_steps and (out / MODEL_DIR).is_dir():
             raise TrainError(f"--resume: the run in {out} already finished its {cfg.total_steps} steps; "
                              f"nothing to continue (its model is in {out / MODEL_DIR})")
     d, device = init_distributed(cfg.device)

@@ -187,6 +187,37 @@ def test_a_second_ctrl_c_aborts_at_once(tmp_path, corpus, monkeypatch):
     assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "model").exists()
 
 
+def test_a_ctrl_c_while_the_final_model_is_saved_stops_it_and_resume_publishes_it(tmp_path, corpus, monkeypatch):
+    """After the last step the loop's own handler is gone: a single Ctrl-C while the model is
+    written stops the save (KeyboardInterrupt, no model/ published), not ignored as a request to
+    finish the step. The checkpoint of the last step was written first, and --resume, with no step
+    left to train, publishes the model from it instead of refusing the run as finished."""
+    from rcond import train as train_module
+    from rcond.modeling import load_pretrained
+
+    small_model(monkeypatch)
+    save = train_module.save_pretrained_atomic
+
+    def interrupted_model_save(model, tokenizer, scheme, target, **kw):
+        if Path(target).name == "model":
+            sigint()
+        return save(model, tokenizer, scheme, target, **kw)
+
+    monkeypatch.setattr(train_module, "save_pretrained_atomic", interrupted_model_save)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(corpus, steps=2), run, progress=False)
+    assert not (run / "model").exists() and (run / "checkpoint").is_dir()
+    monkeypatch.setattr(train_module, "save_pretrained_atomic", save)
+    r = train(None, run, resume=True, progress=False)
+    assert r.steps_done == 2 and not r.interrupted and r.log == [] and len(losses(run)) == 2
+    model, _, _ = load_pretrained(run / "model")
+    checkpoint, _, _ = load_pretrained(run / "checkpoint")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), checkpoint.state_dict().values()))
+    with pytest.raises(TrainError, match="already finished its 2 steps; nothing to continue"):
+        train(None, run, resume=True, progress=False)
+
+
 def test_a_ctrl_c_dropped_during_set_up_stops_the_run_before_its_first_step(tmp_path, corpus, monkeypatch):
     """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer while the model is prepared (as
     inside the `regex` module's Group.__del__) used to be lost: the run trained every step and
