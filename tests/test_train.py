@@ -1,6 +1,7 @@
 """Training loop: resume identity, global-token normalisation, data parallel, stages, errors."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -64,6 +65,22 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
         with pytest.raises(TrainError, match="--device cuda:0: CUDA is not available here; use --device cpu"):
             train(cfg_for(corpus, steps=1, device="cuda:0"), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused_and_auto_picks_cuda(monkeypatch):
+    """On a machine with 2 CUDA devices (faked: the check only asks torch how many there are),
+    cuda:1 is the last one, cuda:2 is refused naming the count, and auto trains on cuda."""
+    from rcond.train import Dist, check_device, init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_device("cuda:1")
+    with pytest.raises(TrainError, match=r"^--device cuda:2: this machine has 2 CUDA device\(s\)$"):
+        check_device("cuda:2")
+    assert init_distributed("auto") == (Dist(), torch.device("cuda"))
+    assert init_distributed("cuda:1") == (Dist(), torch.device("cuda:1"))
+    assert init_distributed("cpu") == (Dist(), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("setting,value,what", [
@@ -457,6 +474,31 @@ def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
 
 
+def test_a_log_cut_by_a_crash_keeps_its_complete_records_up_to_the_checkpoint(tmp_path):
+    """A complete last record whose newline the crash cut off is kept (with its newline, so the next
+    record starts a line of its own); lines that are not step records are dropped, as are steps
+    after the checkpoint's."""
+    from rcond.train import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\nnull\n[3]\n{"step": "2"}\n{"step": 2, "loss": 1.5}')
+    _truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    _truncate_log(log, 1)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+def test_a_training_state_that_is_not_plain_tensors_and_numbers_is_refused(tmp_path):
+    """The state is read with weights_only=True: a pickle of any other object (which could run code
+    as it loads) is refused as not an rcond training state, not loaded."""
+    from fractions import Fraction
+
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    torch.save({"step": Fraction(1, 2)}, tmp_path / "run" / "checkpoint" / "training_state.pt")
+    with pytest.raises(TrainError, match=r"training_state.pt is corrupt or not an rcond training state \(Unpickling"):
+        train(None, tmp_path / "run", resume=True, progress=False)
+
+
 def test_resume_refuses_another_process_count(tmp_path, corpus, monkeypatch):
     import torch
 
@@ -595,6 +637,26 @@ def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_pa
     undo()
     r = train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
     assert r.steps_done == 2 and [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2]
+
+
+def test_gradients_are_clipped_to_the_clip_norm(tmp_path, corpus, monkeypatch):
+    """One step at lr 1e-2 without weight decay: Adam moves each weight by about lr whatever the
+    gradient's scale, unless the gradient is clipped below Adam's eps (1e-8): with clip 1e-12 no weight
+    moves by more than lr * 1e-12 / 1e-8 = 1e-6. The logged grad_norm is the norm before clipping."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model, load_pretrained
+
+    small_model(monkeypatch)
+    _, scheme, tok = load(str(corpus))
+    start = build_model("tiny", tok, scheme, seed=0, max_position_embeddings=48).state_dict()
+    moved = {}
+    for clip in (1e-12, math.inf):
+        r = train(cfg_for(corpus, steps=1, clip=clip, lr=1e-2, warmup=0, weight_decay=0.0), tmp_path / str(clip),
+                  progress=False)
+        assert r.log[0]["grad_norm"] > 1e-3
+        model, _, _ = load_pretrained(tmp_path / str(clip) / "model")
+        moved[clip] = max(float((w - start[k]).abs().max()) for k, w in model.state_dict().items())
+    assert moved[1e-12] < 1.1e-6 and moved[math.inf] > 5e-3
 
 
 def test_triton_loss_on_cpu_is_refused_before_anything_is_written(tmp_path, corpus):
