@@ -640,7 +640,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
             local_w = sum(float(m["loss_weight"].sum()) for m in micro)
             global_w = float(d.all_sum(torch.tensor([local_w], dtype=torch.float64, device=device)).item())
             if global_w <= 0:
-                raise TrainError(f"step {step}: the rows drawn carry no trained tokens (all loss weights 0)")
+                raise TrainError(f"step {step + 1}: the rows drawn carry no trained tokens (all loss weights 0)")
             stats = torch.zeros(2 + 2 * K, dtype=torch.float64, device=device)  # loss, weight, bin loss, bin weight
             for m in micro:
                 try:

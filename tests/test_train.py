@@ -639,6 +639,25 @@ def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_pa
     assert r.steps_done == 2 and [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2]
 
 
+def test_a_step_with_no_trained_tokens_is_refused_naming_the_step_as_the_log_numbers_it(tmp_path, corpus, monkeypatch):
+    """Rows whose loss weights are all 0 (not something preprocess writes: faked here for step 2)
+    would divide by zero; the error names step 2, the number step 1's log record is followed by."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    collate, calls = train_module.collate, [0]
+
+    def untrained_second_step(*args):
+        calls[0] += 1
+        batch = collate(*args)
+        return {**batch, "loss_weight": batch["loss_weight"] * 0} if calls[0] == 2 else batch
+
+    monkeypatch.setattr(train_module, "collate", untrained_second_step)
+    with pytest.raises(TrainError, match=r"^step 2: the rows drawn carry no trained tokens \(all loss weights 0\)$"):
+        train(cfg_for(corpus, steps=3), tmp_path / "run", progress=False)
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1]
+
+
 def test_gradients_are_clipped_to_the_clip_norm(tmp_path, corpus, monkeypatch):
     """One step at lr 1e-2 without weight decay: Adam moves each weight by about lr whatever the
     gradient's scale, unless the gradient is clipped below Adam's eps (1e-8): with clip 1e-12 no weight
