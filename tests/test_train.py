@@ -624,6 +624,28 @@ def test_existing_out_refused(tmp_path, corpus, monkeypatch):
         train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
 
 
+def test_an_interrupted_run_is_not_started_over_without_resume(tmp_path, corpus, monkeypatch):
+    """A run folder with a checkpoint but no model yet (interrupted) is refused, not replaced: its
+    checkpoint is what --resume continues from."""
+    import shutil
+
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    shutil.rmtree(run / "model")
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(run))} already exists; pass --resume to continue that run"):
+        train(cfg_for(corpus, steps=2), run, progress=False)
+    assert torch.load(run / "checkpoint" / "training_state.pt", weights_only=True)["step"] == 1
+
+
+def test_the_progress_bar_of_a_resumed_run_counts_from_its_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+    """Resumed at step 1 of 2, the bar ends at 2/2 (it showed 1/2: counting from 0)."""
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    capsys.readouterr()
+    train(None, run, resume=True, progress=True)
+    assert re.findall(r"train:[^\r\n]*? (\d+)/2 ", capsys.readouterr().err)[-1] == "2"
+
+
 def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_path, corpus, monkeypatch):
     """It left only train_config.json and log.jsonl (nothing to resume; here it crashed in step 2,
     after logging step 1): a fresh start replaces them instead of refusing the folder, and its log
@@ -701,10 +723,11 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch)
     ("afile", r"--out {t}/afile: {t}/afile is a file, not a folder; expected a run directory"),
     ("afile/run", r"--out {t}/afile/run: {t}/afile is a file, not a folder; expected a run directory"),
     ("", r"--out is empty; expected the run directory"),
+    (" ", r"--out is empty; expected the run directory"),  # blank: not a folder named ' ' in the working directory
 ])
 def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, out, message):
     (tmp_path / "afile").write_text("mine")
-    target = str(tmp_path / out) if out else ""
+    target = str(tmp_path / out) if out.strip() else out
     with pytest.raises(TrainError, match="^" + message.format(t=re.escape(str(tmp_path)))):
         train(cfg_for(corpus, steps=1), target, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
