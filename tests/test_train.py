@@ -725,7 +725,8 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch)
     ("", r"--out is empty; expected the run directory"),
     (" ", r"--out is empty; expected the run directory"),  # blank: not a folder named ' ' in the working directory
 ])
-def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, out, message):
+def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)  # where a relative (blank) --out would be made
     (tmp_path / "afile").write_text("mine")
     target = str(tmp_path / out) if out.strip() else out
     with pytest.raises(TrainError, match="^" + message.format(t=re.escape(str(tmp_path)))):
