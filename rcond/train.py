@@ -511,7 +511,9 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False, pro
         cfg = absolute_corpora(cfg)
     else:
         cfg = TrainConfig.from_dict(state["config"])
-        if state["step"] >= cfg.total_steps:
+        # every step done but no model/ (the run stopped while writing it, after the last checkpoint):
+        # the resume trains nothing and publishes the model from that checkpoint
+        if state["step"] >= cfg.total_steps and (out / MODEL_DIR).is_dir():
             raise TrainError(f"--resume: the run in {out} already finished its {cfg.total_steps} steps; "
                              f"nothing to continue (its model is in {out / MODEL_DIR})")
     d, device = init_distributed(cfg.device)
@@ -638,7 +640,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
             local_w = sum(float(m["loss_weight"].sum()) for m in micro)
             global_w = float(d.all_sum(torch.tensor([local_w], dtype=torch.float64, device=device)).item())
             if global_w <= 0:
-                raise TrainError(f"step {step}: the rows drawn carry no trained tokens (all loss weights 0)")
+                raise TrainError(f"step {step + 1}: the rows drawn carry no trained tokens (all loss weights 0)")
             stats = torch.zeros(2 + 2 * K, dtype=torch.float64, device=device)  # loss, weight, bin loss, bin weight
             for m in micro:
                 try:

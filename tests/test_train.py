@@ -1,6 +1,7 @@
 """Training loop: resume identity, global-token normalisation, data parallel, stages, errors."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = "good bad fine great awful nice poor okay superb dull".split()
 
 
-def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48):
+def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48, num_bins=4):
     import random
 
     rng = random.Random(seed)
@@ -35,7 +36,7 @@ def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48):
     src = write_jsonl(tmp / f"{name}.jsonl", rows)
     reader = SourceReader([str(src)], "scored")
     tok = tokenizer or train_tokenizer(reader.texts(), 300)
-    build(reader, tmp / name, tok, num_bins=4, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
+    build(reader, tmp / name, tok, num_bins=num_bins, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
           progress=False)
     return tmp / name, tok
 
@@ -66,6 +67,22 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
         assert not (tmp_path / "run").exists()
 
 
+def test_a_cuda_index_beyond_the_machines_devices_is_refused_and_auto_picks_cuda(monkeypatch):
+    """On a machine with 2 CUDA devices (faked: the check only asks torch how many there are),
+    cuda:1 is the last one, cuda:2 is refused naming the count, and auto trains on cuda."""
+    from rcond.train import Dist, check_device, init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    check_device("cuda:1")
+    with pytest.raises(TrainError, match=r"^--device cuda:2: this machine has 2 CUDA device\(s\)$"):
+        check_device("cuda:2")
+    assert init_distributed("auto") == (Dist(), torch.device("cuda"))
+    assert init_distributed("cuda:1") == (Dist(), torch.device("cuda:1"))
+    assert init_distributed("cpu") == (Dist(), torch.device("cpu"))
+
+
 @pytest.mark.parametrize("setting,value,what", [
     ("lr", -1.0, "a positive number"), ("lr", float("nan"), "a positive number"),
     ("batch_size", 0, "an integer of at least 1"), ("grad_accum", 1.5, "an integer of at least 1"),
@@ -75,6 +92,8 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_p
     ("save_every", True, "a non-negative integer"), ("min_lr_ratio", 2.0, "in [0, 1]"),
     ("weight_decay", float("inf"), "a non-negative number"), ("beta2", 1.0, "in [0, 1)"),
     ("clip", 0.0, "a positive number (inf: no clipping)"), ("loss", "fast", "one of auto, torch, triton"),
+    ("lr", 0, "a positive number"), ("grad_accum", 0, "an integer of at least 1"),
+    ("save_every", -1, "a non-negative integer"),
 ])
 def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
     """Caught when the config is made (command line, stages file or a resumed run's saved config),
@@ -85,6 +104,8 @@ def test_settings_that_cannot_train_are_refused_by_name(setting, value, what):
         Stage(corpora=["c"], steps="3")
     TrainConfig(stages=[Stage(corpora=["c"], steps=1)], clip=float("inf"), weight_decay=0.0, min_lr_ratio=1.0,
                 lr=1, seed=2**63 - 1)  # an int will do for a float
+    TrainConfig(stages=[Stage(corpora=["c"], steps=1)], min_lr_ratio=0, beta1=0, beta2=0.0, warmup=0, save_every=0,
+                seed=0)  # the lower ends of the ranges
 
 
 def small_model(monkeypatch):
@@ -104,6 +125,26 @@ def test_lr_schedule_hand_computed():
     assert lr_lambda(4, 4, 20, 0.1) == pytest.approx(1.0)
     assert lr_lambda(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # halfway through the cosine
     assert lr_lambda(20, 4, 20, 0.1) == pytest.approx(0.1)
+
+
+def test_the_optimizer_decays_matrices_not_norms_with_the_configured_betas_and_lr(corpus, monkeypatch):
+    """AdamW with decoupled weight decay on the weight matrices and embeddings, none on the RMSNorm
+    gains (named ``*norm.weight`` in the Llama model), betas (beta1, beta2) in that order, and the peak lr."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model
+    from rcond.train import make_optimizer
+
+    small_model(monkeypatch)
+    _, scheme, tok = load(str(corpus))
+    model = build_model("tiny", tok, scheme, max_position_embeddings=48)
+    cfg = cfg_for(corpus, weight_decay=0.05, beta1=0.8, beta2=0.9, lr=2e-3)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    name = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({name[id(p)] for p in g["params"]} for g in opt.param_groups)
+    norms = {n for n in name.values() if n.endswith("norm.weight")}
+    assert no_decay == norms and len(norms) == 5 and decay == set(name.values()) - norms
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert all(g["betas"] == (0.8, 0.9) and g["lr"] == 2e-3 for g in opt.param_groups)
 
 
 def test_loss_decreases_and_outputs(tmp_path, corpus, monkeypatch):
@@ -136,6 +177,62 @@ def test_resume_gives_the_uninterrupted_curve(tmp_path, corpus, monkeypatch):
     r2 = train(None, tmp_path / "cut", resume=True, progress=False)
     assert r2.steps_done == 12 and not r2.interrupted
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")  # bit-identical on CPU
+
+
+def sigint():
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_ctrl_c_in_the_last_step_finishes_the_run(tmp_path, corpus, monkeypatch):
+    """Nothing is left to continue: the run is not reported interrupted, publishes its model (no
+    --resume needed for zero steps), and gives Ctrl-C back to Python's own handler afterwards."""
+    small_model(monkeypatch)
+    at_forward(monkeypatch, 3, sigint)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    r = train(cfg_for(corpus, steps=3), tmp_path / "run", progress=False)
+    assert r.steps_done == 3 and not r.interrupted and (tmp_path / "run" / "model").is_dir()
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
+def test_a_second_ctrl_c_aborts_at_once(tmp_path, corpus, monkeypatch):
+    """The first Ctrl-C asks for a checkpoint after the step; a second one within the step is a
+    KeyboardInterrupt there and then: no checkpoint, no model."""
+    small_model(monkeypatch)
+    at_forward(monkeypatch, 2, lambda: (sigint(), sigint()))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(corpus, steps=4), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "model").exists()
+
+
+def test_a_ctrl_c_while_the_final_model_is_saved_stops_it_and_resume_publishes_it(tmp_path, corpus, monkeypatch):
+    """After the last step the loop's own handler is gone: a single Ctrl-C while the model is
+    written stops the save (KeyboardInterrupt, no model/ published), not ignored as a request to
+    finish the step. The checkpoint of the last step was written first, and --resume, with no step
+    left to train, publishes the model from it instead of refusing the run as finished."""
+    from rcond import train as train_module
+    from rcond.modeling import load_pretrained
+
+    small_model(monkeypatch)
+    save = train_module.save_pretrained_atomic
+
+    def interrupted_model_save(model, tokenizer, scheme, target, **kw):
+        if Path(target).name == "model":
+            sigint()
+        return save(model, tokenizer, scheme, target, **kw)
+
+    monkeypatch.setattr(train_module, "save_pretrained_atomic", interrupted_model_save)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(corpus, steps=2), run, progress=False)
+    assert not (run / "model").exists() and (run / "checkpoint").is_dir()
+    monkeypatch.setattr(train_module, "save_pretrained_atomic", save)
+    r = train(None, run, resume=True, progress=False)
+    assert r.steps_done == 2 and not r.interrupted and r.log == [] and len(losses(run)) == 2
+    model, _, _ = load_pretrained(run / "model")
+    checkpoint, _, _ = load_pretrained(run / "checkpoint")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), checkpoint.state_dict().values()))
+    with pytest.raises(TrainError, match="already finished its 2 steps; nothing to continue"):
+        train(None, run, resume=True, progress=False)
 
 
 def test_a_ctrl_c_dropped_during_set_up_stops_the_run_before_its_first_step(tmp_path, corpus, monkeypatch):
@@ -225,6 +322,13 @@ def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
     ('[[stage]]\ncorpora = ["a"]\nsteps = 2.5\n', r"stage 1: steps must be an integer >= 1, got 2.5"),
     ('stage = 5\n', r"no \[\[stage\]\] tables"),
     ('seed = 1.0\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"seed must be an integer in \[0, 2\*\*63 - 1\], got 1.0"),
+    ('[[stage]]\ncorpora = []\nsteps = 2\n', r"stage 1: corpora lists no corpus folders; expected at least one$"),
+    ('stage = [1, 2]\n', r"no \[\[stage\]\] tables"),
+    ('learning_rate = 1e-3\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n', r"unknown settings \['learning_rate'\]; known: \["),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweight = [1.0]\n',
+     r"stage 1 needs corpora and steps \(optional weights, name\); got \['corpora', 'steps', 'weight'\]$"),
+    ('[[stage]]\ncorpora = ["a"]\nsteps = 2\nweights = [true]\n', r"stage 1: weights must be a list of numbers"),
+    ('[[stage]\ncorpora = ["a"]\n', r"not valid TOML: "),
 ])
 def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, message):
     """Each wrong type in a stages file is a TrainError naming the file and the entry (a stage by its
@@ -235,6 +339,33 @@ def test_a_stages_file_of_the_wrong_shape_is_refused_by_name(tmp_path, body, mes
     with pytest.raises(TrainError, match=message) as e:
         load_config_file(path, {})
     assert str(e.value).startswith(f"{path}: ")
+
+
+def test_a_stages_file_that_cannot_be_read_is_named(tmp_path):
+    """A missing file and one that is not UTF-8 are TrainErrors naming the file (a traceback before)."""
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(tmp_path / 'none.toml'))}: no such config file$"):
+        load_config_file(tmp_path / "none.toml", {})
+    (tmp_path / "latin.toml").write_bytes(b'# caf\xe9\n[[stage]]\ncorpora = ["a"]\nsteps = 2\n')
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(tmp_path / 'latin.toml'))}: cannot read the config file"):
+        load_config_file(tmp_path / "latin.toml", {})
+
+
+def test_stages_without_a_name_are_named_by_their_number_from_one(tmp_path):
+    """The names the log's records carry: stage1, stage2 as the file numbers them in its errors."""
+    (tmp_path / "stages.toml").write_text('[[stage]]\ncorpora = ["a"]\nsteps = 2\n[[stage]]\ncorpora = ["a"]\nsteps = 1\n'
+                                          '[[stage]]\nname = "last"\ncorpora = ["a"]\nsteps = 1\n')
+    assert [s.name for s in load_config_file(tmp_path / "stages.toml", {}).stages] == ["stage1", "stage2", "last"]
+
+
+def test_a_stage_made_in_code_is_named_in_its_errors():
+    """Without a stages file or the command line, an error names the stage by its name, and a stage
+    with no corpus says so (not as a weights error about an empty sum)."""
+    with pytest.raises(TrainError, match=r"^stage 'warm': steps must be an integer >= 1, got 0$"):
+        Stage(corpora=["a"], steps=0, name="warm")
+    with pytest.raises(TrainError, match=r"^stage: corpora lists no corpus folders; expected at least one$"):
+        Stage(corpora=[], steps=1)
+    with pytest.raises(TrainError, match=r"^--corpus lists no corpus folders; expected at least one$"):
+        Stage.from_options([], 1, None)
 
 
 def test_a_stages_file_is_checked_before_the_command_line_overrides_it(tmp_path):
@@ -264,6 +395,9 @@ def test_mixture_draws_follow_weights(tmp_path):
     picks = m.draw(4000)
     share_b = sum(c == 1 for c, _ in picks) / len(picks)
     assert abs(share_b - 0.75) < 0.03
+    # a weight of 0 is allowed, and leaves its corpus out of the stage
+    only_b = Mixture(rows, Stage(corpora=[str(a), str(b)], steps=1, weights=[0, 2]), 0, 0)
+    assert {c for c, _ in only_b.draw(200)} == {1}
     # every row of a corpus is seen exactly once per epoch, in a new order the next epoch
     fresh = CorpusRows(str(a), 0)
     n_a = len(fresh.dataset)
@@ -277,32 +411,92 @@ def test_bad_mixture_weights(weights):
         Stage(corpora=["a", "b"], steps=1, weights=weights)
 
 
+def crash():
+    raise RuntimeError("simulated crash")  # a hard failure between checkpoints
+
+
+def at_forward(monkeypatch, n, event=crash):
+    """Call ``event`` at the start of the n-th forward pass (from 1) of the runs that follow (by
+    default: crash); returns a function that undoes it."""
+    from rcond import train as train_module
+
+    real, calls = train_module.packed_hidden, [0]
+
+    def forward(*args, **kw):
+        calls[0] += 1
+        if calls[0] == n:
+            event()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "packed_hidden", forward)
+    return lambda: monkeypatch.setattr(train_module, "packed_hidden", real)
+
+
 def test_resume_after_a_crash_logs_each_step_once(tmp_path, corpus, monkeypatch):
     """A hard failure between checkpoints (here inside step 6, checkpoints every 2 steps): the
     resumed run trains steps 5 and 6 again, and the log keeps one record per step, the same
     records as a run that never failed."""
-    from rcond import train as train_module
-
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=6), tmp_path / "straight", progress=False)
-    real, calls = train_module.packed_hidden, [0]
-
-    def crash_in_step_six(*args, **kw):
-        calls[0] += 1
-        if calls[0] == 6:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(train_module, "packed_hidden", crash_in_step_six)
+    undo = at_forward(monkeypatch, 6)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=6, save_every=2), tmp_path / "cut", progress=False)
     with open(tmp_path / "cut" / "log.jsonl", "a") as f:
         f.write('{"step": 6, "lo')  # a record cut short by the crash
-    monkeypatch.setattr(train_module, "packed_hidden", real)
+    undo()
     train(None, tmp_path / "cut", resume=True, progress=False)
     steps = [json.loads(line)["step"] for line in open(tmp_path / "cut" / "log.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
+
+
+def test_resume_in_a_mixed_stage_after_epochs_gives_the_uninterrupted_curve(tmp_path, monkeypatch):
+    """A two-stage run (corpus a, then a mixed with b) on corpora of 3 rows, checkpointed every 2
+    steps and crashed in step 5: the resumed run restores the stages, each corpus's epoch and place
+    in its reshuffled order, and the mixture's draws, so its log equals the uninterrupted run's."""
+    small_model(monkeypatch)
+    a, tok = make_corpus(tmp_path, "a", n=10, seed=1)
+    b, _ = make_corpus(tmp_path, "b", n=10, seed=2, tokenizer=tok)
+
+    def cfg(**kw):
+        return TrainConfig(stages=[Stage(corpora=[str(a)], steps=2, name="a"),
+                                   Stage(corpora=[str(a), str(b)], steps=4, weights=[1, 1], name="mix")],
+                           model="tiny", batch_size=2, warmup=1, lr=3e-3, device="cpu", **kw)
+
+    train(cfg(), tmp_path / "straight", progress=False)
+    undo = at_forward(monkeypatch, 5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg(save_every=2), tmp_path / "cut", progress=False)
+    undo()
+    state = torch.load(tmp_path / "cut" / "checkpoint" / "training_state.pt", weights_only=False)
+    assert state["step"] == 4 and json.loads(state["data"])["corpora"][str(a)]["epoch"] >= 1
+    assert train(None, tmp_path / "cut", resume=True, progress=False).steps_done == 6
+    assert losses(tmp_path / "cut") == losses(tmp_path / "straight")
+
+
+def test_a_log_cut_by_a_crash_keeps_its_complete_records_up_to_the_checkpoint(tmp_path):
+    """A complete last record whose newline the crash cut off is kept (with its newline, so the next
+    record starts a line of its own); lines that are not step records are dropped, as are steps
+    after the checkpoint's."""
+    from rcond.train import _truncate_log
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\nnull\n[3]\n{"step": "2"}\n{"step": 2, "loss": 1.5}')
+    _truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    _truncate_log(log, 1)
+    assert log.read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+def test_a_training_state_that_is_not_plain_tensors_and_numbers_is_refused(tmp_path):
+    """The state is read with weights_only=True: a pickle of any other object (which could run code
+    as it loads) is refused as not an rcond training state, not loaded."""
+    from fractions import Fraction
+
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    torch.save({"step": Fraction(1, 2)}, tmp_path / "run" / "checkpoint" / "training_state.pt")
+    with pytest.raises(TrainError, match=r"training_state.pt is corrupt or not an rcond training state \(Unpickling"):
+        train(None, tmp_path / "run", resume=True, progress=False)
 
 
 def test_resume_refuses_another_process_count(tmp_path, corpus, monkeypatch):
@@ -332,6 +526,23 @@ def test_resume_errors(tmp_path, corpus, monkeypatch):
     (tmp_path / "run" / "checkpoint" / "training_state.pt").unlink()
     with pytest.raises(TrainError, match="incomplete"):
         train(None, tmp_path / "run", resume=True, progress=False)
+
+
+def test_resume_takes_the_runs_own_config_and_needs_its_record_of_the_corpora(tmp_path, corpus, monkeypatch):
+    """A config passed with resume is refused (the saved one is used); a run folder whose
+    train_config.json is gone or not JSON cannot be checked against its corpora, and says so."""
+    with pytest.raises(TrainError, match=r"^resume continues with the run's saved configuration; pass cfg=None$"):
+        train(cfg_for(corpus, steps=2), tmp_path / "run", resume=True, progress=False)
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    config = run / "train_config.json"
+    message = rf"^--resume: {re.escape(str(config))} is missing or unreadable; it records the corpora the run started on$"
+    config.write_text('{"config": ')
+    with pytest.raises(TrainError, match=message):
+        train(None, run, resume=True, progress=False)
+    config.unlink()
+    with pytest.raises(TrainError, match=message):
+        train(None, run, resume=True, progress=False)
 
 
 def test_resume_refuses_a_corpus_changed_since_the_run_started(tmp_path, corpus, monkeypatch):
@@ -372,6 +583,21 @@ def test_corpus_tokenizer_mismatch(tmp_path, monkeypatch):
         train(cfg, tmp_path / "run2", progress=False)
 
 
+@pytest.mark.parametrize("other,message", [
+    (dict(num_bins=3), "use different control tokens (4 vs 3 bins); preprocess them with the same --bins"),
+    (dict(block_size=64), "have different block sizes"),
+])
+def test_corpora_that_cannot_be_trained_together_are_refused_before_the_run_folder_is_made(tmp_path, other, message):
+    """Other bins (other control tokens) or another block size than the first corpus: a TrainError
+    naming both corpora, before anything is built or written."""
+    a, tok = make_corpus(tmp_path, "a", n=20, seed=1)
+    b, _ = make_corpus(tmp_path, "b", n=20, seed=1, tokenizer=tok, **other)
+    cfg = TrainConfig(stages=[Stage(corpora=[str(a), str(b)], steps=1)], device="cpu")
+    with pytest.raises(TrainError, match=f"^corpora {re.escape(str(a))} and {re.escape(str(b))} {re.escape(message)}$"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_corpora_with_other_bin_edges_are_trained_with_a_warning(tmp_path, monkeypatch, capsys):
     small_model(monkeypatch)
     a, tok = make_corpus(tmp_path, "a", seed=1)
@@ -398,24 +624,80 @@ def test_existing_out_refused(tmp_path, corpus, monkeypatch):
         train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
 
 
-def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_path, corpus, monkeypatch):
-    """It left only train_config.json and log.jsonl (nothing to resume): a fresh start replaces
-    them instead of refusing the folder."""
-    from rcond import train as train_module
+def test_an_interrupted_run_is_not_started_over_without_resume(tmp_path, corpus, monkeypatch):
+    """A run folder with a checkpoint but no model yet (interrupted) is refused, not replaced: its
+    checkpoint is what --resume continues from."""
+    import shutil
 
     small_model(monkeypatch)
-    real = train_module.packed_hidden
+    run = interrupted_run(tmp_path, corpus)
+    shutil.rmtree(run / "model")
+    with pytest.raises(TrainError, match=rf"^{re.escape(str(run))} already exists; pass --resume to continue that run"):
+        train(cfg_for(corpus, steps=2), run, progress=False)
+    assert torch.load(run / "checkpoint" / "training_state.pt", weights_only=True)["step"] == 1
 
-    def crash(*args, **kw):
-        raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(train_module, "packed_hidden", crash)
+def test_the_progress_bar_of_a_resumed_run_counts_from_its_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+    """Resumed at step 1 of 2, the bar ends at 2/2 (it showed 1/2: counting from 0)."""
+    small_model(monkeypatch)
+    run = interrupted_run(tmp_path, corpus)
+    capsys.readouterr()
+    train(None, run, resume=True, progress=True)
+    assert re.findall(r"train:[^\r\n]*? (\d+)/2 ", capsys.readouterr().err)[-1] == "2"
+
+
+def test_run_that_failed_before_its_first_checkpoint_can_be_started_again(tmp_path, corpus, monkeypatch):
+    """It left only train_config.json and log.jsonl (nothing to resume; here it crashed in step 2,
+    after logging step 1): a fresh start replaces them instead of refusing the folder, and its log
+    holds its own steps only, not the failed run's step 1 before them."""
+    small_model(monkeypatch)
+    undo = at_forward(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["log.jsonl", "train_config.json"]
-    monkeypatch.setattr(train_module, "packed_hidden", real)
+    assert len(losses(tmp_path / "run")) == 1
+    undo()
     r = train(cfg_for(corpus, steps=2), tmp_path / "run", progress=False)
-    assert r.steps_done == 2 and len(losses(tmp_path / "run")) == 2
+    assert r.steps_done == 2 and [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1, 2]
+
+
+def test_a_step_with_no_trained_tokens_is_refused_naming_the_step_as_the_log_numbers_it(tmp_path, corpus, monkeypatch):
+    """Rows whose loss weights are all 0 (not something preprocess writes: faked here for step 2)
+    would divide by zero; the error names step 2, the number step 1's log record is followed by."""
+    from rcond import train as train_module
+
+    small_model(monkeypatch)
+    collate, calls = train_module.collate, [0]
+
+    def untrained_second_step(*args):
+        calls[0] += 1
+        batch = collate(*args)
+        return {**batch, "loss_weight": batch["loss_weight"] * 0} if calls[0] == 2 else batch
+
+    monkeypatch.setattr(train_module, "collate", untrained_second_step)
+    with pytest.raises(TrainError, match=r"^step 2: the rows drawn carry no trained tokens \(all loss weights 0\)$"):
+        train(cfg_for(corpus, steps=3), tmp_path / "run", progress=False)
+    assert [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl")] == [1]
+
+
+def test_gradients_are_clipped_to_the_clip_norm(tmp_path, corpus, monkeypatch):
+    """One step at lr 1e-2 without weight decay: Adam moves each weight by about lr whatever the
+    gradient's scale, unless the gradient is clipped below Adam's eps (1e-8): with clip 1e-12 no weight
+    moves by more than lr * 1e-12 / 1e-8 = 1e-6. The logged grad_norm is the norm before clipping."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model, load_pretrained
+
+    small_model(monkeypatch)
+    _, scheme, tok = load(str(corpus))
+    start = build_model("tiny", tok, scheme, seed=0, max_position_embeddings=48).state_dict()
+    moved = {}
+    for clip in (1e-12, math.inf):
+        r = train(cfg_for(corpus, steps=1, clip=clip, lr=1e-2, warmup=0, weight_decay=0.0), tmp_path / str(clip),
+                  progress=False)
+        assert r.log[0]["grad_norm"] > 1e-3
+        model, _, _ = load_pretrained(tmp_path / str(clip) / "model")
+        moved[clip] = max(float((w - start[k]).abs().max()) for k, w in model.state_dict().items())
+    assert moved[1e-12] < 1.1e-6 and moved[math.inf] > 5e-3
 
 
 def test_triton_loss_on_cpu_is_refused_before_anything_is_written(tmp_path, corpus):
@@ -441,10 +723,12 @@ def test_out_of_memory_names_the_setting_to_lower(tmp_path, corpus, monkeypatch)
     ("afile", r"--out {t}/afile: {t}/afile is a file, not a folder; expected a run directory"),
     ("afile/run", r"--out {t}/afile/run: {t}/afile is a file, not a folder; expected a run directory"),
     ("", r"--out is empty; expected the run directory"),
+    (" ", r"--out is empty; expected the run directory"),  # blank: not a folder named ' ' in the working directory
 ])
-def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, out, message):
+def test_an_out_that_cannot_be_a_run_directory_is_refused(tmp_path, corpus, monkeypatch, out, message):
+    monkeypatch.chdir(tmp_path)  # where a relative (blank) --out would be made
     (tmp_path / "afile").write_text("mine")
-    target = str(tmp_path / out) if out else ""
+    target = str(tmp_path / out) if out.strip() else out
     with pytest.raises(TrainError, match="^" + message.format(t=re.escape(str(tmp_path)))):
         train(cfg_for(corpus, steps=1), target, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
@@ -567,3 +851,85 @@ def test_a_model_whose_config_does_not_fit_its_weights_is_not_trained(tmp_path, 
     with pytest.raises(ModelDirError, match=rf"^{model_dir}: the weights do not fit the {problem}"):
         train(cfg_for(corpus, steps=1, model=str(model_dir)), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_first_steps_logged_losses_equal_a_float64_reference(tmp_path, corpus, monkeypatch):
+    """Step 1's logged loss, on/off and per-bin losses and trained-token count, recomputed
+    independently: the same initial model in float64, each packed document run on its own through
+    the full logits, nll of input_ids[i+1] at position i weighted by loss_weight[i] and grouped by
+    bin_ids[i] (-1: off). Catches a target shift, lost position ids (documents attending across a
+    row), an init that ignores the seed, and per-bin numbers divided by the wrong weight."""
+    from rcond.corpus import load
+    from rcond.modeling import build_model
+    from rcond.train import CorpusRows
+
+    small_model(monkeypatch)
+    seed, rows = 3, 6
+    rec = train(cfg_for(corpus, steps=1, batch_size=3, grad_accum=2, seed=seed), tmp_path / "run",
+                progress=False).log[0]
+    dataset, scheme, tok = load(str(corpus))
+    model = build_model("tiny", tok, scheme, seed=seed, max_position_embeddings=48).double().eval()
+    order = CorpusRows(str(corpus), seed)  # the corpus's own seed (the run's seed + its index, 0)
+    docs = []  # (input_ids, loss_weight, bin_ids) of every packed document, cut at position 0
+    for r in [order.take() for _ in range(rows)]:
+        row = dataset[r]
+        starts = [i for i, p in enumerate(row["position_ids"]) if p == 0] + [len(row["input_ids"])]
+        docs += [tuple(row[k][a:b] for k in ("input_ids", "loss_weight", "bin_ids")) for a, b in zip(starts, starts[1:])]
+    longest = max(len(ids) for ids, _, _ in docs)
+    batch = torch.tensor([list(ids) + [0] * (longest - len(ids)) for ids, _, _ in docs])  # right padding: causal
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=batch).logits, -1)  # [documents, longest, V]
+    nll, weight, bins = [], [], []
+    for d, (ids, lw, bin_ids) in enumerate(docs):
+        assert lw[-1] == 0  # no target crosses a document boundary
+        for i in range(len(ids) - 1):
+            nll.append(-float(logp[d, i, ids[i + 1]]))
+            weight.append(float(lw[i]))
+            bins.append(int(bin_ids[i]))
+
+    def mean(keep):
+        w = sum(wi for wi, bi in zip(weight, bins) if keep(bi))
+        return sum(wi * li for wi, li, bi in zip(weight, nll, bins) if keep(bi)) / w if w else None
+
+    assert rec["trained_tokens"] == sum(weight)
+    assert rec["loss"] == pytest.approx(mean(lambda b: True), rel=1e-5)
+    assert rec["loss_on"] == pytest.approx(mean(lambda b: b >= 0), rel=1e-5)
+    assert rec["loss_off"] == pytest.approx(mean(lambda b: b == -1), rel=1e-5)
+    for k in range(4):
+        assert rec[f"loss_bin_{k}"] == pytest.approx(mean(lambda b: b == k), rel=1e-5)
+
+
+def test_the_logged_lr_follows_warmup_then_cosine_over_all_stages(tmp_path, corpus, monkeypatch):
+    """Each record's lr is the one its step trained with: linear warmup (step 1 at half the peak with
+    warmup 2), then cosine to min_lr_ratio * lr over the steps of every stage, not of the first only
+    (hand-computed: cos(pi/4) = 0.70711). The run's result adds up the log: tokens trained, the
+    last loss, and tokens/s over the step's batch_size x grad_accum x block_size slots."""
+    small_model(monkeypatch)
+    c = str(corpus)
+    cfg = TrainConfig(stages=[Stage(corpora=[c], steps=3, name="a"), Stage(corpora=[c], steps=3, name="b")],
+                      model="tiny", batch_size=2, grad_accum=2, warmup=2, lr=1e-2, min_lr_ratio=0.2, device="cpu")
+    r = train(cfg, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    expected = [0.5, 1.0, 1.0, 0.2 + 0.4 * 1.70710678, 0.6, 0.2 + 0.4 * 0.29289322]
+    assert [rec["lr"] for rec in log] == pytest.approx([1e-2 * f for f in expected], rel=1e-6)
+    assert r.log == log and r.tokens == sum(rec["trained_tokens"] for rec in log) and r.last_loss == log[-1]["loss"]
+    for rec in log:
+        assert rec["tokens_per_s"] * rec["seconds"] == pytest.approx(2 * 2 * 48)
+
+
+def test_a_log_record_divides_each_loss_by_its_own_weight_and_leaves_empty_groups_out():
+    """Hand-made step sums (loss 10 over weight 4; bins 0..2 with losses 3, 0, 5 over weights 1, 0, 2):
+    loss 2.5, on 8/3, off (10 - 8) / (4 - 3), a bin with no tokens None (not 0, not nan); a step with
+    no on-mode tokens has loss_on None, one with only on-mode tokens loss_off None."""
+    import numpy as np
+
+    from rcond.train import _log_record
+
+    rec = _log_record(7, "s", np.array([10.0, 4.0, 3.0, 0.0, 5.0, 1.0, 0.0, 2.0]), 3, 1e-3, 0.5, 2.0, 100)
+    assert rec == {"step": 7, "stage": "s", "loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "trained_tokens": 4.0,
+                   "tokens_per_s": 50.0, "seconds": 2.0, "loss_on": pytest.approx(8 / 3), "loss_off": 2.0,
+                   "loss_bin_0": 3.0, "loss_bin_1": None, "loss_bin_2": 2.5}
+    off_only = _log_record(1, "s", np.array([6.0, 3.0, 0.0, 0.0, 0.0, 0.0]), 2, 1e-3, 0.5, 1.0, 10)
+    assert off_only["loss_on"] is None and off_only["loss_off"] == 2.0 and off_only["loss_bin_0"] is None
+    on_only = _log_record(1, "s", np.array([6.0, 3.0, 6.0, 0.0, 3.0, 0.0]), 2, 1e-3, 0.5, 1.0, 10)
+    assert on_only["loss_off"] is None and on_only["loss_on"] == 2.0 and on_only["loss_bin_1"] is None
