@@ -96,7 +96,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way,
+from .atomic import (OutputExistsError, OutputPathError, _short, as_created, creating, file_in_the_way,
                      raise_if_interrupted)
 from .conditioning import CONTROL_PREFIX
 from .content_encoder import ContentEncoder
@@ -522,7 +522,8 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     path = check_out_file(path, overwrite=True)
     with creating(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the name cut as atomic cuts its temp folders' names: a 255-byte --out must not make a longer temp name
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     try:
         as_created(tmp)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:

@@ -542,6 +542,17 @@ def test_write_jsonl_atomic(tmp_path):
         write_jsonl_atomic(out / "x.jsonl", [{"a": 3}])                         # beside a file's child: no place
 
 
+def test_write_jsonl_atomic_takes_the_longest_file_name(tmp_path):
+    """A file name of 255 bytes is valid; its hidden temp sibling (.NAME.XXXXXXXX.tmp) must not be
+    longer than that, or a valid --out fails with "File name too long" (it did: the temp name
+    carried the whole name)."""
+    out = tmp_path / ("s" * 249 + ".jsonl")
+    assert len(out.name.encode()) == 255
+    write_jsonl_atomic(out, [{"a": 1}])
+    assert out.read_text(encoding="utf-8") == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]                   # no temp file left
+
+
 # ---------------------------------------------------------------------------- the command
 @pytest.fixture
 def run_dir(tmp_path, scheme):
