@@ -150,6 +150,8 @@ def test_conditions_from_levels_rewards_and_modes(scheme):
     assert conditions(scheme, reward=0.1) == [Condition("on", scheme.bin_of(0.1), 0.1)] == [Condition("on", 2, 0.1)]
     assert conditions(scheme, reward=-9.0)[0].level == 0 and conditions(scheme, reward=9.0)[0].level == 3
     assert conditions(scheme, mode="off") == [Condition("off")]
+    (whole,) = conditions(scheme, reward=1)          # an int reward is kept as a float: "reward": 1.0 in the output
+    assert whole == Condition("on", 3, 1.0) and type(whole.reward) is float
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -161,6 +163,8 @@ def test_conditions_from_levels_rewards_and_modes(scheme):
     (dict(), r"on mode needs a level \(0\.\.3 or 'all'\) or a reward"),
     (dict(level=1, mode="off"), r"off mode has no reward level"),
     (dict(level=1, mode="both"), r"mode must be 'on' or 'off'"),
+    (dict(level=1, reward=0.3), r"give a level or a reward, not both"),
+    (dict(reward=0.3, mode="off"), r"off mode has no reward level \(no RTG token\)"),
 ])
 def test_bad_conditions_are_clear_errors(scheme, kw, message):
     with pytest.raises(SchemeError, match=message):
@@ -171,11 +175,13 @@ def test_bad_conditions_are_clear_errors(scheme, kw, message):
     (dict(max_new_tokens=0), r"max_new_tokens must be in \[1, 1048576\] \(and fit the model's context\), got 0"),
     (dict(max_new_tokens=10**11), r"max_new_tokens must be in \[1, 1048576\].*got 100000000000"),
     (dict(min_new_tokens=9, max_new_tokens=8), r"min_new_tokens must be in \[0, max_new_tokens=8\]"),
+    (dict(min_new_tokens=-1), r"min_new_tokens must be in \[0, max_new_tokens=64\], got -1"),
     (dict(temperature=-0.1), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got -0.1"),
     (dict(temperature=1e300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e\+300"),
     (dict(temperature=1e-300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e-300"),
     (dict(temperature=math.nan), r"temperature must be 0 \(greedy\) or in .*got nan"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
     (dict(top_k=-1), "top_k must be >= 0"),
     (dict(seed=-1), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got -1"),
     (dict(seed=10**23), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got 100000000000000000000000"),
