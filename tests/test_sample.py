@@ -18,8 +18,8 @@ from rcond.conditioning import ON_SLOT, RTG_SLOT, ConditionedStream, encodings
 from rcond.content_encoder import ContentEncoder
 from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
-from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, check_device, check_out_file, conditions,
-                          read_prompts, resolve_model_dir, write_jsonl_atomic)
+from rcond.sample import (Condition, Sample, SampleError, Sampler, SamplingParams, check_device, check_out_file,
+                          conditions, format_summary, read_prompts, resolve_model_dir, write_jsonl_atomic)
 from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
@@ -392,6 +392,37 @@ def test_same_seed_same_samples(sampler):
 
     assert run(5) == run(5)
     assert run(5) != run(6)
+
+
+def test_a_zero_reward_and_a_zero_score_are_written(tmp_path):
+    """A requested reward of 0.0 and a score of 0.0 are values, not missing: both are in the output
+    line; only None leaves the field out."""
+    (cond,) = conditions(ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5]), reward=0.0)
+    zero = Sample("p", "on", cond.level, cond.reward, None, "t", 1, True, score=0.0)
+    assert zero.to_dict() == {"prompt": "p", "mode": "on", "level": 2, "guidance": None, "text": "t",
+                              "num_tokens": 1, "finished": True, "reward": 0.0, "score": 0.0}
+    assert set(Sample("p", "off", None, None, None, "t", 1, True).to_dict()) == {
+        "prompt", "mode", "level", "guidance", "text", "num_tokens", "finished"}
+
+
+def test_summary_per_condition_by_hand():
+    """The summary's numbers, computed by hand: totals and speed, then per condition its label (the
+    reward it came from, if any), count, mean length, share ended by eos, score mean and sample sd."""
+    on = [Sample("p", "on", 0, None, None, "t", 4, True, score=1.0),
+          Sample("p", "on", 0, None, None, "t", 2, False, score=0.0),
+          Sample("p", "on", 0, None, None, "t", 3, True, score=0.5),
+          Sample("p", "on", 2, 0.25, None, "t", 6, False, score=0.0)]
+    conds = [Condition("on", 0), Condition("on", 2, 0.25), Condition("on", 3)]   # level 3: no samples, no line
+    assert format_summary(on, conds, "s.jsonl", 0.5, "cpu", "vader").splitlines() == [
+        "wrote 4 samples to s.jsonl; sampled in 0.5 s on cpu (8.0 samples/s, 30 tokens/s)",
+        "  condition                     n   tokens    eos  score (vader)",
+        "  level 0                       3      3.0    67%  +0.500 ± 0.500",     # sd over n - 1: sqrt(0.5 / 2)
+        "  level 2 (reward 0.25)         1      6.0     0%  +0.000 ± 0.000"]
+    off = [Sample("p", "off", None, None, None, "t", 5, True), Sample("p", "off", None, None, None, "t", 1, True)]
+    assert format_summary(off, [Condition("off")], "o.jsonl", 2.0, "cpu", None).splitlines() == [
+        "wrote 2 samples to o.jsonl; sampled in 2.0 s on cpu (1.0 samples/s, 3 tokens/s)",
+        "  condition                     n   tokens    eos",
+        "  off                           2      3.0   100%"]
 
 
 # ---------------------------------------------------------------------------- files
