@@ -702,3 +702,48 @@ def test_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
     extra = [tok.convert_tokens_to_ids(t) for t in ("<|rtg:4|>", "<|rtg:5|>")]
     assert s.banned[extra].all()
     assert s.banned.sum() == len(scheme.control_tokens) + 2 + (len(s.banned) - len(tok))
+
+
+def test_two_digit_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
+    """A tokenizer from a corpus with 12 bins holds <|rtg:10|> and <|rtg:11|>: two-digit levels are
+    control tokens as much as one-digit ones."""
+    tok = make_tokenizer()
+    ControlScheme(num_bins=12, edges=[float(k) for k in range(11)]).add_to_tokenizer(tok)
+    s = Sampler(make_model(tok, scheme), tok, scheme)
+    extra = [tok.convert_tokens_to_ids(f"<|rtg:{k}|>") for k in range(4, 12)]
+    assert s.banned[extra].all()
+    assert s.banned.sum() == len(scheme.control_tokens) + 8
+
+
+def test_embedding_rows_past_the_tokenizer_are_never_generated(scheme):
+    """A model whose embedding is padded past the tokenizer (here to a multiple of 8) has rows no id
+    of the tokenizer decodes to; even when they dominate the logits they are never drawn."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme, tied=False)
+    model.resize_token_embeddings(len(tok), pad_to_multiple_of=8, mean_resizing=False)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert vocab > len(tok)
+    head = nn.Linear(model.config.hidden_size, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[len(tok):] = 40.0
+    model.lm_head = head
+    s = Sampler(model, tok, scheme)
+    assert s.banned[len(tok):].all()
+    out = s.generate([s.prompt_ids(p, Condition("on", 1)) for p in PROMPTS],
+                     SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=2.0, seed=0))
+    assert all(0 <= t < len(tok) for ids, _ in out for t in ids)
+
+
+def test_a_tokenizer_without_eos_or_with_eos_as_a_control_token_is_refused(scheme):
+    """Documents end with eos, so sampling needs one, and it must not be a control token (those are
+    banned from generation, so no sample could ever end)."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme)
+    tok.eos_token = "<|rlhf:off|>"
+    with pytest.raises(SchemeError, match=r"^eos '<\|rlhf:off\|>' is also a control token$"):
+        Sampler(model, tok, scheme)
+    tok.eos_token = None
+    with pytest.raises(ValueError, match=r"^the tokenizer has no eos token; rcond documents end with eos$"):
+        Sampler(model, tok, scheme)
