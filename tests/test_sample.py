@@ -367,6 +367,35 @@ def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
         list(sampler.sample(off, [Condition("off")], greedy(2)))
 
 
+def test_context_check_edge_cases(sampler):
+    """A mix of on and off conditions is checked with the longer control prefix (2 tokens); a prompt
+    that fills the context by itself is told to shrink (no max_new_tokens could fit it)."""
+    with pytest.raises(SampleError, match=r"is 4 tokens with its 2 control token\(s\); with max_new_tokens=125 "
+                                          r"that makes 129"):
+        list(sampler.sample(["w1 w2"], [Condition("off"), Condition("on", 1)], greedy(125)))
+    with pytest.raises(SampleError, match=r"is 128 tokens with its 2 control token\(s\); .*: shorten that prompt "
+                                          r"to under 126 tokens$"):
+        list(sampler.sample(["w1 " * 126], [Condition("on", 1)], greedy(1)))
+
+
+def test_an_empty_request_samples_nothing(sampler):
+    """No prompts, or no conditions: no samples, and no error."""
+    assert list(sampler.sample([], [Condition("on", 1)], greedy(3))) == []
+    assert list(sampler.sample(PROMPTS, [], greedy(3))) == []
+
+
+@pytest.mark.parametrize("kw,error,message", [
+    (dict(batch_size=0), SampleError, r"^n and batch_size must be at least 1, got n=1, batch_size=0$"),
+    (dict(n=0), SampleError, r"^n and batch_size must be at least 1, got n=0, batch_size=32$"),
+    (dict(guidance=2.0, conds=[Condition("on", 1), Condition("off")]), SchemeError,
+     r"^guidance contrasts the on mode with the off mode; it needs --mode on$"),
+])
+def test_bad_sample_requests(sampler, kw, error, message):
+    conds = kw.pop("conds", [Condition("on", 1)])
+    with pytest.raises(error, match=message):
+        list(sampler.sample(PROMPTS, conds, greedy(3), **kw))
+
+
 def test_a_dropped_ctrl_c_stops_sampling_at_the_next_batch(sampler, monkeypatch):
     """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer is recorded; sampling stops
     before the next batch instead of running every batch to the end."""
