@@ -311,6 +311,27 @@ def test_choose_draws_from_the_filtered_distribution():
     assert torch.equal(Sampler.choose(logits.expand(3, -1), SamplingParams(temperature=0), None), torch.zeros(3).long())
 
 
+def test_top_p_keeps_the_tokens_that_reach_it_exactly():
+    """Four equal tokens (p = 0.25 each, exact in float32): top_p 0.5 is reached by the first two, so
+    the smallest set that reaches it has two tokens, drawn half and half, never a third."""
+    picks = Sampler.choose(torch.zeros(4000, 4), SamplingParams(top_p=0.5), torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=4)
+    assert counts[2:].sum() == 0 and abs(int(counts[0]) - 2000) < 150
+
+
+def test_choose_at_a_uniform_draw_of_exactly_zero_takes_an_allowed_token():
+    """torch.rand draws exactly 0 once in 2**24 numbers: generator seed 146 does at its 18,556th.
+    The inverse-cdf draw must then still land on a token of positive probability (here the last
+    allowed one), not on a banned token at either end of the vocabulary or one past it."""
+    g = torch.Generator().manual_seed(146)
+    torch.rand(18555, generator=g)
+    state = g.get_state()
+    assert float(torch.rand(1, generator=g)) == 0.0                           # the draw this test is about
+    g.set_state(state)
+    logits = torch.tensor([[-math.inf, 1.0, 2.0, -math.inf]])
+    assert Sampler.choose(logits, SamplingParams(), g).tolist() == [2]
+
+
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1e-4), SamplingParams(temperature=1e4),
                                     SamplingParams(top_p=1e-300), SamplingParams(temperature=1e-4, top_p=1e-300)],
                          ids=["t-min", "t-max", "p-tiny", "both"])
