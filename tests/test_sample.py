@@ -214,6 +214,93 @@ def test_greedy_batched_equals_one_by_one(stopping_sampler, monkeypatch, prune):
     assert any(x.finished for x in batched) and not all(x.finished for x in batched) and len(lengths) > 2
 
 
+@pytest.mark.parametrize("prune", [True, False], ids=["finished-rows-dropped", "finished-rows-kept"])
+def test_the_loop_runs_only_the_rows_still_running_and_stops_when_all_have_ended(stopping_sampler, monkeypatch,
+                                                                                 prune):
+    """Rows that end with eos at different steps (each generated alone first, for its length): every
+    forward after the first runs only the rows that have not ended (all rows, where the cache cannot
+    drop rows), and there is no forward after the last row's eos."""
+    if not prune:
+        monkeypatch.setattr("rcond.sample.PRUNABLE_LAYERS", ())
+    s, n = stopping_sampler, 13
+    rows = [s.prompt_ids(p, c) for p, c in [(PROMPTS[0], Condition("on", 1)), (PROMPTS[3], Condition("on", 1)),
+                                            (PROMPTS[4], Condition("on", 1)), (PROMPTS[3], Condition("off"))]]
+    alone = [s.generate([r], greedy(n))[0] for r in rows]
+    assert all(done for _, done in alone)
+    ends = [len(ids) + 1 for ids, _ in alone]                         # the step that chose each row's eos
+    assert len(set(ends)) == len(rows) and max(ends) < n
+    widths = []
+    hook = s.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    try:
+        assert s.generate(rows, greedy(n)) == alone
+    finally:
+        hook.remove()
+    running = [sum(e > k for e in ends) for k in range(1, max(ends))] if prune else [len(rows)] * (max(ends) - 1)
+    assert widths == [len(rows), *running]
+
+
+def test_every_batch_is_padded_to_its_longest_prompt_and_a_full_control_prefix(sampler):
+    """So that a row sees the same padded input in on mode, off mode and with guidance (the reason
+    G = 1 and G = 0 reproduce unguided and off sampling on any kernels): the first forward of each
+    batch is as wide as 2 control tokens + its longest prompt, whatever the mode."""
+    prefills = []
+    hook = sampler.model.register_forward_pre_hook(
+        lambda m, a, kw: prefills.append(tuple(kw["input_ids"].shape)) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        for conds, guidance in [([Condition("on", 1)], None), ([Condition("off")], None), ([Condition("on", 1)], 2.0)]:
+            list(sampler.sample(PROMPTS, conds, greedy(2, min_new_tokens=2), batch_size=2, guidance=guidance))
+    finally:
+        hook.remove()
+    # prompt lengths 3, 1 | 0, 6 | 2 tokens: widths 5, 8, 4; guidance runs every row twice
+    assert prefills == [(2, 5), (2, 8), (1, 4)] * 2 + [(4, 5), (4, 8), (2, 4)]
+
+
+def test_every_row_starts_at_position_zero_as_in_training(scheme):
+    """A model with learned absolute positions (GPT-2) tells positions apart: left-padded rows of
+    different lengths, decoded together with the cache, give what each row gives alone with no
+    padding and no cache, where the model counts positions from 0 itself."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                       eos_token_id=0, bos_token_id=1, initializer_range=0.3))
+    add_control_tokens(model, tok, scheme)
+    s, n = Sampler(model.eval(), tok, scheme), 5
+    rows = [s.prompt_ids(p, Condition("on", 2)) for p in PROMPTS]
+    got = [ids for ids, _ in s.generate(rows, greedy(n, min_new_tokens=n))]
+    want = []
+    for r in rows:
+        seq = list(r)
+        for _ in range(n):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+            logits[s.banned] = -math.inf
+            logits[s.eos_id] = -math.inf
+            seq.append(int(logits.argmax()))
+        want.append(seq[len(r):])
+    assert got == want
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s, r: s.generate(r, greedy(2), uncond_rows=r[:1], guidance=2.0),
+     r"^guidance needs one unconditional row per conditioned row$"),
+    (lambda s, r: s.generate(r, greedy(2), guidance=2.0), r"^guidance needs one unconditional row per conditioned row$"),
+    (lambda s, r: s.generate([*r, []], greedy(2)), r"^every row needs at least one token \(its control ids\)$"),
+])
+def test_generate_refuses_rows_it_cannot_continue(sampler, call, message):
+    rows = [sampler.prompt_ids(p, Condition("on", 1)) for p in PROMPTS[:2]]
+    with pytest.raises(ValueError, match=message):
+        call(sampler, rows)
+
+
+def test_generate_with_no_rows_returns_none(sampler):
+    assert sampler.generate([], greedy(2)) == []
+    assert sampler.generate([], greedy(2), uncond_rows=[], guidance=2.0) == []
+
+
 def test_kv_cache_loop_equals_full_recompute(sampler):
     """Greedy with the cache == greedy recomputing every left-padded prefix from scratch, no cache."""
     s, n = sampler, 6
