@@ -4,6 +4,7 @@ sampling distribution, input/output files and the command end to end."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -714,6 +715,35 @@ def test_write_jsonl_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]            # no temp file left
     with pytest.raises(OutputPathError, match=f"^{out / 'x.jsonl'}: cannot create the output there"):
         write_jsonl_atomic(out / "x.jsonl", [{"a": 3}])                         # beside a file's child: no place
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    """As every output (README: an interrupted run leaves nothing half-written, nor the folders it
+    made for it): a write that fails removes the folders it created for the file, and only those."""
+    def failing():
+        yield {"a": 1}
+        raise RuntimeError("scorer died")
+
+    (tmp_path / "have").mkdir()
+    with pytest.raises(RuntimeError, match="scorer died"):
+        write_jsonl_atomic(tmp_path / "have" / "new" / "sub" / "s.jsonl", failing())
+    assert [p.name for p in tmp_path.iterdir()] == ["have"] and not any((tmp_path / "have").iterdir())
+
+
+def test_a_temp_file_that_cannot_be_made_is_an_output_path_error(tmp_path, monkeypatch):
+    """Injected (no real way here: the tests run as root, the disk is not full): the temp file's
+    OSError names the output, not a temp name, and the folders made for it are gone."""
+    import errno
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("tempfile.mkstemp", full)
+    out = tmp_path / "new" / "s.jsonl"
+    with pytest.raises(OutputPathError, match=rf"^{out}: cannot create the output there \(No space left on device\); "
+                                              rf"choose a writable location$"):
+        write_jsonl_atomic(out, [{"a": 1}])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_jsonl_atomic_takes_the_longest_file_name(tmp_path):
