@@ -717,6 +717,56 @@ def test_write_jsonl_atomic(tmp_path):
         write_jsonl_atomic(out / "x.jsonl", [{"a": 3}])                         # beside a file's child: no place
 
 
+def test_a_prompts_file_without_a_prompt_is_refused(tmp_path):
+    """Blank lines only, or no rows: a SourceError, not an empty run that writes no sample."""
+    (tmp_path / "blank.txt").write_text("\n   \n\r\n")
+    (tmp_path / "none.jsonl").write_text("")
+    for name in ("blank.txt", "none.jsonl"):
+        with pytest.raises(SourceError, match=rf"^{tmp_path / name}: no prompts in the file$"):
+            read_prompts(tmp_path / name)
+
+
+def test_output_paths_of_blanks_or_a_non_file_are_refused(tmp_path):
+    """A path of spaces is as empty as ''; something that exists but is not a regular file (a named
+    pipe) is not replaced without --overwrite either."""
+    with pytest.raises(OutputPathError, match="^the output path is empty; give a FILE.jsonl to write$"):
+        check_out_file("   ")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OutputExistsError, match=rf"^{tmp_path / 'pipe'} already exists; pass --overwrite"):
+        check_out_file(tmp_path / "pipe")
+
+
+def test_the_output_file_gets_the_mode_open_would_give_it(tmp_path):
+    """mkstemp makes its file private (0600); the samples file is then given the usual mode, 0666
+    less the umask, as if written with open()."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
+    (tmp_path / "plain").write_text("x")
+    assert (tmp_path / "s.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def test_a_dropped_ctrl_c_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt Python dropped while the lines were written stops the write
+    before the rename: the earlier file stays, and no temp file is left."""
+    import sys
+
+    from rcond.atomic import recording_interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    out = tmp_path / "s.jsonl"
+    out.write_text("old\n")
+
+    def records():
+        yield {"a": 1}
+        DropsACtrlC()
+        yield {"a": 2}
+
+    with recording_interrupts(), pytest.raises(KeyboardInterrupt):
+        write_jsonl_atomic(out, records())
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]
+
+
 def test_a_failed_write_removes_the_folders_it_made(tmp_path):
     """As every output (README: an interrupted run leaves nothing half-written, nor the folders it
     made for it): a write that fails removes the folders it created for the file, and only those."""
