@@ -636,6 +636,17 @@ def test_a_run_under_the_home_directory_gives_its_model(tmp_path, monkeypatch):
     assert resolve_model_dir("~/run") == tmp_path / "run" / "model"
 
 
+def test_a_saved_model_is_taken_as_is_whatever_else_its_folder_holds(tmp_path):
+    """A folder with its own config.json is the model, even with a model/ subfolder of another
+    model inside or a rows.arrow and scheme.json beside it: only a folder without one is looked into."""
+    model = tmp_path / "m"
+    (model / "model").mkdir(parents=True)
+    for f in ("config.json", "model/config.json", "scheme.json"):
+        (model / f).write_text("{}")
+    (model / "rows.arrow").write_bytes(b"")
+    assert resolve_model_dir(model) == model
+
+
 def test_a_corpus_is_not_a_model(tmp_path):
     corpus = tmp_path / "corpus"
     (corpus / "tokenizer").mkdir(parents=True)
@@ -908,6 +919,18 @@ def test_cli_passes_trust_remote_code_to_the_loader(tmp_path, run_dir, monkeypat
     args = ["sample", "--model", str(run_dir), "--level", "1", "--max-new-tokens", "2",
             "--out", str(tmp_path / "s.jsonl"), "--no-progress"] + (["--trust-remote-code"] if flag else [])
     assert main(args) == 0 and seen == [flag]
+
+
+def test_load_sampler_loads_onto_the_device_asked_for(run_dir, monkeypatch):
+    """--device reaches the loader as the checked device (on a CPU-only machine only cpu can be
+    shown, so the loader is watched rather than the model's place)."""
+    from rcond import modeling
+    from rcond.sample import load_sampler
+
+    seen, real = [], modeling.load_pretrained
+    monkeypatch.setattr(modeling, "load_pretrained", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))
+    assert load_sampler(run_dir, "cpu").device == torch.device("cpu")
+    assert seen == [torch.device("cpu")]
 
 
 def test_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
