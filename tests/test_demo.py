@@ -2,8 +2,14 @@
 
 import json
 
+from conftest import write_jsonl
 from rcond import demo
 from rcond.metrics import read_samples
+from rcond.modeling import save_pretrained_atomic
+from rcond.sample import SamplingParams, conditions, load_sampler
+from rcond.scorers import get_scorer
+from rcond.tokens import ControlScheme
+from test_sample import make_model, make_tokenizer
 
 TINY_RUN = demo.DemoSize(reviews=600, vocab=400, block_size=64, steps=6, batch_size=4, prompts=2, n=1, guided_n=1,
                          max_new_tokens=8, model="micro")
@@ -76,3 +82,38 @@ def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "is not an rcond demo (which holds report.md, corpus/, run/, samples/)" in err and "Traceback" not in err
     assert sorted(p.name for p in other.iterdir()) == before and (other / "notes.txt").read_text() == "keep me"
+
+
+def test_hold_out_keeps_the_held_out_prompts_out_of_training(tmp_path):
+    """The last n reviews are the held-out prompts and only the others are trained on (fast: no model)."""
+    write_jsonl(tmp_path / "reviews.jsonl", [{"prompt": f"p{i}", "response": "r", "reward": 0.1 * i} for i in range(5)])
+    train, prompts = demo._hold_out(tmp_path / "reviews.jsonl", tmp_path, 2)
+    assert prompts == ["p3", "p4"]
+    assert [json.loads(line)["prompt"] for line in train.read_text().splitlines()] == ["p0", "p1", "p2"]
+    assert (tmp_path / "heldout_prompts.txt").read_text() == "p3\np4\n"
+
+
+def test_demo_samples_every_level_on_and_off_and_with_guidance(tmp_path):
+    """The sampling step on a tiny saved model (fast: no training): n samples per prompt and level in
+    on mode, n per prompt in off mode, guided_n per prompt and level with guidance, all at the
+    demo's seed, each scored by VADER."""
+    tok, scheme = make_tokenizer(), ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5])
+    save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "run" / "model")
+    size = demo.DemoSize(reviews=0, vocab=0, block_size=0, steps=0, batch_size=0, prompts=2, n=2, guided_n=1,
+                         max_new_tokens=4)
+    prompts = ["w1 w2", "w3"]
+    files = demo._sample(tmp_path, prompts, size, seed=5, progress=False)
+    assert files == {k: tmp_path / "samples" / f"{k}.jsonl" for k in ("on", "off", "guided")}
+    on, off, guided = (read_samples(files[k]) for k in ("on", "off", "guided"))
+    assert [(s["mode"], s["level"], s["prompt"], s["guidance"]) for s in on] == [
+        ("on", k, p, None) for k in range(4) for p in prompts for _ in range(2)]
+    assert [(s["mode"], s["level"], s["prompt"], s["guidance"]) for s in off] == [
+        ("off", None, p, None) for p in prompts for _ in range(2)]
+    assert [(s["mode"], s["level"], s["prompt"], s["guidance"]) for s in guided] == [
+        ("on", k, p, demo.GUIDANCE) for k in range(4) for p in prompts]
+    sampler = load_sampler(tmp_path / "run", device="cpu")
+    seeded = sampler.sample(prompts, conditions(scheme, level="all"), SamplingParams(max_new_tokens=4, seed=5), n=2,
+                            batch_size=64)
+    assert [s["text"] for s in on] == [s.text for s in seeded]
+    vader = get_scorer("vader")
+    assert all(s["score"] == vader([s["text"]])[0] for s in on + off + guided)
