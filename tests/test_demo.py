@@ -33,6 +33,9 @@ def test_demo_writes_every_step_and_the_report(tmp_path, capsys):
     held = (tmp_path / "world" / "heldout_prompts.txt").read_text().splitlines()
     trained = {json.loads(l)["prompt"] for l in open(tmp_path / "world" / "reviews_train.jsonl")}
     assert len(held) == 2 and held[0] and trained  # prompts come from reviews kept out of training
+    assert len(open(tmp_path / "world" / "reviews_train.jsonl").readlines()) == TINY_RUN.reviews  # as many as asked
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # the report's files moved up, its work folder gone
+        "calibration.png", "corpus", "loss.png", "metrics.json", "report.md", "run", "samples", "scores.png", "world"]
 
 
 def test_demo_cli_is_atomic(tmp_path, monkeypatch, capsys):
@@ -96,12 +99,14 @@ def test_hold_out_keeps_the_held_out_prompts_out_of_training(tmp_path):
 def test_demo_samples_every_level_on_and_off_and_with_guidance(tmp_path):
     """The sampling step on a tiny saved model (fast: no training): n samples per prompt and level in
     on mode, n per prompt in off mode, guided_n per prompt and level with guidance, all at the
-    demo's seed, each scored by VADER."""
+    demo's seed, each scored by VADER (its own text's score: words with a sentiment in the vocabulary
+    make the scores differ)."""
     tok, scheme = make_tokenizer(), ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5])
+    tok.add_tokens(["great", "awful", "love", "hate", "terrible", "wonderful"])
     save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "run" / "model")
     size = demo.DemoSize(reviews=0, vocab=0, block_size=0, steps=0, batch_size=0, prompts=2, n=2, guided_n=1,
                          max_new_tokens=4)
-    prompts = ["w1 w2", "w3"]
+    prompts = ["w1 awful", "w3"]                                      # the review is scored, not its prompt
     files = demo._sample(tmp_path, prompts, size, seed=5, progress=False)
     assert files == {k: tmp_path / "samples" / f"{k}.jsonl" for k in ("on", "off", "guided")}
     on, off, guided = (read_samples(files[k]) for k in ("on", "off", "guided"))
@@ -117,3 +122,4 @@ def test_demo_samples_every_level_on_and_off_and_with_guidance(tmp_path):
     assert [s["text"] for s in on] == [s.text for s in seeded]
     vader = get_scorer("vader")
     assert all(s["score"] == vader([s["text"]])[0] for s in on + off + guided)
+    assert all(len({s["score"] for s in samples}) > 1 for samples in (on, off, guided))
