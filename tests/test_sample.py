@@ -125,6 +125,14 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
 
 
+def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):
+    """A Condition built by hand with level -1 or 4 (4 levels) is an error, never the prompt of
+    another level (-1 would index the top level's token)."""
+    for level in (-1, 4):
+        with pytest.raises(SchemeError, match=rf"level {level} does not exist: this scheme has levels 0\.\.3"):
+            sampler.prompt_ids("w1", Condition("on", level))
+
+
 def test_control_token_strings_in_a_prompt_are_text(sampler, scheme):
     """As in the corpus, a typed "<|rtg:3|>" is not the control token (here it is an unknown word,
     the word tokenizer's unk)."""
@@ -302,6 +310,23 @@ def test_generate_with_no_rows_returns_none(sampler):
     assert sampler.generate([], greedy(2), uncond_rows=[], guidance=2.0) == []
 
 
+def test_a_model_without_logits_to_keep_samples_the_same(sampler):
+    """A model whose forward has no logits_to_keep returns logits for every position: the loop takes
+    the last one, and samples what the same weights sample with logits_to_keep."""
+    class AllLogits(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, use_cache=use_cache)
+
+    model = AllLogits(sampler.model.config)
+    model.load_state_dict(sampler.model.state_dict())
+    plain = Sampler(model.eval(), sampler.tokenizer, sampler.scheme)
+    assert not plain._keep_last and sampler._keep_last
+    rows = [sampler.prompt_ids(p, Condition("on", 2)) for p in PROMPTS]
+    assert plain.generate(rows, greedy(6, min_new_tokens=6)) == sampler.generate(rows, greedy(6, min_new_tokens=6))
+
+
 def test_kv_cache_loop_equals_full_recompute(sampler):
     """Greedy with the cache == greedy recomputing every left-padded prefix from scratch, no cache."""
     s, n = sampler, 6
@@ -379,6 +404,21 @@ def test_control_tokens_are_never_generated_but_eos_is(scheme):
     forced = s.generate(rows, SamplingParams(max_new_tokens=8, min_new_tokens=5, temperature=2.0, seed=1))
     assert all(len(ids) == 5 and done for ids, done in forced)          # eos banned for 5 tokens, then taken
     assert not {t for ids, _ in forced for t in ids} & set(control)
+
+
+def test_a_generated_special_token_is_not_written_into_the_text(scheme):
+    """<bos> is not a control token, so a model may generate it; the text is decoded without special
+    tokens (as the corpus's documents hold none), while num_tokens counts every generated token."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme, tied=False)
+    with torch.no_grad():
+        model.lm_head.weight[tok.bos_token_id] = model.lm_head.weight[tok.bos_token_id] * 0 + 5.0
+    s = Sampler(model, tok, scheme)
+    samples = list(s.sample(PROMPTS, [Condition("on", 1)], greedy(4, min_new_tokens=4)))
+    assert all(x.num_tokens == 4 for x in samples)
+    assert any(tok.bos_token_id in s.generate([s.prompt_ids(p, Condition("on", 1))], greedy(4, min_new_tokens=4))[0][0]
+               for p in PROMPTS)
+    assert not any("<bos>" in x.text for x in samples)
 
 
 def test_choose_draws_from_the_filtered_distribution():
