@@ -620,6 +620,18 @@ def test_read_prompts(tmp_path):
     assert [p.origin for p in read_prompts(jsonl)] == [f"{jsonl}:1", f"{jsonl}:2"]
 
 
+def test_prompts_file_lines_are_split_at_newlines_only(tmp_path):
+    """A line of a .txt is what ends in "\\n": a form feed or a Unicode line separator inside a prompt
+    stays in it, and the origins count the file's lines; a row without 'prompt' lists its fields sorted."""
+    (tmp_path / "p.txt").write_text("a\u2028b\nc\x0cd\n\ne\n", encoding="utf-8")
+    assert [(str(p), p.origin) for p in read_prompts(tmp_path / "p.txt")] == [
+        ("a\u2028b", f"{tmp_path / 'p.txt'}:1"), ("c\x0cd", f"{tmp_path / 'p.txt'}:2"), ("e", f"{tmp_path / 'p.txt'}:4")]
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "w2", "id": 3}])
+    with pytest.raises(SourceError, match=r"bad.jsonl:1: expected a string field 'prompt'; fields present: "
+                                          r"\['id', 'text'\]$"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
     """A folder (even one named .txt) or a .zip is a preprocess input, not a prompts file; the
     accepted list names only what read_prompts reads; a 'prompt' that is no string says what it is."""
