@@ -1,5 +1,6 @@
 """`rcond demo`: the whole flow produces its report, and the trained model is steerable."""
 
+import dataclasses
 import json
 
 from conftest import write_jsonl
@@ -48,6 +49,21 @@ def test_demo_cli_is_atomic(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "QUICK", TINY_RUN)
     assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 130
     assert not (tmp_path / "d").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_demo_interrupted_while_training_is_an_interrupt(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C or SIGTERM during training makes train checkpoint and return (interrupted); the demo
+    must stop there as interrupted (exit 130, nothing left), not go on to load a model that was never
+    saved ("run/model: no such model directory", seen when a SIGTERM hit the demo's training).
+    Injected: the signal's timing cannot be set up reliably in a test."""
+    from rcond import train as train_module
+    from rcond.cli import main
+
+    real = train_module.train
+    monkeypatch.setattr(train_module, "train", lambda *a, **kw: dataclasses.replace(real(*a, **kw), interrupted=True))
+    monkeypatch.setattr(demo, "QUICK", TINY_RUN)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 130
+    assert "no such model directory" not in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
 
 def test_demo_model_is_steerable(tmp_path):
