@@ -172,6 +172,8 @@ def _train(out: Path, size: DemoSize, seed: int, progress: bool):
     cfg = TrainConfig(stages=[Stage(corpora=[str(out / "corpus")], steps=size.steps, name="reviews")],
                       model=size.model, batch_size=size.batch_size, lr=size.lr, warmup=20, seed=seed)
     result = train(cfg, out / "run", progress=progress)
+    if result.interrupted:  # Ctrl-C / SIGTERM: train checkpointed and stopped, with no model to sample
+        raise KeyboardInterrupt
     model, _, _ = modeling.load_pretrained(out / "run" / "model")
     return result, sum(p.numel() for p in model.parameters())
 

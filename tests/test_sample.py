@@ -4,6 +4,7 @@ sampling distribution, input/output files and the command end to end."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -18,8 +19,8 @@ from rcond.conditioning import ON_SLOT, RTG_SLOT, ConditionedStream, encodings
 from rcond.content_encoder import ContentEncoder
 from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
-from rcond.sample import (Condition, SampleError, Sampler, SamplingParams, check_device, check_out_file, conditions,
-                          read_prompts, resolve_model_dir, write_jsonl_atomic)
+from rcond.sample import (Condition, Sample, SampleError, Sampler, SamplingParams, check_device, check_out_file,
+                          conditions, format_summary, read_prompts, resolve_model_dir, write_jsonl_atomic)
 from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
@@ -124,6 +125,14 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
 
 
+def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):
+    """A Condition built by hand with level -1 or 4 (4 levels) is an error, never the prompt of
+    another level (-1 would index the top level's token)."""
+    for level in (-1, 4):
+        with pytest.raises(SchemeError, match=rf"level {level} does not exist: this scheme has levels 0\.\.3"):
+            sampler.prompt_ids("w1", Condition("on", level))
+
+
 def test_control_token_strings_in_a_prompt_are_text(sampler, scheme):
     """As in the corpus, a typed "<|rtg:3|>" is not the control token (here it is an unknown word,
     the word tokenizer's unk)."""
@@ -150,6 +159,8 @@ def test_conditions_from_levels_rewards_and_modes(scheme):
     assert conditions(scheme, reward=0.1) == [Condition("on", scheme.bin_of(0.1), 0.1)] == [Condition("on", 2, 0.1)]
     assert conditions(scheme, reward=-9.0)[0].level == 0 and conditions(scheme, reward=9.0)[0].level == 3
     assert conditions(scheme, mode="off") == [Condition("off")]
+    (whole,) = conditions(scheme, reward=1)          # an int reward is kept as a float: "reward": 1.0 in the output
+    assert whole == Condition("on", 3, 1.0) and type(whole.reward) is float
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -161,6 +172,8 @@ def test_conditions_from_levels_rewards_and_modes(scheme):
     (dict(), r"on mode needs a level \(0\.\.3 or 'all'\) or a reward"),
     (dict(level=1, mode="off"), r"off mode has no reward level"),
     (dict(level=1, mode="both"), r"mode must be 'on' or 'off'"),
+    (dict(level=1, reward=0.3), r"give a level or a reward, not both"),
+    (dict(reward=0.3, mode="off"), r"off mode has no reward level \(no RTG token\)"),
 ])
 def test_bad_conditions_are_clear_errors(scheme, kw, message):
     with pytest.raises(SchemeError, match=message):
@@ -171,11 +184,13 @@ def test_bad_conditions_are_clear_errors(scheme, kw, message):
     (dict(max_new_tokens=0), r"max_new_tokens must be in \[1, 1048576\] \(and fit the model's context\), got 0"),
     (dict(max_new_tokens=10**11), r"max_new_tokens must be in \[1, 1048576\].*got 100000000000"),
     (dict(min_new_tokens=9, max_new_tokens=8), r"min_new_tokens must be in \[0, max_new_tokens=8\]"),
+    (dict(min_new_tokens=-1), r"min_new_tokens must be in \[0, max_new_tokens=64\], got -1"),
     (dict(temperature=-0.1), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got -0.1"),
     (dict(temperature=1e300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e\+300"),
     (dict(temperature=1e-300), r"temperature must be 0 \(greedy\) or in \[0.0001, 10000\].*got 1e-300"),
     (dict(temperature=math.nan), r"temperature must be 0 \(greedy\) or in .*got nan"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
     (dict(top_k=-1), "top_k must be >= 0"),
     (dict(seed=-1), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got -1"),
     (dict(seed=10**23), r"seed must be in \[0, 2\*\*63-1 = 9223372036854775807\], got 100000000000000000000000"),
@@ -206,6 +221,110 @@ def test_greedy_batched_equals_one_by_one(stopping_sampler, monkeypatch, prune):
     assert [(x.num_tokens, x.finished) for x in batched] == [(x.num_tokens, x.finished) for x in single]
     lengths = {x.num_tokens for x in batched}
     assert any(x.finished for x in batched) and not all(x.finished for x in batched) and len(lengths) > 2
+
+
+@pytest.mark.parametrize("prune", [True, False], ids=["finished-rows-dropped", "finished-rows-kept"])
+def test_the_loop_runs_only_the_rows_still_running_and_stops_when_all_have_ended(stopping_sampler, monkeypatch,
+                                                                                 prune):
+    """Rows that end with eos at different steps (each generated alone first, for its length): every
+    forward after the first runs only the rows that have not ended (all rows, where the cache cannot
+    drop rows), and there is no forward after the last row's eos."""
+    if not prune:
+        monkeypatch.setattr("rcond.sample.PRUNABLE_LAYERS", ())
+    s, n = stopping_sampler, 13
+    rows = [s.prompt_ids(p, c) for p, c in [(PROMPTS[0], Condition("on", 1)), (PROMPTS[3], Condition("on", 1)),
+                                            (PROMPTS[4], Condition("on", 1)), (PROMPTS[3], Condition("off"))]]
+    alone = [s.generate([r], greedy(n))[0] for r in rows]
+    assert all(done for _, done in alone)
+    ends = [len(ids) + 1 for ids, _ in alone]                         # the step that chose each row's eos
+    assert len(set(ends)) == len(rows) and max(ends) < n
+    widths = []
+    hook = s.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    try:
+        assert s.generate(rows, greedy(n)) == alone
+    finally:
+        hook.remove()
+    running = [sum(e > k for e in ends) for k in range(1, max(ends))] if prune else [len(rows)] * (max(ends) - 1)
+    assert widths == [len(rows), *running]
+
+
+def test_every_batch_is_padded_to_its_longest_prompt_and_a_full_control_prefix(sampler):
+    """So that a row sees the same padded input in on mode, off mode and with guidance (the reason
+    G = 1 and G = 0 reproduce unguided and off sampling on any kernels): the first forward of each
+    batch is as wide as 2 control tokens + its longest prompt, whatever the mode."""
+    prefills = []
+    hook = sampler.model.register_forward_pre_hook(
+        lambda m, a, kw: prefills.append(tuple(kw["input_ids"].shape)) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        for conds, guidance in [([Condition("on", 1)], None), ([Condition("off")], None), ([Condition("on", 1)], 2.0)]:
+            list(sampler.sample(PROMPTS, conds, greedy(2, min_new_tokens=2), batch_size=2, guidance=guidance))
+    finally:
+        hook.remove()
+    # prompt lengths 3, 1 | 0, 6 | 2 tokens: widths 5, 8, 4; guidance runs every row twice
+    assert prefills == [(2, 5), (2, 8), (1, 4)] * 2 + [(4, 5), (4, 8), (2, 4)]
+
+
+def test_every_row_starts_at_position_zero_as_in_training(scheme):
+    """A model with learned absolute positions (GPT-2) tells positions apart: left-padded rows of
+    different lengths, decoded together with the cache, give what each row gives alone with no
+    padding and no cache, where the model counts positions from 0 itself."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = make_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                       eos_token_id=0, bos_token_id=1, initializer_range=0.3))
+    add_control_tokens(model, tok, scheme)
+    s, n = Sampler(model.eval(), tok, scheme), 5
+    rows = [s.prompt_ids(p, Condition("on", 2)) for p in PROMPTS]
+    got = [ids for ids, _ in s.generate(rows, greedy(n, min_new_tokens=n))]
+    want = []
+    for r in rows:
+        seq = list(r)
+        for _ in range(n):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+            logits[s.banned] = -math.inf
+            logits[s.eos_id] = -math.inf
+            seq.append(int(logits.argmax()))
+        want.append(seq[len(r):])
+    assert got == want
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda s, r: s.generate(r, greedy(2), uncond_rows=r[:1], guidance=2.0),
+     r"^guidance needs one unconditional row per conditioned row$"),
+    (lambda s, r: s.generate(r, greedy(2), guidance=2.0), r"^guidance needs one unconditional row per conditioned row$"),
+    (lambda s, r: s.generate([*r, []], greedy(2)), r"^every row needs at least one token \(its control ids\)$"),
+])
+def test_generate_refuses_rows_it_cannot_continue(sampler, call, message):
+    rows = [sampler.prompt_ids(p, Condition("on", 1)) for p in PROMPTS[:2]]
+    with pytest.raises(ValueError, match=message):
+        call(sampler, rows)
+
+
+def test_generate_with_no_rows_returns_none(sampler):
+    assert sampler.generate([], greedy(2)) == []
+    assert sampler.generate([], greedy(2), uncond_rows=[], guidance=2.0) == []
+
+
+def test_a_model_without_logits_to_keep_samples_the_same(sampler):
+    """A model whose forward has no logits_to_keep returns logits for every position: the loop takes
+    the last one, and samples what the same weights sample with logits_to_keep."""
+    class AllLogits(LlamaForCausalLM):
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None):
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   past_key_values=past_key_values, use_cache=use_cache)
+
+    model = AllLogits(sampler.model.config)
+    model.load_state_dict(sampler.model.state_dict())
+    plain = Sampler(model.eval(), sampler.tokenizer, sampler.scheme)
+    assert not plain._keep_last and sampler._keep_last
+    rows = [sampler.prompt_ids(p, Condition("on", 2)) for p in PROMPTS]
+    assert plain.generate(rows, greedy(6, min_new_tokens=6)) == sampler.generate(rows, greedy(6, min_new_tokens=6))
 
 
 def test_kv_cache_loop_equals_full_recompute(sampler):
@@ -287,6 +406,21 @@ def test_control_tokens_are_never_generated_but_eos_is(scheme):
     assert not {t for ids, _ in forced for t in ids} & set(control)
 
 
+def test_a_generated_special_token_is_not_written_into_the_text(scheme):
+    """<bos> is not a control token, so a model may generate it; the text is decoded without special
+    tokens (as the corpus's documents hold none), while num_tokens counts every generated token."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme, tied=False)
+    with torch.no_grad():
+        model.lm_head.weight[tok.bos_token_id] = model.lm_head.weight[tok.bos_token_id] * 0 + 5.0
+    s = Sampler(model, tok, scheme)
+    samples = list(s.sample(PROMPTS, [Condition("on", 1)], greedy(4, min_new_tokens=4)))
+    assert all(x.num_tokens == 4 for x in samples)
+    assert any(tok.bos_token_id in s.generate([s.prompt_ids(p, Condition("on", 1))], greedy(4, min_new_tokens=4))[0][0]
+               for p in PROMPTS)
+    assert not any("<bos>" in x.text for x in samples)
+
+
 def test_choose_draws_from_the_filtered_distribution():
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -math.inf])
     rows = 40000
@@ -303,6 +437,27 @@ def test_choose_draws_from_the_filtered_distribution():
     # p = [0.70, 0.17, 0.08, ...]: top_p 0.8 keeps the smallest set reaching 0.8, the first two tokens
     assert torch.allclose(freq(SamplingParams(temperature=0.7, top_p=0.8)), top2, atol=0.01)
     assert torch.equal(Sampler.choose(logits.expand(3, -1), SamplingParams(temperature=0), None), torch.zeros(3).long())
+
+
+def test_top_p_keeps_the_tokens_that_reach_it_exactly():
+    """Four equal tokens (p = 0.25 each, exact in float32): top_p 0.5 is reached by the first two, so
+    the smallest set that reaches it has two tokens, drawn half and half, never a third."""
+    picks = Sampler.choose(torch.zeros(4000, 4), SamplingParams(top_p=0.5), torch.Generator().manual_seed(0))
+    counts = torch.bincount(picks, minlength=4)
+    assert counts[2:].sum() == 0 and abs(int(counts[0]) - 2000) < 150
+
+
+def test_choose_at_a_uniform_draw_of_exactly_zero_takes_an_allowed_token():
+    """torch.rand draws exactly 0 once in 2**24 numbers: generator seed 146 does at its 18,556th.
+    The inverse-cdf draw must then still land on a token of positive probability (here the last
+    allowed one), not on a banned token at either end of the vocabulary or one past it."""
+    g = torch.Generator().manual_seed(146)
+    torch.rand(18555, generator=g)
+    state = g.get_state()
+    assert float(torch.rand(1, generator=g)) == 0.0                           # the draw this test is about
+    g.set_state(state)
+    logits = torch.tensor([[-math.inf, 1.0, 2.0, -math.inf]])
+    assert Sampler.choose(logits, SamplingParams(), g).tolist() == [2]
 
 
 @pytest.mark.parametrize("params", [SamplingParams(temperature=1e-4), SamplingParams(temperature=1e4),
@@ -361,6 +516,35 @@ def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
         list(sampler.sample(off, [Condition("off")], greedy(2)))
 
 
+def test_context_check_edge_cases(sampler):
+    """A mix of on and off conditions is checked with the longer control prefix (2 tokens); a prompt
+    that fills the context by itself is told to shrink (no max_new_tokens could fit it)."""
+    with pytest.raises(SampleError, match=r"is 4 tokens with its 2 control token\(s\); with max_new_tokens=125 "
+                                          r"that makes 129"):
+        list(sampler.sample(["w1 w2"], [Condition("off"), Condition("on", 1)], greedy(125)))
+    with pytest.raises(SampleError, match=r"is 128 tokens with its 2 control token\(s\); .*: shorten that prompt "
+                                          r"to under 126 tokens$"):
+        list(sampler.sample(["w1 " * 126], [Condition("on", 1)], greedy(1)))
+
+
+def test_an_empty_request_samples_nothing(sampler):
+    """No prompts, or no conditions: no samples, and no error."""
+    assert list(sampler.sample([], [Condition("on", 1)], greedy(3))) == []
+    assert list(sampler.sample(PROMPTS, [], greedy(3))) == []
+
+
+@pytest.mark.parametrize("kw,error,message", [
+    (dict(batch_size=0), SampleError, r"^n and batch_size must be at least 1, got n=1, batch_size=0$"),
+    (dict(n=0), SampleError, r"^n and batch_size must be at least 1, got n=0, batch_size=32$"),
+    (dict(guidance=2.0, conds=[Condition("on", 1), Condition("off")]), SchemeError,
+     r"^guidance contrasts the on mode with the off mode; it needs --mode on$"),
+])
+def test_bad_sample_requests(sampler, kw, error, message):
+    conds = kw.pop("conds", [Condition("on", 1)])
+    with pytest.raises(error, match=message):
+        list(sampler.sample(PROMPTS, conds, greedy(3), **kw))
+
+
 def test_a_dropped_ctrl_c_stops_sampling_at_the_next_batch(sampler, monkeypatch):
     """A Ctrl-C whose KeyboardInterrupt Python drops in a finalizer is recorded; sampling stops
     before the next batch instead of running every batch to the end."""
@@ -388,6 +572,37 @@ def test_same_seed_same_samples(sampler):
     assert run(5) != run(6)
 
 
+def test_a_zero_reward_and_a_zero_score_are_written(tmp_path):
+    """A requested reward of 0.0 and a score of 0.0 are values, not missing: both are in the output
+    line; only None leaves the field out."""
+    (cond,) = conditions(ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5]), reward=0.0)
+    zero = Sample("p", "on", cond.level, cond.reward, None, "t", 1, True, score=0.0)
+    assert zero.to_dict() == {"prompt": "p", "mode": "on", "level": 2, "guidance": None, "text": "t",
+                              "num_tokens": 1, "finished": True, "reward": 0.0, "score": 0.0}
+    assert set(Sample("p", "off", None, None, None, "t", 1, True).to_dict()) == {
+        "prompt", "mode", "level", "guidance", "text", "num_tokens", "finished"}
+
+
+def test_summary_per_condition_by_hand():
+    """The summary's numbers, computed by hand: totals and speed, then per condition its label (the
+    reward it came from, if any), count, mean length, share ended by eos, score mean and sample sd."""
+    on = [Sample("p", "on", 0, None, None, "t", 4, True, score=1.0),
+          Sample("p", "on", 0, None, None, "t", 2, False, score=0.0),
+          Sample("p", "on", 0, None, None, "t", 3, True, score=0.5),
+          Sample("p", "on", 2, 0.25, None, "t", 6, False, score=0.0)]
+    conds = [Condition("on", 0), Condition("on", 2, 0.25), Condition("on", 3)]   # level 3: no samples, no line
+    assert format_summary(on, conds, "s.jsonl", 0.5, "cpu", "vader").splitlines() == [
+        "wrote 4 samples to s.jsonl; sampled in 0.5 s on cpu (8.0 samples/s, 30 tokens/s)",
+        "  condition                     n   tokens    eos  score (vader)",
+        "  level 0                       3      3.0    67%  +0.500 ± 0.500",     # sd over n - 1: sqrt(0.5 / 2)
+        "  level 2 (reward 0.25)         1      6.0     0%  +0.000 ± 0.000"]
+    off = [Sample("p", "off", None, None, None, "t", 5, True), Sample("p", "off", None, None, None, "t", 1, True)]
+    assert format_summary(off, [Condition("off")], "o.jsonl", 2.0, "cpu", None).splitlines() == [
+        "wrote 2 samples to o.jsonl; sampled in 2.0 s on cpu (1.0 samples/s, 3 tokens/s)",
+        "  condition                     n   tokens    eos",
+        "  off                           2      3.0   100%"]
+
+
 # ---------------------------------------------------------------------------- files
 def test_read_prompts(tmp_path):
     assert read_prompts(None) == [""]
@@ -403,6 +618,18 @@ def test_read_prompts(tmp_path):
     txt, jsonl = tmp_path / "p.txt", tmp_path / "p.jsonl"
     assert [p.origin for p in read_prompts(txt)] == [f"{txt}:1", f"{txt}:3"]     # file lines, blank ones counted
     assert [p.origin for p in read_prompts(jsonl)] == [f"{jsonl}:1", f"{jsonl}:2"]
+
+
+def test_prompts_file_lines_are_split_at_newlines_only(tmp_path):
+    """A line of a .txt is what ends in "\\n": a form feed or a Unicode line separator inside a prompt
+    stays in it, and the origins count the file's lines; a row without 'prompt' lists its fields sorted."""
+    (tmp_path / "p.txt").write_text("a\u2028b\nc\x0cd\n\ne\n", encoding="utf-8")
+    assert [(str(p), p.origin) for p in read_prompts(tmp_path / "p.txt")] == [
+        ("a\u2028b", f"{tmp_path / 'p.txt'}:1"), ("c\x0cd", f"{tmp_path / 'p.txt'}:2"), ("e", f"{tmp_path / 'p.txt'}:4")]
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "w2", "id": 3}])
+    with pytest.raises(SourceError, match=r"bad.jsonl:1: expected a string field 'prompt'; fields present: "
+                                          r"\['id', 'text'\]$"):
+        read_prompts(tmp_path / "bad.jsonl")
 
 
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
@@ -459,6 +686,17 @@ def test_a_run_under_the_home_directory_gives_its_model(tmp_path, monkeypatch):
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     assert resolve_model_dir("~/run") == tmp_path / "run" / "model"
+
+
+def test_a_saved_model_is_taken_as_is_whatever_else_its_folder_holds(tmp_path):
+    """A folder with its own config.json is the model, even with a model/ subfolder of another
+    model inside or a rows.arrow and scheme.json beside it: only a folder without one is looked into."""
+    model = tmp_path / "m"
+    (model / "model").mkdir(parents=True)
+    for f in ("config.json", "model/config.json", "scheme.json"):
+        (model / f).write_text("{}")
+    (model / "rows.arrow").write_bytes(b"")
+    assert resolve_model_dir(model) == model
 
 
 def test_a_corpus_is_not_a_model(tmp_path):
@@ -540,6 +778,96 @@ def test_write_jsonl_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.jsonl"]            # no temp file left
     with pytest.raises(OutputPathError, match=f"^{out / 'x.jsonl'}: cannot create the output there"):
         write_jsonl_atomic(out / "x.jsonl", [{"a": 3}])                         # beside a file's child: no place
+
+
+def test_a_prompts_file_without_a_prompt_is_refused(tmp_path):
+    """Blank lines only, or no rows: a SourceError, not an empty run that writes no sample."""
+    (tmp_path / "blank.txt").write_text("\n   \n\r\n")
+    (tmp_path / "none.jsonl").write_text("")
+    for name in ("blank.txt", "none.jsonl"):
+        with pytest.raises(SourceError, match=rf"^{tmp_path / name}: no prompts in the file$"):
+            read_prompts(tmp_path / name)
+
+
+def test_output_paths_of_blanks_or_a_non_file_are_refused(tmp_path):
+    """A path of spaces is as empty as ''; something that exists but is not a regular file (a named
+    pipe) is not replaced without --overwrite either."""
+    with pytest.raises(OutputPathError, match="^the output path is empty; give a FILE.jsonl to write$"):
+        check_out_file("   ")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OutputExistsError, match=rf"^{tmp_path / 'pipe'} already exists; pass --overwrite"):
+        check_out_file(tmp_path / "pipe")
+
+
+def test_the_output_file_gets_the_mode_open_would_give_it(tmp_path):
+    """mkstemp makes its file private (0600); the samples file is then given the usual mode, 0666
+    less the umask, as if written with open()."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_jsonl_atomic(tmp_path / "s.jsonl", [{"a": 1}])
+    (tmp_path / "plain").write_text("x")
+    assert (tmp_path / "s.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask == (tmp_path / "plain").stat().st_mode & 0o777
+
+
+def test_a_dropped_ctrl_c_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt Python dropped while the lines were written stops the write
+    before the rename: the earlier file stays, and no temp file is left."""
+    import sys
+
+    from rcond.atomic import recording_interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: None)
+    out = tmp_path / "s.jsonl"
+    out.write_text("old\n")
+
+    def records():
+        yield {"a": 1}
+        DropsACtrlC()
+        yield {"a": 2}
+
+    with recording_interrupts(), pytest.raises(KeyboardInterrupt):
+        write_jsonl_atomic(out, records())
+    assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["s.jsonl"]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    """As every output (README: an interrupted run leaves nothing half-written, nor the folders it
+    made for it): a write that fails removes the folders it created for the file, and only those."""
+    def failing():
+        yield {"a": 1}
+        raise RuntimeError("scorer died")
+
+    (tmp_path / "have").mkdir()
+    with pytest.raises(RuntimeError, match="scorer died"):
+        write_jsonl_atomic(tmp_path / "have" / "new" / "sub" / "s.jsonl", failing())
+    assert [p.name for p in tmp_path.iterdir()] == ["have"] and not any((tmp_path / "have").iterdir())
+
+
+def test_a_temp_file_that_cannot_be_made_is_an_output_path_error(tmp_path, monkeypatch):
+    """Injected (no real way here: the tests run as root, the disk is not full): the temp file's
+    OSError names the output, not a temp name, and the folders made for it are gone."""
+    import errno
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("tempfile.mkstemp", full)
+    out = tmp_path / "new" / "s.jsonl"
+    with pytest.raises(OutputPathError, match=rf"^{out}: cannot create the output there \(No space left on device\); "
+                                              rf"choose a writable location$"):
+        write_jsonl_atomic(out, [{"a": 1}])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_jsonl_atomic_takes_the_longest_file_name(tmp_path):
+    """A file name of 255 bytes is valid; its hidden temp sibling (.NAME.XXXXXXXX.tmp) must not be
+    longer than that, or a valid --out fails with "File name too long" (it did: the temp name
+    carried the whole name)."""
+    out = tmp_path / ("s" * 249 + ".jsonl")
+    assert len(out.name.encode()) == 255
+    write_jsonl_atomic(out, [{"a": 1}])
+    assert out.read_text(encoding="utf-8") == '{"a": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]                   # no temp file left
 
 
 # ---------------------------------------------------------------------------- the command
@@ -645,6 +973,18 @@ def test_cli_passes_trust_remote_code_to_the_loader(tmp_path, run_dir, monkeypat
     assert main(args) == 0 and seen == [flag]
 
 
+def test_load_sampler_loads_onto_the_device_asked_for(run_dir, monkeypatch):
+    """--device reaches the loader as the checked device (on a CPU-only machine only cpu can be
+    shown, so the loader is watched rather than the model's place)."""
+    from rcond import modeling
+    from rcond.sample import load_sampler
+
+    seen, real = [], modeling.load_pretrained
+    monkeypatch.setattr(modeling, "load_pretrained", lambda *a, **kw: seen.append(kw.get("device")) or real(*a, **kw))
+    assert load_sampler(run_dir, "cpu").device == torch.device("cpu")
+    assert seen == [torch.device("cpu")]
+
+
 def test_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
     """A tokenizer reused from a corpus with more bins still holds <|rtg:4|> and <|rtg:5|>: control
     tokens the scheme (4 levels) does not name, never to be generated either."""
@@ -654,3 +994,48 @@ def test_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
     extra = [tok.convert_tokens_to_ids(t) for t in ("<|rtg:4|>", "<|rtg:5|>")]
     assert s.banned[extra].all()
     assert s.banned.sum() == len(scheme.control_tokens) + 2 + (len(s.banned) - len(tok))
+
+
+def test_two_digit_rtg_tokens_beyond_the_schemes_levels_are_banned_too(scheme):
+    """A tokenizer from a corpus with 12 bins holds <|rtg:10|> and <|rtg:11|>: two-digit levels are
+    control tokens as much as one-digit ones."""
+    tok = make_tokenizer()
+    ControlScheme(num_bins=12, edges=[float(k) for k in range(11)]).add_to_tokenizer(tok)
+    s = Sampler(make_model(tok, scheme), tok, scheme)
+    extra = [tok.convert_tokens_to_ids(f"<|rtg:{k}|>") for k in range(4, 12)]
+    assert s.banned[extra].all()
+    assert s.banned.sum() == len(scheme.control_tokens) + 8
+
+
+def test_embedding_rows_past_the_tokenizer_are_never_generated(scheme):
+    """A model whose embedding is padded past the tokenizer (here to a multiple of 8) has rows no id
+    of the tokenizer decodes to; even when they dominate the logits they are never drawn."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme, tied=False)
+    model.resize_token_embeddings(len(tok), pad_to_multiple_of=8, mean_resizing=False)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert vocab > len(tok)
+    head = nn.Linear(model.config.hidden_size, vocab, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[len(tok):] = 40.0
+    model.lm_head = head
+    s = Sampler(model, tok, scheme)
+    assert s.banned[len(tok):].all()
+    out = s.generate([s.prompt_ids(p, Condition("on", 1)) for p in PROMPTS],
+                     SamplingParams(max_new_tokens=6, min_new_tokens=6, temperature=2.0, seed=0))
+    assert all(0 <= t < len(tok) for ids, _ in out for t in ids)
+
+
+def test_a_tokenizer_without_eos_or_with_eos_as_a_control_token_is_refused(scheme):
+    """Documents end with eos, so sampling needs one, and it must not be a control token (those are
+    banned from generation, so no sample could ever end)."""
+    tok = make_tokenizer()
+    model = make_model(tok, scheme)
+    tok.eos_token = "<|rlhf:off|>"
+    with pytest.raises(SchemeError, match=r"^eos '<\|rlhf:off\|>' is also a control token$"):
+        Sampler(model, tok, scheme)
+    tok.eos_token = None
+    with pytest.raises(ValueError, match=r"^the tokenizer has no eos token; rcond documents end with eos$"):
+        Sampler(model, tok, scheme)
