@@ -99,7 +99,7 @@ def temp_dir_beside(target: Path) -> Path:
     the mode ``mkdir`` would give it: where an output is built before it is renamed into place."""
     with creating(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        return as_created(tempfile.mkdtemp(prefix=f".{_short(target.name)}.tmp-", dir=target.parent))
+        return as_created(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.tmp-", dir=target.parent))
 
 
 LOCK_SUFFIX = ".lock"  # beside a temp dir ``.NAME.tmp-XXXXXXXX``: its lock file, held while its run lives
@@ -156,7 +156,7 @@ def remove_leftovers(target: Path) -> list[Path]:
         import fcntl
     except ImportError:
         return []
-    prefix, removed = f".{_short(target.name)}.tmp-", []
+    prefix, removed = f".{short_name(target.name)}.tmp-", []
     try:
         entries = list(os.scandir(target.parent))
     except OSError:
@@ -187,13 +187,13 @@ def remove_leftovers(target: Path) -> list[Path]:
     return removed
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
     """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX.lock``, and its
     staging name) stays within the 255 bytes a file name may have."""
     return name.encode()[:200].decode(errors="ignore")  # UTF-8 (check_target refuses other names), cut at a character
 
 
-def _missing_folders(target: Path) -> list[Path]:
+def missing_folders(target: Path) -> list[Path]:
     """The folders above ``target`` that do not exist yet, nearest first: those a run creates."""
     missing, folder = [], target.absolute().parent
     while not folder.exists() and folder != folder.parent:
@@ -202,7 +202,7 @@ def _missing_folders(target: Path) -> list[Path]:
     return missing
 
 
-def _remove_if_empty(folders: list[Path]) -> None:
+def remove_if_empty(folders: list[Path]) -> None:
     """Remove the folders a failed run created, nearest first, as long as they are empty."""
     for folder in folders:
         try:
@@ -460,19 +460,19 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
     target that the run created are removed again when it fails.
     """
     target = check_output(target, overwrite, keep, kind)
-    made = _missing_folders(target)
+    made = missing_folders(target)
     published = False
     remove_leftovers(target)
     try:
         tmp = temp_dir_beside(target)
     except BaseException:
-        _remove_if_empty(made)
+        remove_if_empty(made)
         raise
     try:
         lock = _locked_beside(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_if_empty(made)
+        remove_if_empty(made)
         raise
     try:
         with recording_interrupts():
@@ -480,7 +480,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
             raise_if_interrupted()
         _refuse(target, overwrite, kind)
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.old-", dir=target.parent))
             try:
                 with interrupts_deferred():  # a signal between the renames would leave neither output
                     os.replace(target, trash / "old")
@@ -503,7 +503,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
             shutil.rmtree(tmp, ignore_errors=True)
         _let_go(tmp, lock)
         if not published:
-            _remove_if_empty(made)
+            remove_if_empty(made)
 
 
 def _in_main_thread() -> bool:

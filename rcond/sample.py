@@ -96,8 +96,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import (OutputExistsError, OutputPathError, _missing_folders, _remove_if_empty, _short, as_created,
-                     creating, file_in_the_way, raise_if_interrupted)
+from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way, missing_folders,
+                     raise_if_interrupted, remove_if_empty, short_name)
 from .conditioning import CONTROL_PREFIX
 from .content_encoder import ContentEncoder
 from .tokens import ControlScheme, SchemeError
@@ -521,14 +521,14 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     (replacing a file there; a path :func:`check_out_file` refuses even with overwrite is refused first).
     A write that fails removes the folders it made for the file, as ``atomic_dir`` does."""
     path = check_out_file(path, overwrite=True)
-    made = _missing_folders(path)
+    made = missing_folders(path)
     try:
         with creating(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             # the name cut as atomic cuts its temp folders' names: a 255-byte --out must not make a longer temp name
-            fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
+            fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=".tmp", dir=path.parent)
     except BaseException:
-        _remove_if_empty(made)
+        remove_if_empty(made)
         raise
     try:
         as_created(tmp)
@@ -541,7 +541,7 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        _remove_if_empty(made)
+        remove_if_empty(made)
         raise
     return path
 
