@@ -116,8 +116,12 @@ def small_model(monkeypatch):
                                                        num_attention_heads=2, max_position_embeddings=64))
 
 
+def logged(run_dir, key):
+    return [json.loads(line)[key] for line in open(run_dir / "log.jsonl")]
+
+
 def losses(run_dir):
-    return [json.loads(line)["loss"] for line in open(run_dir / "log.jsonl")]
+    return logged(run_dir, "loss")
 
 
 def test_lr_schedule_hand_computed():
@@ -286,6 +290,9 @@ def test_two_process_data_parallel_matches_one_process(tmp_path, corpus, monkeyp
                         str(script), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-4)
+    # the gradient itself, before clipping: each rank's loss divided by the global trained-token count (by its
+    # own count, the summed gradient is about twice as large, which AdamW's normalised step all but hides)
+    assert logged(tmp_path / "ddp", "grad_norm") == pytest.approx(logged(tmp_path / "single", "grad_norm"), rel=1e-4)
 
 
 def test_stages_from_config_and_mixture(tmp_path, monkeypatch):
