@@ -99,7 +99,22 @@ def temp_dir_beside(target: Path) -> Path:
     the mode ``mkdir`` would give it: where an output is built before it is renamed into place."""
     with creating(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        return as_created(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.tmp-", dir=target.parent))
+        return as_created(tempfile.mkdtemp(prefix=f".{_short(target.name)}.tmp-", dir=target.parent))
+
+
+def temp_file_beside(target: Path) -> tuple[int, Path]:
+    """A new hidden ``.NAME.*.tmp`` file next to ``target`` (its parent made if needed), open for
+    writing (its descriptor and path), with the mode ``open`` would give it: where an output file is
+    written before it is renamed into place."""
+    with creating(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(target.name)}.", suffix=".tmp", dir=target.parent)
+    try:
+        return fd, as_created(tmp)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 LOCK_SUFFIX = ".lock"  # beside a temp dir ``.NAME.tmp-XXXXXXXX``: its lock file, held while its run lives
@@ -156,7 +171,7 @@ def remove_leftovers(target: Path) -> list[Path]:
         import fcntl
     except ImportError:
         return []
-    prefix, removed = f".{short_name(target.name)}.tmp-", []
+    prefix, removed = f".{_short(target.name)}.tmp-", []
     try:
         entries = list(os.scandir(target.parent))
     except OSError:
@@ -187,7 +202,7 @@ def remove_leftovers(target: Path) -> list[Path]:
     return removed
 
 
-def short_name(name: str) -> str:
+def _short(name: str) -> str:
     """A name cut so that a hidden sibling named after it (``.NAME.tmp-XXXXXXXX.lock``, and its
     staging name) stays within the 255 bytes a file name may have."""
     return name.encode()[:200].decode(errors="ignore")  # UTF-8 (check_target refuses other names), cut at a character
@@ -480,7 +495,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, keep: tuple[str | Pa
             raise_if_interrupted()
         _refuse(target, overwrite, kind)
         if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{short_name(target.name)}.old-", dir=target.parent))
+            trash = Path(tempfile.mkdtemp(prefix=f".{_short(target.name)}.old-", dir=target.parent))
             try:
                 with interrupts_deferred():  # a signal between the renames would leave neither output
                     os.replace(target, trash / "old")

@@ -86,7 +86,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -96,8 +95,8 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from .atomic import (OutputExistsError, OutputPathError, as_created, creating, file_in_the_way, missing_folders,
-                     raise_if_interrupted, remove_if_empty, short_name)
+from .atomic import (OutputExistsError, OutputPathError, file_in_the_way, missing_folders, raise_if_interrupted,
+                     remove_if_empty, temp_file_beside)
 from .conditioning import CONTROL_PREFIX
 from .content_encoder import ContentEncoder
 from .tokens import ControlScheme, SchemeError
@@ -523,15 +522,11 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> Path
     path = check_out_file(path, overwrite=True)
     made = missing_folders(path)
     try:
-        with creating(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # the name cut as atomic cuts its temp folders' names: a 255-byte --out must not make a longer temp name
-            fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)
     except BaseException:
         remove_if_empty(made)
         raise
     try:
-        as_created(tmp)
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -488,6 +488,36 @@ def test_a_long_utf8_name_gets_a_temp_sibling_cut_at_a_character(tmp_path):
     assert (target / "f").read_text() == "x"
 
 
+def test_a_temp_file_beside_is_hidden_writable_and_left_nowhere_when_its_mode_cannot_be_set(tmp_path, monkeypatch):
+    """temp_file_beside makes the parent, a hidden ``.NAME.*.tmp`` sibling open for writing with
+    open()'s mode; when giving it that mode fails, its descriptor is closed and the file removed."""
+    target = tmp_path / "new" / "out.jsonl"
+    fd, tmp = atomic.temp_file_beside(target)
+    with os.fdopen(fd, "w") as f:
+        f.write("x")
+    assert tmp.parent == target.parent and tmp.name.startswith(".out.jsonl.") and tmp.suffix == ".tmp"
+    assert tmp.read_text() == "x" and tmp.stat().st_mode & 0o777 == 0o666 & ~atomic._umask()
+    tmp.unlink()
+    opened = []
+    real_mkstemp = atomic.tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        opened.append(real_mkstemp(*args, **kwargs))
+        return opened[-1]
+
+    def refuse(path):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(atomic, "as_created", refuse)
+    with pytest.raises(PermissionError):
+        atomic.temp_file_beside(target)
+    (fd, name), = opened
+    assert list(target.parent.iterdir()) == []
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
 def test_a_run_holds_a_lock_beside_its_temp_dir_and_leaves_none(tmp_path):
     """While a run lives, a lock file beside its temp dir names this machine and is held; after
     it, neither is left."""
