@@ -190,13 +190,18 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, active: Tens
 
 def _logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None,
             scale: float) -> tuple[Tensor, Tensor]:
-    """Logits ``z [C, V]`` of rows ``h [C, D]`` and ``dz/da [C, V]`` (a = h·Wᵀ + b), in h's dtype."""
+    """Logits ``z [C, V]`` of rows ``h [C, D]`` and ``dz/da`` (a = h·Wᵀ + b), in h's dtype: a 0-dim
+    tensor (the scale) without softcap, else ``[C, V]``. ``z`` is a new tensor the caller may
+    overwrite; the elementwise steps work in place on it (each ``[C, V]`` pass allocated anew
+    costs a fresh allocation's page faults on CPU)."""
     a = h @ w.T if b is None else torch.addmm(b, h, w.T)                       # [C, V]
-    u = a * scale
+    if scale != 1.0:
+        a.mul_(scale)                                                          # u = a * scale
     if softcap is None:
-        return u, torch.full((), scale, dtype=u.dtype, device=u.device)
-    t = torch.tanh(u / softcap)
-    return softcap * t, scale * (1 - t * t)
+        return a, torch.full((), scale, dtype=a.dtype, device=a.device)
+    t = a.div_(softcap).tanh_()                                                # [C, V] tanh(u / softcap)
+    dz_da = (t * t).neg_().add_(1).mul_(scale)                                 # [C, V] scale * (1 - t²)
+    return t.mul_(softcap), dz_da
 
 
 class _ChunkedLinearLogprob(torch.autograd.Function):
@@ -239,9 +244,10 @@ class _ChunkedLinearLogprob(torch.autograd.Function):
             r = rows[s:s + ctx.chunk]                                          # [C]
             h = hidden[r].to(dtype)                                            # [C, D]
             z, dz_da = _logits(h, w, b, ctx.softcap, ctx.scale)                # [C, V]
-            p = torch.exp(z - lse[s:s + ctx.chunk, None])                      # [C, V] softmax
+            p = z.sub_(lse[s:s + ctx.chunk, None]).exp_()                     # [C, V] softmax, in z's memory
             p[torch.arange(r.shape[0], device=p.device), targets[r]] -= 1
-            g = p.mul_(dz_da).mul_(coef[s:s + ctx.chunk, None])                # [C, V] dlogits
+            c = coef[s:s + ctx.chunk, None]                                    # [C, 1]
+            g = p.mul_(c * dz_da) if dz_da.dim() == 0 else p.mul_(dz_da).mul_(c)  # [C, V] dlogits
             if need_h:
                 dh[r] = g @ w
             if need_w:
