@@ -67,7 +67,7 @@ def test_demo_interrupted_while_training_is_an_interrupt(tmp_path, monkeypatch, 
 
 
 def test_demo_model_is_steerable(tmp_path):
-    """The full demo (tiny model, 300 steps; ~5 min on 2 cores, the longest test, kept in the
+    """The full demo (tiny model, 300 steps; ~4 min on 2 cores, the longest test, kept in the
     default run because it is the issue's acceptance check): achieved reward rises with the
     requested level, Spearman rho >= 0.8 over the 10 levels."""
     result = demo.run_demo(tmp_path, demo.FULL, seed=0, progress=False)
