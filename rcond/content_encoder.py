@@ -16,7 +16,8 @@ piece starts in the whole input: in ``tokenizers`` that is ``Metaspace`` with
 tokenizers do). So runs are used only when every normaliser, pre-tokeniser and the model are of
 the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a check of that
 reasoning on the real tokenizer and texts, the first texts of the first joined call
-(:func:`checked_sample`) are also encoded one by one and must get the same ids. The copy itself
+(:func:`checked_sample`; the first text's opening characters when all are book-length) are also
+encoded one by one and must get the same ids. The copy itself
 is checked when it is made (:func:`faithful_copy`): it is read back from the tokenizer's JSON,
 which does not always hold what the tokenizer in memory does, and a difference there could show
 on any later text. A text that holds the separator's string sends its batch through the per-text
@@ -55,7 +56,8 @@ RUN_CHARS = 2048  # characters per joined input: short enough for many runs per 
 CUT_CHARS = 1024  # a text of twice this or more is cut, where exact, into inputs of about this many characters
 CUT_AT = re.compile(r"[A-Za-z0-9] (?=[A-Za-z0-9])")  # a lone space between ASCII letters or digits: cut before it
 CHECKED_TEXTS = 64  # texts of the first joined call also encoded one by one, at most
-CHECKED_CHARS = 1 << 16  # and at most this many characters of them (the first text whatever its length)
+CHECKED_CHARS = 1 << 16  # and at most this many characters of them (when none fits: the first text's opening ones)
+CALL_CHARS = 1 << 20  # characters of runs per tokenizer call, about (its encodings are held until their ids are read)
 PIECEWISE = {  # component types whose result on a piece does not depend on the rest of the input
     "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "Precompiled", "Prepend",
                    "Replace", "Strip", "StripAccents", "ByteLevel", "Sequence"},
@@ -244,7 +246,8 @@ def _probed(tokenizer, probes: list[str]) -> list[list[int] | str]:
 def checked_sample(texts: list[str]) -> list[int]:
     """Which texts of the first joined call are also encoded one by one to check it: the first
     ones, in order, that keep the sample within :data:`CHECKED_TEXTS` texts and
-    :data:`CHECKED_CHARS` characters, a longer text passed over (the first text when none fits).
+    :data:`CHECKED_CHARS` characters, a longer text passed over (none when none fits: the check
+    then takes the first text's opening characters, :meth:`ContentEncoder._agrees`).
     Bounded by characters because the check encodes its texts a second time: 64 book-length
     documents would double the tokenizer's work on a batch; passing over a long text rather than
     stopping keeps short texts, joined several to a run, in the check when a long one comes first."""
@@ -255,7 +258,15 @@ def checked_sample(texts: list[str]) -> list[int]:
             chars += len(text)
             if len(sample) == CHECKED_TEXTS:
                 break
-    return sample or [0]
+    return sample
+
+
+def group_starts(lengths: np.ndarray, size: int) -> list[int]:
+    """Consecutive groups of items of about ``size`` in all: the items whose running totals of
+    ``lengths [n]`` (each item's own included) have the same quotient by ``size``, so a group
+    passes ``size`` by less than its first item's length. The first index of each group, then n."""
+    group = np.cumsum(lengths) // size                                                     # [n] nondecreasing
+    return np.flatnonzero(np.diff(group, prepend=-1)).tolist() + [len(lengths)]
 
 
 class ContentEncoder:
@@ -319,8 +330,15 @@ class ContentEncoder:
 
     def _agrees(self, texts: list[str], joined: tuple[np.ndarray, np.ndarray]) -> bool:
         """Whether a joined call's ids for the texts of :func:`checked_sample` are those texts'
-        ids encoded one by one."""
+        ids encoded one by one. When every text is longer than :data:`CHECKED_CHARS` (book-length
+        documents), the first text's first :data:`CHECKED_CHARS` characters are encoded both ways
+        as a text of their own (cut into pieces as the long texts are, where they are cut):
+        encoding a whole document as one input, as before, took 8 s and 1.3 GB for a 10 MB one."""
         sample = checked_sample(texts)                                                      # [S]
+        if not sample:
+            head = [texts[0][:CHECKED_CHARS]]
+            got = self._in_runs(self.joined, head)
+            return got is not None and np.array_equal(got[1], self._per_text(head)[1])
         offsets, flat = self._per_text([texts[i] for i in sample])                          # [S+1], [n]
         at, ids = joined                                                                    # [T+1], [N]
         got = [ids[at[i]:at[i + 1]] for i in sample]                                        # S arrays
@@ -344,18 +362,24 @@ class ContentEncoder:
 
     def _runs_of(self, joined, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """Runs of consecutive texts of about :data:`RUN_CHARS` characters, joined by the separator,
-        one input each; None if a run's separator count is not what was joined."""
+        one input each, sent to the tokenizer about :data:`CALL_CHARS` characters a call (a
+        call's encodings, ~100 bytes a token, are all held until its ids are read: a 10 MB
+        document cut into runs made 250 MB of them at once); None if a run's separator count is
+        not what was joined."""
         T = len(texts)
-        chars = np.fromiter(map(len, texts), dtype=np.int64, count=T) + len(SEPARATOR)   # [T]
-        run_of = np.cumsum(chars) // RUN_CHARS                                             # [T] nondecreasing
-        starts = np.flatnonzero(np.diff(run_of, prepend=-1)).tolist() + [T]                # [runs + 1]
+        starts = group_starts(np.fromiter(map(len, texts), dtype=np.int64, count=T) + len(SEPARATOR),
+                              RUN_CHARS)                                                   # [runs + 1]
         runs = [SEPARATOR.join(texts[a:b]) for a, b in zip(starts, starts[1:])]
-        with self._turn:
-            lists = [e.ids for e in joined.encode_batch_fast(runs, add_special_tokens=False)]
-        for ids in lists:
-            ids.append(self.sep_id)  # a separator after every text, the last of each run too
-        ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
-                          count=sum(map(len, lists)))                                      # [N + T]
+        calls = group_starts(np.fromiter(map(len, runs), dtype=np.int64, count=len(runs)), CALL_CHARS)
+        parts = []
+        for a, b in zip(calls, calls[1:]):
+            with self._turn:
+                lists = [e.ids for e in joined.encode_batch_fast(runs[a:b], add_special_tokens=False)]
+            for ids in lists:
+                ids.append(self.sep_id)  # a separator after every text, the last of each run too
+            parts.append(np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
+                                     count=sum(map(len, lists))))                          # this call's ids
+        ids = parts[0] if len(parts) == 1 else np.concatenate(parts)                       # [N + T]
         is_sep = ids == self.sep_id
         ends = np.flatnonzero(is_sep)                                                      # [T] each text's separator
         if len(ends) != T:

@@ -138,25 +138,47 @@ def test_the_first_call_check_catches_a_tokenizer_the_list_lets_through(monkeypa
 
 def test_the_check_samples_texts_within_a_character_budget():
     """Hand-counted: the first texts in order that keep the sample within 64 texts and 65,536
-    characters, a longer one passed over; the first text when none fits."""
+    characters, a longer one passed over; none when none fits (the check then takes the first
+    text's opening characters)."""
     assert content_encoder.CHECKED_TEXTS == 64 and content_encoder.CHECKED_CHARS == 65536
     assert checked_sample(["ab"] * 100) == list(range(64))
     assert checked_sample(["x" * 200_000, "a" * 10, "b" * 10]) == [1, 2]
-    assert checked_sample(["x" * 200_000, "y" * 300_000]) == [0]
+    assert checked_sample(["x" * 200_000, "y" * 300_000]) == []
+    assert checked_sample(["x" * 65_537]) == []
     assert checked_sample(["a" * 40_000, "b" * 40_000, "c" * 25_536, "d"]) == [0, 2]  # 65,536 exactly, then full
     assert checked_sample(["a" * 65_536, "b"]) == [0]
 
 
-def test_the_check_encodes_a_long_text_a_second_time_only_when_nothing_shorter_fits(monkeypatch):
-    """The check costs a second encoding of its texts: for a batch of long documents, one of them."""
+def test_the_check_of_a_batch_of_long_documents_encodes_the_first_ones_opening_characters(monkeypatch):
+    """The check costs a second encoding of its texts: for a batch of long documents, none of them
+    whole, but the first one's first 65,536 characters, encoded one by one and in runs, cut."""
     backend = byte_level_bpe()
-    sizes = []
+    seen = []
     real = ContentEncoder._per_text
-    monkeypatch.setattr(ContentEncoder, "_per_text", lambda self, texts: sizes.append(len(texts)) or real(self, texts))
+    monkeypatch.setattr(ContentEncoder, "_per_text", lambda self, texts: seen.append(texts) or real(self, texts))
     encoder = ContentEncoder(backend)
+    assert encoder.cuts
     batch = [("The battery lasts all week, honestly. " * 2000)[i:] for i in range(5)]  # ~76k characters each
     assert split(*encoder(batch)) == alone(backend, batch)
-    assert sizes == [1] and encoder.joined is not None
+    assert seen == [[batch[0][:65_536]]] and encoder.joined is not None
+
+
+def test_the_check_of_long_documents_catches_cuts_that_change_the_ids(monkeypatch):
+    """Were a tokenizer wrongly held cuttable (here a byte-level BPE without the GPT-2 split
+    pattern, whose merges may cross a space), a batch of documents too long for the sample is
+    still checked, on the first one's opening characters, and goes text by text."""
+    backend = trained(models.BPE(), trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+                      None, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), decoders.ByteLevel())
+    assert not cuttable(json.loads(backend.to_str()))
+    monkeypatch.setattr(content_encoder, "cuttable", lambda state: True)
+    batch = [("The battery lasts all week, honestly. " * 2000)[i:] for i in range(3)]  # ~76k characters each
+    head = [batch[0][:65_536]]
+    probe = ContentEncoder(backend)
+    assert probe.cuts and split(*probe._in_runs(probe.joined, head)) != alone(backend, head)  # the cuts do change it
+    encoder = ContentEncoder(backend)
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined is None
 
 
 def test_the_check_still_sees_joined_short_texts_after_a_long_one(monkeypatch):
@@ -554,6 +576,30 @@ def test_short_texts_are_joined_into_runs_of_about_run_chars():
     batch = [f"text {i:05d}" for i in range(100)]
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined.calls == [[SEPARATOR.join(batch[:97]), SEPARATOR.join(batch[97:])]]
+
+
+def test_group_starts_by_hand():
+    """The items whose running totals have the same quotient by the size are a group."""
+    starts = content_encoder.group_starts
+    assert starts(np.array([], dtype=np.int64), 10) == [0]
+    assert starts(np.array([3, 3, 3, 3]), 10) == [0, 3, 4]           # totals 3 6 9 | 12
+    assert starts(np.array([25, 1, 1, 9]), 10) == [0, 3, 4]          # 25 26 27 | 36: 17 past 10, less than 25
+    assert starts(np.array([5, 5]), 10) == [0, 1, 2]                 # 5 | 10
+    assert starts(np.array([10, 10]), 10) == [0, 1, 2]               # 10 | 20
+
+
+def test_a_batch_goes_to_the_tokenizer_about_call_chars_a_call(monkeypatch):
+    """Hand-counted, one text a run (RUN_CHARS = 1) and CALL_CHARS = 25: runs of 10 characters,
+    running totals 10 20 | 30 40 | 50 60 70 | 80 90 | 100, so five calls, each call's encodings
+    read before the next; every text gets its own ids."""
+    monkeypatch.setattr(content_encoder, "RUN_CHARS", 1)
+    monkeypatch.setattr(content_encoder, "CALL_CHARS", 25)
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    encoder.joined = CountingInputs(encoder.joined)
+    batch = [f"text {i:05d}" for i in range(10)]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined.calls == [batch[0:2], batch[2:4], batch[4:7], batch[7:9], batch[9:]]
 
 
 def test_a_text_of_exactly_twice_cut_chars_is_cut(monkeypatch):
