@@ -57,7 +57,8 @@ CUT_CHARS = 1024  # a text of twice this or more is cut, where exact, into input
 CUT_AT = re.compile(r"[A-Za-z0-9] (?=[A-Za-z0-9])")  # a lone space between ASCII letters or digits: cut before it
 CHECKED_TEXTS = 64  # texts of the first joined call also encoded one by one, at most
 CHECKED_CHARS = 1 << 16  # and at most this many characters of them (when none fits: the first text's opening ones)
-CALL_CHARS = 1 << 20  # characters of runs per tokenizer call, about (its encodings are held until their ids are read)
+CALL_CHARS = 4 << 20  # characters of runs per tokenizer call, about: a batch of a reader's largest size
+                      # (sources.BATCH_BYTES) is one call; one longer record is several (each call's encodings are held until read)
 PIECEWISE = {  # component types whose result on a piece does not depend on the rest of the input
     "normalizer": {"BertNormalizer", "Lowercase", "NFC", "NFD", "NFKC", "NFKD", "Nmt", "Precompiled", "Prepend",
                    "Replace", "Strip", "StripAccents", "ByteLevel", "Sequence"},
