@@ -18,7 +18,8 @@ the kinds listed here, with that one excluded (:data:`PIECEWISE`); and, as a che
 reasoning on the real tokenizer and texts, the first texts of the first joined call
 (:func:`checked_sample`; the first text's opening characters when all are book-length) are also
 encoded one by one and must get the same ids. The copy itself
-is checked when it is made (:func:`faithful_copy`): it is read back from the tokenizer's JSON,
+is checked when it is made (:func:`faithful_copy`; the last one made is kept for the next encoder
+of a tokenizer with the same JSON, :func:`_joined_copy`): it is read back from the tokenizer's JSON,
 which does not always hold what the tokenizer in memory does, and a difference there could show
 on any later text. A text that holds the separator's string sends its batch through the per-text
 path; so does a run whose separator count is not what was joined. Anything else (a tokenizer that
@@ -46,7 +47,7 @@ import itertools
 import json
 import re
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import numpy as np
@@ -74,6 +75,8 @@ CUTTABLE_SPLITS = {  # Split patterns (isolated matches) that a cut before a lon
 
 
 SWITCHING = threading.RLock()  # held while content_as_is has a tokenizer's settings switched
+_LAST_COPY: dict = {}  # the last joined copy made: {"text": the tokenizer's JSON, "joined": copy, "sep_id": id}
+_LAST_COPY_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -206,10 +209,8 @@ def faithful_copy(backend, text: str | None = None):
     other way), an added token whose id a model trained after it reuses gets another id, and a
     special token added again as an ordinary one is written as ordinary but still read as
     special in memory. So the copy's own JSON must be ``text``, and every added token must encode
-    alike in both (content as is), alone and between other characters. None too where there is
-    no copy: a component only Python holds, or JSON the tokenizer writes but cannot read (a score
-    of -inf, written as null). A probe that neither can encode (a WordLevel model without its unk
-    token) is alike when both fail with the same error."""
+    alike in both (:func:`added_tokens_alike`). None too where there is no copy: a component only
+    Python holds, or JSON the tokenizer writes but cannot read (a score of -inf, written as null)."""
     from tokenizers import Tokenizer
 
     try:
@@ -219,13 +220,21 @@ def faithful_copy(backend, text: str | None = None):
             return None
     except Exception:
         return None
+    return copy if added_tokens_alike(backend, copy) else None
+
+
+def added_tokens_alike(backend, copy, copy_as_is: bool = False) -> bool:
+    """Whether every added token of ``backend`` encodes alike in ``copy`` (content as is), alone
+    and between other characters. A probe that neither can encode (a WordLevel model without its
+    unk token) is alike when both fail with the same error. ``copy_as_is``: the copy already reads
+    content as is for good, and its settings are left untouched (other threads may be encoding
+    with it, and a setting switched meanwhile would be theirs too)."""
     added = [t.content for t in backend.get_added_tokens_decoder().values()]
     probes = [p for c in added for p in (c, f"a{c}a", f" {c} ")]
-    if probes:
-        with content_as_is(backend), content_as_is(copy):
-            if _probed(copy, probes) != _probed(backend, probes):
-                return None
-    return copy
+    if not probes:
+        return True
+    with content_as_is(backend), (nullcontext() if copy_as_is else content_as_is(copy)):
+        return _probed(copy, probes) == _probed(backend, probes)
 
 
 def _probed(tokenizer, probes: list[str]) -> list[list[int] | str]:
@@ -270,6 +279,37 @@ def group_starts(lengths: np.ndarray, size: int) -> list[int]:
     return np.flatnonzero(np.diff(group, prepend=-1)).tolist() + [len(lengths)]
 
 
+def _joined_copy(backend, text: str):
+    """(copy, separator id): :func:`faithful_copy` of ``backend`` (its JSON ``text``) with the
+    separator added as an ordinary token and content read as is for good; None where there is no
+    faithful copy or the separator's id is one the model gives (a vocabulary with gaps).
+
+    The last copy made is kept and given again for a tokenizer whose JSON is the same (its added
+    tokens probed against this ``backend`` again; the copy is never changed after it is made, and
+    concurrent encode calls on it are safe). Each new copy that encodes keeps memory after it is
+    dropped (``tokenizers`` 0.23.3: ~8.5 MB a build of the 2,000 movie reviews), so a process
+    building one corpus after another grew by that much a build, and making the copy cost every
+    build its JSON read back and checked."""
+    with _LAST_COPY_LOCK:
+        last = dict(_LAST_COPY)
+    if last.get("text") == text:
+        alike = added_tokens_alike(backend, last["joined"], copy_as_is=True)
+        return (last["joined"], last["sep_id"]) if alike else None
+    joined = faithful_copy(backend, text)
+    if joined is None:
+        return None
+    from tokenizers import AddedToken
+
+    _as_is(joined)  # for good: the copy is the encoders' own
+    joined.add_tokens([AddedToken(SEPARATOR, normalized=False, special=False)])
+    sep_id = joined.token_to_id(SEPARATOR)
+    if backend.id_to_token(sep_id) is not None:  # a vocabulary with gaps: the new id is one the model gives
+        return None
+    with _LAST_COPY_LOCK:
+        _LAST_COPY.update(text=text, joined=joined, sep_id=sep_id)
+    return joined, sep_id
+
+
 class ContentEncoder:
     """``encoder(texts)`` -> (offsets [T+1] int64, flat ids [N] int32): text t is
     ``flat[offsets[t]:offsets[t+1]]``, its ids as the backend gives them for the text alone (no
@@ -295,17 +335,10 @@ class ContentEncoder:
         state = json.loads(text)
         if not piecewise(state):
             return
-        joined = faithful_copy(backend, text)
-        if joined is None:
+        made = _joined_copy(backend, text)
+        if made is None:
             return
-        from tokenizers import AddedToken
-
-        _as_is(joined)  # for good: the copy is this encoder's own
-        joined.add_tokens([AddedToken(SEPARATOR, normalized=False, special=False)])
-        sep_id = joined.token_to_id(SEPARATOR)
-        if backend.id_to_token(sep_id) is not None:  # a vocabulary with gaps: the new id is one the model gives
-            return
-        self.joined, self.sep_id = joined, sep_id
+        self.joined, self.sep_id = made
         self.cuts = cuttable(state)
 
     def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
