@@ -367,7 +367,7 @@ class ContentEncoder:
         ids encoded one by one. When every text is longer than :data:`CHECKED_CHARS` (book-length
         documents), the first text's first :data:`CHECKED_CHARS` characters are encoded both ways
         as a text of their own (cut into pieces as the long texts are, where they are cut):
-        encoding a whole document as one input, as before, took 8 s and 1.3 GB for a 10 MB one."""
+        encoding a whole document as one input, as before, took ~8 s and ~1.2 GB for a 10 MB one."""
         sample = checked_sample(texts)                                                      # [S]
         if not sample:
             head = [texts[0][:CHECKED_CHARS]]
