@@ -189,18 +189,18 @@ def linear_logprob(hidden: Tensor, weight: Tensor, targets: Tensor, active: Tens
 
 
 def _logits(h: Tensor, w: Tensor, b: Tensor | None, softcap: float | None,
-            scale: float) -> tuple[Tensor, Tensor]:
+            scale: float, slope: bool = True) -> tuple[Tensor, Tensor | None]:
     """Logits ``z [C, V]`` of rows ``h [C, D]`` and ``dz/da`` (a = h·Wᵀ + b), in h's dtype: a 0-dim
-    tensor (the scale) without softcap, else ``[C, V]``. ``z`` is a new tensor the caller may
-    overwrite; the elementwise steps work in place on it (each ``[C, V]`` pass allocated anew
-    costs a fresh allocation's page faults on CPU)."""
+    tensor (the scale) without softcap, else ``[C, V]``; None when not ``slope`` (the forward has
+    no use for it). ``z`` is a new tensor the caller may overwrite; the elementwise steps work in
+    place on it (each ``[C, V]`` pass allocated anew costs a fresh allocation's page faults on CPU)."""
     a = h @ w.T if b is None else torch.addmm(b, h, w.T)                       # [C, V]
     if scale != 1.0:
         a.mul_(scale)                                                          # u = a * scale
     if softcap is None:
-        return a, torch.full((), scale, dtype=a.dtype, device=a.device)
+        return a, torch.full((), scale, dtype=a.dtype, device=a.device) if slope else None
     t = a.div_(softcap).tanh_()                                                # [C, V] tanh(u / softcap)
-    dz_da = (t * t).neg_().add_(1).mul_(scale)                                 # [C, V] scale * (1 - t²)
+    dz_da = (t * t).neg_().add_(1).mul_(scale) if slope else None             # [C, V] scale * (1 - t²)
     return t.mul_(softcap), dz_da
 
 
@@ -218,7 +218,7 @@ class _ChunkedLinearLogprob(torch.autograd.Function):
         lse = hidden.new_empty(rows.shape[0], dtype=dtype)                     # [M]
         for s in range(0, rows.shape[0], chunk):
             r = rows[s:s + chunk]                                              # [C]
-            z, _ = _logits(hidden[r].to(dtype), w, b, softcap, scale)          # [C, V]
+            z, _ = _logits(hidden[r].to(dtype), w, b, softcap, scale, slope=False)  # [C, V]
             lse_c = torch.logsumexp(z, dim=1)                                  # [C]
             lse[s:s + chunk] = lse_c
             logprob[r] = z.gather(1, targets[r, None])[:, 0] - lse_c

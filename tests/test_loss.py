@@ -298,7 +298,7 @@ def test_default_chunk_keeps_logits_within_the_budget(monkeypatch):
     v = case.weight.shape[0]
     seen = []
     real = rcond.loss._logits
-    monkeypatch.setattr(rcond.loss, "_logits", lambda h, *a: seen.append(h.shape[0]) or real(h, *a))
+    monkeypatch.setattr(rcond.loss, "_logits", lambda h, *a, **k: seen.append(h.shape[0]) or real(h, *a, **k))
     want = packed_conditional_loss(case.hidden, case.weight, case.targets, case.loss_weight, bias=case.bias,
                                    impl="torch", chunk_size=64)
     for budget, rows in ((4 * v * 5, 5), (4 * v - 1, 1)):
