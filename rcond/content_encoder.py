@@ -75,8 +75,7 @@ CUTTABLE_SPLITS = {  # Split patterns (isolated matches) that a cut before a lon
 
 
 SWITCHING = threading.RLock()  # held while content_as_is has a tokenizer's settings switched
-_LAST_COPY: dict = {}  # the last joined copy made: {"text": the tokenizer's JSON, "joined": copy, "sep_id": id}
-_LAST_COPY_LOCK = threading.Lock()
+_last_copy: tuple | None = None  # the last joined copy made: (the tokenizer's JSON, copy, separator id)
 
 
 @contextmanager
@@ -290,11 +289,10 @@ def _joined_copy(backend, text: str):
     dropped (``tokenizers`` 0.23.3: ~8.5 MB a build of the 2,000 movie reviews), so a process
     building one corpus after another grew by that much a build, and making the copy cost every
     build its JSON read back and checked."""
-    with _LAST_COPY_LOCK:
-        last = dict(_LAST_COPY)
-    if last.get("text") == text:
-        alike = added_tokens_alike(backend, last["joined"], copy_as_is=True)
-        return (last["joined"], last["sep_id"]) if alike else None
+    global _last_copy
+    last = _last_copy  # one read: another thread may replace it meanwhile
+    if last is not None and last[0] == text:
+        return last[1:] if added_tokens_alike(backend, last[1], copy_as_is=True) else None
     joined = faithful_copy(backend, text)
     if joined is None:
         return None
@@ -305,8 +303,7 @@ def _joined_copy(backend, text: str):
     sep_id = joined.token_to_id(SEPARATOR)
     if backend.id_to_token(sep_id) is not None:  # a vocabulary with gaps: the new id is one the model gives
         return None
-    with _LAST_COPY_LOCK:
-        _LAST_COPY.update(text=text, joined=joined, sep_id=sep_id)
+    _last_copy = (text, joined, sep_id)
     return joined, sep_id
 
 
