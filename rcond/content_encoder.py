@@ -43,7 +43,6 @@ truncation or padding the tokenizer carries.
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import threading
@@ -278,6 +277,26 @@ def group_starts(lengths: np.ndarray, size: int) -> list[int]:
     return np.flatnonzero(np.diff(group, prepend=-1)).tolist() + [len(lengths)]
 
 
+def ids_of(encodings, sep: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One tokenizer call's encodings -> (each one's length [E] int64, their ids one after another
+    [N] int32, with ``sep`` after each one's where given). The ids are read one encoding at a
+    time, each Python list of them written into the array and freed before the next is made: a
+    call's lists held all at once (~250,000 ints for 1 MiB of text) took fresh memory for their
+    int objects at every call, and reading 1,000 movie reviews' ids (~1M) took 75 ms against 37 ms
+    this way (2 cores; ``len(encoding)`` gives each length without its list)."""
+    lens = np.fromiter(map(len, encodings), dtype=np.int64, count=len(encodings))         # [E]
+    step = 0 if sep is None else 1
+    flat = np.empty(int(lens.sum()) + step * len(lens), dtype=np.int32)                   # [N (+ E)]
+    at = 0
+    for e, n in zip(encodings, lens.tolist()):
+        flat[at:at + n] = e.ids
+        at += n
+        if step:
+            flat[at] = sep
+            at += 1
+    return lens, flat
+
+
 def _joined_copy(backend, text: str):
     """(copy, separator id): :func:`faithful_copy` of ``backend`` (its JSON ``text``) with the
     separator added as an ordinary token and content read as is for good; None where there is no
@@ -405,11 +424,8 @@ class ContentEncoder:
         parts = []
         for a, b in zip(calls, calls[1:]):
             with self._turn:
-                lists = [e.ids for e in joined.encode_batch_fast(runs[a:b], add_special_tokens=False)]
-            for ids in lists:
-                ids.append(self.sep_id)  # a separator after every text, the last of each run too
-            parts.append(np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
-                                     count=sum(map(len, lists))))                          # this call's ids
+                parts.append(ids_of(joined.encode_batch_fast(runs[a:b], add_special_tokens=False),
+                                    self.sep_id)[1])  # this call's ids, a separator after every text
         ids = parts[0] if len(parts) == 1 else np.concatenate(parts)                       # [N + T]
         is_sep = ids == self.sep_id
         ends = np.flatnonzero(is_sep)                                                      # [T] each text's separator
@@ -424,9 +440,8 @@ class ContentEncoder:
         with self._turn:
             with content_as_is(self.backend):  # only around the call: never left set by an error
                 encodings = self.backend.encode_batch_fast(texts, add_special_tokens=False)
-            lists = [e.ids for e in encodings]
+            lens, flat = ids_of(encodings)                                                # [T], [N]
             del encodings  # freed here, before the next call
-        lens = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))             # [T]
-        offsets = np.zeros(len(lists) + 1, dtype=np.int64)                                # [T+1]
+        offsets = np.zeros(len(lens) + 1, dtype=np.int64)                                 # [T+1]
         np.cumsum(lens, out=offsets[1:])
-        return offsets, np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+        return offsets, flat

@@ -149,6 +149,9 @@ def test_encodings_are_freed_between_tokenizer_calls_not_during_them(tmp_path):
             self.ids = e.ids
             made.append(1)
 
+        def __len__(self):
+            return len(self.ids)
+
         def __del__(self):
             freed.append((threading.get_ident() == main, calling.is_set()))
 

@@ -10,7 +10,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 
 from conftest import word_tokenizer
 from rcond import content_encoder
-from rcond.content_encoder import SEPARATOR, ContentEncoder, checked_sample, cut_texts, cuttable, piecewise
+from rcond.content_encoder import SEPARATOR, ContentEncoder, checked_sample, cut_texts, cuttable, ids_of, piecewise
 
 CORPUS = ["The battery lasts all week, honestly.", "  Leading spaces and trailing ones  ", "Ünïcödé façade — naïve café",
           "日本語のテキストも少し", "numbers 12345 and 3.14159", "tabs\tand\nnewlines\n\n", "<|rtg:1|> typed by a user </s>",
@@ -602,6 +602,22 @@ def test_short_texts_are_joined_into_runs_of_about_run_chars():
     batch = [f"text {i:05d}" for i in range(100)]
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined.calls == [[SEPARATOR.join(batch[:97]), SEPARATOR.join(batch[97:])]]
+
+
+def test_ids_of_a_call_by_hand():
+    """Hand-written: a word-level vocabulary's encodings of three texts, one of them empty, read
+    into lengths and one flat array, with and without a separator id after each text's ids."""
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2, "c": 70_000}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    encodings = backend.encode_batch_fast(["a b c", "", "c zz"], add_special_tokens=False)
+    lens, flat = ids_of(encodings)
+    assert lens.tolist() == [3, 0, 2] and lens.dtype == np.int64
+    assert flat.tolist() == [1, 2, 70_000, 70_000, 0] and flat.dtype == np.int32
+    lens, flat = ids_of(encodings, 9)
+    assert lens.tolist() == [3, 0, 2]
+    assert flat.tolist() == [1, 2, 70_000, 9, 9, 70_000, 0, 9]
+    lens, flat = ids_of([])
+    assert lens.tolist() == [] and flat.tolist() == []
 
 
 def test_group_starts_by_hand():
