@@ -358,7 +358,7 @@ def run_toyworld(a) -> int:
 def add_sample(sub) -> None:
     examples = """\
 examples:
-  rcond sample --model runs/tiny --level all --n 8 --out samples.jsonl --score-with vader
+  rcond sample --model runs/tiny --level all --n 8 --prompts prompts.txt --out samples.jsonl --score-with vader
   rcond sample --model runs/tiny/model --reward 0.8 --prompts prompts.txt --out high.jsonl
   rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
   rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --out guided.jsonl
@@ -382,7 +382,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
                         "conditioning; None = no unconditioned branch")
     p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field "
                                                      "(.jsonl/.json/.csv/.parquet/.arrow, a saved dataset, a hub id); "
-                                                     "None = one empty prompt")
+                                                     "None = one empty prompt (a note says when the model's corpus "
+                                                     "mostly opened with prompts it never learned to write)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt and level")
     p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -404,8 +405,8 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
 def run_sample(a) -> int:
     import time
 
-    from .sample import (SamplingParams, check_out_file, conditions, format_summary, load_sampler, read_prompts,
-                         write_jsonl_atomic)
+    from .sample import (SamplingParams, check_out_file, conditions, empty_prompt_note, format_summary, load_sampler,
+                         read_prompts, write_jsonl_atomic)
     from .scorers import get_scorer
 
     params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
@@ -415,6 +416,9 @@ def run_sample(a) -> int:
     scorer = get_scorer(a.score_with) if a.score_with else None
     sampler = load_sampler(a.model, a.device, trust_remote_code=a.trust_remote_code)
     conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
+    note = empty_prompt_note(sampler.scheme) if a.prompts is None else None
+    if note:
+        print(note, file=sys.stderr)
     t0 = time.perf_counter()
     samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
                                   progress=not a.no_progress))

@@ -109,7 +109,7 @@ class Summary:
     unscored_sides: int = 0  # sides of preference pairs without scores: chosen to the top bin, rejected the bottom
     same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
     split_prompts: int = 0  # preference pairs whose two HH dialogues split into different prompts
-    prompts: int = 0  # records whose first part is a prompt with text (scored, pairs)
+    prompts: int = 0  # records whose first part is a prompt or user turn with text (scored, pairs, dialog)
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -339,7 +339,10 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         tokenizer_saved()
         scheme.tokenizer_fingerprint = fingerprinted()
         scheme.source_fingerprints = source_fingerprints()
-        scheme.options.update(rows=summary.rows, tokens=summary.tokens, rows_sha256=rows_sha256)
+        # records, and those of them that open with a prompt or user turn with text: `rcond sample`
+        # tells a user who gives no prompts when the model mostly saw responses follow a prompt
+        scheme.options.update(rows=summary.rows, tokens=summary.tokens, records=summary.records,
+                              prompts=summary.prompts, rows_sha256=rows_sha256)
         scheme.options["scheme_sha256"] = scheme_sha256(scheme)
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus

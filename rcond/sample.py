@@ -486,6 +486,24 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     return prompts
 
 
+def empty_prompt_note(scheme: ControlScheme) -> str | None:
+    """What to tell a user who samples with no prompts (one empty prompt) from a model most of whose
+    corpus's records opened with a prompt or user turn (``scheme.options["prompts"]`` of
+    ``["records"]``, counts a build records) at loss weight 0 (no ``train_on_prompt``): such a model
+    learned what follows a prompt, never to write one, so from nothing it writes text few training
+    documents showed it. None where at most half the records had a prompt, the corpus trained on
+    prompts, or it does not say (built before the counts were recorded)."""
+    opts = scheme.options
+    prompted, records = opts.get("prompts"), opts.get("records")
+    if not all(type(n) is int for n in (prompted, records)) or 2 * prompted <= records or opts.get("train_on_prompt"):
+        return None  # (not counts, as in a hand-edited scheme.json: nothing to say)
+    share = (f"all {records:,} of this model's training records" if prompted == records
+             else f"{prompted:,} of this model's {records:,} training records")
+    return (f"note: no --prompts: every sample starts from an empty prompt, but {share} opened with a prompt it was "
+            f"not trained to write (loss weight 0); it learned what follows a prompt, not what follows nothing. "
+            f"Give --prompts FILE with prompts like its corpus's")
+
+
 def _prompt_field(origin: str, row: dict) -> str:
     """A row's ``prompt`` field, or a SourceError naming the row and what it holds instead."""
     from .sources import SourceError

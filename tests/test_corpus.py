@@ -42,6 +42,24 @@ def test_three_documents_packed_by_hand(tmp_path):
     assert s.efficiency(16) == pytest.approx(15 / 16)
 
 
+def test_scheme_counts_the_records_that_open_with_a_prompt(tmp_path):
+    """options.records and options.prompts (records whose first part is a prompt or user turn with
+    text), which `rcond sample` reads: an empty or missing prompt does not count, a pair is two
+    records, a dialog opening with a user turn counts, plain text has none."""
+    scored = [{"prompt": "a", "response": "b", "reward": 1}, {"prompt": "c d", "response": "e", "reward": 0},
+              {"prompt": "", "response": "f", "reward": 1}, {"response": "g", "reward": 0}]
+    _, scheme, s = make(tmp_path, "scored", scored, name="scored")
+    assert (scheme.options["records"], scheme.options["prompts"], s.prompts) == (4, 2, 2)
+    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d", "chosen": "e", "rejected": "f"}]
+    _, scheme, _ = make(tmp_path, "pairs", pairs, name="pairs")
+    assert (scheme.options["records"], scheme.options["prompts"]) == (4, 4)
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 1}]
+    _, scheme, _ = make(tmp_path, "dialog", [{"turns": turns}, {"turns": turns[1:]}], name="dialog")
+    assert (scheme.options["records"], scheme.options["prompts"]) == (2, 1)
+    _, scheme, _ = make(tmp_path, "text", [{"text": "a b"}], name="text")
+    assert (scheme.options["records"], scheme.options["prompts"]) == (1, 0)
+
+
 def test_best_fit_fills_the_tightest_row(tmp_path):
     # block 10: doc A (5 tokens) leaves 5 free, doc B (6) leaves 4 free; doc C (4 tokens) fits both
     # rows — first fit would put it beside A, best fit puts it beside B, filling that row exactly.

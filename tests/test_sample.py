@@ -906,6 +906,34 @@ def test_cli_end_to_end(tmp_path, run_dir, capsys):
     assert (row["prompt"], row["level"], row["reward"], row["guidance"]) == ("", 3, 0.7, 1.5)
 
 
+@pytest.mark.parametrize("options,noted", [
+    ({"records": 10, "prompts": 6}, True),
+    ({"records": 10, "prompts": 5}, False),  # half the records: an empty prompt is as common as a prompt
+    ({"records": 10, "prompts": 10, "train_on_prompt": True}, False),  # it learned to write prompts
+    ({"records": 10, "prompts": 10}, "all 10 of this model's training records opened with a prompt"),
+    ({"records": 10, "prompts": 0}, False),
+    ({}, False),  # a corpus built before the counts were recorded does not say
+    ({"records": "10", "prompts": 6}, False),  # nor a hand-edited scheme.json that holds no counts
+])
+def test_cli_notes_an_empty_prompt_where_the_model_learned_responses_to_prompts(tmp_path, scheme, capsys, options,
+                                                                                noted):
+    """Without --prompts every sample starts from an empty prompt; a model most of whose training
+    records opened with a prompt at loss weight 0 never saw that, and the command says so."""
+    scheme.options.update(options)
+    tok = make_tokenizer()
+    save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "m")
+    args = ["sample", "--model", str(tmp_path / "m"), "--level", "1", "--max-new-tokens", "2", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert ("note: no --prompts: every sample starts from an empty prompt" in err) == bool(noted)
+    if noted:
+        assert (noted if isinstance(noted, str) else
+                "6 of this model's 10 training records opened with a prompt it was not trained to write") in err
+    (tmp_path / "p.txt").write_text("w1\n")
+    assert main([*args, "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--level", "7"], "error: level 7 does not exist: this scheme has levels 0..3"),
     (["--reward", "nan"], "error: reward nan is not a finite number"),
