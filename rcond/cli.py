@@ -361,7 +361,7 @@ examples:
   rcond sample --model runs/tiny --level all --n 8 --prompts prompts.txt --out samples.jsonl --score-with vader
   rcond sample --model runs/tiny/model --reward 0.8 --prompts prompts.txt --out high.jsonl
   rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
-  rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --out guided.jsonl
+  rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --prompts p.txt --out g.jsonl
 
 output: one JSON object per line with prompt, mode, level, reward (when --reward was given), guidance,
 text, num_tokens, finished (ended with eos) and score (with --score-with).
