@@ -76,15 +76,17 @@ def run(a) -> int:
     size = QUICK if a.quick else FULL
     t0 = time.perf_counter()
     with atomic_dir(a.out, overwrite=True, kind=demo_kind()) as tmp:
-        result = run_demo(tmp, size, seed=a.seed, progress=not a.no_progress)
+        result = run_demo(tmp, size, seed=a.seed, progress=not a.no_progress, shown=Path(a.out))
     report = Path(a.out) / "report.md"
     print(f"demo finished in {time.perf_counter() - t0:.0f} s: Spearman rho (level vs achieved reward, over "
           f"levels) = {result['spearman_levels']:.2f}\nreport: {report}")
     return 0
 
 
-def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True) -> dict:
-    """Run every step into ``out``; returns the headline numbers (also in ``metrics.json``)."""
+def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True, shown: Path | None = None) -> dict:
+    """Run every step into ``out``; returns the headline numbers (also in ``metrics.json``). ``shown``:
+    the folder the caller renames ``out`` to once it is complete, which is what the printed summaries
+    name (default ``out``)."""
     from .cli import format_preprocess_summary
     from .corpus import PackOptions, build, train_tokenizer
     from .sources import SourceReader
@@ -105,7 +107,7 @@ def run_demo(out: Path, size: DemoSize, *, seed: int = 0, progress: bool = True)
     tokenizer = train_tokenizer(reader.texts(), size.vocab, progress=progress)
     opts = PackOptions(block_size=size.block_size, seed=seed)
     scheme, summary = build(reader, out / "corpus", tokenizer, opts=opts, progress=progress)
-    print(format_preprocess_summary(out / "corpus", scheme, summary, opts.block_size))
+    print(format_preprocess_summary((shown or out) / "corpus", scheme, summary, opts.block_size))
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -83,7 +83,10 @@ def test_demo_replaces_only_an_earlier_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "QUICK", TINY_RUN)
     out = tmp_path / "d"
     args = ["demo", "--quick", "--out", str(out), "--no-progress"]
-    assert main(args) == 0 and main(args) == 0
+    assert main(args) == 0
+    printed = capsys.readouterr().out  # the corpus named where it ends up, not in the temporary folder it is built in
+    assert f"corpus written to {out / 'corpus'}\n" in printed and ".tmp-" not in printed
+    assert main(args) == 0
     (out / "mine.txt").write_text("keep me")  # an earlier demo with a user's file in it is kept whole
     capsys.readouterr()
     assert main(args) == 2
