@@ -44,7 +44,7 @@ from .atomic import creating, file_in_the_way, interrupt_recorded, recording_int
 from .loss import IMPLS as LOSS_IMPLS, packed_conditional_loss
 from .modeling import PRESETS, build_model, load_spec_tokenizer, output_head, packed_hidden, save_pretrained_atomic
 from .tokenizer import tokenizer_fingerprint
-from .tokens import ControlScheme
+from .tokens import SCHEME_FILE, ControlScheme, SchemeError
 
 STATE_FILE = "training_state.pt"
 CHECKPOINT_DIR = "checkpoint"
@@ -420,6 +420,10 @@ def check_corpora(corpora: dict[str, CorpusRows]) -> tuple[ControlScheme, int]:
     return first.scheme, int(first.scheme.options["block_size"])
 
 
+def _shown(edges: list[float]) -> str:
+    return "[" + ", ".join(f"{e:.4g}" for e in edges) + "]"
+
+
 def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
     """Warnings for corpora that share control tokens but bin rewards at other edges than the
     first: an RTG token then stands for a different reward range in each (levels relative to each
@@ -427,14 +431,34 @@ def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
     model keeps, through which ``sample --reward`` maps a raw reward."""
     items = list(corpora.values())
     first = items[0]
-
-    def shown(edges: list[float]) -> str:
-        return "[" + ", ".join(f"{e:.4g}" for e in edges) + "]"
-
-    return [f"{first.path} and {c.path} bin rewards at different edges ({shown(first.scheme.edges)} vs "
-            f"{shown(c.scheme.edges)}): the same RTG token stands for a different reward range in each; the "
+    return [f"{first.path} and {c.path} bin rewards at different edges ({_shown(first.scheme.edges)} vs "
+            f"{_shown(c.scheme.edges)}): the same RTG token stands for a different reward range in each; the "
             f"saved model keeps the edges of {final}, through which `rcond sample --reward` maps a reward"
             for c in items[1:] if list(c.scheme.edges) != list(first.scheme.edges)]
+
+
+def start_model_differences(model: str, corpora: dict[str, CorpusRows], final: str) -> list[str]:
+    """Warnings for a run that starts from a model rcond trained (a folder with the scheme.json
+    that ``save_pretrained_atomic`` writes) on corpora whose RTG tokens stand for other reward
+    ranges than in that model's training: other bin edges, or another number of bins (the RTG
+    tokens both share then split the rewards differently). The model's earlier conditioning is then
+    trained over — maybe intended, but never silently. Presets and hub ids carry no scheme."""
+    path = Path(model).expanduser()
+    if model in PRESETS or not (path / SCHEME_FILE).is_file():
+        return []
+    try:
+        before = ControlScheme.load(path)
+    except SchemeError as e:
+        return [f"{e}; whether the corpora's RTG tokens mean what they meant in {model}'s training is not checked"]
+    keep = (f" (to keep the model's, preprocess with --binning edges:{','.join(map(repr, before.edges))})"
+            if before.edges else "")
+    return [f"{model} was trained with {before.num_bins} RTG bins at edges {_shown(before.edges)}, and {c.path} "
+            f"bins rewards into {c.scheme.num_bins} at {_shown(c.scheme.edges)}: an RTG token the two share now "
+            f"stands for another reward range than in the model's training{keep}; the saved model keeps the edges "
+            f"of {final}, through which `rcond sample --reward` maps a reward"
+            for c in corpora.values()
+            if c.scheme.rtg_template == before.rtg_template
+            and (c.scheme.num_bins, list(c.scheme.edges)) != (before.num_bins, list(before.edges))]
 
 
 def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -> None:
@@ -589,7 +613,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     if d.all_sum(torch.tensor([float(interrupt_recorded())], device=device)).item() > 0:
         raise KeyboardInterrupt("a signal arrived while the run was being set up")
     if d.main:
-        for warning in edge_differences(corpora, cfg.stages[-1].corpora[0]):
+        final = cfg.stages[-1].corpora[0]
+        for warning in start_model_differences(cfg.model, corpora, final) + edge_differences(corpora, final):
             print(f"warning: {warning}", file=sys.stderr)
         with creating(out):
             out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORDS = "good bad fine great awful nice poor okay superb dull".split()
 
 
-def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48, num_bins=4):
+def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48, num_bins=4, binning="quantile"):
     import random
 
     rng = random.Random(seed)
@@ -36,8 +36,8 @@ def make_corpus(tmp, name, n=120, seed=0, tokenizer=None, block_size=48, num_bin
     src = write_jsonl(tmp / f"{name}.jsonl", rows)
     reader = SourceReader([str(src)], "scored")
     tok = tokenizer or train_tokenizer(reader.texts(), 300)
-    build(reader, tmp / name, tok, num_bins=num_bins, opts=PackOptions(block_size=block_size, uncond_fraction=0.1),
-          progress=False)
+    build(reader, tmp / name, tok, num_bins=num_bins, binning=binning,
+          opts=PackOptions(block_size=block_size, uncond_fraction=0.1), progress=False)
     return tmp / name, tok
 
 
@@ -622,6 +622,57 @@ def test_corpora_with_other_bin_edges_are_trained_with_a_warning(tmp_path, monke
     assert f"the saved model keeps the edges of {b}" in err
     saved = json.loads((tmp_path / "run" / "model" / "scheme.json").read_text())
     assert saved["edges"] == edges[b]
+
+
+def test_starting_from_an_rcond_model_whose_rtg_tokens_meant_other_rewards_warns(tmp_path, monkeypatch, capsys):
+    """A run from a model rcond trained (its folder holds a scheme.json) on a corpus that bins
+    rewards at other edges, or into another number of bins, retrains what its RTG tokens mean:
+    said once per such corpus; none for a corpus of the model's own scheme, a preset, or a model
+    folder without a scheme (any other causal LM)."""
+    small_model(monkeypatch)
+    a, _ = make_corpus(tmp_path, "a", n=40, seed=1)
+    train(cfg_for(a, steps=1), tmp_path / "first", progress=False)  # from a preset: nothing to compare
+    assert "warning" not in capsys.readouterr().err
+    model = tmp_path / "first" / "model"
+    before = json.loads((model / "scheme.json").read_text())["edges"]
+    from rcond.tokenizer import load_tokenizer
+
+    def from_model(name, **kw):  # a corpus to train the model on is tokenized with the model's tokenizer
+        return make_corpus(tmp_path, name, n=40, tokenizer=load_tokenizer(model), **kw)[0]
+
+    same = from_model("same", seed=1)
+    other = from_model("other", seed=2)  # other rewards: other quantile edges
+    more = from_model("more", seed=1, num_bins=6)
+    edges = {p: json.loads((p / "scheme.json").read_text())["edges"] for p in (same, other, more)}
+    assert edges[same] == before and edges[other] != before and len(edges[more]) == 5
+
+    train(cfg_for(same, steps=1, model=str(model)), tmp_path / "r1", progress=False)
+    assert "warning" not in capsys.readouterr().err
+    train(cfg_for(other, steps=1, model=str(model)), tmp_path / "r2", progress=False)
+    err = capsys.readouterr().err
+    shown = ", ".join(f"{e:.4g}" for e in before)
+    assert err.count("warning:") == 1 and (f"warning: {model} was trained with 4 RTG bins at edges [{shown}], "
+                                           f"and {other} bins rewards into 4 at [") in err
+    assert f"the saved model keeps the edges of {other}" in err
+    hint = f"preprocess with --binning edges:{','.join(map(repr, before))})"
+    assert hint in err
+    kept = from_model("kept", seed=2, binning=hint.split()[-1][:-1])
+    assert json.loads((kept / "scheme.json").read_text())["edges"] == before  # the hint's flag keeps them
+    train(cfg_for(kept, steps=1, model=str(model)), tmp_path / "r2b", progress=False)
+    assert "warning" not in capsys.readouterr().err
+    train(cfg_for(more, steps=1, model=str(model)), tmp_path / "r3", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"and {more} bins rewards into 6 at [" in err
+    assert json.loads((tmp_path / "r3" / "model" / "scheme.json").read_text())["num_bins"] == 6
+
+    (model / "scheme.json").write_text("{")  # a damaged scheme: said, and the run goes on
+    train(cfg_for(same, steps=1, model=str(model)), tmp_path / "r4", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"warning: {model / 'scheme.json'}: not a valid scheme file" in err
+    assert "is not checked" in err
+    (model / "scheme.json").unlink()  # a causal LM folder without a scheme: nothing to compare
+    train(cfg_for(same, steps=1, model=str(model)), tmp_path / "r5", progress=False)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_existing_out_refused(tmp_path, corpus, monkeypatch):
