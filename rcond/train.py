@@ -424,6 +424,11 @@ def _shown(edges: list[float]) -> str:
     return "[" + ", ".join(f"{e:.4g}" for e in edges) + "]"
 
 
+def _kept(final: str) -> str:
+    """The close of a bin-edge warning: which corpus's edges the saved model keeps."""
+    return f"the saved model keeps the edges of {final}, through which `rcond sample --reward` maps a reward"
+
+
 def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
     """Warnings for corpora that share control tokens but bin rewards at other edges than the
     first: an RTG token then stands for a different reward range in each (levels relative to each
@@ -432,8 +437,8 @@ def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
     items = list(corpora.values())
     first = items[0]
     return [f"{first.path} and {c.path} bin rewards at different edges ({_shown(first.scheme.edges)} vs "
-            f"{_shown(c.scheme.edges)}): the same RTG token stands for a different reward range in each; the "
-            f"saved model keeps the edges of {final}, through which `rcond sample --reward` maps a reward"
+            f"{_shown(c.scheme.edges)}): the same RTG token stands for a different reward range in each; "
+            f"{_kept(final)}"
             for c in items[1:] if list(c.scheme.edges) != list(first.scheme.edges)]
 
 
@@ -454,8 +459,7 @@ def start_model_differences(model: str, corpora: dict[str, CorpusRows], final: s
             if before.edges else "")
     return [f"{model} was trained with {before.num_bins} RTG bins at edges {_shown(before.edges)}, and {c.path} "
             f"bins rewards into {c.scheme.num_bins} at {_shown(c.scheme.edges)}: an RTG token the two share now "
-            f"stands for another reward range than in the model's training{keep}; the saved model keeps the edges "
-            f"of {final}, through which `rcond sample --reward` maps a reward"
+            f"stands for another reward range than in the model's training{keep}; {_kept(final)}"
             for c in corpora.values()
             if c.scheme.rtg_template == before.rtg_template
             and (c.scheme.num_bins, list(c.scheme.edges)) != (before.num_bins, list(before.edges))]
