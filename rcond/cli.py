@@ -362,6 +362,7 @@ examples:
   rcond sample --model runs/tiny/model --reward 0.8 --prompts prompts.txt --out high.jsonl
   rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
   rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --prompts p.txt --out g.jsonl
+  rcond sample --model runs/hh --level all --prompts hh_rlhf_test.jsonl.gz --out hh.jsonl   # HH pairs' prompts
 
 output: one JSON object per line with prompt, mode, level, reward (when --reward was given), guidance,
 text, num_tokens, finished (ended with eos) and score (with --score-with).
@@ -380,14 +381,16 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="classifier-free guidance weight: 1 = the conditioned model, 0 = off mode, >1 = stronger "
                         "conditioning; None = no unconditioned branch")
-    p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field "
+    p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field, or "
+                                                     "HH-RLHF pairs (the prompt of each 'chosen' dialogue) "
                                                      "(.jsonl/.json/.csv/.parquet/.arrow, a saved dataset, a hub id); "
                                                      "None = one empty prompt (a note says when the model's corpus "
-                                                     "mostly opened with prompts it never learned to write)")
+                                                     "mostly opened with prompts it never learned to write, or a "
+                                                     ".txt's one-line prompts are unlike its multi-line ones)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt and level")
     p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--score-with", default=None, help="vader | module:function — score every sample")
+    p.add_argument("--score-with", default=None, help="vader | module:function | file.py:function — score every sample")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated at most per sample")
     p.add_argument("--min-new-tokens", type=int, default=0, help="eos is banned before this many tokens")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -406,7 +409,8 @@ def run_sample(a) -> int:
     import time
 
     from .sample import (SamplingParams, check_out_file, conditions, empty_prompt_note, format_summary, load_sampler,
-                         read_prompts, write_jsonl_atomic)
+                         one_line_prompts_note, read_prompts, write_jsonl_atomic)
+    from .sources import data_suffix
     from .scorers import get_scorer
 
     params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
@@ -416,7 +420,10 @@ def run_sample(a) -> int:
     scorer = get_scorer(a.score_with) if a.score_with else None
     sampler = load_sampler(a.model, a.device, trust_remote_code=a.trust_remote_code)
     conds = conditions(sampler.scheme, level=a.level, reward=a.reward, mode=a.mode)
-    note = empty_prompt_note(sampler.scheme) if a.prompts is None else None
+    if a.prompts is None:
+        note = empty_prompt_note(sampler.scheme)
+    else:
+        note = one_line_prompts_note(sampler.scheme, a.prompts) if data_suffix(Path(a.prompts)) == ".txt" else None
     if note:
         print(note, file=sys.stderr)
     t0 = time.perf_counter()

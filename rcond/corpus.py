@@ -110,6 +110,7 @@ class Summary:
     same_pairs: int = 0  # preference pairs whose chosen and rejected sides are the same text
     split_prompts: int = 0  # preference pairs whose two HH dialogues split into different prompts
     prompts: int = 0  # records whose first part is a prompt or user turn with text (scored, pairs, dialog)
+    multiline_prompts: int = 0  # of those, the ones whose prompt holds a line break (HH dialogues all do)
 
     def efficiency(self, block_size: int) -> float:
         return self.tokens / max(1, self.rows * block_size)
@@ -288,8 +289,9 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
                     fingerprinted = in_background(lambda: tokenizer_fingerprint(tokenizer))
                 summary.rewards += int(np.count_nonzero(~np.isnan(parts.rtg)))
                 summary.unscored_sides += int(np.count_nonzero(parts.fixed))
-                summary.prompts += sum(1 for i in np.flatnonzero(parts.doc_start & ~parts.trainable).tolist()
-                                       if parts.texts[i])
+                firsts = [parts.texts[i] for i in np.flatnonzero(parts.doc_start & ~parts.trainable).tolist()]
+                summary.prompts += sum(1 for text in firsts if text)
+                summary.multiline_prompts += sum(1 for text in firsts if "\n" in text)
                 if num_bins == 1 and summary.unscored_sides:
                     raise CorpusError(f"{', '.join(reader.inputs)}: preference pairs without scores put the chosen "
                                       "response in the top bin and the rejected one in the bottom bin, which --bins 1 "
@@ -339,10 +341,12 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         tokenizer_saved()
         scheme.tokenizer_fingerprint = fingerprinted()
         scheme.source_fingerprints = source_fingerprints()
-        # records, and those of them that open with a prompt or user turn with text: `rcond sample`
-        # tells a user who gives no prompts when the model mostly saw responses follow a prompt
+        # records, those of them that open with a prompt or user turn with text, and those prompts that
+        # span lines: `rcond sample` tells a user who gives no prompts when the model mostly saw responses
+        # follow a prompt, and one who gives a .txt (a prompt a line) when its prompts mostly spanned lines
         scheme.options.update(rows=summary.rows, tokens=summary.tokens, records=summary.records,
-                              prompts=summary.prompts, rows_sha256=rows_sha256)
+                              prompts=summary.prompts, multiline_prompts=summary.multiline_prompts,
+                              rows_sha256=rows_sha256)
         scheme.options["scheme_sha256"] = scheme_sha256(scheme)
         summary.seconds = time.perf_counter() - t0
         scheme.save(tmp)  # last: its presence marks a complete corpus

@@ -109,7 +109,8 @@ SEED_MAX = 2**63 - 1
 MAX_NEW_TOKENS = 2**20
 PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv (each optionally .gz, .bz2, .xz, .zst), "
                 ".parquet, .arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a string "
-                "field 'prompt' per row")
+                "field 'prompt' per row (or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format pairs "
+                "takes it)")
 
 
 class SampleError(ValueError):
@@ -460,7 +461,9 @@ class Prompt(str):
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
     """``None`` -> one empty prompt; ``.txt`` -> one prompt per non-empty line; ``.jsonl``, ``.json``,
     ``.csv`` (optionally compressed), ``.parquet``, ``.arrow``, a dataset saved by ``save_to_disk``
-    (``DIR`` or ``DIR:SPLIT``) or a hub dataset id -> the ``prompt`` field of every row. Every
+    (``DIR`` or ``DIR:SPLIT``) or a hub dataset id -> the ``prompt`` field of every row, or where a
+    row has none (or a null one), the prompt of its HH-RLHF ``chosen`` dialogue, up to and including
+    its last ``"\\n\\nAssistant:"``, as ``rcond preprocess --format pairs`` takes it. Every
     prompt read is a :class:`Prompt`. Any other folder or a ``.zip`` (inputs of ``preprocess``, not
     prompts) and any other file type are refused, with the list of what is accepted."""
     from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows, saved_dataset
@@ -504,16 +507,37 @@ def empty_prompt_note(scheme: ControlScheme) -> str | None:
             f"Give --prompts FILE with prompts like its corpus's")
 
 
+def one_line_prompts_note(scheme: ControlScheme, path: str | os.PathLike) -> str | None:
+    """What to tell a user who gives prompts in a ``.txt`` file (one a line, so none spans lines) to
+    a model most of whose corpus's prompts held a line break (``scheme.options["multiline_prompts"]``
+    of ``["prompts"]``: every HH-RLHF prompt does): its prompts are unlike those the model learned
+    to answer. None where at most half did, or the corpus does not say (built before the count)."""
+    opts = scheme.options
+    multiline, prompted = opts.get("multiline_prompts"), opts.get("prompts")
+    if not all(type(n) is int for n in (multiline, prompted)) or 2 * multiline <= prompted:
+        return None
+    share = (f"all {prompted:,} of this model's training prompts" if multiline == prompted
+             else f"{multiline:,} of this model's {prompted:,} training prompts")
+    return (f"note: {path} holds one prompt per line, but {share} spanned several lines (as HH-RLHF's "
+            f"'\\n\\nHuman: ...\\n\\nAssistant:' do), so these prompts are unlike the ones it learned to answer. "
+            f"Give such prompts as rows with a 'prompt' field (.jsonl), or give the HH-RLHF pairs themselves "
+            f"(the prompt of each 'chosen' dialogue is read)")
+
+
 def _prompt_field(origin: str, row: dict) -> str:
-    """A row's ``prompt`` field, or a SourceError naming the row and what it holds instead."""
-    from .sources import SourceError
+    """A row's ``prompt`` field, else (none, or a null one) the prompt of its HH-RLHF ``chosen``
+    dialogue (:func:`~rcond.sources.split_hh`); or a SourceError naming the row and what it holds."""
+    from .sources import SourceError, split_hh
 
     value = row.get("prompt")
     if isinstance(value, str):
         return value
+    if value is None and isinstance(row.get("chosen"), str):  # an HH-RLHF pair, as --format pairs reads it
+        return split_hh(row["chosen"], f"{origin} (chosen)")[0]
     if "prompt" in row:
         raise SourceError(f"{origin}: field 'prompt' is {type(value).__name__} {value!r:.40}, expected a string")
-    raise SourceError(f"{origin}: expected a string field 'prompt'; fields present: {sorted(row)}")
+    raise SourceError(f"{origin}: expected a string field 'prompt' (or an HH-RLHF 'chosen' dialogue); "
+                      f"fields present: {sorted(row)}")
 
 
 def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -43,21 +43,25 @@ def test_three_documents_packed_by_hand(tmp_path):
 
 
 def test_scheme_counts_the_records_that_open_with_a_prompt(tmp_path):
-    """options.records and options.prompts (records whose first part is a prompt or user turn with
-    text), which `rcond sample` reads: an empty or missing prompt does not count, a pair is two
-    records, a dialog opening with a user turn counts, plain text has none."""
-    scored = [{"prompt": "a", "response": "b", "reward": 1}, {"prompt": "c d", "response": "e", "reward": 0},
-              {"prompt": "", "response": "f", "reward": 1}, {"response": "g", "reward": 0}]
+    """options.records, options.prompts (records whose first part is a prompt or user turn with
+    text) and options.multiline_prompts (those prompts holding a line break), which `rcond sample`
+    reads: an empty or missing prompt does not count, a pair is two records (an HH pair's two
+    prompts both span lines), a dialog opening with a user turn counts, plain text has none."""
+    scored = [{"prompt": "a", "response": "b", "reward": 1}, {"prompt": "c\nd", "response": "e", "reward": 0},
+              {"prompt": "", "response": "f", "reward": 1}, {"response": "g\nh", "reward": 0},
+              {"prompt": "a\n", "response": "b", "reward": 1}]
     _, scheme, s = make(tmp_path, "scored", scored, name="scored")
-    assert (scheme.options["records"], scheme.options["prompts"], s.prompts) == (4, 2, 2)
-    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d", "chosen": "e", "rejected": "f"}]
+    assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (5, 3, 2)
+    assert (s.prompts, s.multiline_prompts) == (3, 2)
+    pairs = [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d", "chosen": "e", "rejected": "f"},
+             {"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}]
     _, scheme, _ = make(tmp_path, "pairs", pairs, name="pairs")
-    assert (scheme.options["records"], scheme.options["prompts"]) == (4, 4)
-    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 1}]
+    assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (6, 6, 2)
+    turns = [{"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "b\nc", "reward": 1}]
     _, scheme, _ = make(tmp_path, "dialog", [{"turns": turns}, {"turns": turns[1:]}], name="dialog")
-    assert (scheme.options["records"], scheme.options["prompts"]) == (2, 1)
-    _, scheme, _ = make(tmp_path, "text", [{"text": "a b"}], name="text")
-    assert (scheme.options["records"], scheme.options["prompts"]) == (1, 0)
+    assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (2, 1, 1)
+    _, scheme, _ = make(tmp_path, "text", [{"text": "a\nb"}], name="text")
+    assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (1, 0, 0)
 
 
 def test_best_fit_fills_the_tightest_row(tmp_path):

@@ -22,6 +22,14 @@ def test_hh_rlhf_pairs(tmp_path, shared_data):
     text = tok.decode(row["input_ids"][: row["segment_ids"].count(0)])
     assert text.startswith("<|rlhf:") and "Human:" in text and "Assistant:" in text
     assert s.efficiency(512) > 0.9
+    # every HH prompt spans lines; `rcond sample --prompts` on the pairs file reads the chosen sides' prompts
+    assert scheme.options["multiline_prompts"] == scheme.options["prompts"] == s.records
+    from rcond.sample import read_prompts
+
+    prompts = read_prompts(shared_data / "hh_rlhf_harmless_test.jsonl.gz")
+    kept = [p for i, p in enumerate(prompts, 1) if i not in (87, 517, 926, 1104)]
+    firsts = [t for batch in reader.batches() for t, start in zip(batch.texts, batch.doc_start) if start]
+    assert len(prompts) == 2312 and kept == firsts[::2]
 
 
 def test_hh_rlhf_pairs_from_parquet_and_a_saved_dataset_make_the_same_corpus(tmp_path, shared_data):

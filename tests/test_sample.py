@@ -611,7 +611,8 @@ def test_read_prompts(tmp_path):
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w1", "x": 1}, {"prompt": ""}])
     assert read_prompts(tmp_path / "p.jsonl") == ["w1", ""]
     write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "w1"}, {"text": "w2"}])
-    with pytest.raises(SourceError, match=r"bad.jsonl:2: expected a string field 'prompt'; fields present: \['text'\]"):
+    with pytest.raises(SourceError, match=r"bad.jsonl:2: expected a string field 'prompt' \(or an HH-RLHF 'chosen' "
+                                          r"dialogue\); fields present: \['text'\]"):
         read_prompts(tmp_path / "bad.jsonl")
     with pytest.raises(SourceError, match="no such"):
         read_prompts(tmp_path / "missing.txt")
@@ -627,8 +628,32 @@ def test_prompts_file_lines_are_split_at_newlines_only(tmp_path):
     assert [(str(p), p.origin) for p in read_prompts(tmp_path / "p.txt")] == [
         ("a\u2028b", f"{tmp_path / 'p.txt'}:1"), ("c\x0cd", f"{tmp_path / 'p.txt'}:2"), ("e", f"{tmp_path / 'p.txt'}:4")]
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "w2", "id": 3}])
-    with pytest.raises(SourceError, match=r"bad.jsonl:1: expected a string field 'prompt'; fields present: "
-                                          r"\['id', 'text'\]$"):
+    with pytest.raises(SourceError, match=r"bad.jsonl:1: expected a string field 'prompt' \(or an HH-RLHF 'chosen' "
+                                          r"dialogue\); fields present: \['id', 'text'\]$"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
+def test_hh_pairs_give_the_prompts_preprocess_trained_on(tmp_path):
+    """A row without 'prompt' (or with a null one) whose 'chosen' is an HH-RLHF dialogue gives the
+    prompt `rcond preprocess --format pairs` makes of it (through the last '\\n\\nAssistant:'),
+    checked against the pairs reader's own records; a 'prompt' field wins over 'chosen', and a
+    'chosen' with no Assistant turn is an error naming the row."""
+    from rcond.sources import SourceReader
+
+    chosen = ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like so",
+              "\n\nHuman: a\n\nAssistant: b"]
+    rows = [{"chosen": chosen[0], "rejected": chosen[0][:-7] + " no"},
+            {"prompt": None, "chosen": chosen[1], "rejected": chosen[1][:-1] + "c"},
+            {"prompt": "own", "chosen": chosen[1], "rejected": chosen[1][:-1] + "c"}]
+    write_jsonl(tmp_path / "hh.jsonl", rows)
+    prompts = read_prompts(tmp_path / "hh.jsonl")
+    assert prompts == ["\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:", "\n\nHuman: a\n\nAssistant:",
+                       "own"]
+    (batch,) = SourceReader([str(tmp_path / "hh.jsonl")], "pairs").batches()
+    firsts = [text for text, start in zip(batch.texts, batch.doc_start) if start]   # each record's prompt
+    assert prompts == firsts[::2]   # the chosen sides': what the corpus's prompts were
+    write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "no turn here", "rejected": "x"}])
+    with pytest.raises(SourceError, match=r"bad.jsonl:1 \(chosen\): no '\\n\\nAssistant:' turn in the dialogue"):
         read_prompts(tmp_path / "bad.jsonl")
 
 
@@ -640,7 +665,8 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
 
     accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv \(each optionally \.gz, \.bz2, \.xz, "
                 r"\.zst\), \.parquet, \.arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a "
-                r"string field 'prompt' per row$")
+                r"string field 'prompt' per row \(or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format "
+                r"pairs takes it\)$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")
@@ -931,6 +957,35 @@ def test_cli_notes_an_empty_prompt_where_the_model_learned_responses_to_prompts(
                 "6 of this model's 10 training records opened with a prompt it was not trained to write") in err
     (tmp_path / "p.txt").write_text("w1\n")
     assert main([*args, "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options,noted", [
+    ({"prompts": 10, "multiline_prompts": 6}, "6 of this model's 10 training prompts spanned several lines"),
+    ({"prompts": 10, "multiline_prompts": 10}, "all 10 of this model's training prompts spanned several lines"),
+    ({"prompts": 10, "multiline_prompts": 5}, None),  # half: one-line prompts are as common
+    ({"prompts": 0, "multiline_prompts": 0}, None),
+    ({"prompts": 10}, None),  # a corpus built before the count was recorded does not say
+    ({"prompts": 10, "multiline_prompts": 6.0}, None),  # nor a hand-edited scheme.json that holds no counts
+])
+def test_cli_notes_one_line_prompts_where_the_model_learned_multi_line_ones(tmp_path, scheme, capsys, options, noted):
+    """A .txt holds one prompt a line; a model most of whose training prompts held line breaks
+    (every HH-RLHF prompt does) never saw one-line prompts, and the command says so, naming the
+    file; prompts given as rows (which may span lines) get no note."""
+    scheme.options.update(options)
+    tok = make_tokenizer()
+    save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "m")
+    args = ["sample", "--model", str(tmp_path / "m"), "--level", "1", "--max-new-tokens", "2", "--no-progress"]
+    (tmp_path / "p.txt").write_text("w1\n")
+    assert main([*args, "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    err = capsys.readouterr().err
+    if noted:
+        assert f"note: {tmp_path / 'p.txt'} holds one prompt per line, but {noted}" in err
+        assert "Give such prompts as rows with a 'prompt' field (.jsonl), or give the HH-RLHF pairs themselves" in err
+    else:
+        assert "note:" not in err
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w1"}])
+    assert main([*args, "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "b.jsonl")]) == 0
     assert "note:" not in capsys.readouterr().err
 
 
