@@ -362,10 +362,11 @@ examples:
   rcond sample --model runs/tiny/model --reward 0.8 --prompts prompts.txt --out high.jsonl
   rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
   rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --prompts p.txt --out g.jsonl
-  rcond sample --model runs/hh --level all --prompts hh_rlhf_test.jsonl.gz --out hh.jsonl   # HH pairs' prompts
+  rcond sample --model runs/hh --level all --prompts hh_rlhf_test.jsonl.gz --truncate-prompts --out hh.jsonl
 
 output: one JSON object per line with prompt, mode, level, reward (when --reward was given), guidance,
-text, num_tokens, finished (ended with eos) and score (with --score-with).
+text, num_tokens, finished (ended with eos), score (with --score-with) and prompt_tokens_cut (when
+--truncate-prompts cut the prompt).
 """
     p = sub.add_parser("sample", help="sample at chosen reward levels, on/off mode, with guidance",
                        description="Generate from a trained model conditioned on a reward level (<|rlhf:on|> "
@@ -387,6 +388,9 @@ text, num_tokens, finished (ended with eos) and score (with --score-with).
                                                      "None = one empty prompt (a note says when the model's corpus "
                                                      "mostly opened with prompts it never learned to write, or a "
                                                      ".txt's one-line prompts are unlike its multi-line ones)")
+    p.add_argument("--truncate-prompts", action="store_true",
+                   help="a prompt too long for the model's context beside --max-new-tokens keeps its last tokens "
+                        "(the output's prompt_tokens_cut says how many it lost); without it such a prompt is refused")
     p.add_argument("--n", type=int, default=1, help="samples per prompt and level")
     p.add_argument("--out", required=True, metavar="FILE.jsonl", help="output file (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -428,7 +432,7 @@ def run_sample(a) -> int:
         print(note, file=sys.stderr)
     t0 = time.perf_counter()
     samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
-                                  progress=not a.no_progress))
+                                  truncate_prompts=a.truncate_prompts, progress=not a.no_progress))
     seconds = time.perf_counter() - t0
     if scorer is not None:
         for s, score in zip(samples, scorer.score_batched((s.text for s in samples), batch_size=256)):

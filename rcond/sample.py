@@ -76,7 +76,11 @@ stays finite and the setting still means something:
 - max_new_tokens at most 2**20 (the loop allocates ``[rows, prompt + max_new_tokens]`` up
   front), and control tokens + the longest prompt + max_new_tokens at most the model's context
   (``config.max_position_embeddings``, the positions it was trained on), checked before any
-  token is generated. Long prompts are never truncated: the message names the longest one.
+  token is generated. A prompt that does not fit is refused, the message naming the longest one,
+  unless truncation is asked for (``truncate_prompts``, ``--truncate-prompts``): then each prompt
+  too long keeps its last ``context − control ids − max_new_tokens`` tokens, the end the response
+  follows (as a corpus piece of a document longer than a block opens mid-text), and its sample
+  records how many it lost (``prompt_tokens_cut``).
 """
 
 from __future__ import annotations
@@ -213,6 +217,7 @@ class Sample:
     num_tokens: int              # generated tokens, eos excluded
     finished: bool               # ended with eos (False: cut at max_new_tokens)
     score: float | None = None
+    prompt_tokens_cut: int = 0   # the prompt's first tokens left out to fit the context (truncate_prompts)
 
     def to_dict(self) -> dict:
         d = {"prompt": self.prompt, "mode": self.mode, "level": self.level, "guidance": self.guidance,
@@ -221,6 +226,8 @@ class Sample:
             d["reward"] = self.reward
         if self.score is not None:
             d["score"] = self.score
+        if self.prompt_tokens_cut:
+            d["prompt_tokens_cut"] = self.prompt_tokens_cut
         return d
 
 
@@ -311,7 +318,23 @@ class Sampler:
                else f"shorten that prompt to under {self.context - controls} tokens")
         raise SampleError(f"the longest prompt ({where}) is {length} tokens with its {controls} control token(s); "
                           f"with max_new_tokens={max_new_tokens} that makes {length + max_new_tokens}, beyond the "
-                          f"model's context of {self.context} tokens (config.max_position_embeddings): {fix}")
+                          f"model's context of {self.context} tokens (config.max_position_embeddings): {fix} (or "
+                          f"--truncate-prompts, truncate_prompts=True: each prompt keeps its last tokens)")
+
+    def cut_to_context(self, encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
+                       max_new_tokens: int) -> list[list[int]]:
+        """Encoded prompts, each cut from the left to the ``context − control ids − max_new_tokens``
+        tokens that fit beside the longest control prefix of ``conds`` (the end, which the response
+        follows, is kept); as given where the model declares no context."""
+        if self.context is None or not conds:
+            return [list(e) for e in encoded]
+        controls = max(len(self.control_ids(c)) for c in conds)
+        keep = self.context - controls - max_new_tokens
+        if keep < 0:
+            raise SampleError(f"max_new_tokens={max_new_tokens} and {controls} control token(s) leave no room for a "
+                              f"prompt in the model's context of {self.context} tokens "
+                              f"(config.max_position_embeddings): use max_new_tokens <= {self.context - controls}")
+        return [list(e[len(e) - keep:]) if len(e) > keep else list(e) for e in encoded]
 
     # ------------------------------------------------------------------ decoding
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
@@ -414,35 +437,38 @@ class Sampler:
 
     # ------------------------------------------------------------------ requests
     def sample(self, prompts: Sequence[str], conds: Sequence[Condition], params: SamplingParams, *,
-               n: int = 1, guidance: float | None = None, batch_size: int = 32,
+               n: int = 1, guidance: float | None = None, batch_size: int = 32, truncate_prompts: bool = False,
                progress: bool = False) -> Iterator[Sample]:
         """``n`` samples for every (condition, prompt), in that order, ``batch_size`` rows per forward
         (``2 * batch_size`` with guidance). One generator seeded with ``params.seed`` runs through
         all batches, so results depend on the seed and the batch size, not on the device's state.
-        The longest prompt is checked against the model's context before the first batch."""
+        The longest prompt is checked against the model's context before the first batch; with
+        ``truncate_prompts`` the prompts too long are cut to fit first (:meth:`cut_to_context`)."""
         if n < 1 or batch_size < 1:
             raise SampleError(f"n and batch_size must be at least 1, got n={n}, batch_size={batch_size}")
         if guidance is not None and any(c.mode == "off" for c in conds):
             raise SchemeError("guidance contrasts the on mode with the off mode; it needs --mode on")
         prompts = list(prompts)
-        encoded = self.encode(prompts)
+        full = self.encode(prompts)
+        encoded = self.cut_to_context(full, conds, params.max_new_tokens) if truncate_prompts else full
         self.check_context(prompts, encoded, conds, params.max_new_tokens)
         off = self.control_ids(Condition("off"))
-        jobs = [(c, p, e) for c in conds for p, e in zip(prompts, encoded) for _ in range(n)]
+        jobs = [(c, p, e, len(f) - len(e)) for c in conds for p, e, f in zip(prompts, encoded, full) for _ in range(n)]
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         with tqdm(total=len(jobs), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True,
                   leave=False) as bar:
             for at in range(0, len(jobs), batch_size):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the sampling here, not at the end
                 batch = jobs[at:at + batch_size]
-                rows = [self.input_ids(c, e) for c, _, e in batch]
-                uncond = [off + e for _, _, e in batch] if guidance is not None else None
-                width = CONTROL_PREFIX + max(len(e) for _, _, e in batch)
+                rows = [self.input_ids(c, e) for c, _, e, _ in batch]
+                uncond = [off + e for _, _, e, _ in batch] if guidance is not None else None
+                width = CONTROL_PREFIX + max(len(e) for _, _, e, _ in batch)
                 results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,
                                         width=width)
                 texts = self.tokenizer.batch_decode([r for r, _ in results], skip_special_tokens=True)
-                for (c, p, _), (new, finished), text in zip(batch, results, texts):
-                    yield Sample(p, c.mode, c.level, c.reward, guidance, text, len(new), finished)
+                for (c, p, _, cut), (new, finished), text in zip(batch, results, texts):
+                    yield Sample(p, c.mode, c.level, c.reward, guidance, text, len(new), finished,
+                                 prompt_tokens_cut=cut)
                 bar.update(len(batch))
 
 
@@ -663,4 +689,8 @@ def format_summary(samples: Sequence[Sample], conds: Sequence[Condition], out, s
             sd = math.sqrt(sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
             line += f"  {mean:+.3f} ± {sd:.3f}"
         lines.append(line)
+    cut = [x.prompt_tokens_cut for x in samples if x.prompt_tokens_cut]
+    if cut:
+        lines.append(f"  prompts cut to fit the context: {len(cut):,} of {len(samples):,} samples kept only their "
+                     f"prompt's last tokens ({min(cut):,} to {max(cut):,} left out; prompt_tokens_cut in the output)")
     return "\n".join(lines)

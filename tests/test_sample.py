@@ -504,11 +504,13 @@ def test_prompt_and_new_tokens_must_fit_the_context(sampler, tmp_path):
     with pytest.raises(SampleError, match=r"^the longest prompt \(prompt 1 of 1\) is 4 tokens with its 2 control "
                                           r"token\(s\); with max_new_tokens=125 that makes 129, beyond the model's "
                                           r"context of 128 tokens \(config.max_position_embeddings\): use "
-                                          r"max_new_tokens <= 124 or a shorter prompt$"):
+                                          r"max_new_tokens <= 124 or a shorter prompt \(or --truncate-prompts, "
+                                          r"truncate_prompts=True: each prompt keeps its last tokens\)$"):
         list(sampler.sample(["w1 w2"], conds, greedy(125)))
     (tmp_path / "p.txt").write_text("w1\n\n" + " ".join(["w3"] * 200) + "\nw2\n")
     with pytest.raises(SampleError, match=rf"^the longest prompt \({tmp_path / 'p.txt'}:3\) is 202 tokens .* "
-                                          rf"shorten that prompt to under 126 tokens$"):
+                                          rf"shorten that prompt to under 126 tokens \(or --truncate-prompts, "
+                                          rf"truncate_prompts=True: each prompt keeps its last tokens\)$"):
         list(sampler.sample(read_prompts(tmp_path / "p.txt"), conds, greedy(3)))
     off = read_prompts(tmp_path / "p.txt")[:1] + ["w1 " * 126]                  # off mode: 1 control token
     with pytest.raises(SampleError, match=r"\(prompt 2 of 2\) is 127 tokens with its 1 control token\(s\); with "
@@ -523,8 +525,37 @@ def test_context_check_edge_cases(sampler):
                                           r"that makes 129"):
         list(sampler.sample(["w1 w2"], [Condition("off"), Condition("on", 1)], greedy(125)))
     with pytest.raises(SampleError, match=r"is 128 tokens with its 2 control token\(s\); .*: shorten that prompt "
-                                          r"to under 126 tokens$"):
+                                          r"to under 126 tokens \(or --truncate-prompts"):
         list(sampler.sample(["w1 " * 126], [Condition("on", 1)], greedy(1)))
+
+
+def test_truncate_prompts_keeps_each_long_prompts_last_tokens(sampler):
+    """With truncate_prompts a prompt longer than context - control ids - max_new_tokens (128 - 2 - 6
+    = 120 tokens here) keeps its last tokens: the same greedy continuation as those tokens given as
+    the prompt, with and without guidance; a prompt that fits is untouched; each sample keeps the
+    prompt as given and records how many tokens it lost; off mode (1 control id) keeps one more, a
+    mix of modes the on mode's count."""
+    words = [f"w{i * 7 % 59 + 1}" for i in range(150)]   # no period of 29, 30 or 31: a cut from either side differs
+    long, short, kept = " ".join(words), "w1 w2", " ".join(words[-120:])
+    conds = [Condition("on", 2)]
+    out = list(sampler.sample([long, short], conds, greedy(6), truncate_prompts=True))
+    ref = list(sampler.sample([kept, short], conds, greedy(6)))
+    assert [x.text for x in out] == [x.text for x in ref] and [x.prompt for x in out] == [long, short]
+    assert [x.prompt_tokens_cut for x in out] == [30, 0]
+    assert out[0].to_dict()["prompt_tokens_cut"] == 30 and "prompt_tokens_cut" not in out[1].to_dict()
+    guided = list(sampler.sample([long], conds, greedy(6), guidance=1.5, truncate_prompts=True))
+    assert [x.text for x in guided] == [x.text for x in sampler.sample([kept], conds, greedy(6), guidance=1.5)]
+    off = list(sampler.sample([long], [Condition("off")], greedy(6), truncate_prompts=True))
+    assert [x.text for x in off] == [x.text for x in sampler.sample([" ".join(words[-121:])], [Condition("off")],
+                                                                  greedy(6))]
+    assert off[0].prompt_tokens_cut == 29
+    mixed = sampler.sample([long], [Condition("off"), Condition("on", 2)], greedy(6), truncate_prompts=True)
+    assert [x.prompt_tokens_cut for x in mixed] == [30, 30]
+    assert [x.prompt_tokens_cut for x in sampler.sample([short], conds, greedy(126), truncate_prompts=True)] == [2]
+    with pytest.raises(SampleError, match=r"^max_new_tokens=127 and 2 control token\(s\) leave no room for a prompt "
+                                          r"in the model's context of 128 tokens \(config.max_position_embeddings\): "
+                                          r"use max_new_tokens <= 126$"):
+        list(sampler.sample([short], conds, greedy(127), truncate_prompts=True))
 
 
 def test_an_empty_request_samples_nothing(sampler):
@@ -958,6 +989,23 @@ def test_cli_notes_an_empty_prompt_where_the_model_learned_responses_to_prompts(
     (tmp_path / "p.txt").write_text("w1\n")
     assert main([*args, "--prompts", str(tmp_path / "p.txt"), "--out", str(tmp_path / "b.jsonl")]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_cli_truncate_prompts(tmp_path, run_dir, capsys):
+    """--truncate-prompts: a prompt too long for the context (200 tokens; 128 - 2 - 4 = 122 fit) is
+    refused without it, nothing written; with it, its sample records the 78 tokens left out and the
+    summary says so; the prompt that fits has no such field."""
+    (tmp_path / "p.txt").write_text(" ".join(["w3"] * 200) + "\nw1\n")
+    out = tmp_path / "s.jsonl"
+    args = ["sample", "--model", str(run_dir), "--level", "1", "--prompts", str(tmp_path / "p.txt"),
+            "--max-new-tokens", "4", "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    assert "(or --truncate-prompts, truncate_prompts=True" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--truncate-prompts"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("prompt_tokens_cut") for r in rows] == [78, None] and rows[0]["prompt"] == " ".join(["w3"] * 200)
+    assert ("prompts cut to fit the context: 1 of 2 samples kept only their prompt's last tokens (78 to 78 left out; "
+            "prompt_tokens_cut in the output)") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("options,noted", [
