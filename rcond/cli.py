@@ -414,8 +414,8 @@ def run_sample(a) -> int:
 
     from .sample import (SamplingParams, check_out_file, conditions, empty_prompt_note, format_summary, load_sampler,
                          one_line_prompts_note, read_prompts, write_jsonl_atomic)
-    from .sources import data_suffix
     from .scorers import get_scorer
+    from .sources import data_suffix
 
     params = SamplingParams(max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
                             temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
