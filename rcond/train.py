@@ -442,6 +442,17 @@ def edge_differences(corpora: dict[str, CorpusRows], final: str) -> list[str]:
             for c in items[1:] if list(c.scheme.edges) != list(first.scheme.edges)]
 
 
+def warmup_note(cfg: TrainConfig) -> list[str]:
+    """A warmup longer than the run: the learning rate rises all run (``lr_lambda``) and never reaches
+    the peak the run asked for, which is easy to miss in a short trial run."""
+    total = cfg.total_steps
+    if cfg.warmup <= total:
+        return []
+    return [f"a warmup of {cfg.warmup} steps is longer than the run's {total}: the learning rate rises all run and "
+            f"ends at {cfg.lr * total / cfg.warmup:.3g}, not the peak lr {cfg.lr:g}, and never decays; give --warmup "
+            f"{total} or fewer (warmup in a config file), or more steps"]
+
+
 def start_model_differences(model: str, corpora: dict[str, CorpusRows], final: str) -> list[str]:
     """Warnings for a run that starts from a model rcond trained (a folder with the scheme.json
     that ``save_pretrained_atomic`` writes) on corpora whose RTG tokens stand for other reward
@@ -618,7 +629,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
         raise KeyboardInterrupt("a signal arrived while the run was being set up")
     if d.main:
         final = cfg.stages[-1].corpora[0]
-        for warning in start_model_differences(cfg.model, corpora, final) + edge_differences(corpora, final):
+        for warning in (start_model_differences(cfg.model, corpora, final) + edge_differences(corpora, final)
+                        + warmup_note(cfg)):
             print(f"warning: {warning}", file=sys.stderr)
         with creating(out):
             out.mkdir(parents=True, exist_ok=True)

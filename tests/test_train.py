@@ -47,7 +47,7 @@ def corpus(tmp_path_factory):
 
 
 def cfg_for(corpus, steps=8, **kw):
-    base = dict(model="tiny", batch_size=4, warmup=2, lr=3e-3, seed=0, device="cpu")
+    base = dict(model="tiny", batch_size=4, warmup=min(2, steps), lr=3e-3, seed=0, device="cpu")
     base.update(kw)
     return TrainConfig(stages=[Stage(corpora=[str(corpus)], steps=steps, name="s")], **base)
 
@@ -973,6 +973,24 @@ def test_the_logged_lr_follows_warmup_then_cosine_over_all_stages(tmp_path, corp
     assert r.log == log and r.tokens == sum(rec["trained_tokens"] for rec in log) and r.last_loss == log[-1]["loss"]
     for rec in log:
         assert rec["tokens_per_s"] * rec["seconds"] == pytest.approx(2 * 2 * 48)
+
+
+def test_a_warmup_longer_than_the_run_warns_with_the_lr_it_ends_at(tmp_path, corpus, monkeypatch, capsys):
+    """Warmup 8 over a 3-step run: the lr rises all run (1/8, 2/8, 3/8 of the peak, from the log) and
+    ends at 3/8 of it, which the warning gives (3e-3 * 3/8 = 0.001125, shown 0.00113); a warmup as long as the run
+    reaches the peak on its last step and is not warned about, nor is a shorter one."""
+    small_model(monkeypatch)
+    train(cfg_for(corpus, steps=3, warmup=8), tmp_path / "long", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and ("warning: a warmup of 8 steps is longer than the run's 3: the learning "
+                                           "rate rises all run and ends at 0.00113, not the peak lr 0.003, and never "
+                                           "decays; give --warmup 3 or fewer (warmup in a config file), or more "
+                                           "steps") in err
+    log = [json.loads(line) for line in open(tmp_path / "long" / "log.jsonl")]
+    assert [rec["lr"] for rec in log] == pytest.approx([3e-3 * k / 8 for k in (1, 2, 3)], rel=1e-6)
+    for warmup in (3, 0):
+        train(cfg_for(corpus, steps=3, warmup=warmup), tmp_path / f"w{warmup}", progress=False)
+        assert "warning" not in capsys.readouterr().err
 
 
 def test_a_log_record_divides_each_loss_by_its_own_weight_and_leaves_empty_groups_out():
