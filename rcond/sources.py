@@ -982,8 +982,19 @@ def _field(row: dict, name: str, origin: str, *, optional: bool = False):
 def _text(row: dict, name: str, origin: str) -> str:
     value = _field(row, name, origin)
     if not isinstance(value, str):
-        raise SourceError(f"{origin}: field {name!r} must be a string, got {kind_of(value)}")
+        raise SourceError(f"{origin}: field {name!r} must be a string, got {kind_of(value)}{_chat_hint(value)}")
     return value
+
+
+def _chat_hint(value) -> str:
+    """For a list of chat messages (``{"role", "content"}`` objects, as conversational preference data
+    holds them): what rcond reads instead, which has no chat template to render them with."""
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                         for m in value)):
+        return ""
+    return (" of chat messages ({role, content}); rcond reads text, with no chat template: give the text itself "
+            "(for a pair, each side's response with the prompt in its own field, or whole dialogues in the "
+            "HH-RLHF convention), or a conversation as --format dialog turns")
 
 
 def _reward(value, name: str, origin: str) -> float:
@@ -1047,7 +1058,8 @@ def pairs_records(row: dict, origin: str, f: FieldNames, scored: bool) -> list[R
         prompt_r, rejected = split_hh(rejected, origin + " (rejected)", f.prompt)
     else:
         if not isinstance(prompt, str):
-            raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}")
+            raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}"
+                              f"{_chat_hint(prompt)}")
         prompt_c = prompt_r = prompt
     _nonempty(chosen, "chosen response", origin)
     _nonempty(rejected, "rejected response", origin)
@@ -1086,7 +1098,8 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
     prompt = _field(row, f.prompt, origin, optional=True)
     prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
-        raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}")
+        raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}"
+                          f"{_chat_hint(prompt)}")
     reward = 0.0 if scored else _reward(_field(row, f.reward, origin), f.reward, origin)
     return Record([Part(prompt, False, rtg=reward), Part(response, True)], "on", origin)
 

@@ -1845,6 +1845,37 @@ def test_values_that_are_no_object_are_named_by_kind_and_cut_to_40_characters(tm
         list(SourceReader([str(tmp_path / "b.parquet")], "text"))
 
 
+def test_chat_messages_where_text_is_expected_say_what_rcond_reads_instead(tmp_path):
+    """Conversational preference data holds each side as a list of {role, content} messages: the
+    error says so and what to give instead, for a pair's side and its prompt, a scored response,
+    on the JSON Lines chunk path, the line path (--on-error skip) and from Parquet alike; any other
+    array (of numbers, of objects without role and content, empty) gets the plain message."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    hint = (r" of chat messages \(\{role, content\}\); rcond reads text, with no chat template: give the text "
+            r"itself \(for a pair, each side's response with the prompt in its own field, or whole dialogues in "
+            r"the HH-RLHF convention\), or a conversation as --format dialog turns$")
+    cases = [("pairs", {"prompt": "p", "chosen": chat, "rejected": "r"}, "chosen"),
+             ("pairs", {"prompt": chat[:1], "chosen": "c", "rejected": "r"}, "prompt"),
+             ("scored", {"prompt": "p", "response": chat[1:], "reward": 1}, "response"),
+             ("scored", {"prompt": chat[:1], "response": "r", "reward": 1}, "prompt")]
+    for i, (fmt, row, field) in enumerate(cases):
+        src = write_jsonl(tmp_path / f"c{i}.jsonl", [row])
+        pq.write_table(pa.Table.from_pylist([row]), tmp_path / f"c{i}.parquet")
+        for spec, where in ((src, ":1"), (tmp_path / f"c{i}.parquet", ":row 1")):
+            message = rf"c{i}\.\w+{where}: field '{field}' must be a string, got an array{hint}"
+            with pytest.raises(SourceError, match=message):
+                list(SourceReader([str(spec)], fmt))
+            reader = SourceReader([str(spec)], fmt, on_error="skip")
+            assert list(reader) == [] and re.search(message, reader.skipped.examples[0])
+    for other in ([1, 2], [{"role": "user"}], [{"text": "a"}], []):
+        src = write_jsonl(tmp_path / "o.jsonl", [{"prompt": "p", "response": other, "reward": 1}])
+        with pytest.raises(SourceError, match=r"o\.jsonl:1: field 'response' must be a string, got an array$"):
+            list(SourceReader([str(src)], "scored"))
+
+
 def test_an_integer_past_pythons_digit_limit_is_read_as_the_float_it_is_not_a_crash(tmp_path):
     """Python refuses to turn more than 4,300 digits into an int (a ValueError that named no line
     and ended ``rcond preprocess`` with a traceback): such an integer is read as the float it is
