@@ -41,6 +41,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, unless it has none to show (None, a flag) or its help names it."""
 
+    def add_argument(self, action: argparse.Action) -> None:
+        """As argparse's, but a command's subcommands are measured at the indent they are shown at
+        (argparse measures them one indent short, so the longest, ``preprocess``, wrapped its help)."""
+        super().add_argument(action)
+        if action.help is not argparse.SUPPRESS:
+            for sub in self._iter_indented_subactions(action):
+                width = len(self._format_action_invocation(sub)) + self._current_indent
+                self._action_max_length = max(self._action_max_length, width)
+
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS

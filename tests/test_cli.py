@@ -750,6 +750,18 @@ def test_one_bin_is_no_cause_for_a_note(tmp_path, capsys):
     assert "<|rtg:0|>" in out and "note:" not in out, out
 
 
+def test_top_level_help_puts_each_command_beside_its_help(capsys, monkeypatch):
+    """`rcond --help` lists the commands with their help in one column, the longest name
+    (preprocess) included: argparse alone measured the names one indent short and wrapped it."""
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert e.value.code == 0
+    assert "    preprocess  input data -> conditioned, packed corpus" in lines
+    assert "    demo        the whole flow on the embedded toy world" in lines
+
+
 def test_help_shows_each_default_once_and_none_for_flags(capsys):
     """An option's help shows its default, unless it has none (None, a flag) or the help already
     says it: '--block-size ... (default: 1024)', but no '(default: None)' after --bins' own words,
