@@ -686,6 +686,9 @@ def test_hh_pairs_give_the_prompts_preprocess_trained_on(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"chosen": "no turn here", "rejected": "x"}])
     with pytest.raises(SourceError, match=r"bad.jsonl:1 \(chosen\): no '\\n\\nAssistant:' turn in the dialogue"):
         read_prompts(tmp_path / "bad.jsonl")
+    write_jsonl(tmp_path / "int.jsonl", [{"prompt": 7, "chosen": chosen[1]}])   # a prompt that is no string is wrong,
+    with pytest.raises(SourceError, match=r"int.jsonl:1: field 'prompt' is int 7, expected a string$"):  # not absent
+        read_prompts(tmp_path / "int.jsonl")
 
 
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
