@@ -66,7 +66,7 @@ from rcond.tokens import SCHEME_FILE, ControlScheme, SchemeError
 # Llama-style presets (RoPE, RMSNorm, SwiGLU, tied input/output embeddings); the vocabulary
 # size always comes from the tokenizer.
 PRESETS: dict[str, dict] = {
-    # ~0.6M parameters + 128 per vocabulary entry: `rcond demo --quick` and the steerability test.
+    # ~0.6M parameters + 128 per vocabulary entry: `rcond demo --quick` and quick tests.
     "micro": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
                   max_position_embeddings=1024),
     # ~1.8M parameters + 192 per vocabulary entry: trains on 2 CPU cores in minutes.
