@@ -1,9 +1,12 @@
-"""The README's Python block runs as written, on the files its commands make (small sizes here)."""
+"""The README's commands parse and its Python block runs as written (small sizes here)."""
 
 import re
+import shlex
 from pathlib import Path
 
-from rcond.cli import main
+import pytest
+
+from rcond.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,3 +30,33 @@ def test_the_readme_python_block_runs(tmp_path, monkeypatch, capsys):
     levels = [re.match(r"level (\d): ['\"]", line)[1] for line in lines[1:]]
     assert levels == [str(k) for k in range(5) for _ in range(2)]
     assert (tmp_path / "corpora" / "api" / "scheme.json").is_file()
+
+
+
+def _commands(text: str) -> list[str]:
+    """Every rcond (or torchrun) command line in a text's shell blocks, its trailing comment cut."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        lines += [line.split("  #")[0].strip() for line in block.splitlines() if re.match(r"(rcond|torchrun) ", line)]
+    return lines
+
+
+def test_every_readme_and_help_example_command_parses():
+    """Each `rcond ...` line of the README (the torchrun line's rcond part too) and of every
+    command's --help examples is accepted by the command's parser: no documented flag renamed or
+    dropped."""
+    import argparse
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    examples = [line.strip() for p in sub.choices.values() for line in (p.epilog or "").splitlines()
+                if line.strip().startswith("rcond ")]
+    commands = _commands(README.read_text(encoding="utf-8")) + examples
+    assert len(examples) >= 12 and len(commands) >= 24
+    for line in commands:
+        words = shlex.split(line)
+        args = words[words.index("rcond.cli") + 1:] if words[0] == "torchrun" else words[1:]
+        try:
+            parser.parse_args(args)
+        except SystemExit:
+            pytest.fail(f"the documented command does not parse: {line}")
