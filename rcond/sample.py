@@ -114,7 +114,7 @@ MAX_NEW_TOKENS = 2**20
 PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv (each optionally .gz, .bz2, .xz, .zst), "
                 ".parquet, .arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a string "
                 "field 'prompt' per row (or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format pairs "
-                "takes it)")
+                "takes it, or 'turns', whose turns before the first assistant turn are taken)")
 
 
 class SampleError(ValueError):
@@ -489,7 +489,10 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     ``.csv`` (optionally compressed), ``.parquet``, ``.arrow``, a dataset saved by ``save_to_disk``
     (``DIR`` or ``DIR:SPLIT``) or a hub dataset id -> the ``prompt`` field of every row, or where a
     row has none (or a null one), the prompt of its HH-RLHF ``chosen`` dialogue, up to and including
-    its last ``"\\n\\nAssistant:"``, as ``rcond preprocess --format pairs`` takes it. Every
+    its last ``"\\n\\nAssistant:"``, as ``rcond preprocess --format pairs`` takes it, or the opening
+    of its ``turns`` (a dialog as ``--format dialog`` reads it): the turns before its first assistant
+    turn (all of them if none), joined as written, which is what the corpus put before the dialog's
+    first RTG token (each turn encoded on its own there; one opening turn gives the same ids). Every
     prompt read is a :class:`Prompt`. Any other folder or a ``.zip`` (inputs of ``preprocess``, not
     prompts) and any other file type are refused, with the list of what is accepted."""
     from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows, saved_dataset
@@ -560,10 +563,29 @@ def _prompt_field(origin: str, row: dict) -> str:
         return value
     if value is None and isinstance(row.get("chosen"), str):  # an HH-RLHF pair, as --format pairs reads it
         return split_hh(row["chosen"], f"{origin} (chosen)")[0]
+    if value is None and isinstance(row.get("turns"), list):  # a dialog, as --format dialog reads it
+        return _dialog_opening(row["turns"], origin)
     if "prompt" in row:
         raise SourceError(f"{origin}: field 'prompt' is {type(value).__name__} {value!r:.40}, expected a string")
-    raise SourceError(f"{origin}: expected a string field 'prompt' (or an HH-RLHF 'chosen' dialogue); "
-                      f"fields present: {sorted(row)}")
+    raise SourceError(f"{origin}: expected a string field 'prompt' (or an HH-RLHF 'chosen' dialogue, or a "
+                      f"dialog's 'turns'); fields present: {sorted(row)}")
+
+
+def _dialog_opening(turns: list, origin: str) -> str:
+    """The contents of a dialog's turns before its first assistant turn, joined as written (all of
+    them where no turn is the assistant's); a SourceError naming the turn that is no
+    ``{"role", "content"}`` object of strings."""
+    from .sources import SourceError
+
+    opening = []
+    for j, turn in enumerate(turns, start=1):
+        role, content = (turn.get("role"), turn.get("content")) if isinstance(turn, dict) else (None, None)
+        if not (isinstance(role, str) and isinstance(content, str)):
+            raise SourceError(f"{origin} turn {j}: expected an object with a string 'role' and 'content'")
+        if role == "assistant":
+            break
+        opening.append(content)
+    return "".join(opening)
 
 
 def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -643,7 +643,7 @@ def test_read_prompts(tmp_path):
     assert read_prompts(tmp_path / "p.jsonl") == ["w1", ""]
     write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "w1"}, {"text": "w2"}])
     with pytest.raises(SourceError, match=r"bad.jsonl:2: expected a string field 'prompt' \(or an HH-RLHF 'chosen' "
-                                          r"dialogue\); fields present: \['text'\]"):
+                                          r"dialogue, or a dialog's 'turns'\); fields present: \['text'\]"):
         read_prompts(tmp_path / "bad.jsonl")
     with pytest.raises(SourceError, match="no such"):
         read_prompts(tmp_path / "missing.txt")
@@ -660,7 +660,7 @@ def test_prompts_file_lines_are_split_at_newlines_only(tmp_path):
         ("a\u2028b", f"{tmp_path / 'p.txt'}:1"), ("c\x0cd", f"{tmp_path / 'p.txt'}:2"), ("e", f"{tmp_path / 'p.txt'}:4")]
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "w2", "id": 3}])
     with pytest.raises(SourceError, match=r"bad.jsonl:1: expected a string field 'prompt' \(or an HH-RLHF 'chosen' "
-                                          r"dialogue\); fields present: \['id', 'text'\]$"):
+                                          r"dialogue, or a dialog's 'turns'\); fields present: \['id', 'text'\]$"):
         read_prompts(tmp_path / "bad.jsonl")
 
 
@@ -691,6 +691,40 @@ def test_hh_pairs_give_the_prompts_preprocess_trained_on(tmp_path):
         read_prompts(tmp_path / "int.jsonl")
 
 
+def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
+    """A row with 'turns' and no 'prompt' (a dialog as --format dialog reads it) gives the turns
+    before its first assistant turn, joined as written: for the toy world's dialogs exactly the
+    text the dialog corpus put before its first RTG token (checked against the dialog reader's
+    records); a system turn is kept, a row of user turns alone gives them all, a turn that is no
+    role-and-content object is named."""
+    from rcond.sources import SourceReader
+    from rcond.toyworld import generate
+
+    world = generate(tmp_path / "world", seed=3, n_reviews=1, n_dialogs=40, n_text=1, progress=False)
+    prompts = read_prompts(world["dialogs"])
+    (batch,) = SourceReader([str(world["dialogs"])], "dialog").batches()
+    openings, record = [], None
+    for text, start, trained in zip(batch.texts, batch.doc_start, batch.trainable):
+        if start:
+            openings.append("")
+            record = True
+        if trained:
+            record = False
+        elif record:
+            openings[-1] += text
+    assert prompts == openings and len(prompts) == 40 and all(prompts)
+    rows = [{"turns": [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi?"},
+                       {"role": "assistant", "content": "Hello.", "reward": 1}, {"role": "user", "content": "Bye?"}]},
+            {"turns": [{"role": "user", "content": "a "}, {"role": "user", "content": "b"}]},
+            {"prompt": None, "turns": [{"role": "assistant", "content": "x"}]}]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    assert read_prompts(tmp_path / "d.jsonl") == ["Be brief. Hi?", "a b", ""]
+    write_jsonl(tmp_path / "bad.jsonl", [{"turns": [{"role": "user", "content": "a"}, {"role": "user", "content": 3}]}])
+    with pytest.raises(SourceError, match=r"bad.jsonl:1 turn 2: expected an object with a string 'role' and "
+                                          r"'content'$"):
+        read_prompts(tmp_path / "bad.jsonl")
+
+
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
     """A folder (even one named .txt) or a .zip is a preprocess input, not a prompts file; the
     accepted list names only what read_prompts reads; a 'prompt' that is no string says what it is."""
@@ -700,7 +734,7 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv \(each optionally \.gz, \.bz2, \.xz, "
                 r"\.zst\), \.parquet, \.arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a "
                 r"string field 'prompt' per row \(or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format "
-                r"pairs takes it\)$")
+                r"pairs takes it, or 'turns', whose turns before the first assistant turn are taken\)$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")
