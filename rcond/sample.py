@@ -518,6 +518,18 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     return prompts
 
 
+def _most_of(options: dict, part: str, whole: str, what: str) -> str | None:
+    """``"all N of this model's training {what}"`` or ``"K of this model's N training {what}"`` where
+    the corpus counts ``options[part]`` of ``options[whole]`` are more than half; None where they are
+    not, or are not integer counts (a corpus built before they were recorded, a hand-edited
+    scheme.json): then there is nothing to say."""
+    some, every = options.get(part), options.get(whole)
+    if not all(type(n) is int for n in (some, every)) or 2 * some <= every:
+        return None
+    return (f"all {every:,} of this model's training {what}" if some == every
+            else f"{some:,} of this model's {every:,} training {what}")
+
+
 def empty_prompt_note(scheme: ControlScheme) -> str | None:
     """What to tell a user who samples with no prompts (one empty prompt) from a model most of whose
     corpus's records opened with a prompt or user turn (``scheme.options["prompts"]`` of
@@ -525,12 +537,9 @@ def empty_prompt_note(scheme: ControlScheme) -> str | None:
     learned what follows a prompt, never to write one, so from nothing it writes text few training
     documents showed it. None where at most half the records had a prompt, the corpus trained on
     prompts, or it does not say (built before the counts were recorded)."""
-    opts = scheme.options
-    prompted, records = opts.get("prompts"), opts.get("records")
-    if not all(type(n) is int for n in (prompted, records)) or 2 * prompted <= records or opts.get("train_on_prompt"):
-        return None  # (not counts, as in a hand-edited scheme.json: nothing to say)
-    share = (f"all {records:,} of this model's training records" if prompted == records
-             else f"{prompted:,} of this model's {records:,} training records")
+    share = _most_of(scheme.options, "prompts", "records", "records")
+    if share is None or scheme.options.get("train_on_prompt"):
+        return None
     return (f"note: no --prompts: every sample starts from an empty prompt, but {share} opened with a prompt it was "
             f"not trained to write (loss weight 0); it learned what follows a prompt, not what follows nothing. "
             f"Give --prompts FILE with prompts like its corpus's")
@@ -541,12 +550,9 @@ def one_line_prompts_note(scheme: ControlScheme, path: str | os.PathLike) -> str
     a model most of whose corpus's prompts held a line break (``scheme.options["multiline_prompts"]``
     of ``["prompts"]``: every HH-RLHF prompt does): its prompts are unlike those the model learned
     to answer. None where at most half did, or the corpus does not say (built before the count)."""
-    opts = scheme.options
-    multiline, prompted = opts.get("multiline_prompts"), opts.get("prompts")
-    if not all(type(n) is int for n in (multiline, prompted)) or 2 * multiline <= prompted:
+    share = _most_of(scheme.options, "multiline_prompts", "prompts", "prompts")
+    if share is None:
         return None
-    share = (f"all {prompted:,} of this model's training prompts" if multiline == prompted
-             else f"{multiline:,} of this model's {prompted:,} training prompts")
     return (f"note: {path} holds one prompt per line, but {share} spanned several lines (as HH-RLHF's "
             f"'\\n\\nHuman: ...\\n\\nAssistant:' do), so these prompts are unlike the ones it learned to answer. "
             f"Give such prompts as rows with a 'prompt' field (.jsonl), or give the HH-RLHF pairs themselves "
