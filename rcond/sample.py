@@ -561,7 +561,8 @@ def one_line_prompts_note(scheme: ControlScheme, path: str | os.PathLike) -> str
 
 def _prompt_field(origin: str, row: dict) -> str:
     """A row's ``prompt`` field, else (none, or a null one) the prompt of its HH-RLHF ``chosen``
-    dialogue (:func:`~rcond.sources.split_hh`); or a SourceError naming the row and what it holds."""
+    dialogue (:func:`~rcond.sources.split_hh`) or the opening of its dialog ``turns``
+    (:func:`_dialog_opening`); or a SourceError naming the row and what it holds."""
     from .sources import SourceError, split_hh
 
     value = row.get("prompt")
