@@ -393,7 +393,10 @@ text, num_tokens, finished (ended with eos), score (with --score-with) and promp
                         "conditioning; None = no unconditioned branch")
     p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field, or "
                                                      "HH-RLHF pairs (the prompt of each 'chosen' dialogue), or "
-                                                     "dialogs ('turns': those before the first assistant turn) "
+                                                     "dialogs ('turns': a conversation ending with a user turn whole, "
+                                                     "with an RTG token of the level before each assistant turn "
+                                                     "for a dialog-trained model; else the turns before the first "
+                                                     "assistant turn) "
                                                      "(.jsonl/.json/.csv/.parquet/.arrow, a saved dataset, a hub id); "
                                                      "None = one empty prompt (a note says when the model's corpus "
                                                      "mostly opened with prompts it never learned to write, or a "

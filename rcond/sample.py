@@ -14,6 +14,20 @@ prompt is the conversation so far and the RTG token follows it:
 
     on,  level k:   <|rlhf:on|> prompt <|rtg:k|>   -> assistant turn <eos>
 
+A conversation that already holds assistant turns (a :class:`Prompt` made from dialog turns)
+is laid out for such a model as its corpus laid out the dialog, each turn encoded on its own and
+an RTG token before every assistant turn, the earlier ones included:
+
+    on,  level k:   <|rlhf:on|> user <|rtg:k|> assistant user <|rtg:k|>   -> assistant turn <eos>
+
+Every earlier assistant turn gets the requested level k. The corpus gave each turn the bin of its
+reward-to-go R_t = r_t + γ R_{t+1}, so this is the corpus's own rule where the earlier turns'
+rewards are 0 and γ = 1 (their reward-to-go is then the new turn's). Decision Transformer
+(Chen et al., 2021) instead lowers the return-to-go by each reward observed; that needs the
+earlier turns' rewards and the requested level as a value, and a bin is a range, not a value, so
+rcond does not do it and reads no reward written on a prompt's turns. In off mode, as in the
+corpus's unconditional records, the conversation carries no RTG token at all.
+
 A level may be requested as a raw reward x, mapped to the bin ``scheme.bin_of(x)`` through the
 edges stored with the model.
 
@@ -109,12 +123,14 @@ from .tokens import ControlScheme, SchemeError
 PRUNABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)
 TEMPERATURE_RANGE = (1e-4, 1e4)   # see the module docstring for the reasons of these limits
 GUIDANCE_LIMIT = 100.0
+EARLIER_TURN = -1  # in an encoded dialog prompt: where an earlier assistant turn's RTG token goes
 SEED_MAX = 2**63 - 1
 MAX_NEW_TOKENS = 2**20
 PROMPT_FILES = (".txt (one prompt per line), or .jsonl, .json, .csv (each optionally .gz, .bz2, .xz, .zst), "
                 ".parquet, .arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a string "
                 "field 'prompt' per row (or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format pairs "
-                "takes it, or 'turns', whose turns before the first assistant turn are taken)")
+                "takes it, or 'turns', a dialog: a conversation ending with a user or system turn after an assistant "
+                "turn is taken whole, any other the turns before its first assistant turn)")
 
 
 class SampleError(ValueError):
@@ -283,8 +299,13 @@ class Sampler:
         return [self.on_id, self.rtg_ids[self.scheme.check_level(cond.level)]]
 
     def input_ids(self, cond: Condition, prompt_ids: list[int]) -> list[int]:
-        """Control ids and an encoded prompt, in the corpus's order for this model (module docstring)."""
+        """Control ids and an encoded prompt (:meth:`encode_prompts`), in the corpus's order for this
+        model (module docstring); each ``EARLIER_TURN`` mark of a dialog prompt becomes the RTG token
+        of ``cond``'s level (on mode) or is dropped (off mode, where the corpus has no RTG token)."""
         control = self.control_ids(cond)
+        if EARLIER_TURN in prompt_ids:
+            prompt_ids = [i for i in prompt_ids if i != EARLIER_TURN] if cond.mode == "off" else \
+                [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
         if self.rtg_after_prompt and cond.mode == "on":
             return control[:1] + prompt_ids + control[1:]
         return control + prompt_ids
@@ -298,9 +319,30 @@ class Sampler:
         offsets, flat = self._encoder(list(prompts))
         return [flat[a:b].tolist() for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Prompts -> token ids as :meth:`encode` gives them, except a :class:`Prompt` made from
+        dialog turns given to a model trained on a dialog corpus: there each turn is encoded on its
+        own, as the corpus encodes a dialog's turns, and an ``EARLIER_TURN`` mark stands before each
+        assistant turn, where the corpus put that turn's RTG token (:meth:`input_ids` fills it in).
+        Other models get such a prompt's text, its turns joined, encoded as one, as a corpus of
+        prompts holding whole conversations (HH-RLHF's) encodes them."""
+        dialog = [self.rtg_after_prompt and getattr(p, "turns", None) is not None for p in prompts]
+        plain = iter(self.encode([p for p, d in zip(prompts, dialog) if not d]))
+        turns = iter(self.encode([content for p, d in zip(prompts, dialog) if d for _, content in p.turns]))
+        out = []
+        for p, d in zip(prompts, dialog):
+            if not d:
+                out.append(next(plain))
+                continue
+            ids: list[int] = []
+            for role, _ in p.turns:
+                ids += ([EARLIER_TURN] if role == "assistant" else []) + next(turns)
+            out.append(ids)
+        return out
+
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
         """The full model input of one prompt under ``cond``: control ids and prompt ids."""
-        return self.input_ids(cond, self.encode([prompt])[0])
+        return self.input_ids(cond, self.encode_prompts([prompt])[0])
 
     def check_context(self, prompts: Sequence[str], encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
                       max_new_tokens: int) -> None:
@@ -449,10 +491,10 @@ class Sampler:
         if guidance is not None and any(c.mode == "off" for c in conds):
             raise SchemeError("guidance contrasts the on mode with the off mode; it needs --mode on")
         prompts = list(prompts)
-        full = self.encode(prompts)
+        full = self.encode_prompts(prompts)
         encoded = self.cut_to_context(full, conds, params.max_new_tokens) if truncate_prompts else full
         self.check_context(prompts, encoded, conds, params.max_new_tokens)
-        off = self.control_ids(Condition("off"))
+        off = Condition("off")
         jobs = [(c, p, e, len(f) - len(e)) for c in conds for p, e, f in zip(prompts, encoded, full) for _ in range(n)]
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         with tqdm(total=len(jobs), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True,
@@ -461,7 +503,7 @@ class Sampler:
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the sampling here, not at the end
                 batch = jobs[at:at + batch_size]
                 rows = [self.input_ids(c, e) for c, _, e, _ in batch]
-                uncond = [off + e for _, _, e, _ in batch] if guidance is not None else None
+                uncond = [self.input_ids(off, e) for _, _, e, _ in batch] if guidance is not None else None
                 width = CONTROL_PREFIX + max(len(e) for _, _, e, _ in batch)
                 results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,
                                         width=width)
@@ -474,14 +516,38 @@ class Sampler:
 
 # ---------------------------------------------------------------------------- files
 class Prompt(str):
-    """A prompt's text that remembers where it was read (``file:line``, ``file:row i``), for messages."""
+    """A prompt's text that remembers where it was read (``file:line``, ``file:row i``), for messages.
 
-    origin: str
+    A prompt made from dialog turns (:meth:`dialog`) also keeps them, as ``(role, content)`` pairs:
+    its text is their contents joined as written, and a model trained on a dialog corpus is given
+    each turn encoded on its own with an RTG token before every assistant turn, as its corpus laid
+    the turns out (:meth:`Sampler.encode_prompts`)."""
 
-    def __new__(cls, text: str, origin: str) -> Prompt:
+    origin: str | None
+    turns: tuple[tuple[str, str], ...] | None
+
+    def __new__(cls, text: str, origin: str | None = None, turns: Sequence[tuple[str, str]] | None = None) -> Prompt:
         prompt = super().__new__(cls, text)
         prompt.origin = origin
+        prompt.turns = None if turns is None else tuple((role, content) for role, content in turns)
         return prompt
+
+    @classmethod
+    def dialog(cls, turns: Sequence[tuple[str, str]], origin: str | None = None) -> Prompt:
+        """The prompt of a conversation given as ``(role, content)`` pairs (role ``user``, ``system``
+        or ``assistant``), for the assistant turn that follows its last turn; a ``ValueError`` for
+        any other role, for no turns, or for a conversation that ends with an assistant turn."""
+        turns = [(role, content) for role, content in turns]
+        if not turns:
+            raise ValueError("a dialog prompt needs at least one turn")
+        for role, content in turns:
+            if role not in ("user", "system", "assistant") or not isinstance(content, str):
+                raise ValueError(f"a dialog turn is a (role, content) pair with role 'user', 'system' or "
+                                 f"'assistant' and a string content, got ({role!r}, {type(content).__name__})")
+        if turns[-1][0] == "assistant":
+            raise ValueError("a dialog prompt ends with a user or system turn: the sample is the assistant's "
+                             "next turn")
+        return cls("".join(content for _, content in turns), origin, turns)
 
 
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
@@ -489,12 +555,13 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
     ``.csv`` (optionally compressed), ``.parquet``, ``.arrow``, a dataset saved by ``save_to_disk``
     (``DIR`` or ``DIR:SPLIT``) or a hub dataset id -> the ``prompt`` field of every row, or where a
     row has none (or a null one), the prompt of its HH-RLHF ``chosen`` dialogue, up to and including
-    its last ``"\\n\\nAssistant:"``, as ``rcond preprocess --format pairs`` takes it, or the opening
-    of its ``turns`` (a dialog as ``--format dialog`` reads it): the turns before its first assistant
-    turn (all of them if none), joined as written, which is what the corpus put before the dialog's
-    first RTG token (each turn encoded on its own there; one opening turn gives the same ids). Every
-    prompt read is a :class:`Prompt`. Any other folder or a ``.zip`` (inputs of ``preprocess``, not
-    prompts) and any other file type are refused, with the list of what is accepted."""
+    its last ``"\\n\\nAssistant:"``, as ``rcond preprocess --format pairs`` takes it, or a
+    prompt of its ``turns`` (a dialog as ``--format dialog`` reads it, :func:`_dialog_prompt`): the
+    whole conversation where it ends with a user or system turn after an assistant turn, else the
+    turns before its first assistant turn (all of them if none), what the corpus put before the
+    dialog's first RTG token. Every prompt read is a :class:`Prompt`; one from turns keeps them.
+    Any other folder or a ``.zip`` (inputs of ``preprocess``, not prompts) and any other file type
+    are refused, with the list of what is accepted."""
     from .sources import ROW_SUFFIXES, SourceError, data_suffix, iter_rows, saved_dataset
 
     if path is None:
@@ -512,7 +579,7 @@ def read_prompts(path: str | os.PathLike | None) -> list[str]:
         lines = text.split("\n")  # a byte-order mark is already gone
         prompts = [Prompt(line.rstrip("\r"), f"{p}:{i}") for i, line in enumerate(lines, 1) if line.strip()]
     else:
-        prompts = [Prompt(_prompt_field(origin, row), origin) for origin, row in iter_rows(str(p))]
+        prompts = [_prompt_field(origin, row) for origin, row in iter_rows(str(p))]
     if not prompts:
         raise SourceError(f"{p}: no prompts in the file")
     return prompts
@@ -559,40 +626,47 @@ def one_line_prompts_note(scheme: ControlScheme, path: str | os.PathLike) -> str
             f"(the prompt of each 'chosen' dialogue is read)")
 
 
-def _prompt_field(origin: str, row: dict) -> str:
+def _prompt_field(origin: str, row: dict) -> Prompt:
     """A row's ``prompt`` field, else (none, or a null one) the prompt of its HH-RLHF ``chosen``
-    dialogue (:func:`~rcond.sources.split_hh`) or the opening of its dialog ``turns``
-    (:func:`_dialog_opening`); or a SourceError naming the row and what it holds."""
+    dialogue (:func:`~rcond.sources.split_hh`) or of its dialog ``turns`` (:func:`_dialog_prompt`);
+    or a SourceError naming the row and what it holds."""
     from .sources import SourceError, split_hh
 
     value = row.get("prompt")
     if isinstance(value, str):
-        return value
+        return Prompt(value, origin)
     if value is None and isinstance(row.get("chosen"), str):  # an HH-RLHF pair, as --format pairs reads it
-        return split_hh(row["chosen"], f"{origin} (chosen)")[0]
+        return Prompt(split_hh(row["chosen"], f"{origin} (chosen)")[0], origin)
     if value is None and isinstance(row.get("turns"), list):  # a dialog, as --format dialog reads it
-        return _dialog_opening(row["turns"], origin)
+        return _dialog_prompt(row["turns"], origin)
     if "prompt" in row:
         raise SourceError(f"{origin}: field 'prompt' is {type(value).__name__} {value!r:.40}, expected a string")
     raise SourceError(f"{origin}: expected a string field 'prompt' (or an HH-RLHF 'chosen' dialogue, or a "
                       f"dialog's 'turns'); fields present: {sorted(row)}")
 
 
-def _dialog_opening(turns: list, origin: str) -> str:
-    """The contents of a dialog's turns before its first assistant turn, joined as written (all of
-    them where no turn is the assistant's); a SourceError naming the turn that is no
-    ``{"role", "content"}`` object of strings."""
+def _dialog_prompt(turns: list, origin: str) -> Prompt:
+    """The prompt a dialog row gives (a :class:`Prompt` that keeps its turns): where it ends with a
+    user or system turn after an assistant turn, the whole conversation, for the assistant turn
+    that follows; otherwise its opening, the turns before its first assistant turn (all of them
+    where no turn is the assistant's), for its first assistant turn. A SourceError names the turn
+    that is no ``{"role", "content"}`` object of strings with a role the corpus knows."""
     from .sources import SourceError
 
-    opening = []
+    read = []
     for j, turn in enumerate(turns, start=1):
         role, content = (turn.get("role"), turn.get("content")) if isinstance(turn, dict) else (None, None)
         if not (isinstance(role, str) and isinstance(content, str)):
             raise SourceError(f"{origin} turn {j}: expected an object with a string 'role' and 'content'")
-        if role == "assistant":
-            break
-        opening.append(content)
-    return "".join(opening)
+        if role not in ("user", "system", "assistant"):
+            raise SourceError(f"{origin} turn {j}: role must be 'user', 'system' or 'assistant', got {role!r}")
+        read.append((role, content))
+    roles = [role for role, _ in read]
+    if "assistant" not in roles[:-1] or roles[-1] == "assistant":
+        read = read[:roles.index("assistant")] if "assistant" in roles else read
+    if not read:
+        return Prompt("", origin, ())
+    return Prompt.dialog(read, origin)
 
 
 def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -15,12 +15,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from conftest import DropsACtrlC, write_jsonl
 from rcond.atomic import OutputExistsError, OutputPathError
 from rcond.cli import main
-from rcond.conditioning import ON_SLOT, RTG_SLOT, ConditionedStream, encodings
+from rcond.conditioning import OFF_SLOT, ON_SLOT, RTG_SLOT, ConditionedStream, encodings
 from rcond.content_encoder import ContentEncoder
 from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
-from rcond.sample import (Condition, Sample, SampleError, Sampler, SamplingParams, check_device, check_out_file,
-                          conditions, format_summary, read_prompts, resolve_model_dir, write_jsonl_atomic)
+from rcond.sample import (Condition, Prompt, Sample, SampleError, Sampler, SamplingParams, check_device,
+                          check_out_file, conditions, format_summary, read_prompts, resolve_model_dir,
+                          write_jsonl_atomic)
 from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
@@ -123,6 +124,80 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     slots = {ON_SLOT: ids["<|rlhf:on|>"], RTG_SLOT: ids["<|rtg:2|>"]}
     assert s.prompt_ids(prompt, Condition("on", 2)) == [slots.get(t, t) for t in expected]
     assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
+
+
+def dialog_sampler():
+    tok = make_tokenizer()
+    dialog_scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options={"format": "dialog"})
+    return Sampler(make_model(tok, dialog_scheme), tok, dialog_scheme)
+
+
+def test_a_conversation_is_laid_out_as_its_dialog_corpus_laid_it_out():
+    """A prompt of dialog turns given to a dialog-trained model is the corpus's document of that
+    dialog up to its last RTG token: each turn encoded on its own (the contents joined would
+    encode otherwise here: 'w4w9w5' is one unknown word), an RTG token before every assistant turn,
+    all at the requested level; off mode is the corpus's unconditional document, no RTG token.
+    A model of another format gets the joined text as one prompt."""
+    s = dialog_sampler()
+    tok, ids = s.tokenizer, s.scheme.token_ids(s.tokenizer)
+    turns = [("user", "w3 w4"), ("assistant", "w9"), ("user", "w5")]
+    parts = [Part("w3 w4", False), Part("w9", True, rtg=0.2), Part("w5", False), Part("w11", True, rtg=0.9)]
+    batch = PartBatch.from_records([Record(parts, "on", "t")])
+    (_, offsets, flat), = encodings([batch], ContentEncoder(tok.backend_tokenizer))
+    documents = {}
+    for fraction in (0.0, 1.0):
+        pool = ConditionedStream(tok.eos_token_id, PackOptions(uncond_fraction=fraction)).pool(batch, offsets, flat)
+        documents[fraction] = pool.ids.tolist()
+    assert documents[0.0] == [ON_SLOT, 5, 6, RTG_SLOT, 11, 7, RTG_SLOT, 13, 0]       # hand-laid: w_i is i + 2
+    assert documents[1.0] == [OFF_SLOT, 5, 6, 11, 7, 13, 0]
+    prompt = Prompt.dialog(turns, "d.jsonl:1")
+    assert prompt == "w3 w4w9w5" and prompt.turns == tuple(turns) and prompt.origin == "d.jsonl:1"
+    for level in range(4):
+        slots = {ON_SLOT: ids["<|rlhf:on|>"], RTG_SLOT: ids[f"<|rtg:{level}|>"]}
+        assert s.prompt_ids(prompt, Condition("on", level)) == [slots.get(t, t) for t in documents[0.0][:7]]
+    assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], *documents[1.0][1:5]]
+    assert s.prompt_ids(Prompt.dialog(turns[:1]), Condition("on", 1)) == s.prompt_ids("w3 w4", Condition("on", 1))
+    scored = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options={"format": "scored"})
+    other = Sampler(make_model(tok, scored), tok, scored)
+    assert other.prompt_ids(prompt, Condition("on", 2)) == other.prompt_ids("w3 w4w9w5", Condition("on", 2)) \
+        == [ids["<|rlhf:on|>"], ids["<|rtg:2|>"], 5, 0]
+
+
+def test_a_dialog_prompt_needs_turns_that_end_with_the_user():
+    for turns, message in [([], r"^a dialog prompt needs at least one turn$"),
+                           ([("user", "w1"), ("assistant", "w2")], r"^a dialog prompt ends with a user or system "
+                                                                   r"turn: the sample is the assistant's next turn$"),
+                           ([("bot", "w1")], r"^a dialog turn is a \(role, content\) pair with role 'user', 'system' "
+                                             r"or 'assistant' and a string content, got \('bot', str\)$"),
+                           ([("user", 3)], r"got \('user', int\)$")]:
+        with pytest.raises(ValueError, match=message):
+            Prompt.dialog(turns)
+
+
+def test_a_conversation_samples_as_its_ids_do():
+    """Sampling a dialog prompt is sampling its laid-out ids: greedy continuations equal those of
+    generate() on the prompt_ids by hand, at every level and off; guidance 1 is unguided and 0 is
+    the off mode (the unconditional branch drops the earlier RTG tokens too); a prompt cut to the
+    context keeps its last tokens, RTG tokens among them."""
+    s = dialog_sampler()
+    prompts = [Prompt.dialog([("user", "w3 w4"), ("assistant", "w9 w10"), ("user", "w5")]),
+               Prompt.dialog([("system", "w1"), ("user", "w2"), ("assistant", "w6"), ("user", "w7 w8"),
+                              ("assistant", "w12"), ("user", "w13")]), "w20 w21"]
+    conds = [Condition("on", k) for k in range(4)] + [Condition("off")]
+    got = [x.text for x in s.sample(prompts, conds, greedy(6), batch_size=3)]
+    rows = [s.prompt_ids(p, c) for c in conds for p in prompts]
+    want = s.tokenizer.batch_decode([ids for ids, _ in s.generate(rows, greedy(6))], skip_special_tokens=True)
+    assert got == want
+    levels = conds[:4]
+    unguided = [x.text for x in s.sample(prompts, levels, greedy(6))]
+    assert [x.text for x in s.sample(prompts, levels, greedy(6), guidance=1.0)] == unguided
+    off = [x.text for x in s.sample(prompts, [Condition("off")] * 4, greedy(6))]
+    assert [x.text for x in s.sample(prompts, levels, greedy(6), guidance=0.0)] == off
+    on2 = s.prompt_ids(prompts[1], Condition("on", 2))   # on w1 w2 rtg w6 w7 w8 rtg w12 w13 rtg
+    (cut,) = s.sample(prompts[1:2], [Condition("on", 2)], greedy(120), truncate_prompts=True)
+    assert len(on2) == 11 and cut.prompt_tokens_cut == 3    # 128 - 2 - 120 = 6 of its 9 prompt ids kept
+    (ref, _), = s.generate([on2[:1] + on2[4:]], greedy(120))
+    assert cut.text == s.tokenizer.decode(ref, skip_special_tokens=True)
 
 
 def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):
@@ -693,10 +768,12 @@ def test_hh_pairs_give_the_prompts_preprocess_trained_on(tmp_path):
 
 def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
     """A row with 'turns' and no 'prompt' (a dialog as --format dialog reads it) gives the turns
-    before its first assistant turn, joined as written: for the toy world's dialogs exactly the
-    text the dialog corpus put before its first RTG token (checked against the dialog reader's
-    records); a system turn is kept, a row of user turns alone gives them all, a turn that is no
-    role-and-content object is named."""
+    before its first assistant turn, joined as written: for the toy world's dialogs (each ends
+    with an assistant turn) exactly the text the dialog corpus put before its first RTG token
+    (checked against the dialog reader's records); a system turn is kept, a row of user turns
+    alone gives them all; a conversation that ends with a user turn after an assistant turn is
+    taken whole, its turns kept for the sampler; a turn that is no role-and-content object, or
+    has a role the corpus does not know, is named."""
     from rcond.sources import SourceReader
     from rcond.toyworld import generate
 
@@ -713,16 +790,27 @@ def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
         elif record:
             openings[-1] += text
     assert prompts == openings and len(prompts) == 40 and all(prompts)
-    rows = [{"turns": [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi?"},
-                       {"role": "assistant", "content": "Hello.", "reward": 1}, {"role": "user", "content": "Bye?"}]},
+    assert all(p.turns is not None and "assistant" not in dict(p.turns) for p in prompts)
+    opening = [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi?"},
+               {"role": "assistant", "content": "Hello.", "reward": 1}]
+    rows = [{"turns": opening + [{"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]},
             {"turns": [{"role": "user", "content": "a "}, {"role": "user", "content": "b"}]},
-            {"prompt": None, "turns": [{"role": "assistant", "content": "x"}]}]
+            {"prompt": None, "turns": [{"role": "assistant", "content": "x"}]},
+            {"turns": opening + [{"role": "user", "content": "Bye?"}]}]
     write_jsonl(tmp_path / "d.jsonl", rows)
-    assert read_prompts(tmp_path / "d.jsonl") == ["Be brief. Hi?", "a b", ""]
-    write_jsonl(tmp_path / "bad.jsonl", [{"turns": [{"role": "user", "content": "a"}, {"role": "user", "content": 3}]}])
-    with pytest.raises(SourceError, match=r"bad.jsonl:1 turn 2: expected an object with a string 'role' and "
-                                          r"'content'$"):
-        read_prompts(tmp_path / "bad.jsonl")
+    got = read_prompts(tmp_path / "d.jsonl")
+    assert got == ["Be brief. Hi?", "a b", "", "Be brief. Hi?Hello.Bye?"]
+    assert [p.turns for p in got] == [(("system", "Be brief. "), ("user", "Hi?")), (("user", "a "), ("user", "b")), (),
+                                      (("system", "Be brief. "), ("user", "Hi?"), ("assistant", "Hello."),
+                                       ("user", "Bye?"))]
+    assert [p.origin for p in got] == [f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, 5)]
+    for turn, message in [({"role": "user", "content": 3}, r"turn 2: expected an object with a string 'role' and "
+                                                            r"'content'$"),
+                          ({"role": "bot", "content": "b"}, r"turn 2: role must be 'user', 'system' or 'assistant', "
+                                                            r"got 'bot'$")]:
+        write_jsonl(tmp_path / "bad.jsonl", [{"turns": [{"role": "user", "content": "a"}, turn]}])
+        with pytest.raises(SourceError, match=r"bad.jsonl:1 " + message):
+            read_prompts(tmp_path / "bad.jsonl")
 
 
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
@@ -734,7 +822,8 @@ def test_prompts_that_are_not_a_prompts_file(tmp_path):
     accepted = (r"\.txt \(one prompt per line\), or \.jsonl, \.json, \.csv \(each optionally \.gz, \.bz2, \.xz, "
                 r"\.zst\), \.parquet, \.arrow, a dataset saved by datasets' save_to_disk or a hub dataset id with a "
                 r"string field 'prompt' per row \(or an HH-RLHF 'chosen' dialogue, whose prompt is taken as --format "
-                r"pairs takes it, or 'turns', whose turns before the first assistant turn are taken\)$")
+                r"pairs takes it, or 'turns', a dialog: a conversation ending with a user or system turn after an "
+                r"assistant turn is taken whole, any other the turns before its first assistant turn\)$")
     folder = tmp_path / "dir.txt"
     folder.mkdir()
     (folder / "a.txt").write_text("w1\n")
