@@ -372,6 +372,7 @@ examples:
   rcond sample --model runs/tiny --mode off --prompts prompts.jsonl --n 4 --out base.jsonl
   rcond sample --model runs/tiny --level 9 --guidance 1.5 --temperature 0.7 --top-p 0.9 --prompts p.txt --out g.jsonl
   rcond sample --model runs/hh --level all --prompts hh_rlhf_test.jsonl.gz --truncate-prompts --out hh.jsonl
+  rcond sample --model runs/dlg --level all --prompts conversations.jsonl --out replies.jsonl
 
 output: one JSON object per line with prompt, mode, level, reward (when --reward was given), guidance,
 text, num_tokens, finished (ended with eos), score (with --score-with) and prompt_tokens_cut (when
