@@ -662,11 +662,10 @@ def _dialog_prompt(turns: list, origin: str) -> Prompt:
             raise SourceError(f"{origin} turn {j}: role must be 'user', 'system' or 'assistant', got {role!r}")
         read.append((role, content))
     roles = [role for role, _ in read]
-    if "assistant" not in roles[:-1] or roles[-1] == "assistant":
-        read = read[:roles.index("assistant")] if "assistant" in roles else read
-    if not read:
-        return Prompt("", origin, ())
-    return Prompt.dialog(read, origin)
+    waiting = "assistant" in roles and roles[-1] != "assistant"   # for the assistant's next turn
+    if "assistant" in roles and not waiting:
+        read = read[:roles.index("assistant")]
+    return Prompt.dialog(read, origin) if read else Prompt("", origin, ())
 
 
 def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:

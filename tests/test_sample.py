@@ -796,14 +796,14 @@ def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
     rows = [{"turns": opening + [{"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]},
             {"turns": [{"role": "user", "content": "a "}, {"role": "user", "content": "b"}]},
             {"prompt": None, "turns": [{"role": "assistant", "content": "x"}]},
-            {"turns": opening + [{"role": "user", "content": "Bye?"}]}]
+            {"turns": opening + [{"role": "user", "content": "Bye?"}]}, {"turns": []}]
     write_jsonl(tmp_path / "d.jsonl", rows)
     got = read_prompts(tmp_path / "d.jsonl")
-    assert got == ["Be brief. Hi?", "a b", "", "Be brief. Hi?Hello.Bye?"]
+    assert got == ["Be brief. Hi?", "a b", "", "Be brief. Hi?Hello.Bye?", ""]
     assert [p.turns for p in got] == [(("system", "Be brief. "), ("user", "Hi?")), (("user", "a "), ("user", "b")), (),
                                       (("system", "Be brief. "), ("user", "Hi?"), ("assistant", "Hello."),
-                                       ("user", "Bye?"))]
-    assert [p.origin for p in got] == [f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, 5)]
+                                       ("user", "Bye?")), ()]
+    assert [p.origin for p in got] == [f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, 6)]
     for turn, message in [({"role": "user", "content": 3}, r"turn 2: expected an object with a string 'role' and "
                                                             r"'content'$"),
                           ({"role": "bot", "content": "b"}, r"turn 2: role must be 'user', 'system' or 'assistant', "
