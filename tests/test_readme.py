@@ -60,3 +60,17 @@ def test_every_readme_and_help_example_command_parses():
             parser.parse_args(args)
         except SystemExit:
             pytest.fail(f"the documented command does not parse: {line}")
+
+
+def test_every_module_is_on_a_map():
+    """Every module of the package is named in DESIGN.md's layout map or, beyond it, in the
+    README's Layout section: a new module cannot go unexplained (skipped without ../shared)."""
+    design = README.parents[1] / "shared" / "DESIGN.md"
+    if not design.is_file():
+        pytest.skip(f"{design} is not here")
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):]
+    mapped = re.search(r"## 2\. Layout.*?```(.*?)```", design.read_text(encoding="utf-8"), re.S)[1]
+    modules = sorted(p.name for p in (README.parent / "rcond").glob("*.py") if p.name != "__init__.py")
+    assert len(modules) > 20
+    assert [m for m in modules if not re.search(rf"\b{re.escape(m)}\b", mapped + layout)] == []
