@@ -7,16 +7,22 @@ control-token ids, then the prompt encoded on its own with the backend tokenizer
     on,  level k:   <|rlhf:on|> <|rtg:k|> prompt   -> response <eos>
     off:            <|rlhf:off|> prompt            -> response <eos>
 
-except for a model whose scheme comes from a dialog corpus (``scheme.options["format"] ==
-"dialog"``; a trained model keeps the scheme of the first corpus of its last stage): there the
-corpus puts each assistant turn's RTG token right before that turn, after the user's, so the
-prompt is the conversation so far and the RTG token follows it:
+except where the prompt is a dialog's, for a model that learned a dialog corpus: a dialog corpus
+puts each assistant turn's RTG token right before that turn, after the user's, so the prompt is
+the conversation so far and the RTG token follows it:
 
     on,  level k:   <|rlhf:on|> prompt <|rtg:k|>   -> assistant turn <eos>
 
-A conversation that already holds assistant turns (a :class:`Prompt` made from dialog turns)
-is laid out for such a model as its corpus laid out the dialog, each turn encoded on its own and
-an RTG token before every assistant turn, the earlier ones included:
+Which corpora a model learned is read from its scheme.json: ``options["formats"]``, every
+corpus format of its training (``rcond train`` records them), or for a model saved before they
+were recorded ``options["format"]``, its scheme's own corpus's (the first corpus of the last
+stage). A prompt made from dialog turns (:class:`Prompt`, and every dialog row of a prompts
+file) gets the layout above where the model learned a dialog corpus; a prompt of plain text gets
+it where every corpus the model learned with conditioning was a dialog corpus, and the RTG token
+before it where it learned preference pairs or scored responses too (a mixture: there a prompt of
+text is read as theirs). A conversation that already holds assistant turns is laid out as the
+dialog corpus laid out its dialogs, each turn encoded on its own and an RTG token before every
+assistant turn, the earlier ones included:
 
     on,  level k:   <|rlhf:on|> user <|rtg:k|> assistant user <|rtg:k|>   -> assistant turn <eos>
 
@@ -266,7 +272,10 @@ class Sampler:
         ids = scheme.token_ids(tokenizer)
         self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
         self.rtg_ids = [ids[t] for t in scheme.rtg_tokens]
-        self.rtg_after_prompt = (scheme.options or {}).get("format") == "dialog"  # as the corpus places it
+        options = scheme.options or {}
+        learned = set(options.get("formats") or [options.get("format")])  # the formats of its corpora
+        self.dialog_turns = "dialog" in learned                  # prompts of turns: laid out as a dialog corpus
+        self.rtg_after_prompt = self.dialog_turns and not learned & {"pairs", "scored"}   # prompts of text
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token; rcond documents end with eos")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -298,15 +307,23 @@ class Sampler:
             return [self.off_id]
         return [self.on_id, self.rtg_ids[self.scheme.check_level(cond.level)]]
 
-    def input_ids(self, cond: Condition, prompt_ids: list[int]) -> list[int]:
-        """Control ids and an encoded prompt (:meth:`encode_prompts`), in the corpus's order for this
-        model (module docstring); each ``EARLIER_TURN`` mark of a dialog prompt becomes the RTG token
-        of ``cond``'s level (on mode) or is dropped (off mode, where the corpus has no RTG token)."""
+    def rtg_after(self, prompt: str) -> bool:
+        """Whether the on-mode RTG token follows ``prompt`` (as in a dialog corpus) rather than
+        opening it: for a prompt of dialog turns where the model learned a dialog corpus, for any
+        other prompt where every corpus the model learned with conditioning was a dialog corpus."""
+        return self.dialog_turns if getattr(prompt, "turns", None) is not None else self.rtg_after_prompt
+
+    def input_ids(self, cond: Condition, prompt_ids: list[int], rtg_after: bool | None = None) -> list[int]:
+        """Control ids and an encoded prompt (:meth:`encode_prompts`), the RTG token after the
+        prompt where ``rtg_after`` (:meth:`rtg_after`; None: as for a prompt of text) and before it
+        otherwise; each ``EARLIER_TURN`` mark of a dialog prompt becomes the RTG token of
+        ``cond``'s level (on mode) or is dropped (off mode, where the corpus has no RTG token)."""
         control = self.control_ids(cond)
         if EARLIER_TURN in prompt_ids:
             prompt_ids = [i for i in prompt_ids if i != EARLIER_TURN] if cond.mode == "off" else \
                 [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
-        if self.rtg_after_prompt and cond.mode == "on":
+        after = self.rtg_after_prompt if rtg_after is None else rtg_after
+        if after and cond.mode == "on":
             return control[:1] + prompt_ids + control[1:]
         return control + prompt_ids
 
@@ -326,7 +343,7 @@ class Sampler:
         assistant turn, where the corpus put that turn's RTG token (:meth:`input_ids` fills it in).
         Other models get such a prompt's text, its turns joined, encoded as one, as a corpus of
         prompts holding whole conversations (HH-RLHF's) encodes them."""
-        dialog = [self.rtg_after_prompt and getattr(p, "turns", None) is not None for p in prompts]
+        dialog = [self.dialog_turns and getattr(p, "turns", None) is not None for p in prompts]
         plain = iter(self.encode([p for p, d in zip(prompts, dialog) if not d]))
         turns = iter(self.encode([content for p, d in zip(prompts, dialog) if d for _, content in p.turns]))
         out = []
@@ -342,7 +359,7 @@ class Sampler:
 
     def prompt_ids(self, prompt: str, cond: Condition) -> list[int]:
         """The full model input of one prompt under ``cond``: control ids and prompt ids."""
-        return self.input_ids(cond, self.encode_prompts([prompt])[0])
+        return self.input_ids(cond, self.encode_prompts([prompt])[0], self.rtg_after(prompt))
 
     def check_context(self, prompts: Sequence[str], encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
                       max_new_tokens: int) -> None:
@@ -502,7 +519,7 @@ class Sampler:
             for at in range(0, len(jobs), batch_size):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the sampling here, not at the end
                 batch = jobs[at:at + batch_size]
-                rows = [self.input_ids(c, e) for c, _, e, _ in batch]
+                rows = [self.input_ids(c, e, self.rtg_after(p)) for c, p, e, _ in batch]
                 uncond = [self.input_ids(off, e) for _, _, e, _ in batch] if guidance is not None else None
                 width = CONTROL_PREFIX + max(len(e) for _, _, e, _ in batch)
                 results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,

@@ -476,6 +476,22 @@ def start_model_differences(model: str, corpora: dict[str, CorpusRows], final: s
             and (c.scheme.num_bins, list(c.scheme.edges)) != (before.num_bins, list(before.edges))]
 
 
+def learned_formats(model: str, corpora: dict[str, CorpusRows]) -> list[str]:
+    """The corpus formats (``scheme.options["format"]``) a run's model learns: those of all its
+    corpora, every stage's, and where it starts from a model rcond trained, those that model
+    learned (its ``formats``, or its ``format`` if saved before they were recorded). The model's
+    scheme.json records them, so that ``rcond sample`` lays out each prompt as the corpora of its
+    kind did, whichever corpus came first (a dialog's turns with the RTG token after them,
+    another prompt with it before)."""
+    formats = {c.scheme.options.get("format") for c in corpora.values()}
+    path = Path(model).expanduser()
+    if model not in PRESETS and (path / SCHEME_FILE).is_file():
+        with contextlib.suppress(SchemeError):  # a damaged one is warned of by start_model_differences
+            before = ControlScheme.load(path).options
+            formats |= set(before.get("formats") or [before.get("format")])
+    return sorted(f for f in formats if isinstance(f, str))
+
+
 def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -> None:
     """On resume: every corpus must still be the one the run started on. Its rows are checked
     against its scheme.json by ``load``; this compares each scheme.json (bin edges, control tokens,
@@ -598,6 +614,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     corpora = {p: CorpusRows(p, cfg.seed + i) for i, p in enumerate(paths)}
     scheme, block_size = check_corpora(corpora)
     final_scheme = corpora[cfg.stages[-1].corpora[0]].scheme
+    final_scheme = replace(final_scheme, options={**final_scheme.options,
+                                                  "formats": learned_formats(cfg.model, corpora)})
     if resume:
         check_corpora_unchanged(out / CONFIG_FILE, corpora)
         from .modeling import load_pretrained

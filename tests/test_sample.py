@@ -163,6 +163,32 @@ def test_a_conversation_is_laid_out_as_its_dialog_corpus_laid_it_out():
         == [ids["<|rlhf:on|>"], ids["<|rtg:2|>"], 5, 0]
 
 
+@pytest.mark.parametrize("options,text_after", [
+    ({"format": "scored", "formats": ["dialog", "scored"]}, False),   # a mixture, the scored corpus first
+    ({"format": "dialog", "formats": ["dialog", "scored"]}, False),   # the same mixture, the dialog corpus first
+    ({"format": "dialog", "formats": ["dialog", "text"]}, True),      # dialogs and plain text (off mode only)
+    ({"format": "pairs", "formats": ["pairs", "text"]}, False),
+    ({"format": "dialog"}, True),                                     # saved before formats were recorded
+    ({"format": "scored"}, False)])
+def test_each_prompt_is_laid_out_as_the_corpora_of_its_kind(options, text_after):
+    """A model that learned a dialog corpus gets a prompt of turns as its dialog corpus laid
+    dialogs out, whichever corpus its scheme came from; a prompt of text gets the RTG token
+    before it wherever the model learned pairs or scored responses, after it where its only
+    conditioned corpora were dialogs."""
+    tok = make_tokenizer()
+    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
+    s = Sampler(make_model(tok, scheme), tok, scheme)
+    on, rtg = s.on_id, s.rtg_ids[1]
+    learned_dialogs = "dialog" in options.get("formats", [options["format"]])
+    conversation = Prompt.dialog([("user", "w3"), ("assistant", "w9"), ("user", "w5")])
+    assert s.prompt_ids(conversation, Condition("on", 1)) == (
+        [on, 5, rtg, 11, 7, rtg] if learned_dialogs else [on, rtg, 0])            # 'w3w9w5' is one unknown word
+    assert s.prompt_ids("w3 w4", Condition("on", 1)) == ([on, 5, 6, rtg] if text_after else [on, rtg, 5, 6])
+    got = [x.text for x in s.sample([conversation, "w3 w4"], [Condition("on", 1)], greedy(4))]
+    rows = [s.prompt_ids(conversation, Condition("on", 1)), s.prompt_ids("w3 w4", Condition("on", 1))]
+    assert got == s.tokenizer.batch_decode([ids for ids, _ in s.generate(rows, greedy(4))], skip_special_tokens=True)
+
+
 def test_a_dialog_prompt_needs_turns_that_end_with_the_user():
     for turns, message in [([], r"^a dialog prompt needs at least one turn$"),
                            ([("user", "w1"), ("assistant", "w2")], r"^a dialog prompt ends with a user or system "

@@ -675,6 +675,41 @@ def test_starting_from_an_rcond_model_whose_rtg_tokens_meant_other_rewards_warns
     assert "warning" not in capsys.readouterr().err
 
 
+def test_the_model_records_every_corpus_format_it_learned(tmp_path, monkeypatch):
+    """A mixture of a scored corpus (first: its scheme is the model's) and a dialog corpus records
+    both formats in the model's scheme.json, for the checkpoint too; a run from that model adds
+    the formats the model learned before, and from a model saved before formats were recorded,
+    its scheme's format."""
+    small_model(monkeypatch)
+    a, tok = make_corpus(tmp_path, "a", n=40, seed=1)
+    turns = [{"turns": [{"role": "user", "content": "review:"}, {"role": "assistant", "content": w, "reward": r}]}
+             for w, r in zip(WORDS, [1.0, -1.0, 0.2, 0.9, -0.8, 0.5, -0.4, 0.0, 1.0, -0.3]) for _ in range(4)]
+    src = write_jsonl(tmp_path / "d.jsonl", turns)
+    build(SourceReader([str(src)], "dialog"), tmp_path / "d", tok, num_bins=4,
+          opts=PackOptions(block_size=48, uncond_fraction=0.1), progress=False)
+    mix = TrainConfig(stages=[Stage(corpora=[str(a), str(tmp_path / "d")], steps=2, weights=[1.0, 1.0], name="m")],
+                      model="tiny", batch_size=4, warmup=1, lr=3e-3, seed=0, device="cpu")
+    train(mix, tmp_path / "mix", progress=False)
+
+    def options(folder):
+        return json.loads((folder / "scheme.json").read_text())["options"]
+
+    assert options(tmp_path / "mix" / "model")["format"] == "scored"
+    assert options(tmp_path / "mix" / "model")["formats"] == options(tmp_path / "mix" / "checkpoint")["formats"] \
+        == ["dialog", "scored"]
+    train(cfg_for(a, steps=1, model=str(tmp_path / "mix" / "model")), tmp_path / "on", progress=False)
+    assert options(tmp_path / "on" / "model")["formats"] == ["dialog", "scored"]
+    old = tmp_path / "mix" / "model" / "scheme.json"
+    scheme = json.loads(old.read_text())
+    del scheme["options"]["formats"]
+    scheme["options"]["format"] = "dialog"
+    old.write_text(json.dumps(scheme))
+    train(cfg_for(a, steps=1, model=str(tmp_path / "mix" / "model")), tmp_path / "on2", progress=False)
+    assert options(tmp_path / "on2" / "model")["formats"] == ["dialog", "scored"]
+    train(cfg_for(a, steps=1), tmp_path / "plain", progress=False)
+    assert options(tmp_path / "plain" / "model")["formats"] == ["scored"]
+
+
 def test_existing_out_refused(tmp_path, corpus, monkeypatch):
     small_model(monkeypatch)
     train(cfg_for(corpus, steps=1), tmp_path / "run", progress=False)
