@@ -426,8 +426,8 @@ text, num_tokens, finished (ended with eos), score (with --score-with) and promp
 def run_sample(a) -> int:
     import time
 
-    from .sample import (SamplingParams, check_out_file, conditions, empty_prompt_note, format_summary, load_sampler,
-                         one_line_prompts_note, read_prompts, write_jsonl_atomic)
+    from .sample import (SamplingParams, check_out_file, conditions, conversations_note, empty_prompt_note,
+                         format_summary, load_sampler, one_line_prompts_note, read_prompts, write_jsonl_atomic)
     from .scorers import get_scorer
     from .sources import data_suffix
 
@@ -442,8 +442,9 @@ def run_sample(a) -> int:
         note = empty_prompt_note(sampler.scheme)
     else:
         note = one_line_prompts_note(sampler.scheme, a.prompts) if data_suffix(Path(a.prompts)) == ".txt" else None
-    if note:
-        print(note, file=sys.stderr)
+    for note in (note, conversations_note(sampler, prompts)):
+        if note:
+            print(note, file=sys.stderr)
     t0 = time.perf_counter()
     samples = list(sampler.sample(prompts, conds, params, n=a.n, guidance=a.guidance, batch_size=a.batch_size,
                                   truncate_prompts=a.truncate_prompts, progress=not a.no_progress))

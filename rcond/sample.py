@@ -685,6 +685,24 @@ def _dialog_prompt(turns: list, origin: str) -> Prompt:
     return Prompt.dialog(read, origin) if read else Prompt("", origin, ())
 
 
+def conversations_note(sampler: Sampler, prompts: Sequence[str]) -> str | None:
+    """What to tell a user whose prompts include conversations (prompts of dialog turns holding an
+    assistant turn): the level their earlier assistant turns are given (module docstring), or,
+    from a model that learned no dialog corpus, that they are read as text. None without any."""
+    n = sum("assistant" in dict(getattr(p, "turns", None) or ()) for p in prompts)
+    if not n:
+        return None
+    if sampler.dialog_turns:
+        return (f"note: {n:,} prompts are conversations with earlier assistant turns; each such turn is given the RTG "
+                f"token of the requested level, as its corpus's reward-to-go would be if the earlier turns' rewards "
+                f"were 0 at gamma 1 (rewards written on the turns are not read)")
+    options = sampler.scheme.options or {}
+    formats = options.get("formats") or [options.get("format")]
+    return (f"note: {n:,} prompts are conversations with assistant turns, but this model learned no dialog corpus "
+            f"(formats {formats}): each is given as its turns' text joined as written, a prompt of text with no "
+            f"RTG token before its earlier assistant turns")
+
+
 def check_out_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """The output file, refused before any work when it cannot be written: an empty path, a folder
     (even with ``overwrite``: the output is one file), a path below a file, or an existing file

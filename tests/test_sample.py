@@ -1160,6 +1160,34 @@ def test_cli_truncate_prompts(tmp_path, run_dir, capsys):
             "prompt_tokens_cut in the output)") in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("fmt", ["dialog", "scored"])
+def test_cli_notes_how_conversations_are_read(tmp_path, fmt, capsys):
+    """Conversation rows (turns ending with the user's after an assistant turn) get a note: for a
+    dialog model the level their earlier assistant turns are given, for another model that they are
+    read as text; openings and prompts of text get none."""
+    tok = make_tokenizer()
+    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options={"format": fmt})
+    save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "run" / "model")
+    conversation = [{"role": "user", "content": "w1"}, {"role": "assistant", "content": "w2"},
+                    {"role": "user", "content": "w3"}]
+    write_jsonl(tmp_path / "c.jsonl", [{"turns": conversation}, {"turns": conversation[:2]}, {"prompt": "w4"},
+                                       {"turns": conversation}])
+    args = ["sample", "--model", str(tmp_path / "run"), "--level", "1", "--max-new-tokens", "2", "--no-progress"]
+    assert main([*args, "--prompts", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "s.jsonl")]) == 0
+    err = capsys.readouterr().err
+    if fmt == "dialog":
+        assert ("note: 2 prompts are conversations with earlier assistant turns; each such turn is given the RTG "
+                "token of the requested level, as its corpus's reward-to-go would be if the earlier turns' rewards "
+                "were 0 at gamma 1 (rewards written on the turns are not read)") in err
+    else:
+        assert ("note: 2 prompts are conversations with assistant turns, but this model learned no dialog corpus "
+                "(formats ['scored']): each is given as its turns' text joined as written, a prompt of text with no "
+                "RTG token before its earlier assistant turns") in err
+    write_jsonl(tmp_path / "o.jsonl", [{"turns": conversation[:2]}, {"prompt": "w4"}])
+    assert main([*args, "--prompts", str(tmp_path / "o.jsonl"), "--out", str(tmp_path / "o_s.jsonl")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("options,noted", [
     ({"prompts": 10, "multiline_prompts": 6}, "6 of this model's 10 training prompts spanned several lines"),
     ({"prompts": 10, "multiline_prompts": 10}, "all 10 of this model's training prompts spanned several lines"),
