@@ -394,7 +394,7 @@ text, num_tokens, finished (ended with eos), score (with --score-with) and promp
                         "conditioning; None = no unconditioned branch")
     p.add_argument("--prompts", metavar="FILE", help=".txt (one prompt per line), or rows with a 'prompt' field, or "
                                                      "HH-RLHF pairs (the prompt of each 'chosen' dialogue), or "
-                                                     "dialogs ('turns': a conversation ending with a user turn whole, "
+                                                     "dialogs ('turns': a conversation ending with a user or system turn whole, "
                                                      "with an RTG token of the level before each assistant turn "
                                                      "for a dialog-trained model; else the turns before the first "
                                                      "assistant turn) "
@@ -442,7 +442,7 @@ def run_sample(a) -> int:
         note = empty_prompt_note(sampler.scheme)
     else:
         note = one_line_prompts_note(sampler.scheme, a.prompts) if data_suffix(Path(a.prompts)) == ".txt" else None
-    for note in (note, conversations_note(sampler, prompts)):
+    for note in (note, conversations_note(sampler, prompts, conds)):
         if note:
             print(note, file=sys.stderr)
     t0 = time.perf_counter()

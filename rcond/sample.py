@@ -69,9 +69,9 @@ cache rows, both fed the token chosen for the pair. One forward of 2B rows per s
     l = l_uncond + G · (l_cond − l_uncond)           (torch.lerp(l_uncond, l_cond, G))
 
 ``torch.lerp`` is exact at both ends, so G = 1 gives the conditioned logits bit for bit and
-G = 0 the unconditioned ones. ``Sampler.sample`` pads every batch to the longest prompt plus a
-full control prefix (mode + RTG), in either mode and with or without guidance, so a row sees
-the same padded input whichever batch it runs in; with the same seed, G = 1 reproduces
+G = 0 the unconditioned ones. ``Sampler.sample`` pads every batch to the length of its longest
+prompt's ``on``-mode input (control tokens included), in either mode and with or without
+guidance, so a row sees the same padded input whichever of those runs it is in; with the same seed, G = 1 reproduces
 unguided sampling and G = 0 the ``off`` mode exactly (tested) — provided the matmul kernels
 round a row alike in a batch of B and of 2B rows, as the CPU kernels here do. Where they do not,
 logits differ in the last bit and a token can differ only at a near tie.
@@ -106,13 +106,14 @@ stays finite and the setting still means something:
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -121,7 +122,6 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .atomic import (OutputExistsError, OutputPathError, file_in_the_way, missing_folders, raise_if_interrupted,
                      remove_if_empty, temp_file_beside)
-from .conditioning import CONTROL_PREFIX
 from .content_encoder import ContentEncoder
 from .tokens import ControlScheme, SchemeError
 
@@ -239,7 +239,7 @@ class Sample:
     num_tokens: int              # generated tokens, eos excluded
     finished: bool               # ended with eos (False: cut at max_new_tokens)
     score: float | None = None
-    prompt_tokens_cut: int = 0   # the prompt's first tokens left out to fit the context (truncate_prompts)
+    prompt_tokens_cut: int = 0   # the prompt's first content tokens left out to fit the context (truncate_prompts)
 
     def to_dict(self) -> dict:
         d = {"prompt": self.prompt, "mode": self.mode, "level": self.level, "guidance": self.guidance,
@@ -313,19 +313,33 @@ class Sampler:
         other prompt where every corpus the model learned with conditioning was a dialog corpus."""
         return self.dialog_turns if getattr(prompt, "turns", None) is not None else self.rtg_after_prompt
 
-    def input_ids(self, cond: Condition, prompt_ids: list[int], rtg_after: bool | None = None) -> list[int]:
+    def input_ids(self, cond: Condition, prompt_ids: list[int], rtg_after: bool | None = None,
+                  cut: bool = False) -> list[int]:
         """Control ids and an encoded prompt (:meth:`encode_prompts`), the RTG token after the
         prompt where ``rtg_after`` (:meth:`rtg_after`; None: as for a prompt of text) and before it
         otherwise; each ``EARLIER_TURN`` mark of a dialog prompt becomes the RTG token of
-        ``cond``'s level (on mode) or is dropped (off mode, where the corpus has no RTG token)."""
+        ``cond``'s level (on mode) or is dropped (off mode, where the corpus has no RTG token).
+        A prompt ``cut`` from the left (:meth:`cut_to_context`) with its RTG token after it opens,
+        as a dialog corpus's later pieces of a split dialog do, with the mode and the RTG token in
+        force (all at ``cond``'s level here), unless what is kept opens with an RTG token itself."""
         control = self.control_ids(cond)
-        if EARLIER_TURN in prompt_ids:
-            prompt_ids = [i for i in prompt_ids if i != EARLIER_TURN] if cond.mode == "off" else \
-                [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
         after = self.rtg_after_prompt if rtg_after is None else rtg_after
-        if after and cond.mode == "on":
-            return control[:1] + prompt_ids + control[1:]
-        return control + prompt_ids
+        if cond.mode == "off":
+            return control + [i for i in prompt_ids if i != EARLIER_TURN]
+        prompt_ids = [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
+        if not after:
+            return control + prompt_ids
+        opening = control if cut and prompt_ids and prompt_ids[0] != control[1] else control[:1]
+        return opening + prompt_ids + control[1:]
+
+    def input_length(self, cond: Condition, prompt_ids: Sequence[int], rtg_after: bool | None = None,
+                     cut: bool = False, marks: int | None = None) -> int:
+        """``len(self.input_ids(cond, prompt_ids, rtg_after, cut))`` without building it (``marks``:
+        the ``EARLIER_TURN`` marks in ``prompt_ids``, when the caller has counted them)."""
+        if cond.mode == "off":
+            return 1 + len(prompt_ids) - (prompt_ids.count(EARLIER_TURN) if marks is None else marks)
+        after = self.rtg_after_prompt if rtg_after is None else rtg_after
+        return 2 + len(prompt_ids) + int(after and cut and len(prompt_ids) > 0 and prompt_ids[0] != EARLIER_TURN)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens added,
@@ -362,14 +376,18 @@ class Sampler:
         return self.input_ids(cond, self.encode_prompts([prompt])[0], self.rtg_after(prompt))
 
     def check_context(self, prompts: Sequence[str], encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
-                      max_new_tokens: int) -> None:
-        """Refuse a request whose longest input (control ids + prompt) and ``max_new_tokens`` do not fit the
-        model's context; the message names that prompt (its ``file:line`` when it is a :class:`Prompt`)."""
+                      max_new_tokens: int, cut: Sequence[bool] | None = None) -> None:
+        """Refuse a request whose longest input (control ids + prompt, :meth:`input_ids`; ``cut``:
+        which prompts :meth:`cut_to_context` cut) and ``max_new_tokens`` do not fit the model's
+        context; the message names that prompt (its ``file:line`` when it is a :class:`Prompt`)."""
         if self.context is None or not encoded or not conds:
             return
-        i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
-        controls = max(len(self.control_ids(c)) for c in conds)
-        length = controls + len(encoded[i])
+        cut = cut or [False] * len(encoded)
+        lengths = [max(self.input_length(c, e, self.rtg_after(p), k) for c in conds)
+                   for p, e, k in zip(prompts, encoded, cut)]
+        i = max(range(len(encoded)), key=lambda j: lengths[j])
+        length = lengths[i]
+        controls = length - (len(encoded[i]) - list(encoded[i]).count(EARLIER_TURN))
         if length + max_new_tokens <= self.context:
             return
         where = getattr(prompts[i], "origin", None) or f"prompt {i + 1} of {len(prompts)}"
@@ -380,20 +398,39 @@ class Sampler:
                           f"model's context of {self.context} tokens (config.max_position_embeddings): {fix} (or "
                           f"--truncate-prompts, truncate_prompts=True: each prompt keeps its last tokens)")
 
-    def cut_to_context(self, encoded: Sequence[Sequence[int]], conds: Sequence[Condition],
-                       max_new_tokens: int) -> list[list[int]]:
-        """Encoded prompts, each cut from the left to the ``context − control ids − max_new_tokens``
-        tokens that fit beside the longest control prefix of ``conds`` (the end, which the response
-        follows, is kept); as given where the model declares no context."""
+    def cut_to_context(self, encoded: Sequence[Sequence[int]], conds: Sequence[Condition], max_new_tokens: int,
+                       prompts: Sequence[str] | None = None) -> list[list[int]]:
+        """Encoded prompts, each cut from the left by the fewest ids that make its input under every
+        condition of ``conds`` (:meth:`input_ids`, laid out for ``prompts[i]``: by default as
+        prompts of text) fit the model's context beside ``max_new_tokens``; the end, which the
+        response follows, is kept. As given where the model declares no context."""
         if self.context is None or not conds:
             return [list(e) for e in encoded]
+        budget = self.context - max_new_tokens
         controls = max(len(self.control_ids(c)) for c in conds)
-        keep = self.context - controls - max_new_tokens
-        if keep < 0:
+        if budget < controls:
             raise SampleError(f"max_new_tokens={max_new_tokens} and {controls} control token(s) leave no room for a "
                               f"prompt in the model's context of {self.context} tokens "
                               f"(config.max_position_embeddings): use max_new_tokens <= {self.context - controls}")
-        return [list(e[len(e) - keep:]) if len(e) > keep else list(e) for e in encoded]
+        out = []
+        for i, e in enumerate(encoded):
+            e = list(e)
+            after = self.rtg_after(prompts[i]) if prompts is not None else None
+            before = list(itertools.accumulate((t == EARLIER_TURN for t in e), initial=0))  # marks in e[:k]
+
+            def fits(k: int) -> bool:
+                return all(self.input_length(c, e[k:], after, k > 0, int(before[-1] - before[k])) <= budget
+                           for c in conds)
+
+            if fits(0):
+                out.append(e)
+                continue
+            low, high = 1, len(e)              # inputs shrink as k grows past 1: the fewest k that fits
+            while low < high:
+                mid = (low + high) // 2
+                low, high = (low, mid) if fits(mid) else (mid + 1, high)
+            out.append(e[low:])
+        return out
 
     # ------------------------------------------------------------------ decoding
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
@@ -509,25 +546,29 @@ class Sampler:
             raise SchemeError("guidance contrasts the on mode with the off mode; it needs --mode on")
         prompts = list(prompts)
         full = self.encode_prompts(prompts)
-        encoded = self.cut_to_context(full, conds, params.max_new_tokens) if truncate_prompts else full
-        self.check_context(prompts, encoded, conds, params.max_new_tokens)
-        off = Condition("off")
-        jobs = [(c, p, e, len(f) - len(e)) for c in conds for p, e, f in zip(prompts, encoded, full) for _ in range(n)]
+        encoded = self.cut_to_context(full, conds, params.max_new_tokens, prompts) if truncate_prompts else full
+        lost = [len(f) - len(e) for f, e in zip(full, encoded)]                 # ids cut, marks among them
+        self.check_context(prompts, encoded, conds, params.max_new_tokens, [k > 0 for k in lost])
+        off, widest = Condition("off"), Condition("on", 0)
+        content_lost = [k - f[:k].count(EARLIER_TURN) for f, k in zip(full, lost)]   # RTG tokens not counted
+        jobs = [(c, p, e, k, q) for c in conds for p, e, k, q in zip(prompts, encoded, lost, content_lost)
+                for _ in range(n)]
         generator = torch.Generator(device=self.device).manual_seed(params.seed)
         with tqdm(total=len(jobs), desc="sample", unit="sample", disable=not progress, dynamic_ncols=True,
                   leave=False) as bar:
             for at in range(0, len(jobs), batch_size):
                 raise_if_interrupted()  # a Ctrl-C Python dropped stops the sampling here, not at the end
                 batch = jobs[at:at + batch_size]
-                rows = [self.input_ids(c, e, self.rtg_after(p)) for c, p, e, _ in batch]
-                uncond = [self.input_ids(off, e) for _, _, e, _ in batch] if guidance is not None else None
-                width = CONTROL_PREFIX + max(len(e) for _, _, e, _ in batch)
+                rows = [self.input_ids(c, e, self.rtg_after(p), k > 0) for c, p, e, k, _ in batch]
+                uncond = [self.input_ids(off, e) for _, _, e, _, _ in batch] if guidance is not None else None
+                # every batch as wide as its longest on-mode input, whatever the mode: see the module docstring
+                width = max(self.input_length(widest, e, self.rtg_after(p), k > 0) for _, p, e, k, _ in batch)
                 results = self.generate(rows, params, uncond_rows=uncond, guidance=guidance, generator=generator,
                                         width=width)
                 texts = self.tokenizer.batch_decode([r for r, _ in results], skip_special_tokens=True)
-                for (c, p, _, cut), (new, finished), text in zip(batch, results, texts):
+                for (c, p, _, _, q), (new, finished), text in zip(batch, results, texts):
                     yield Sample(p, c.mode, c.level, c.reward, guidance, text, len(new), finished,
-                                 prompt_tokens_cut=cut)
+                                 prompt_tokens_cut=q)
                 bar.update(len(batch))
 
 
@@ -541,30 +582,35 @@ class Prompt(str):
     the turns out (:meth:`Sampler.encode_prompts`)."""
 
     origin: str | None
-    turns: tuple[tuple[str, str], ...] | None
+    turns: tuple[tuple[str, str], ...] | None = None
 
-    def __new__(cls, text: str, origin: str | None = None, turns: Sequence[tuple[str, str]] | None = None) -> Prompt:
+    def __new__(cls, text: str, origin: str | None = None) -> Prompt:
         prompt = super().__new__(cls, text)
         prompt.origin = origin
-        prompt.turns = None if turns is None else tuple((role, content) for role, content in turns)
         return prompt
 
     @classmethod
-    def dialog(cls, turns: Sequence[tuple[str, str]], origin: str | None = None) -> Prompt:
-        """The prompt of a conversation given as ``(role, content)`` pairs (role ``user``, ``system``
-        or ``assistant``), for the assistant turn that follows its last turn; a ``ValueError`` for
-        any other role, for no turns, or for a conversation that ends with an assistant turn."""
-        turns = [(role, content) for role, content in turns]
-        if not turns:
-            raise ValueError("a dialog prompt needs at least one turn")
-        for role, content in turns:
+    def dialog(cls, turns: Sequence[tuple[str, str] | Mapping], origin: str | None = None) -> Prompt:
+        """The prompt of a conversation given as ``(role, content)`` pairs or ``{"role", "content"}``
+        objects (role ``user``, ``system`` or ``assistant``), for the assistant turn that follows
+        its last turn; no turns is the empty prompt. A ``ValueError`` for any other role or a
+        content that is no string, or for a conversation that ends with an assistant turn. A
+        string operation on the prompt (``strip``, ``+``) gives a plain ``str``, without the turns."""
+        read = []
+        for turn in turns:
+            pair = (turn.get("role"), turn.get("content")) if isinstance(turn, Mapping) else turn
+            role, content = pair if isinstance(pair, (tuple, list)) and len(pair) == 2 else (pair, None)
             if role not in ("user", "system", "assistant") or not isinstance(content, str):
-                raise ValueError(f"a dialog turn is a (role, content) pair with role 'user', 'system' or "
-                                 f"'assistant' and a string content, got ({role!r}, {type(content).__name__})")
-        if turns[-1][0] == "assistant":
+                raise ValueError(f"a dialog turn is a (role, content) pair or a {{'role', 'content'}} object with "
+                                 f"role 'user', 'system' or 'assistant' and a string content, got ({role!r}, "
+                                 f"{type(content).__name__})")
+            read.append((role, content))
+        if read and read[-1][0] == "assistant":
             raise ValueError("a dialog prompt ends with a user or system turn: the sample is the assistant's "
                              "next turn")
-        return cls("".join(content for _, content in turns), origin, turns)
+        prompt = cls("".join(content for _, content in read), origin)
+        prompt.turns = tuple(read)
+        return prompt
 
 
 def read_prompts(path: str | os.PathLike | None) -> list[str]:
@@ -682,15 +728,16 @@ def _dialog_prompt(turns: list, origin: str) -> Prompt:
     waiting = "assistant" in roles and roles[-1] != "assistant"   # for the assistant's next turn
     if "assistant" in roles and not waiting:
         read = read[:roles.index("assistant")]
-    return Prompt.dialog(read, origin) if read else Prompt("", origin, ())
+    return Prompt.dialog(read, origin)
 
 
-def conversations_note(sampler: Sampler, prompts: Sequence[str]) -> str | None:
+def conversations_note(sampler: Sampler, prompts: Sequence[str], conds: Sequence[Condition]) -> str | None:
     """What to tell a user whose prompts include conversations (prompts of dialog turns holding an
-    assistant turn): the level their earlier assistant turns are given (module docstring), or,
-    from a model that learned no dialog corpus, that they are read as text. None without any."""
+    assistant turn) sampled in on mode: the level their earlier assistant turns are given (module
+    docstring), or, from a model that learned no dialog corpus, that they are read as text. None
+    without any, or in off mode alone (no RTG token anywhere)."""
     n = sum("assistant" in dict(getattr(p, "turns", None) or ()) for p in prompts)
-    if not n:
+    if not n or all(c.mode == "off" for c in conds):
         return None
     if sampler.dialog_turns:
         return (f"note: {n:,} prompts are conversations with earlier assistant turns; each such turn is given the RTG "

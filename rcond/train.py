@@ -492,6 +492,22 @@ def learned_formats(model: str, corpora: dict[str, CorpusRows]) -> list[str]:
     return sorted(f for f in formats if isinstance(f, str))
 
 
+def model_scheme(scheme: ControlScheme, formats: list[str], checkpoint: Path | None) -> ControlScheme:
+    """The scheme a run's model is saved with: its last stage's first corpus's, recording the
+    ``formats`` the model learned, with those its ``checkpoint``'s scheme recorded when the run
+    resumes (the model it started from may be elsewhere by then, or gone), and its
+    ``options.scheme_sha256`` made again over what it now holds."""
+    from .corpus import scheme_sha256
+
+    if checkpoint is not None and (checkpoint / SCHEME_FILE).is_file():
+        with contextlib.suppress(SchemeError):
+            formats = sorted(set(formats) | set(ControlScheme.load(checkpoint).options.get("formats") or []))
+    scheme = replace(scheme, options={**scheme.options, "formats": formats})
+    if "scheme_sha256" in scheme.options:
+        scheme.options["scheme_sha256"] = scheme_sha256(scheme)
+    return scheme
+
+
 def check_corpora_unchanged(config_file: Path, corpora: dict[str, CorpusRows]) -> None:
     """On resume: every corpus must still be the one the run started on. Its rows are checked
     against its scheme.json by ``load``; this compares each scheme.json (bin edges, control tokens,
@@ -613,9 +629,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, device: torch.device, state: di
     paths = list(dict.fromkeys(c for s in cfg.stages for c in s.corpora))
     corpora = {p: CorpusRows(p, cfg.seed + i) for i, p in enumerate(paths)}
     scheme, block_size = check_corpora(corpora)
-    final_scheme = corpora[cfg.stages[-1].corpora[0]].scheme
-    final_scheme = replace(final_scheme, options={**final_scheme.options,
-                                                  "formats": learned_formats(cfg.model, corpora)})
+    final_scheme = model_scheme(corpora[cfg.stages[-1].corpora[0]].scheme, learned_formats(cfg.model, corpora),
+                                ckpt if resume else None)
     if resume:
         check_corpora_unchanged(out / CONFIG_FILE, corpora)
         from .modeling import load_pretrained

@@ -189,13 +189,22 @@ def test_each_prompt_is_laid_out_as_the_corpora_of_its_kind(options, text_after)
     assert got == s.tokenizer.batch_decode([ids for ids, _ in s.generate(rows, greedy(4))], skip_special_tokens=True)
 
 
-def test_a_dialog_prompt_needs_turns_that_end_with_the_user():
-    for turns, message in [([], r"^a dialog prompt needs at least one turn$"),
-                           ([("user", "w1"), ("assistant", "w2")], r"^a dialog prompt ends with a user or system "
+def test_a_dialog_prompt_needs_turns_that_end_with_the_user_or_the_system():
+    """Prompt.dialog takes (role, content) pairs or {role, content} objects (the prompts file's
+    form), ending with a user or system turn; no turns is the empty prompt; anything else is
+    refused, naming what it got."""
+    pairs = [("user", "w1"), ("assistant", "w2"), ("system", "w3")]
+    assert Prompt.dialog(pairs).turns == Prompt.dialog([{"role": r, "content": c} for r, c in pairs]).turns \
+        == tuple(pairs)
+    assert Prompt.dialog(pairs) == "w1w2w3" and Prompt.dialog([]) == "" and Prompt.dialog([]).turns == ()
+    assert Prompt("w1").turns is None and Prompt.dialog(pairs).strip().__class__ is str   # str operations: plain str
+    bad = r"^a dialog turn is a \(role, content\) pair or a \{'role', 'content'\} object with role 'user', 'system' or "
+    for turns, message in [([("user", "w1"), ("assistant", "w2")], r"^a dialog prompt ends with a user or system "
                                                                    r"turn: the sample is the assistant's next turn$"),
-                           ([("bot", "w1")], r"^a dialog turn is a \(role, content\) pair with role 'user', 'system' "
-                                             r"or 'assistant' and a string content, got \('bot', str\)$"),
-                           ([("user", 3)], r"got \('user', int\)$")]:
+                           ([("bot", "w1")], bad + r"'assistant' and a string content, got \('bot', str\)$"),
+                           ([("user", 3)], r"got \('user', int\)$"),
+                           ([{"role": "user"}], r"got \('user', NoneType\)$"),
+                           (["user"], r"got \('user', NoneType\)$")]:
         with pytest.raises(ValueError, match=message):
             Prompt.dialog(turns)
 
@@ -221,9 +230,53 @@ def test_a_conversation_samples_as_its_ids_do():
     assert [x.text for x in s.sample(prompts, levels, greedy(6), guidance=0.0)] == off
     on2 = s.prompt_ids(prompts[1], Condition("on", 2))   # on w1 w2 rtg w6 w7 w8 rtg w12 w13 rtg
     (cut,) = s.sample(prompts[1:2], [Condition("on", 2)], greedy(120), truncate_prompts=True)
-    assert len(on2) == 11 and cut.prompt_tokens_cut == 3    # 128 - 2 - 120 = 6 of its 9 prompt ids kept
-    (ref, _), = s.generate([on2[:1] + on2[4:]], greedy(120))
+    assert len(on2) == 11 and cut.prompt_tokens_cut == 3    # 8 of 128 left: on rtg w7 w8 rtg w12 w13 rtg
+    (ref, _), = s.generate([[on2[0], on2[3]] + on2[5:]], greedy(120))   # on2[3]: the RTG token of level 2
     assert cut.text == s.tokenizer.decode(ref, skip_special_tokens=True)
+
+
+def test_a_conversation_cut_to_the_context_opens_as_a_corpus_piece_and_counts_what_it_holds():
+    """A conversation cut from the left opens as its dialog corpus's later pieces of a split dialog
+    open, with the mode and the RTG token in force (the corpus builder's own piece, block size 6,
+    is the model's input up to the reply's RTG token), or with the mode alone where what is kept
+    opens with an RTG token; in off mode, which drops the earlier RTG tokens, only the content
+    counts: 8 ids fit 120 new tokens in 128 uncut, and at 121 one content token is cut."""
+    s = dialog_sampler()
+    tok, ids = s.tokenizer, s.scheme.token_ids(s.tokenizer)
+    turns = [("system", "w1"), ("user", "w2"), ("assistant", "w6"), ("user", "w7 w8"), ("assistant", "w12"),
+             ("user", "w13")]
+    parts = [Part("w1", False), Part("w2", False), Part("w6", True, rtg=0.2), Part("w7 w8", False),
+             Part("w12", True, rtg=0.2), Part("w13", False), Part("w20", True, rtg=0.2)]
+    batch = PartBatch.from_records([Record(parts, "on", "t")])
+    (_, offsets, flat), = encodings([batch], ContentEncoder(tok.backend_tokenizer))
+    pool = ConditionedStream(tok.eos_token_id, PackOptions(block_size=6, uncond_fraction=0.0)).pool(batch, offsets,
+                                                                                                   flat)
+    pieces = [pool.ids[a:a + n].tolist() for a, n in zip(pool.start.tolist(), pool.length.tolist())]
+    assert pieces == [[ON_SLOT, 3, 4, RTG_SLOT, 8, 9], [ON_SLOT, RTG_SLOT, 10, RTG_SLOT, 14, 15],
+                      [ON_SLOT, RTG_SLOT, 22, 0]]
+    slots = {ON_SLOT: ids["<|rlhf:on|>"], RTG_SLOT: ids["<|rtg:2|>"]}
+    conversation = Prompt.dialog(turns)
+    (full,) = s.encode_prompts([conversation])
+    (kept,) = s.cut_to_context([full], [Condition("on", 2)], 121, [conversation])   # 7 of 128 for the input
+    assert s.input_ids(Condition("on", 2), kept, True, cut=True) == [slots[t] if t < 0 else t for t in pieces[1]] \
+        + [ids["<|rtg:2|>"]]
+    (kept,) = s.cut_to_context([full], [Condition("on", 2)], 123, [conversation])   # 5: the cut lands on a mark
+    assert s.input_ids(Condition("on", 2), kept, True, cut=True) == [slots[t] for t in (ON_SLOT, RTG_SLOT)] \
+        + [14, 15, ids["<|rtg:2|>"]]
+    off = [Condition("off")]
+    assert s.prompt_ids(conversation, off[0]) == [ids["<|rlhf:off|>"], 3, 4, 8, 9, 10, 14, 15]
+    (whole,) = s.sample([conversation], off, greedy(120))
+    (ref, _), = s.generate([s.prompt_ids(conversation, off[0])], greedy(120))
+    assert whole.text == tok.decode(ref, skip_special_tokens=True) and whole.prompt_tokens_cut == 0
+    with pytest.raises(SampleError, match=r"is 8 tokens with its 1 control token\(s\); with max_new_tokens=121"):
+        list(s.sample([conversation], off, greedy(121)))
+    (cut,) = s.sample([conversation], off, greedy(121), truncate_prompts=True)
+    (ref, _), = s.generate([[ids["<|rlhf:off|>"], 4, 8, 9, 10, 14, 15]], greedy(121))
+    assert cut.text == tok.decode(ref, skip_special_tokens=True) and cut.prompt_tokens_cut == 1
+    for mode in ("on", "off"):   # the length check counts what input_ids builds, cut or not
+        for k in range(len(full) + 1):
+            cond = Condition(mode, 1 if mode == "on" else None)
+            assert s.input_length(cond, full[k:], True, k > 0) == len(s.input_ids(cond, full[k:], True, k > 0))
 
 
 def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):
@@ -822,14 +875,17 @@ def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
     rows = [{"turns": opening + [{"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."}]},
             {"turns": [{"role": "user", "content": "a "}, {"role": "user", "content": "b"}]},
             {"prompt": None, "turns": [{"role": "assistant", "content": "x"}]},
-            {"turns": opening + [{"role": "user", "content": "Bye?"}]}, {"turns": []}]
+            {"turns": opening + [{"role": "user", "content": "Bye?"}]}, {"turns": []},
+            {"turns": opening + [{"role": "system", "content": "Be kind."}]}]
     write_jsonl(tmp_path / "d.jsonl", rows)
     got = read_prompts(tmp_path / "d.jsonl")
-    assert got == ["Be brief. Hi?", "a b", "", "Be brief. Hi?Hello.Bye?", ""]
+    assert got == ["Be brief. Hi?", "a b", "", "Be brief. Hi?Hello.Bye?", "", "Be brief. Hi?Hello.Be kind."]
     assert [p.turns for p in got] == [(("system", "Be brief. "), ("user", "Hi?")), (("user", "a "), ("user", "b")), (),
                                       (("system", "Be brief. "), ("user", "Hi?"), ("assistant", "Hello."),
-                                       ("user", "Bye?")), ()]
-    assert [p.origin for p in got] == [f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, 6)]
+                                       ("user", "Bye?")), (),
+                                      (("system", "Be brief. "), ("user", "Hi?"), ("assistant", "Hello."),
+                                       ("system", "Be kind."))]
+    assert [p.origin for p in got] == [f"{tmp_path / 'd.jsonl'}:{i}" for i in range(1, 7)]
     for turn, message in [({"role": "user", "content": 3}, r"turn 2: expected an object with a string 'role' and "
                                                             r"'content'$"),
                           ({"role": "bot", "content": "b"}, r"turn 2: role must be 'user', 'system' or 'assistant', "
@@ -1186,6 +1242,9 @@ def test_cli_notes_how_conversations_are_read(tmp_path, fmt, capsys):
     write_jsonl(tmp_path / "o.jsonl", [{"turns": conversation[:2]}, {"prompt": "w4"}])
     assert main([*args, "--prompts", str(tmp_path / "o.jsonl"), "--out", str(tmp_path / "o_s.jsonl")]) == 0
     assert "note:" not in capsys.readouterr().err
+    off = ["sample", "--model", str(tmp_path / "run"), "--mode", "off", "--max-new-tokens", "2", "--no-progress"]
+    assert main([*off, "--prompts", str(tmp_path / "c.jsonl"), "--out", str(tmp_path / "off.jsonl")]) == 0
+    assert "note:" not in capsys.readouterr().err   # off mode: no RTG token anywhere
 
 
 @pytest.mark.parametrize("options,noted", [

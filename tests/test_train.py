@@ -708,6 +708,33 @@ def test_the_model_records_every_corpus_format_it_learned(tmp_path, monkeypatch)
     assert options(tmp_path / "on2" / "model")["formats"] == ["dialog", "scored"]
     train(cfg_for(a, steps=1), tmp_path / "plain", progress=False)
     assert options(tmp_path / "plain" / "model")["formats"] == ["scored"]
+    from rcond.corpus import scheme_sha256
+    from rcond.tokens import ControlScheme
+
+    for run in ("on", "on2", "plain"):   # the fingerprint of the scheme is of what the model's scheme.json holds
+        saved = ControlScheme.load(tmp_path / run / "model")
+        assert saved.options["scheme_sha256"] == scheme_sha256(saved)
+
+
+def test_a_resumed_run_keeps_the_formats_of_the_model_it_started_from(tmp_path, monkeypatch):
+    """A run from a model given by a relative path, resumed from another folder (or after that
+    model is gone): the formats its checkpoint recorded are kept in the final model's scheme."""
+    small_model(monkeypatch)
+    a, _ = make_corpus(tmp_path, "a", n=40, seed=1)
+    train(cfg_for(a, steps=1), tmp_path / "first", progress=False)
+    scheme_file = tmp_path / "first" / "model" / "scheme.json"
+    scheme = json.loads(scheme_file.read_text())
+    scheme["options"]["formats"] = ["dialog", "scored"]   # as a model that also learned dialogs records it
+    scheme_file.write_text(json.dumps(scheme))
+    monkeypatch.chdir(tmp_path)
+    run = interrupted_run(tmp_path, a, model="first/model")
+    assert json.loads((run / "checkpoint" / "scheme.json").read_text())["options"]["formats"] == ["dialog", "scored"]
+    import shutil
+
+    shutil.rmtree(run / "model")
+    monkeypatch.chdir(a)   # "first/model" is not here
+    assert train(None, run, resume=True, progress=False).steps_done == 2
+    assert json.loads((run / "model" / "scheme.json").read_text())["options"]["formats"] == ["dialog", "scored"]
 
 
 def test_existing_out_refused(tmp_path, corpus, monkeypatch):
