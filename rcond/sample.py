@@ -71,8 +71,11 @@ cache rows, both fed the token chosen for the pair. One forward of 2B rows per s
 ``torch.lerp`` is exact at both ends, so G = 1 gives the conditioned logits bit for bit and
 G = 0 the unconditioned ones. ``Sampler.sample`` pads every batch to the length of its longest
 prompt's ``on``-mode input (control tokens included), in either mode and with or without
-guidance, so a row sees the same padded input whichever of those runs it is in; with the same seed, G = 1 reproduces
-unguided sampling and G = 0 the ``off`` mode exactly (tested) — provided the matmul kernels
+guidance, so a row sees the same padded input whichever of those runs it is in; with the same
+seed, G = 1 reproduces unguided sampling and G = 0 the ``off`` mode exactly (tested), where no
+prompt is cut to the context (a cut fits the conditions asked for, and an ``off``-mode input
+needs less room than an ``on``-mode one, so the two runs may keep different tokens of a prompt
+too long), and provided the matmul kernels
 round a row alike in a batch of B and of 2B rows, as the CPU kernels here do. Where they do not,
 logits differ in the last bit and a token can differ only at a near tie.
 
@@ -98,9 +101,12 @@ stays finite and the setting still means something:
   (``config.max_position_embeddings``, the positions it was trained on), checked before any
   token is generated. A prompt that does not fit is refused, the message naming the longest one,
   unless truncation is asked for (``truncate_prompts``, ``--truncate-prompts``): then each prompt
-  too long keeps its last ``context − control ids − max_new_tokens`` tokens, the end the response
-  follows (as a corpus piece of a document longer than a block opens mid-text), and its sample
-  records how many it lost (``prompt_tokens_cut``).
+  too long loses the fewest of its first ids that make its input under every condition asked
+  for fit ``context − max_new_tokens`` (an earlier assistant turn's RTG token counts in ``on``
+  mode, not in ``off``), keeping the end the response follows, and opens as a corpus piece of a
+  document longer than a block opens mid-text (after the mode token, the RTG token in force
+  where the RTG token follows the prompt); its sample records how many content tokens it lost
+  (``prompt_tokens_cut``).
 """
 
 from __future__ import annotations
@@ -326,11 +332,11 @@ class Sampler:
         after = self.rtg_after_prompt if rtg_after is None else rtg_after
         if cond.mode == "off":
             return control + [i for i in prompt_ids if i != EARLIER_TURN]
+        lead = after and cut and len(prompt_ids) > 0 and prompt_ids[0] != EARLIER_TURN  # the RTG token in force
         prompt_ids = [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
         if not after:
             return control + prompt_ids
-        opening = control if cut and prompt_ids and prompt_ids[0] != control[1] else control[:1]
-        return opening + prompt_ids + control[1:]
+        return (control if lead else control[:1]) + prompt_ids + control[1:]
 
     def input_length(self, cond: Condition, prompt_ids: Sequence[int], rtg_after: bool | None = None,
                      cut: bool = False, marks: int | None = None) -> int:

@@ -501,7 +501,9 @@ def model_scheme(scheme: ControlScheme, formats: list[str], checkpoint: Path | N
 
     if checkpoint is not None and (checkpoint / SCHEME_FILE).is_file():
         with contextlib.suppress(SchemeError):
-            formats = sorted(set(formats) | set(ControlScheme.load(checkpoint).options.get("formats") or []))
+            recorded = ControlScheme.load(checkpoint).options.get("formats")
+            if isinstance(recorded, list):
+                formats = sorted(set(formats) | {f for f in recorded if isinstance(f, str)})
     scheme = replace(scheme, options={**scheme.options, "formats": formats})
     if "scheme_sha256" in scheme.options:
         scheme.options["scheme_sha256"] = scheme_sha256(scheme)

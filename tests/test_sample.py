@@ -277,6 +277,9 @@ def test_a_conversation_cut_to_the_context_opens_as_a_corpus_piece_and_counts_wh
         for k in range(len(full) + 1):
             cond = Condition(mode, 1 if mode == "on" else None)
             assert s.input_length(cond, full[k:], True, k > 0) == len(s.input_ids(cond, full[k:], True, k > 0))
+    rtg1 = ids["<|rtg:1|>"]   # a kept part opening with an id that is an RTG token's but no mark: led as any other
+    assert s.input_ids(Condition("on", 1), [rtg1, 5], True, cut=True) == [ids["<|rlhf:on|>"], rtg1, rtg1, 5, rtg1]
+    assert s.input_length(Condition("on", 1), [rtg1, 5], True, cut=True) == 5
 
 
 def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):

@@ -716,6 +716,15 @@ def test_the_model_records_every_corpus_format_it_learned(tmp_path, monkeypatch)
         assert saved.options["scheme_sha256"] == scheme_sha256(saved)
 
 
+def test_a_checkpoints_formats_that_are_not_a_list_of_names_are_not_read(tmp_path):
+    from rcond.train import model_scheme
+    from rcond.tokens import ControlScheme
+
+    for recorded, want in [("dialog", ["scored"]), (["dialog", 3, None], ["dialog", "scored"]), (None, ["scored"])]:
+        ControlScheme(num_bins=2, edges=[0.0], options={"formats": recorded}).save(tmp_path)
+        assert model_scheme(ControlScheme(num_bins=2, edges=[0.0]), ["scored"], tmp_path).options["formats"] == want
+
+
 def test_a_resumed_run_keeps_the_formats_of_the_model_it_started_from(tmp_path, monkeypatch):
     """A run from a model given by a relative path, resumed from another folder (or after that
     model is gone): the formats its checkpoint recorded are kept in the final model's scheme."""
