@@ -453,19 +453,28 @@ def warmup_note(cfg: TrainConfig) -> list[str]:
             f"{total} or fewer (warmup in a config file), or more steps"]
 
 
+def start_scheme(model: str) -> ControlScheme | None:
+    """The scheme.json of the model a run starts from, where that is a local folder rcond saved a
+    model to; None for a preset, a hub id or another causal LM's folder, which carry none. A
+    damaged one raises SchemeError."""
+    path = Path(model).expanduser()
+    if model in PRESETS or not (path / SCHEME_FILE).is_file():
+        return None
+    return ControlScheme.load(path)
+
+
 def start_model_differences(model: str, corpora: dict[str, CorpusRows], final: str) -> list[str]:
     """Warnings for a run that starts from a model rcond trained (a folder with the scheme.json
     that ``save_pretrained_atomic`` writes) on corpora whose RTG tokens stand for other reward
     ranges than in that model's training: other bin edges, or another number of bins (the RTG
     tokens both share then split the rewards differently). The model's earlier conditioning is then
     trained over — maybe intended, but never silently. Presets and hub ids carry no scheme."""
-    path = Path(model).expanduser()
-    if model in PRESETS or not (path / SCHEME_FILE).is_file():
-        return []
     try:
-        before = ControlScheme.load(path)
+        before = start_scheme(model)
     except SchemeError as e:
         return [f"{e}; whether the corpora's RTG tokens mean what they meant in {model}'s training is not checked"]
+    if before is None:
+        return []
     keep = (f" (to keep the model's, preprocess with --binning edges:{','.join(map(repr, before.edges))})"
             if before.edges else "")
     return [f"{model} was trained with {before.num_bins} RTG bins at edges {_shown(before.edges)}, and {c.path} "
@@ -484,11 +493,10 @@ def learned_formats(model: str, corpora: dict[str, CorpusRows]) -> list[str]:
     kind did, whichever corpus came first (a dialog's turns with the RTG token after them,
     another prompt with it before)."""
     formats = {c.scheme.options.get("format") for c in corpora.values()}
-    path = Path(model).expanduser()
-    if model not in PRESETS and (path / SCHEME_FILE).is_file():
-        with contextlib.suppress(SchemeError):  # a damaged one is warned of by start_model_differences
-            before = ControlScheme.load(path).options
-            formats |= set(before.get("formats") or [before.get("format")])
+    with contextlib.suppress(SchemeError):  # a damaged one is warned of by start_model_differences
+        before = start_scheme(model)
+        if before is not None:
+            formats |= set(before.options.get("formats") or [before.options.get("format")])
     return sorted(f for f in formats if isinstance(f, str))
 
 
