@@ -329,14 +329,21 @@ class Sampler:
         as a dialog corpus's later pieces of a split dialog do, with the mode and the RTG token in
         force (all at ``cond``'s level here), unless what is kept opens with an RTG token itself."""
         control = self.control_ids(cond)
-        after = self.rtg_after_prompt if rtg_after is None else rtg_after
         if cond.mode == "off":
             return control + [i for i in prompt_ids if i != EARLIER_TURN]
-        lead = after and cut and len(prompt_ids) > 0 and prompt_ids[0] != EARLIER_TURN  # the RTG token in force
+        after = self.rtg_after_prompt if rtg_after is None else rtg_after
+        lead = self._led(prompt_ids, after, cut)
         prompt_ids = [control[1] if i == EARLIER_TURN else i for i in prompt_ids]
         if not after:
             return control + prompt_ids
         return (control if lead else control[:1]) + prompt_ids + control[1:]
+
+    def _led(self, prompt_ids: Sequence[int], rtg_after: bool | None, cut: bool) -> bool:
+        """Whether an on-mode input opens with the RTG token in force before ``prompt_ids`` besides
+        the one after them: a cut prompt whose RTG token follows it, unless what is kept opens
+        with an earlier turn's mark (:meth:`input_ids`)."""
+        after = self.rtg_after_prompt if rtg_after is None else rtg_after
+        return bool(after and cut and len(prompt_ids) > 0 and prompt_ids[0] != EARLIER_TURN)
 
     def input_length(self, cond: Condition, prompt_ids: Sequence[int], rtg_after: bool | None = None,
                      cut: bool = False, marks: int | None = None) -> int:
@@ -344,8 +351,7 @@ class Sampler:
         the ``EARLIER_TURN`` marks in ``prompt_ids``, when the caller has counted them)."""
         if cond.mode == "off":
             return 1 + len(prompt_ids) - (prompt_ids.count(EARLIER_TURN) if marks is None else marks)
-        after = self.rtg_after_prompt if rtg_after is None else rtg_after
-        return 2 + len(prompt_ids) + int(after and cut and len(prompt_ids) > 0 and prompt_ids[0] != EARLIER_TURN)
+        return 2 + len(prompt_ids) + self._led(prompt_ids, rtg_after, cut)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Prompt texts -> token ids, encoded as the corpus encodes them (no special tokens added,
