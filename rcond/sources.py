@@ -979,9 +979,10 @@ def _field(row: dict, name: str, origin: str, *, optional: bool = False):
     raise SourceError(f"{origin}: missing field {name!r}; fields present: {sorted(row)}")
 
 
-def _text(row: dict, name: str, origin: str) -> str:
-    value = _field(row, name, origin)
-    if not isinstance(value, str):
+def _text(row: dict, name: str, origin: str, optional: bool = False) -> str | None:
+    """The string in field ``name``; with ``optional``, None where the field is absent or null."""
+    value = _field(row, name, origin, optional=optional)
+    if not isinstance(value, str) and not (optional and value is None):
         raise SourceError(f"{origin}: field {name!r} must be a string, got {kind_of(value)}{_chat_hint(value)}")
     return value
 
@@ -1052,14 +1053,11 @@ def split_hh(dialogue: str, origin: str, prompt_field: str = "prompt") -> tuple[
 
 def pairs_records(row: dict, origin: str, f: FieldNames, scored: bool) -> list[Record]:
     chosen, rejected = _text(row, f.chosen, origin), _text(row, f.rejected, origin)
-    prompt = _field(row, f.prompt, origin, optional=True)
+    prompt = _text(row, f.prompt, origin, optional=True)
     if prompt is None:
         prompt_c, chosen = split_hh(chosen, origin + " (chosen)", f.prompt)
         prompt_r, rejected = split_hh(rejected, origin + " (rejected)", f.prompt)
     else:
-        if not isinstance(prompt, str):
-            raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}"
-                              f"{_chat_hint(prompt)}")
         prompt_c = prompt_r = prompt
     _nonempty(chosen, "chosen response", origin)
     _nonempty(rejected, "rejected response", origin)
@@ -1095,11 +1093,7 @@ def scored_record(row, origin: str, f: FieldNames, scored: bool) -> Record:
         either = f"{f.response!r}" + (f" (or {f.text!r})" if f.text != f.response else "")
         raise SourceError(f"{origin}: missing field {either}; fields present: {sorted(row)}")
     response = _nonempty(_text(row, name, origin), "response", origin)
-    prompt = _field(row, f.prompt, origin, optional=True)
-    prompt = "" if prompt is None else prompt
-    if not isinstance(prompt, str):
-        raise SourceError(f"{origin}: field {f.prompt!r} must be a string, got {kind_of(prompt)}"
-                          f"{_chat_hint(prompt)}")
+    prompt = _text(row, f.prompt, origin, optional=True) or ""
     reward = 0.0 if scored else _reward(_field(row, f.reward, origin), f.reward, origin)
     return Record([Part(prompt, False, rtg=reward), Part(response, True)], "on", origin)
 
