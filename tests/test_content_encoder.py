@@ -722,3 +722,185 @@ def test_a_joined_call_whose_separators_do_not_all_come_back_goes_text_by_text()
     encoder.joined = LosingSeparators(encoder.joined)
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined.calls == [[" ".join(batch)]]  # the joined call was made
+
+
+# --- paths a mutation audit of content_encoder.py found untested ---
+
+
+def test_a_copy_whose_added_token_takes_a_space_beside_it_is_not_used():
+    """The probe between spaces: a copy whose "<x>" takes no space beside it, where the tokenizer's
+    (lstrip, rstrip) takes the one before or after it, is refused, though the two agree on "<x>"
+    alone and inside a word (with byte-level BPE a space is a token of its own)."""
+    base = byte_level_bpe()
+
+    def with_x(**strip):
+        backend = Tokenizer.from_str(base.to_str())
+        backend.add_tokens([AddedToken("<x>", **strip)])
+        return backend
+
+    plain = with_x()
+    assert content_encoder.faithful_copy(plain) is not None
+    for strip in ({"lstrip": True}, {"rstrip": True}):
+        backend = with_x(**strip)
+        assert alone(backend, ["<x>", "a<x>a"]) == alone(plain, ["<x>", "a<x>a"])
+        assert alone(backend, [" <x> "]) != alone(plain, [" <x> "])  # the reason
+        assert content_encoder.faithful_copy(backend, plain.to_str()) is None
+
+
+class LosingSeparatorsFrom(CountingInputs):
+    """A joined tokenizer whose calls from the ``first``-th on (counted from 1) lose their separators."""
+
+    def __init__(self, real, first=1):
+        super().__init__(real)
+        self.first = first
+
+    def encode_batch_fast(self, inputs, add_special_tokens):
+        if len(self.calls) + 1 >= self.first:
+            inputs = [run.replace(SEPARATOR, " ") for run in inputs]
+        return super().encode_batch_fast(inputs, add_special_tokens)
+
+
+def test_a_first_joined_call_whose_separators_do_not_all_come_back_goes_text_by_text():
+    """The first joined call itself loses separators: no ids to check, so that call gets its
+    per-text ids and the encoder goes text by text from then on."""
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    losing = encoder.joined = LosingSeparatorsFrom(encoder.joined)
+    batch = ["The battery", "lasts all", "week"]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert losing.calls == [[" ".join(batch)]] and encoder.joined is None and not encoder._unchecked
+    assert split(*encoder(batch[::-1])) == alone(backend, batch[::-1]) and losing.calls == [[" ".join(batch)]]
+
+
+def test_cut_inputs_whose_separators_do_not_all_come_back_go_text_by_text(monkeypatch):
+    """On the cut path, after the first call's check: a call whose pieces' separators do not all
+    come back gets its per-text ids (the encoder stays joined for later calls)."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 8)
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    assert encoder.cuts
+    assert split(*encoder(["warm up the check"])) == alone(backend, ["warm up the check"])
+    losing = encoder.joined = LosingSeparatorsFrom(encoder.joined)
+    batch = ["abcdefghi jklmno", "short"]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert losing.calls == [["abcdefghi  jklmno short"]]  # the cut pieces' separators lost too
+    assert encoder.joined is losing
+
+
+def test_the_check_of_long_documents_whose_opening_loses_separators_goes_text_by_text():
+    """Book-length documents: the batch's joined call comes back whole, but the check's own joined
+    encoding of the first document's opening characters (the tokenizer's second call) loses its
+    separators. The check cannot agree: the batch gets its per-text ids, and the encoder goes text
+    by text."""
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    losing = encoder.joined = LosingSeparatorsFrom(encoder.joined, first=2)
+    batch = [("The battery lasts all week, honestly. " * 1800)[i:] for i in range(2)]  # ~68k characters each
+    assert checked_sample(batch) == []
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert len(losing.calls) == 2 and encoder.joined is None
+
+
+def test_a_long_first_text_passed_over_by_the_check_leaves_the_short_ones_checked_and_joined(monkeypatch):
+    """The sample skips a first text too long for it: the check compares the ids of the texts it
+    sampled (the 64 short ones after it, by their place in the batch), agrees on a tokenizer that
+    joins exactly, and the encoder stays joined."""
+    backend = byte_level_bpe()
+    seen = []
+    real = ContentEncoder._per_text
+    monkeypatch.setattr(ContentEncoder, "_per_text", lambda self, texts: seen.append(texts) or real(self, texts))
+    encoder = ContentEncoder(backend)
+    batch = ["The battery lasts all week, honestly. " * 1800] + texts()[:100]
+    assert checked_sample(batch) == list(range(1, 65))
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert seen == [batch[1:65]] and encoder.joined is not None
+
+
+def test_calls_waiting_for_a_check_that_rejects_the_tokenizer_go_text_by_text(monkeypatch):
+    """A call made while the first joined call is being checked waits for the verdict (it got
+    past the tests for a joined call before the verdict came) and, the check rejecting the
+    tokenizer (the list wrongly lets Metaspace 'first' through), encodes text by text: it neither
+    checks again nor uses the joined copy that is gone. Deterministic: the check waits until the
+    second call is at the lock."""
+    import threading
+
+    monkeypatch.setattr(content_encoder, "piecewise", lambda state: True)
+    backend = metaspace_bpe("first")
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None
+
+    class NotingLock:
+        def __init__(self):
+            self.lock, self.entered, self.second = threading.Lock(), 0, threading.Event()
+
+        def __enter__(self):
+            self.entered += 1
+            if self.entered == 2:
+                self.second.set()
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    lock = encoder._first_call = NotingLock()
+    checking = threading.Event()
+    real = encoder._agrees
+
+    def agrees_once_the_second_call_waits(texts, joined):
+        checking.set()
+        assert lock.second.wait(10), "the second call did not wait for the check"
+        return real(texts, joined)
+
+    monkeypatch.setattr(encoder, "_agrees", agrees_once_the_second_call_waits)
+    first, second = texts()[::2], texts()[1::2]
+    results = {}
+
+    def call(name, batch):
+        try:
+            results[name] = split(*encoder(batch))
+        except Exception as e:  # noted, to fail below
+            results[name] = e
+
+    a = threading.Thread(target=call, args=("first", first))
+    a.start()
+    assert checking.wait(10)
+    b = threading.Thread(target=call, args=("second", second))
+    b.start()
+    a.join(20), b.join(20)
+    assert results == {"first": alone(backend, first), "second": alone(backend, second)}
+    assert encoder.joined is None and lock.entered == 2
+
+
+def test_a_tokenizer_whose_texts_may_not_be_cut_gets_them_whole_in_its_runs(monkeypatch):
+    """Not cuttable (a Split pattern not listed): a text of twice CUT_CHARS goes to the tokenizer
+    whole, one input with the text after it, no separator inside it (hand-written inputs)."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 8)
+    backend = split_then_byte_level(r"\S+\s*")
+    encoder = ContentEncoder(backend)
+    assert encoder.joined is not None and not encoder.cuts
+    encoder.joined = CountingInputs(encoder.joined)
+    batch = ["abcdefghi jklmno", "pq"]
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert encoder.joined.calls == [["abcdefghi jklmno" + SEPARATOR + "pq"]]
+
+
+def test_the_last_cut_point_leaves_the_letter_after_the_space_and_half_cut_chars(monkeypatch):
+    """Hand-counted, CUT_CHARS = 4: the search for a cut ends 2 characters before the end, so the
+    letter or digit after the cut's space must be followed by at least 2 more. In "abcdefgh ijk"
+    (12) the cut before the space at 8 is taken ("ijk": "i" then 2 more); in "abcdefgh ij" (11)
+    it is not ("j" alone after "i")."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 4)
+    assert cut_texts(["abcdefgh ijk"]) == (["abcdefgh", " ijk"], [2])
+    assert cut_texts(["abcdefgh ij"]) == (["abcdefgh ij"], [1])
+
+
+def test_a_separator_id_the_model_gives_is_refused_for_every_encoder_of_that_tokenizer():
+    """The copy for a vocabulary with a gap is not kept for the next encoder of the same JSON:
+    that one too goes text by text (kept, it would be given again without the id check)."""
+    gap = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "b": 3}, unk_token="[UNK]"))
+    gap.pre_tokenizer = pre_tokenizers.Whitespace()
+    batch = ["a b", "b", "a"] * 30
+    for _ in range(2):
+        encoder = ContentEncoder(gap)
+        assert encoder.joined is None
+        assert split(*encoder(batch)) == alone(gap, batch)
