@@ -20,8 +20,8 @@ from rcond.content_encoder import ContentEncoder
 from rcond.packing import PackOptions
 from rcond.modeling import add_control_tokens, save_pretrained_atomic
 from rcond.sample import (Condition, Prompt, Sample, SampleError, Sampler, SamplingParams, check_device,
-                          check_out_file, conditions, format_summary, read_prompts, resolve_model_dir,
-                          write_jsonl_atomic)
+                          check_out_file, conditions, conversations_note, empty_prompt_note, format_summary,
+                          one_line_prompts_note, read_prompts, resolve_model_dir, write_jsonl_atomic)
 from rcond.sources import Part, PartBatch, Record, SourceError
 from rcond.tokens import ControlScheme, SchemeError
 
@@ -168,6 +168,7 @@ def test_a_conversation_is_laid_out_as_its_dialog_corpus_laid_it_out():
     ({"format": "dialog", "formats": ["dialog", "scored"]}, False),   # the same mixture, the dialog corpus first
     ({"format": "dialog", "formats": ["dialog", "text"]}, True),      # dialogs and plain text (off mode only)
     ({"format": "pairs", "formats": ["pairs", "text"]}, False),
+    ({"format": "dialog", "formats": ["dialog", "pairs"]}, False),    # dialogs and preference pairs
     ({"format": "dialog"}, True),                                     # saved before formats were recorded
     ({"format": "scored"}, False)])
 def test_each_prompt_is_laid_out_as_the_corpora_of_its_kind(options, text_after):
@@ -280,6 +281,123 @@ def test_a_conversation_cut_to_the_context_opens_as_a_corpus_piece_and_counts_wh
     rtg1 = ids["<|rtg:1|>"]   # a kept part opening with an id that is an RTG token's but no mark: led as any other
     assert s.input_ids(Condition("on", 1), [rtg1, 5], True, cut=True) == [ids["<|rlhf:on|>"], rtg1, rtg1, 5, rtg1]
     assert s.input_length(Condition("on", 1), [rtg1, 5], True, cut=True) == 5
+
+
+def scheme_sampler(options):
+    """A sampler of make_model's tiny model whose scheme records ``options`` (the formats it learned)."""
+    tok = make_tokenizer()
+    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
+    return Sampler(make_model(tok, scheme), tok, scheme)
+
+
+@pytest.mark.parametrize("options,text_after", [({"format": "dialog"}, True),
+                                                ({"format": "scored", "formats": ["dialog", "scored"]}, False)])
+def test_ids_given_without_a_layout_are_laid_out_as_a_prompt_of_text(options, text_after):
+    """input_ids and input_length with no rtg_after, and cut_to_context with no prompts, lay ids out
+    as a prompt of text: the RTG token after them for a model whose only conditioned corpus was a
+    dialog corpus (a cut part then led by the RTG token in force too), before them for a mixture.
+    Ten ids with 120 new tokens leave 8 of 128 for the input: 5 kept (on rtg 5 ids rtg) or 6 (on rtg
+    6 ids)."""
+    s = scheme_sampler(options)
+    on, rtg, cond = s.on_id, s.rtg_ids[2], Condition("on", 2)
+    assert s.rtg_after_prompt is text_after
+    assert s.input_ids(cond, [5, 6]) == ([on, 5, 6, rtg] if text_after else [on, rtg, 5, 6])
+    assert s.input_ids(cond, [5, 6], cut=True) == ([on, rtg, 5, 6, rtg] if text_after else [on, rtg, 5, 6])
+    assert s.input_length(cond, [5, 6], cut=True) == (5 if text_after else 4)
+    (kept,) = s.cut_to_context([list(range(3, 13))], [cond], 120)
+    assert kept == (list(range(8, 13)) if text_after else list(range(7, 13)))
+
+
+def test_a_conversation_cut_for_a_model_of_dialogs_and_scored_responses_is_laid_out_as_a_dialog():
+    """A model that learned a dialog corpus beside scored responses lays a conversation out as its
+    dialog corpus did, also where it is cut: the cut counts the RTG token in force that leads the
+    kept part (7 of 128 left by 121 new tokens: on rtg w8 rtg w12 w13 rtg, 4 content tokens and one
+    mark cut), while a prompt of text in the same request gets the RTG token before it, unled
+    (on rtg w3..w7: its first 2 tokens cut)."""
+    s = scheme_sampler({"format": "scored", "formats": ["dialog", "scored"]})
+    on, rtg = s.on_id, s.rtg_ids[2]
+    conversation = Prompt.dialog([("system", "w1"), ("user", "w2"), ("assistant", "w6"), ("user", "w7 w8"),
+                                  ("assistant", "w12"), ("user", "w13")])
+    text = "w1 w2 w3 w4 w5 w6 w7"
+    assert s.encode_prompts([conversation, text]) == [[3, 4, -1, 8, 9, 10, -1, 14, 15], [3, 4, 5, 6, 7, 8, 9]]
+    got = list(s.sample([conversation, text], [Condition("on", 2)], greedy(121), truncate_prompts=True))
+    assert [x.prompt_tokens_cut for x in got] == [4, 2]
+    rows = [[on, rtg, 10, rtg, 14, 15, rtg], [on, rtg, 5, 6, 7, 8, 9]]
+    assert [x.text for x in got] == s.tokenizer.batch_decode([ids for ids, _ in s.generate(rows, greedy(121))],
+                                                             skip_special_tokens=True)
+
+
+def test_a_cut_that_can_keep_a_mark_and_no_more_opens_with_it_and_leaves_a_place_unused():
+    """122 new tokens leave 6 of 128: a conversation (w1 w2 mark w6 w7 w8 mark w12 w13) keeps the
+    mark and w12 w13, laid out on rtg w12 w13 rtg (5 tokens: the mark is the RTG token in force, never
+    doubled), since keeping w8 too would need a leading RTG token (7 tokens)."""
+    s = dialog_sampler()
+    on, rtg, cond = s.on_id, s.rtg_ids[2], Condition("on", 2)
+    conversation = Prompt.dialog([("system", "w1"), ("user", "w2"), ("assistant", "w6"), ("user", "w7 w8"),
+                                  ("assistant", "w12"), ("user", "w13")])
+    (full,) = s.encode_prompts([conversation])
+    (kept,) = s.cut_to_context([full], [cond], 122, [conversation])
+    assert kept == [-1, 14, 15]
+    assert s.input_ids(cond, kept, True, cut=True) == [on, rtg, 14, 15, rtg]
+    assert s.input_length(cond, kept, True, cut=True) == 5
+    (cut,) = s.sample([conversation], [cond], greedy(122), truncate_prompts=True)
+    assert cut.prompt_tokens_cut == 5   # w1 w2 w6 w7 w8; the mark before w6 is no content
+
+
+def test_a_conversation_ending_with_a_system_turn_is_encoded_turn_by_turn():
+    """A conversation whose last turn is the system's (the prompts file takes it whole) is encoded
+    as any other: each turn on its own, a mark before the assistant turn, the system turn kept."""
+    s = dialog_sampler()
+    conversation = Prompt.dialog([("user", "w1"), ("assistant", "w2"), ("system", "w3 w4")])
+    assert s.encode_prompts([conversation]) == [[3, -1, 4, 5, 6]]
+    assert s.prompt_ids(conversation, Condition("on", 1)) == [s.on_id, 3, s.rtg_ids[1], 4, 5, 6, s.rtg_ids[1]]
+
+
+def test_the_context_check_names_the_longest_input_not_the_most_encoded_ids():
+    """In off mode a conversation's marks take no place: 'w1 w2 w3 w4' (5 tokens with the off
+    token) is a longer input than a conversation of as many encoded ids (w1 mark w2 w3: 4), so with
+    124 new tokens it is the one refused, whatever order the prompts come in."""
+    s = dialog_sampler()
+    conversation = Prompt.dialog([("user", "w1"), ("assistant", "w2"), ("user", "w3")])
+    assert s.encode_prompts([conversation, "w1 w2 w3 w4"]) == [[3, -1, 4, 5], [3, 4, 5, 6]]
+    assert len(list(s.sample([conversation], [Condition("off")], greedy(124)))) == 1      # 4 + 124 = 128
+    for prompts, where in [([conversation, "w1 w2 w3 w4"], "prompt 2 of 2"), (["w1 w2 w3 w4", conversation],
+                                                                              "prompt 1 of 2")]:
+        with pytest.raises(SampleError, match=rf"^the longest prompt \({where}\) is 5 tokens with its 1 control "
+                                              rf"token\(s\); with max_new_tokens=124 that makes 129"):
+            list(s.sample(prompts, [Condition("off")], greedy(124)))
+
+
+def test_the_conversations_note_follows_the_formats_the_model_learned():
+    """The note on conversations (prompts of turns holding an assistant turn): a model that learned
+    a dialog corpus beside scored responses gives their earlier assistant turns the requested level,
+    as a dialog-only model does; one that learned none names every format it learned; the note is
+    given wherever any condition is on mode, and not for off mode alone, openings or text."""
+    conversation = Prompt.dialog([("user", "w1"), ("assistant", "w2"), ("user", "w3")])
+    opening = Prompt.dialog([("user", "w1")])
+    prompts, on = [conversation, opening, "w4", conversation], [Condition("on", 1)]
+    mixture = scheme_sampler({"format": "scored", "formats": ["dialog", "scored"]})
+    assert conversations_note(mixture, prompts, on) == (
+        "note: 2 prompts are conversations with earlier assistant turns; each such turn is given the RTG token of "
+        "the requested level, as its corpus's reward-to-go would be if the earlier turns' rewards were 0 at gamma 1 "
+        "(rewards written on the turns are not read)")
+    assert conversations_note(mixture, prompts, [Condition("off"), Condition("on", 1)]) == \
+        conversations_note(mixture, prompts, on)
+    assert conversations_note(mixture, prompts, [Condition("off")]) is None
+    assert conversations_note(mixture, [opening, "w4"], on) is None
+    no_dialog = scheme_sampler({"format": "scored", "formats": ["scored", "text"]})
+    assert conversations_note(no_dialog, prompts, on) == (
+        "note: 2 prompts are conversations with assistant turns, but this model learned no dialog corpus (formats "
+        "['scored', 'text']): each is given as its turns' text joined as written, a prompt of text with no RTG token "
+        "before its earlier assistant turns")
+
+
+@pytest.mark.parametrize("options", [{"records": True, "prompts": True, "multiline_prompts": True},
+                                     {"records": 10, "prompts": 6.0, "multiline_prompts": 5.5}])
+def test_notes_read_only_integer_counts(options):
+    """A scheme.json whose counts are booleans or floats (hand-edited) holds no counts: no note."""
+    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
+    assert empty_prompt_note(scheme) is None and one_line_prompts_note(scheme, "p.txt") is None
 
 
 def test_a_level_the_scheme_does_not_have_is_refused_in_the_prompt(sampler):
@@ -421,6 +539,25 @@ def test_every_batch_is_padded_to_its_longest_prompt_and_a_full_control_prefix(s
         hook.remove()
     # prompt lengths 3, 1 | 0, 6 | 2 tokens: widths 5, 8, 4; guidance runs every row twice
     assert prefills == [(2, 5), (2, 8), (1, 4)] * 2 + [(4, 5), (4, 8), (2, 4)]
+
+
+def test_a_batch_of_a_cut_conversation_is_as_wide_as_its_led_on_mode_input():
+    """A conversation cut to the context (121 new tokens: w8 mark w12 w13 kept) has an on-mode input
+    of 7 tokens, the leading RTG token in force included (on rtg w8 rtg w12 w13 rtg); its off-mode row
+    (off w8 w12 w13) is padded to those 7 too, as every batch is padded to its on-mode width."""
+    s = dialog_sampler()
+    conversation = Prompt.dialog([("system", "w1"), ("user", "w2"), ("assistant", "w6"), ("user", "w7 w8"),
+                                  ("assistant", "w12"), ("user", "w13")])
+    prefills = []
+    hook = s.model.register_forward_pre_hook(
+        lambda m, a, kw: prefills.append(tuple(kw["input_ids"].shape)) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        got = list(s.sample([conversation], [Condition("on", 2), Condition("off")], greedy(121, min_new_tokens=2),
+                            batch_size=1, truncate_prompts=True))
+    finally:
+        hook.remove()
+    assert [x.prompt_tokens_cut for x in got] == [4, 4] and prefills == [(1, 7), (1, 7)]
 
 
 def test_every_row_starts_at_position_zero_as_in_training(scheme):
@@ -713,12 +850,15 @@ def test_truncate_prompts_keeps_each_long_prompts_last_tokens(sampler):
                                           r"in the model's context of 128 tokens \(config.max_position_embeddings\): "
                                           r"use max_new_tokens <= 126$"):
         list(sampler.sample([short], conds, greedy(127), truncate_prompts=True))
+    with pytest.raises(SampleError, match=r"^max_new_tokens=127 and 2 control token\(s\) leave no room"):
+        list(sampler.sample([short], [Condition("off"), *conds], greedy(127), truncate_prompts=True))  # on's 2 count
 
 
 def test_an_empty_request_samples_nothing(sampler):
     """No prompts, or no conditions: no samples, and no error."""
     assert list(sampler.sample([], [Condition("on", 1)], greedy(3))) == []
     assert list(sampler.sample(PROMPTS, [], greedy(3))) == []
+    assert list(sampler.sample(PROMPTS, [], greedy(3), truncate_prompts=True)) == []
 
 
 @pytest.mark.parametrize("kw,error,message", [
@@ -789,6 +929,18 @@ def test_summary_per_condition_by_hand():
         "wrote 2 samples to o.jsonl; sampled in 2.0 s on cpu (1.0 samples/s, 3 tokens/s)",
         "  condition                     n   tokens    eos",
         "  off                           2      3.0   100%"]
+
+
+def test_summary_says_how_many_prompts_were_cut_and_by_how_much():
+    """The line on cut prompts counts the samples whose prompt was cut and gives the fewest and the
+    most tokens left out (3 and 7 here, the uncut sample not counted); no line where none was cut."""
+    samples = [Sample("p", "on", 1, None, None, "t", 2, True, prompt_tokens_cut=7),
+               Sample("p", "on", 1, None, None, "t", 2, True),
+               Sample("p", "on", 1, None, None, "t", 2, True, prompt_tokens_cut=3)]
+    lines = format_summary(samples, [Condition("on", 1)], "s.jsonl", 1.0, "cpu", None).splitlines()
+    assert lines[-1] == ("  prompts cut to fit the context: 2 of 3 samples kept only their prompt's last tokens "
+                         "(3 to 7 left out; prompt_tokens_cut in the output)")
+    assert "cut" not in format_summary(samples[1:2], [Condition("on", 1)], "s.jsonl", 1.0, "cpu", None)
 
 
 # ---------------------------------------------------------------------------- files
@@ -896,6 +1048,23 @@ def test_dialogs_give_their_opening_turns_as_the_prompt(tmp_path):
         write_jsonl(tmp_path / "bad.jsonl", [{"turns": [{"role": "user", "content": "a"}, turn]}])
         with pytest.raises(SourceError, match=r"bad.jsonl:1 " + message):
             read_prompts(tmp_path / "bad.jsonl")
+
+
+def test_dialog_rows_and_turns_that_are_refused(tmp_path):
+    """A 'prompt' that is no string is an error even beside 'turns' (as beside 'chosen'); a turn
+    that is no object (a bare string) is named as a SourceError, not a crash; Prompt.dialog refuses
+    a role the corpus does not know ('tool') and a turn of three items, naming what it got."""
+    turns = [{"role": "user", "content": "w1"}]
+    for row, message in [({"prompt": 7, "turns": turns}, r"d.jsonl:1: field 'prompt' is int 7, expected a string$"),
+                         ({"turns": ["w1"]}, r"d.jsonl:1 turn 1: expected an object with a string 'role' and "
+                                             r"'content'$")]:
+        write_jsonl(tmp_path / "d.jsonl", [row])
+        with pytest.raises(SourceError, match=message):
+            read_prompts(tmp_path / "d.jsonl")
+    for turn, got in [(("tool", "w1"), r"\('tool', str\)"),
+                      (("user", "w1", "x"), r"\(\('user', 'w1', 'x'\), NoneType\)")]:
+        with pytest.raises(ValueError, match=rf"^a dialog turn is a \(role, content\) pair .* got {got}$"):
+            Prompt.dialog([turn])
 
 
 def test_prompts_that_are_not_a_prompts_file(tmp_path):
