@@ -278,8 +278,7 @@ class Sampler:
         ids = scheme.token_ids(tokenizer)
         self.on_id, self.off_id = ids[scheme.on_token], ids[scheme.off_token]
         self.rtg_ids = [ids[t] for t in scheme.rtg_tokens]
-        options = scheme.options or {}
-        learned = set(options.get("formats") or [options.get("format")])  # the formats of its corpora
+        learned = set(scheme.learned_formats())                  # the formats of its corpora
         self.dialog_turns = "dialog" in learned                  # prompts of turns: laid out as a dialog corpus
         self.rtg_after_prompt = self.dialog_turns and not learned & {"pairs", "scored"}   # prompts of text
         if tokenizer.eos_token_id is None:
@@ -755,10 +754,10 @@ def conversations_note(sampler: Sampler, prompts: Sequence[str], conds: Sequence
         return (f"note: {n:,} prompts are conversations with earlier assistant turns; each such turn is given the RTG "
                 f"token of the requested level, as its corpus's reward-to-go would be if the earlier turns' rewards "
                 f"were 0 at gamma 1 (rewards written on the turns are not read)")
-    options = sampler.scheme.options or {}
-    formats = options.get("formats") or [options.get("format")]
-    return (f"note: {n:,} prompts are conversations with assistant turns, but this model learned no dialog corpus "
-            f"(formats {formats}): each is given as its turns' text joined as written, a prompt of text with no "
+    formats = sampler.scheme.learned_formats()
+    learned = f" (formats {formats})" if formats else ""
+    return (f"note: {n:,} prompts are conversations with assistant turns, but this model learned no dialog corpus"
+            f"{learned}: each is given as its turns' text joined as written, a prompt of text with no "
             f"RTG token before its earlier assistant turns")
 
 

@@ -193,6 +193,16 @@ class ControlScheme:
             _check_binning(self.binning, self.edges)
         _check_tokens(self.on_token, self.off_token, self.rtg_template, self.num_bins)
 
+    def learned_formats(self) -> list[str]:
+        """The corpus formats a model saved with this scheme learned (sorted): ``options["formats"]``,
+        which ``rcond train`` records, where it is a non-empty list (its names kept, anything else in
+        it passed over); else ``options["format"]``, as a corpus's own scheme and a model saved
+        before formats were recorded hold it; none where neither names one (a hand-edited file)."""
+        recorded = self.options.get("formats")
+        if not isinstance(recorded, list) or not recorded:
+            recorded = [self.options.get("format")]
+        return sorted({f for f in recorded if isinstance(f, str)})
+
     # ------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, rewards: Iterable[float], num_bins: int | None = None, binning: str = "quantile",

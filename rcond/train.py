@@ -496,7 +496,7 @@ def learned_formats(model: str, corpora: dict[str, CorpusRows]) -> list[str]:
     with contextlib.suppress(SchemeError):  # a damaged one is warned of by start_model_differences
         before = start_scheme(model)
         if before is not None:
-            formats |= set(before.options.get("formats") or [before.options.get("format")])
+            formats |= set(before.learned_formats())
     return sorted(f for f in formats if isinstance(f, str))
 
 
@@ -509,9 +509,7 @@ def model_scheme(scheme: ControlScheme, formats: list[str], checkpoint: Path | N
 
     if checkpoint is not None and (checkpoint / SCHEME_FILE).is_file():
         with contextlib.suppress(SchemeError):
-            recorded = ControlScheme.load(checkpoint).options.get("formats")
-            if isinstance(recorded, list):
-                formats = sorted(set(formats) | {f for f in recorded if isinstance(f, str)})
+            formats = sorted(set(formats) | set(ControlScheme.load(checkpoint).learned_formats()))
     scheme = replace(scheme, options={**scheme.options, "formats": formats})
     if "scheme_sha256" in scheme.options:
         scheme.options["scheme_sha256"] = scheme_sha256(scheme)

@@ -64,6 +64,18 @@ def test_scheme_counts_the_records_that_open_with_a_prompt(tmp_path):
     assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (1, 0, 0)
 
 
+def test_prompt_counts_add_up_over_the_builds_batches(tmp_path):
+    """The scored records of the test above, encoded 2 records a batch (3 batches): the counts are
+    the whole corpus's, 5 records, 3 prompts with text, 2 of them spanning lines, not the last batch's
+    (1 record, its prompt "a\\n" spanning lines) nor the first's."""
+    scored = [{"prompt": "a", "response": "b", "reward": 1}, {"prompt": "c\nd", "response": "e", "reward": 0},
+              {"prompt": "", "response": "f", "reward": 1}, {"response": "g\nh", "reward": 0},
+              {"prompt": "a\n", "response": "b", "reward": 1}]
+    _, scheme, s = make(tmp_path, "scored", scored, encode_batch=2)
+    assert (scheme.options["records"], scheme.options["prompts"], scheme.options["multiline_prompts"]) == (5, 3, 2)
+    assert (s.prompts, s.multiline_prompts) == (3, 2)
+
+
 def test_best_fit_fills_the_tightest_row(tmp_path):
     # block 10: doc A (5 tokens) leaves 5 free, doc B (6) leaves 4 free; doc C (4 tokens) fits both
     # rows — first fit would put it beside A, best fit puts it beside B, filling that row exactly.

@@ -392,6 +392,20 @@ def test_the_conversations_note_follows_the_formats_the_model_learned():
         "before its earlier assistant turns")
 
 
+def test_a_hand_edited_formats_entry_is_read_as_the_trainer_reads_it():
+    """A scheme.json whose formats is no list (hand-edited) is read as one saved before formats were
+    recorded (its format: a dialog model here), not as a crash on a number or the letters of a
+    string; with no format named either, the conversations note names none."""
+    for formats in (5, "scored"):
+        s = scheme_sampler({"format": "dialog", "formats": formats})
+        assert s.dialog_turns and s.rtg_after_prompt
+    conversation = Prompt.dialog([("user", "w1"), ("assistant", "w2"), ("user", "w3")])
+    assert conversations_note(scheme_sampler({}), [conversation], [Condition("on", 1)]) == (
+        "note: 1 prompts are conversations with assistant turns, but this model learned no dialog corpus: each is "
+        "given as its turns' text joined as written, a prompt of text with no RTG token before its earlier assistant "
+        "turns")
+
+
 @pytest.mark.parametrize("options", [{"records": True, "prompts": True, "multiline_prompts": True},
                                      {"records": 10, "prompts": 6.0, "multiline_prompts": 5.5}])
 def test_notes_read_only_integer_counts(options):
@@ -1446,6 +1460,23 @@ def test_cli_notes_one_line_prompts_where_the_model_learned_multi_line_ones(tmp_
     write_jsonl(tmp_path / "p.jsonl", [{"prompt": "w1"}])
     assert main([*args, "--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "b.jsonl")]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_cli_notes_one_line_prompts_of_a_compressed_txt(tmp_path, scheme, capsys):
+    """A .txt.gz is a .txt (one prompt a line) read through gzip, so a model whose 10 training
+    prompts all spanned lines gets the note for it as for a .txt, naming the file."""
+    import gzip
+
+    scheme.options.update(prompts=10, multiline_prompts=10)
+    tok = make_tokenizer()
+    save_pretrained_atomic(make_model(tok, scheme), tok, scheme, tmp_path / "m")
+    with gzip.open(tmp_path / "p.txt.gz", "wt") as f:
+        f.write("w1\nw2\n")
+    assert main(["sample", "--model", str(tmp_path / "m"), "--level", "1", "--max-new-tokens", "2", "--no-progress",
+                 "--prompts", str(tmp_path / "p.txt.gz"), "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert (f"note: {tmp_path / 'p.txt.gz'} holds one prompt per line, but all 10 of this model's training prompts "
+            f"spanned several lines") in capsys.readouterr().err
+    assert [json.loads(line)["prompt"] for line in (tmp_path / "a.jsonl").read_text().splitlines()] == ["w1", "w2"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -432,3 +432,15 @@ def test_a_control_token_read_as_the_unk_token_is_missing():
         s.token_ids(tok)
     s.add_to_tokenizer(tok)
     assert s.missing_tokens(tok) == [] and list(s.token_ids(tok).values()) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("options,want", [
+    ({"format": "scored", "formats": ["scored", "dialog"]}, ["dialog", "scored"]),   # recorded by rcond train
+    ({"format": "pairs"}, ["pairs"]),                                                # a corpus; an older model
+    ({"format": "pairs", "formats": []}, ["pairs"]),
+    ({"format": "pairs", "formats": "dialog"}, ["pairs"]),                           # hand-edited: not a list
+    ({"format": "pairs", "formats": 5}, ["pairs"]),
+    ({"formats": ["dialog", 3, None, ["text"]]}, ["dialog"]),                       # only the names
+    ({"format": 7}, []), ({}, [])])
+def test_the_formats_a_model_learned_are_read_as_a_list_of_names(options, want):
+    assert ControlScheme(num_bins=2, edges=[0.0], options=options).learned_formats() == want

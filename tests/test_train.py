@@ -725,6 +725,20 @@ def test_a_checkpoints_formats_that_are_not_a_list_of_names_are_not_read(tmp_pat
         assert model_scheme(ControlScheme(num_bins=2, edges=[0.0]), ["scored"], tmp_path).options["formats"] == want
 
 
+def test_a_start_models_formats_that_are_not_a_list_of_names_are_not_read(tmp_path):
+    """As a checkpoint's: a start model whose scheme.json (hand-edited) records formats as other than
+    a list is read as one saved before formats were recorded (its format, here pairs), not as the
+    letters of a string or a crash on a number; of a list, only the names are read."""
+    from rcond.tokens import ControlScheme
+    from rcond.train import learned_formats
+
+    corpora = {"c": stand_in("c", 2, [0.0], options={"format": "scored"})}
+    for recorded, want in [("dialog", ["pairs", "scored"]), (5, ["pairs", "scored"]),
+                           (["dialog", 3, ["text"]], ["dialog", "scored"]), ([], ["pairs", "scored"])]:
+        ControlScheme(num_bins=2, edges=[0.0], options={"format": "pairs", "formats": recorded}).save(tmp_path)
+        assert learned_formats(str(tmp_path), corpora) == want, recorded
+
+
 def test_a_resumed_run_keeps_the_formats_of_the_model_it_started_from(tmp_path, monkeypatch):
     """A run from a model given by a relative path, resumed from another folder (or after that
     model is gone): the formats its checkpoint recorded are kept in the final model's scheme."""
@@ -744,6 +758,88 @@ def test_a_resumed_run_keeps_the_formats_of_the_model_it_started_from(tmp_path, 
     monkeypatch.chdir(a)   # "first/model" is not here
     assert train(None, run, resume=True, progress=False).steps_done == 2
     assert json.loads((run / "model" / "scheme.json").read_text())["options"]["formats"] == ["dialog", "scored"]
+
+
+def stand_in(path, num_bins, edges, **kw):
+    """What the warnings read of a CorpusRows (its path and scheme), without a corpus on disk."""
+    from types import SimpleNamespace
+
+    from rcond.tokens import ControlScheme
+
+    return SimpleNamespace(path=path, scheme=ControlScheme(num_bins=num_bins, edges=edges, **kw))
+
+
+def test_which_start_models_are_compared_with_the_corpora_by_hand(tmp_path, monkeypatch):
+    """start_model_differences on hand-made schemes: a model folder given as ~/m is read from the
+    home folder; a corpus whose RTG tokens are spelt otherwise (another rtg_template) shares none
+    with the model and is not warned about; a 1-bin model (no edges) is warned about without a
+    --binning edges: hint, which would give no edges; a folder named like a preset in the working
+    folder is not read, as the preset is what the run trains."""
+    from rcond.tokens import ControlScheme
+    from rcond.train import learned_formats, start_model_differences, start_scheme
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name, bins, edges in (("m", 2, [0.5]), ("one", 1, []), ("tiny", 2, [0.5])):
+        (tmp_path / name).mkdir()
+        ControlScheme(num_bins=bins, edges=edges, options={"formats": ["dialog"]}).save(tmp_path / name)
+    four = stand_in("c4", 4, [-0.5, 0.0, 0.5], options={"format": "scored"})
+    spelt_otherwise = stand_in("t", 4, [-0.5, 0.0, 0.5], rtg_template="<|level:{k}|>")
+    assert start_scheme("~/m").edges == [0.5] and learned_formats("~/m", {"c4": four}) == ["dialog", "scored"]
+    assert start_model_differences("~/m", {"c4": four, "t": spelt_otherwise}, "c4") == [
+        "~/m was trained with 2 RTG bins at edges [0.5], and c4 bins rewards into 4 at [-0.5, 0, 0.5]: an RTG token "
+        "the two share now stands for another reward range than in the model's training (to keep the model's, "
+        "preprocess with --binning edges:0.5); the saved model keeps the edges of c4, through which "
+        "`rcond sample --reward` maps a reward"]
+    (warning,) = start_model_differences(str(tmp_path / "one"), {"c4": four}, "c4")
+    assert warning.startswith(f"{tmp_path / 'one'} was trained with 1 RTG bins at edges [], and c4 bins rewards into "
+                              f"4 at [-0.5, 0, 0.5]: an RTG token the two share now stands for another reward range "
+                              f"than in the model's training; the saved model keeps")
+    monkeypatch.chdir(tmp_path)
+    assert start_scheme("tiny") is None and start_model_differences("tiny", {"c4": four}, "c4") == []
+    assert learned_formats("tiny", {"c4": four}) == ["scored"]
+
+
+def test_every_corpus_after_the_first_is_compared_with_the_first_by_hand():
+    """edge_differences on hand-made schemes a [0.5], b [0.25], c [0.5]: the second corpus, b, is
+    warned about (it is not skipped as the first of the rest), c, with a's edges, is not."""
+    from rcond.train import edge_differences
+
+    corpora = {p: stand_in(p, 2, e) for p, e in (("a", [0.5]), ("b", [0.25]), ("c", [0.5]))}
+    assert edge_differences(corpora, "c") == [
+        "a and b bin rewards at different edges ([0.5] vs [0.25]): the same RTG token stands for a different reward "
+        "range in each; the saved model keeps the edges of c, through which `rcond sample --reward` maps a reward"]
+
+
+def test_a_warmup_is_measured_against_the_steps_of_every_stage():
+    """warmup_note by hand on a run of two stages, 2 + 3 = 5 steps: a warmup of 5 reaches the peak on
+    the run's last step (not longer than the run: no note, though longer than either stage); one of
+    6, a step past the run, gets the note, ending at 5/6 of the peak lr 0.006 = 0.005."""
+    from rcond.train import warmup_note
+
+    def cfg(warmup):
+        return TrainConfig(stages=[Stage(corpora=["a"], steps=2), Stage(corpora=["b"], steps=3)], warmup=warmup,
+                           lr=6e-3)
+
+    assert warmup_note(cfg(5)) == []
+    assert warmup_note(cfg(6)) == [
+        "a warmup of 6 steps is longer than the run's 5: the learning rate rises all run and ends at 0.005, not the "
+        "peak lr 0.006, and never decays; give --warmup 5 or fewer (warmup in a config file), or more steps"]
+
+
+def test_the_models_scheme_is_a_copy_and_the_corpus_scheme_is_left_as_it_was():
+    """model_scheme returns a new scheme with the formats and its fingerprint made again; the
+    corpus's own scheme (which config.json records and a resume compares with the corpus's
+    scheme.json) keeps its options as they were: no formats, its own fingerprint."""
+    from rcond.corpus import scheme_sha256
+    from rcond.tokens import ControlScheme
+    from rcond.train import model_scheme
+
+    corpus_scheme = ControlScheme(num_bins=2, edges=[0.0], options={"format": "scored"})
+    corpus_scheme.options["scheme_sha256"] = fingerprint = scheme_sha256(corpus_scheme)
+    saved = model_scheme(corpus_scheme, ["dialog", "scored"], None)
+    assert corpus_scheme.options == {"format": "scored", "scheme_sha256": fingerprint}
+    assert saved.options["formats"] == ["dialog", "scored"]
+    assert saved.options["scheme_sha256"] == scheme_sha256(saved) != fingerprint
 
 
 def test_existing_out_refused(tmp_path, corpus, monkeypatch):
