@@ -398,3 +398,41 @@ def test_unconditional_rewards_cut_away_are_counted_over_every_batch(tmp_path):
         stream.pool(parts, offsets, flat)
     rewards, left_out = stream.fit_rewards()
     assert rewards.tolist() == [2.0, 2.0] and left_out == 2
+
+
+def test_a_split_documents_pieces_stay_in_document_order(tmp_path):
+    """A document longer than block_size is split with ``mode rtg`` re-opening each later piece;
+    the pool's pieces stay in document order (its first piece, then the later ones, then the next
+    document's), whatever place their tokens take in the columns. Hand-built (a=1 ... g=7, eos=0,
+    block_size 5): [on rtg a b c] [on rtg d e f] [on rtg g eos], then [on rtg a b eos]."""
+    from rcond.conditioning import ON_SLOT, RTG_SLOT, condition, encode_distinct
+
+    rows = [{"prompt": "a", "response": "b c d e f g", "reward": 1.0}, {"prompt": "a", "response": "b", "reward": 2.0}]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "s.jsonl", rows))], "scored").batches(10))
+    offsets, flat = encode_distinct(parts.texts, ContentEncoder(word_tokenizer().backend_tokenizer))
+    c = condition(parts, offsets, flat, np.ones(2), 0, PackOptions(block_size=5, uncond_fraction=0.0))
+    pool = c.pool
+    pieces = [pool.ids[s:s + n].tolist() for s, n in zip(pool.start.tolist(), pool.length.tolist())]
+    assert pieces == [[ON_SLOT, RTG_SLOT, 1, 2, 3], [ON_SLOT, RTG_SLOT, 4, 5, 6], [ON_SLOT, RTG_SLOT, 7, 0],
+                      [ON_SLOT, RTG_SLOT, 1, 2, 0]]
+    weights = [pool.lw[s:s + n].tolist() for s, n in zip(pool.start.tolist(), pool.length.tolist())]
+    assert weights == [[0, 0, 1, 1, 0], [0, 1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1, 0]]
+    assert [pool.marker[s:s + n].tolist() for s, n in zip(pool.start.tolist(), pool.length.tolist())] == \
+        [[0] * 5, [0] * 5, [0] * 4, [1] * 5]
+
+
+def test_when_every_marker_is_left_out_only_scored_ones_are_fitted(tmp_path):
+    """fit_rewards' fallback (no marker's RTG token in the rows, no unconditional reward): every
+    *scored* marker is fitted, never an unscored pair's side (reward NaN, fixed top / bottom bin).
+    Hand-built: each side [on rtg a a | a b eos] truncated at block_size 4 trains nothing."""
+    from rcond.conditioning import ConditionedStream, encode_distinct
+
+    rows = [{"prompt": "a a a", "chosen": "b", "rejected": "c"},
+            {"prompt": "a a a", "chosen": "b", "rejected": "c", "chosen_score": 3.0, "rejected_score": -1.0}]
+    parts = next(SourceReader([str(write_jsonl(tmp_path / "p.jsonl", rows))], "pairs").batches(10))
+    offsets, flat = encode_distinct(parts.texts, ContentEncoder(word_tokenizer().backend_tokenizer))
+    stream = ConditionedStream(0, PackOptions(block_size=4, uncond_fraction=0.0, truncate=True))
+    pool = stream.pool(parts, offsets, flat)
+    assert len(pool.length) == 0 and stream.untrained_pieces == 4
+    rewards, left_out = stream.fit_rewards()
+    assert rewards.tolist() == [3.0, -1.0] and left_out == 0
