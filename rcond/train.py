@@ -492,12 +492,12 @@ def learned_formats(model: str, corpora: dict[str, CorpusRows]) -> list[str]:
     scheme.json records them, so that ``rcond sample`` lays out each prompt as the corpora of its
     kind did, whichever corpus came first (a dialog's turns with the RTG token after them,
     another prompt with it before)."""
-    formats = {c.scheme.options.get("format") for c in corpora.values()}
+    formats = {f for c in corpora.values() for f in c.scheme.learned_formats()}
     with contextlib.suppress(SchemeError):  # a damaged one is warned of by start_model_differences
         before = start_scheme(model)
         if before is not None:
             formats |= set(before.learned_formats())
-    return sorted(f for f in formats if isinstance(f, str))
+    return sorted(formats)
 
 
 def model_scheme(scheme: ControlScheme, formats: list[str], checkpoint: Path | None) -> ControlScheme:
