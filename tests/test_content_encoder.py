@@ -711,15 +711,11 @@ def test_a_copy_whose_added_token_matches_inside_a_word_is_not_used():
 def test_a_joined_call_whose_separators_do_not_all_come_back_goes_text_by_text():
     """Were a tokenizer to lose a separator (merge it, drop it), a run's ids could not be cut into
     its texts: the call gets its per-text ids instead, also after the first call's check."""
-    class LosingSeparators(CountingInputs):
-        def encode_batch_fast(self, inputs, add_special_tokens):
-            return super().encode_batch_fast([run.replace(SEPARATOR, " ") for run in inputs], add_special_tokens)
-
     backend = byte_level_bpe()
     encoder = ContentEncoder(backend)
     batch = ["The battery", "lasts all", "week"]
     assert split(*encoder(batch)) == alone(backend, batch)  # checked: joined from now on
-    encoder.joined = LosingSeparators(encoder.joined)
+    encoder.joined = LosingSeparatorsFrom(encoder.joined)
     assert split(*encoder(batch)) == alone(backend, batch)
     assert encoder.joined.calls == [[" ".join(batch)]]  # the joined call was made
 

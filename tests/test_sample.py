@@ -126,10 +126,15 @@ def test_prompt_layout_follows_the_corpus_format(fmt):
     assert s.prompt_ids(prompt, Condition("off")) == [ids["<|rlhf:off|>"], 5, 6]
 
 
-def dialog_sampler():
+def scheme_sampler(options):
+    """A sampler of make_model's tiny model whose scheme records ``options`` (the formats it learned)."""
     tok = make_tokenizer()
-    dialog_scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options={"format": "dialog"})
-    return Sampler(make_model(tok, dialog_scheme), tok, dialog_scheme)
+    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
+    return Sampler(make_model(tok, scheme), tok, scheme)
+
+
+def dialog_sampler():
+    return scheme_sampler({"format": "dialog"})
 
 
 def test_a_conversation_is_laid_out_as_its_dialog_corpus_laid_it_out():
@@ -176,9 +181,7 @@ def test_each_prompt_is_laid_out_as_the_corpora_of_its_kind(options, text_after)
     dialogs out, whichever corpus its scheme came from; a prompt of text gets the RTG token
     before it wherever the model learned pairs or scored responses, after it where its only
     conditioned corpora were dialogs."""
-    tok = make_tokenizer()
-    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
-    s = Sampler(make_model(tok, scheme), tok, scheme)
+    s = scheme_sampler(options)
     on, rtg = s.on_id, s.rtg_ids[1]
     learned_dialogs = "dialog" in options.get("formats", [options["format"]])
     conversation = Prompt.dialog([("user", "w3"), ("assistant", "w9"), ("user", "w5")])
@@ -281,13 +284,6 @@ def test_a_conversation_cut_to_the_context_opens_as_a_corpus_piece_and_counts_wh
     rtg1 = ids["<|rtg:1|>"]   # a kept part opening with an id that is an RTG token's but no mark: led as any other
     assert s.input_ids(Condition("on", 1), [rtg1, 5], True, cut=True) == [ids["<|rlhf:on|>"], rtg1, rtg1, 5, rtg1]
     assert s.input_length(Condition("on", 1), [rtg1, 5], True, cut=True) == 5
-
-
-def scheme_sampler(options):
-    """A sampler of make_model's tiny model whose scheme records ``options`` (the formats it learned)."""
-    tok = make_tokenizer()
-    scheme = ControlScheme(num_bins=4, edges=[-0.5, 0.0, 0.5], options=options)
-    return Sampler(make_model(tok, scheme), tok, scheme)
 
 
 @pytest.mark.parametrize("options,text_after", [({"format": "dialog"}, True),

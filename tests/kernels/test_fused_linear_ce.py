@@ -24,7 +24,7 @@ if str(ROOT / "tests") not in sys.path:  # loss_testing lives in tests/
     sys.path.insert(0, str(ROOT / "tests"))
 
 from loss_testing import (GRAD_RTOL, check_inactive_rows, compare, compare_with_junk_ignored_targets,  # noqa: E402
-                          interpreting, make_case, poison_allocations, run, upstream, without_weights)
+                          interpreting, make_case, poison_allocations, reference, run, upstream, without_weights)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 VARIANTS = {
@@ -195,16 +195,11 @@ def _launches(monkeypatch, flce, name):
     return grids
 
 
-def _float64_reference(hidden, weight, targets, bias=None, coef=None):
-    """log p(target) [N] and entropy [N] in float64 from full logits, and the gradients of
-    Σ coef·log p with respect to hidden, weight and bias."""
-    h, w = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
-    b = None if bias is None else bias.detach().double().requires_grad_()
-    logp = torch.log_softmax(h @ w.T + (0 if b is None else b), dim=-1)
-    lp = logp.gather(1, targets[:, None])[:, 0]
-    ent = -(logp.exp() * logp).sum(-1)
-    (lp * (torch.ones_like(lp) if coef is None else coef.double())).sum().backward()
-    return lp.detach(), ent.detach(), {"hidden": h.grad, "weight": w.grad, "bias": None if b is None else b.grad}
+def _float64_reference(case, coef):
+    """log p(target) [N] and entropy [N] in float64 from full logits (loss_testing's oracle), and
+    the gradients of Σ coef·log p with respect to the case's hidden, weight and bias."""
+    ref, grads = reference(case, {"token_logprobs": coef})
+    return ref["token_logprobs"], ref["token_entropy"], grads
 
 
 def _relative_error(got, expected):
@@ -244,7 +239,7 @@ def test_explicit_vocab_chunk_and_splits_are_used(flce, monkeypatch):
     n, v = case.targets.shape[0], case.weight.shape[0]
     coef = torch.randn(n)
     active = case.loss_weight != 0
-    lp64, _, grads64 = _float64_reference(case.hidden, case.weight, case.targets, case.bias, coef * active)
+    lp64, _, grads64 = _float64_reference(case, coef * active)
     assert v > 2 * flce.INTERPRETER_TILES["_lse_kernel"].bv  # three forward tiles: up to 3 splits
     for chunk, splits in ((None, None), (32, 2), (64, 3)):
         forward = _launches(monkeypatch, flce, "_lse_kernel")
@@ -270,7 +265,7 @@ def test_non_contiguous_hidden_and_weight(flce):
     assert not hidden.is_contiguous() and not weight.is_contiguous()
     active = case.loss_weight != 0
     coef = case.loss_weight
-    lp64, ent64, grads64 = _float64_reference(case.hidden, case.weight, case.targets, case.bias, coef)
+    lp64, ent64, grads64 = _float64_reference(case, coef)
     lp, ent = flce.fused_linear_logprob(hidden, weight, case.targets, active, bias=case.bias,
                                         with_entropy=True)
     torch.testing.assert_close(lp[active].double(), lp64[active], rtol=1e-4, atol=1e-5)
@@ -289,7 +284,7 @@ def test_gradients_of_some_inputs_only(flce, poisoned, trained):
     active = case.loss_weight != 0
     leaves = {name: getattr(case, name).clone().requires_grad_(name in trained)
               for name in ("hidden", "weight", "bias")}
-    _, _, grads64 = _float64_reference(case.hidden, case.weight, case.targets, case.bias, case.loss_weight)
+    _, _, grads64 = _float64_reference(case, case.loss_weight)
     lp, ent = flce.fused_linear_logprob(leaves["hidden"], leaves["weight"], case.targets, active,
                                         bias=leaves["bias"], with_entropy=True)
     assert not ent.requires_grad
@@ -383,7 +378,7 @@ def test_inactive_rows_are_never_read(flce, poisoned):
     active = case.loss_weight != 0
     hidden = torch.where(active[:, None], case.hidden, torch.nan).requires_grad_()
     weight, bias = case.weight.clone().requires_grad_(), case.bias.clone().requires_grad_()
-    lp64, _, grads64 = _float64_reference(case.hidden, case.weight, case.targets, case.bias, case.loss_weight)
+    lp64, _, grads64 = _float64_reference(case, case.loss_weight)
     lp, _ = flce.fused_linear_logprob(hidden, weight, case.targets, active, bias=bias)
     torch.testing.assert_close(lp[active].double(), lp64[active], rtol=1e-4, atol=1e-5)
     assert (lp[~active] == 0).all()
