@@ -29,9 +29,13 @@ def both_paths(path, fmt, size=4, **kw):
     """(concatenated fast batches, the line-by-line records as one batch)."""
     fast = list(SourceReader([str(path)], fmt, **kw).batches(size))
     lines = PartBatch.from_records(list(SourceReader([str(path)], fmt, **kw)))
-    joined = PartBatch([t for b in fast for t in b.texts], *(np.concatenate([getattr(b, k) for b in fast])
-                       for k in ("trainable", "rtg", "fixed", "doc_start", "on")))
-    return joined, lines
+    return joined(fast), lines
+
+
+def joined(batches: list[PartBatch]) -> PartBatch:
+    """The batches as one, in order."""
+    return PartBatch([t for b in batches for t in b.texts], *(np.concatenate([getattr(b, k) for b in batches] or
+                     [np.zeros(0)]) for k in ("trainable", "rtg", "fixed", "doc_start", "on")))
 
 
 def chunk(rows, fmt, fields=FieldNames(), **kw):
@@ -398,8 +402,79 @@ def test_random_arrow_batches_same_records_and_skips_as_row_path(tmp_path):
             fast = list(fast_reader.batches(3))
             row_reader = SourceReader([str(path)], fmt, on_error="skip")
             rows = PartBatch.from_records(list(row_reader))
-            same(PartBatch([t for b in fast for t in b.texts],
-                           *(np.concatenate([getattr(b, k) for b in fast] or [np.zeros(0)])
-                             for k in ("trainable", "rtg", "fixed", "doc_start", "on"))), rows)
+            same(joined(fast), rows)
             assert fast_reader.skipped.examples == row_reader.skipped.examples
             assert fast_reader.skipped.count == row_reader.skipped.count
+
+
+TEXT_VALUES = ['"a"', '"b c"', '""', '" "', '"\\u200b"', '"\\ud83d\\ude00 x"', '"\\ud800"', '"x\\u0000y"', '"\\r\\n"',
+               '"\u00e9"', '"\\u2028"', '"\u2028"', 'null', '5', '["a"]', '{"a": 1}', 'true',
+               '"\\n\\nHuman: q\\n\\nAssistant: r"', '"\\n\\nHuman: q\\n\\nAssistant:"', '"\\r\\n\\r\\nAssistant: r"']
+NUMBER_VALUES = ['0.5', '-1', '2', '1e308', '1e400', '-1e400', '1e-400', '"0.5"', '"1e400"', '"x"', 'true', 'null',
+                 'NaN', 'Infinity', '-0', '9007199254740993', '12345678901234567890123', '[1]', '"1_0"', '1E2', '0.1',
+                 '" 2 "', '""']
+BROKEN_LINES = ['', '   ', '[1]', '"x"', 'null', '{"text": "a",}', '{"text": "a"} {"text": "b"}', '{"text": "a"}{"text": "b"}',
+                '{', '}', '{"text": "a"} }', '\t{"text": "a"}\t', '{}', "{'text': 'a'}", '{"text": "a"', '{"a": [[[[1]]]]}']
+KEYS = {"text": ["text"], "scored": ["prompt", "response", "text", "reward"],
+        "pairs": ["prompt", "chosen", "rejected", "chosen_score", "rejected_score"]}
+
+
+def random_jsonl_line(rng, fmt) -> bytes:
+    """One line of a fuzzed JSON Lines file: mostly an object of the format's fields (some absent,
+    some of the wrong type, keys written with escapes, repeated, or beside an extra field), else a
+    line that is not one such object."""
+    if rng.random() < 0.12:
+        line = BROKEN_LINES[rng.integers(len(BROKEN_LINES))]
+    else:
+        fields = []
+        for key in KEYS[fmt]:
+            if rng.random() < 0.2:
+                continue
+            numeric = key in ("reward", "chosen_score", "rejected_score")
+            pool = NUMBER_VALUES if numeric != (rng.random() < 0.05) else TEXT_VALUES
+            p = [0.6 / 3] * 3 + [0.4 / (len(pool) - 3)] * (len(pool) - 3)  # mostly one of the first three
+            name = json.dumps(key)
+            if rng.random() < 0.05:  # the same key, its first letter escaped
+                name = f'"\\u{ord(key[0]):04x}{key[1:]}"'
+            fields.append(f"{name}:{' ' * int(rng.integers(2))}{pool[rng.choice(len(pool), p=p)]}")
+            if rng.random() < 0.03:
+                fields.append(f"{json.dumps(key)}: {pool[rng.integers(len(pool))]}")
+        if rng.random() < 0.2:
+            fields.insert(int(rng.integers(len(fields) + 1)), '"extra": {"nested": [1, null, "s"]}')
+        line = "{" + ", ".join(fields) + "}"
+    data = line.encode()
+    if rng.random() < 0.02:
+        data = data.replace(b'"a"', b'"\xff"')
+    return data + (b"\r\n" if rng.random() < 0.1 else b"\n")
+
+
+@pytest.mark.parametrize("fmt", ["scored", "text", "pairs"])
+def test_random_jsonl_lines_same_records_skips_and_errors_as_line_path(tmp_path, fmt):
+    """Fuzzed JSON Lines files (the values where Arrow's JSON reader and Python's differ: numbers
+    as strings, beyond float range, NaN literals, escaped keys and surrogates, duplicate keys, two
+    objects on a line...), read in chunks of random size: the column-wise path gives the records,
+    the skipped lines with their reasons and counts, and the first error, of the line path."""
+    rng = np.random.default_rng({"scored": 1, "text": 2, "pairs": 3}[fmt])
+    for trial in range(60):
+        lines = [random_jsonl_line(rng, fmt) for _ in range(int(rng.integers(1, 16)))]
+        if rng.random() < 0.1:
+            lines[0] = b"\xef\xbb\xbf" + lines[0]
+        path = tmp_path / f"{fmt}{trial}.jsonl"
+        path.write_bytes(b"".join(lines))
+        size = int(rng.integers(1, 6))
+        fast_reader, line_reader = (SourceReader([str(path)], fmt, on_error="skip") for _ in range(2))
+        fast = list(fast_reader.batches(size))
+        slow = PartBatch.from_records(list(line_reader))
+        same(joined(fast), slow)
+        assert (fast_reader.skipped.count, fast_reader.skipped.examples) == \
+            (line_reader.skipped.count, line_reader.skipped.examples), path.read_bytes()
+        assert (fast_reader.same_pairs, fast_reader.split_prompts) == (line_reader.same_pairs, line_reader.split_prompts)
+        errors = []
+        for read in (lambda r: list(r.batches(size)), list):
+            try:
+                read(SourceReader([str(path)], fmt))
+                errors.append(None)
+            except (RecordError, SourceError) as e:
+                errors.append(str(e))
+        assert errors[0] == errors[1], path.read_bytes()
+        assert (errors[0] is None) == (line_reader.skipped.count == 0)
