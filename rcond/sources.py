@@ -528,7 +528,8 @@ def _iter_csv(path: Path, on_bad_line: Callable[[str], None] | None = None) -> I
     - The header is the first row that is not blank (a UTF-8 byte-order mark is dropped); it must
       name every column, each once. Blank rows (empty, or spaces only) are no rows.
     - Data rows are numbered from 1 (``row K``): a quoted cell may span lines, so a row number is
-      not a line number, and errors about a row give both.
+      not a line number, and errors about a row give both. Lines end at ``\\n``, ``\\r\\n`` or a lone
+      ``\\r`` (as the csv module reads a file's lines; a lone ``\\r`` inside a quoted cell too).
     - Every cell is its text as written (no guessing of ``NA`` or numbers: a reward is converted
       from its text like any other); an empty cell is None, a field that is there but null. A row
       with fewer fields than the header lacks the last columns (the field error names them).

@@ -5,6 +5,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 
 from conftest import write_jsonl
@@ -1799,6 +1800,56 @@ def test_csv_line_breaks_inside_quoted_cells_are_kept_as_written(tmp_path):
     path = tmp_path / "r.csv"
     path.write_bytes(b'text,n\r\n"a\r\nb",1\r\n"c\rd",2\r\n')
     assert [row["text"] for _, row in iter_rows(str(path))] == ["a\r\nb", "c\rd"]
+
+
+CSV_CELLS = ["", "x", "hello world", "a,b", 'say "hi"', "line1\nline2", "l1\r\nl2", "c\rd", " padded ", "\u00e9",
+             "\u2028", "NA", "   ", '""', "\n"]
+
+
+def random_csv(rng) -> tuple[bytes, list, list]:
+    """A CSV written cell by cell (cells quoted where they must be, or by chance), with blank rows,
+    short rows, rows a field too wide and rows with a byte that is not UTF-8, and what reading it
+    must give, known by construction: ``(origin suffix, row)`` of each good row and ``(row, line)``
+    of each bad one. A line ends at ``\\n``, ``\\r\\n`` or a lone ``\\r``, in a quoted cell too."""
+    def cell(value: str) -> bytes:
+        quote = any(c in value for c in ',"\r\n') or rng.random() < 0.2
+        return ('"' + value.replace('"', '""') + '"' if quote else value).encode()
+
+    out, line, rows, good, bad = b"\n" * int(rng.integers(3)), 1, 0, [], []
+    line += out.count(b"\n")
+    out += b"a,b,c" + (b"\r\n" if rng.random() < 0.3 else b"\n")
+    line += 1
+    for i in range(int(rng.integers(1, 12))):
+        width = int(rng.choice([0, 1, 2, 3, 3, 3, 3, 4]))
+        values = [CSV_CELLS[rng.integers(len(CSV_CELLS))] for _ in range(width)]
+        raw = b",".join(cell(v) for v in values)
+        utf8 = rng.random() > 0.05 or not raw
+        if not utf8:
+            raw += b"\xe9"
+        if not utf8 or "".join(values).strip():
+            rows += 1
+            where = f":row {rows} (line {line})"
+            if not utf8 or width > 3:
+                bad.append(where)
+            else:
+                good.append((where, {k: v or None for k, v in zip("abc", values)}))
+        out += raw + (b"\r\n" if rng.random() < 0.3 else b"\n")
+        line += 1 + sum(v.count("\n") + v.replace("\r\n", "").count("\r") for v in values)
+    return out, good, bad
+
+
+def test_random_csv_rows_cells_and_line_numbers_as_written(tmp_path):
+    """Fuzzed CSV files, read with --on-error skip: every good row with its cells as written (an
+    empty cell null) and its row and line number, every bad row named by its row and line."""
+    rng = np.random.default_rng(11)
+    for trial in range(150):
+        data, good, bad = random_csv(rng)
+        path = tmp_path / f"f{trial}.csv"
+        path.write_bytes(data)
+        skipped = []
+        rows = list(iter_rows(str(path), skipped.append))
+        assert rows == [(f"{path}{where}", row) for where, row in good], data
+        assert [m[len(str(path)):m.index(")") + 1] for m in skipped] == bad, data
 
 
 def test_a_folder_named_like_a_parquet_file_is_a_folder_of_documents(tmp_path):
