@@ -62,6 +62,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 PREPROCESS_EXAMPLES = """\
 examples:
   rcond preprocess hh.jsonl.gz --format pairs --bins 2 --out corpora/hh --tokenizer train:8192 --on-error skip
+  rcond preprocess Anthropic/hh-rlhf/harmless-base:test --format pairs --bins 2 --out corpora/hh-hub
   rcond preprocess reviews.jsonl --format scored --score-with vader --score-workers 4 --out corpora/reviews --tokenizer gpt2
   rcond preprocess dialogs.jsonl --format dialog --bins 5 --binning uniform --out corpora/dlg
   rcond preprocess notes.txt --format text --out corpora/plain --tokenizer corpora/dlg/tokenizer
@@ -75,7 +76,8 @@ def add_preprocess(sub) -> None:
                        epilog=PREPROCESS_EXAMPLES, formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="files (.jsonl/.json/.csv/.txt, optionally .gz/.bz2/.xz/.zst; .parquet; .arrow; .zip or folder of .txt), "
-                        "datasets saved by datasets' save_to_disk (DIR, or DIR:SPLIT of a DatasetDict), or hub ids")
+                        "datasets saved by datasets' save_to_disk (DIR, or DIR:SPLIT of a DatasetDict), or hub "
+                        "datasets: OWNER/NAME[@REVISION][/FOLDER...][:SPLIT | :CONFIG:SPLIT] (split: train)")
     p.add_argument("--format", required=True, choices=["pairs", "scored", "dialog", "text"],
                    help="what one input record is (README: Input formats)")
     p.add_argument("--out", required=True, help="output corpus directory")

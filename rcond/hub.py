@@ -10,12 +10,21 @@ once by itself).
 A dataset streamed from the hub needs the network whatever is cached; a tokenizer or a model may
 come from the local hub cache, so :func:`pretrained_kwargs` loads a cached one with
 ``local_files_only`` instead of refusing it.
+
+An input names a hub dataset as ``OWNER/NAME[@REVISION][/FOLDER...][:SPLIT | :CONFIG:SPLIT]``
+(:func:`parse_dataset_id`): a folder of the repository is ``datasets``' ``data_dir`` (the subsets
+of ``Anthropic/hh-rlhf`` are folders: ``Anthropic/hh-rlhf/harmless-base:test``), a revision a
+branch, tag or commit (``refs/convert/parquet`` and ``refs/pr/N`` too). The revision is resolved
+to its commit once (:func:`dataset_commit`): the rows are streamed at that commit and the corpus
+records it, so a corpus names the very data it was built from, whatever the branch holds later.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -86,3 +95,60 @@ def pretrained_kwargs(spec: str | os.PathLike) -> dict:
     if _cached(str(spec)):
         return {"local_files_only": True}
     raise HubUnreachable(f"the hub cannot be reached ({why}) and {spec} is not in the local hub cache")
+
+
+@dataclass(frozen=True)
+class DatasetId:
+    """A hub dataset as an input names it (:func:`parse_dataset_id`)."""
+
+    repo: str                   # OWNER/NAME
+    revision: str | None        # a branch, tag or commit; None: the default branch
+    folder: str | None          # the repository's folder to read (datasets' data_dir); None: all of it
+    config: str | None          # the dataset's configuration (datasets' name); None: its default
+    split: str                  # "train" unless named
+
+    def name(self, commit: str) -> str:
+        """The dataset as read at ``commit``, in the input's own notation."""
+        tail = ":".join(part for part in (self.config, self.split) if part is not None)
+        return f"{self.repo}@{commit}" + (f"/{self.folder}" if self.folder else "") + f":{tail}"
+
+
+DATASET_ID = "OWNER/NAME[@REVISION][/FOLDER...][:SPLIT | :CONFIG:SPLIT]"
+
+
+def parse_dataset_id(spec: str) -> DatasetId:
+    """``OWNER/NAME[@REVISION][/FOLDER...][:SPLIT | :CONFIG:SPLIT]`` -> its parts; ValueError, saying
+    what is expected, for an empty part, a folder ``.`` or ``..``, or more than two ``:``."""
+    path, *tail = spec.split(":")
+    parts = path.split("/")
+    owner, name = parts[0], parts[1] if len(parts) > 1 else ""
+    name, at, revision = name.partition("@")
+    rest = parts[2:]
+    if revision == "refs" and len(rest) >= 2:  # refs/pr/1, refs/convert/parquet: a revision with slashes
+        revision, rest = "/".join(["refs", *rest[:2]]), rest[2:]
+    problem = ("more than two ':'" if len(tail) > 2 else
+               "an empty owner, name, folder, configuration or split" if not all([owner, name, *rest, *tail]) else
+               "an empty revision after '@'" if at and not revision else
+               "a folder '.' or '..'" if {".", ".."} & set(rest) else None)
+    if problem:
+        raise ValueError(f"not a hub dataset id ({problem}): expected {DATASET_ID}")
+    return DatasetId(repo=f"{owner}/{name}", revision=revision or None, folder="/".join(rest) or None,
+                     config=tail[0] if len(tail) == 2 else None, split=tail[-1] if tail else "train")
+
+
+@functools.lru_cache(maxsize=64)
+def dataset_commit(repo: str, revision: str | None) -> str:
+    """The commit a dataset repository's ``revision`` (None: its default branch) points to now,
+    asked of the hub once per process."""
+    from huggingface_hub import HfApi
+
+    return HfApi().dataset_info(repo, revision=revision).sha
+
+
+def request_errors() -> tuple[type[BaseException], ...]:
+    """What a call to the hub may raise when it fails: OSError (the hub client's HTTP errors, a
+    repository or revision not found, offline mode), ValueError, and the base error of the HTTP
+    library the hub client uses, which a failed connection raises and which is no OSError."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (OSError, ValueError, *(b for b in HfHubHTTPError.__bases__ if not issubclass(b, OSError)))

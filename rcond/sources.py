@@ -19,7 +19,9 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
 The RTG token of a record precedes the part that carries ``rtg``: the prompt for single
 responses (``<on> <rtg> prompt response``), each assistant turn for dialogs.
 
-Hub dataset ids are read through ``datasets`` in streaming mode. Parquet files, datasets saved
+Hub datasets (``OWNER/NAME[@REVISION][/FOLDER...][:SPLIT | :CONFIG:SPLIT]``, :mod:`rcond.hub`) are
+read through ``datasets`` in streaming mode, at the commit their revision pointed to when first
+asked (once per process). Parquet files, datasets saved
 with ``save_to_disk`` (a folder; ``DIR:SPLIT`` for a split of a DatasetDict: :func:`saved_dataset`)
 and single ``.arrow`` files are read by pyarrow in batches (:func:`arrow_batches`; Arrow files
 memory-mapped), each validated column by column where it can be, like a JSON Lines chunk (below),
@@ -246,11 +248,12 @@ def iter_rows(spec: str, on_bad_line: Callable[[str], None] | None = None,
         yield from _iter_csv(path, on_bad_line)  # Parquet and Arrow files were read above (arrow_batches)
 
 
-def _load_streaming(*args, **kwargs):
+def _load_streaming(repo: str, *, name: str | None, data_dir: str | None, split: str, revision: str):
+    """The rows of a hub dataset's split, streamed by ``datasets``."""
     import datasets
 
     datasets.disable_progress_bars()
-    return datasets.load_dataset(*args, split=kwargs.pop("split", "train"), streaming=True, **kwargs)
+    return datasets.load_dataset(repo, name=name, data_dir=data_dir, split=split, revision=revision, streaming=True)
 
 
 def _open_compressed(path: Path):
@@ -627,17 +630,35 @@ def _undecodable(text: str) -> bool:
     return False
 
 
-def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
-    name, _, split = spec.partition(":")
+def hub_dataset(spec: str) -> tuple[hub.DatasetId, str]:
+    """A hub dataset id (:func:`rcond.hub.parse_dataset_id`) and the commit its revision points to;
+    a SourceError where it is no such id, the hub cannot be reached, or the hub has no such
+    dataset or revision."""
+    try:
+        dataset = hub.parse_dataset_id(spec)
+    except ValueError as e:
+        raise SourceError(f"{spec}: no such file or directory, and {e}") from None
     unreachable = hub.unreachable()
     if unreachable:
         raise SourceError(f"{spec}: not a file or folder here, and the hub, where it would be a dataset, cannot be "
                           f"reached ({unreachable}); check the path, or the network")
+    try:
+        return dataset, hub.dataset_commit(dataset.repo, dataset.revision)
+    except hub.request_errors() as e:  # no such repository or revision, a gated one, offline mode
+        revision = f" at revision {dataset.revision!r}" if dataset.revision else ""
+        raise SourceError(f"{spec}: not a file or folder here, and the hub has no dataset {dataset.repo!r}{revision} "
+                          f"that can be read from here ({type(e).__name__}: {e})") from None
+
+
+def _iter_hub(spec: str) -> Iterator[tuple[str, dict]]:
+    dataset, commit = hub_dataset(spec)
     i = 0
     try:
-        for i, row in enumerate(_load_streaming(name, split=split or "train"), start=1):  # rows from 1, as in a file
+        rows = _load_streaming(dataset.repo, name=dataset.config, data_dir=dataset.folder, split=dataset.split,
+                               revision=commit)
+        for i, row in enumerate(rows, start=1):  # rows from 1, as in a file
             yield f"{spec}:row {i}", row
-    except (ConnectionError, OSError, ValueError) as e:  # offline, unknown repo or split, a broken stream
+    except hub.request_errors() as e:  # an unknown split or folder, a broken stream
         if i > 0:
             raise SourceError(f"{spec}: reading the hub dataset failed after row {i} "
                               f"({type(e).__name__}: {e})") from None
@@ -928,7 +949,8 @@ def _hashed(h, path: str | Path):
 
 def fingerprint(spec: str) -> str:
     """sha256 of a file's bytes, of a folder's .txt files, or of the files of a saved dataset (the
-    split read, for a DatasetDict); hub ids are fingerprinted by name."""
+    split read, for a DatasetDict); a hub id by the dataset it names at the commit it is read at
+    (``hub:OWNER/NAME@COMMIT[/FOLDER]:[CONFIG:]SPLIT``)."""
     saved = saved_dataset(spec)
     path = Path(spec).expanduser()
     if saved is not None:
@@ -938,7 +960,8 @@ def fingerprint(spec: str) -> str:
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
-        return f"hub:{spec}"
+        dataset, commit = hub_dataset(spec)
+        return f"hub:{dataset.name(commit)}"
     return _files_sha256(path, _text_files(path))
 
 
@@ -1206,8 +1229,9 @@ def apply_scores(record: Record, scores: list[float], gamma: float) -> None:
 def _check_inputs(inputs: list[str]) -> None:
     """Refuse an empty input path (it would read the current directory) and inputs whose records
     would be read twice: one file given twice (by another path, a link, a hard link), one split of a
-    saved dataset given twice (``DIR`` and ``DIR:train``), a file or folder of documents inside a
-    folder that is given too, or a ``.arrow`` shard of a saved dataset that is given too."""
+    saved dataset given twice (``DIR`` and ``DIR:train``), one hub dataset given twice (``o/n`` and
+    ``o/n:train``), a file or folder of documents inside a folder that is given too, or a ``.arrow``
+    shard of a saved dataset that is given too."""
     seen: dict[object, str] = {}
     folders: dict[str, list[tuple[Path, str]]] = {"documents": [], "rows": []}  # text folders, saved datasets' rows
     saved_specs: set[str] = set()
@@ -1220,8 +1244,11 @@ def _check_inputs(inputs: list[str]) -> None:
         if saved is not None:  # the folder its rows are read from
             path, _ = _saved_rows(*saved)
             saved_specs.add(spec)
-        if not path.exists():  # a hub id, or a missing file reported when it is read
-            key: object = spec
+        if not path.exists():  # a hub id (one dataset however it is written), or a missing file reported when read
+            try:
+                key: object = hub.parse_dataset_id(spec) if _is_hub_id(spec) else spec
+            except ValueError:  # reported when it is read
+                key = spec
         else:
             st = path.stat()
             key = (st.st_dev, st.st_ino)

@@ -540,6 +540,15 @@ def test_an_input_given_twice_is_refused(tmp_path):
     assert len(list(SourceReader([str(docs), str(docs / "rows.jsonl")], "text"))) == 2
 
 
+def test_a_hub_dataset_given_twice_is_refused_however_it_is_written(monkeypatch, tmp_path):
+    """``o/n`` reads the train split, so ``o/n`` and ``o/n:train`` are one input, refused before
+    anything is read; another split, folder, configuration or revision is another input."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=r"^o/n:train: the same input as o/n, also given"):
+        SourceReader(["o/n", "o/n:train"], "text")
+    SourceReader(["o/n", "o/n:test", "o/n/sub", "o/n:cfg:train", "o/n@v1"], "text")
+
+
 def test_a_saved_dataset_given_twice_is_refused(tmp_path, monkeypatch):
     """``DIR`` of a saved DatasetDict reads its train split, so ``DIR`` and ``DIR:train`` are one
     input; a shard of a saved dataset given beside it is inside it. Other splits, and a saved
@@ -927,7 +936,7 @@ def test_unknown_file_type_and_missing_file(tmp_path, monkeypatch):
     def offline(*a, **kw):
         raise ConnectionError("Couldn't reach 'someone/nothing' on the Hub (LocalEntryNotFoundError)")
 
-    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)  # as if the hub's name resolved here
+    hub_found(monkeypatch)  # as if the hub's name resolved here and the dataset were there
     monkeypatch.setattr(sources, "_load_streaming", offline)  # a hub id that cannot be read: named, exit 2
     with pytest.raises(SourceError, match=r"someone/nothing: not a file or folder here, and not readable as a hub "
                                           r"dataset \(ConnectionError"):
@@ -1094,12 +1103,112 @@ def test_a_byte_order_mark_opening_a_text_document_is_not_text(tmp_path):
         list(SourceReader([str(tmp_path / "b.txt")], "text"))
 
 
+def hub_found(monkeypatch, commits=None):
+    """As if the hub's name resolved here and every dataset were there, its revisions at commit
+    c0ffee (``commits``, a list, gets every ``(repo, revision)`` resolved)."""
+    from rcond import sources
+
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources.hub, "dataset_commit",
+                        lambda repo, revision: (commits.append((repo, revision)) if commits is not None else None)
+                        or "c0ffee")
+
+
+@pytest.mark.parametrize("spec,parts", [
+    ("someone/data", ("someone/data", None, None, None, "train")),
+    ("someone/data:test", ("someone/data", None, None, None, "test")),
+    ("Anthropic/hh-rlhf/harmless-base:test", ("Anthropic/hh-rlhf", None, "harmless-base", None, "test")),
+    ("o/n@v1.0/a/b:cfg:validation", ("o/n", "v1.0", "a/b", "cfg", "validation")),
+    ("o/n@refs/convert/parquet/default:train", ("o/n", "refs/convert/parquet", "default", None, "train")),
+    ("o/n@refs/pr/3", ("o/n", "refs/pr/3", None, None, "train")),
+])
+def test_hub_dataset_ids_by_hand(spec, parts):
+    from rcond.hub import parse_dataset_id
+
+    d = parse_dataset_id(spec)
+    assert (d.repo, d.revision, d.folder, d.config, d.split) == parts
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("someone/", "an empty owner, name, folder, configuration or split"),
+    ("o/n:", "an empty owner, name, folder, configuration or split"),
+    ("o/n/a//b", "an empty owner, name, folder, configuration or split"),
+    ("o/n@", "an empty revision after '@'"),
+    ("o/n/../m", "a folder '.' or '..'"),
+    ("o/n:a:b:c", "more than two ':'"),
+])
+def test_what_is_no_hub_dataset_id_is_named_before_the_hub_is_asked(monkeypatch, spec, problem):
+    from rcond import sources
+
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: pytest.fail("the hub was asked"))
+    with pytest.raises(SourceError, match=rf"^{re.escape(spec)}: no such file or directory, and not a hub dataset "
+                                          rf"id \({re.escape(problem)}\): expected OWNER/NAME\[@REVISION\]"):
+        list(iter_rows(spec))
+
+
+def test_a_hub_folder_configuration_and_revision_reach_datasets_and_the_corpus_records_the_commit(tmp_path,
+                                                                                                 monkeypatch):
+    """``OWNER/NAME@REVISION/FOLDER:CONFIG:SPLIT``: the revision is resolved to its commit once,
+    the rows are streamed at that commit from the folder (datasets' data_dir), and the corpus's
+    scheme.json names the dataset at that commit."""
+    from rcond import sources
+    from rcond.cli import main
+    from rcond.corpus import load
+
+    commits, streamed = [], []
+    hub_found(monkeypatch, commits)
+    monkeypatch.setattr(sources, "_load_streaming", lambda repo, **kw: streamed.append((repo, kw)) or
+                        iter([{"text": "one document"}, {"text": "another"}]))
+    spec = "Anthropic/hh-rlhf@main/harmless-base:default:test"
+    out = tmp_path / "corpus"
+    assert main(["preprocess", spec, "--format", "text", "--out", str(out), "--tokenizer", "train:300",
+                 "--no-progress"]) == 0
+    assert set(commits) == {("Anthropic/hh-rlhf", "main")}
+    assert {(repo, tuple(sorted(kw.items()))) for repo, kw in streamed} == {
+        ("Anthropic/hh-rlhf", (("data_dir", "harmless-base"), ("name", "default"), ("revision", "c0ffee"),
+                               ("split", "test")))}
+    assert load(out)[1].source_fingerprints == {spec: "hub:Anthropic/hh-rlhf@c0ffee/harmless-base:default:test"}
+    assert sources.fingerprint("o/n") == "hub:o/n@c0ffee:train"
+
+
+def test_a_folder_of_a_repository_is_streamed_as_datasets_data_dir(tmp_path):
+    """The call that streams a hub dataset, on a local copy of a repository laid out as
+    Anthropic/hh-rlhf is (a folder per subset, a file per split): the folder's split alone."""
+    import gzip
+
+    from rcond.sources import _load_streaming
+
+    for subset in ("harmless-base", "helpful-base"):
+        (tmp_path / subset).mkdir()
+        for split in ("train", "test"):
+            with gzip.open(tmp_path / subset / f"{split}.jsonl.gz", "wt") as f:
+                f.write(json.dumps({"chosen": f"{subset} {split}", "rejected": "r"}) + "\n")
+    rows = _load_streaming(str(tmp_path), name=None, data_dir="harmless-base", split="test", revision="main")
+    assert list(rows) == [{"chosen": "harmless-base test", "rejected": "r"}]
+
+
+def test_a_hub_dataset_the_hub_client_cannot_find_is_named(hub_online, monkeypatch):
+    """The hub client itself failing to reach the hub (a connection refused: its HTTP library's
+    error, which is no OSError) or saying there is no such dataset is named, as the input that is
+    no file here and no dataset there."""
+    from huggingface_hub import HfApi
+
+    from rcond import sources
+
+    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    monkeypatch.setattr(sources.hub, "dataset_commit", lambda repo, revision: HfApi(endpoint="http://127.0.0.1:9")
+                        .dataset_info(repo, revision=revision).sha)
+    with pytest.raises(SourceError, match=r"^o/n@v2: not a file or folder here, and the hub has no dataset 'o/n' at "
+                                          r"revision 'v2' that can be read from here \(ConnectError: "):
+        list(iter_rows("o/n@v2"))
+
+
 def test_hub_rows_are_numbered_from_1_as_file_rows_are(monkeypatch):
     from rcond import sources
 
     rows = [{"response": "a", "reward": 1}, {"response": "b", "reward": "x"}]
-    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
-    monkeypatch.setattr(sources, "_load_streaming", lambda name, split="train": iter(rows))
+    hub_found(monkeypatch)
+    monkeypatch.setattr(sources, "_load_streaming", lambda repo, **kw: iter(rows))
     with pytest.raises(SourceError, match=r"^owner/name:row 2: reward must be a number"):
         list(SourceReader(["owner/name"], "scored"))
 
@@ -1421,8 +1530,9 @@ def test_only_owner_slash_name_is_taken_for_a_hub_id_when_no_such_path_exists(tm
     asked = []
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
-    monkeypatch.setattr(sources, "_load_streaming", lambda name, split: asked.append((name, split)) or iter([{"text": "t"}]))
+    hub_found(monkeypatch)
+    monkeypatch.setattr(sources, "_load_streaming", lambda repo, split, **kw: asked.append((repo, split)) or
+                        iter([{"text": "t"}]))
     if hub:
         assert list(iter_rows(spec)) == [(f"{spec}:row 1", {"text": "t"})]
         assert asked == [(spec.partition(":")[0], spec.partition(":")[2] or "train")]
@@ -1581,7 +1691,7 @@ def test_a_hub_dataset_that_fails_is_named_with_how_far_it_was_read(monkeypatch,
     ValueError (``datasets``' unknown split) is named as not readable."""
     from rcond import sources
 
-    monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
+    hub_found(monkeypatch)
     monkeypatch.setattr(sources, "_load_streaming", stream)
     with pytest.raises(SourceError, match=rf"^{spec}: {message}"):
         list(iter_rows(spec))
@@ -1736,7 +1846,8 @@ def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
     """A file's fingerprint is the sha256 of all its bytes (past the first MiB read); a folder's
     covers its .txt documents, each by its name below the folder (a document moved to another
     subfolder changes it) and its bytes, not the files it does not read (notes, hidden ones);
-    ``~/docs`` is the folder at home; a hub id is fingerprinted by its name."""
+    ``~/docs`` is the folder at home; a hub id is fingerprinted by the dataset it names at the
+    commit its revision points to."""
     import hashlib
 
     from rcond.sources import fingerprint
@@ -1756,7 +1867,8 @@ def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
     assert fingerprint("~/docs") == expected
     (docs / "one").rename(docs / "two")
     assert fingerprint(str(docs)) == "sha256:" + hashlib.sha256(b"two/a.txt" + b"document").hexdigest() != expected
-    assert fingerprint("someone/data:test") == "hub:someone/data:test"
+    hub_found(monkeypatch)
+    assert fingerprint("someone/data:test") == "hub:someone/data@c0ffee:test"
 
 
 def test_a_saved_datasets_fingerprint_leaves_out_hidden_files(tmp_path):
