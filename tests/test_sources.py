@@ -1191,13 +1191,12 @@ def test_a_hub_dataset_the_hub_client_cannot_find_is_named(hub_online, monkeypat
     """The hub client itself failing to reach the hub (a connection refused: its HTTP library's
     error, which is no OSError) or saying there is no such dataset is named, as the input that is
     no file here and no dataset there."""
-    from huggingface_hub import HfApi
+    import huggingface_hub.constants
 
     from rcond import sources
 
     monkeypatch.setattr(sources.hub, "unreachable", lambda: None)
-    monkeypatch.setattr(sources.hub, "dataset_commit", lambda repo, revision: HfApi(endpoint="http://127.0.0.1:9")
-                        .dataset_info(repo, revision=revision).sha)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(SourceError, match=r"^o/n@v2: not a file or folder here, and the hub has no dataset 'o/n' at "
                                           r"revision 'v2' that can be read from here \(ConnectError: "):
         list(iter_rows("o/n@v2"))
