@@ -888,11 +888,23 @@ def _hidden(name: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in name.split("/"))
 
 
+def data_files_hint(folder: Path) -> str:
+    """For a folder that is read as documents: the files in it that rcond reads as rows, which are
+    inputs of their own (a copy of a hub repository holds a file per split), as a hint; else ''."""
+    found = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*"))
+             if p.is_file() and not _hidden(p.relative_to(folder).as_posix()) and data_suffix(p) in ROW_SUFFIXES]
+    if not found:
+        return ""
+    named = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return (f"; it holds {len(found)} data file(s) of rows ({named}), which a folder input does not read: give the "
+            f"files you mean as inputs (e.g. {folder / found[0]})")
+
+
 def _iter_text_files(folder: Path, on_bad_line=None, on_ignored=None) -> Iterator[tuple[str, str]]:
     files = _text_files(folder, on_ignored)
     if not files:
         raise SourceError(f"{folder}: folder holds no .txt files, and is no dataset saved by datasets' save_to_disk "
-                          f"(it has no {SAVED_DATASET} or {SAVED_DICT})")
+                          f"(it has no {SAVED_DATASET} or {SAVED_DICT}){data_files_hint(folder)}")
     yield from _documents(((str(p), lambda p=p: _read_all(p)) for p in files), on_bad_line)
 
 
@@ -1330,7 +1342,8 @@ def check_reading(inputs: list[str], fmt: str, fields: FieldNames, *, scored: bo
                                                 or (path.is_file() and data_suffix(path) == ".txt")):
                 raise SourceError(f"{spec}: format {fmt!r} needs JSON/CSV/Parquet rows, not plain-text documents "
                                   f"(.txt files, a folder or a .zip of them); those are read by --format text, or "
-                                  f"--format scored with --score-with")
+                                  f"--format scored with --score-with"
+                                  + (data_files_hint(path) if path.is_dir() else ""))
     _check_fields(fmt, fields, scored=scored)
     if scored and fmt == "text":
         raise SourceError("--score-with does not apply to --format text: text documents are always 'off' "

@@ -1484,6 +1484,30 @@ def test_plain_text_documents_are_refused_up_front_for_pairs_and_dialogs(tmp_pat
                 SourceReader([str(tmp_path / name)], fmt, on_error=on_error)
 
 
+@pytest.mark.parametrize("fmt,refusal", [("pairs", "format 'pairs' needs JSON/CSV/Parquet rows, not plain-text "
+                                                    "documents (.txt files, a folder or a .zip of them); those are read "
+                                                    "by --format text, or --format scored with --score-with"),
+                                           ("text", "folder holds no .txt files, and is no dataset saved by datasets' "
+                                                    "save_to_disk (it has no state.json or dataset_dict.json)")])
+def test_a_folder_of_data_files_names_them_as_the_inputs_to_give(tmp_path, fmt, refusal):
+    """A copy of a hub repository laid out as Anthropic/hh-rlhf is (a folder per subset, a file
+    per split) given as a folder: refused, naming the first three data files it holds (hidden ones
+    aside) and how many more, as the inputs to give instead."""
+    repo = tmp_path / "hh-rlhf"
+    for name in ("harmless-base/test.jsonl.gz", "harmless-base/train.jsonl.gz", "helpful-base/test.jsonl.gz",
+                 "helpful-base/train.jsonl.gz", "README.md", ".git/config.json"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"")
+    with pytest.raises(SourceError, match=re.escape(
+            f"{repo}: {refusal}; it holds 4 data file(s) of rows (harmless-base/test.jsonl.gz, harmless-base/train."
+            f"jsonl.gz, helpful-base/test.jsonl.gz and 1 more), which a folder input does not read: give the files "
+            f"you mean as inputs (e.g. {repo / 'harmless-base' / 'test.jsonl.gz'})") + "$"):
+        list(SourceReader([str(repo)], fmt))
+    with pytest.raises(SourceError, match=re.escape(f"{refusal}; it holds 2 data file(s) of rows (test.jsonl.gz, "
+                                                    f"train.jsonl.gz), which")):
+        list(SourceReader([str(repo / "harmless-base")], fmt))
+
+
 def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path):
     """A read left running by an interrupt (its thread in a slow scorer call) skipped its bad
     record into whatever log the reader held when the call returned: the next read's, whose
