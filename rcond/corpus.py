@@ -56,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import platform
 import time
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -378,7 +379,26 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
                       "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None,
                       "fields": asdict(reader.fields), "on_error": reader.on_error,
                       "skipped": reader.skipped.count}
+    scheme.options["built_with"] = built_with(scheme.options["scorer"])
     return scheme
+
+
+BUILT_WITH = ("rcond", "tokenizers", "transformers", "pyarrow", "numpy")  # what reads, encodes and writes the rows
+
+
+def built_with(scorer: str | None) -> dict[str, str | None]:
+    """The versions of what made a corpus: Python, rcond and the libraries that read, encode and
+    write its rows, and vaderSentiment where VADER scored its rewards (``None`` for a package
+    that is not installed, as rcond run from a source tree without installing it)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in (*BUILT_WITH, *(("vaderSentiment",) if scorer == "vader" else ())):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def _resolve_rows(spill: Spill, rows_file: "RowsFile", into: dict[str, np.ndarray]) -> str:

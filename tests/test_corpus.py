@@ -967,3 +967,26 @@ def test_training_without_progress_draws_nothing_on_a_terminal():
             shown += chunk
     os.close(terminal)
     assert done.returncode == 0 and shown == b""
+
+
+def test_scheme_records_the_versions_that_built_the_corpus(tmp_path):
+    """scheme.json names the Python, rcond and library versions that read, encoded and wrote the
+    rows, and vaderSentiment's where VADER scored them (a reader of the corpus years later knows
+    what made it); they are part of the scheme's own fingerprint."""
+    import platform
+    from importlib import metadata
+
+    from rcond.corpus import scheme_sha256
+    from rcond.scorers import get_scorer
+
+    _, scheme, _ = make(tmp_path, "scored", [{"response": "a b", "reward": 1.0}])
+    libraries = ("rcond", "tokenizers", "transformers", "pyarrow", "numpy")
+    expected = {"python": platform.python_version(), **{name: metadata.version(name) for name in libraries}}
+    assert scheme.options["built_with"] == expected
+    src = write_jsonl(tmp_path / "v.jsonl", [{"response": "a good b"}, {"response": "a bad b"}])
+    build(SourceReader([str(src)], "scored", scorer=get_scorer("vader")), tmp_path / "v", word_tokenizer(),
+          opts=PackOptions(block_size=16), progress=False)
+    assert load(tmp_path / "v")[1].options["built_with"] == {**expected, "vaderSentiment": metadata.version("vaderSentiment")}
+    edited = load(tmp_path / "v")[1]
+    edited.options["built_with"]["numpy"] = "0.0"
+    assert scheme_sha256(edited) != edited.options["scheme_sha256"]

@@ -1135,6 +1135,7 @@ def test_hub_dataset_ids_by_hand(spec, parts):
     ("o/n/a//b", "an empty owner, name, folder, configuration or split"),
     ("o/n@", "an empty revision after '@'"),
     ("o/n/../m", "a folder '.' or '..'"),
+    ("o/n@v1/./m", "a folder '.' or '..'"),
     ("o/n:a:b:c", "more than two ':'"),
 ])
 def test_what_is_no_hub_dataset_id_is_named_before_the_hub_is_asked(monkeypatch, spec, problem):
