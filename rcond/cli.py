@@ -472,9 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_toyworld(sub)
     add_sample(sub)
-    from . import demo
+    from . import demo, show
 
     demo.add_parser(sub, _Formatter)
+    show.add_parser(sub, _Formatter)
     return parser
 
 

@@ -1,0 +1,145 @@
+"""A corpus's rows as the model sees them (``rcond show``).
+
+Each row of ``rows.arrow`` (DESIGN §4) is cut into its pieces by ``segment_ids``; each piece's
+tokens are grouped into runs of one kind and decoded run by run:
+
+- ``control``: the scheme's mode and RTG tokens;
+- ``trained``: tokens the loss trains, i.e. whose target weight is nonzero. The target weight of
+  token ``i`` is the row's ``loss_weight[i-1]`` (the weight of predicting token ``i`` at position
+  ``i-1``); a piece's first token has none (nothing in the piece predicts it);
+- ``context``: every other token (prompts, user turns, and what ``--truncate`` or a split left
+  without a weight).
+
+A piece is also labelled with the bins its tokens are conditioned on (``bin_ids``, in order:
+one for a response, one per assistant turn of a dialog; none in ``off`` mode) and their reward
+ranges. Runs are decoded with the corpus's own tokenizer, special
+tokens kept, so what is shown is exactly the text of the ids; a run that ends inside a character
+of a byte-level tokenizer shows a replacement character there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CONTROL, CONTEXT, TRAINED = "control", "context", "trained"
+
+
+@dataclass
+class Run:
+    kind: str   # CONTROL, CONTEXT or TRAINED
+    ids: list[int]
+    text: str
+
+
+@dataclass
+class Piece:
+    row: int
+    segment: int
+    bins: list[int]   # the bins in force over the piece, in order; [] in off mode
+    runs: list[Run]
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(r.ids) for r in self.runs)
+
+    @property
+    def trained(self) -> int:
+        return sum(len(r.ids) for r in self.runs if r.kind == TRAINED)
+
+
+def row_pieces(row: int, columns: dict, control_ids: set[int], decode) -> list[Piece]:
+    """The pieces of one row (``columns``: its ``input_ids``, ``segment_ids``, ``loss_weight`` and
+    ``bin_ids``), in order; padding (segment -1) is left out. ``decode(ids) -> str``."""
+    ids = np.asarray(columns["input_ids"])              # [B]
+    seg = np.asarray(columns["segment_ids"])            # [B]
+    weight = np.asarray(columns["loss_weight"])         # [B]
+    bins = np.asarray(columns["bin_ids"])               # [B]
+    pieces = []
+    for s in np.unique(seg[seg >= 0]):
+        at = np.flatnonzero(seg == s)                   # [n] positions of the piece, contiguous
+        target = np.concatenate([[0.0], weight[at[:-1]]])  # [n] weight of predicting each token
+        kinds = [CONTROL if int(t) in control_ids else TRAINED if w > 0 else CONTEXT
+                 for t, w in zip(ids[at], target)]
+        runs: list[Run] = []
+        for token, kind in zip(ids[at].tolist(), kinds):
+            if runs and runs[-1].kind == kind:
+                runs[-1].ids.append(token)
+            else:
+                runs.append(Run(kind, [token], ""))
+        for run in runs:
+            run.text = decode(run.ids)
+        in_force = bins[at][bins[at] >= 0]                 # [m]
+        changes = np.flatnonzero(np.diff(in_force)) + 1 if len(in_force) else np.zeros(0, int)
+        pieces.append(Piece(row, int(s), in_force[np.concatenate([[0], changes])].tolist() if len(in_force) else [],
+                            runs))
+    return pieces
+
+
+def shown(text: str, max_chars: int) -> str:
+    """``repr`` of a run's text (line breaks and spaces visible), its middle elided past ``max_chars``
+    characters (0: whole)."""
+    if max_chars and len(text) > max_chars:
+        head, tail = text[: max_chars // 2], text[len(text) - max_chars // 2:]
+        return f"{head!r} ... {len(text) - len(head) - len(tail):,} characters ... {tail!r}"
+    return repr(text)
+
+
+def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: int = 300) -> str:
+    """The corpus in ``directory`` (checked by :func:`rcond.corpus.load`): its scheme in a few lines,
+    then rows ``first`` .. ``first + rows - 1`` piece by piece, run by run."""
+    from .corpus import CorpusError, load
+
+    data, scheme, tokenizer = load(directory)
+    if not 0 <= first < len(data):
+        raise CorpusError(f"{directory}: row {first} does not exist: the corpus has rows 0..{len(data) - 1}")
+    if rows < 1:
+        raise CorpusError(f"--rows must be at least 1, got {rows}")
+    if max_chars < 0:
+        raise CorpusError(f"--max-chars must be 0 (whole runs) or more, got {max_chars}")
+    o = scheme.options
+    lines = [f"corpus {directory}: format {o.get('format')}, {scheme.num_bins} bins ({scheme.binning}), "
+             f"{len(data):,} row(s) of {o.get('block_size')} tokens, {o.get('records', 0):,} records"]
+    if o.get("built_with"):
+        lines.append("  built with " + ", ".join(f"{k} {v}" for k, v in o["built_with"].items()))
+    control_ids = set(tokenizer.convert_tokens_to_ids(scheme.control_tokens))
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    last = min(first + rows, len(data))
+    for r in range(first, last):
+        columns = data[r]
+        pieces = row_pieces(r, columns, control_ids, decode)
+        padding = int(np.count_nonzero(np.asarray(columns["segment_ids"]) < 0))
+        lines.append(f"row {r}: {len(pieces)} piece(s)" + (f", {padding} padding tokens" if padding else ""))
+        for p in pieces:
+            condition = "; ".join(f"bin {k}, rewards in [{lo:.4g}, {hi:.4g})"
+                                  for k, (lo, hi) in ((k, scheme.bin_range(k)) for k in p.bins)) or "off (no reward-to-go)"
+            lines.append(f"  piece {p.segment}: {p.tokens} tokens, {p.trained} trained; {condition}")
+            lines.extend(f"    {run.kind:<8} {shown(run.text, max_chars)}" for run in p.runs)
+    if last < len(data):
+        lines.append(f"({len(data) - last:,} more row(s): --from {last} shows the next)")
+    return "\n".join(lines)
+
+
+def add_parser(sub, formatter) -> None:
+    p = sub.add_parser("show", help="a corpus's rows as the model sees them: control tokens, context, trained text",
+                       description="Print a corpus's scheme and some of its rows, each piece as runs of control "
+                                   "tokens, context (not trained) and trained text, decoded with the corpus's "
+                                   "tokenizer.",
+                       epilog="examples:\n  rcond show corpora/reviews\n  rcond show corpora/hh --from 10 --rows 3 "
+                              "--max-chars 0", formatter_class=formatter)
+    p.add_argument("corpus", help="a corpus directory written by rcond preprocess")
+    p.add_argument("--from", dest="first", type=int, default=0, metavar="ROW", help="first row to show")
+    p.add_argument("--rows", type=int, default=1, help="how many rows to show")
+    p.add_argument("--max-chars", type=int, default=300,
+                   help="characters of a run shown before its middle is elided (0: whole runs)")
+    p.set_defaults(run=run)
+
+
+def run(a) -> int:
+    print(describe(a.corpus, a.first, a.rows, a.max_chars))
+    return 0

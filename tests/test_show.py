@@ -1,0 +1,95 @@
+"""``rcond show``: rows cut into pieces and runs by hand-made columns, and a built corpus shown
+line for line."""
+
+import pytest
+
+from conftest import word_tokenizer, write_jsonl
+from rcond.cli import main
+from rcond.corpus import PackOptions, build
+from rcond.show import CONTEXT, CONTROL, TRAINED, Piece, Run, describe, row_pieces, shown
+from rcond.sources import SourceReader
+
+ON, OFF, R0, R1, R2 = 9, 10, 11, 12, 13  # the word tokenizer's control ids with K bins: on, off, rtg:k = 11 + k
+
+
+def numbers(ids):
+    return " ".join(map(str, ids))
+
+
+def test_a_row_is_cut_into_pieces_and_runs_by_hand():
+    """An `on` response (on rtg:1 | a b | c d eos), an `off` text (off | e f eos) and padding: a
+    token is trained where the weight of predicting it, at the position before, is nonzero; a
+    piece's first token never is; padding is no piece."""
+    columns = {"input_ids":   [ON, R1, 1, 2, 3, 4, 0, OFF, 5, 6, 0, 0, 0],
+               "segment_ids": [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, -1, -1],
+               "loss_weight": [0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 0, 0],
+               "bin_ids":     [1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1]}
+    assert row_pieces(4, columns, {ON, OFF, R0, R1, R2}, numbers) == [
+        Piece(4, 0, [1], [Run(CONTROL, [ON, R1], "9 12"), Run(CONTEXT, [1, 2], "1 2"), Run(TRAINED, [3, 4, 0], "3 4 0")]),
+        Piece(4, 1, [], [Run(CONTROL, [OFF], "10"), Run(TRAINED, [5, 6, 0], "5 6 0")])]
+
+
+def test_a_dialog_piece_names_each_bin_in_force_in_order():
+    """on | user a | rtg:2 | asst b | user c | rtg:0 | asst d eos: the user turn before the first RTG
+    token takes its bin; the bins in force are 2 then 0, each named once per change."""
+    columns = {"input_ids":   [ON, 1, R2, 2, 3, R0, 4, 0],
+               "segment_ids": [0] * 8,
+               "loss_weight": [0, 0, 1, 0, 0, 1, 1, 0],
+               "bin_ids":     [2, 2, 2, 2, 0, 0, 0, 0]}
+    [piece] = row_pieces(0, columns, {ON, OFF, R0, R1, R2}, numbers)
+    assert piece.bins == [2, 0]
+    assert [(r.kind, r.ids) for r in piece.runs] == [(CONTROL, [ON]), (CONTEXT, [1]), (CONTROL, [R2]), (TRAINED, [2]),
+                                                     (CONTEXT, [3]), (CONTROL, [R0]), (TRAINED, [4, 0])]
+    assert (piece.tokens, piece.trained) == (8, 3)
+
+
+def test_long_runs_lose_their_middle():
+    assert shown("abcdefghij", 4) == "'ab' ... 6 characters ... 'ij'"
+    assert shown("abcdefghij", 0) == shown("abcdefghij", 10) == "'abcdefghij'"
+    assert shown("a\nb", 0) == "'a\\nb'"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a b", "response": "c d", "reward": 1.0},
+                                              {"prompt": "e", "response": "f g h", "reward": -1.0}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:0",
+          opts=PackOptions(block_size=16, uncond_fraction=0.0), progress=False)
+    return tmp_path / "c"
+
+
+def test_a_built_corpus_line_for_line(corpus):
+    lines = describe(corpus, max_chars=0).splitlines()
+    assert lines[0] == f"corpus {corpus}: format scored, 2 bins (edges:0), 1 row(s) of 16 tokens, 2 records"
+    assert lines[1].startswith("  built with numpy ")
+    assert lines[2:] == [
+        "row 0: 2 piece(s), 2 padding tokens",
+        "  piece 0: 7 tokens, 3 trained; bin 1, rewards in [0, inf)",
+        "    control  '<|rlhf:on|> <|rtg:1|>'",
+        "    context  'a b'",
+        "    trained  'c d <eos>'",
+        "  piece 1: 7 tokens, 4 trained; bin 0, rewards in [-inf, 0)",
+        "    control  '<|rlhf:on|> <|rtg:0|>'",
+        "    context  'e'",
+        "    trained  'f g h <eos>'"]
+
+
+def test_the_command_shows_rows_and_names_what_it_cannot(corpus, capsys):
+    assert main(["show", str(corpus)]) == 0
+    assert "    trained  'c d <eos>'" in capsys.readouterr().out
+    for argv, message in [(["--from", "1"], "row 1 does not exist: the corpus has rows 0..0"),
+                          (["--rows", "0"], "--rows must be at least 1, got 0"),
+                          (["--max-chars", "-1"], "--max-chars must be 0 (whole runs) or more, got -1")]:
+        assert main(["show", str(corpus), *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["show", str(corpus.parent / "none")]) == 2
+    assert "no such corpus directory" in capsys.readouterr().err
+
+
+def test_more_rows_than_shown_are_counted(tmp_path):
+    rows = [{"text": " ".join(["a"] * 12)} for _ in range(3)]
+    build(SourceReader([str(write_jsonl(tmp_path / "t.jsonl", rows))], "text"), tmp_path / "t", word_tokenizer(),
+          opts=PackOptions(block_size=16), progress=False)
+    out = describe(tmp_path / "t", first=1, rows=1)
+    assert [line for line in out.splitlines() if line.startswith("row ")] == ["row 1: 1 piece(s), 2 padding tokens"]
+    assert out.endswith("(1 more row(s): --from 2 shows the next)")
