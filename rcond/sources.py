@@ -972,6 +972,8 @@ def fingerprint(spec: str) -> str:
     if path.is_file():
         return file_sha256(path)
     if not path.is_dir():
+        if not _is_hub_id(spec):  # a missing file: nothing to ask the hub
+            raise SourceError(f"{spec}: no such file or directory")
         dataset, commit = hub_dataset(spec)
         return f"hub:{dataset.name(commit)}"
     return _files_sha256(path, _text_files(path))

@@ -1874,6 +1874,7 @@ def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
     commit its revision points to."""
     import hashlib
 
+    from rcond import sources
     from rcond.sources import fingerprint
 
     big = tmp_path / "big.jsonl"
@@ -1893,6 +1894,9 @@ def test_fingerprints_are_the_sha256_of_what_is_read(tmp_path, monkeypatch):
     assert fingerprint(str(docs)) == "sha256:" + hashlib.sha256(b"two/a.txt" + b"document").hexdigest() != expected
     hub_found(monkeypatch)
     assert fingerprint("someone/data:test") == "hub:someone/data@c0ffee:test"
+    monkeypatch.setattr(sources.hub, "dataset_commit", lambda repo, revision: pytest.fail("the hub was asked"))
+    with pytest.raises(SourceError, match=r"^data/reviwes\.jsonl: no such file or directory$"):
+        fingerprint("data/reviwes.jsonl")  # a mistyped file, as the build's background fingerprinting meets it
 
 
 def test_a_saved_datasets_fingerprint_leaves_out_hidden_files(tmp_path):
