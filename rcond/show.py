@@ -20,6 +20,7 @@ of a byte-level tokenizer shows a replacement character there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -61,20 +62,14 @@ def row_pieces(row: int, columns: dict, control_ids: set[int], decode) -> list[P
     for s in np.unique(seg[seg >= 0]):
         at = np.flatnonzero(seg == s)                   # [n] positions of the piece, contiguous
         target = np.concatenate([[0.0], weight[at[:-1]]])  # [n] weight of predicting each token
-        kinds = [CONTROL if int(t) in control_ids else TRAINED if w > 0 else CONTEXT
-                 for t, w in zip(ids[at], target)]
-        runs: list[Run] = []
-        for token, kind in zip(ids[at].tolist(), kinds):
-            if runs and runs[-1].kind == kind:
-                runs[-1].ids.append(token)
-            else:
-                runs.append(Run(kind, [token], ""))
-        for run in runs:
-            run.text = decode(run.ids)
-        in_force = bins[at][bins[at] >= 0]                 # [m]
-        changes = np.flatnonzero(np.diff(in_force)) + 1 if len(in_force) else np.zeros(0, int)
-        pieces.append(Piece(row, int(s), in_force[np.concatenate([[0], changes])].tolist() if len(in_force) else [],
-                            runs))
+        tokens = ids[at].tolist()
+        kinds = [CONTROL if t in control_ids else TRAINED if w > 0 else CONTEXT for t, w in zip(tokens, target)]
+        runs = []
+        for kind, group in groupby(zip(kinds, tokens), key=lambda pair: pair[0]):
+            run_ids = [t for _, t in group]
+            runs.append(Run(kind, run_ids, decode(run_ids)))
+        in_force = bins[at][bins[at] >= 0].tolist()
+        pieces.append(Piece(row, int(s), [k for j, k in enumerate(in_force) if j == 0 or k != in_force[j - 1]], runs))
     return pieces
 
 
