@@ -257,6 +257,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
     with (atomic_dir(out, overwrite=overwrite, keep=tuple(reader.inputs), kind=CORPUS) as tmp, collector_paused(),
           ExitStack() as stack):
         source_fingerprints = in_background(lambda: {spec: fingerprint(spec) for spec in reader.inputs})
+        versions = in_background(lambda: built_with(_scorer_name(reader)))
         # ---- pass 1: records -> conditioned pieces -> packed rows (rows.arrow, or with placeholders the spill
         # file) + RTG values
         # the control tokens' ids depend on the number of bins alone: they join the tokenizer now
@@ -342,6 +343,7 @@ def build(reader: SourceReader, out: str | Path, tokenizer, *, num_bins: int | N
         tokenizer_saved()
         scheme.tokenizer_fingerprint = fingerprinted()
         scheme.source_fingerprints = source_fingerprints()
+        scheme.options["built_with"] = versions()  # looked up beside pass 1: ~15 ms the first time
         # records, those of them that open with a prompt or user turn with text, and those prompts that
         # span lines: `rcond sample` tells a user who gives no prompts when the model mostly saw responses
         # follow a prompt, and one who gives a .txt (a prompt a line) when its prompts mostly spanned lines
@@ -376,11 +378,15 @@ def _fit_scheme(values: np.ndarray, num_bins: int, binning: str, reader: SourceR
     scheme.uncond_fraction = opts.uncond_fraction
     scheme.options = {"format": reader.format, "block_size": opts.block_size, "train_on_prompt": opts.train_on_prompt,
                       "truncate": opts.truncate, "seed": opts.seed,
-                      "scorer": getattr(reader.scorer, "name", None) if reader.scorer else None,
+                      "scorer": _scorer_name(reader),
                       "fields": asdict(reader.fields), "on_error": reader.on_error,
                       "skipped": reader.skipped.count}
-    scheme.options["built_with"] = built_with(scheme.options["scorer"])
     return scheme
+
+
+def _scorer_name(reader: SourceReader) -> str | None:
+    """The ``--score-with`` spec of the reader's scorer (``vader``, ``module:function``), None without one."""
+    return getattr(reader.scorer, "name", None) if reader.scorer else None
 
 
 BUILT_WITH = ("rcond", "tokenizers", "transformers", "pyarrow", "numpy")  # what reads, encodes and writes the rows
