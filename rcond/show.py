@@ -12,9 +12,11 @@ tokens are grouped into runs of one kind and decoded run by run:
 
 A piece is also labelled with the bins its tokens are conditioned on (``bin_ids``, in order:
 one for a response, one per assistant turn of a dialog; none in ``off`` mode) and their reward
-ranges. Runs are decoded with the corpus's own tokenizer, special
-tokens kept, so what is shown is exactly the text of the ids; a run that ends inside a character
-of a byte-level tokenizer shows a replacement character there.
+ranges. ``--level K`` (or ``off``) shows only the pieces conditioned on bin K (or on none),
+row after row, so that what the model trains at one level can be read beside another. Runs are
+decoded with the corpus's own tokenizer, special tokens kept, so what is shown is exactly the
+text of the ids; a run that ends inside a character of a byte-level tokenizer shows a
+replacement character there.
 """
 
 from __future__ import annotations
@@ -82,18 +84,22 @@ def shown(text: str, max_chars: int) -> str:
     return repr(text)
 
 
-def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: int = 300) -> str:
+def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: int = 300, *,
+             level: int | str | None = None, pieces: int = 3) -> str:
     """The corpus in ``directory`` (checked by :func:`rcond.corpus.load`): its scheme in a few lines,
-    then rows ``first`` .. ``first + rows - 1`` piece by piece, run by run."""
+    then rows ``first`` .. ``first + rows - 1`` piece by piece, run by run; with ``level`` (a bin,
+    or ``"off"``), instead the first ``pieces`` pieces from row ``first`` on that are conditioned on
+    that bin (any of a dialog's) or carry none."""
     from .corpus import CorpusError, load
 
     data, scheme, tokenizer = load(directory)
     if not 0 <= first < len(data):
         raise CorpusError(f"{directory}: row {first} does not exist: the corpus has rows 0..{len(data) - 1}")
-    if rows < 1:
-        raise CorpusError(f"--rows must be at least 1, got {rows}")
-    if max_chars < 0:
-        raise CorpusError(f"--max-chars must be 0 (whole runs) or more, got {max_chars}")
+    for name, value, least in (("--rows", rows, 1), ("--pieces", pieces, 1), ("--max-chars", max_chars, 0)):
+        if value < least:
+            raise CorpusError(f"{name} must be at least {least}, got {value}"
+                              + (" (0: whole runs)" if name == "--max-chars" else ""))
+    wanted = None if level is None else _level(level, scheme)
     o = scheme.options
     lines = [f"corpus {directory}: format {o.get('format')}, {scheme.num_bins} bins ({scheme.binning}), "
              f"{len(data):,} row(s) of {o.get('block_size')} tokens, {o.get('records', 0):,} records"]
@@ -104,20 +110,56 @@ def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: in
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    last = min(first + rows, len(data))
-    for r in range(first, last):
-        columns = data[r]
-        pieces = row_pieces(r, columns, control_ids, decode)
-        padding = int(np.count_nonzero(np.asarray(columns["segment_ids"]) < 0))
-        lines.append(f"row {r}: {len(pieces)} piece(s)" + (f", {padding} padding tokens" if padding else ""))
-        for p in pieces:
-            condition = "; ".join(f"bin {k}, rewards in [{lo:.4g}, {hi:.4g})"
-                                  for k, (lo, hi) in ((k, scheme.bin_range(k)) for k in p.bins)) or "off (no reward-to-go)"
-            lines.append(f"  piece {p.segment}: {p.tokens} tokens, {p.trained} trained; {condition}")
-            lines.extend(f"    {run.kind:<8} {shown(run.text, max_chars)}" for run in p.runs)
-    if last < len(data):
-        lines.append(f"({len(data) - last:,} more row(s): --from {last} shows the next)")
+    def piece_lines(p: Piece, head: str) -> list[str]:
+        condition = "; ".join(f"bin {k}, rewards in [{lo:.4g}, {hi:.4g})"
+                              for k, (lo, hi) in ((k, scheme.bin_range(k)) for k in p.bins)) or "off (no reward-to-go)"
+        return [f"{head}: {p.tokens} tokens, {p.trained} trained; {condition}",
+                *(f"    {run.kind:<8} {shown(run.text, max_chars)}" for run in p.runs)]
+
+    if wanted is None:
+        last = min(first + rows, len(data))
+        for r in range(first, last):
+            columns = data[r]
+            found = row_pieces(r, columns, control_ids, decode)
+            padding = int(np.count_nonzero(np.asarray(columns["segment_ids"]) < 0))
+            lines.append(f"row {r}: {len(found)} piece(s)" + (f", {padding} padding tokens" if padding else ""))
+            for p in found:
+                lines += piece_lines(p, f"  piece {p.segment}")
+        if last < len(data):
+            lines.append(f"({len(data) - last:,} more row(s): --from {last} shows the next)")
+        return "\n".join(lines)
+    name = "in off mode" if wanted == OFF else f"at level {wanted}"
+    if wanted != OFF and not scheme.counts[wanted]:
+        lines.append(f"(no piece is {name}: its bin holds no reward-to-go token in this corpus)")
+        return "\n".join(lines)
+    shown_pieces, r = 0, first
+    while r < len(data) and shown_pieces < pieces:
+        for p in row_pieces(r, data[r], control_ids, decode):
+            if shown_pieces < pieces and (not p.bins if wanted == OFF else wanted in p.bins):
+                lines += piece_lines(p, f"row {r}, piece {p.segment}")
+                shown_pieces += 1
+        r += 1
+    if shown_pieces < pieces:
+        lines.append(f"({shown_pieces} piece(s) {name} from row {first} to the last)")
+    elif r < len(data):
+        lines.append(f"(--level {wanted if wanted != OFF else 'off'} --from {r} goes on from the next row)")
     return "\n".join(lines)
+
+
+OFF = -1  # the level of a piece without a reward-to-go token
+
+
+def _level(level: int | str, scheme) -> int:
+    """A ``--level``: a bin of the scheme, or ``"off"`` (:data:`OFF`); SchemeError otherwise."""
+    from .tokens import SchemeError
+
+    if level == "off":
+        return OFF
+    try:
+        k = int(level)
+    except (TypeError, ValueError):
+        raise SchemeError(f"--level must be a level 0..{scheme.num_bins - 1} or 'off', got {level!r}") from None
+    return scheme.check_level(k)
 
 
 def add_parser(sub, formatter) -> None:
@@ -126,15 +168,19 @@ def add_parser(sub, formatter) -> None:
                                    "tokens, context (not trained) and trained text, decoded with the corpus's "
                                    "tokenizer.",
                        epilog="examples:\n  rcond show corpora/reviews\n  rcond show corpora/hh --from 10 --rows 3 "
-                              "--max-chars 0", formatter_class=formatter)
+                              "--max-chars 0\n  rcond show corpora/reviews --level 9 --pieces 5", formatter_class=formatter)
     p.add_argument("corpus", help="a corpus directory written by rcond preprocess")
     p.add_argument("--from", dest="first", type=int, default=0, metavar="ROW", help="first row to show")
     p.add_argument("--rows", type=int, default=1, help="how many rows to show")
     p.add_argument("--max-chars", type=int, default=300,
                    help="characters of a run shown before its middle is elided (0: whole runs)")
+    p.add_argument("--level", default=None, metavar="K|off",
+                   help="show only pieces conditioned on bin K (any of a dialog's bins), or without one (off), "
+                        "from --from on")
+    p.add_argument("--pieces", type=int, default=3, help="how many pieces --level shows")
     p.set_defaults(run=run)
 
 
 def run(a) -> int:
-    print(describe(a.corpus, a.first, a.rows, a.max_chars))
+    print(describe(a.corpus, a.first, a.rows, a.max_chars, level=a.level, pieces=a.pieces))
     return 0

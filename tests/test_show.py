@@ -49,6 +49,38 @@ def test_long_runs_lose_their_middle():
     assert shown("a\nb", 0) == "'a\\nb'"
 
 
+def test_a_level_shows_the_pieces_conditioned_on_it_from_a_row_on(tmp_path):
+    """Six records of rewards 1, -1, 1, -1, 1, 1 at edges:0 (bins 1, 0, ...), packed two to a row:
+    level 1 shows the first pieces at bin 1 from the row asked on, level 0 those at bin 0, each
+    named by row and piece, and says how many it found when fewer than asked; off finds none."""
+    rewards = [1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
+    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b c", "reward": r} for r in rewards])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:0",
+          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
+    heads = [line for line in describe(tmp_path / "c", level=1, pieces=2).splitlines() if line.startswith("row ")]
+    assert heads == ["row 0, piece 0: 6 tokens, 3 trained; bin 1, rewards in [0, inf)",
+                     "row 1, piece 0: 6 tokens, 3 trained; bin 1, rewards in [0, inf)"]
+    assert describe(tmp_path / "c", level=1, pieces=2).endswith("(--level 1 --from 2 goes on from the next row)")
+    out = describe(tmp_path / "c", first=1, level="0", pieces=5)
+    assert [line for line in out.splitlines() if line.startswith("row ")] == [
+        "row 1, piece 1: 6 tokens, 3 trained; bin 0, rewards in [-inf, 0)"]
+    assert out.endswith("(1 piece(s) at level 0 from row 1 to the last)")
+    assert describe(tmp_path / "c", level="off").endswith("(0 piece(s) in off mode from row 0 to the last)")
+
+
+def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, monkeypatch):
+    """Bins (-inf, -5), [-5, 5), [5, inf) over rewards of 1: bin 2 holds no RTG token (scheme.json's
+    counts say so), and the rows are not read through to find that out."""
+    import rcond.show
+
+    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b", "reward": 1.0}])
+    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:-5,5",
+          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
+    monkeypatch.setattr(rcond.show, "row_pieces", lambda *a: pytest.fail("the rows were scanned"))
+    assert describe(tmp_path / "c", level=2).endswith(
+        "(no piece is at level 2: its bin holds no reward-to-go token in this corpus)")
+
+
 @pytest.fixture
 def corpus(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a b", "response": "c d", "reward": 1.0},
@@ -79,7 +111,10 @@ def test_the_command_shows_rows_and_names_what_it_cannot(corpus, capsys):
     assert "    trained  'c d <eos>'" in capsys.readouterr().out
     for argv, message in [(["--from", "1"], "row 1 does not exist: the corpus has rows 0..0"),
                           (["--rows", "0"], "--rows must be at least 1, got 0"),
-                          (["--max-chars", "-1"], "--max-chars must be 0 (whole runs) or more, got -1")]:
+                          (["--max-chars", "-1"], "--max-chars must be at least 0, got -1 (0: whole runs)"),
+                          (["--pieces", "0"], "--pieces must be at least 1, got 0"),
+                          (["--level", "2"], "level 2 does not exist: this scheme has levels 0..1"),
+                          (["--level", "top"], "--level must be a level 0..1 or 'off', got 'top'")]:
         assert main(["show", str(corpus), *argv]) == 2
         assert message in capsys.readouterr().err
     assert main(["show", str(corpus.parent / "none")]) == 2
