@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import errno
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -245,6 +246,7 @@ def format_preprocess_summary(out, scheme, s, block_size: int, pairs: bool = Fal
         from .corpus import SKIPPED_FILE
 
         lines.append(f"  every skipped record, with why: {Path(out) / SKIPPED_FILE}")
+    lines.append(f"  its rows as the model sees them: rcond show {shlex.quote(str(out))}")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ def test_preprocess_happy_path_and_summary(tmp_path, capsys):
     assert preprocess(tmp_path, rows, "--bins", "4") == 0
     out = capsys.readouterr().out
     assert "corpus written to" in out and "packing efficiency" in out and "<|rtg:3|>" in out
+    assert out.rstrip().splitlines()[-1] == f"  its rows as the model sees them: rcond show {tmp_path / 'c'}"
     ds, scheme, tok = load(tmp_path / "c")
     assert scheme.num_bins == 4 and sum(scheme.counts) > 0 and len(ds) > 0
 
