@@ -21,9 +21,9 @@ records it, so a corpus names the very data it was built from, whatever the bran
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -136,13 +136,20 @@ def parse_dataset_id(spec: str) -> DatasetId:
                      config=tail[0] if len(tail) == 2 else None, split=tail[-1] if tail else "train")
 
 
-@functools.lru_cache(maxsize=64)
+_commits: dict[tuple[str, str | None], str] = {}  # (repo, revision) -> commit, for this process
+_commits_lock = threading.Lock()
+
+
 def dataset_commit(repo: str, revision: str | None) -> str:
     """The commit a dataset repository's ``revision`` (None: its default branch) points to now,
-    asked of the hub once per process."""
-    from huggingface_hub import HfApi
+    asked of the hub once per process: the first caller asks while any other waits, so a build's
+    reading and its background fingerprinting get the same commit even if the branch moves."""
+    with _commits_lock:
+        if (repo, revision) not in _commits:
+            from huggingface_hub import HfApi
 
-    return HfApi().dataset_info(repo, revision=revision).sha
+            _commits[repo, revision] = HfApi().dataset_info(repo, revision=revision).sha
+        return _commits[repo, revision]
 
 
 def request_errors() -> tuple[type[BaseException], ...]:

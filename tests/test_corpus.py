@@ -990,3 +990,22 @@ def test_scheme_records_the_versions_that_built_the_corpus(tmp_path):
     edited = load(tmp_path / "v")[1]
     edited.options["built_with"]["numpy"] = "0.0"
     assert scheme_sha256(edited) != edited.options["scheme_sha256"]
+
+
+def test_a_library_that_is_not_installed_is_recorded_without_a_version(monkeypatch):
+    """rcond run from a source tree without installing it has no installed version: recorded as
+    None beside the versions of the libraries that are installed."""
+    from importlib import metadata
+
+    from rcond.corpus import built_with
+
+    installed = metadata.version
+
+    def version(name):
+        if name == "rcond":
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    versions = built_with(None)
+    assert versions["rcond"] is None and versions["numpy"] == installed("numpy")

@@ -49,6 +49,14 @@ def test_long_runs_lose_their_middle():
     assert shown("a\nb", 0) == "'a\\nb'"
 
 
+def test_an_odd_or_tiny_limit_shows_half_of_it_at_each_end_and_counts_the_rest():
+    """Each end shows max_chars // 2 characters (so 1 shows none at either end) and the count is
+    what is left out between them, with thousands separated."""
+    assert shown("abcdefghij", 5) == "'ab' ... 6 characters ... 'ij'"
+    assert shown("abc", 1) == "'' ... 3 characters ... ''"
+    assert shown("x" * 2004, 4) == "'xx' ... 2,000 characters ... 'xx'"
+
+
 def test_a_level_shows_the_pieces_conditioned_on_it_from_a_row_on(tmp_path):
     """Six records of rewards 1, -1, 1, -1, 1, 1 at edges:0 (bins 1, 0, ...), packed two to a row:
     level 1 shows the first pieces at bin 1 from the row asked on, level 0 those at bin 0, each
@@ -91,9 +99,14 @@ def corpus(tmp_path):
 
 
 def test_a_built_corpus_line_for_line(corpus):
+    import platform
+    from importlib import metadata
+
     lines = describe(corpus, max_chars=0).splitlines()
     assert lines[0] == f"corpus {corpus}: format scored, 2 bins (edges:0), 1 row(s) of 16 tokens, 2 records"
-    assert lines[1].startswith("  built with numpy ")
+    versions = {"python": platform.python_version(),
+                **{name: metadata.version(name) for name in ("rcond", "tokenizers", "transformers", "pyarrow", "numpy")}}
+    assert lines[1] == "  built with " + ", ".join(f"{name} {v}" for name, v in sorted(versions.items()))
     assert lines[2:] == [
         "row 0: 2 piece(s), 2 padding tokens",
         "  piece 0: 7 tokens, 3 trained; bin 1, rewards in [0, inf)",
@@ -128,3 +141,68 @@ def test_more_rows_than_shown_are_counted(tmp_path):
     out = describe(tmp_path / "t", first=1, rows=1)
     assert [line for line in out.splitlines() if line.startswith("row ")] == ["row 1: 1 piece(s), 2 padding tokens"]
     assert out.endswith("(1 more row(s): --from 2 shows the next)")
+
+
+def test_a_corpus_built_before_versions_were_recorded_is_shown_without_them(corpus):
+    """A scheme.json with no options.built_with (an older rcond's, fingerprinted as it was) is
+    shown with no 'built with' line."""
+    from rcond.corpus import scheme_sha256
+    from rcond.tokens import ControlScheme
+
+    scheme = ControlScheme.load(corpus)
+    del scheme.options["built_with"]
+    scheme.options["scheme_sha256"] = scheme_sha256(scheme)
+    scheme.save(corpus)
+    assert describe(corpus).splitlines()[1] == "row 0: 2 piece(s), 2 padding tokens"
+
+
+def test_full_off_rows_are_shown_one_by_default_and_as_many_as_there_are(tmp_path, capsys):
+    """Three text documents of 254 words, each a full row of 256 tokens (off, 254 words, eos):
+    no padding is named, the piece is labelled off, its trained run (513 characters) loses all but
+    150 at each end by default; the command shows row 0 alone by default, --rows past the last row
+    shows the rows there are, and a negative --from is refused."""
+    text = " ".join("abcdefgh"[i % 8] for i in range(254)) + " <eos>"
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": text[: -len(" <eos>")]}] * 3)
+    build(SourceReader([str(src)], "text"), tmp_path / "t", word_tokenizer(), opts=PackOptions(block_size=256),
+          progress=False)
+    assert describe(tmp_path / "t").splitlines()[2:] == [
+        "row 0: 1 piece(s)",
+        "  piece 0: 256 tokens, 255 trained; off (no reward-to-go)",
+        "    control  '<|rlhf:off|>'",
+        f"    trained  {text[:150]!r} ... 213 characters ... {text[-150:]!r}",
+        "(2 more row(s): --from 1 shows the next)"]
+    assert main(["show", str(tmp_path / "t")]) == 0
+    assert capsys.readouterr().out == describe(tmp_path / "t") + "\n"
+    assert [line for line in describe(tmp_path / "t", first=1, rows=5).splitlines()[2:] if not line.startswith(" ")] == [
+        "row 1: 1 piece(s)", "row 2: 1 piece(s)"]
+    assert main(["show", str(tmp_path / "t"), "--from", "-1"]) == 2
+    assert "row -1 does not exist: the corpus has rows 0..2" in capsys.readouterr().err
+
+
+def test_a_dialog_piece_names_a_bin_again_when_it_comes_back(tmp_path):
+    """Three assistant turns rewarded 2, -2, 1: rewards-to-go 1, -1, 1 with edges 0 put them in
+    bins 1, 0, 1, named in that order, each with its range."""
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 2},
+             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": -2},
+             {"role": "user", "content": "e"}, {"role": "assistant", "content": "f", "reward": 1}]
+    build(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}]))], "dialog"), tmp_path / "d",
+          word_tokenizer(), binning="edges:0", opts=PackOptions(block_size=16, uncond_fraction=0.0), progress=False)
+    assert describe(tmp_path / "d").splitlines()[3] == (
+        "  piece 0: 11 tokens, 4 trained; bin 1, rewards in [0, inf); bin 0, rewards in [-inf, 0); "
+        "bin 1, rewards in [0, inf)")
+
+
+def test_runs_are_shown_as_the_tokenizer_decodes_them_without_cleaning_up_spaces(tmp_path):
+    """A word-level tokenizer whose decoder keeps the spaces between words: 'well , so .' is
+    shown as its ids decode, not as transformers' clean-up of spaces before punctuation ('well,
+    so.') would show it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<eos>", "well", ",", "so", "."])}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(cleanup=False)
+    build(SourceReader([str(write_jsonl(tmp_path / "t.jsonl", [{"text": "well , so ."}]))], "text"), tmp_path / "t",
+          PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>"),
+          opts=PackOptions(block_size=8), progress=False)
+    assert describe(tmp_path / "t").splitlines()[-1] == "    trained  'well , so . <eos>'"

@@ -549,6 +549,16 @@ def test_a_hub_dataset_given_twice_is_refused_however_it_is_written(monkeypatch,
     SourceReader(["o/n", "o/n:test", "o/n/sub", "o/n:cfg:train", "o/n@v1"], "text")
 
 
+def test_a_malformed_hub_id_or_a_missing_file_given_with_a_split_is_named_when_read(monkeypatch, tmp_path):
+    """The inputs' check takes neither a malformed hub id (o/n:) nor a missing file given twice,
+    once with a split, for one input given twice: each is named as what it is when it is read."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=r"^o/n:: no such file or directory, and not a hub dataset id \(an empty"):
+        list(SourceReader(["o/n:"], "text"))
+    with pytest.raises(SourceError, match=r"^data/a\.jsonl: no such file or directory$"):
+        list(SourceReader(["data/a.jsonl", "data/a.jsonl:train"], "text"))
+
+
 def test_a_saved_dataset_given_twice_is_refused(tmp_path, monkeypatch):
     """``DIR`` of a saved DatasetDict reads its train split, so ``DIR`` and ``DIR:train`` are one
     input; a shard of a saved dataset given beside it is inside it. Other splits, and a saved
@@ -1121,6 +1131,7 @@ def hub_found(monkeypatch, commits=None):
     ("o/n@v1.0/a/b:cfg:validation", ("o/n", "v1.0", "a/b", "cfg", "validation")),
     ("o/n@refs/convert/parquet/default:train", ("o/n", "refs/convert/parquet", "default", None, "train")),
     ("o/n@refs/pr/3", ("o/n", "refs/pr/3", None, None, "train")),
+    ("o/n@refs/data:test", ("o/n", "refs", "data", None, "test")),  # refs and one part: a branch, then a folder
 ])
 def test_hub_dataset_ids_by_hand(spec, parts):
     from rcond.hub import parse_dataset_id
@@ -1145,6 +1156,16 @@ def test_what_is_no_hub_dataset_id_is_named_before_the_hub_is_asked(monkeypatch,
     with pytest.raises(SourceError, match=rf"^{re.escape(spec)}: no such file or directory, and not a hub dataset "
                                           rf"id \({re.escape(problem)}\): expected OWNER/NAME\[@REVISION\]"):
         list(iter_rows(spec))
+
+
+def test_an_empty_owner_is_no_hub_dataset_id():
+    """'/n' is read as a path before it could be taken for a hub id; parse_dataset_id alone refuses
+    it too, as it does an empty name."""
+    from rcond.hub import parse_dataset_id
+
+    for spec in ("/n", "/n:train"):
+        with pytest.raises(ValueError, match=r"^not a hub dataset id \(an empty owner, name, folder"):
+            parse_dataset_id(spec)
 
 
 def test_a_hub_folder_configuration_and_revision_reach_datasets_and_the_corpus_records_the_commit(tmp_path,
@@ -1177,6 +1198,8 @@ def test_a_folder_of_a_repository_is_streamed_as_datasets_data_dir(tmp_path):
     Anthropic/hh-rlhf is (a folder per subset, a file per split): the folder's split alone."""
     import gzip
 
+    import datasets
+
     from rcond.sources import _load_streaming
 
     for subset in ("harmless-base", "helpful-base"):
@@ -1185,7 +1208,22 @@ def test_a_folder_of_a_repository_is_streamed_as_datasets_data_dir(tmp_path):
             with gzip.open(tmp_path / subset / f"{split}.jsonl.gz", "wt") as f:
                 f.write(json.dumps({"chosen": f"{subset} {split}", "rejected": "r"}) + "\n")
     rows = _load_streaming(str(tmp_path), name=None, data_dir="harmless-base", split="test", revision="main")
+    assert isinstance(rows, datasets.IterableDataset)  # streamed, not downloaded whole first
     assert list(rows) == [{"chosen": "harmless-base test", "rejected": "r"}]
+
+
+def test_the_stream_is_asked_of_datasets_at_the_commit(monkeypatch):
+    """The configuration, folder, split and commit reach ``datasets.load_dataset``, streamed (a
+    local copy, as above, reads the same whatever the revision and configuration)."""
+    import datasets
+
+    from rcond.sources import _load_streaming
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: calls.append((a, kw)) or "rows")
+    assert _load_streaming("o/n", name="cfg", data_dir="sub", split="test", revision="c0ffee") == "rows"
+    assert calls == [(("o/n",), {"name": "cfg", "data_dir": "sub", "split": "test", "revision": "c0ffee",
+                                 "streaming": True})]
 
 
 def test_a_hub_dataset_the_hub_client_cannot_find_is_named(hub_online, monkeypatch):
@@ -1201,6 +1239,82 @@ def test_a_hub_dataset_the_hub_client_cannot_find_is_named(hub_online, monkeypat
     with pytest.raises(SourceError, match=r"^o/n@v2: not a file or folder here, and the hub has no dataset 'o/n' at "
                                           r"revision 'v2' that can be read from here \(ConnectError: "):
         list(iter_rows("o/n@v2"))
+    with pytest.raises(SourceError, match=r"^o/n:test: not a file or folder here, and the hub has no dataset 'o/n' "
+                                          r"that can be read from here \(ConnectError: "):
+        list(iter_rows("o/n:test"))
+
+
+def test_a_hub_stream_broken_by_the_hub_clients_own_error_is_named(hub_online, monkeypatch):
+    """The hub client's HTTP library's errors are no OSError: one that breaks the stream after a
+    row (here the client's ConnectError where nothing listens) is named with how far it was read."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from rcond import sources
+
+    def breaks_after_one_row(*a, **kw):
+        yield {"text": "a"}
+        huggingface_hub.HfApi().dataset_info("o/n")
+
+    hub_found(monkeypatch)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(sources, "_load_streaming", breaks_after_one_row)
+    with pytest.raises(SourceError, match=r"^o/n: reading the hub dataset failed after row 1 \(ConnectError: "):
+        list(iter_rows("o/n"))
+
+
+def test_a_revision_is_resolved_to_its_commit_once_per_process(monkeypatch):
+    """dataset_commit asks the hub client for the dataset at the revision given (None: its default
+    branch) once per dataset and revision, and answers the commit the hub names."""
+    import types
+
+    import huggingface_hub
+
+    from rcond import hub
+
+    asked = []
+
+    class Api:
+        def dataset_info(self, repo, revision=None):
+            asked.append((repo, revision))
+            return types.SimpleNamespace(sha=f"commit of {revision}")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(hub, "_commits", {})
+    assert [hub.dataset_commit("o/n", r) for r in ("v1", None, "v1", None)] == [
+        "commit of v1", "commit of None", "commit of v1", "commit of None"]
+    assert asked == [("o/n", "v1"), ("o/n", None)]
+
+
+def test_two_threads_asking_for_one_revision_get_one_commit(monkeypatch):
+    """A build asks for the commit from its reading and from its background fingerprinting at
+    once: the hub is asked once and both get its answer, never two answers of a branch that moved
+    between them (the hub here answers each call with a new commit, slowly)."""
+    import threading
+    import time
+    import types
+
+    import huggingface_hub
+
+    from rcond import hub
+
+    answers = []
+
+    class Api:
+        def dataset_info(self, repo, revision=None):
+            time.sleep(0.2)
+            answers.append(f"commit{len(answers) + 1}")
+            return types.SimpleNamespace(sha=answers[-1])
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(hub, "_commits", {})
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(hub.dataset_commit("o/n", "main"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == ["commit1", "commit1"] and answers == ["commit1"]
 
 
 def test_hub_rows_are_numbered_from_1_as_file_rows_are(monkeypatch):
@@ -1507,6 +1621,18 @@ def test_a_folder_of_data_files_names_them_as_the_inputs_to_give(tmp_path, fmt, 
     with pytest.raises(SourceError, match=re.escape(f"{refusal}; it holds 2 data file(s) of rows (test.jsonl.gz, "
                                                     f"train.jsonl.gz), which")):
         list(SourceReader([str(repo / "harmless-base")], fmt))
+
+
+def test_three_data_files_are_all_named_and_a_folder_named_like_one_is_none(tmp_path):
+    """Three data files are named with no 'and 0 more'; a folder named like a data file (a
+    partitioned Parquet dataset, t.parquet/) is no file of rows, the files in it are."""
+    for name in ("a.csv", "b.jsonl", "t.parquet/part-0.parquet"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SourceError, match=re.escape(
+            "; it holds 3 data file(s) of rows (a.csv, b.jsonl, t.parquet/part-0.parquet), which a folder input does "
+            f"not read: give the files you mean as inputs (e.g. {tmp_path / 'a.csv'})") + "$"):
+        list(SourceReader([str(tmp_path)], "text"))
 
 
 def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path):
