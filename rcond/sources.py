@@ -891,8 +891,9 @@ def _hidden(name: str) -> bool:
 def data_files_hint(folder: Path) -> str:
     """For a folder that is read as documents: the files in it that rcond reads as rows, which are
     inputs of their own (a copy of a hub repository holds a file per split), as a hint; else ''."""
-    found = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*"))
-             if p.is_file() and not _hidden(p.relative_to(folder).as_posix()) and data_suffix(p) in ROW_SUFFIXES]
+    not_documents: list[str] = []
+    _text_files(folder, not_documents.append)  # the files a folder input passes over, hidden ones aside
+    found = [Path(p).relative_to(folder).as_posix() for p in not_documents if data_suffix(Path(p)) in ROW_SUFFIXES]
     if not found:
         return ""
     named = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
