@@ -16,6 +16,15 @@ def numbers(ids):
     return " ".join(map(str, ids))
 
 
+def built(tmp_path, fmt, rows, block_size, *, binning="quantile", uncond_fraction=0.05, tokenizer=None):
+    """The corpus of ``rows`` (a ``fmt`` JSON Lines file) built in ``tmp_path / "c"`` with the word
+    tokenizer, or ``tokenizer``."""
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    build(SourceReader([str(src)], fmt), tmp_path / "c", tokenizer or word_tokenizer(), binning=binning,
+          opts=PackOptions(block_size=block_size, uncond_fraction=uncond_fraction), progress=False)
+    return tmp_path / "c"
+
+
 def test_a_row_is_cut_into_pieces_and_runs_by_hand():
     """An `on` response (on rtg:1 | a b | c d eos), an `off` text (off | e f eos) and padding: a
     token is trained where the weight of predicting it, at the position before, is nonzero; a
@@ -62,18 +71,17 @@ def test_a_level_shows_the_pieces_conditioned_on_it_from_a_row_on(tmp_path):
     level 1 shows the first pieces at bin 1 from the row asked on, level 0 those at bin 0, each
     named by row and piece, and says how many it found when fewer than asked; off finds none."""
     rewards = [1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
-    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b c", "reward": r} for r in rewards])
-    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:0",
-          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
-    heads = [line for line in describe(tmp_path / "c", level=1, pieces=2).splitlines() if line.startswith("row ")]
+    corpus = built(tmp_path, "scored", [{"prompt": "a", "response": "b c", "reward": r} for r in rewards], 12,
+                   binning="edges:0", uncond_fraction=0.0)
+    heads = [line for line in describe(corpus, level=1, pieces=2).splitlines() if line.startswith("row ")]
     assert heads == ["row 0, piece 0: 6 tokens, 3 trained; bin 1, rewards in [0, inf)",
                      "row 1, piece 0: 6 tokens, 3 trained; bin 1, rewards in [0, inf)"]
-    assert describe(tmp_path / "c", level=1, pieces=2).endswith("(--level 1 --from 2 goes on from the next row)")
-    out = describe(tmp_path / "c", first=1, level="0", pieces=5)
+    assert describe(corpus, level=1, pieces=2).endswith("(--level 1 --from 2 goes on from the next row)")
+    out = describe(corpus, first=1, level="0", pieces=5)
     assert [line for line in out.splitlines() if line.startswith("row ")] == [
         "row 1, piece 1: 6 tokens, 3 trained; bin 0, rewards in [-inf, 0)"]
     assert out.endswith("(1 piece(s) at level 0 from row 1 to the last)")
-    assert describe(tmp_path / "c", level="off").endswith("(0 piece(s) in off mode from row 0 to the last)")
+    assert describe(corpus, level="off").endswith("(0 piece(s) in off mode from row 0 to the last)")
 
 
 def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, monkeypatch):
@@ -81,21 +89,18 @@ def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, mo
     counts say so), and the rows are not read through to find that out."""
     import rcond.show
 
-    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a", "response": "b", "reward": 1.0}])
-    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:-5,5",
-          opts=PackOptions(block_size=12, uncond_fraction=0.0), progress=False)
+    corpus = built(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1.0}], 12, binning="edges:-5,5",
+                   uncond_fraction=0.0)
     monkeypatch.setattr(rcond.show, "row_pieces", lambda *a: pytest.fail("the rows were scanned"))
-    assert describe(tmp_path / "c", level=2).endswith(
+    assert describe(corpus, level=2).endswith(
         "(no piece is at level 2: its bin holds no reward-to-go token in this corpus)")
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    src = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "a b", "response": "c d", "reward": 1.0},
-                                              {"prompt": "e", "response": "f g h", "reward": -1.0}])
-    build(SourceReader([str(src)], "scored"), tmp_path / "c", word_tokenizer(), binning="edges:0",
-          opts=PackOptions(block_size=16, uncond_fraction=0.0), progress=False)
-    return tmp_path / "c"
+    return built(tmp_path, "scored", [{"prompt": "a b", "response": "c d", "reward": 1.0},
+                                      {"prompt": "e", "response": "f g h", "reward": -1.0}], 16, binning="edges:0",
+                 uncond_fraction=0.0)
 
 
 def test_a_built_corpus_line_for_line(corpus):
@@ -136,9 +141,7 @@ def test_the_command_shows_rows_and_names_what_it_cannot(corpus, capsys):
 
 def test_more_rows_than_shown_are_counted(tmp_path):
     rows = [{"text": " ".join(["a"] * 12)} for _ in range(3)]
-    build(SourceReader([str(write_jsonl(tmp_path / "t.jsonl", rows))], "text"), tmp_path / "t", word_tokenizer(),
-          opts=PackOptions(block_size=16), progress=False)
-    out = describe(tmp_path / "t", first=1, rows=1)
+    out = describe(built(tmp_path, "text", rows, 16), first=1, rows=1)
     assert [line for line in out.splitlines() if line.startswith("row ")] == ["row 1: 1 piece(s), 2 padding tokens"]
     assert out.endswith("(1 more row(s): --from 2 shows the next)")
 
@@ -162,20 +165,18 @@ def test_full_off_rows_are_shown_one_by_default_and_as_many_as_there_are(tmp_pat
     150 at each end by default; the command shows row 0 alone by default, --rows past the last row
     shows the rows there are, and a negative --from is refused."""
     text = " ".join("abcdefgh"[i % 8] for i in range(254)) + " <eos>"
-    src = write_jsonl(tmp_path / "t.jsonl", [{"text": text[: -len(" <eos>")]}] * 3)
-    build(SourceReader([str(src)], "text"), tmp_path / "t", word_tokenizer(), opts=PackOptions(block_size=256),
-          progress=False)
-    assert describe(tmp_path / "t").splitlines()[2:] == [
+    corpus = built(tmp_path, "text", [{"text": text[: -len(" <eos>")]}] * 3, 256)
+    assert describe(corpus).splitlines()[2:] == [
         "row 0: 1 piece(s)",
         "  piece 0: 256 tokens, 255 trained; off (no reward-to-go)",
         "    control  '<|rlhf:off|>'",
         f"    trained  {text[:150]!r} ... 213 characters ... {text[-150:]!r}",
         "(2 more row(s): --from 1 shows the next)"]
-    assert main(["show", str(tmp_path / "t")]) == 0
-    assert capsys.readouterr().out == describe(tmp_path / "t") + "\n"
-    assert [line for line in describe(tmp_path / "t", first=1, rows=5).splitlines()[2:] if not line.startswith(" ")] == [
+    assert main(["show", str(corpus)]) == 0
+    assert capsys.readouterr().out == describe(corpus) + "\n"
+    assert [line for line in describe(corpus, first=1, rows=5).splitlines()[2:] if not line.startswith(" ")] == [
         "row 1: 1 piece(s)", "row 2: 1 piece(s)"]
-    assert main(["show", str(tmp_path / "t"), "--from", "-1"]) == 2
+    assert main(["show", str(corpus), "--from", "-1"]) == 2
     assert "row -1 does not exist: the corpus has rows 0..2" in capsys.readouterr().err
 
 
@@ -185,9 +186,8 @@ def test_a_dialog_piece_names_a_bin_again_when_it_comes_back(tmp_path):
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "reward": 2},
              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reward": -2},
              {"role": "user", "content": "e"}, {"role": "assistant", "content": "f", "reward": 1}]
-    build(SourceReader([str(write_jsonl(tmp_path / "d.jsonl", [{"turns": turns}]))], "dialog"), tmp_path / "d",
-          word_tokenizer(), binning="edges:0", opts=PackOptions(block_size=16, uncond_fraction=0.0), progress=False)
-    assert describe(tmp_path / "d").splitlines()[3] == (
+    corpus = built(tmp_path, "dialog", [{"turns": turns}], 16, binning="edges:0", uncond_fraction=0.0)
+    assert describe(corpus).splitlines()[3] == (
         "  piece 0: 11 tokens, 4 trained; bin 1, rewards in [0, inf); bin 0, rewards in [-inf, 0); "
         "bin 1, rewards in [0, inf)")
 
@@ -202,7 +202,6 @@ def test_runs_are_shown_as_the_tokenizer_decodes_them_without_cleaning_up_spaces
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<eos>", "well", ",", "so", "."])}, unk_token="<eos>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(cleanup=False)
-    build(SourceReader([str(write_jsonl(tmp_path / "t.jsonl", [{"text": "well , so ."}]))], "text"), tmp_path / "t",
-          PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>"),
-          opts=PackOptions(block_size=8), progress=False)
-    assert describe(tmp_path / "t").splitlines()[-1] == "    trained  'well , so . <eos>'"
+    corpus = built(tmp_path, "text", [{"text": "well , so ."}], 8,
+                   tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>"))
+    assert describe(corpus).splitlines()[-1] == "    trained  'well , so . <eos>'"
