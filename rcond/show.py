@@ -132,17 +132,25 @@ def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: in
     if wanted != OFF and not scheme.counts[wanted]:
         lines.append(f"(no piece is {name}: its bin holds no reward-to-go token in this corpus)")
         return "\n".join(lines)
-    shown_pieces, r = 0, first
+    shown_pieces, left, r = 0, 0, first  # left: pieces of the last row read that match but were not shown
     while r < len(data) and shown_pieces < pieces:
         for p in row_pieces(r, data[r], control_ids, decode):
-            if shown_pieces < pieces and (not p.bins if wanted == OFF else wanted in p.bins):
+            if (p.bins if wanted == OFF else wanted not in p.bins):
+                continue
+            if shown_pieces < pieces:
                 lines += piece_lines(p, f"row {r}, piece {p.segment}")
                 shown_pieces += 1
+            else:
+                left += 1
         r += 1
     if shown_pieces < pieces:
         lines.append(f"({shown_pieces} piece(s) {name} from row {first} to the last)")
-    elif r < len(data):
-        lines.append(f"(--level {wanted if wanted != OFF else 'off'} --from {r} goes on from the next row)")
+        return "\n".join(lines)
+    notes = [f"row {r - 1} holds {left} more piece(s) {name}: --pieces {pieces + left} shows them too"] if left else []
+    if r < len(data):
+        notes.append(f"--level {wanted if wanted != OFF else 'off'} --from {r} goes on from the next row")
+    if notes:
+        lines.append(f"({'; '.join(notes)})")
     return "\n".join(lines)
 
 

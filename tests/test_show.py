@@ -84,6 +84,26 @@ def test_a_level_shows_the_pieces_conditioned_on_it_from_a_row_on(tmp_path):
     assert describe(corpus, level="off").endswith("(0 piece(s) in off mode from row 0 to the last)")
 
 
+def test_a_level_says_what_the_last_row_read_holds_beyond_the_pieces_asked(tmp_path):
+    """The same six records: row 2 holds two pieces at bin 1. Asking for three pieces at level 1
+    fills on row 2's first, so its second is counted with the --pieces that shows it (no next
+    row to go on from); one piece from row 0 leaves none in that row, and the next row to go on
+    from is named; from row 2, one piece leaves one there and nothing after."""
+    rewards = [1.0, -1.0, 1.0, -1.0, 1.0, 1.0]
+    corpus = built(tmp_path, "scored", [{"prompt": "a", "response": "b c", "reward": r} for r in rewards], 12,
+                   binning="edges:0", uncond_fraction=0.0)
+    out = describe(corpus, level=1, pieces=3)
+    assert [line for line in out.splitlines() if line.startswith("row ")][-1].startswith("row 2, piece 0:")
+    assert out.endswith("(row 2 holds 1 more piece(s) at level 1: --pieces 4 shows them too)")
+    assert describe(corpus, level=1, pieces=4).endswith("row 2, piece 1: 6 tokens, 3 trained; bin 1, rewards in [0, inf)"
+                                                        "\n    control  '<|rlhf:on|> <|rtg:1|>'\n    context  'a'\n    trained  'b c <eos>'")
+    assert describe(corpus, level=1, pieces=1).endswith("(--level 1 --from 1 goes on from the next row)")
+    assert describe(corpus, first=2, level=1, pieces=1).endswith(
+        "(row 2 holds 1 more piece(s) at level 1: --pieces 2 shows them too)")
+    assert describe(corpus, first=0, level=0, pieces=1).endswith(
+        "(--level 0 --from 1 goes on from the next row)")
+
+
 def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, monkeypatch):
     """Bins (-inf, -5), [-5, 5), [5, inf) over rewards of 1: bin 2 holds no RTG token (scheme.json's
     counts say so), and the rows are not read through to find that out."""
