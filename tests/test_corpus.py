@@ -537,6 +537,10 @@ def test_block_size_smaller_than_prefix(tmp_path):
     with pytest.raises(CorpusError, match="--seed must be a non-negative integer, got -1"):
         make(tmp_path, "scored", [{"response": "a", "reward": 1}], seed=-1)
     assert not (tmp_path / "c").exists()
+    for fraction in (-0.1, 1.5, float("nan"), float("inf")):
+        with pytest.raises(CorpusError, match=rf"^--uncond-fraction must be in \[0, 1\], got {fraction}$"):
+            make(tmp_path, "scored", [{"response": "a", "reward": 1}], uncond=fraction)
+        assert not (tmp_path / "c").exists()
 
 
 def test_the_largest_block_size_and_the_smallest_trained_vocabulary_are_accepted():
@@ -613,6 +617,17 @@ def test_load_says_what_a_folder_is_when_it_is_no_usable_corpus(tmp_path):
         with pytest.raises(CorpusError, match=r"rows\.arrow: not readable as the corpus's rows \(.*\); the file is "
                                               r"damaged"):
             load(damaged, verify=False)
+    norows = tmp_path / "norows"
+    shutil.copytree(good, norows)
+    (norows / "rows.arrow").unlink()
+    with pytest.raises(CorpusError, match=rf"^{norows}: missing rows\.arrow$"):
+        load(norows)
+    for name, text in (("tokenizer.json", "{not json"), ("tokenizer.json", "[]"), ("tokenizer_config.json", "{")):
+        broken = tmp_path / f"broken_{name}_{len(text)}"
+        shutil.copytree(good, broken)
+        (broken / "tokenizer" / name).write_text(text)
+        with pytest.raises(CorpusError, match=r"^the corpus's tokenizer cannot be loaded: "):
+            load(broken)
 
 
 def test_load_checks_the_scheme_against_the_rows_and_the_tokenizer_folder(tmp_path):

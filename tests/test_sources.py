@@ -413,6 +413,13 @@ def test_a_turn_of_another_role_is_refused(tmp_path):
         read(tmp_path, "dialog", [{"turns": turns}])
 
 
+@pytest.mark.parametrize("turn", ["hello", ["user", "hello"], None, 3])
+def test_a_turn_that_is_no_object_is_named_by_its_number(tmp_path, turn):
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a", "reward": 1}, turn]
+    with pytest.raises(SourceError, match=r"in\.jsonl:1 turn 3: expected an object with 'role' and 'content'$"):
+        read(tmp_path, "dialog", [{"turns": turns}])
+
+
 def test_non_finite_score_from_scorer(tmp_path):
     with pytest.raises(SourceError, match="in.jsonl:2: scorer returned a non-finite reward"):
         read(tmp_path, "scored", [{"text": "a"}, {"text": "b"}],

@@ -30,6 +30,14 @@ def test_uniform_edges():
     assert uniform_edges([-1.0, 1.0, 0.3], 4) == pytest.approx([-0.5, 0.0, 0.5])
 
 
+@pytest.mark.parametrize("fit", [quantile_edges, uniform_edges,
+                                 lambda values, k: ControlScheme.fit(values, num_bins=k),
+                                 lambda values, k: ControlScheme.fit(values, num_bins=k, binning="uniform")])
+def test_no_rewards_fit_no_edges(fit):
+    with pytest.raises(SchemeError, match=r"^cannot fit bin edges: no rewards$"):
+        fit(np.array([]), 3)
+
+
 def test_uniform_edges_of_a_single_value_span_one_above_it():
     """All rewards equal: no range to split, so the K bins split [v, v + 1] (not K - 1 edges all
     at v, which would leave every bin but the last empty)."""
@@ -364,6 +372,10 @@ def test_a_scheme_is_checked_when_made_not_only_when_loaded():
                         (dict(on_token="<a>", off_token="<a>"), "must all differ")]:
         with pytest.raises(SchemeError, match=message):
             ControlScheme(**kw)
+    for binning, shown in ((5, "5"), (None, "null"), (["quantile"], '["quantile"]')):  # a hand-edited scheme.json's
+        with pytest.raises(SchemeError, match=re.escape("binning: expected quantile, uniform or edges:a,b,... "
+                                                        f"(finite, increasing), got {shown}")):
+            ControlScheme(num_bins=3, edges=[0.0, 1.0], binning=binning)
 
 
 def test_a_stored_scheme_missing_a_field_is_refused(tmp_path):
