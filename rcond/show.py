@@ -101,7 +101,8 @@ def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: in
                               + (" (0: whole runs)" if name == "--max-chars" else ""))
     wanted = None if level is None else _level(level, scheme)
     o = scheme.options
-    lines = [f"corpus {directory}: format {o.get('format')}, {scheme.num_bins} bins ({scheme.binning}), "
+    unused = "" if any(scheme.counts) else ", none used"  # every piece off: no RTG token anywhere
+    lines = [f"corpus {directory}: format {o.get('format')}, {scheme.num_bins} bins ({scheme.binning}{unused}), "
              f"{len(data):,} row(s) of {o.get('block_size')} tokens, {o.get('records', 0):,} records"]
     if o.get("built_with"):
         lines.append("  built with " + ", ".join(f"{k} {v}" for k, v in o["built_with"].items()))

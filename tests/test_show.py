@@ -186,6 +186,8 @@ def test_full_off_rows_are_shown_one_by_default_and_as_many_as_there_are(tmp_pat
     shows the rows there are, and a negative --from is refused."""
     text = " ".join("abcdefgh"[i % 8] for i in range(254)) + " <eos>"
     corpus = built(tmp_path, "text", [{"text": text[: -len(" <eos>")]}] * 3, 256)
+    assert describe(corpus).splitlines()[0] == (f"corpus {corpus}: format text, 10 bins (uniform, none used), 3 row(s) "
+                                                f"of 256 tokens, 3 records")
     assert describe(corpus).splitlines()[2:] == [
         "row 0: 1 piece(s)",
         "  piece 0: 256 tokens, 255 trained; off (no reward-to-go)",
