@@ -658,6 +658,21 @@ def test_a_text_of_exactly_twice_cut_chars_is_cut(monkeypatch):
     assert encoder.joined.calls == [["abcdefghi" + SEPARATOR + " jklmno"]]
 
 
+def test_a_long_text_with_no_cut_point_goes_whole_beside_short_ones(monkeypatch):
+    """CUT_CHARS = 16: a 40-character word is long enough to cut but has no lone space between
+    letters, so it stays one piece: the batch is encoded as its texts are, and the word reaches the
+    tokenizer whole."""
+    monkeypatch.setattr(content_encoder, "CUT_CHARS", 16)
+    monkeypatch.setattr(content_encoder, "RUN_CHARS", 64)
+    batch = ["x" * 40, "a b", "c d e"]
+    assert cut_texts(batch) == (batch, [1, 1, 1])
+    backend = byte_level_bpe()
+    encoder = ContentEncoder(backend)
+    assert encoder.cuts
+    encoder.joined = CountingInputs(encoder.joined)
+    assert split(*encoder(batch)) == alone(backend, batch)
+    assert any("x" * 40 in text for call in encoder.joined.calls for text in call)
+
 @pytest.mark.parametrize("copyable", [True, False])
 def test_ids_beyond_16_bits_come_back_whole(copyable, monkeypatch):
     """Vocabularies of 50k-150k tokens are common: such ids are returned as they are, on the

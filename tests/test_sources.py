@@ -1053,6 +1053,28 @@ def test_every_compression_the_readme_names_reads_jsonl_and_csv(tmp_path, suffix
         assert [r.parts[0].rtg for r in records] == rewards
 
 
+def test_a_zst_frame_larger_than_a_read_is_decompressed_across_reads(tmp_path):
+    """One frame of ~0.5 MB of compressed JSON Lines (random texts: it compresses to about their
+    size) is read 64 KiB at a time, each read continuing the frame: the records are those of the
+    plain file, and a second frame after it is read too."""
+    import random
+
+    import zstandard
+
+    rng = random.Random(0)
+    rows = [{"response": "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(200)), "reward": i}
+            for i in range(3000)]
+    plain = write_jsonl(tmp_path / "r.jsonl", rows)
+    c = zstandard.ZstdCompressor()
+    big = c.compress(plain.read_bytes())
+    assert len(big) > 4 * (1 << 16)  # several reads of the reader's 64 KiB
+    (tmp_path / "r.jsonl.zst").write_bytes(big + c.compress(b'{"response": "last", "reward": -1}\n'))
+    got = list(SourceReader([str(tmp_path / "r.jsonl.zst")], "scored"))
+    want = list(SourceReader([str(plain)], "scored"))
+    assert [r.parts[1].text for r in got] == [r.parts[1].text for r in want] + ["last"]
+    assert [r.parts[0].rtg for r in got] == list(range(3000)) + [-1]
+
+
 def test_zst_frames_are_read_in_turn_and_a_cut_or_foreign_file_is_an_error(tmp_path):
     import zstandard
 
@@ -1640,6 +1662,23 @@ def test_three_data_files_are_all_named_and_a_folder_named_like_one_is_none(tmp_
             "; it holds 3 data file(s) of rows (a.csv, b.jsonl, t.parquet/part-0.parquet), which a folder input does "
             f"not read: give the files you mean as inputs (e.g. {tmp_path / 'a.csv'})") + "$"):
         list(SourceReader([str(tmp_path)], "text"))
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_records_are_scored_score_batch_at_a_time_and_the_rest_once(tmp_path, n):
+    """score_batch 2: four dialogs are scored in two calls of two turns, five in three (the last
+    of one); each turn gets its own score."""
+    calls = []
+
+    def length(texts):
+        calls.append(list(texts))
+        return [float(len(t)) for t in texts]
+
+    rows = [{"turns": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * (i + 1)}]}
+            for i in range(n)]
+    records, _ = read(tmp_path, "dialog", rows, scorer=length, score_batch=2)
+    assert calls == [["a" * (i + 1) for i in range(k, min(k + 2, n))] for k in range(0, n, 2)]
+    assert [r.parts[1].rtg for r in records] == [float(i + 1) for i in range(n)]
 
 
 def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path):
