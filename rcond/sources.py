@@ -8,7 +8,9 @@ prompt, user turn — or trainable response text) plus a mode (``on``/``off``) a
   last ``"\\n\\nAssistant:"`` (prompt = everything up to and including it, response = the rest),
   or explicit ``{"prompt", "chosen", "rejected"}``. Optional ``chosen_score``/``rejected_score``
   become the rewards; without scores (and without a scorer) chosen goes to the top bin and
-  rejected to the bottom bin (DESIGN §3). Each pair yields two records.
+  rejected to the bottom bin (DESIGN §3). Each pair yields two records, which stand or fall
+  together: a pair with a bad side (a non-finite score of its own or from the scorer) is skipped
+  whole under ``--on-error skip``.
 - ``scored``: ``{"prompt"?, "response" | "text", "reward"}``.
 - ``dialog``: ``{"turns": [{"role": "user"|"system"|"assistant", "content", "reward"?}, ...]}``
   (a reward on a user or system turn is an error). The
@@ -1433,6 +1435,7 @@ class SourceReader:
             return
         batch: list[Record] = []
         per_round = self.score_batch * getattr(scorer, "workers", 1)  # a pool scores one batch per worker at once
+        per_round += per_round % self._per_row()  # a pair's two records in one round
         for rec in records:
             batch.append(rec)
             if len(batch) >= per_round:
@@ -1524,19 +1527,25 @@ class SourceReader:
             scores = scores_in_batches(self.scorer, flat, self.score_batch)
         except ScorerError as e:
             raise _at_records(e, batch, [len(ts) for ts in targets]) from e.__cause__
-        i = 0
-        for rec, ts in zip(batch, targets):
-            chunk = scores[i:i + len(ts)]
-            i += len(ts)
-            bad = [k for k, s in enumerate(chunk) if not math.isfinite(s)]
+        ends = list(itertools.accumulate(len(ts) for ts in targets))  # [R] texts up to and including each record
+        chunks = [scores[end - len(ts):end] for ts, end in zip(targets, ends)]
+        step = self._per_row()
+        for r in range(0, len(batch), step):  # a pair's two sides are skipped together, as a bad pair is read
             try:
-                if bad:
-                    raise SourceError(f"{_scored_text_at(rec, bad[0])}: scorer returned a non-finite reward "
-                                      f"{chunk[bad[0]]!r}")
-                apply_scores(rec, chunk, self.gamma)
+                for rec, chunk in zip(batch[r:r + step], chunks[r:r + step]):
+                    bad = [k for k, s in enumerate(chunk) if not math.isfinite(s)]
+                    if bad:
+                        raise SourceError(f"{_scored_text_at(rec, bad[0])}: scorer returned a non-finite reward "
+                                          f"{chunk[bad[0]]!r}")
+                for rec, chunk in zip(batch[r:r + step], chunks[r:r + step]):
+                    apply_scores(rec, chunk, self.gamma)
             except SourceError as e:
                 if self.on_error == "fail":
                     raise RecordError(str(e)) from None
                 log.skipped.add(str(e))
                 continue
-            yield rec
+            yield from batch[r:r + step]
+
+    def _per_row(self) -> int:
+        """Records an input row gives: two for a pair (its sides, always together), else one."""
+        return 2 if self.format == "pairs" else 1

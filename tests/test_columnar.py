@@ -181,6 +181,10 @@ def test_a_line_that_is_not_an_object_never_reaches_arrow(tmp_path, first):
 def test_scorer_problems_decline():
     assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [float("nan")]) is None
     assert chunk([{"response": "a"}], "scored", needs_reward=False, scorer=lambda t: [1.0, 2.0]) is None
+    pair = [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+    assert chunk(pair, "pairs", needs_reward=False, scorer=lambda t: [1.0, float("nan")]) is None
+    assert chunk(pair, "pairs", needs_reward=False, scorer=lambda t: [1.0]) is None
+    assert chunk(pair, "pairs", needs_reward=False, scorer=lambda t: [1.0, 2.0]) is not None
 
 
 def test_bad_line_in_a_chunk_reported_exactly(tmp_path):
@@ -268,6 +272,13 @@ def test_scorer_nan_is_skipped_by_record_with_its_line(tmp_path):
     skipping = SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")
     assert sum(b.records for b in skipping.batches(2)) == 2 and skipping.skipped.count == 1
     assert [r.parts[1].text for r in SourceReader([str(path)], "scored", scorer=scorer, on_error="skip")] == ["a", "c"]
+    pairs = write_lines(tmp_path / "p.jsonl", [json.dumps({"prompt": "p", "chosen": c, "rejected": "r"})
+                                               for c in ("a", "bad", "c")])
+    with pytest.raises(SourceError, match=r"p\.jsonl:2 \(chosen\): scorer returned a non-finite reward nan$"):
+        list(SourceReader([str(pairs)], "pairs", scorer=scorer).batches(2))
+    skipping = SourceReader([str(pairs)], "pairs", scorer=scorer, on_error="skip")
+    assert [t for b in skipping.batches(2) for t in b.texts] == ["p", "a", "p", "r", "p", "c", "p", "r"]
+    assert skipping.skipped.count == 1
 
 
 @pytest.mark.parametrize("fmt,head", [("text", '{"text": "doc"'), ("scored", '{"text": "do\\u0063", "reward": 1')])

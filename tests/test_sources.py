@@ -1681,6 +1681,30 @@ def test_records_are_scored_score_batch_at_a_time_and_the_rest_once(tmp_path, n)
     assert [r.parts[1].rtg for r in records] == [float(i + 1) for i in range(n)]
 
 
+@pytest.mark.parametrize("score_batch", [1, 2, 3])
+def test_a_pair_the_scorer_gives_a_non_finite_score_on_one_side_is_skipped_whole(tmp_path, score_batch):
+    """Three pairs, the second's rejected side scored NaN: under --on-error skip that pair goes
+    whole (the rejected side named), as a pair with a NaN score of its own does, so the records
+    are the two sides of the other two pairs, each scored; an odd score batch never parts a pair's
+    sides between rounds (score_batch 1 and 3 included); under fail the side is named."""
+    def length(texts):
+        return [float("nan") if t == "r1" else float(len(t)) for t in texts]
+
+    rows = [{"prompt": "p", "chosen": f"chosen{i}", "rejected": f"r{i}"} for i in range(3)]
+    path = write_jsonl(tmp_path / "in.jsonl", rows)
+    records_path = SourceReader([str(path)], "pairs", scorer=length, score_batch=score_batch, on_error="skip")
+    assert [(r.parts[1].text, r.parts[0].rtg) for r in records_path] == [("chosen0", 7.0), ("r0", 2.0),
+                                                                         ("chosen2", 7.0), ("r2", 2.0)]
+    batch_path = SourceReader([str(path)], "pairs", scorer=length, score_batch=score_batch, on_error="skip")
+    texts = [t for b in batch_path.batches(2) for t in b.texts]
+    assert texts == ["p", "chosen0", "p", "r0", "p", "chosen2", "p", "r2"]
+    for reader in (records_path, batch_path):
+        assert reader.skipped.count == 1
+        assert reader.skipped.examples == [f"{path}:2 (rejected): scorer returned a non-finite reward nan"]
+    with pytest.raises(SourceError, match=r"in\.jsonl:2 \(rejected\): scorer returned a non-finite reward nan$"):
+        list(SourceReader([str(path)], "pairs", scorer=length, score_batch=score_batch))
+
+
 def test_a_read_left_behind_reports_into_its_own_log_not_the_next_reads(tmp_path):
     """A read left running by an interrupt (its thread in a slow scorer call) skipped its bad
     record into whatever log the reader held when the call returned: the next read's, whose
