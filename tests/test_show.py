@@ -104,6 +104,21 @@ def test_a_level_says_what_the_last_row_read_holds_beyond_the_pieces_asked(tmp_p
         "(--level 0 --from 1 goes on from the next row)")
 
 
+def test_a_row_left_with_more_pieces_and_a_next_row_gets_both_notes(tmp_path):
+    """Eight records of rewards 1, 1, 1, -1 twice at edges:0, packed four to a row: one piece at
+    level 1 is row 0's first; that row holds two more at bin 1 (its bin-0 piece after them is not
+    counted), and row 1 is next, so both notes are given, the row's first."""
+    rewards = [1.0, 1.0, 1.0, -1.0] * 2
+    corpus = built(tmp_path, "scored", [{"prompt": "a", "response": "b c", "reward": r} for r in rewards], 24,
+                   binning="edges:0", uncond_fraction=0.0)
+    out = describe(corpus, level=1, pieces=1)
+    assert [line for line in out.splitlines() if line.startswith("row ")] == [
+        "row 0, piece 0: 6 tokens, 3 trained; bin 1, rewards in [0, inf)"]
+    assert out.endswith("(row 0 holds 2 more piece(s) at level 1: --pieces 3 shows them too; "
+                        "--level 1 --from 1 goes on from the next row)")
+    assert describe(corpus, level=1, pieces=3).endswith("(--level 1 --from 1 goes on from the next row)")
+
+
 def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, monkeypatch):
     """Bins (-inf, -5), [-5, 5), [5, inf) over rewards of 1: bin 2 holds no RTG token (scheme.json's
     counts say so), and the rows are not read through to find that out."""
@@ -111,6 +126,8 @@ def test_a_level_whose_bin_holds_no_token_is_said_so_without_a_scan(tmp_path, mo
 
     corpus = built(tmp_path, "scored", [{"prompt": "a", "response": "b", "reward": 1.0}], 12, binning="edges:-5,5",
                    uncond_fraction=0.0)
+    assert describe(corpus).splitlines()[0] == (f"corpus {corpus}: format scored, 3 bins (edges:-5,5), 1 row(s) of "
+                                                f"12 tokens, 1 records")  # bin 1 is used: not 'none used'
     monkeypatch.setattr(rcond.show, "row_pieces", lambda *a: pytest.fail("the rows were scanned"))
     assert describe(corpus, level=2).endswith(
         "(no piece is at level 2: its bin holds no reward-to-go token in this corpus)")

@@ -1681,6 +1681,25 @@ def test_records_are_scored_score_batch_at_a_time_and_the_rest_once(tmp_path, n)
     assert [r.parts[1].rtg for r in records] == [float(i + 1) for i in range(n)]
 
 
+@pytest.mark.parametrize("fmt,rows,want", [
+    ("scored", [{"response": t} for t in "abcde"], [["a", "b", "c"], ["d", "e"]]),
+    ("pairs", [{"prompt": "p", "chosen": c, "rejected": r} for c, r in ("ab", "cd", "ef")],
+     [["a", "b", "c"], ["d"], ["e", "f"]])])
+def test_an_odd_score_batch_is_rounded_up_only_for_pairs(tmp_path, fmt, rows, want):
+    """score_batch 3: five scored records are scored in rounds of three (calls of three, then the
+    two left); pairs' rounds are of four records (two whole pairs), each round called three texts
+    at a time, so the second pair's rejected side gets a call of its own."""
+    calls = []
+
+    def length(texts):
+        calls.append(list(texts))
+        return [float(len(t)) for t in texts]
+
+    records, _ = read(tmp_path, fmt, rows, scorer=length, score_batch=3)
+    assert calls == want
+    assert len(records) == sum(map(len, want))
+
+
 @pytest.mark.parametrize("score_batch", [1, 2, 3])
 def test_a_pair_the_scorer_gives_a_non_finite_score_on_one_side_is_skipped_whole(tmp_path, score_batch):
     """Three pairs, the second's rejected side scored NaN: under --on-error skip that pair goes
