@@ -53,9 +53,11 @@ class Piece:
         return sum(len(r.ids) for r in self.runs if r.kind == TRAINED)
 
 
-def row_pieces(row: int, columns: dict, control_ids: set[int], decode) -> list[Piece]:
+def row_pieces(row: int, columns: dict, control_ids: set[int], decode, keep=None) -> list[Piece]:
     """The pieces of one row (``columns``: its ``input_ids``, ``segment_ids``, ``loss_weight`` and
-    ``bin_ids``), in order; padding (segment -1) is left out. ``decode(ids) -> str``."""
+    ``bin_ids``), in order; padding (segment -1) is left out. ``decode(ids) -> str``. With
+    ``keep(bins) -> bool``, only the pieces whose bins in force it accepts (decoding is most of the
+    work: the others are left out before it)."""
     ids = np.asarray(columns["input_ids"])              # [B]
     seg = np.asarray(columns["segment_ids"])            # [B]
     weight = np.asarray(columns["loss_weight"])         # [B]
@@ -63,6 +65,10 @@ def row_pieces(row: int, columns: dict, control_ids: set[int], decode) -> list[P
     pieces = []
     for s in np.unique(seg[seg >= 0]):
         at = np.flatnonzero(seg == s)                   # [n] positions of the piece, contiguous
+        in_force = bins[at][bins[at] >= 0].tolist()
+        piece_bins = [k for j, k in enumerate(in_force) if j == 0 or k != in_force[j - 1]]
+        if keep is not None and not keep(piece_bins):
+            continue
         target = np.concatenate([[0.0], weight[at[:-1]]])  # [n] weight of predicting each token
         tokens = ids[at].tolist()
         kinds = [CONTROL if t in control_ids else TRAINED if w > 0 else CONTEXT for t, w in zip(tokens, target)]
@@ -70,8 +76,7 @@ def row_pieces(row: int, columns: dict, control_ids: set[int], decode) -> list[P
         for kind, group in groupby(zip(kinds, tokens), key=lambda pair: pair[0]):
             run_ids = [t for _, t in group]
             runs.append(Run(kind, run_ids, decode(run_ids)))
-        in_force = bins[at][bins[at] >= 0].tolist()
-        pieces.append(Piece(row, int(s), [k for j, k in enumerate(in_force) if j == 0 or k != in_force[j - 1]], runs))
+        pieces.append(Piece(row, int(s), piece_bins, runs))
     return pieces
 
 
@@ -133,11 +138,12 @@ def describe(directory: str | Path, first: int = 0, rows: int = 1, max_chars: in
     if wanted != OFF and not scheme.counts[wanted]:
         lines.append(f"(no piece is {name}: its bin holds no reward-to-go token in this corpus)")
         return "\n".join(lines)
+    def conditioned(bins: list[int]) -> bool:
+        return not bins if wanted == OFF else wanted in bins
+
     shown_pieces, left, r = 0, 0, first  # left: pieces of the last row read that match but were not shown
     while r < len(data) and shown_pieces < pieces:
-        for p in row_pieces(r, data[r], control_ids, decode):
-            if (p.bins if wanted == OFF else wanted not in p.bins):
-                continue
+        for p in row_pieces(r, data[r], control_ids, decode, keep=conditioned):
             if shown_pieces < pieces:
                 lines += piece_lines(p, f"row {r}, piece {p.segment}")
                 shown_pieces += 1

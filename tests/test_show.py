@@ -36,6 +36,10 @@ def test_a_row_is_cut_into_pieces_and_runs_by_hand():
     assert row_pieces(4, columns, {ON, OFF, R0, R1, R2}, numbers) == [
         Piece(4, 0, [1], [Run(CONTROL, [ON, R1], "9 12"), Run(CONTEXT, [1, 2], "1 2"), Run(TRAINED, [3, 4, 0], "3 4 0")]),
         Piece(4, 1, [], [Run(CONTROL, [OFF], "10"), Run(TRAINED, [5, 6, 0], "5 6 0")])]
+    decoded = []
+    kept = row_pieces(4, columns, {ON, OFF, R0, R1, R2}, lambda ids: decoded.append(ids) or numbers(ids),
+                      keep=lambda bins: not bins)
+    assert [(p.segment, p.bins) for p in kept] == [(1, [])] and decoded == [[OFF], [5, 6, 0]]  # piece 0 never decoded
 
 
 def test_a_dialog_piece_names_each_bin_in_force_in_order():
