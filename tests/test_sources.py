@@ -1664,15 +1664,22 @@ def test_three_data_files_are_all_named_and_a_folder_named_like_one_is_none(tmp_
         list(SourceReader([str(tmp_path)], "text"))
 
 
-@pytest.mark.parametrize("n", [4, 5])
-def test_records_are_scored_score_batch_at_a_time_and_the_rest_once(tmp_path, n):
-    """score_batch 2: four dialogs are scored in two calls of two turns, five in three (the last
-    of one); each turn gets its own score."""
+def length_scorer():
+    """A scorer giving each text its length, and the list of the texts of each call it gets."""
     calls = []
 
     def length(texts):
         calls.append(list(texts))
         return [float(len(t)) for t in texts]
+
+    return calls, length
+
+
+@pytest.mark.parametrize("n", [4, 5])
+def test_records_are_scored_score_batch_at_a_time_and_the_rest_once(tmp_path, n):
+    """score_batch 2: four dialogs are scored in two calls of two turns, five in three (the last
+    of one); each turn gets its own score."""
+    calls, length = length_scorer()
 
     rows = [{"turns": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * (i + 1)}]}
             for i in range(n)]
@@ -1689,11 +1696,7 @@ def test_an_odd_score_batch_is_rounded_up_only_for_pairs(tmp_path, fmt, rows, wa
     """score_batch 3: five scored records are scored in rounds of three (calls of three, then the
     two left); pairs' rounds are of four records (two whole pairs), each round called three texts
     at a time, so the second pair's rejected side gets a call of its own."""
-    calls = []
-
-    def length(texts):
-        calls.append(list(texts))
-        return [float(len(t)) for t in texts]
+    calls, length = length_scorer()
 
     records, _ = read(tmp_path, fmt, rows, scorer=length, score_batch=3)
     assert calls == want
